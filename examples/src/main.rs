@@ -1,0 +1,172 @@
+//! `kad`: the command-line tool of the kad framework.
+//!
+//! Run `kad --help` for the commands, `kad COMMAND --help` for each command's flags.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
+
+/// A pluggable Kademlia DHT: simulator, nodes and tools.
+#[derive(Parser, Debug)]
+#[command(name = "kad", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Simulate a network on one thread with a virtual clock and run lookups in it.
+    ///
+    /// Builds a network of --nodes nodes (each joins through a random earlier node), then runs
+    /// --lookups FIND_NODE lookups for random targets from random live nodes. A lookup succeeds
+    /// when the first node it returns is the true closest live node to the target. Latencies are
+    /// virtual time. Identical arguments give identical results (except wall_s and peak_rss_mb).
+    Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimArgs {
+    /// Number of nodes in the network.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Number of lookups to run once the network has formed.
+    #[arg(long, default_value_t = 200)]
+    lookups: usize,
+    /// Bucket size, and how many closest nodes a lookup converges on.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// Parallel requests per lookup while it makes progress.
+    #[arg(long, default_value_t = 3)]
+    alpha: usize,
+    /// One-way delay of every link in milliseconds (the round-trip time is twice it).
+    #[arg(long, default_value_t = 50.0)]
+    latency_ms: f64,
+    /// Extra random delay per message, uniform in [0, jitter], in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// Probability that any one message is lost (0.0 to 1.0; each direction independently).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Fraction of the nodes that leave without notice during the lookups (as many new ones join).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Seed of every random choice in the simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print exactly one JSON object instead of a table and a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(a) => sim(a),
+    }
+}
+
+fn check_range(field: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if !(lo..=hi).contains(&v) || v.is_nan() {
+        bail!("--{field} = {v} is out of range: it must be between {lo} and {hi}");
+    }
+    Ok(())
+}
+
+fn sim(a: SimArgs) -> Result<()> {
+    if a.nodes < 2 {
+        bail!("--nodes = {} is out of range: at least 2 nodes are needed", a.nodes);
+    }
+    if !(1..=256).contains(&a.k) {
+        bail!("--k = {} is out of range: it must be between 1 and 256", a.k);
+    }
+    if !(1..=64).contains(&a.alpha) {
+        bail!("--alpha = {} is out of range: it must be between 1 and 64", a.alpha);
+    }
+    check_range("loss", a.loss, 0.0, 0.95)?;
+    check_range("churn", a.churn, 0.0, 0.9)?;
+    check_range("latency-ms", a.latency_ms, 0.0, 60_000.0)?;
+    check_range("jitter-ms", a.jitter_ms, 0.0, 60_000.0)?;
+    let sc = {
+        let mut sc = LookupScenario::default();
+        sc.nodes = a.nodes;
+        sc.lookups = a.lookups;
+        sc.k = a.k;
+        sc.alpha = a.alpha;
+        sc.seed = a.seed;
+        sc.churn = a.churn;
+        let mut link = LinkModel::default();
+        link.latency = Duration::from_secs_f64(a.latency_ms / 1000.0);
+        link.jitter = Duration::from_secs_f64(a.jitter_ms / 1000.0);
+        link.loss = a.loss;
+        sc.link = link;
+        sc
+    };
+    let bar = if a.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new((a.nodes + a.lookups) as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} joins+lookups ({eta})")
+                .context("progress template")?,
+        );
+        b
+    };
+    let t0 = Instant::now();
+    let r = run_lookup_scenario(&sc, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let wall_s = t0.elapsed().as_secs_f64();
+    let rss = peak_rss_mb();
+    let mut v = serde_json::to_value(&r).context("serialising the report")?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("latency_ms".into(), a.latency_ms.into());
+        o.insert("jitter_ms".into(), a.jitter_ms.into());
+        o.insert("loss".into(), a.loss.into());
+        o.insert("churn".into(), a.churn.into());
+        o.insert("wall_s".into(), ((wall_s * 1000.0).round() / 1000.0).into());
+        o.insert("peak_rss_mb".into(), rss.into());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!("simulated {} nodes, {} lookups (k={}, alpha={}, seed={})", r.nodes, r.lookups, r.k, r.alpha, r.seed);
+    println!("link: {} ms one-way, jitter {} ms, loss {}, churn {}", a.latency_ms, a.jitter_ms, a.loss, a.churn);
+    println!();
+    let rows: Vec<(&str, String)> = vec![
+        ("success rate", format!("{:.4}", r.success_rate)),
+        ("hops p50 / p90 / max", format!("{} / {} / {}", r.hops_p50, r.hops_p90, r.hops_max)),
+        ("RPCs per lookup p50", r.rpcs_per_lookup_p50.to_string()),
+        ("latency p50 / p90 / p99", format!("{:.1} / {:.1} / {:.1} ms", r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99)),
+        ("unfinished lookups", r.unfinished.to_string()),
+        ("nodes churned", r.churned.to_string()),
+        ("mean routing table", format!("{:.1} contacts", r.routing_table_mean)),
+        ("messages delivered / lost", format!("{} / {}", r.network.delivered, r.network.lost)),
+        ("virtual time", format!("{:.1} s", r.virtual_s)),
+        ("wall time", format!("{wall_s:.2} s")),
+        ("peak RSS", format!("{rss:.0} MB")),
+        ("digest", r.digest.clone()),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<28} {v}");
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in MB (Linux: VmHWM), 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+}

@@ -1,0 +1,121 @@
+//! The `Codec` hook (bytes on the wire <-> typed messages) and the identity hook.
+
+use bytes::Bytes;
+
+use crate::id::NodeId;
+use crate::message::Message;
+
+/// Why bytes could not be decoded into a [`Message`]. Remote input: dropped and counted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not a well-formed message of this codec.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message is too large for this codec.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A signature or identity check failed.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The message is addressed to another node.
+    #[error("message addressed to another node")]
+    WrongRecipient,
+}
+
+/// Why a message could not be encoded. Local fault: reported to the caller.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded message would exceed the transport's limit.
+    #[error("encoded message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// This codec cannot express the message (e.g. a method unknown to the wire format).
+    #[error("cannot encode: {0}")]
+    Unsupported(String),
+}
+
+/// Turns typed messages into bytes and back.
+///
+/// Contract:
+/// - `decode` never panics on any input; anything wrong is a [`DecodeError`], which the engine
+///   counts in [`Stats`](crate::Stats) and drops.
+/// - `encode` is deterministic for a given message and codec state, so simulations reproduce.
+/// - A signing codec signs the exact bytes it returns and checks the exact bytes it is given.
+pub trait Codec: Send + 'static {
+    /// Encodes `msg`.
+    fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError>;
+    /// Decodes `bytes`, received from a peer.
+    fn decode(&mut self, bytes: &[u8]) -> Result<Message, DecodeError>;
+}
+
+/// A plain, unsigned codec: serde_json of the typed [`Message`].
+///
+/// For tests and in-process networks only: it authenticates nothing. Real networks use the
+/// signed JSON-RPC codec (native network) or KRPC (Mainline).
+#[derive(Debug, Default, Clone)]
+pub struct PlainCodec {
+    /// Largest message accepted or produced, in bytes (default 64 KiB).
+    pub max_len: usize,
+}
+
+impl PlainCodec {
+    /// A codec with the default limit of 64 KiB.
+    pub fn new() -> Self {
+        Self { max_len: 64 * 1024 }
+    }
+}
+
+impl Codec for PlainCodec {
+    fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError> {
+        let v = serde_json::to_vec(msg).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
+        if v.len() > self.max_len {
+            return Err(EncodeError::TooLarge { len: v.len(), max: self.max_len });
+        }
+        Ok(Bytes::from(v))
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Result<Message, DecodeError> {
+        if bytes.len() > self.max_len {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: self.max_len });
+        }
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+}
+
+/// A node's identity: its id and, for signing networks, its key.
+///
+/// The native network derives the id from a secp256k1 public key and signs every message (the
+/// signing codec holds the identity); Mainline ids are random or BEP42-derived and unsigned.
+pub trait Identity: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+    /// The public key bytes, empty for unsigned identities.
+    fn public_key(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Signs `msg`; unsigned identities return an empty signature.
+    fn sign(&self, _msg: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// An unsigned identity with a fixed id (Mainline-style nodes, simulations, tests).
+#[derive(Debug, Clone, Copy)]
+pub struct StaticIdentity(pub NodeId);
+
+impl Identity for StaticIdentity {
+    fn node_id(&self) -> NodeId {
+        self.0
+    }
+}

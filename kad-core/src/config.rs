@@ -1,0 +1,236 @@
+//! Engine configuration, with every default documented, and the wall-clock hook.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::addr::TransportKind;
+use crate::record::StoreLimits;
+
+/// Gives wall-clock time (milliseconds since the Unix epoch) for record timestamps.
+///
+/// The engine never reads the OS clock itself: the tokio runtime installs [`SystemClock`], the
+/// simulator a [`VirtualClock`] driven by virtual time.
+pub trait WallClock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch at the engine instant `now`.
+    fn unix_ms(&self, now: Instant) -> u64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one place the OS wall clock is read
+    fn unix_ms(&self, _now: Instant) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock that maps engine instants onto wall time: `epoch_ms + (now - base)`.
+#[derive(Debug, Clone, Copy)]
+pub struct VirtualClock {
+    /// The instant that corresponds to `epoch_ms`.
+    pub base: Instant,
+    /// Wall time at `base`.
+    pub epoch_ms: u64,
+}
+
+impl WallClock for VirtualClock {
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.epoch_ms + now.saturating_duration_since(self.base).as_millis() as u64
+    }
+}
+
+/// Why a configuration value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value is outside its allowed range.
+    #[error("{field} = {value} is out of range: {limit}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed range, in words.
+        limit: &'static str,
+    },
+}
+
+/// Engine configuration. Construct with `Config::default()` and adjust fields or use the setters
+/// that validate.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Bucket size and the number of closest nodes a lookup converges on. Default 20
+    /// (the Mainline plugin uses 8).
+    pub k: usize,
+    /// Parallel requests per lookup while it makes progress. Default 3.
+    pub alpha: usize,
+    /// Upper bound of the adaptive request timeout. Default 5 s.
+    pub request_timeout: Duration,
+    /// Lower bound of the adaptive (hard) request timeout. Default 250 ms.
+    pub min_request_timeout: Duration,
+    /// Lower bound of the soft timeout after which a lookup stops counting a silent request
+    /// against its parallelism and widens the search (the request stays valid until its hard
+    /// timeout). Default 20 ms.
+    pub min_soft_timeout: Duration,
+    /// RTT assumed before any sample arrives. Default 250 ms.
+    pub initial_rtt: Duration,
+    /// Attempts a lookup makes per candidate before giving it up. Default 3.
+    pub max_attempts: u8,
+    /// Most requests in flight at once; lookups wait for room. Default 4096.
+    pub max_in_flight: usize,
+    /// Most concurrent queries (lookups, puts, pings, calls). Default 1024.
+    pub max_queries: usize,
+    /// Replacement-cache entries per bucket. Default 8.
+    pub replacement_cache: usize,
+    /// A contact heard from within this window is good. Default 15 min.
+    pub liveness_window: Duration,
+    /// Failures in a row after which a contact is bad and replaced. Default 2.
+    pub max_failures: u8,
+    /// A bucket with no activity for this long gets a refresh lookup. Default 15 min.
+    pub refresh_interval: Duration,
+    /// Time to live of records this node publishes, and the longest it keeps anyone's. Default 24 h.
+    pub record_ttl: Duration,
+    /// How often held records are re-replicated to the current k closest. Default 1 h.
+    pub replicate_interval: Duration,
+    /// How often this node republishes the records it published. Default 22 h.
+    pub republish_interval: Duration,
+    /// How often the engine runs maintenance (expiry, refresh, replication checks). Default 60 s.
+    pub maintenance_interval: Duration,
+    /// Largest record value accepted, in bytes. Default 64 KiB.
+    pub max_value_len: usize,
+    /// Records published more than this far in the future are refused. Default 60 s.
+    pub max_clock_skew: Duration,
+    /// Transports this node may use, in order of preference; a contact's address is picked by it.
+    /// Default: UDP, QUIC, WebSocket, memory.
+    pub transport_preference: Vec<TransportKind>,
+    /// Add nodes that send us requests to the routing table. Default true.
+    pub accept_requesters: bool,
+    /// Read-only (client) mode: mark outgoing messages so others don't add us. Default false.
+    pub read_only: bool,
+    /// After the bootstrap lookup, refresh this many of the farthest non-full buckets with a
+    /// lookup of a random id in each. Default 0.
+    pub bootstrap_refresh: usize,
+    /// Seed of the engine's ChaCha RNG (transaction ids, refresh targets). `None`: the tokio
+    /// runtime draws one from the OS; a hand-driven engine derives one from its id.
+    pub rng_seed: Option<[u8; 32]>,
+    /// Quotas of the default in-memory record store.
+    pub store_limits: StoreLimits,
+    /// Wall clock for record times. Default [`SystemClock`].
+    pub wall_clock: Arc<dyn WallClock>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            k: 20,
+            alpha: 3,
+            request_timeout: Duration::from_secs(5),
+            min_request_timeout: Duration::from_millis(250),
+            min_soft_timeout: Duration::from_millis(20),
+            initial_rtt: Duration::from_millis(250),
+            max_attempts: 3,
+            max_in_flight: 4096,
+            max_queries: 1024,
+            replacement_cache: 8,
+            liveness_window: Duration::from_secs(15 * 60),
+            max_failures: 2,
+            refresh_interval: Duration::from_secs(15 * 60),
+            record_ttl: Duration::from_secs(24 * 3600),
+            replicate_interval: Duration::from_secs(3600),
+            republish_interval: Duration::from_secs(22 * 3600),
+            maintenance_interval: Duration::from_secs(60),
+            max_value_len: 64 * 1024,
+            max_clock_skew: Duration::from_secs(60),
+            transport_preference: vec![
+                TransportKind::Udp,
+                TransportKind::Quic,
+                TransportKind::Ws,
+                TransportKind::Mem,
+            ],
+            accept_requesters: true,
+            read_only: false,
+            bootstrap_refresh: 0,
+            rng_seed: None,
+            store_limits: StoreLimits::default(),
+            wall_clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("k", &self.k)
+            .field("alpha", &self.alpha)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("record_ttl", &self.record_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Sets `k` (1..=256).
+    pub fn set_k(&mut self, k: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=256).contains(&k) {
+            return Err(ConfigError::OutOfRange { field: "k", value: k.to_string(), limit: "1..=256" });
+        }
+        self.k = k;
+        Ok(self)
+    }
+
+    /// Sets `alpha` (1..=64).
+    pub fn set_alpha(&mut self, alpha: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=64).contains(&alpha) {
+            return Err(ConfigError::OutOfRange { field: "alpha", value: alpha.to_string(), limit: "1..=64" });
+        }
+        self.alpha = alpha;
+        Ok(self)
+    }
+
+    /// Sets the RNG seed.
+    pub fn set_rng_seed(&mut self, seed: [u8; 32]) -> &mut Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Checks every field's range; [`NodeBuilder::build`](crate::NodeBuilder::build) calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, value: String, limit| Err(ConfigError::OutOfRange { field, value, limit });
+        if !(1..=256).contains(&self.k) {
+            return bad("k", self.k.to_string(), "1..=256");
+        }
+        if !(1..=64).contains(&self.alpha) {
+            return bad("alpha", self.alpha.to_string(), "1..=64");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "0".into(), "at least 1");
+        }
+        if self.max_failures == 0 {
+            return bad("max_failures", "0".into(), "at least 1");
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight", "0".into(), "at least 1");
+        }
+        if self.max_queries == 0 {
+            return bad("max_queries", "0".into(), "at least 1");
+        }
+        if self.min_request_timeout > self.request_timeout {
+            return bad("min_request_timeout", format!("{:?}", self.min_request_timeout), "at most request_timeout");
+        }
+        if self.maintenance_interval.is_zero() {
+            return bad("maintenance_interval", "0".into(), "greater than zero");
+        }
+        if self.transport_preference.is_empty() {
+            return bad("transport_preference", "[]".into(), "at least one transport kind");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! # kad-core
+//!
+//! A transport-agnostic Kademlia engine, in three layers:
+//!
+//! - **The engine** ([`Node`]): a sans-IO state machine holding the routing table, lookups, the
+//!   in-flight request table, the record store and the plugins. It never opens a socket, never
+//!   reads the OS clock and never draws OS randomness: every entry point takes `now`, and the RNG
+//!   is seeded from [`Config::rng_seed`].
+//! - **The runtime** (feature `tokio`, default): [`Dht`], a cheap `Clone` handle to one actor task
+//!   that owns the engine and drives it over any number of [`Transport`]s.
+//! - **The simulator** (feature `sim`): [`sim::Sim`], thousands of engines on one thread with a
+//!   virtual clock and a seeded link model. Same seed, same result, bit for bit.
+//!
+//! ## Hooks
+//!
+//! | hook | decides |
+//! |---|---|
+//! | [`Transport`] | moves whole messages to and from [`PeerAddr`]s |
+//! | [`Codec`] | bytes on the wire <-> typed [`Message`]s |
+//! | [`Identity`] | the node id, and signing for signed codecs |
+//! | [`Plugin`] | namespaced RPC methods, request filtering, response and timer hooks |
+//! | [`RecordStore`] | keeps records with expiry, quota and eviction |
+//! | [`RecordValidator`] | accepts or rejects records on put and get; picks the best of several |
+//!
+//! ## The run loop
+//!
+//! After every input ([`Node::handle_input`]) or command ([`Node::find_node`], [`Node::get`],
+//! [`Node::put`], ...), drain [`Node::poll_output`] until it returns `None`, then sleep until
+//! [`Node::poll_timeout`] and feed [`Input::Timeout`]. Here two engines are driven by hand:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use kad_core::{Config, Event, Input, Node, NodeId, Output, PeerAddr, QueryResult};
+//!
+//! let now = Instant::now();
+//! let mut a = Node::builder(Config::default()).id(NodeId::from_bytes([1; 20]))
+//!     .addrs(vec![PeerAddr::Mem(1)]).build(now).unwrap();
+//! let mut b = Node::builder(Config::default()).id(NodeId::from_bytes([2; 20]))
+//!     .addrs(vec![PeerAddr::Mem(2)]).build(now).unwrap();
+//!
+//! // b joins through a's address, then stores a value.
+//! b.bootstrap(now, &[PeerAddr::Mem(1)]).unwrap();
+//! let key = NodeId::from_bytes([9; 20]);
+//! let mut put = None;
+//! let mut done = None;
+//! for step in 0..20 {
+//!     let t = now + Duration::from_millis(step);
+//!     // Shuttle messages between the two engines; each output is handled right away.
+//!     for (from, node, other) in [(2u64, &mut b, &mut a), (1, &mut a, &mut b)] {
+//!         while let Some(out) = node.poll_output() {
+//!             match out {
+//!                 Output::Send { msg, .. } => other.handle_input(t, Input::Message { from: PeerAddr::Mem(from), msg }),
+//!                 Output::Event(Event::QueryDone { result: QueryResult::Bootstrap(Ok(_)), .. }) => {
+//!                     put = Some(node.put(t, key, "hello".into()).unwrap());
+//!                 }
+//!                 Output::Event(Event::QueryDone { id, result: QueryResult::Put(r) }) if Some(id) == put => {
+//!                     done = Some(r.unwrap().stored);
+//!                 }
+//!                 Output::Event(_) => {}
+//!             }
+//!         }
+//!     }
+//! }
+//! // Both nodes are among the k closest of a two-node network: both stored it.
+//! assert_eq!(done, Some(2));
+//! assert_eq!(&a.store().get(&key).unwrap().value[..], b"hello");
+//! ```
+//!
+//! Remote misbehaviour (bytes that do not decode, responses to no request of ours, responses from
+//! the wrong node, messages for another node) is never an error: it is dropped and counted in
+//! [`Stats`].
+//!
+//! ## Feature flags
+//!
+//! - `tokio` (default): the async runtime ([`Dht`]) and the in-memory transport.
+//! - `sim`: the deterministic simulator ([`sim`]).
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod addr;
+mod codec;
+mod config;
+mod id;
+mod lookup;
+mod message;
+mod node;
+mod plugin;
+mod record;
+mod routing;
+mod stats;
+mod transport;
+
+#[cfg(feature = "tokio")]
+mod runtime;
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use addr::{Contact, ParseAddrError, PeerAddr, TransportKind};
+pub use codec::{Codec, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
+pub use config::{Config, ConfigError, SystemClock, VirtualClock, WallClock};
+pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};
+pub use lookup::{Lookup, LookupStats};
+pub use message::{Body, Message, Request, Response, RpcError, TxnId};
+pub use node::{
+    CommandError, Event, GetOutcome, Input, LookupOutcome, Node, NodeBuilder, Output, PingOutcome,
+    PutOutcome, QueryError, QueryId, QueryResult,
+};
+pub use plugin::{Plugin, PluginCx, PluginResponse, Reply, RequestId};
+pub use record::{
+    AcceptAll, Eviction, MemoryStore, Record, RecordStore, RecordValidator, Rejected, StoreError,
+    StoreLimits,
+};
+pub use routing::{Entry, InsertOutcome, Liveness, RoutingParams, RoutingSnapshot, RoutingTable};
+pub use stats::Stats;
+pub use transport::{Transport, TransportError};
+
+#[cfg(feature = "tokio")]
+pub use runtime::{Dht, DhtError, SpawnError};
+#[cfg(feature = "tokio")]
+pub use transport::{MemoryNetwork, MemoryTransport};
+
+/// Re-exported so users can name the types in hook signatures.
+pub use bytes::Bytes;

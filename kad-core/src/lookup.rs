@@ -1,0 +1,311 @@
+//! The iterative lookup: a pure state machine over candidates ordered by distance to a target.
+//!
+//! It asks `alpha` candidates at a time while answers bring closer nodes. A request that stays
+//! silent past its soft deadline stops counting against the parallelism, so the search widens
+//! instead of waiting (libtorrent's idea). After `alpha` answers in a row bring nothing closer,
+//! the lookup is *stalled* and asks every remaining candidate among the k closest at once. It
+//! finishes when the k closest candidates that have not failed have all answered.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::addr::Contact;
+use crate::id::{Distance, NodeId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Fresh,
+    Waiting { soft_deadline: Instant },
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    contact: Contact,
+    state: State,
+    depth: u8,
+    attempts: u8,
+}
+
+/// A lookup's counters, reported when it finishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct LookupStats {
+    /// Requests sent.
+    pub rpcs: u32,
+    /// Answers received.
+    pub responses: u32,
+    /// Requests that timed out or failed.
+    pub failures: u32,
+    /// Path length to the closest node found: 1 if it was in our own table, 2 if a node from our
+    /// table named it, and so on.
+    pub hops: u32,
+}
+
+/// An iterative lookup towards `target`.
+#[derive(Debug)]
+pub struct Lookup {
+    target: NodeId,
+    local: NodeId,
+    k: usize,
+    alpha: usize,
+    max_attempts: u8,
+    cap: usize,
+    candidates: BTreeMap<Distance, Candidate>,
+    best: Option<Distance>,
+    no_progress: usize,
+    stalled: bool,
+    stats: LookupStats,
+}
+
+impl Lookup {
+    /// A lookup seeded with `seeds` (usually the k closest contacts in our routing table).
+    pub fn new(local: NodeId, target: NodeId, k: usize, alpha: usize, max_attempts: u8, seeds: Vec<Contact>) -> Self {
+        let mut l = Self {
+            target,
+            local,
+            k,
+            alpha,
+            max_attempts,
+            cap: k * 3,
+            candidates: BTreeMap::new(),
+            best: None,
+            no_progress: 0,
+            stalled: false,
+            stats: LookupStats::default(),
+        };
+        for c in seeds {
+            l.add(c, 0);
+        }
+        l.best = l.candidates.keys().next().copied();
+        l
+    }
+
+    /// The lookup's target.
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &LookupStats {
+        &self.stats
+    }
+
+    fn add(&mut self, c: Contact, depth: u8) -> bool {
+        if c.id == self.local {
+            return false;
+        }
+        let d = c.id.distance(&self.target);
+        if self.candidates.contains_key(&d) {
+            return false;
+        }
+        if self.candidates.len() >= self.cap {
+            // Full: only accept if closer than the farthest candidate that is not in flight.
+            let Some((far, cand)) = self.candidates.iter().next_back() else { return false };
+            if *far < d || matches!(cand.state, State::Waiting { .. }) {
+                return false;
+            }
+            let far = *far;
+            self.candidates.remove(&far);
+        }
+        self.candidates.insert(d, Candidate { contact: c, state: State::Fresh, depth, attempts: 0 });
+        true
+    }
+
+    /// Contacts to ask now, given the soft timeout for new requests and how many requests the
+    /// node has room for. Each returned contact is marked as waiting.
+    pub fn next(&mut self, now: Instant, soft_timeout: Duration, room: usize) -> Vec<Contact> {
+        let parallelism = if self.stalled { self.k } else { self.alpha };
+        let mut active = 0;
+        let mut out = Vec::new();
+        let mut considered = 0;
+        for cand in self.candidates.values_mut() {
+            if considered >= self.k {
+                break;
+            }
+            match cand.state {
+                State::Failed => continue,
+                State::Succeeded => {}
+                State::Waiting { soft_deadline } => {
+                    if soft_deadline > now {
+                        active += 1;
+                    }
+                }
+                State::Fresh => {
+                    if active < parallelism && out.len() < room {
+                        cand.state = State::Waiting { soft_deadline: now + soft_timeout };
+                        cand.attempts += 1;
+                        active += 1;
+                        out.push(cand.contact.clone());
+                    }
+                }
+            }
+            considered += 1;
+        }
+        self.stats.rpcs += out.len() as u32;
+        out
+    }
+
+    /// The candidate `id` answered, naming `nodes`.
+    pub fn on_success(&mut self, id: &NodeId, nodes: &[Contact]) {
+        let d = id.distance(&self.target);
+        let Some(cand) = self.candidates.get_mut(&d) else { return };
+        if cand.state == State::Succeeded {
+            return;
+        }
+        cand.state = State::Succeeded;
+        let depth = cand.depth.saturating_add(1);
+        self.stats.responses += 1;
+        for n in nodes {
+            self.add(n.clone(), depth);
+        }
+        let closest = self
+            .candidates
+            .iter()
+            .find(|(_, c)| c.state != State::Failed)
+            .map(|(d, _)| *d);
+        if closest.is_some() && (self.best.is_none() || closest < self.best) {
+            self.best = closest;
+            self.no_progress = 0;
+            self.stalled = false;
+        } else {
+            self.no_progress += 1;
+            if self.no_progress >= self.alpha {
+                self.stalled = true;
+            }
+        }
+    }
+
+    /// The request to `id` failed (hard timeout or error). The candidate is retried until it has
+    /// used `max_attempts`, then given up.
+    pub fn on_failure(&mut self, id: &NodeId) {
+        let d = id.distance(&self.target);
+        let Some(cand) = self.candidates.get_mut(&d) else { return };
+        if !matches!(cand.state, State::Waiting { .. }) {
+            return;
+        }
+        self.stats.failures += 1;
+        cand.state = if cand.attempts < self.max_attempts { State::Fresh } else { State::Failed };
+    }
+
+    /// Gives up on `id` at once (no address usable, or the request could not be sent).
+    pub fn give_up(&mut self, id: &NodeId) {
+        let d = id.distance(&self.target);
+        if let Some(cand) = self.candidates.get_mut(&d) {
+            if cand.state != State::Succeeded {
+                cand.state = State::Failed;
+                self.stats.failures += 1;
+            }
+        }
+    }
+
+    /// Whether the k closest candidates that have not failed have all answered.
+    pub fn is_finished(&self) -> bool {
+        self.candidates
+            .values()
+            .filter(|c| c.state != State::Failed)
+            .take(self.k)
+            .all(|c| c.state == State::Succeeded)
+    }
+
+    /// Whether any request of this lookup is still waiting for an answer.
+    pub fn has_waiting(&self) -> bool {
+        self.candidates.values().any(|c| matches!(c.state, State::Waiting { .. }))
+    }
+
+    /// The earliest soft deadline after `now`, when the lookup may widen.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.candidates
+            .values()
+            .take(self.k * 2)
+            .filter_map(|c| match c.state {
+                State::Waiting { soft_deadline } if soft_deadline > now => Some(soft_deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// The k closest candidates that answered, closest first.
+    pub fn closest_succeeded(&self) -> Vec<Contact> {
+        self.candidates
+            .values()
+            .filter(|c| c.state == State::Succeeded)
+            .take(self.k)
+            .map(|c| c.contact.clone())
+            .collect()
+    }
+
+    /// Finishes the lookup: its counters, with `hops` filled in.
+    pub fn finish_stats(&self) -> LookupStats {
+        let mut s = self.stats.clone();
+        s.hops = self
+            .candidates
+            .values()
+            .find(|c| c.state == State::Succeeded)
+            .map_or(0, |c| u32::from(c.depth) + 1);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PeerAddr;
+
+    fn c(b: u8) -> Contact {
+        let mut a = [0u8; 20];
+        a[0] = b;
+        Contact::new(NodeId(a), PeerAddr::Mem(u64::from(b)))
+    }
+
+    #[test]
+    fn converges_and_terminates() {
+        let now = Instant::now();
+        let target = NodeId::ZERO;
+        let mut l = Lookup::new(NodeId([0xff; 20]), target, 2, 1, 1, vec![c(0x80), c(0x40)]);
+        let ask = l.next(now, Duration::from_millis(100), 10);
+        assert_eq!(ask, vec![c(0x40)]);
+        l.on_success(&c(0x40).id, &[c(0x10), c(0x20)]);
+        let ask = l.next(now, Duration::from_millis(100), 10);
+        assert_eq!(ask, vec![c(0x10)]);
+        l.on_success(&c(0x10).id, &[c(0x20)]);
+        // No progress: stalled, so both remaining closest are asked at once... only 0x20 left in top 2.
+        let ask = l.next(now, Duration::from_millis(100), 10);
+        assert_eq!(ask, vec![c(0x20)]);
+        assert!(!l.is_finished());
+        l.on_failure(&c(0x20).id);
+        // 0x20 failed (max_attempts 1): the top 2 now are 0x10 and 0x40, both answered.
+        assert!(l.is_finished());
+        assert_eq!(l.closest_succeeded(), vec![c(0x10), c(0x40)]);
+        assert_eq!(l.finish_stats().hops, 2);
+    }
+
+    #[test]
+    fn soft_timeout_widens() {
+        let now = Instant::now();
+        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 3, 1, 2, vec![c(1), c(2), c(3)]);
+        assert_eq!(l.next(now, Duration::from_millis(10), 10).len(), 1);
+        assert!(l.next(now, Duration::from_millis(10), 10).is_empty());
+        let later = now + Duration::from_millis(11);
+        assert_eq!(l.next_deadline(now), Some(now + Duration::from_millis(10)));
+        assert_eq!(l.next(later, Duration::from_millis(10), 10), vec![c(2)]);
+        // A late answer from the first still counts.
+        l.on_success(&c(1).id, &[]);
+        assert!(!l.is_finished());
+    }
+
+    #[test]
+    fn retries_before_giving_up() {
+        let now = Instant::now();
+        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 1, 1, 2, vec![c(1)]);
+        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![c(1)]);
+        l.on_failure(&c(1).id);
+        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![c(1)]);
+        l.on_failure(&c(1).id);
+        assert!(l.next(now, Duration::from_millis(10), 10).is_empty());
+        assert!(l.is_finished());
+        assert!(l.closest_succeeded().is_empty());
+        assert_eq!(l.stats().failures, 2);
+    }
+}

@@ -1,0 +1,1395 @@
+//! The sans-IO engine: [`Node`], its inputs, outputs, events and commands.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
+use tracing::{debug, trace};
+
+use crate::addr::{Contact, PeerAddr};
+use crate::codec::{Codec, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
+use crate::config::{Config, ConfigError};
+use crate::id::{Key, NodeId};
+use crate::lookup::{Lookup, LookupStats};
+use crate::message::{Body, Message, Request, Response, RpcError, TxnId};
+use crate::plugin::{Action, Plugin, PluginCx, PluginResponse, Reply, RequestId};
+use crate::record::{AcceptAll, MemoryStore, Record, RecordStore, RecordValidator, StoreError};
+use crate::routing::{InsertOutcome, RoutingParams, RoutingSnapshot, RoutingTable};
+use crate::stats::Stats;
+
+/// Identifies a query (lookup, get, put, ping, call) started by a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct QueryId(pub u64);
+
+/// An input to the engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// Bytes received from a peer; the engine decodes them with its codec.
+    Datagram {
+        /// Where they came from.
+        from: PeerAddr,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// An already decoded message (simulator and in-process transports).
+    Message {
+        /// Where it came from.
+        from: PeerAddr,
+        /// The message.
+        msg: Message,
+    },
+    /// The time returned by [`Node::poll_timeout`] has been reached.
+    Timeout,
+}
+
+/// An output of the engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// A message to send. Encode it with [`Node::encode`] for a byte transport.
+    Send {
+        /// Destination.
+        to: PeerAddr,
+        /// The message.
+        msg: Message,
+    },
+    /// Something happened.
+    Event(Event),
+}
+
+/// Events for the application.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A query finished.
+    QueryDone {
+        /// Which.
+        id: QueryId,
+        /// Its result.
+        result: QueryResult,
+    },
+    /// A `get` received a verified value (more may follow until the query is done).
+    GetProgress {
+        /// Which query.
+        id: QueryId,
+        /// The value.
+        record: Record,
+        /// Who held it.
+        from: NodeId,
+    },
+    /// A peer stored a record here.
+    RecordStored {
+        /// Its key.
+        key: Key,
+        /// Who sent it.
+        from: NodeId,
+    },
+    /// A plugin emitted an event.
+    Plugin {
+        /// The plugin's namespace.
+        namespace: &'static str,
+        /// The event's name.
+        name: String,
+        /// Its data.
+        data: Bytes,
+    },
+}
+
+/// Why a query failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The routing table was empty and no seed answered.
+    #[error("no peers to ask")]
+    NoPeers,
+    /// No valid value was found under the key.
+    #[error("no value found under the key")]
+    NotFound,
+    /// The peer did not answer in time.
+    #[error("request timed out")]
+    Timeout,
+    /// The peer answered with an error.
+    #[error(transparent)]
+    Remote(#[from] RpcError),
+    /// Nobody accepted the record.
+    #[error("no node stored the record")]
+    NotStored,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LookupOutcome {
+    /// The target.
+    pub target: NodeId,
+    /// The k closest nodes that answered, closest first.
+    pub closest: Vec<Contact>,
+    /// Counters.
+    pub stats: LookupStats,
+    /// Time from start to finish.
+    pub elapsed: Duration,
+}
+
+/// The outcome of a successful `get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GetOutcome {
+    /// The best valid record found.
+    pub record: Record,
+    /// How many valid answers were received.
+    pub answers: usize,
+    /// Counters.
+    pub stats: LookupStats,
+    /// Time from start to finish.
+    pub elapsed: Duration,
+}
+
+/// The outcome of a `put`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutOutcome {
+    /// The key.
+    pub key: Key,
+    /// How many nodes acknowledged the record (this node included, if it is among the k closest).
+    pub stored: usize,
+    /// How many nodes were asked.
+    pub tried: usize,
+    /// Counters of the lookup phase.
+    pub stats: LookupStats,
+    /// Time from start to finish.
+    pub elapsed: Duration,
+}
+
+/// The outcome of a ping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PingOutcome {
+    /// Who answered.
+    pub contact: Contact,
+    /// Round-trip time.
+    pub rtt: Duration,
+}
+
+/// Results of finished queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueryResult {
+    /// `find_node`.
+    FindNode(Result<LookupOutcome, QueryError>),
+    /// `bootstrap`.
+    Bootstrap(Result<LookupOutcome, QueryError>),
+    /// A bucket refresh started by the engine.
+    Refresh(LookupOutcome),
+    /// `get`.
+    Get(Result<GetOutcome, QueryError>),
+    /// `put` (also re-replication and republish started by the engine).
+    Put(Result<PutOutcome, QueryError>),
+    /// `ping`.
+    Ping(Result<PingOutcome, QueryError>),
+    /// `call`.
+    Call(Result<Bytes, QueryError>),
+    /// A plugin's lookup.
+    PluginLookup(LookupOutcome),
+}
+
+/// A user command that could not start. The message names the field and the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// Too many queries are running.
+    #[error("too many queries running: max_queries = {limit}")]
+    TooManyQueries {
+        /// The limit.
+        limit: usize,
+    },
+    /// The value is larger than allowed.
+    #[error("value is {len} bytes, larger than max_value_len = {limit}")]
+    ValueTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The record has already expired.
+    #[error("record expired at {expires_at_ms} ms, before now ({now_ms} ms)")]
+    Expired {
+        /// Its expiry.
+        expires_at_ms: u64,
+        /// Now.
+        now_ms: u64,
+    },
+    /// No address of the contact uses a transport this node has.
+    #[error("no address of the peer uses a transport in transport_preference")]
+    NoAddress,
+    /// The method name has no `namespace.` prefix.
+    #[error("method {0:?} must be namespaced as namespace.METHOD")]
+    BadMethod(String),
+    /// A seed list was empty.
+    #[error("bootstrap needs at least one seed address")]
+    NoSeeds,
+}
+
+enum PendingKind {
+    Lookup { query: QueryId, peer: NodeId },
+    Store { query: QueryId },
+    Ping { query: QueryId },
+    BootstrapPing { query: QueryId },
+    EvictPing { peer: NodeId },
+    Call { query: QueryId },
+    Plugin { plugin: usize, id: RequestId },
+}
+
+struct Pending {
+    kind: PendingKind,
+    sent_at: Instant,
+    deadline: (Instant, u64),
+    expected: Option<NodeId>,
+}
+
+enum QueryKind {
+    FindNode,
+    Bootstrap { pings: usize, refresh_left: usize },
+    Refresh,
+    Get { key: Key, quorum: usize, found: Vec<Record> },
+    Put { record: Record, storing: Option<(usize, usize, usize)> },
+    Ping,
+    Call,
+    PluginLookup { plugin: usize, method: String, params: Bytes },
+}
+
+struct Query {
+    kind: QueryKind,
+    started: Instant,
+    lookup: Option<Lookup>,
+}
+
+/// Round-trip estimator (Jacobson/Karels), in microseconds.
+#[derive(Debug, Clone)]
+struct Rtt {
+    srtt: u64,
+    rttvar: u64,
+}
+
+impl Rtt {
+    fn sample(&mut self, rtt: Duration) {
+        let r = rtt.as_micros().min(u128::from(u32::MAX)) as u64;
+        let err = self.srtt.abs_diff(r);
+        self.rttvar = (self.rttvar * 3 + err) / 4;
+        self.srtt = (self.srtt * 7 + r) / 8;
+    }
+    fn rto(&self) -> Duration {
+        Duration::from_micros(self.srtt + (4 * self.rttvar).max(self.srtt / 4))
+    }
+}
+
+/// Builds a [`Node`] from its parts.
+pub struct NodeBuilder {
+    config: Config,
+    identity: Option<Arc<dyn Identity>>,
+    addrs: Vec<PeerAddr>,
+    codec: Option<Box<dyn Codec>>,
+    store: Option<Box<dyn RecordStore>>,
+    validator: Option<Arc<dyn RecordValidator>>,
+    plugins: Vec<Box<dyn Plugin>>,
+}
+
+impl NodeBuilder {
+    /// The node's identity (its id, and its key for signing codecs).
+    pub fn identity(mut self, identity: Arc<dyn Identity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+    /// A fixed id with an unsigned identity.
+    pub fn id(self, id: NodeId) -> Self {
+        self.identity(Arc::new(StaticIdentity(id)))
+    }
+    /// The addresses this node listens on, advertised in its contact.
+    pub fn addrs(mut self, addrs: Vec<PeerAddr>) -> Self {
+        self.addrs = addrs;
+        self
+    }
+    /// The wire codec. Default [`PlainCodec`].
+    pub fn codec(mut self, codec: Box<dyn Codec>) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+    /// The record store. Default a [`MemoryStore`] with `Config::store_limits`.
+    pub fn store(mut self, store: Box<dyn RecordStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// The record validator. Default [`AcceptAll`].
+    pub fn validator(mut self, validator: Arc<dyn RecordValidator>) -> Self {
+        self.validator = Some(validator);
+        self
+    }
+    /// Adds a plugin. Plugins are consulted in the order they are added.
+    pub fn plugin(mut self, plugin: Box<dyn Plugin>) -> Self {
+        self.plugins.push(plugin);
+        self
+    }
+    pub(crate) fn addrs_is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+    pub(crate) fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+    /// The configuration, to adjust before building.
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+    /// Builds the node at time `now`. Without an identity, the id is drawn from the RNG seed.
+    pub fn build(self, now: Instant) -> Result<Node, ConfigError> {
+        self.config.validate()?;
+        let seed = self.config.rng_seed.unwrap_or_else(|| {
+            let mut s = [0u8; 32];
+            if let Some(id) = &self.identity {
+                s[..20].copy_from_slice(id.node_id().as_bytes());
+            }
+            s
+        });
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        let identity = self
+            .identity
+            .unwrap_or_else(|| Arc::new(StaticIdentity(NodeId::random(&mut rng))));
+        let id = identity.node_id();
+        let params = RoutingParams {
+            k: self.config.k,
+            replacement_cache: self.config.replacement_cache,
+            liveness_window: self.config.liveness_window,
+            max_failures: self.config.max_failures,
+        };
+        let store = self
+            .store
+            .unwrap_or_else(|| Box::new(MemoryStore::new(id, self.config.store_limits.clone())));
+        let init = self.config.initial_rtt.as_micros() as u64;
+        Ok(Node {
+            local: Contact::with_addrs(id, self.addrs),
+            identity,
+            codec: self.codec.unwrap_or_else(|| Box::new(PlainCodec::new())),
+            routing: RoutingTable::new(id, params),
+            store,
+            validator: self.validator.unwrap_or_else(|| Arc::new(AcceptAll)),
+            plugins: self.plugins,
+            rng,
+            in_flight: FxHashMap::default(),
+            deadlines: BTreeMap::new(),
+            seq: 0,
+            queries: BTreeMap::new(),
+            next_query: 0,
+            next_request: 0,
+            starved: VecDeque::new(),
+            outputs: VecDeque::new(),
+            rtt: Rtt { srtt: init, rttvar: init / 2 },
+            stats: Stats::default(),
+            now,
+            next_maintenance: now + self.config.maintenance_interval,
+            next_replicate: now + self.config.replicate_interval,
+            own_records: BTreeMap::new(),
+            config: self.config,
+        })
+    }
+}
+
+/// The Kademlia engine: a state machine with no I/O, no OS clock and no OS randomness.
+///
+/// # Driving it
+///
+/// 1. Feed it inputs with [`handle_input`](Self::handle_input) (received bytes or messages, and
+///    [`Input::Timeout`] when the time from [`poll_timeout`](Self::poll_timeout) has come) and
+///    commands ([`find_node`](Self::find_node), [`get`](Self::get), [`put`](Self::put), ...).
+/// 2. After each, drain [`poll_output`](Self::poll_output) until it returns `None`: send every
+///    [`Output::Send`], deliver every [`Output::Event`].
+/// 3. Ask [`poll_timeout`](Self::poll_timeout) when to wake it next.
+///
+/// Every entry point takes `now`; time never goes backwards (an earlier `now` is treated as the
+/// latest one seen). Remote misbehaviour never returns an error and never panics: it is dropped
+/// and counted in [`Stats`].
+pub struct Node {
+    config: Config,
+    local: Contact,
+    identity: Arc<dyn Identity>,
+    codec: Box<dyn Codec>,
+    rng: ChaCha8Rng,
+    routing: RoutingTable,
+    store: Box<dyn RecordStore>,
+    validator: Arc<dyn RecordValidator>,
+    plugins: Vec<Box<dyn Plugin>>,
+    in_flight: FxHashMap<(TxnId, PeerAddr), Pending>,
+    deadlines: BTreeMap<(Instant, u64), (TxnId, PeerAddr)>,
+    seq: u64,
+    queries: BTreeMap<QueryId, Query>,
+    next_query: u64,
+    next_request: u64,
+    starved: VecDeque<QueryId>,
+    outputs: VecDeque<Output>,
+    rtt: Rtt,
+    stats: Stats,
+    now: Instant,
+    next_maintenance: Instant,
+    next_replicate: Instant,
+    own_records: BTreeMap<Key, Instant>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.local.id)
+            .field("routing", &self.routing.len())
+            .field("in_flight", &self.in_flight.len())
+            .field("queries", &self.queries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts building a node with `config`.
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            identity: None,
+            addrs: Vec::new(),
+            codec: None,
+            store: None,
+            validator: None,
+            plugins: Vec::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.local.id
+    }
+    /// This node's contact (id and advertised addresses).
+    pub fn contact(&self) -> &Contact {
+        &self.local
+    }
+    /// The identity.
+    pub fn identity(&self) -> &Arc<dyn Identity> {
+        &self.identity
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The routing table.
+    pub fn routing_table(&self) -> &RoutingTable {
+        &self.routing
+    }
+    /// The record store.
+    pub fn store(&self) -> &dyn RecordStore {
+        &*self.store
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+    /// Queries running.
+    pub fn queries_running(&self) -> usize {
+        self.queries.len()
+    }
+    /// A snapshot of the routing table for a warm restart.
+    pub fn snapshot(&self) -> RoutingSnapshot {
+        self.routing.snapshot()
+    }
+    /// Wall-clock ms at `now`, as the configured wall clock says.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        self.config.wall_clock.unix_ms(now)
+    }
+
+    // ---- the driving loop ----
+
+    /// Encodes a message for the wire with the node's codec.
+    pub fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError> {
+        self.codec.encode(msg)
+    }
+
+    /// Next output, or `None` when drained.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the engine next needs [`Input::Timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = Some(self.next_maintenance);
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        min(self.deadlines.keys().next().map(|k| k.0));
+        for q in self.queries.values() {
+            if let Some(l) = &q.lookup {
+                min(l.next_deadline(self.now));
+            }
+        }
+        for p in &self.plugins {
+            min(p.next_timeout());
+        }
+        t
+    }
+
+    /// Feeds one input.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        let now = self.advance(now);
+        match input {
+            Input::Datagram { from, data } => match self.codec.decode(&data) {
+                Ok(msg) => self.handle_message(now, from, msg),
+                Err(e) => {
+                    match e {
+                        DecodeError::Auth(_) => self.stats.dropped_auth += 1,
+                        DecodeError::WrongRecipient => self.stats.dropped_wrong_recipient += 1,
+                        _ => self.stats.dropped_malformed += 1,
+                    }
+                    trace!(peer = %from, error = %e, "dropped undecodable datagram");
+                }
+            },
+            Input::Message { from, msg } => self.handle_message(now, from, msg),
+            Input::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    fn advance(&mut self, now: Instant) -> Instant {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    // ---- commands ----
+
+    fn new_query(&mut self, now: Instant, kind: QueryKind, lookup: Option<Lookup>) -> Result<QueryId, CommandError> {
+        if self.queries.len() >= self.config.max_queries {
+            self.stats.queries_refused += 1;
+            return Err(CommandError::TooManyQueries { limit: self.config.max_queries });
+        }
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        self.stats.queries_started += 1;
+        self.queries.insert(id, Query { kind, started: now, lookup });
+        Ok(id)
+    }
+
+    fn make_lookup(&mut self, now: Instant, target: NodeId) -> Lookup {
+        self.routing.touch(now, &target);
+        let seeds = self.routing.closest(&target, self.config.k);
+        Lookup::new(self.local.id, target, self.config.k, self.config.alpha, self.config.max_attempts, seeds)
+    }
+
+    /// Adds a contact to the routing table as unverified (it becomes good once it answers).
+    pub fn add_contact(&mut self, now: Instant, contact: Contact) {
+        let now = self.advance(now);
+        self.routing.insert(now, contact, false);
+    }
+
+    /// Restores a routing-table snapshot (contacts start as questionable). Returns how many were added.
+    pub fn restore(&mut self, now: Instant, snapshot: &RoutingSnapshot) -> usize {
+        let now = self.advance(now);
+        self.routing.restore(now, snapshot)
+    }
+
+    /// Joins the network through seed addresses whose ids are unknown: pings them, then looks up
+    /// our own id. Finishes with [`QueryResult::Bootstrap`].
+    pub fn bootstrap(&mut self, now: Instant, seeds: &[PeerAddr]) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        if seeds.is_empty() && self.routing.is_empty() {
+            return Err(CommandError::NoSeeds);
+        }
+        let qid = self.new_query(
+            now,
+            QueryKind::Bootstrap { pings: 0, refresh_left: self.config.bootstrap_refresh },
+            None,
+        )?;
+        let mut sent = 0;
+        for addr in seeds {
+            if self.send_request(now, addr.clone(), None, Request::Ping, PendingKind::BootstrapPing { query: qid }) {
+                sent += 1;
+            }
+        }
+        if let Some(Query { kind: QueryKind::Bootstrap { pings, .. }, .. }) = self.queries.get_mut(&qid) {
+            *pings = sent;
+        }
+        if sent == 0 {
+            self.start_bootstrap_lookup(now, qid);
+        }
+        Ok(qid)
+    }
+
+    /// Joins the network through known contacts: adds them, then looks up our own id.
+    pub fn bootstrap_with(&mut self, now: Instant, seeds: Vec<Contact>) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        for c in seeds {
+            self.routing.insert(now, c, false);
+        }
+        let qid = self.new_query(
+            now,
+            QueryKind::Bootstrap { pings: 0, refresh_left: self.config.bootstrap_refresh },
+            None,
+        )?;
+        self.start_bootstrap_lookup(now, qid);
+        Ok(qid)
+    }
+
+    fn start_bootstrap_lookup(&mut self, now: Instant, qid: QueryId) {
+        let lookup = self.make_lookup(now, self.local.id);
+        if let Some(q) = self.queries.get_mut(&qid) {
+            q.lookup = Some(lookup);
+        }
+        self.step_query(now, qid);
+    }
+
+    /// Finds the k closest nodes to `target`. Finishes with [`QueryResult::FindNode`].
+    pub fn find_node(&mut self, now: Instant, target: NodeId) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        let lookup = self.make_lookup(now, target);
+        let qid = self.new_query(now, QueryKind::FindNode, Some(lookup))?;
+        self.step_query(now, qid);
+        Ok(qid)
+    }
+
+    /// Looks up the record under `key`. Finishes with [`QueryResult::Get`] as soon as `quorum`
+    /// valid values arrived (the best by the validator), or when the lookup converges. A `quorum`
+    /// of 0 means: run the lookup to the end and return the best value seen. A locally held value
+    /// counts as one answer.
+    pub fn get(&mut self, now: Instant, key: Key, quorum: usize) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        let mut found = Vec::new();
+        let unix = self.unix_ms(now);
+        if let Some(r) = self.store.get(&key) {
+            if !r.is_expired(unix) && self.validator.validate(&r).is_ok() {
+                found.push(r);
+            }
+        }
+        let lookup = self.make_lookup(now, key);
+        let qid = self.new_query(now, QueryKind::Get { key, quorum, found }, Some(lookup))?;
+        self.step_query(now, qid);
+        Ok(qid)
+    }
+
+    /// Publishes `value` under `key` as this node's record (republished before it expires).
+    /// Finishes with [`QueryResult::Put`], saying how many nodes stored it.
+    pub fn put(&mut self, now: Instant, key: Key, value: Bytes) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        let unix = self.unix_ms(now);
+        let record = Record::new(key, value, Some(self.local.id), unix, self.config.record_ttl.as_millis() as u64);
+        let qid = self.put_record(now, record)?;
+        self.own_records.insert(key, now);
+        Ok(qid)
+    }
+
+    /// Stores `record` as given at the k closest nodes to its key (no republish bookkeeping).
+    pub fn put_record(&mut self, now: Instant, record: Record) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        if record.value.len() > self.config.max_value_len {
+            return Err(CommandError::ValueTooLarge { len: record.value.len(), limit: self.config.max_value_len });
+        }
+        let unix = self.unix_ms(now);
+        if record.is_expired(unix) {
+            return Err(CommandError::Expired { expires_at_ms: record.expires_at_ms, now_ms: unix });
+        }
+        let lookup = self.make_lookup(now, record.key);
+        let qid = self.new_query(now, QueryKind::Put { record, storing: None }, Some(lookup))?;
+        self.step_query(now, qid);
+        Ok(qid)
+    }
+
+    /// Pings an address. Finishes with [`QueryResult::Ping`].
+    pub fn ping(&mut self, now: Instant, addr: PeerAddr) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        let qid = self.new_query(now, QueryKind::Ping, None)?;
+        if !self.send_request(now, addr, None, Request::Ping, PendingKind::Ping { query: qid }) {
+            self.finish(now, qid, QueryResult::Ping(Err(QueryError::NoPeers)));
+        }
+        Ok(qid)
+    }
+
+    /// Calls a plugin method (`namespace.METHOD`) on a peer. Finishes with [`QueryResult::Call`].
+    pub fn call(&mut self, now: Instant, to: &Contact, method: &str, params: Bytes) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        if !method.contains('.') {
+            return Err(CommandError::BadMethod(method.to_owned()));
+        }
+        let addr = to.addr_for(&self.config.transport_preference).cloned().ok_or(CommandError::NoAddress)?;
+        let qid = self.new_query(now, QueryKind::Call, None)?;
+        let req = Request::Custom { method: method.to_owned(), params };
+        if !self.send_request(now, addr, Some(to.id), req, PendingKind::Call { query: qid }) {
+            self.finish(now, qid, QueryResult::Call(Err(QueryError::NoPeers)));
+        }
+        Ok(qid)
+    }
+
+    // ---- sending ----
+
+    fn hard_timeout(&self) -> Duration {
+        (self.rtt.rto() * 3).clamp(self.config.min_request_timeout, self.config.request_timeout)
+    }
+
+    fn soft_timeout(&self) -> Duration {
+        self.rtt.rto().clamp(self.config.min_soft_timeout, self.config.request_timeout)
+    }
+
+    fn send_request(&mut self, now: Instant, to: PeerAddr, expected: Option<NodeId>, req: Request, kind: PendingKind) -> bool {
+        if self.in_flight.len() >= self.config.max_in_flight {
+            self.stats.in_flight_full += 1;
+            return false;
+        }
+        let mut txn;
+        loop {
+            txn = TxnId(Bytes::copy_from_slice(&self.rng.random::<u32>().to_be_bytes()));
+            if !self.in_flight.contains_key(&(txn.clone(), to.clone())) {
+                break;
+            }
+        }
+        let deadline = (now + self.hard_timeout(), self.seq);
+        self.seq += 1;
+        self.deadlines.insert(deadline, (txn.clone(), to.clone()));
+        self.in_flight.insert((txn.clone(), to.clone()), Pending { kind, sent_at: now, deadline, expected });
+        let msg = Message {
+            txn,
+            sender: self.local.clone(),
+            recipient: expected,
+            read_only: self.config.read_only,
+            body: Body::Request(req),
+        };
+        self.stats.requests_out += 1;
+        self.stats.messages_out += 1;
+        self.outputs.push_back(Output::Send { to, msg });
+        true
+    }
+
+    fn send_to_contact(&mut self, now: Instant, to: &Contact, req: Request, kind: PendingKind) -> bool {
+        let Some(addr) = to.addr_for(&self.config.transport_preference).cloned() else {
+            return false;
+        };
+        self.send_request(now, addr, Some(to.id), req, kind)
+    }
+
+    fn reply(&mut self, to: PeerAddr, txn: TxnId, recipient: NodeId, body: Body) {
+        let msg = Message { txn, sender: self.local.clone(), recipient: Some(recipient), read_only: self.config.read_only, body };
+        self.stats.messages_out += 1;
+        self.outputs.push_back(Output::Send { to, msg });
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    // ---- inbound ----
+
+    fn handle_message(&mut self, now: Instant, from: PeerAddr, msg: Message) {
+        self.stats.messages_in += 1;
+        if msg.sender.id == self.local.id {
+            self.stats.dropped_self += 1;
+            return;
+        }
+        if let Some(r) = msg.recipient {
+            if r != self.local.id {
+                // Bootstrap pings carry no recipient; anything else must be for us.
+                self.stats.dropped_wrong_recipient += 1;
+                return;
+            }
+        }
+        match msg.body {
+            Body::Request(req) => self.handle_request(now, from, msg.txn, msg.sender, msg.read_only, req),
+            Body::Response(rsp) => self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Ok(rsp)),
+            Body::Error(err) => self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Err(err)),
+        }
+    }
+
+    fn observe_sender(&mut self, now: Instant, from: &PeerAddr, sender: Contact) {
+        let contact = if sender.addrs.contains(from) {
+            sender
+        } else {
+            // The address we actually heard it from comes first.
+            let mut addrs = vec![from.clone()];
+            addrs.extend(sender.addrs.iter().filter(|a| *a != from).cloned());
+            Contact::with_addrs(sender.id, addrs)
+        };
+        if let InsertOutcome::Pending { ping: Some(p) } = self.routing.insert(now, contact, true) {
+            let peer = p.id;
+            if !self.send_to_contact(now, &p, Request::Ping, PendingKind::EvictPing { peer }) {
+                self.routing.on_ping_ok(&peer);
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, from: PeerAddr, txn: TxnId, sender: Contact, read_only: bool, req: Request) {
+        for p in &mut self.plugins {
+            if !p.allow(&from, &sender, &req) {
+                self.stats.dropped_filtered += 1;
+                return;
+            }
+        }
+        self.stats.requests_in += 1;
+        let sender_id = sender.id;
+        let k = self.config.k;
+        let body = match req {
+            Request::Ping => Some(Body::Response(Response::Pong)),
+            Request::FindNode { target } => {
+                Some(Body::Response(Response::Nodes { nodes: self.closest_for(&target, &sender_id, k) }))
+            }
+            Request::FindValue { key } => {
+                let unix = self.unix_ms(now);
+                let nodes = self.closest_for(&key, &sender_id, k);
+                match self.store.get(&key) {
+                    Some(record) if !record.is_expired(unix) => {
+                        let mut record = record;
+                        record.stored_at_ms = 0;
+                        Some(Body::Response(Response::Value { record, nodes }))
+                    }
+                    _ => Some(Body::Response(Response::Nodes { nodes })),
+                }
+            }
+            Request::Store { record } => Some(match self.store_inbound(now, sender_id, record) {
+                Ok(()) => Body::Response(Response::Stored),
+                Err(e) => {
+                    self.stats.records_rejected += 1;
+                    Body::Error(e)
+                }
+            }),
+            Request::Custom { method, params } => self.plugin_request(now, &sender, &method, &params),
+        };
+        if let Some(body) = body {
+            self.reply(from.clone(), txn, sender_id, body);
+        }
+        if self.config.accept_requesters && !read_only {
+            self.observe_sender(now, &from, sender);
+        }
+    }
+
+    fn closest_for(&self, target: &NodeId, requester: &NodeId, k: usize) -> Vec<Contact> {
+        let mut v = self.routing.closest(target, k + 1);
+        v.retain(|c| c.id != *requester);
+        v.truncate(k);
+        v
+    }
+
+    fn store_inbound(&mut self, now: Instant, from: NodeId, mut record: Record) -> Result<(), RpcError> {
+        let unix = self.unix_ms(now);
+        if record.value.len() > self.config.max_value_len {
+            return Err(RpcError::new(
+                RpcError::INVALID_PARAMS,
+                format!("value is {} bytes, limit {}", record.value.len(), self.config.max_value_len),
+            ));
+        }
+        if record.is_expired(unix) {
+            return Err(RpcError::new(RpcError::REJECTED, "record expired"));
+        }
+        if record.published_at_ms > unix + self.config.max_clock_skew.as_millis() as u64 {
+            return Err(RpcError::new(RpcError::REJECTED, "record published in the future"));
+        }
+        self.validator.validate(&record).map_err(|e| RpcError::new(RpcError::REJECTED, e.0))?;
+        let max_expiry = record.published_at_ms.saturating_add(self.config.record_ttl.as_millis() as u64);
+        record.expires_at_ms = record.expires_at_ms.min(max_expiry);
+        record.stored_at_ms = unix;
+        if let Some(existing) = self.store.get(&record.key) {
+            if !existing.is_expired(unix) && existing.value != record.value {
+                let pick = self.validator.select(&record.key, &[existing, record.clone()]);
+                if pick == 0 {
+                    return Err(RpcError::new(RpcError::REJECTED, "a better record is already stored"));
+                }
+            }
+        }
+        let key = record.key;
+        match self.store.put(record) {
+            Ok(_) => {
+                self.stats.records_stored += 1;
+                self.emit(Event::RecordStored { key, from });
+                Ok(())
+            }
+            Err(e @ StoreError::Full { .. }) => Err(RpcError::new(RpcError::STORE_FULL, e.to_string())),
+            Err(e) => Err(RpcError::new(RpcError::REJECTED, e.to_string())),
+        }
+    }
+
+    fn plugin_request(&mut self, now: Instant, sender: &Contact, method: &str, params: &Bytes) -> Option<Body> {
+        let ns = method.split_once('.').map(|(ns, _)| ns);
+        let Some(idx) = ns.and_then(|ns| self.plugins.iter().position(|p| p.namespace() == ns)) else {
+            return Some(Body::Error(RpcError::new(RpcError::METHOD_NOT_FOUND, format!("method not found: {method}"))));
+        };
+        let reply = self.with_plugin(now, idx, |p, cx| p.on_request(cx, sender, method, params));
+        match reply {
+            Reply::Result(result) => Some(Body::Response(Response::Custom { result, nodes: Vec::new() })),
+            Reply::WithNodes(result, nodes) => Some(Body::Response(Response::Custom { result, nodes })),
+            Reply::Error(e) => Some(Body::Error(e)),
+            Reply::Drop => None,
+        }
+    }
+
+    fn with_plugin<R>(&mut self, now: Instant, idx: usize, f: impl FnOnce(&mut dyn Plugin, &mut PluginCx<'_>) -> R) -> R {
+        let mut plugins = std::mem::take(&mut self.plugins);
+        let mut actions = Vec::new();
+        let unix_ms = self.unix_ms(now);
+        let r = {
+            let mut cx = PluginCx {
+                now,
+                unix_ms,
+                local: &self.local,
+                rng: &mut self.rng,
+                routing: &self.routing,
+                store: &*self.store,
+                actions: &mut actions,
+                next_request: &mut self.next_request,
+                next_query: &mut self.next_query,
+                k: self.config.k,
+            };
+            f(&mut *plugins[idx], &mut cx)
+        };
+        self.plugins = plugins;
+        self.apply_plugin_actions(now, idx, actions);
+        r
+    }
+
+    fn apply_plugin_actions(&mut self, now: Instant, idx: usize, actions: Vec<Action>) {
+        let namespace = self.plugins[idx].namespace();
+        for a in actions {
+            match a {
+                Action::Send { id, to, method, params } => {
+                    if !self.send_to_contact(now, &to, Request::Custom { method, params }, PendingKind::Plugin { plugin: idx, id }) {
+                        self.with_plugin(now, idx, |p, cx| p.on_response(cx, id, PluginResponse::Timeout));
+                    }
+                }
+                Action::SendAddr { id, to, method, params } => {
+                    if !self.send_request(now, to, None, Request::Custom { method, params }, PendingKind::Plugin { plugin: idx, id }) {
+                        self.with_plugin(now, idx, |p, cx| p.on_response(cx, id, PluginResponse::Timeout));
+                    }
+                }
+                Action::Lookup { id, target, method, params } => {
+                    let lookup = self.make_lookup(now, target);
+                    self.stats.queries_started += 1;
+                    self.queries.insert(
+                        id,
+                        Query { kind: QueryKind::PluginLookup { plugin: idx, method, params }, started: now, lookup: Some(lookup) },
+                    );
+                    self.step_query(now, id);
+                }
+                Action::Emit { name, data } => self.emit(Event::Plugin { namespace, name, data }),
+            }
+        }
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        from: PeerAddr,
+        txn: TxnId,
+        sender: Contact,
+        read_only: bool,
+        rsp: Result<Response, RpcError>,
+    ) {
+        let key = (txn, from);
+        let Some(pending) = self.in_flight.get(&key) else {
+            self.stats.dropped_unknown_txn += 1;
+            trace!(peer = %key.1, "response to no request of ours");
+            return;
+        };
+        if pending.expected.is_some_and(|id| id != sender.id) {
+            self.stats.dropped_wrong_peer += 1;
+            return;
+        }
+        let Some(pending) = self.in_flight.remove(&key) else { return };
+        self.deadlines.remove(&pending.deadline);
+        self.stats.responses_in += 1;
+        let rtt = now.saturating_duration_since(pending.sent_at);
+        self.rtt.sample(rtt);
+        let from = key.1;
+        if !read_only {
+            self.observe_sender(now, &from, sender.clone());
+            self.routing.record_rtt(&sender.id, rtt);
+        }
+        match pending.kind {
+            PendingKind::Lookup { query, peer } => self.lookup_response(now, query, peer, &sender, rsp),
+            PendingKind::Store { query } => self.store_result(now, query, rsp.is_ok()),
+            PendingKind::Ping { query } => {
+                let r = match rsp {
+                    Ok(_) => Ok(PingOutcome { contact: sender, rtt }),
+                    Err(e) => Err(QueryError::Remote(e)),
+                };
+                self.finish(now, query, QueryResult::Ping(r));
+            }
+            PendingKind::BootstrapPing { query } => {
+                let start = match self.queries.get_mut(&query) {
+                    Some(Query { kind: QueryKind::Bootstrap { pings, .. }, lookup, .. }) => {
+                        *pings = pings.saturating_sub(1);
+                        lookup.is_none()
+                    }
+                    _ => false,
+                };
+                if read_only {
+                    // Still usable as a seed for our own lookup, though not kept in the table.
+                    self.routing.insert(now, sender, false);
+                }
+                if start {
+                    self.start_bootstrap_lookup(now, query);
+                }
+            }
+            PendingKind::EvictPing { peer } => self.routing.on_ping_ok(&peer),
+            PendingKind::Call { query } => {
+                let r = match rsp {
+                    Ok(Response::Custom { result, .. }) => Ok(result),
+                    Ok(_) => Err(QueryError::Remote(RpcError::new(RpcError::INTERNAL, "unexpected response type"))),
+                    Err(e) => Err(QueryError::Remote(e)),
+                };
+                self.finish(now, query, QueryResult::Call(r));
+            }
+            PendingKind::Plugin { plugin, id } => {
+                let r = match rsp {
+                    Ok(Response::Custom { result, nodes }) => PluginResponse::Ok { from: sender, result, nodes },
+                    Ok(other) => PluginResponse::Ok { from: sender, result: Bytes::new(), nodes: other.nodes().to_vec() },
+                    Err(e) => PluginResponse::Remote(e),
+                };
+                self.with_plugin(now, plugin, |p, cx| p.on_response(cx, id, r));
+            }
+        }
+        self.feed_starved(now);
+    }
+
+    fn lookup_response(&mut self, now: Instant, qid: QueryId, peer: NodeId, sender: &Contact, rsp: Result<Response, RpcError>) {
+        let unix = self.unix_ms(now);
+        let validator = self.validator.clone();
+        let Some(q) = self.queries.get_mut(&qid) else { return };
+        let Some(lookup) = q.lookup.as_mut() else { return };
+        let mut progress = None;
+        let mut plugin_cb = None;
+        match &rsp {
+            Ok(r) => {
+                lookup.on_success(&peer, r.nodes());
+                match (&mut q.kind, r) {
+                    (QueryKind::Get { key, found, .. }, Response::Value { record, .. }) => {
+                        if record.key == *key && !record.is_expired(unix) && validator.validate(record).is_ok() {
+                            found.push(record.clone());
+                            progress = Some(record.clone());
+                        } else {
+                            self.stats.values_rejected += 1;
+                        }
+                    }
+                    (QueryKind::PluginLookup { plugin, .. }, Response::Custom { result, .. }) => {
+                        plugin_cb = Some((*plugin, result.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            // An error answer: the peer is alive but told us nothing.
+            Err(_) => lookup.on_success(&peer, &[]),
+        }
+        if let Some(record) = progress {
+            self.emit(Event::GetProgress { id: qid, record, from: peer });
+        }
+        if let Some((plugin, result)) = plugin_cb {
+            self.with_plugin(now, plugin, |p, cx| p.on_lookup_response(cx, qid, sender, &result));
+        }
+        self.step_query(now, qid);
+    }
+
+    fn store_result(&mut self, now: Instant, qid: QueryId, ok: bool) {
+        let done = match self.queries.get_mut(&qid) {
+            Some(Query { kind: QueryKind::Put { storing: Some((outstanding, stored, _)), .. }, .. }) => {
+                *outstanding -= 1;
+                if ok {
+                    *stored += 1;
+                }
+                *outstanding == 0
+            }
+            _ => false,
+        };
+        if done {
+            self.finish_put(now, qid);
+        }
+    }
+
+    // ---- timeouts ----
+
+    fn handle_timeout(&mut self, now: Instant) {
+        // Requests past their hard deadline.
+        while let Some((&dk, _)) = self.deadlines.iter().next() {
+            if dk.0 > now {
+                break;
+            }
+            let Some((_, key)) = self.deadlines.pop_first() else { break };
+            let Some(p) = self.in_flight.remove(&key) else { continue };
+            self.stats.timeouts += 1;
+            if let Some(id) = p.expected {
+                self.routing.on_failure(&id);
+            }
+            self.request_failed(now, p.kind);
+        }
+        // Lookups whose soft deadlines passed widen.
+        let due: Vec<QueryId> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.lookup.as_ref().is_some_and(|l| l.has_waiting()))
+            .map(|(id, _)| *id)
+            .collect();
+        for qid in due {
+            self.step_query(now, qid);
+        }
+        // Plugin timers.
+        for idx in 0..self.plugins.len() {
+            if self.plugins[idx].next_timeout().is_some_and(|t| t <= now) {
+                self.with_plugin(now, idx, |p, cx| p.on_timeout(cx));
+            }
+        }
+        if now >= self.next_maintenance {
+            self.next_maintenance = now + self.config.maintenance_interval;
+            self.maintenance(now);
+        }
+        self.feed_starved(now);
+    }
+
+    fn request_failed(&mut self, now: Instant, kind: PendingKind) {
+        match kind {
+            PendingKind::Lookup { query, peer } => {
+                if let Some(l) = self.queries.get_mut(&query).and_then(|q| q.lookup.as_mut()) {
+                    l.on_failure(&peer);
+                }
+                self.step_query(now, query);
+            }
+            PendingKind::Store { query } => self.store_result(now, query, false),
+            PendingKind::Ping { query } => self.finish(now, query, QueryResult::Ping(Err(QueryError::Timeout))),
+            PendingKind::BootstrapPing { query } => {
+                let start = match self.queries.get_mut(&query) {
+                    Some(Query { kind: QueryKind::Bootstrap { pings, .. }, lookup, .. }) => {
+                        *pings = pings.saturating_sub(1);
+                        *pings == 0 && lookup.is_none()
+                    }
+                    _ => false,
+                };
+                if start {
+                    self.start_bootstrap_lookup(now, query);
+                }
+            }
+            PendingKind::EvictPing { .. } => {}
+            PendingKind::Call { query } => self.finish(now, query, QueryResult::Call(Err(QueryError::Timeout))),
+            PendingKind::Plugin { plugin, id } => {
+                self.with_plugin(now, plugin, |p, cx| p.on_response(cx, id, PluginResponse::Timeout));
+            }
+        }
+    }
+
+    fn feed_starved(&mut self, now: Instant) {
+        while self.in_flight.len() < self.config.max_in_flight {
+            let Some(qid) = self.starved.pop_front() else { break };
+            self.step_query(now, qid);
+        }
+    }
+
+    fn maintenance(&mut self, now: Instant) {
+        let unix = self.unix_ms(now);
+        let expired = self.store.remove_expired(unix);
+        self.stats.records_expired += expired as u64;
+        // Bucket refresh.
+        for idx in self.routing.stale_buckets(now, self.config.refresh_interval) {
+            let target = self.local.id.random_in_bucket(idx, &mut self.rng);
+            let lookup = self.make_lookup(now, target);
+            if let Ok(qid) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
+                self.step_query(now, qid);
+            }
+        }
+        // Republish our own records before they expire.
+        let due: Vec<Key> = self
+            .own_records
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= self.config.republish_interval)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(mut r) = self.store.get(&key).or_else(|| None) else {
+                self.own_records.remove(&key);
+                continue;
+            };
+            r.published_at_ms = unix;
+            r.expires_at_ms = unix + self.config.record_ttl.as_millis() as u64;
+            if self.put_record(now, r).is_ok() {
+                self.own_records.insert(key, now);
+            }
+        }
+        // Re-replicate what we hold, keeping the original publish time.
+        if now >= self.next_replicate {
+            self.next_replicate = now + self.config.replicate_interval;
+            let room = self.config.max_queries.saturating_sub(self.queries.len()) / 2;
+            for key in self.store.keys().into_iter().take(room) {
+                if let Some(r) = self.store.get(&key) {
+                    if !r.is_expired(unix) {
+                        let _ = self.put_record(now, r);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- query progress ----
+
+    fn step_query(&mut self, now: Instant, qid: QueryId) {
+        let soft = self.soft_timeout();
+        let room = self.config.max_in_flight.saturating_sub(self.in_flight.len());
+        let Some(q) = self.queries.get_mut(&qid) else { return };
+        // Early return of a get that has its quorum.
+        if let QueryKind::Get { quorum, found, .. } = &q.kind {
+            if *quorum > 0 && found.len() >= *quorum {
+                self.finish_get(now, qid);
+                return;
+            }
+        }
+        if let QueryKind::Put { storing: Some(_), .. } = &q.kind {
+            return;
+        }
+        let Some(lookup) = q.lookup.as_mut() else { return };
+        if lookup.is_finished() {
+            return self.lookup_finished(now, qid);
+        }
+        let asks = lookup.next(now, soft, room);
+        let target = lookup.target();
+        if asks.is_empty() && room == 0 && !self.starved.contains(&qid) {
+            self.starved.push_back(qid);
+        }
+        let req = match &q.kind {
+            QueryKind::Get { key, .. } => Request::FindValue { key: *key },
+            QueryKind::PluginLookup { method, params, .. } => Request::Custom { method: method.clone(), params: params.clone() },
+            _ => Request::FindNode { target },
+        };
+        for c in asks {
+            let peer = c.id;
+            if !self.send_to_contact(now, &c, req.clone(), PendingKind::Lookup { query: qid, peer }) {
+                if let Some(l) = self.queries.get_mut(&qid).and_then(|q| q.lookup.as_mut()) {
+                    l.give_up(&peer);
+                }
+            }
+        }
+        if self.queries.get(&qid).and_then(|q| q.lookup.as_ref()).is_some_and(Lookup::is_finished) {
+            self.lookup_finished(now, qid);
+        }
+    }
+
+    fn lookup_finished(&mut self, now: Instant, qid: QueryId) {
+        let Some(q) = self.queries.get_mut(&qid) else { return };
+        let Some(lookup) = q.lookup.as_ref() else { return };
+        let outcome = LookupOutcome {
+            target: lookup.target(),
+            closest: lookup.closest_succeeded(),
+            stats: lookup.finish_stats(),
+            elapsed: now.saturating_duration_since(q.started),
+        };
+        match &mut q.kind {
+            QueryKind::FindNode => self.finish(now, qid, QueryResult::FindNode(Ok(outcome))),
+            QueryKind::Refresh => self.finish(now, qid, QueryResult::Refresh(outcome)),
+            QueryKind::Bootstrap { refresh_left, .. } => {
+                if outcome.closest.is_empty() && self.routing.is_empty() {
+                    return self.finish(now, qid, QueryResult::Bootstrap(Err(QueryError::NoPeers)));
+                }
+                // Optionally refresh the farthest non-full buckets, each with its own lookup.
+                let mut n = *refresh_left;
+                *refresh_left = 0;
+                let sizes = self.routing.bucket_sizes();
+                let k = self.config.k;
+                let mut targets = Vec::new();
+                for idx in (0..crate::id::ID_BITS).rev() {
+                    if n == 0 {
+                        break;
+                    }
+                    let full = sizes.iter().any(|(i, e, _)| *i == idx && *e >= k);
+                    if !full {
+                        targets.push(self.local.id.random_in_bucket(idx, &mut self.rng));
+                        n -= 1;
+                    }
+                }
+                for t in targets {
+                    let lookup = self.make_lookup(now, t);
+                    if let Ok(r) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
+                        self.step_query(now, r);
+                    }
+                }
+                self.finish(now, qid, QueryResult::Bootstrap(Ok(outcome)));
+            }
+            QueryKind::Get { .. } => self.finish_get(now, qid),
+            QueryKind::PluginLookup { plugin, .. } => {
+                let plugin = *plugin;
+                let closest = outcome.closest.clone();
+                let stats = outcome.stats.clone();
+                self.with_plugin(now, plugin, |p, cx| p.on_lookup_done(cx, qid, &closest, &stats));
+                self.finish(now, qid, QueryResult::PluginLookup(outcome));
+            }
+            QueryKind::Put { record, storing } => {
+                let targets = outcome.closest.clone();
+                let record = record.clone();
+                // Store locally too if we are among the k closest.
+                let me = self.local.id.distance(&record.key);
+                let local = targets.len() < self.config.k
+                    || targets.last().is_some_and(|c| me < c.id.distance(&record.key));
+                *storing = Some((targets.len(), 0, targets.len()));
+                let mut local_ok = false;
+                if local {
+                    let id = self.local.id;
+                    local_ok = self.store_local(now, id, record.clone());
+                }
+                if let Some(Query { kind: QueryKind::Put { storing: Some((_, stored, _)), .. }, .. }) = self.queries.get_mut(&qid) {
+                    *stored += usize::from(local_ok);
+                }
+                let mut sent = 0;
+                let total = targets.len();
+                for c in &targets {
+                    if self.send_to_contact(now, c, Request::Store { record: record.clone() }, PendingKind::Store { query: qid }) {
+                        sent += 1;
+                    }
+                }
+                if let Some(Query { kind: QueryKind::Put { storing: Some((outstanding, _, _)), .. }, .. }) = self.queries.get_mut(&qid) {
+                    *outstanding = sent;
+                }
+                debug!(key = %record.key, targets = total, "put: storing at the closest nodes");
+                if sent == 0 {
+                    self.finish_put(now, qid);
+                }
+            }
+            QueryKind::Ping | QueryKind::Call => {}
+        }
+    }
+
+    fn store_local(&mut self, now: Instant, from: NodeId, record: Record) -> bool {
+        self.store_inbound(now, from, record).is_ok()
+    }
+
+    fn finish_get(&mut self, now: Instant, qid: QueryId) {
+        let Some(q) = self.queries.get(&qid) else { return };
+        let QueryKind::Get { key, found, .. } = &q.kind else { return };
+        let stats = q.lookup.as_ref().map(Lookup::finish_stats).unwrap_or_default();
+        let elapsed = now.saturating_duration_since(q.started);
+        let r = if found.is_empty() {
+            Err(QueryError::NotFound)
+        } else {
+            let best = self.validator.select(key, found);
+            Ok(GetOutcome { record: found[best.min(found.len() - 1)].clone(), answers: found.len(), stats, elapsed })
+        };
+        self.finish(now, qid, QueryResult::Get(r));
+    }
+
+    fn finish_put(&mut self, now: Instant, qid: QueryId) {
+        let Some(q) = self.queries.get(&qid) else { return };
+        let QueryKind::Put { record, storing } = &q.kind else { return };
+        let (_, stored, tried) = storing.unwrap_or((0, 0, 0));
+        let stats = q.lookup.as_ref().map(Lookup::finish_stats).unwrap_or_default();
+        let r = if stored == 0 {
+            Err(QueryError::NotStored)
+        } else {
+            Ok(PutOutcome { key: record.key, stored, tried, stats, elapsed: now.saturating_duration_since(q.started) })
+        };
+        self.finish(now, qid, QueryResult::Put(r));
+    }
+
+    fn finish(&mut self, _now: Instant, qid: QueryId, result: QueryResult) {
+        if self.queries.remove(&qid).is_some() {
+            self.stats.queries_done += 1;
+            self.starved.retain(|q| *q != qid);
+            self.emit(Event::QueryDone { id: qid, result });
+        }
+    }
+}

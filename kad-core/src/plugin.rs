@@ -1,0 +1,168 @@
+//! The `Plugin` hook: namespaced RPC methods, a request filter, response and timer hooks.
+//!
+//! Plugins never touch sockets or clocks. They act through a [`PluginCx`]: read the time, the RNG,
+//! the routing table and the record store; send requests; start lookups; emit events. The engine
+//! applies what they asked for once the hook returns.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+
+use crate::addr::{Contact, PeerAddr};
+use crate::id::NodeId;
+use crate::lookup::LookupStats;
+use crate::message::{Request, RpcError};
+use crate::node::QueryId;
+use crate::record::RecordStore;
+use crate::routing::RoutingTable;
+
+/// Identifies a request a plugin sent with [`PluginCx::send_request`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// A plugin's answer to one of its methods.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// A result, in the codec's format.
+    Result(Bytes),
+    /// A result plus contacts (for methods used in iterative lookups).
+    WithNodes(Bytes, Vec<Contact>),
+    /// An error answer.
+    Error(RpcError),
+    /// No answer at all (the request is dropped silently).
+    Drop,
+}
+
+/// The outcome of a plugin's own request.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum PluginResponse {
+    /// The peer answered with a result (and possibly contacts).
+    Ok {
+        /// Who answered.
+        from: Contact,
+        /// The result.
+        result: Bytes,
+        /// Contacts in the answer.
+        nodes: Vec<Contact>,
+    },
+    /// The peer answered with an error.
+    Remote(RpcError),
+    /// No answer before the hard timeout.
+    Timeout,
+}
+
+pub(crate) enum Action {
+    Send { id: RequestId, to: Contact, method: String, params: Bytes },
+    SendAddr { id: RequestId, to: PeerAddr, method: String, params: Bytes },
+    Lookup { id: QueryId, target: NodeId, method: String, params: Bytes },
+    Emit { name: String, data: Bytes },
+}
+
+/// What a plugin may see and do while one of its hooks runs.
+pub struct PluginCx<'a> {
+    pub(crate) now: Instant,
+    pub(crate) unix_ms: u64,
+    pub(crate) local: &'a Contact,
+    pub(crate) rng: &'a mut ChaCha8Rng,
+    pub(crate) routing: &'a RoutingTable,
+    pub(crate) store: &'a dyn RecordStore,
+    pub(crate) actions: &'a mut Vec<Action>,
+    pub(crate) next_request: &'a mut u64,
+    pub(crate) next_query: &'a mut u64,
+    pub(crate) k: usize,
+}
+
+impl PluginCx<'_> {
+    /// The engine's current instant.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub fn unix_ms(&self) -> u64 {
+        self.unix_ms
+    }
+    /// This node's contact.
+    pub fn local(&self) -> &Contact {
+        self.local
+    }
+    /// The engine's seeded RNG.
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        self.rng
+    }
+    /// The engine's `k`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Up to `n` contacts from the routing table closest to `target`.
+    pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
+        self.routing.closest(target, n)
+    }
+    /// The record store, read-only.
+    pub fn store(&self) -> &dyn RecordStore {
+        self.store
+    }
+    /// Sends `method` with `params` to `to`; the answer arrives in [`Plugin::on_response`].
+    pub fn send_request(&mut self, to: Contact, method: impl Into<String>, params: Bytes) -> RequestId {
+        let id = RequestId(*self.next_request);
+        *self.next_request += 1;
+        self.actions.push(Action::Send { id, to, method: method.into(), params });
+        id
+    }
+    /// Sends `method` to an address whose node id is not known yet.
+    pub fn send_request_to_addr(&mut self, to: PeerAddr, method: impl Into<String>, params: Bytes) -> RequestId {
+        let id = RequestId(*self.next_request);
+        *self.next_request += 1;
+        self.actions.push(Action::SendAddr { id, to, method: method.into(), params });
+        id
+    }
+    /// Starts an iterative lookup towards `target` whose requests are `method` with `params`
+    /// (the answers' contacts drive the lookup). Each answer goes to
+    /// [`Plugin::on_lookup_response`], the end to [`Plugin::on_lookup_done`].
+    pub fn start_lookup(&mut self, target: NodeId, method: impl Into<String>, params: Bytes) -> QueryId {
+        let id = QueryId(*self.next_query);
+        *self.next_query += 1;
+        self.actions.push(Action::Lookup { id, target, method: method.into(), params });
+        id
+    }
+    /// Emits [`Event::Plugin`](crate::Event::Plugin) to the application.
+    pub fn emit(&mut self, name: impl Into<String>, data: Bytes) {
+        self.actions.push(Action::Emit { name: name.into(), data });
+    }
+}
+
+/// A protocol extension. Methods are named `namespace.METHOD`; the engine routes each request
+/// whose method starts with `namespace.` to the plugin. Plugins are called in the order they were
+/// registered, and that order is the order of the request filters.
+pub trait Plugin: Send + 'static {
+    /// The method prefix this plugin owns, e.g. `pubsub`.
+    fn namespace(&self) -> &'static str;
+
+    /// Filter run on every inbound request (core methods too) before it is handled. Returning
+    /// false drops the request silently and counts it in `Stats::dropped_filtered`.
+    fn allow(&mut self, _from: &PeerAddr, _sender: &Contact, _request: &Request) -> bool {
+        true
+    }
+
+    /// Handles one of this plugin's methods.
+    fn on_request(&mut self, cx: &mut PluginCx<'_>, from: &Contact, method: &str, params: &Bytes) -> Reply;
+
+    /// The outcome of a request sent with [`PluginCx::send_request`].
+    fn on_response(&mut self, _cx: &mut PluginCx<'_>, _id: RequestId, _response: PluginResponse) {}
+
+    /// One answer during a lookup started with [`PluginCx::start_lookup`].
+    fn on_lookup_response(&mut self, _cx: &mut PluginCx<'_>, _query: QueryId, _from: &Contact, _result: &Bytes) {}
+
+    /// A plugin lookup finished with the closest nodes that answered.
+    fn on_lookup_done(&mut self, _cx: &mut PluginCx<'_>, _query: QueryId, _closest: &[Contact], _stats: &LookupStats) {}
+
+    /// Called when [`next_timeout`](Self::next_timeout) has passed.
+    fn on_timeout(&mut self, _cx: &mut PluginCx<'_>) {}
+
+    /// When this plugin next wants [`on_timeout`](Self::on_timeout).
+    fn next_timeout(&self) -> Option<Instant> {
+        None
+    }
+}

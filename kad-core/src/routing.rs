@@ -1,0 +1,477 @@
+//! The routing table: k-buckets with replacement caches, liveness, ping-before-evict and refresh.
+//!
+//! Buckets are indexed by [`NodeId::bucket_index`] (0..160) and created on first use, so a table
+//! costs memory only for the buckets that hold contacts (about log2(N) of them in an N-node network).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::Contact;
+use crate::id::{Distance, NodeId};
+
+/// How alive a contact looks, from the last time it was heard from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Liveness {
+    /// Heard from within the liveness window and not failing.
+    Good,
+    /// Not heard from for longer than the liveness window (or never verified).
+    Questionable,
+    /// Failed to answer `max_failures` requests in a row: first to be replaced.
+    Bad,
+}
+
+/// One contact in a bucket.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The contact.
+    pub contact: Contact,
+    /// Last time a message from it was received (or when it was added, if unverified).
+    pub last_seen: Instant,
+    /// Requests in a row it failed to answer.
+    pub failures: u8,
+    /// Smoothed round-trip time in microseconds, 0 when unknown.
+    pub srtt_us: u32,
+    /// Whether it has ever been heard from directly.
+    pub verified: bool,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    entries: Vec<Entry>,
+    replacements: Vec<Entry>,
+    last_active: Option<Instant>,
+    pinging: Option<NodeId>,
+}
+
+/// Parameters of a [`RoutingTable`] (taken from [`Config`](crate::Config)).
+#[derive(Clone, Debug)]
+pub struct RoutingParams {
+    /// Contacts per bucket.
+    pub k: usize,
+    /// Replacement-cache entries per bucket.
+    pub replacement_cache: usize,
+    /// A contact heard from within this window is [`Liveness::Good`].
+    pub liveness_window: Duration,
+    /// Failures in a row that make a contact [`Liveness::Bad`].
+    pub max_failures: u8,
+}
+
+/// What [`RoutingTable::insert`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InsertOutcome {
+    /// The contact was already present and was refreshed.
+    Updated,
+    /// The contact was added to its bucket (possibly replacing a bad contact).
+    Inserted,
+    /// The bucket is full: the contact went to the replacement cache. If `ping` is set, the
+    /// caller should ping that questionable contact and report the result (ping-before-evict).
+    Pending {
+        /// The questionable contact to ping.
+        ping: Option<Contact>,
+    },
+    /// Not inserted (our own id, or an unverified contact for a full bucket).
+    Ignored,
+}
+
+/// A serialisable snapshot of a routing table, for warm restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingSnapshot {
+    /// The id of the node that owned the table.
+    pub local: NodeId,
+    /// Its contacts, closest buckets first.
+    pub contacts: Vec<Contact>,
+}
+
+/// k-buckets around a local id.
+#[derive(Debug)]
+pub struct RoutingTable {
+    local: NodeId,
+    params: RoutingParams,
+    buckets: BTreeMap<u8, Bucket>,
+    len: usize,
+}
+
+impl RoutingTable {
+    /// An empty table around `local`.
+    pub fn new(local: NodeId, params: RoutingParams) -> Self {
+        Self { local, params, buckets: BTreeMap::new(), len: 0 }
+    }
+
+    /// The local id.
+    pub fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// Number of contacts in buckets (replacement caches excluded).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table holds no contact.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Liveness of an entry at `now`.
+    pub fn liveness(&self, e: &Entry, now: Instant) -> Liveness {
+        if e.failures >= self.params.max_failures {
+            Liveness::Bad
+        } else if e.verified && now.saturating_duration_since(e.last_seen) < self.params.liveness_window {
+            Liveness::Good
+        } else {
+            Liveness::Questionable
+        }
+    }
+
+    /// Adds or refreshes a contact. `verified` means the contact itself just sent us a message
+    /// (a response, or a request when we accept requesters); unverified contacts (from snapshots
+    /// or bootstrap lists) only fill free space.
+    pub fn insert(&mut self, now: Instant, contact: Contact, verified: bool) -> InsertOutcome {
+        let Some(idx) = self.local.bucket_index(&contact.id) else {
+            return InsertOutcome::Ignored;
+        };
+        let k = self.params.k;
+        let cache = self.params.replacement_cache;
+        let max_failures = self.params.max_failures;
+        let window = self.params.liveness_window;
+        let bucket = self.buckets.entry(idx as u8).or_default();
+        if let Some(e) = bucket.entries.iter_mut().find(|e| e.contact.id == contact.id) {
+            if verified {
+                e.contact = contact;
+                e.last_seen = now;
+                e.failures = 0;
+                e.verified = true;
+                bucket.last_active = Some(now);
+            }
+            return InsertOutcome::Updated;
+        }
+        let entry = Entry { contact, last_seen: now, failures: 0, srtt_us: 0, verified };
+        if bucket.entries.len() < k {
+            bucket.entries.push(entry);
+            if verified {
+                bucket.last_active = Some(now);
+            }
+            self.len += 1;
+            return InsertOutcome::Inserted;
+        }
+        if !verified {
+            return InsertOutcome::Ignored;
+        }
+        // Full: replace a bad contact outright.
+        if let Some(pos) = bucket.entries.iter().position(|e| e.failures >= max_failures) {
+            bucket.entries[pos] = entry;
+            bucket.last_active = Some(now);
+            return InsertOutcome::Inserted;
+        }
+        // Otherwise keep it as a replacement, and ask for a ping of the stalest questionable entry.
+        bucket.replacements.retain(|r| r.contact.id != entry.contact.id);
+        if bucket.replacements.len() >= cache {
+            if cache == 0 {
+                return InsertOutcome::Ignored;
+            }
+            bucket.replacements.remove(0);
+        }
+        bucket.replacements.push(entry);
+        let ping = if bucket.pinging.is_none() {
+            bucket
+                .entries
+                .iter()
+                .filter(|e| !e.verified || now.saturating_duration_since(e.last_seen) >= window)
+                .min_by_key(|e| e.last_seen)
+                .map(|e| e.contact.clone())
+        } else {
+            None
+        };
+        if let Some(p) = &ping {
+            bucket.pinging = Some(p.id);
+        }
+        InsertOutcome::Pending { ping }
+    }
+
+    /// Records that `id` failed to answer a request. After `max_failures` in a row it is removed
+    /// and the freshest replacement takes its place. Returns true if it was removed.
+    pub fn on_failure(&mut self, id: &NodeId) -> bool {
+        let Some(idx) = self.local.bucket_index(id) else { return false };
+        let max_failures = self.params.max_failures;
+        let Some(bucket) = self.buckets.get_mut(&(idx as u8)) else { return false };
+        if bucket.pinging == Some(*id) {
+            bucket.pinging = None;
+        }
+        let Some(pos) = bucket.entries.iter().position(|e| e.contact.id == *id) else {
+            bucket.replacements.retain(|r| r.contact.id != *id);
+            return false;
+        };
+        bucket.entries[pos].failures = bucket.entries[pos].failures.saturating_add(1);
+        if bucket.entries[pos].failures < max_failures {
+            return false;
+        }
+        if let Some(rep) = bucket.replacements.pop() {
+            bucket.entries[pos] = rep;
+        } else {
+            bucket.entries.swap_remove(pos);
+            self.len -= 1;
+        }
+        true
+    }
+
+    /// Records that a ping-before-evict answered: the pinged contact stays.
+    pub fn on_ping_ok(&mut self, id: &NodeId) {
+        if let Some(idx) = self.local.bucket_index(id) {
+            if let Some(b) = self.buckets.get_mut(&(idx as u8)) {
+                if b.pinging == Some(*id) {
+                    b.pinging = None;
+                }
+            }
+        }
+    }
+
+    /// Folds an RTT sample into the contact's smoothed RTT.
+    pub fn record_rtt(&mut self, id: &NodeId, rtt: Duration) {
+        if let Some(e) = self.entry_mut(id) {
+            let sample = rtt.as_micros().min(u32::MAX as u128) as u32;
+            e.srtt_us = if e.srtt_us == 0 { sample } else { (e.srtt_us / 8) * 7 + sample / 8 };
+        }
+    }
+
+    /// Removes a contact (from its bucket or its replacement cache). Returns it if it was in a bucket.
+    pub fn remove(&mut self, id: &NodeId) -> Option<Entry> {
+        let idx = self.local.bucket_index(id)?;
+        let bucket = self.buckets.get_mut(&(idx as u8))?;
+        bucket.replacements.retain(|r| r.contact.id != *id);
+        let pos = bucket.entries.iter().position(|e| e.contact.id == *id)?;
+        let e = bucket.entries.swap_remove(pos);
+        if let Some(rep) = bucket.replacements.pop() {
+            bucket.entries.push(rep);
+        } else {
+            self.len -= 1;
+        }
+        Some(e)
+    }
+
+    /// The entry for `id`, if in a bucket.
+    pub fn get(&self, id: &NodeId) -> Option<&Entry> {
+        let idx = self.local.bucket_index(id)?;
+        self.buckets.get(&(idx as u8))?.entries.iter().find(|e| e.contact.id == *id)
+    }
+
+    fn entry_mut(&mut self, id: &NodeId) -> Option<&mut Entry> {
+        let idx = self.local.bucket_index(id)?;
+        self.buckets.get_mut(&(idx as u8))?.entries.iter_mut().find(|e| e.contact.id == *id)
+    }
+
+    /// Every entry, bucket by bucket (closest buckets first).
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.buckets.values().flat_map(|b| b.entries.iter())
+    }
+
+    /// Sizes of the non-empty buckets: `(index, entries, replacements)`.
+    pub fn bucket_sizes(&self) -> Vec<(usize, usize, usize)> {
+        self.buckets
+            .iter()
+            .filter(|(_, b)| !b.entries.is_empty() || !b.replacements.is_empty())
+            .map(|(i, b)| (*i as usize, b.entries.len(), b.replacements.len()))
+            .collect()
+    }
+
+    /// Up to `n` contacts closest to `target`, sorted by distance (then by id), bad contacts excluded.
+    pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
+        self.closest_entries(target, n).into_iter().map(|e| e.contact.clone()).collect()
+    }
+
+    /// Like [`closest`](Self::closest), returning the entries.
+    pub fn closest_entries(&self, target: &NodeId, n: usize) -> Vec<&Entry> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let max_failures = self.params.max_failures;
+        let mut all: Vec<(Distance, &Entry)> = self
+            .iter()
+            .filter(|e| e.failures < max_failures)
+            .map(|e| (e.contact.id.distance(target), e))
+            .collect();
+        if all.len() > n {
+            all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
+            all.truncate(n);
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Marks the bucket that `target` falls into as active (a lookup went there).
+    pub fn touch(&mut self, now: Instant, target: &NodeId) {
+        if let Some(idx) = self.local.bucket_index(target) {
+            if let Some(b) = self.buckets.get_mut(&(idx as u8)) {
+                b.last_active = Some(now);
+            }
+        }
+    }
+
+    /// Indices of non-empty buckets with no activity for `interval` (they need a refresh lookup).
+    pub fn stale_buckets(&self, now: Instant, interval: Duration) -> Vec<usize> {
+        self.buckets
+            .iter()
+            .filter(|(_, b)| !b.entries.is_empty())
+            .filter(|(_, b)| b.last_active.is_none_or(|t| now.saturating_duration_since(t) >= interval))
+            .map(|(i, _)| *i as usize)
+            .collect()
+    }
+
+    /// The earliest time a bucket becomes stale, given `interval`.
+    pub fn next_refresh(&self, interval: Duration) -> Option<Instant> {
+        self.buckets
+            .values()
+            .filter(|b| !b.entries.is_empty())
+            .filter_map(|b| b.last_active)
+            .min()
+            .map(|t| t + interval)
+    }
+
+    /// A snapshot of every contact, for warm restarts.
+    pub fn snapshot(&self) -> RoutingSnapshot {
+        RoutingSnapshot { local: self.local, contacts: self.iter().map(|e| e.contact.clone()).collect() }
+    }
+
+    /// Adds the contacts of a snapshot as unverified (questionable) entries; they become good
+    /// once they answer. Returns how many were added.
+    pub fn restore(&mut self, now: Instant, snapshot: &RoutingSnapshot) -> usize {
+        snapshot
+            .contacts
+            .iter()
+            .filter(|c| self.insert(now, (*c).clone(), false) == InsertOutcome::Inserted)
+            .count()
+    }
+
+    /// Checks the table's invariants (at most k per bucket, no duplicates, every contact in the
+    /// right bucket, `len` consistent). Used by tests and fuzzing.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut n = 0;
+        for (idx, b) in &self.buckets {
+            if b.entries.len() > self.params.k {
+                return Err(format!("bucket {idx} holds {} > k", b.entries.len()));
+            }
+            if b.replacements.len() > self.params.replacement_cache {
+                return Err(format!("bucket {idx} cache holds {}", b.replacements.len()));
+            }
+            for e in &b.entries {
+                if !seen.insert(e.contact.id) {
+                    return Err(format!("duplicate {:?}", e.contact.id));
+                }
+                if self.local.bucket_index(&e.contact.id) != Some(*idx as usize) {
+                    return Err(format!("{:?} in wrong bucket {idx}", e.contact.id));
+                }
+                n += 1;
+            }
+        }
+        if n != self.len {
+            return Err(format!("len {} != counted {n}", self.len));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PeerAddr;
+    use proptest::prelude::*;
+
+    fn params(k: usize) -> RoutingParams {
+        RoutingParams { k, replacement_cache: 3, liveness_window: Duration::from_secs(900), max_failures: 2 }
+    }
+
+    fn contact(id: NodeId) -> Contact {
+        Contact::new(id, PeerAddr::Mem(u64::from(id.0[19])))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert([u8; 20], bool),
+        Fail(usize),
+        Remove(usize),
+        Advance(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<[u8; 20]>(), any::<bool>()).prop_map(|(b, v)| Op::Insert(b, v)),
+            // Ids close to the local id, so small buckets fill too.
+            2 => (any::<[u8; 2]>(), any::<bool>()).prop_map(|(b, v)| { let mut a = [0u8; 20]; a[18] = b[0]; a[19] = b[1]; Op::Insert(a, v) }),
+            1 => any::<usize>().prop_map(Op::Fail),
+            1 => any::<usize>().prop_map(Op::Remove),
+            1 => any::<u16>().prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold(k in 1usize..8, ops in proptest::collection::vec(op(), 1..300), target in any::<[u8; 20]>()) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut rt = RoutingTable::new(NodeId::ZERO, params(k));
+            let mut known: Vec<NodeId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(b, v) => { let id = NodeId(b); known.push(id); rt.insert(now, contact(id), v); }
+                    Op::Fail(i) => if !known.is_empty() { rt.on_failure(&known[i % known.len()]); },
+                    Op::Remove(i) => if !known.is_empty() { rt.remove(&known[i % known.len()]); },
+                    Op::Advance(s) => now += Duration::from_secs(u64::from(s)),
+                }
+                prop_assert!(rt.check_invariants().is_ok(), "{:?}", rt.check_invariants());
+            }
+            let target = NodeId(target);
+            let closest = rt.closest(&target, 20);
+            prop_assert!(closest.len() <= 20);
+            for w in closest.windows(2) {
+                prop_assert!(w[0].id.distance(&target) < w[1].id.distance(&target));
+            }
+            // closest() really returns the nearest non-bad contacts.
+            let mut all: Vec<NodeId> = rt.iter().filter(|e| e.failures < 2).map(|e| e.contact.id).collect();
+            all.sort_by_key(|id| id.distance(&target));
+            all.truncate(20);
+            prop_assert_eq!(all, closest.iter().map(|c| c.id).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn ping_before_evict_and_replacement() {
+        let now = Instant::now();
+        let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
+        let mk = |b: u8| { let mut a = [0u8; 20]; a[0] = 0x80 | b; NodeId(a) };
+        assert_eq!(rt.insert(now, contact(mk(1)), true), InsertOutcome::Inserted);
+        assert_eq!(rt.insert(now, contact(mk(2)), true), InsertOutcome::Inserted);
+        // Both good: the newcomer is cached, nothing to ping.
+        assert_eq!(rt.insert(now, contact(mk(3)), true), InsertOutcome::Pending { ping: None });
+        // Later both are questionable: a ping of the stalest is requested, only once at a time.
+        let later = now + Duration::from_secs(1000);
+        let out = rt.insert(later, contact(mk(4)), true);
+        assert!(matches!(out, InsertOutcome::Pending { ping: Some(_) }));
+        assert_eq!(rt.insert(later, contact(mk(5)), true), InsertOutcome::Pending { ping: None });
+        // The pinged contact fails twice: replaced by the freshest replacement.
+        let InsertOutcome::Pending { ping: Some(p) } = out else { unreachable!() };
+        assert!(!rt.on_failure(&p.id));
+        assert!(rt.on_failure(&p.id));
+        assert!(rt.get(&p.id).is_none());
+        assert!(rt.get(&mk(5)).is_some());
+        assert_eq!(rt.len(), 2);
+        rt.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn snapshot_restore() {
+        let now = Instant::now();
+        let mut rt = RoutingTable::new(NodeId::ZERO, params(4));
+        for i in 1..=10u8 { let mut a = [0u8; 20]; a[0] = i; rt.insert(now, contact(NodeId(a)), true); }
+        let snap = rt.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        let back: RoutingSnapshot = serde_json::from_str(&json).unwrap();
+        let mut rt2 = RoutingTable::new(NodeId::ZERO, params(4));
+        assert_eq!(rt2.restore(now, &back), rt.len());
+        assert_eq!(rt2.len(), rt.len());
+        assert!(rt2.iter().all(|e| rt2.liveness(e, now) == Liveness::Questionable));
+    }
+}

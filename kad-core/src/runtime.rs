@@ -1,0 +1,367 @@
+//! The tokio runtime: one actor task owns the [`Node`]; [`Dht`] is a cheap `Clone` handle.
+//!
+//! Time is read through tokio (`tokio::time::Instant`), so tests with paused time work.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, trace};
+
+use crate::addr::{Contact, PeerAddr};
+use crate::config::ConfigError;
+use crate::id::{Key, NodeId};
+use crate::node::{
+    CommandError, Event, GetOutcome, Input, LookupOutcome, NodeBuilder, Output, PingOutcome, PutOutcome,
+    QueryError, QueryId, QueryResult,
+};
+use crate::record::Record;
+use crate::routing::RoutingSnapshot;
+use crate::stats::Stats;
+use crate::transport::Transport;
+
+/// Why a [`Dht`] operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DhtError {
+    /// The command was refused before anything was sent (the message names the field and limit).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The query ran and failed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Shutdown,
+}
+
+/// Why a [`Dht`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No transport was given.
+    #[error("at least one transport is needed")]
+    NoTransport,
+    /// The OS random source failed while seeding the engine.
+    #[error("could not seed the RNG: {0}")]
+    Seed(String),
+}
+
+enum Command {
+    Bootstrap(Vec<PeerAddr>, oneshot::Sender<Result<QueryResult, CommandError>>),
+    FindNode(NodeId, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Get(Key, usize, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Put(Key, Bytes, oneshot::Sender<Result<QueryResult, CommandError>>),
+    PutRecord(Record, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Ping(PeerAddr, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Call(Contact, String, Bytes, oneshot::Sender<Result<QueryResult, CommandError>>),
+    AddContact(Contact),
+    Stats(oneshot::Sender<Stats>),
+    Snapshot(oneshot::Sender<RoutingSnapshot>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running node: a cheap, `Clone` handle to the actor task that owns the engine.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use kad_core::{Config, Dht, MemoryNetwork, Node};
+/// use std::sync::Arc;
+/// let net = MemoryNetwork::new();
+/// let a = Dht::spawn(Node::builder(Config::default()), vec![Arc::new(net.transport(1024))])?;
+/// let b = Dht::spawn(Node::builder(Config::default()), vec![Arc::new(net.transport(1024))])?;
+/// b.bootstrap(vec![a.contact().addrs[0].clone()]).await?;
+/// let key = kad_core::NodeId::from_bytes([7; 20]);
+/// b.put(key, bytes::Bytes::from_static(b"hello")).await?;
+/// assert_eq!(&a.get(key).await?.record.value[..], b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Dht {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    contact: Contact,
+}
+
+impl std::fmt::Debug for Dht {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dht").field("contact", &self.contact).finish()
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the runtime's one reading of the clock, through tokio
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Dht {
+    /// Builds the node and spawns its actor task on the current tokio runtime. The node's
+    /// contact advertises the transports' local addresses unless the builder set addresses.
+    /// Without `Config::rng_seed`, the engine is seeded from the OS.
+    pub fn spawn(mut builder: NodeBuilder, transports: Vec<Arc<dyn Transport>>) -> Result<Self, SpawnError> {
+        if transports.is_empty() {
+            return Err(SpawnError::NoTransport);
+        }
+        if builder.addrs_is_empty() {
+            builder = builder.addrs(transports.iter().map(|t| t.local_addr()).collect());
+        }
+        if builder.config_mut().rng_seed.is_none() {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| SpawnError::Seed(e.to_string()))?;
+            builder.config_mut().rng_seed = Some(seed);
+            if !builder.has_identity() {
+                let mut id = [0u8; 20];
+                getrandom::fill(&mut id).map_err(|e| SpawnError::Seed(e.to_string()))?;
+                builder = builder.id(NodeId(id));
+            }
+        }
+        let node = builder.build(now())?;
+        let contact = node.contact().clone();
+        let (tx, rx) = mpsc::channel(1024);
+        let (events, _) = broadcast::channel(1024);
+        let (in_tx, in_rx) = mpsc::channel(4096);
+        let mut readers = Vec::new();
+        for t in &transports {
+            let t = t.clone();
+            let in_tx = in_tx.clone();
+            readers.push(tokio::spawn(async move {
+                loop {
+                    match t.recv().await {
+                        Ok(m) => {
+                            // A full inbox drops, like a socket buffer: the engine never blocks a reader.
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = in_tx.try_send(m) {
+                                break;
+                            }
+                        }
+                        Err(crate::transport::TransportError::Closed) => break,
+                        Err(e) => trace!(error = %e, "transport receive error"),
+                    }
+                }
+            }));
+        }
+        let actor = Actor { node, transports, rx, in_rx, events: events.clone(), waiting: HashMap::new() };
+        tokio::spawn(async move {
+            actor.run().await;
+            for r in readers {
+                r.abort();
+            }
+        });
+        info!(id = %contact.id, addrs = ?contact.addrs, "node started");
+        Ok(Self { tx, events, contact })
+    }
+
+    /// This node's contact.
+    pub fn contact(&self) -> &Contact {
+        &self.contact
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.contact.id
+    }
+
+    /// A stream of the node's events (a lagging receiver loses the oldest ones).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn query(&self, make: impl FnOnce(oneshot::Sender<Result<QueryResult, CommandError>>) -> Command) -> Result<QueryResult, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| DhtError::Shutdown)?;
+        Ok(rx.await.map_err(|_| DhtError::Shutdown)??)
+    }
+
+    /// Joins through seed addresses: pings them, then looks up our own id.
+    pub async fn bootstrap(&self, seeds: Vec<PeerAddr>) -> Result<LookupOutcome, DhtError> {
+        match self.query(|tx| Command::Bootstrap(seeds, tx)).await? {
+            QueryResult::Bootstrap(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// The k closest nodes to `target`.
+    pub async fn find_node(&self, target: NodeId) -> Result<LookupOutcome, DhtError> {
+        match self.query(|tx| Command::FindNode(target, tx)).await? {
+            QueryResult::FindNode(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// The record under `key`, returned as soon as one valid value arrives.
+    pub async fn get(&self, key: Key) -> Result<GetOutcome, DhtError> {
+        self.get_quorum(key, 1).await
+    }
+
+    /// The best record under `key` once `quorum` valid values arrived (0: after the whole lookup).
+    pub async fn get_quorum(&self, key: Key, quorum: usize) -> Result<GetOutcome, DhtError> {
+        match self.query(|tx| Command::Get(key, quorum, tx)).await? {
+            QueryResult::Get(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// Publishes `value` under `key` at the k closest nodes (and republishes it before expiry).
+    pub async fn put(&self, key: Key, value: Bytes) -> Result<PutOutcome, DhtError> {
+        match self.query(|tx| Command::Put(key, value, tx)).await? {
+            QueryResult::Put(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// Stores a record exactly as given at the k closest nodes.
+    pub async fn put_record(&self, record: Record) -> Result<PutOutcome, DhtError> {
+        match self.query(|tx| Command::PutRecord(record, tx)).await? {
+            QueryResult::Put(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// Pings an address.
+    pub async fn ping(&self, addr: PeerAddr) -> Result<PingOutcome, DhtError> {
+        match self.query(|tx| Command::Ping(addr, tx)).await? {
+            QueryResult::Ping(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// Calls a plugin method (`namespace.METHOD`) on a peer.
+    pub async fn call(&self, to: Contact, method: &str, params: Bytes) -> Result<Bytes, DhtError> {
+        let method = method.to_owned();
+        match self.query(|tx| Command::Call(to, method, params, tx)).await? {
+            QueryResult::Call(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// Adds a contact to the routing table (unverified).
+    pub async fn add_contact(&self, contact: Contact) -> Result<(), DhtError> {
+        self.tx.send(Command::AddContact(contact)).await.map_err(|_| DhtError::Shutdown)
+    }
+
+    /// The engine's counters.
+    pub async fn stats(&self) -> Result<Stats, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stats(tx)).await.map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
+    }
+
+    /// A routing-table snapshot for a warm restart.
+    pub async fn snapshot(&self) -> Result<RoutingSnapshot, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Snapshot(tx)).await.map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
+    }
+
+    /// Stops the node: pending queries fail with [`DhtError::Shutdown`], transports stop being read.
+    /// Waits until the actor has stopped. Calling it again is harmless.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Actor {
+    node: crate::node::Node,
+    transports: Vec<Arc<dyn Transport>>,
+    rx: mpsc::Receiver<Command>,
+    in_rx: mpsc::Receiver<(PeerAddr, Bytes)>,
+    events: broadcast::Sender<Event>,
+    waiting: HashMap<QueryId, oneshot::Sender<Result<QueryResult, CommandError>>>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut done: Option<oneshot::Sender<()>> = None;
+        loop {
+            let deadline = self.node.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown(tx)) => { done = Some(tx); break; }
+                    Some(cmd) => self.command(cmd),
+                },
+                Some((from, data)) = self.in_rx.recv() => {
+                    self.node.handle_input(now(), Input::Datagram { from, data });
+                }
+                () = sleep => self.node.handle_input(now(), Input::Timeout),
+            }
+            self.drain().await;
+        }
+        debug!(id = %self.node.id(), "node stopped");
+        self.waiting.clear();
+        if let Some(tx) = done {
+            let _ = tx.send(());
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let t = now();
+        let n = &mut self.node;
+        let (r, tx) = match cmd {
+            Command::Bootstrap(seeds, tx) => (n.bootstrap(t, &seeds), tx),
+            Command::FindNode(target, tx) => (n.find_node(t, target), tx),
+            Command::Get(key, quorum, tx) => (n.get(t, key, quorum), tx),
+            Command::Put(key, value, tx) => (n.put(t, key, value), tx),
+            Command::PutRecord(record, tx) => (n.put_record(t, record), tx),
+            Command::Ping(addr, tx) => (n.ping(t, addr), tx),
+            Command::Call(to, method, params, tx) => (n.call(t, &to, &method, params), tx),
+            Command::AddContact(c) => return n.add_contact(t, c),
+            Command::Stats(tx) => return drop(tx.send(n.stats().clone())),
+            Command::Snapshot(tx) => return drop(tx.send(n.snapshot())),
+            Command::Shutdown(_) => return,
+        };
+        match r {
+            Ok(id) => {
+                self.waiting.insert(id, tx);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    let bytes = match self.node.encode(&msg) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            debug!(peer = %to, error = %e, "could not encode a message");
+                            continue;
+                        }
+                    };
+                    let kind = to.kind();
+                    let Some(t) = self.transports.iter().find(|t| t.kind() == kind) else {
+                        trace!(peer = %to, "no transport for this address");
+                        continue;
+                    };
+                    if let Err(e) = t.send(&to, bytes).await {
+                        trace!(peer = %to, error = %e, "send failed");
+                    }
+                }
+                Output::Event(ev) => {
+                    if let Event::QueryDone { id, result } = &ev {
+                        if let Some(tx) = self.waiting.remove(id) {
+                            let _ = tx.send(Ok(result.clone()));
+                        }
+                    }
+                    let _ = self.events.send(ev);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The deterministic simulator: many engines on one thread, a virtual clock, an event heap and a
+//! seeded link model (latency, jitter, loss, partitions), plus churn.
+//!
+//! Identical seeds and arguments give identical results, bit for bit: every random draw comes
+//! from ChaCha RNGs seeded from the simulation seed, events are ordered by `(time, sequence)`, and
+//! nothing iterates a randomly ordered map. [`Sim::digest`] is a hash of every delivery and event.
+//!
+//! ```
+//! use kad_core::sim::{LookupScenario, run_lookup_scenario};
+//! let report = run_lookup_scenario(&LookupScenario { nodes: 200, lookups: 50, seed: 1, ..Default::default() }, |_, _| {});
+//! assert!(report.success_rate > 0.95);
+//! ```
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::addr::{Contact, PeerAddr};
+use crate::config::{Config, VirtualClock};
+use crate::id::NodeId;
+use crate::message::{Body, Message};
+use crate::node::{Event, Input, Node, Output, QueryId, QueryResult};
+
+/// The link model between simulated nodes.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LinkModel {
+    /// One-way delay of every message (the round-trip time is twice it).
+    pub latency: Duration,
+    /// Extra delay, uniform in `[0, jitter]`, added to each message.
+    pub jitter: Duration,
+    /// Probability that a message is lost (each direction independently).
+    pub loss: f64,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        Self { latency: Duration::from_millis(50), jitter: Duration::ZERO, loss: 0.0 }
+    }
+}
+
+enum EvKind {
+    Deliver { to: u32, from: PeerAddr, msg: Message },
+    Wake { node: u32 },
+}
+
+struct Ev {
+    at: Instant,
+    seq: u64,
+    kind: EvKind,
+}
+
+impl PartialEq for Ev {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Ev {}
+impl PartialOrd for Ev {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ev {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct SimNode {
+    node: Option<Node>,
+    wake: Option<Instant>,
+    group: u32,
+}
+
+/// Counters of the simulated network.
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct SimStats {
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages lost by the link model.
+    pub lost: u64,
+    /// Messages to a node that is gone.
+    pub to_dead: u64,
+    /// Messages cut by a partition.
+    pub partitioned: u64,
+}
+
+/// Many nodes on one thread with a virtual clock.
+pub struct Sim {
+    base: Instant,
+    now: Instant,
+    seed: u64,
+    rng: ChaCha8Rng,
+    link: LinkModel,
+    nodes: Vec<SimNode>,
+    heap: BinaryHeap<Reverse<Ev>>,
+    seq: u64,
+    events: VecDeque<(usize, Event)>,
+    digest: DefaultHasher,
+    stats: SimStats,
+    epoch_ms: u64,
+}
+
+impl Sim {
+    /// An empty simulation. `base` is the virtual clock's zero: any `Instant` works (results
+    /// depend only on durations from it); callers usually pass `Instant::now()` once.
+    pub fn new(seed: u64, link: LinkModel, base: Instant) -> Self {
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        s[8..16].copy_from_slice(b"kad-sim!");
+        Self {
+            base,
+            now: base,
+            seed,
+            rng: ChaCha8Rng::from_seed(s),
+            link,
+            nodes: Vec::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            events: VecDeque::new(),
+            digest: DefaultHasher::new(),
+            stats: SimStats::default(),
+            epoch_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.base
+    }
+
+    /// The simulation's RNG (for scenario choices, so they stay reproducible).
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// Network counters.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// A hash of every delivery and every event so far: equal seeds and inputs give equal digests.
+    pub fn digest(&self) -> u64 {
+        self.digest.finish()
+    }
+
+    /// Number of nodes ever added (dead ones included; indices are never reused).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node was ever added.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Adds a node with `config` (its RNG seed, wall clock and id are set by the simulator).
+    /// Returns its index; its address is `mem://INDEX`.
+    pub fn add_node(&mut self, mut config: Config) -> usize {
+        let idx = self.nodes.len();
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&(idx as u64).to_le_bytes());
+        config.rng_seed = Some(seed);
+        config.wall_clock = Arc::new(VirtualClock { base: self.base, epoch_ms: self.epoch_ms });
+        let id = NodeId::random(&mut self.rng);
+        let node = Node::builder(config)
+            .id(id)
+            .addrs(vec![PeerAddr::Mem(idx as u64)])
+            .build(self.now)
+            .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
+        self.nodes.push(SimNode { node: Some(node), wake: None, group: 0 });
+        self.schedule_wake(idx);
+        idx
+    }
+
+    /// The node at `idx`, if alive.
+    pub fn node(&self, idx: usize) -> Option<&Node> {
+        self.nodes.get(idx).and_then(|n| n.node.as_ref())
+    }
+
+    /// Whether the node at `idx` is alive.
+    pub fn is_alive(&self, idx: usize) -> bool {
+        self.node(idx).is_some()
+    }
+
+    /// Indices of the live nodes.
+    pub fn alive(&self) -> impl Iterator<Item = usize> + '_ {
+        self.nodes.iter().enumerate().filter(|(_, n)| n.node.is_some()).map(|(i, _)| i)
+    }
+
+    /// Runs `f` on a live node at the current time (a command), then routes its outputs.
+    pub fn command<R>(&mut self, idx: usize, f: impl FnOnce(&mut Node, Instant) -> R) -> Option<R> {
+        let now = self.now;
+        let node = self.nodes.get_mut(idx)?.node.as_mut()?;
+        let r = f(node, now);
+        self.drain(idx);
+        Some(r)
+    }
+
+    /// Removes a node without notice (churn): it stops answering, its state is freed.
+    pub fn kill(&mut self, idx: usize) {
+        if let Some(n) = self.nodes.get_mut(idx) {
+            n.node = None;
+            n.wake = None;
+        }
+    }
+
+    /// Splits the network: messages only flow between nodes of the same group.
+    /// `group_of(idx)` gives each live node's group.
+    pub fn partition(&mut self, mut group_of: impl FnMut(usize) -> u32) {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.group = group_of(i);
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&mut self) {
+        for n in &mut self.nodes {
+            n.group = 0;
+        }
+    }
+
+    /// The next event, if any: `(node index, event)`.
+    pub fn poll_event(&mut self) -> Option<(usize, Event)> {
+        self.events.pop_front()
+    }
+
+    fn push(&mut self, at: Instant, kind: EvKind) {
+        self.seq += 1;
+        self.heap.push(Reverse(Ev { at, seq: self.seq, kind }));
+    }
+
+    fn schedule_wake(&mut self, idx: usize) {
+        let Some(sn) = self.nodes.get_mut(idx) else { return };
+        let Some(node) = sn.node.as_ref() else { return };
+        let Some(t) = node.poll_timeout() else { return };
+        let t = t.max(self.now);
+        if sn.wake.is_some_and(|w| w <= t) {
+            return;
+        }
+        sn.wake = Some(t);
+        self.push(t, EvKind::Wake { node: idx as u32 });
+    }
+
+    fn drain(&mut self, idx: usize) {
+        loop {
+            let Some(out) = self.nodes[idx].node.as_mut().and_then(Node::poll_output) else { break };
+            match out {
+                Output::Send { to, msg } => self.transmit(idx, to, msg),
+                Output::Event(ev) => {
+                    if let Event::QueryDone { id, result } = &ev {
+                        (idx, id.0, query_result_tag(result)).hash(&mut self.digest);
+                    }
+                    self.events.push_back((idx, ev));
+                }
+            }
+        }
+        self.schedule_wake(idx);
+    }
+
+    fn transmit(&mut self, from_idx: usize, to: PeerAddr, msg: Message) {
+        let PeerAddr::Mem(j) = to else { return };
+        let j = j as usize;
+        if self.link.loss > 0.0 && self.rng.random_bool(self.link.loss.clamp(0.0, 1.0)) {
+            self.stats.lost += 1;
+            return;
+        }
+        match self.nodes.get(j) {
+            Some(n) if n.node.is_some() => {
+                if n.group != self.nodes[from_idx].group {
+                    self.stats.partitioned += 1;
+                    return;
+                }
+            }
+            _ => {
+                self.stats.to_dead += 1;
+                return;
+            }
+        }
+        let mut delay = self.link.latency;
+        if !self.link.jitter.is_zero() {
+            let j = self.rng.random_range(0..=self.link.jitter.as_micros() as u64);
+            delay += Duration::from_micros(j);
+        }
+        let at = self.now + delay;
+        self.push(at, EvKind::Deliver { to: j as u32, from: PeerAddr::Mem(from_idx as u64), msg });
+    }
+
+    /// Processes the earliest event. Returns false when nothing is scheduled.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse(ev)) = self.heap.pop() else { return false };
+        if ev.at > self.now {
+            self.now = ev.at;
+        }
+        match ev.kind {
+            EvKind::Deliver { to, from, msg } => {
+                let to = to as usize;
+                let Some(node) = self.nodes[to].node.as_mut() else {
+                    self.stats.to_dead += 1;
+                    return true;
+                };
+                self.stats.delivered += 1;
+                let tag = match &msg.body {
+                    Body::Request(r) => r.method().len() as u8,
+                    Body::Response(_) => 100,
+                    Body::Error(_) => 200,
+                };
+                ((self.now - self.base).as_nanos() as u64, to, &from, &msg.txn.0[..], tag).hash(&mut self.digest);
+                node.handle_input(self.now, Input::Message { from, msg });
+                self.drain(to);
+            }
+            EvKind::Wake { node } => {
+                let idx = node as usize;
+                let sn = &mut self.nodes[idx];
+                if sn.wake != Some(ev.at) {
+                    return true; // superseded
+                }
+                sn.wake = None;
+                let Some(n) = sn.node.as_mut() else { return true };
+                n.handle_input(self.now, Input::Timeout);
+                self.drain(idx);
+            }
+        }
+        true
+    }
+
+    /// Processes every event up to and including `t`, then sets the clock to `t`.
+    pub fn run_until(&mut self, t: Instant) {
+        while self.heap.peek().is_some_and(|Reverse(e)| e.at <= t) {
+            self.step();
+        }
+        if t > self.now {
+            self.now = t;
+        }
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let t = self.now + d;
+        self.run_until(t);
+    }
+}
+
+fn query_result_tag(r: &QueryResult) -> u64 {
+    let mut h = DefaultHasher::new();
+    match r {
+        QueryResult::FindNode(Ok(o)) | QueryResult::Bootstrap(Ok(o)) | QueryResult::Refresh(o) | QueryResult::PluginLookup(o) => {
+            for c in &o.closest {
+                c.id.hash(&mut h);
+            }
+            (o.stats.rpcs, o.stats.hops, o.elapsed.as_nanos() as u64).hash(&mut h);
+        }
+        QueryResult::Get(Ok(g)) => (&g.record.value[..], g.answers).hash(&mut h),
+        QueryResult::Put(Ok(p)) => (p.stored, p.tried).hash(&mut h),
+        other => format!("{other:?}").hash(&mut h),
+    }
+    h.finish()
+}
+
+/// Parameters of the lookup scenario behind `kad sim`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LookupScenario {
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// Lookups to run after the network has formed.
+    pub lookups: usize,
+    /// Bucket size.
+    pub k: usize,
+    /// Lookup parallelism.
+    pub alpha: usize,
+    /// The link model.
+    pub link: LinkModel,
+    /// Fraction of the nodes that leave without notice (and as many that join) during the lookups.
+    pub churn: f64,
+    /// The simulation seed.
+    pub seed: u64,
+    /// Virtual time between two joins while the network forms.
+    pub join_spacing: Duration,
+    /// Virtual time between two lookup starts.
+    pub lookup_spacing: Duration,
+}
+
+impl Default for LookupScenario {
+    fn default() -> Self {
+        Self {
+            nodes: 1000,
+            lookups: 200,
+            k: 20,
+            alpha: 3,
+            link: LinkModel::default(),
+            churn: 0.0,
+            seed: 1,
+            join_spacing: Duration::from_millis(2),
+            lookup_spacing: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What the lookup scenario measured (virtual time).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct ScenarioReport {
+    /// Nodes at the start of the lookups.
+    pub nodes: usize,
+    /// Lookups run.
+    pub lookups: usize,
+    /// Bucket size.
+    pub k: usize,
+    /// Lookup parallelism.
+    pub alpha: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Fraction of lookups that found the true closest live node.
+    pub success_rate: f64,
+    /// Median path length to the closest node found.
+    pub hops_p50: u32,
+    /// 90th percentile of hops.
+    pub hops_p90: u32,
+    /// Longest path.
+    pub hops_max: u32,
+    /// Median requests per lookup.
+    pub rpcs_per_lookup_p50: u32,
+    /// Median lookup latency, virtual ms.
+    pub latency_ms_p50: f64,
+    /// 90th percentile latency, virtual ms.
+    pub latency_ms_p90: f64,
+    /// 99th percentile latency, virtual ms.
+    pub latency_ms_p99: f64,
+    /// Lookups that did not finish within the time limit.
+    pub unfinished: usize,
+    /// Nodes that left (and joined) during the lookups.
+    pub churned: usize,
+    /// Mean routing-table size of live nodes at the end.
+    pub routing_table_mean: f64,
+    /// Virtual time simulated, seconds.
+    pub virtual_s: f64,
+    /// Network counters.
+    pub network: SimStats,
+    /// Hash of every delivery and event: equal for equal arguments.
+    pub digest: String,
+}
+
+fn percentile<T: Copy + Ord + Default>(v: &mut [T], p: f64) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Builds a network of `nodes` nodes (each joins through a random earlier node), then runs
+/// `lookups` FIND_NODE lookups for random targets from random live nodes, with optional churn,
+/// and reports success, hops, RPCs and latency. `progress(done, total)` is called as work advances.
+pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, usize)) -> ScenarioReport {
+    // The virtual clock's zero; results depend only on durations from it.
+    #[allow(clippy::disallowed_methods)]
+    let base = Instant::now();
+    let mut sim = Sim::new(sc.seed, sc.link.clone(), base);
+    let mut cfg = Config::default();
+    cfg.k = sc.k;
+    cfg.alpha = sc.alpha;
+    // Bucket refresh every 15 min would add traffic beyond the scenario's horizon only.
+    let total_work = sc.nodes + sc.lookups;
+    let mut done_work = 0;
+
+    // 1. Join.
+    let mut contacts: Vec<Contact> = Vec::with_capacity(sc.nodes);
+    for i in 0..sc.nodes {
+        let t = base + sc.join_spacing * i as u32;
+        sim.run_until(t);
+        while sim.poll_event().is_some() {}
+        let idx = sim.add_node(cfg.clone());
+        if i > 0 {
+            let j = sim.rng().random_range(0..contacts.len());
+            let seed = contacts[j].clone();
+            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
+        }
+        if let Some(n) = sim.node(idx) {
+            contacts.push(n.contact().clone());
+        }
+        done_work += 1;
+        if i % 256 == 0 {
+            progress(done_work, total_work);
+        }
+    }
+    // Let the last joins finish.
+    sim.run_for(Duration::from_secs(10));
+    while sim.poll_event().is_some() {}
+
+    // 2. Lookups, with churn spread over the same period.
+    let start = sim.now();
+    let phase = sc.lookup_spacing * sc.lookups as u32;
+    let churn_n = ((sc.nodes as f64) * sc.churn).round() as usize;
+    let mut churn_at: Vec<Instant> = (0..churn_n)
+        .map(|i| start + phase.mul_f64((i as f64 + 0.5) / churn_n.max(1) as f64))
+        .collect();
+    churn_at.reverse();
+    let mut live: Vec<usize> = sim.alive().collect();
+    let mut pending: rustc_hash::FxHashMap<(usize, QueryId), NodeId> = Default::default();
+    let mut hops = Vec::new();
+    let mut rpcs = Vec::new();
+    let mut lat_us: Vec<u64> = Vec::new();
+    let mut ok = 0usize;
+    let mut finished = 0usize;
+    let mut churned = 0usize;
+
+    let mut handle_events = |sim: &mut Sim, live: &[usize], pending: &mut rustc_hash::FxHashMap<(usize, QueryId), NodeId>| {
+        let mut n_done = 0;
+        while let Some((idx, ev)) = sim.poll_event() {
+            let Event::QueryDone { id, result: QueryResult::FindNode(r) } = ev else { continue };
+            let Some(target) = pending.remove(&(idx, id)) else { continue };
+            n_done += 1;
+            let Ok(o) = r else { continue };
+            // The true closest live node (excluding the searcher itself, which a lookup never returns).
+            let truth = live
+                .iter()
+                .filter(|&&i| i != idx)
+                .filter_map(|&i| sim.node(i).map(|n| n.id()))
+                .min_by_key(|id| id.distance(&target));
+            if truth.is_some() && o.closest.first().map(|c| c.id) == truth {
+                ok += 1;
+            }
+            hops.push(o.stats.hops);
+            rpcs.push(o.stats.rpcs);
+            lat_us.push(o.elapsed.as_micros() as u64);
+        }
+        n_done
+    };
+
+    for l in 0..sc.lookups {
+        let t = start + sc.lookup_spacing * l as u32;
+        while churn_at.last().is_some_and(|c| *c <= t) {
+            let c = churn_at.pop().unwrap_or(t);
+            sim.run_until(c);
+            finished += handle_events(&mut sim, &live, &mut pending);
+            // One leaves without notice...
+            let victim_pos = sim.rng().random_range(0..live.len());
+            let victim = live.swap_remove(victim_pos);
+            sim.kill(victim);
+            // ...and one joins through a random live node.
+            let seed_idx = live[sim.rng().random_range(0..live.len())];
+            let Some(seed) = sim.node(seed_idx).map(|n| n.contact().clone()) else { continue };
+            let idx = sim.add_node(cfg.clone());
+            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
+            live.push(idx);
+            churned += 1;
+        }
+        sim.run_until(t);
+        finished += handle_events(&mut sim, &live, &mut pending);
+        let src = live[sim.rng().random_range(0..live.len())];
+        let target = NodeId::random(sim.rng());
+        if let Some(Ok(q)) = sim.command(src, |n, now| n.find_node(now, target)) {
+            pending.insert((src, q), target);
+        }
+        done_work += 1;
+        if l % 16 == 0 {
+            progress(done_work, total_work);
+        }
+    }
+    // Drain: lookups end within a bounded number of timeouts.
+    let limit = sim.now() + Duration::from_secs(120);
+    while !pending.is_empty() && sim.now() < limit {
+        sim.run_for(Duration::from_millis(100));
+        finished += handle_events(&mut sim, &live, &mut pending);
+    }
+    progress(total_work, total_work);
+    let _ = finished;
+
+    let rt: Vec<usize> = live.iter().filter_map(|&i| sim.node(i).map(|n| n.routing_table().len())).collect();
+    let n_lookups = lat_us.len() + pending.len();
+    let to_ms = |us: u64| us as f64 / 1000.0;
+    ScenarioReport {
+        nodes: sc.nodes,
+        lookups: sc.lookups,
+        k: sc.k,
+        alpha: sc.alpha,
+        seed: sc.seed,
+        success_rate: if n_lookups == 0 { 0.0 } else { ok as f64 / n_lookups as f64 },
+        hops_p50: percentile(&mut hops, 0.5),
+        hops_p90: percentile(&mut hops, 0.9),
+        hops_max: hops.iter().copied().max().unwrap_or(0),
+        rpcs_per_lookup_p50: percentile(&mut rpcs, 0.5),
+        latency_ms_p50: to_ms(percentile(&mut lat_us, 0.5)),
+        latency_ms_p90: to_ms(percentile(&mut lat_us, 0.9)),
+        latency_ms_p99: to_ms(percentile(&mut lat_us, 0.99)),
+        unfinished: pending.len(),
+        churned,
+        routing_table_mean: if rt.is_empty() { 0.0 } else { rt.iter().sum::<usize>() as f64 / rt.len() as f64 },
+        virtual_s: sim.elapsed().as_secs_f64(),
+        network: sim.stats().clone(),
+        digest: format!("{:016x}", sim.digest()),
+    }
+}
