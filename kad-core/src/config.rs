@@ -80,7 +80,9 @@ pub struct Config {
     pub min_soft_timeout: Duration,
     /// RTT assumed before any sample arrives. Default 250 ms.
     pub initial_rtt: Duration,
-    /// Attempts a lookup makes per candidate before giving it up. Default 3.
+    /// Attempts a lookup makes per candidate among the `alpha` closest (the head of its result)
+    /// before giving it up; the head is asked again at each soft deadline. Other candidates get
+    /// at most 2 attempts. Default 5.
     pub max_attempts: u8,
     /// Most requests in flight at once; lookups wait for room. Default 4096.
     pub max_in_flight: usize,
@@ -134,7 +136,7 @@ impl Default for Config {
             min_request_timeout: Duration::from_millis(250),
             min_soft_timeout: Duration::from_millis(20),
             initial_rtt: Duration::from_millis(250),
-            max_attempts: 3,
+            max_attempts: 5,
             max_in_flight: 4096,
             max_queries: 1024,
             replacement_cache: 8,

@@ -26,7 +26,11 @@ struct Candidate {
     state: State,
     depth: u8,
     attempts: u8,
+    outstanding: u8,
 }
+
+/// Attempts for candidates outside the head of the lookup.
+const TAIL_ATTEMPTS: u8 = 2;
 
 /// A lookup's counters, reported when it finishes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -101,27 +105,41 @@ impl Lookup {
             return false;
         }
         if self.candidates.len() >= self.cap {
-            // Full: only accept if closer than the farthest candidate that is not in flight.
-            let Some((far, cand)) = self.candidates.iter().next_back() else { return false };
-            if *far < d || matches!(cand.state, State::Waiting { .. }) {
+            // Full: a newcomer must be closer than the farthest candidate; it evicts the farthest
+            // one that is not in flight. If every farther one is in flight, the set grows past
+            // the cap by at most the number of requests in flight.
+            let Some((far, _)) = self.candidates.iter().next_back() else { return false };
+            if *far < d {
                 return false;
             }
-            let far = *far;
-            self.candidates.remove(&far);
+            let victim = self
+                .candidates
+                .range(d..)
+                .rev()
+                .find(|(_, c)| !matches!(c.state, State::Waiting { .. }))
+                .map(|(k, _)| *k);
+            if let Some(v) = victim {
+                self.candidates.remove(&v);
+            }
         }
-        self.candidates.insert(d, Candidate { contact: c, state: State::Fresh, depth, attempts: 0 });
+        self.candidates.insert(d, Candidate { contact: c, state: State::Fresh, depth, attempts: 0, outstanding: 0 });
         true
     }
 
     /// Contacts to ask now, given the soft timeout for new requests and how many requests the
     /// node has room for. Each returned contact is marked as waiting.
+    ///
+    /// The `alpha` closest candidates are the head of the result: when one of them stays silent
+    /// past its soft deadline it is asked again at once (up to `max_attempts`, each wait a
+    /// little longer), so one lost packet costs a soft timeout, not a hard one. Other candidates
+    /// get two attempts, the second after a hard timeout.
     pub fn next(&mut self, now: Instant, soft_timeout: Duration, room: usize) -> Vec<Contact> {
         let parallelism = if self.stalled { self.k } else { self.alpha };
         let mut active = 0;
         let mut out = Vec::new();
-        let mut considered = 0;
+        let mut rank = 0;
         for cand in self.candidates.values_mut() {
-            if considered >= self.k {
+            if rank >= self.k {
                 break;
             }
             match cand.state {
@@ -130,18 +148,27 @@ impl Lookup {
                 State::Waiting { soft_deadline } => {
                     if soft_deadline > now {
                         active += 1;
+                    } else if rank < self.alpha && cand.attempts < self.max_attempts && out.len() < room {
+                        cand.attempts += 1;
+                        cand.outstanding += 1;
+                        let wait = soft_timeout * u32::from(cand.attempts);
+                        cand.state = State::Waiting { soft_deadline: now + wait };
+                        active += 1;
+                        out.push(cand.contact.clone());
                     }
                 }
                 State::Fresh => {
                     if active < parallelism && out.len() < room {
-                        cand.state = State::Waiting { soft_deadline: now + soft_timeout };
                         cand.attempts += 1;
+                        cand.outstanding += 1;
+                        let wait = soft_timeout * u32::from(cand.attempts);
+                        cand.state = State::Waiting { soft_deadline: now + wait };
                         active += 1;
                         out.push(cand.contact.clone());
                     }
                 }
             }
-            considered += 1;
+            rank += 1;
         }
         self.stats.rpcs += out.len() as u32;
         out
@@ -177,16 +204,23 @@ impl Lookup {
         }
     }
 
-    /// The request to `id` failed (hard timeout or error). The candidate is retried until it has
-    /// used `max_attempts`, then given up.
+    /// A request to `id` failed (hard timeout). Once none of its requests is outstanding, the
+    /// candidate is retried if it has attempts left (`max_attempts` in the head of the result,
+    /// two elsewhere), else given up.
     pub fn on_failure(&mut self, id: &NodeId) {
         let d = id.distance(&self.target);
+        let rank = self.candidates.range(..d).filter(|(_, c)| c.state != State::Failed).count();
         let Some(cand) = self.candidates.get_mut(&d) else { return };
         if !matches!(cand.state, State::Waiting { .. }) {
             return;
         }
         self.stats.failures += 1;
-        cand.state = if cand.attempts < self.max_attempts { State::Fresh } else { State::Failed };
+        cand.outstanding = cand.outstanding.saturating_sub(1);
+        if cand.outstanding > 0 {
+            return;
+        }
+        let allowed = if rank < self.alpha { self.max_attempts } else { self.max_attempts.min(TAIL_ATTEMPTS) };
+        cand.state = if cand.attempts < allowed { State::Fresh } else { State::Failed };
     }
 
     /// Gives up on `id` at once (no address usable, or the request could not be sent).
@@ -289,23 +323,51 @@ mod tests {
         assert!(l.next(now, Duration::from_millis(10), 10).is_empty());
         let later = now + Duration::from_millis(11);
         assert_eq!(l.next_deadline(now), Some(now + Duration::from_millis(10)));
-        assert_eq!(l.next(later, Duration::from_millis(10), 10), vec![c(2)]);
+        // The head (alpha = 1) is asked again at its soft deadline, and the search widens.
+        assert_eq!(l.next(later, Duration::from_millis(10), 10), vec![c(1), c(2)]);
+        // Its second attempt waits twice as long.
+        assert_eq!(l.next_deadline(later), Some(later + Duration::from_millis(10)));
         // A late answer from the first still counts.
         l.on_success(&c(1).id, &[]);
         assert!(!l.is_finished());
     }
 
     #[test]
+    fn closer_candidate_enters_a_full_set() {
+        let now = Instant::now();
+        // k = 1: cap of 3 candidates; all three get asked (stalled after the first reply).
+        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 1, 1, 1, vec![c(0x40), c(0x50), c(0x60)]);
+        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![c(0x40)]);
+        let t = now + Duration::from_millis(20);
+        l.next(t, Duration::from_millis(10), 10);
+        // The farthest (0x60) is not in flight, others are: a closer newcomer evicts it...
+        l.on_success(&c(0x40).id, &[c(0x01)]);
+        assert_eq!(l.next(t, Duration::from_millis(10), 10), vec![c(0x01)]);
+        // ...and even when every farther candidate is in flight, a closer one gets in.
+        l.on_success(&c(0x01).id, &[c(0x02)]);
+        let ask = l.next(t + Duration::from_millis(30), Duration::from_millis(10), 10);
+        assert!(ask.contains(&c(0x02)), "{ask:?}");
+    }
+
+    #[test]
     fn retries_before_giving_up() {
         let now = Instant::now();
-        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 1, 1, 2, vec![c(1)]);
+        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 1, 1, 3, vec![c(1)]);
         assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![c(1)]);
+        // A retransmission at the soft deadline: two requests outstanding.
+        let t1 = now + Duration::from_millis(10);
+        assert_eq!(l.next(t1, Duration::from_millis(10), 10), vec![c(1)]);
         l.on_failure(&c(1).id);
-        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![c(1)]);
+        // One failure with another request outstanding: still waiting.
+        assert!(!l.is_finished());
         l.on_failure(&c(1).id);
-        assert!(l.next(now, Duration::from_millis(10), 10).is_empty());
+        // Third and last attempt.
+        assert_eq!(l.next(t1, Duration::from_millis(10), 10), vec![c(1)]);
+        l.on_failure(&c(1).id);
+        assert!(l.next(t1 + Duration::from_secs(1), Duration::from_millis(10), 10).is_empty());
         assert!(l.is_finished());
         assert!(l.closest_succeeded().is_empty());
-        assert_eq!(l.stats().failures, 2);
+        assert_eq!(l.stats().failures, 3);
+        assert_eq!(l.stats().rpcs, 3);
     }
 }

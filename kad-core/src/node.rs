@@ -583,7 +583,11 @@ impl Node {
 
     fn make_lookup(&mut self, now: Instant, target: NodeId) -> Lookup {
         self.routing.touch(now, &target);
-        let seeds = self.routing.closest(&target, self.config.k);
+        let mut seeds = self.routing.closest(&target, self.config.k);
+        if seeds.len() < self.config.alpha {
+            // Few good contacts left: give the failing ones another chance.
+            seeds.extend(self.routing.closest_bad(&target, self.config.k - seeds.len()));
+        }
         Lookup::new(self.local.id, target, self.config.k, self.config.alpha, self.config.max_attempts, seeds)
     }
 
@@ -1188,6 +1192,14 @@ impl Node {
         let unix = self.unix_ms(now);
         let expired = self.store.remove_expired(unix);
         self.stats.records_expired += expired as u64;
+        // A thin table (fewer than k contacts) looks for more with a self-lookup.
+        if self.routing.len() < self.config.k && !self.routing.is_empty() {
+            let me = self.local.id;
+            let lookup = self.make_lookup(now, me);
+            if let Ok(qid) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
+                self.step_query(now, qid);
+            }
+        }
         // Bucket refresh.
         for idx in self.routing.stale_buckets(now, self.config.refresh_interval) {
             let target = self.local.id.random_in_bucket(idx, &mut self.rng);

@@ -192,8 +192,8 @@ impl RoutingTable {
         InsertOutcome::Pending { ping }
     }
 
-    /// Records that `id` failed to answer a request. After `max_failures` in a row it is removed
-    /// and the freshest replacement takes its place. Returns true if it was removed.
+    /// Records that `id` failed to answer a request. After `max_failures` in a row it is bad, and
+    /// the freshest replacement takes its place if there is one. Returns true if it was replaced.
     pub fn on_failure(&mut self, id: &NodeId) -> bool {
         let Some(idx) = self.local.bucket_index(id) else { return false };
         let max_failures = self.params.max_failures;
@@ -209,13 +209,24 @@ impl RoutingTable {
         if bucket.entries[pos].failures < max_failures {
             return false;
         }
-        if let Some(rep) = bucket.replacements.pop() {
-            bucket.entries[pos] = rep;
-        } else {
-            bucket.entries.swap_remove(pos);
-            self.len -= 1;
+        // Replace it by the freshest replacement. Without one it stays, marked bad: excluded from
+        // `closest`, first to go when a new contact arrives, and a last resort for lookups when
+        // nothing better is known (a lossy link must not empty the table).
+        match bucket.replacements.pop() {
+            Some(rep) => {
+                bucket.entries[pos] = rep;
+                true
+            }
+            None => false,
         }
-        true
+    }
+
+    /// Up to `n` bad contacts closest to `target` (fallback seeds when good ones run short).
+    pub fn closest_bad(&self, target: &NodeId, n: usize) -> Vec<Contact> {
+        let max_failures = self.params.max_failures;
+        let mut v: Vec<&Entry> = self.iter().filter(|e| e.failures >= max_failures).collect();
+        v.sort_by_key(|e| e.contact.id.distance(target));
+        v.into_iter().take(n).map(|e| e.contact.clone()).collect()
     }
 
     /// Records that a ping-before-evict answered: the pinged contact stays.
@@ -459,6 +470,22 @@ mod tests {
         assert!(rt.get(&mk(5)).is_some());
         assert_eq!(rt.len(), 2);
         rt.check_invariants().unwrap();
+        // Without replacements a failing contact stays, marked bad, out of `closest`.
+        let q = rt.closest(&NodeId::ZERO, 2)[0].clone();
+        rt.on_failure(&q.id);
+        rt.on_failure(&q.id);
+        rt.on_failure(&q.id);
+        assert!(rt.on_failure(&q.id) || rt.get(&q.id).is_some());
+        let mut rt1 = RoutingTable::new(NodeId::ZERO, params(2));
+        rt1.insert(now, contact(mk(1)), true);
+        assert!(!rt1.on_failure(&mk(1)) && !rt1.on_failure(&mk(1)));
+        assert_eq!(rt1.liveness(rt1.get(&mk(1)).unwrap(), now), Liveness::Bad);
+        assert!(rt1.closest(&NodeId::ZERO, 5).is_empty());
+        assert_eq!(rt1.closest_bad(&NodeId::ZERO, 5).len(), 1);
+        // A new contact replaces the bad one.
+        let mut far = [0u8; 20]; far[0] = 0x81; far[1] = 1;
+        assert_eq!(rt1.insert(now, contact(NodeId(far)), true), InsertOutcome::Inserted);
+        assert!(rt1.get(&mk(1)).is_none());
     }
 
     #[test]

@@ -74,6 +74,8 @@ impl Ord for Ev {
 }
 
 struct SimNode {
+    retries: u8,
+    joined_at: Instant,
     node: Option<Node>,
     wake: Option<Instant>,
     group: u32,
@@ -182,7 +184,7 @@ impl Sim {
             .addrs(vec![PeerAddr::Mem(idx as u64)])
             .build(self.now)
             .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
-        self.nodes.push(SimNode { node: Some(node), wake: None, group: 0 });
+        self.nodes.push(SimNode { retries: 0, joined_at: self.now, node: Some(node), wake: None, group: 0 });
         self.schedule_wake(idx);
         idx
     }
@@ -190,6 +192,18 @@ impl Sim {
     /// The node at `idx`, if alive.
     pub fn node(&self, idx: usize) -> Option<&Node> {
         self.nodes.get(idx).and_then(|n| n.node.as_ref())
+    }
+
+    /// Counts one more bootstrap retry of node `idx`; returns the new count.
+    pub fn bump_retries(&mut self, idx: usize) -> u8 {
+        let Some(n) = self.nodes.get_mut(idx) else { return u8::MAX };
+        n.retries = n.retries.saturating_add(1);
+        n.retries
+    }
+
+    /// When the node at `idx` was added, if it is alive.
+    pub fn joined_at(&self, idx: usize) -> Option<Instant> {
+        self.nodes.get(idx).filter(|n| n.node.is_some()).map(|n| n.joined_at)
     }
 
     /// Whether the node at `idx` is alive.
@@ -455,6 +469,32 @@ pub struct ScenarioReport {
     pub digest: String,
 }
 
+const MAX_BOOTSTRAP_RETRIES: u8 = 3;
+
+/// A bootstrap that failed or found fewer than `want` nodes (an application would try again
+/// through another seed).
+fn poor_bootstrap(r: &Result<crate::node::LookupOutcome, crate::node::QueryError>, want: usize) -> bool {
+    r.as_ref().map_or(true, |o| o.closest.len() < want.max(1))
+}
+
+/// Retries, through a random other node, the bootstraps that finished without finding anyone.
+fn retry_failed_bootstraps(sim: &mut Sim, contacts: &[Contact], k: usize) {
+    let mut retry = Vec::new();
+    while let Some((idx, ev)) = sim.poll_event() {
+        if let Event::QueryDone { result: QueryResult::Bootstrap(r), .. } = &ev {
+            if poor_bootstrap(r, k.min(contacts.len().saturating_sub(1))) && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES {
+                retry.push(idx);
+            }
+        }
+    }
+    for idx in retry {
+        let seed = contacts[sim.rng().random_range(0..contacts.len())].clone();
+        if seed.id != sim.node(idx).map_or(seed.id, Node::id) {
+            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
+        }
+    }
+}
+
 fn percentile<T: Copy + Ord + Default>(v: &mut [T], p: f64) -> T {
     if v.is_empty() {
         return T::default();
@@ -484,7 +524,7 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
     for i in 0..sc.nodes {
         let t = base + sc.join_spacing * i as u32;
         sim.run_until(t);
-        while sim.poll_event().is_some() {}
+        retry_failed_bootstraps(&mut sim, &contacts, sc.k);
         let idx = sim.add_node(cfg.clone());
         if i > 0 {
             let j = sim.rng().random_range(0..contacts.len());
@@ -499,9 +539,12 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
             progress(done_work, total_work);
         }
     }
-    // Let the last joins finish.
-    sim.run_for(Duration::from_secs(10));
-    while sim.poll_event().is_some() {}
+    // Let the last joins finish; a node whose bootstrap failed retries through another node,
+    // as an application would.
+    for _ in 0..20 {
+        sim.run_for(Duration::from_secs(1));
+        retry_failed_bootstraps(&mut sim, &contacts, sc.k);
+    }
 
     // 2. Lookups, with churn spread over the same period.
     let start = sim.now();
@@ -519,26 +562,49 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
     let mut ok = 0usize;
     let mut finished = 0usize;
     let mut churned = 0usize;
+    let mut aborted = 0usize;
 
     let mut handle_events = |sim: &mut Sim, live: &[usize], pending: &mut rustc_hash::FxHashMap<(usize, QueryId), NodeId>| {
         let mut n_done = 0;
+        let live_ids: rustc_hash::FxHashSet<NodeId> = if sim.events.is_empty() {
+            Default::default()
+        } else {
+            live.iter().filter_map(|&i| sim.node(i).map(Node::id)).collect()
+        };
+        let mut retry = Vec::new();
         while let Some((idx, ev)) = sim.poll_event() {
+            if let Event::QueryDone { result: QueryResult::Bootstrap(r), .. } = &ev {
+                if poor_bootstrap(r, sc.k) && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES {
+                    retry.push(idx);
+                }
+                continue;
+            }
             let Event::QueryDone { id, result: QueryResult::FindNode(r) } = ev else { continue };
             let Some(target) = pending.remove(&(idx, id)) else { continue };
             n_done += 1;
             let Ok(o) = r else { continue };
-            // The true closest live node (excluding the searcher itself, which a lookup never returns).
+            // Success: the first live node of the result is the true closest among the nodes
+            // alive for the whole lookup (joined before it started, still alive at its end),
+            // the searcher excluded (a lookup never returns its own node).
+            let started = sim.now() - o.elapsed;
             let truth = live
                 .iter()
-                .filter(|&&i| i != idx)
+                .filter(|&&i| i != idx && sim.joined_at(i).is_some_and(|t| t <= started))
                 .filter_map(|&i| sim.node(i).map(|n| n.id()))
                 .min_by_key(|id| id.distance(&target));
-            if truth.is_some() && o.closest.first().map(|c| c.id) == truth {
+            let first_live = o.closest.iter().map(|c| c.id).find(|id| live_ids.contains(id));
+            if truth.is_some() && first_live == truth {
                 ok += 1;
             }
             hops.push(o.stats.hops);
             rpcs.push(o.stats.rpcs);
             lat_us.push(o.elapsed.as_micros() as u64);
+        }
+        for idx in retry {
+            let seed = live[sim.rng().random_range(0..live.len())];
+            if let Some(c) = sim.node(seed).map(|n| n.contact().clone()) {
+                let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![c]));
+            }
         }
         n_done
     };
@@ -553,6 +619,10 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
             let victim_pos = sim.rng().random_range(0..live.len());
             let victim = live.swap_remove(victim_pos);
             sim.kill(victim);
+            // A lookup whose origin left has nobody to report to: it is not counted.
+            let before = pending.len();
+            pending.retain(|(src, _), _| *src != victim);
+            aborted += before - pending.len();
             // ...and one joins through a random live node.
             let seed_idx = live[sim.rng().random_range(0..live.len())];
             let Some(seed) = sim.node(seed_idx).map(|n| n.contact().clone()) else { continue };
@@ -584,6 +654,7 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
 
     let rt: Vec<usize> = live.iter().filter_map(|&i| sim.node(i).map(|n| n.routing_table().len())).collect();
     let n_lookups = lat_us.len() + pending.len();
+    let _ = aborted;
     let to_ms = |us: u64| us as f64 / 1000.0;
     ScenarioReport {
         nodes: sc.nodes,
