@@ -146,14 +146,17 @@ impl Lookup {
                 State::Failed => continue,
                 State::Succeeded => {}
                 State::Waiting { soft_deadline } => {
+                    // A candidate that has been silent past a soft deadline before no longer holds
+                    // a slot, even while it is asked again: the search widens around it.
                     if soft_deadline > now {
-                        active += 1;
+                        if cand.attempts == 1 {
+                            active += 1;
+                        }
                     } else if rank < self.alpha && cand.attempts < self.max_attempts && out.len() < room {
                         cand.attempts += 1;
                         cand.outstanding += 1;
                         let wait = soft_timeout * u32::from(cand.attempts);
                         cand.state = State::Waiting { soft_deadline: now + wait };
-                        active += 1;
                         out.push(cand.contact.clone());
                     }
                 }
@@ -334,19 +337,22 @@ mod tests {
 
     #[test]
     fn closer_candidate_enters_a_full_set() {
-        let now = Instant::now();
-        // k = 1: cap of 3 candidates; all three get asked (stalled after the first reply).
+        // k = 1: room for 3 candidates.
         let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 1, 1, 1, vec![c(0x40), c(0x50), c(0x60)]);
-        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![c(0x40)]);
-        let t = now + Duration::from_millis(20);
-        l.next(t, Duration::from_millis(10), 10);
-        // The farthest (0x60) is not in flight, others are: a closer newcomer evicts it...
-        l.on_success(&c(0x40).id, &[c(0x01)]);
-        assert_eq!(l.next(t, Duration::from_millis(10), 10), vec![c(0x01)]);
-        // ...and even when every farther candidate is in flight, a closer one gets in.
-        l.on_success(&c(0x01).id, &[c(0x02)]);
-        let ask = l.next(t + Duration::from_millis(30), Duration::from_millis(10), 10);
-        assert!(ask.contains(&c(0x02)), "{ask:?}");
+        // The farthest is not in flight: a closer newcomer evicts it.
+        assert!(l.add(c(0x30), 1));
+        assert_eq!(l.candidates.len(), 3);
+        assert!(!l.candidates.values().any(|x| x.contact == c(0x60)));
+        // A newcomer farther than everything is refused.
+        assert!(!l.add(c(0x70), 1));
+        // Every candidate in flight: a closer newcomer still gets in (the set grows past the cap).
+        let soon = Instant::now() + Duration::from_secs(1);
+        for cand in l.candidates.values_mut() {
+            cand.state = State::Waiting { soft_deadline: soon };
+        }
+        assert!(l.add(c(0x01), 2));
+        assert_eq!(l.candidates.len(), 4);
+        assert_eq!(l.candidates.values().next().map(|x| x.contact.clone()), Some(c(0x01)));
     }
 
     #[test]

@@ -334,12 +334,14 @@ mod tests {
     fn byte_quota_and_oversize() {
         let mut s = MemoryStore::new(NodeId::ZERO, StoreLimits { max_records: 100, max_bytes: 300, eviction: Eviction::FarthestFirst });
         assert!(matches!(s.put(rec(1, 400)), Err(StoreError::TooLarge { .. })));
-        s.put(rec(0x40, 100)).unwrap();
         s.put(rec(0x80, 100)).unwrap();
-        assert!(s.size_bytes() <= 300);
-        s.put(rec(0x01, 100)).unwrap();
+        // 2 x 164 bytes > 300: the closer record evicts the farther one.
+        let ev = s.put(rec(0x01, 100)).unwrap();
+        assert_eq!(ev.len(), 1);
         assert!(s.size_bytes() <= 300);
         assert!(s.get(&key(0x80)).is_none());
+        // A farther one is refused, naming the limit.
+        assert_eq!(s.put(rec(0xF0, 100)), Err(StoreError::Full { what: "bytes", limit: 300 }));
     }
 
     #[test]

@@ -471,12 +471,7 @@ mod tests {
         assert_eq!(rt.len(), 2);
         rt.check_invariants().unwrap();
         // Without replacements a failing contact stays, marked bad, out of `closest`.
-        let q = rt.closest(&NodeId::ZERO, 2)[0].clone();
-        rt.on_failure(&q.id);
-        rt.on_failure(&q.id);
-        rt.on_failure(&q.id);
-        assert!(rt.on_failure(&q.id) || rt.get(&q.id).is_some());
-        let mut rt1 = RoutingTable::new(NodeId::ZERO, params(2));
+        let mut rt1 = RoutingTable::new(NodeId::ZERO, params(1));
         rt1.insert(now, contact(mk(1)), true);
         assert!(!rt1.on_failure(&mk(1)) && !rt1.on_failure(&mk(1)));
         assert_eq!(rt1.liveness(rt1.get(&mk(1)).unwrap(), now), Liveness::Bad);

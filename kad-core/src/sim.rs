@@ -551,7 +551,7 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
     let phase = sc.lookup_spacing * sc.lookups as u32;
     let churn_n = ((sc.nodes as f64) * sc.churn).round() as usize;
     let mut churn_at: Vec<Instant> = (0..churn_n)
-        .map(|i| start + phase.mul_f64((i as f64 + 0.5) / churn_n.max(1) as f64))
+        .map(|i| start + phase.mul_f64(i as f64 / churn_n.max(1) as f64))
         .collect();
     churn_at.reverse();
     let mut live: Vec<usize> = sim.alive().collect();
@@ -609,7 +609,8 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
         n_done
     };
 
-    for l in 0..sc.lookups {
+    // One step past the last lookup applies the churn scheduled after it.
+    for l in 0..=sc.lookups {
         let t = start + sc.lookup_spacing * l as u32;
         while churn_at.last().is_some_and(|c| *c <= t) {
             let c = churn_at.pop().unwrap_or(t);
@@ -633,6 +634,9 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
         }
         sim.run_until(t);
         finished += handle_events(&mut sim, &live, &mut pending);
+        if l == sc.lookups {
+            break;
+        }
         let src = live[sim.rng().random_range(0..live.len())];
         let target = NodeId::random(sim.rng());
         if let Some(Ok(q)) = sim.command(src, |n, now| n.find_node(now, target)) {

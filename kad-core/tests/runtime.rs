@@ -1,0 +1,162 @@
+//! The tokio runtime over the in-memory transport, with paused time: real actor tasks, real
+//! channels, virtual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kad_core::{
+    Body, Config, Contact, Dht, DhtError, Message, MemoryNetwork, Node, NodeId, Plugin, PluginCx,
+    QueryError, Reply, Request, Response, Transport, TxnId,
+};
+
+/// A plugin with one method, `echo.ECHO`, that answers with its parameters.
+struct Echo;
+
+impl Plugin for Echo {
+    fn namespace(&self) -> &'static str {
+        "echo"
+    }
+    fn on_request(&mut self, _cx: &mut PluginCx<'_>, _from: &Contact, method: &str, params: &Bytes) -> Reply {
+        match method {
+            "echo.ECHO" => Reply::Result(params.clone()),
+            _ => Reply::Error(kad_core::RpcError::new(kad_core::RpcError::METHOD_NOT_FOUND, method)),
+        }
+    }
+}
+
+fn config(seed: u8) -> Config {
+    let mut c = Config::default();
+    c.set_rng_seed([seed; 32]);
+    c
+}
+
+async fn network(net: &MemoryNetwork, n: usize) -> Vec<Dht> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let b = Node::builder(config(i as u8 + 1)).id(NodeId::from_bytes([i as u8 + 1; 20])).plugin(Box::new(Echo));
+        nodes.push(Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap());
+    }
+    let seed = nodes[0].contact().addrs[0].clone();
+    for d in &nodes[1..] {
+        d.bootstrap(vec![seed.clone()]).await.unwrap();
+    }
+    nodes
+}
+
+#[tokio::test(start_paused = true)]
+async fn put_get_find_ping_call() {
+    let net = MemoryNetwork::new();
+    let nodes = network(&net, 12).await;
+    // A second bootstrap round lets early nodes learn about later ones.
+    for d in &nodes {
+        let _ = d.find_node(d.id()).await;
+    }
+
+    let key = NodeId::from_bytes([0xAB; 20]);
+    let put = nodes[3].put(key, Bytes::from_static(b"sensor 21.5C")).await.unwrap();
+    assert!(put.stored >= 10, "stored on {} of 12", put.stored);
+    for d in &nodes {
+        let got = d.get(key).await.unwrap();
+        assert_eq!(&got.record.value[..], b"sensor 21.5C");
+        assert_eq!(got.record.publisher, Some(nodes[3].id()));
+    }
+
+    let missing = nodes[5].get(NodeId::from_bytes([0xCD; 20])).await;
+    assert!(matches!(missing, Err(DhtError::Query(QueryError::NotFound))), "{missing:?}");
+
+    let found = nodes[7].find_node(nodes[9].id()).await.unwrap();
+    assert_eq!(found.closest[0].id, nodes[9].id());
+    assert!(found.closest.len() >= 10);
+
+    let pong = nodes[1].ping(nodes[2].contact().addrs[0].clone()).await.unwrap();
+    assert_eq!(pong.contact.id, nodes[2].id());
+
+    let echoed = nodes[4].call(nodes[8].contact().clone(), "echo.ECHO", Bytes::from_static(b"{\"x\":1}")).await.unwrap();
+    assert_eq!(&echoed[..], b"{\"x\":1}");
+    let unknown = nodes[4].call(nodes[8].contact().clone(), "nope.X", Bytes::new()).await;
+    match unknown {
+        Err(DhtError::Query(QueryError::Remote(e))) => assert_eq!(e.code, kad_core::RpcError::METHOD_NOT_FOUND),
+        other => panic!("expected method not found, got {other:?}"),
+    }
+
+    // A user error names the field and the limit.
+    let big = nodes[0].put(key, Bytes::from(vec![0u8; 70_000])).await.unwrap_err();
+    assert!(big.to_string().contains("max_value_len = 65536"), "{big}");
+
+    let stats = nodes[3].stats().await.unwrap();
+    assert!(stats.requests_in > 0 && stats.responses_in > 0);
+    assert_eq!(stats.dropped_malformed, 0);
+
+    // Warm restart: the snapshot restores a table that works.
+    let snap = nodes[3].snapshot().await.unwrap();
+    assert!(snap.contacts.len() >= 10);
+
+    for d in &nodes {
+        d.shutdown().await;
+    }
+    assert!(matches!(nodes[0].ping(nodes[1].contact().addrs[0].clone()).await, Err(DhtError::Shutdown)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_peer_times_out_and_lookups_route_around_it() {
+    let net = MemoryNetwork::new();
+    let nodes = network(&net, 8).await;
+    let dead = nodes[5].clone();
+    let dead_addr = dead.contact().addrs[0].clone();
+    dead.shutdown().await;
+    net.disconnect(&dead_addr);
+    let started = tokio::time::Instant::now();
+    let r = nodes[1].ping(dead_addr).await;
+    assert!(matches!(r, Err(DhtError::Query(QueryError::Timeout))), "{r:?}");
+    // The adaptive timeout is bounded by Config::request_timeout (5 s).
+    assert!(started.elapsed() <= Duration::from_secs(5));
+    let found = nodes[2].find_node(dead.id()).await.unwrap();
+    assert!(found.closest.iter().all(|c| c.id != dead.id()));
+    assert!(!found.closest.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_dropped_and_counted() {
+    let net = MemoryNetwork::new();
+    let nodes = network(&net, 3).await;
+    let target = nodes[0].contact().addrs[0].clone();
+    let attacker = net.transport(16);
+
+    // Garbage bytes, in a flood (paced so the 16-message attacker-side view of the inbox never
+    // overflows: every datagram must reach the decoder and be counted).
+    for i in 0..5_000u32 {
+        attacker.send(&target, Bytes::from(i.to_be_bytes().repeat(7))).await.unwrap();
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // A well-formed response to no request of ours.
+    let forged = Message {
+        txn: TxnId::from_bytes(vec![1, 2, 3, 4]),
+        sender: Contact::new(NodeId::from_bytes([0xEE; 20]), attacker.local_addr()),
+        recipient: Some(nodes[0].id()),
+        read_only: false,
+        body: Body::Response(Response::Nodes { nodes: vec![] }),
+    };
+    attacker.send(&target, Bytes::from(serde_json::to_vec(&forged).unwrap())).await.unwrap();
+    // A request addressed to another node id.
+    let misdirected = Message {
+        txn: TxnId::from_bytes(vec![9]),
+        sender: Contact::new(NodeId::from_bytes([0xEE; 20]), attacker.local_addr()),
+        recipient: Some(NodeId::from_bytes([0x99; 20])),
+        read_only: false,
+        body: Body::Request(Request::Ping),
+    };
+    attacker.send(&target, Bytes::from(serde_json::to_vec(&misdirected).unwrap())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let s = nodes[0].stats().await.unwrap();
+    assert_eq!(s.dropped_malformed, 5_000, "{s:?}");
+    assert_eq!(s.dropped_unknown_txn, 1, "{s:?}");
+    assert_eq!(s.dropped_wrong_recipient, 1, "{s:?}");
+    // The node still answers honest peers.
+    let pong = nodes[1].ping(target).await.unwrap();
+    assert_eq!(pong.contact.id, nodes[0].id());
+}
