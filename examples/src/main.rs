@@ -77,13 +77,22 @@ fn check_range(field: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
 
 fn sim(a: SimArgs) -> Result<()> {
     if a.nodes < 2 {
-        bail!("--nodes = {} is out of range: at least 2 nodes are needed", a.nodes);
+        bail!(
+            "--nodes = {} is out of range: at least 2 nodes are needed",
+            a.nodes
+        );
     }
     if !(1..=256).contains(&a.k) {
-        bail!("--k = {} is out of range: it must be between 1 and 256", a.k);
+        bail!(
+            "--k = {} is out of range: it must be between 1 and 256",
+            a.k
+        );
     }
     if !(1..=64).contains(&a.alpha) {
-        bail!("--alpha = {} is out of range: it must be between 1 and 64", a.alpha);
+        bail!(
+            "--alpha = {} is out of range: it must be between 1 and 64",
+            a.alpha
+        );
     }
     check_range("loss", a.loss, 0.0, 0.95)?;
     check_range("churn", a.churn, 0.0, 0.9)?;
@@ -109,8 +118,10 @@ fn sim(a: SimArgs) -> Result<()> {
     } else {
         let b = indicatif::ProgressBar::new((a.nodes + a.lookups) as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} joins+lookups ({eta})")
-                .context("progress template")?,
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} joins+lookups ({eta})",
+            )
+            .context("progress template")?,
         );
         b
     };
@@ -135,18 +146,39 @@ fn sim(a: SimArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
-    println!("simulated {} nodes, {} lookups (k={}, alpha={}, seed={})", r.nodes, r.lookups, r.k, r.alpha, r.seed);
-    println!("link: {} ms one-way, jitter {} ms, loss {}, churn {}", a.latency_ms, a.jitter_ms, a.loss, a.churn);
+    println!(
+        "simulated {} nodes, {} lookups (k={}, alpha={}, seed={})",
+        r.nodes, r.lookups, r.k, r.alpha, r.seed
+    );
+    println!(
+        "link: {} ms one-way, jitter {} ms, loss {}, churn {}",
+        a.latency_ms, a.jitter_ms, a.loss, a.churn
+    );
     println!();
     let rows: Vec<(&str, String)> = vec![
         ("success rate", format!("{:.4}", r.success_rate)),
-        ("hops p50 / p90 / max", format!("{} / {} / {}", r.hops_p50, r.hops_p90, r.hops_max)),
+        (
+            "hops p50 / p90 / max",
+            format!("{} / {} / {}", r.hops_p50, r.hops_p90, r.hops_max),
+        ),
         ("RPCs per lookup p50", r.rpcs_per_lookup_p50.to_string()),
-        ("latency p50 / p90 / p99", format!("{:.1} / {:.1} / {:.1} ms", r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99)),
+        (
+            "latency p50 / p90 / p99",
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99
+            ),
+        ),
         ("unfinished lookups", r.unfinished.to_string()),
         ("nodes churned", r.churned.to_string()),
-        ("mean routing table", format!("{:.1} contacts", r.routing_table_mean)),
-        ("messages delivered / lost", format!("{} / {}", r.network.delivered, r.network.lost)),
+        (
+            "mean routing table",
+            format!("{:.1} contacts", r.routing_table_mean),
+        ),
+        (
+            "messages delivered / lost",
+            format!("{} / {}", r.network.delivered, r.network.lost),
+        ),
         ("virtual time", format!("{:.1} s", r.virtual_s)),
         ("wall time", format!("{wall_s:.2} s")),
         ("peak RSS", format!("{rss:.0} MB")),

@@ -164,12 +164,18 @@ pub struct Contact {
 impl Contact {
     /// A contact with a single address.
     pub fn new(id: NodeId, addr: PeerAddr) -> Self {
-        Self { id, addrs: Arc::from(vec![addr]) }
+        Self {
+            id,
+            addrs: Arc::from(vec![addr]),
+        }
     }
 
     /// A contact with several addresses.
     pub fn with_addrs(id: NodeId, addrs: Vec<PeerAddr>) -> Self {
-        Self { id, addrs: Arc::from(addrs) }
+        Self {
+            id,
+            addrs: Arc::from(addrs),
+        }
     }
 
     /// The first address, if any.
@@ -192,6 +198,7 @@ impl fmt::Debug for Contact {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 mod tests {
     use super::*;
 
@@ -207,18 +214,35 @@ mod tests {
             let a: PeerAddr = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
         }
-        assert!(matches!("tcp://1.2.3.4:5".parse::<PeerAddr>(), Err(ParseAddrError::Scheme(_))));
-        assert!(matches!("udp://nope".parse::<PeerAddr>(), Err(ParseAddrError::Address(_))));
-        assert!(matches!("1.2.3.4:5".parse::<PeerAddr>(), Err(ParseAddrError::Scheme(_))));
+        assert!(matches!(
+            "tcp://1.2.3.4:5".parse::<PeerAddr>(),
+            Err(ParseAddrError::Scheme(_))
+        ));
+        assert!(matches!(
+            "udp://nope".parse::<PeerAddr>(),
+            Err(ParseAddrError::Address(_))
+        ));
+        assert!(matches!(
+            "1.2.3.4:5".parse::<PeerAddr>(),
+            Err(ParseAddrError::Scheme(_))
+        ));
     }
 
     #[test]
     fn addr_preference() {
         let c = Contact::with_addrs(
             NodeId::ZERO,
-            vec!["ws://h:1/kad".parse().unwrap(), "udp://127.0.0.1:2".parse().unwrap()],
+            vec![
+                "ws://h:1/kad".parse().unwrap(),
+                "udp://127.0.0.1:2".parse().unwrap(),
+            ],
         );
-        assert_eq!(c.addr_for(&[TransportKind::Udp, TransportKind::Ws]).unwrap().kind(), TransportKind::Udp);
+        assert_eq!(
+            c.addr_for(&[TransportKind::Udp, TransportKind::Ws])
+                .unwrap()
+                .kind(),
+            TransportKind::Udp
+        );
         assert_eq!(c.addr_for(&[TransportKind::Quic]), None);
     }
 }

@@ -80,14 +80,20 @@ impl Codec for PlainCodec {
     fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError> {
         let v = serde_json::to_vec(msg).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
         if v.len() > self.max_len {
-            return Err(EncodeError::TooLarge { len: v.len(), max: self.max_len });
+            return Err(EncodeError::TooLarge {
+                len: v.len(),
+                max: self.max_len,
+            });
         }
         Ok(Bytes::from(v))
     }
 
     fn decode(&mut self, bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > self.max_len {
-            return Err(DecodeError::TooLarge { len: bytes.len(), max: self.max_len });
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: self.max_len,
+            });
         }
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
     }

@@ -182,7 +182,11 @@ impl Config {
     /// Sets `k` (1..=256).
     pub fn set_k(&mut self, k: usize) -> Result<&mut Self, ConfigError> {
         if !(1..=256).contains(&k) {
-            return Err(ConfigError::OutOfRange { field: "k", value: k.to_string(), limit: "1..=256" });
+            return Err(ConfigError::OutOfRange {
+                field: "k",
+                value: k.to_string(),
+                limit: "1..=256",
+            });
         }
         self.k = k;
         Ok(self)
@@ -191,7 +195,11 @@ impl Config {
     /// Sets `alpha` (1..=64).
     pub fn set_alpha(&mut self, alpha: usize) -> Result<&mut Self, ConfigError> {
         if !(1..=64).contains(&alpha) {
-            return Err(ConfigError::OutOfRange { field: "alpha", value: alpha.to_string(), limit: "1..=64" });
+            return Err(ConfigError::OutOfRange {
+                field: "alpha",
+                value: alpha.to_string(),
+                limit: "1..=64",
+            });
         }
         self.alpha = alpha;
         Ok(self)
@@ -205,7 +213,13 @@ impl Config {
 
     /// Checks every field's range; [`NodeBuilder::build`](crate::NodeBuilder::build) calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, value: String, limit| Err(ConfigError::OutOfRange { field, value, limit });
+        let bad = |field, value: String, limit| {
+            Err(ConfigError::OutOfRange {
+                field,
+                value,
+                limit,
+            })
+        };
         if !(1..=256).contains(&self.k) {
             return bad("k", self.k.to_string(), "1..=256");
         }
@@ -225,13 +239,21 @@ impl Config {
             return bad("max_queries", "0".into(), "at least 1");
         }
         if self.min_request_timeout > self.request_timeout {
-            return bad("min_request_timeout", format!("{:?}", self.min_request_timeout), "at most request_timeout");
+            return bad(
+                "min_request_timeout",
+                format!("{:?}", self.min_request_timeout),
+                "at most request_timeout",
+            );
         }
         if self.maintenance_interval.is_zero() {
             return bad("maintenance_interval", "0".into(), "greater than zero");
         }
         if self.transport_preference.is_empty() {
-            return bad("transport_preference", "[]".into(), "at least one transport kind");
+            return bad(
+                "transport_preference",
+                "[]".into(),
+                "at least one transport kind",
+            );
         }
         Ok(())
     }

@@ -196,6 +196,7 @@ impl Distance {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 mod tests {
     use super::*;
     use rand::SeedableRng;

@@ -32,37 +32,45 @@
 //! use std::time::{Duration, Instant};
 //! use kad_core::{Config, Event, Input, Node, NodeId, Output, PeerAddr, QueryResult};
 //!
-//! let now = Instant::now();
-//! let mut a = Node::builder(Config::default()).id(NodeId::from_bytes([1; 20]))
-//!     .addrs(vec![PeerAddr::Mem(1)]).build(now).unwrap();
-//! let mut b = Node::builder(Config::default()).id(NodeId::from_bytes([2; 20]))
-//!     .addrs(vec![PeerAddr::Mem(2)]).build(now).unwrap();
+//! /// Hands every message `node` wants to send to `peer`; returns `node`'s events.
+//! fn pump(node: &mut Node, from: &PeerAddr, peer: &mut Node, now: Instant) -> Vec<Event> {
+//!     let mut events = Vec::new();
+//!     while let Some(out) = node.poll_output() {
+//!         match out {
+//!             Output::Send { msg, .. } => peer.handle_input(now, Input::Message { from: from.clone(), msg }),
+//!             Output::Event(e) => events.push(e),
+//!             _ => {}
+//!         }
+//!     }
+//!     events
+//! }
 //!
-//! // b joins through a's address, then stores a value.
-//! b.bootstrap(now, &[PeerAddr::Mem(1)]).unwrap();
+//! let start = Instant::now();
+//! let (addr_a, addr_b) = (PeerAddr::Mem(1), PeerAddr::Mem(2));
+//! let mut a = Node::builder(Config::default()).id(NodeId::from_bytes([1; 20]))
+//!     .addrs(vec![addr_a.clone()]).build(start).unwrap();
+//! let mut b = Node::builder(Config::default()).id(NodeId::from_bytes([2; 20]))
+//!     .addrs(vec![addr_b.clone()]).build(start).unwrap();
+//!
+//! // b joins through a's address; once joined, it stores a value.
+//! b.bootstrap(start, &[addr_a.clone()]).unwrap();
 //! let key = NodeId::from_bytes([9; 20]);
-//! let mut put = None;
-//! let mut done = None;
-//! for step in 0..20 {
-//!     let t = now + Duration::from_millis(step);
-//!     // Shuttle messages between the two engines; each output is handled right away.
-//!     for (from, node, other) in [(2u64, &mut b, &mut a), (1, &mut a, &mut b)] {
-//!         while let Some(out) = node.poll_output() {
-//!             match out {
-//!                 Output::Send { msg, .. } => other.handle_input(t, Input::Message { from: PeerAddr::Mem(from), msg }),
-//!                 Output::Event(Event::QueryDone { result: QueryResult::Bootstrap(Ok(_)), .. }) => {
-//!                     put = Some(node.put(t, key, "hello".into()).unwrap());
-//!                 }
-//!                 Output::Event(Event::QueryDone { id, result: QueryResult::Put(r) }) if Some(id) == put => {
-//!                     done = Some(r.unwrap().stored);
-//!                 }
-//!                 Output::Event(_) => {}
+//! let mut stored_on = None;
+//! for step in 0..10 {
+//!     let now = start + Duration::from_millis(step);
+//!     pump(&mut a, &addr_a, &mut b, now);
+//!     for event in pump(&mut b, &addr_b, &mut a, now) {
+//!         match event {
+//!             Event::QueryDone { result: QueryResult::Bootstrap(Ok(_)), .. } => {
+//!                 b.put(now, key, "hello".into()).unwrap();
 //!             }
+//!             Event::QueryDone { result: QueryResult::Put(Ok(put)), .. } => stored_on = Some(put.stored),
+//!             _ => {}
 //!         }
 //!     }
 //! }
-//! // Both nodes are among the k closest of a two-node network: both stored it.
-//! assert_eq!(done, Some(2));
+//! // In a two-node network both nodes are among the k closest: both stored it.
+//! assert_eq!(stored_on, Some(2));
 //! assert_eq!(&a.store().get(&key).unwrap().value[..], b"hello");
 //! ```
 //!

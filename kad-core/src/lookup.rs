@@ -65,7 +65,14 @@ pub struct Lookup {
 
 impl Lookup {
     /// A lookup seeded with `seeds` (usually the k closest contacts in our routing table).
-    pub fn new(local: NodeId, target: NodeId, k: usize, alpha: usize, max_attempts: u8, seeds: Vec<Contact>) -> Self {
+    pub fn new(
+        local: NodeId,
+        target: NodeId,
+        k: usize,
+        alpha: usize,
+        max_attempts: u8,
+        seeds: Vec<Contact>,
+    ) -> Self {
         let mut l = Self {
             target,
             local,
@@ -108,7 +115,9 @@ impl Lookup {
             // Full: a newcomer must be closer than the farthest candidate; it evicts the farthest
             // one that is not in flight. If every farther one is in flight, the set grows past
             // the cap by at most the number of requests in flight.
-            let Some((far, _)) = self.candidates.iter().next_back() else { return false };
+            let Some((far, _)) = self.candidates.iter().next_back() else {
+                return false;
+            };
             if *far < d {
                 return false;
             }
@@ -122,7 +131,16 @@ impl Lookup {
                 self.candidates.remove(&v);
             }
         }
-        self.candidates.insert(d, Candidate { contact: c, state: State::Fresh, depth, attempts: 0, outstanding: 0 });
+        self.candidates.insert(
+            d,
+            Candidate {
+                contact: c,
+                state: State::Fresh,
+                depth,
+                attempts: 0,
+                outstanding: 0,
+            },
+        );
         true
     }
 
@@ -152,11 +170,16 @@ impl Lookup {
                         if cand.attempts == 1 {
                             active += 1;
                         }
-                    } else if rank < self.alpha && cand.attempts < self.max_attempts && out.len() < room {
+                    } else if rank < self.alpha
+                        && cand.attempts < self.max_attempts
+                        && out.len() < room
+                    {
                         cand.attempts += 1;
                         cand.outstanding += 1;
                         let wait = soft_timeout * u32::from(cand.attempts);
-                        cand.state = State::Waiting { soft_deadline: now + wait };
+                        cand.state = State::Waiting {
+                            soft_deadline: now + wait,
+                        };
                         out.push(cand.contact.clone());
                     }
                 }
@@ -165,7 +188,9 @@ impl Lookup {
                         cand.attempts += 1;
                         cand.outstanding += 1;
                         let wait = soft_timeout * u32::from(cand.attempts);
-                        cand.state = State::Waiting { soft_deadline: now + wait };
+                        cand.state = State::Waiting {
+                            soft_deadline: now + wait,
+                        };
                         active += 1;
                         out.push(cand.contact.clone());
                     }
@@ -180,7 +205,9 @@ impl Lookup {
     /// The candidate `id` answered, naming `nodes`.
     pub fn on_success(&mut self, id: &NodeId, nodes: &[Contact]) {
         let d = id.distance(&self.target);
-        let Some(cand) = self.candidates.get_mut(&d) else { return };
+        let Some(cand) = self.candidates.get_mut(&d) else {
+            return;
+        };
         if cand.state == State::Succeeded {
             return;
         }
@@ -212,8 +239,14 @@ impl Lookup {
     /// two elsewhere), else given up.
     pub fn on_failure(&mut self, id: &NodeId) {
         let d = id.distance(&self.target);
-        let rank = self.candidates.range(..d).filter(|(_, c)| c.state != State::Failed).count();
-        let Some(cand) = self.candidates.get_mut(&d) else { return };
+        let rank = self
+            .candidates
+            .range(..d)
+            .filter(|(_, c)| c.state != State::Failed)
+            .count();
+        let Some(cand) = self.candidates.get_mut(&d) else {
+            return;
+        };
         if !matches!(cand.state, State::Waiting { .. }) {
             return;
         }
@@ -222,8 +255,16 @@ impl Lookup {
         if cand.outstanding > 0 {
             return;
         }
-        let allowed = if rank < self.alpha { self.max_attempts } else { self.max_attempts.min(TAIL_ATTEMPTS) };
-        cand.state = if cand.attempts < allowed { State::Fresh } else { State::Failed };
+        let allowed = if rank < self.alpha {
+            self.max_attempts
+        } else {
+            self.max_attempts.min(TAIL_ATTEMPTS)
+        };
+        cand.state = if cand.attempts < allowed {
+            State::Fresh
+        } else {
+            State::Failed
+        };
     }
 
     /// Gives up on `id` at once (no address usable, or the request could not be sent).
@@ -248,7 +289,9 @@ impl Lookup {
 
     /// Whether any request of this lookup is still waiting for an answer.
     pub fn has_waiting(&self) -> bool {
-        self.candidates.values().any(|c| matches!(c.state, State::Waiting { .. }))
+        self.candidates
+            .values()
+            .any(|c| matches!(c.state, State::Waiting { .. }))
     }
 
     /// The earliest soft deadline after `now`, when the lookup may widen.
@@ -286,9 +329,64 @@ impl Lookup {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 mod tests {
     use super::*;
     use crate::addr::PeerAddr;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any network of answering and silent nodes: the lookup ends, within a bounded number
+        /// of rounds, with only nodes that answered, sorted by distance.
+        #[test]
+        fn lookup_terminates(
+            k in 1usize..12,
+            alpha in 1usize..5,
+            attempts in 1u8..6,
+            ids in proptest::collection::vec(any::<[u8; 20]>(), 1..120),
+            silent in proptest::collection::vec(any::<bool>(), 120),
+            links in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..10), 120),
+            target in any::<[u8; 20]>(),
+        ) {
+            let contacts: Vec<Contact> = ids.iter().enumerate().map(|(i, b)| Contact::new(NodeId(*b), PeerAddr::Mem(i as u64))).collect();
+            let index = |id: &NodeId| contacts.iter().position(|c| c.id == *id).unwrap();
+            let seeds = contacts.iter().take(3).cloned().collect();
+            let target = NodeId(target);
+            let mut l = Lookup::new(NodeId([0xAA; 20]), target, k, alpha, attempts, seeds);
+            let soft = Duration::from_millis(10);
+            let mut now = Instant::now();
+            let mut waiting: Vec<(Instant, NodeId)> = Vec::new();
+            let mut rounds = 0;
+            while !l.is_finished() {
+                rounds += 1;
+                prop_assert!(rounds < 10_000, "lookup did not terminate");
+                for c in l.next(now, soft, 64) {
+                    waiting.push((now + Duration::from_millis(25), c.id));
+                }
+                now += Duration::from_millis(5);
+                // Settle requests whose time has come: silent nodes fail, others answer.
+                let (due, rest): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(t, _)| *t <= now);
+                waiting = rest;
+                for (_, id) in due {
+                    let i = index(&id);
+                    if silent[i % silent.len()] {
+                        l.on_failure(&id);
+                    } else {
+                        let nodes: Vec<Contact> = links[i % links.len()].iter().map(|j| contacts[*j as usize % contacts.len()].clone()).collect();
+                        l.on_success(&id, &nodes);
+                    }
+                }
+            }
+            let res = l.closest_succeeded();
+            prop_assert!(res.len() <= k);
+            for w in res.windows(2) {
+                prop_assert!(w[0].id.distance(&target) < w[1].id.distance(&target));
+            }
+            for c in &res {
+                prop_assert!(!silent[index(&c.id) % silent.len()]);
+            }
+        }
+    }
 
     fn c(b: u8) -> Contact {
         let mut a = [0u8; 20];
@@ -321,15 +419,28 @@ mod tests {
     #[test]
     fn soft_timeout_widens() {
         let now = Instant::now();
-        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 3, 1, 2, vec![c(1), c(2), c(3)]);
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            3,
+            1,
+            2,
+            vec![c(1), c(2), c(3)],
+        );
         assert_eq!(l.next(now, Duration::from_millis(10), 10).len(), 1);
         assert!(l.next(now, Duration::from_millis(10), 10).is_empty());
         let later = now + Duration::from_millis(11);
         assert_eq!(l.next_deadline(now), Some(now + Duration::from_millis(10)));
         // The head (alpha = 1) is asked again at its soft deadline, and the search widens.
-        assert_eq!(l.next(later, Duration::from_millis(10), 10), vec![c(1), c(2)]);
+        assert_eq!(
+            l.next(later, Duration::from_millis(10), 10),
+            vec![c(1), c(2)]
+        );
         // Its second attempt waits twice as long.
-        assert_eq!(l.next_deadline(later), Some(later + Duration::from_millis(10)));
+        assert_eq!(
+            l.next_deadline(later),
+            Some(later + Duration::from_millis(10))
+        );
         // A late answer from the first still counts.
         l.on_success(&c(1).id, &[]);
         assert!(!l.is_finished());
@@ -338,7 +449,14 @@ mod tests {
     #[test]
     fn closer_candidate_enters_a_full_set() {
         // k = 1: room for 3 candidates.
-        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 1, 1, 1, vec![c(0x40), c(0x50), c(0x60)]);
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            1,
+            1,
+            1,
+            vec![c(0x40), c(0x50), c(0x60)],
+        );
         // The farthest is not in flight: a closer newcomer evicts it.
         assert!(l.add(c(0x30), 1));
         assert_eq!(l.candidates.len(), 3);
@@ -348,11 +466,16 @@ mod tests {
         // Every candidate in flight: a closer newcomer still gets in (the set grows past the cap).
         let soon = Instant::now() + Duration::from_secs(1);
         for cand in l.candidates.values_mut() {
-            cand.state = State::Waiting { soft_deadline: soon };
+            cand.state = State::Waiting {
+                soft_deadline: soon,
+            };
         }
         assert!(l.add(c(0x01), 2));
         assert_eq!(l.candidates.len(), 4);
-        assert_eq!(l.candidates.values().next().map(|x| x.contact.clone()), Some(c(0x01)));
+        assert_eq!(
+            l.candidates.values().next().map(|x| x.contact.clone()),
+            Some(c(0x01))
+        );
     }
 
     #[test]
@@ -370,7 +493,10 @@ mod tests {
         // Third and last attempt.
         assert_eq!(l.next(t1, Duration::from_millis(10), 10), vec![c(1)]);
         l.on_failure(&c(1).id);
-        assert!(l.next(t1 + Duration::from_secs(1), Duration::from_millis(10), 10).is_empty());
+        assert!(
+            l.next(t1 + Duration::from_secs(1), Duration::from_millis(10), 10)
+                .is_empty()
+        );
         assert!(l.is_finished());
         assert!(l.closest_succeeded().is_empty());
         assert_eq!(l.stats().failures, 3);

@@ -156,6 +156,9 @@ impl RpcError {
 
     /// Builds an error.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }

@@ -253,13 +253,27 @@ struct Pending {
 
 enum QueryKind {
     FindNode,
-    Bootstrap { pings: usize, refresh_left: usize },
+    Bootstrap {
+        pings: usize,
+        refresh_left: usize,
+    },
     Refresh,
-    Get { key: Key, quorum: usize, found: Vec<Record> },
-    Put { record: Record, storing: Option<(usize, usize, usize)> },
+    Get {
+        key: Key,
+        quorum: usize,
+        found: Vec<Record>,
+    },
+    Put {
+        record: Record,
+        storing: Option<(usize, usize, usize)>,
+    },
     Ping,
     Call,
-    PluginLookup { plugin: usize, method: String, params: Bytes },
+    PluginLookup {
+        plugin: usize,
+        method: String,
+        params: Bytes,
+    },
 }
 
 struct Query {
@@ -385,7 +399,10 @@ impl NodeBuilder {
             next_request: 0,
             starved: VecDeque::new(),
             outputs: VecDeque::new(),
-            rtt: Rtt { srtt: init, rttvar: init / 2 },
+            rtt: Rtt {
+                srtt: init,
+                rttvar: init / 2,
+            },
             stats: Stats::default(),
             now,
             next_maintenance: now + self.config.maintenance_interval,
@@ -569,15 +586,29 @@ impl Node {
 
     // ---- commands ----
 
-    fn new_query(&mut self, now: Instant, kind: QueryKind, lookup: Option<Lookup>) -> Result<QueryId, CommandError> {
+    fn new_query(
+        &mut self,
+        now: Instant,
+        kind: QueryKind,
+        lookup: Option<Lookup>,
+    ) -> Result<QueryId, CommandError> {
         if self.queries.len() >= self.config.max_queries {
             self.stats.queries_refused += 1;
-            return Err(CommandError::TooManyQueries { limit: self.config.max_queries });
+            return Err(CommandError::TooManyQueries {
+                limit: self.config.max_queries,
+            });
         }
         let id = QueryId(self.next_query);
         self.next_query += 1;
         self.stats.queries_started += 1;
-        self.queries.insert(id, Query { kind, started: now, lookup });
+        self.queries.insert(
+            id,
+            Query {
+                kind,
+                started: now,
+                lookup,
+            },
+        );
         Ok(id)
     }
 
@@ -586,9 +617,19 @@ impl Node {
         let mut seeds = self.routing.closest(&target, self.config.k);
         if seeds.len() < self.config.alpha {
             // Few good contacts left: give the failing ones another chance.
-            seeds.extend(self.routing.closest_bad(&target, self.config.k - seeds.len()));
+            seeds.extend(
+                self.routing
+                    .closest_bad(&target, self.config.k - seeds.len()),
+            );
         }
-        Lookup::new(self.local.id, target, self.config.k, self.config.alpha, self.config.max_attempts, seeds)
+        Lookup::new(
+            self.local.id,
+            target,
+            self.config.k,
+            self.config.alpha,
+            self.config.max_attempts,
+            seeds,
+        )
     }
 
     /// Adds a contact to the routing table as unverified (it becomes good once it answers).
@@ -612,16 +653,29 @@ impl Node {
         }
         let qid = self.new_query(
             now,
-            QueryKind::Bootstrap { pings: 0, refresh_left: self.config.bootstrap_refresh },
+            QueryKind::Bootstrap {
+                pings: 0,
+                refresh_left: self.config.bootstrap_refresh,
+            },
             None,
         )?;
         let mut sent = 0;
         for addr in seeds {
-            if self.send_request(now, addr.clone(), None, Request::Ping, PendingKind::BootstrapPing { query: qid }) {
+            if self.send_request(
+                now,
+                addr.clone(),
+                None,
+                Request::Ping,
+                PendingKind::BootstrapPing { query: qid },
+            ) {
                 sent += 1;
             }
         }
-        if let Some(Query { kind: QueryKind::Bootstrap { pings, .. }, .. }) = self.queries.get_mut(&qid) {
+        if let Some(Query {
+            kind: QueryKind::Bootstrap { pings, .. },
+            ..
+        }) = self.queries.get_mut(&qid)
+        {
             *pings = sent;
         }
         if sent == 0 {
@@ -631,14 +685,21 @@ impl Node {
     }
 
     /// Joins the network through known contacts: adds them, then looks up our own id.
-    pub fn bootstrap_with(&mut self, now: Instant, seeds: Vec<Contact>) -> Result<QueryId, CommandError> {
+    pub fn bootstrap_with(
+        &mut self,
+        now: Instant,
+        seeds: Vec<Contact>,
+    ) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         for c in seeds {
             self.routing.insert(now, c, false);
         }
         let qid = self.new_query(
             now,
-            QueryKind::Bootstrap { pings: 0, refresh_left: self.config.bootstrap_refresh },
+            QueryKind::Bootstrap {
+                pings: 0,
+                refresh_left: self.config.bootstrap_refresh,
+            },
             None,
         )?;
         self.start_bootstrap_lookup(now, qid);
@@ -686,7 +747,13 @@ impl Node {
     pub fn put(&mut self, now: Instant, key: Key, value: Bytes) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         let unix = self.unix_ms(now);
-        let record = Record::new(key, value, Some(self.local.id), unix, self.config.record_ttl.as_millis() as u64);
+        let record = Record::new(
+            key,
+            value,
+            Some(self.local.id),
+            unix,
+            self.config.record_ttl.as_millis() as u64,
+        );
         let qid = self.put_record(now, record)?;
         self.own_records.insert(key, now);
         Ok(qid)
@@ -696,14 +763,27 @@ impl Node {
     pub fn put_record(&mut self, now: Instant, record: Record) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         if record.value.len() > self.config.max_value_len {
-            return Err(CommandError::ValueTooLarge { len: record.value.len(), limit: self.config.max_value_len });
+            return Err(CommandError::ValueTooLarge {
+                len: record.value.len(),
+                limit: self.config.max_value_len,
+            });
         }
         let unix = self.unix_ms(now);
         if record.is_expired(unix) {
-            return Err(CommandError::Expired { expires_at_ms: record.expires_at_ms, now_ms: unix });
+            return Err(CommandError::Expired {
+                expires_at_ms: record.expires_at_ms,
+                now_ms: unix,
+            });
         }
         let lookup = self.make_lookup(now, record.key);
-        let qid = self.new_query(now, QueryKind::Put { record, storing: None }, Some(lookup))?;
+        let qid = self.new_query(
+            now,
+            QueryKind::Put {
+                record,
+                storing: None,
+            },
+            Some(lookup),
+        )?;
         self.step_query(now, qid);
         Ok(qid)
     }
@@ -712,22 +792,46 @@ impl Node {
     pub fn ping(&mut self, now: Instant, addr: PeerAddr) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         let qid = self.new_query(now, QueryKind::Ping, None)?;
-        if !self.send_request(now, addr, None, Request::Ping, PendingKind::Ping { query: qid }) {
+        if !self.send_request(
+            now,
+            addr,
+            None,
+            Request::Ping,
+            PendingKind::Ping { query: qid },
+        ) {
             self.finish(now, qid, QueryResult::Ping(Err(QueryError::NoPeers)));
         }
         Ok(qid)
     }
 
     /// Calls a plugin method (`namespace.METHOD`) on a peer. Finishes with [`QueryResult::Call`].
-    pub fn call(&mut self, now: Instant, to: &Contact, method: &str, params: Bytes) -> Result<QueryId, CommandError> {
+    pub fn call(
+        &mut self,
+        now: Instant,
+        to: &Contact,
+        method: &str,
+        params: Bytes,
+    ) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         if !method.contains('.') {
             return Err(CommandError::BadMethod(method.to_owned()));
         }
-        let addr = to.addr_for(&self.config.transport_preference).cloned().ok_or(CommandError::NoAddress)?;
+        let addr = to
+            .addr_for(&self.config.transport_preference)
+            .cloned()
+            .ok_or(CommandError::NoAddress)?;
         let qid = self.new_query(now, QueryKind::Call, None)?;
-        let req = Request::Custom { method: method.to_owned(), params };
-        if !self.send_request(now, addr, Some(to.id), req, PendingKind::Call { query: qid }) {
+        let req = Request::Custom {
+            method: method.to_owned(),
+            params,
+        };
+        if !self.send_request(
+            now,
+            addr,
+            Some(to.id),
+            req,
+            PendingKind::Call { query: qid },
+        ) {
             self.finish(now, qid, QueryResult::Call(Err(QueryError::NoPeers)));
         }
         Ok(qid)
@@ -740,17 +844,28 @@ impl Node {
     }
 
     fn soft_timeout(&self) -> Duration {
-        self.rtt.rto().clamp(self.config.min_soft_timeout, self.config.request_timeout)
+        self.rtt
+            .rto()
+            .clamp(self.config.min_soft_timeout, self.config.request_timeout)
     }
 
-    fn send_request(&mut self, now: Instant, to: PeerAddr, expected: Option<NodeId>, req: Request, kind: PendingKind) -> bool {
+    fn send_request(
+        &mut self,
+        now: Instant,
+        to: PeerAddr,
+        expected: Option<NodeId>,
+        req: Request,
+        kind: PendingKind,
+    ) -> bool {
         if self.in_flight.len() >= self.config.max_in_flight {
             self.stats.in_flight_full += 1;
             return false;
         }
         let mut txn;
         loop {
-            txn = TxnId(Bytes::copy_from_slice(&self.rng.random::<u32>().to_be_bytes()));
+            txn = TxnId(Bytes::copy_from_slice(
+                &self.rng.random::<u32>().to_be_bytes(),
+            ));
             if !self.in_flight.contains_key(&(txn.clone(), to.clone())) {
                 break;
             }
@@ -758,7 +873,15 @@ impl Node {
         let deadline = (now + self.hard_timeout(), self.seq);
         self.seq += 1;
         self.deadlines.insert(deadline, (txn.clone(), to.clone()));
-        self.in_flight.insert((txn.clone(), to.clone()), Pending { kind, sent_at: now, deadline, expected });
+        self.in_flight.insert(
+            (txn.clone(), to.clone()),
+            Pending {
+                kind,
+                sent_at: now,
+                deadline,
+                expected,
+            },
+        );
         let msg = Message {
             txn,
             sender: self.local.clone(),
@@ -772,7 +895,13 @@ impl Node {
         true
     }
 
-    fn send_to_contact(&mut self, now: Instant, to: &Contact, req: Request, kind: PendingKind) -> bool {
+    fn send_to_contact(
+        &mut self,
+        now: Instant,
+        to: &Contact,
+        req: Request,
+        kind: PendingKind,
+    ) -> bool {
         let Some(addr) = to.addr_for(&self.config.transport_preference).cloned() else {
             return false;
         };
@@ -780,7 +909,13 @@ impl Node {
     }
 
     fn reply(&mut self, to: PeerAddr, txn: TxnId, recipient: NodeId, body: Body) {
-        let msg = Message { txn, sender: self.local.clone(), recipient: Some(recipient), read_only: self.config.read_only, body };
+        let msg = Message {
+            txn,
+            sender: self.local.clone(),
+            recipient: Some(recipient),
+            read_only: self.config.read_only,
+            body,
+        };
         self.stats.messages_out += 1;
         self.outputs.push_back(Output::Send { to, msg });
     }
@@ -805,9 +940,15 @@ impl Node {
             }
         }
         match msg.body {
-            Body::Request(req) => self.handle_request(now, from, msg.txn, msg.sender, msg.read_only, req),
-            Body::Response(rsp) => self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Ok(rsp)),
-            Body::Error(err) => self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Err(err)),
+            Body::Request(req) => {
+                self.handle_request(now, from, msg.txn, msg.sender, msg.read_only, req)
+            }
+            Body::Response(rsp) => {
+                self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Ok(rsp))
+            }
+            Body::Error(err) => {
+                self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Err(err))
+            }
         }
     }
 
@@ -828,7 +969,15 @@ impl Node {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, from: PeerAddr, txn: TxnId, sender: Contact, read_only: bool, req: Request) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        from: PeerAddr,
+        txn: TxnId,
+        sender: Contact,
+        read_only: bool,
+        req: Request,
+    ) {
         for p in &mut self.plugins {
             if !p.allow(&from, &sender, &req) {
                 self.stats.dropped_filtered += 1;
@@ -840,9 +989,9 @@ impl Node {
         let k = self.config.k;
         let body = match req {
             Request::Ping => Some(Body::Response(Response::Pong)),
-            Request::FindNode { target } => {
-                Some(Body::Response(Response::Nodes { nodes: self.closest_for(&target, &sender_id, k) }))
-            }
+            Request::FindNode { target } => Some(Body::Response(Response::Nodes {
+                nodes: self.closest_for(&target, &sender_id, k),
+            })),
             Request::FindValue { key } => {
                 let unix = self.unix_ms(now);
                 let nodes = self.closest_for(&key, &sender_id, k);
@@ -862,7 +1011,9 @@ impl Node {
                     Body::Error(e)
                 }
             }),
-            Request::Custom { method, params } => self.plugin_request(now, &sender, &method, &params),
+            Request::Custom { method, params } => {
+                self.plugin_request(now, &sender, &method, &params)
+            }
         };
         if let Some(body) = body {
             self.reply(from.clone(), txn, sender_id, body);
@@ -879,29 +1030,50 @@ impl Node {
         v
     }
 
-    fn store_inbound(&mut self, now: Instant, from: NodeId, mut record: Record) -> Result<(), RpcError> {
+    fn store_inbound(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        mut record: Record,
+    ) -> Result<(), RpcError> {
         let unix = self.unix_ms(now);
         if record.value.len() > self.config.max_value_len {
             return Err(RpcError::new(
                 RpcError::INVALID_PARAMS,
-                format!("value is {} bytes, limit {}", record.value.len(), self.config.max_value_len),
+                format!(
+                    "value is {} bytes, limit {}",
+                    record.value.len(),
+                    self.config.max_value_len
+                ),
             ));
         }
         if record.is_expired(unix) {
             return Err(RpcError::new(RpcError::REJECTED, "record expired"));
         }
         if record.published_at_ms > unix + self.config.max_clock_skew.as_millis() as u64 {
-            return Err(RpcError::new(RpcError::REJECTED, "record published in the future"));
+            return Err(RpcError::new(
+                RpcError::REJECTED,
+                "record published in the future",
+            ));
         }
-        self.validator.validate(&record).map_err(|e| RpcError::new(RpcError::REJECTED, e.0))?;
-        let max_expiry = record.published_at_ms.saturating_add(self.config.record_ttl.as_millis() as u64);
+        self.validator
+            .validate(&record)
+            .map_err(|e| RpcError::new(RpcError::REJECTED, e.0))?;
+        let max_expiry = record
+            .published_at_ms
+            .saturating_add(self.config.record_ttl.as_millis() as u64);
         record.expires_at_ms = record.expires_at_ms.min(max_expiry);
         record.stored_at_ms = unix;
         if let Some(existing) = self.store.get(&record.key) {
             if !existing.is_expired(unix) && existing.value != record.value {
-                let pick = self.validator.select(&record.key, &[existing, record.clone()]);
+                let pick = self
+                    .validator
+                    .select(&record.key, &[existing, record.clone()]);
                 if pick == 0 {
-                    return Err(RpcError::new(RpcError::REJECTED, "a better record is already stored"));
+                    return Err(RpcError::new(
+                        RpcError::REJECTED,
+                        "a better record is already stored",
+                    ));
                 }
             }
         }
@@ -912,26 +1084,48 @@ impl Node {
                 self.emit(Event::RecordStored { key, from });
                 Ok(())
             }
-            Err(e @ StoreError::Full { .. }) => Err(RpcError::new(RpcError::STORE_FULL, e.to_string())),
+            Err(e @ StoreError::Full { .. }) => {
+                Err(RpcError::new(RpcError::STORE_FULL, e.to_string()))
+            }
             Err(e) => Err(RpcError::new(RpcError::REJECTED, e.to_string())),
         }
     }
 
-    fn plugin_request(&mut self, now: Instant, sender: &Contact, method: &str, params: &Bytes) -> Option<Body> {
+    fn plugin_request(
+        &mut self,
+        now: Instant,
+        sender: &Contact,
+        method: &str,
+        params: &Bytes,
+    ) -> Option<Body> {
         let ns = method.split_once('.').map(|(ns, _)| ns);
-        let Some(idx) = ns.and_then(|ns| self.plugins.iter().position(|p| p.namespace() == ns)) else {
-            return Some(Body::Error(RpcError::new(RpcError::METHOD_NOT_FOUND, format!("method not found: {method}"))));
+        let Some(idx) = ns.and_then(|ns| self.plugins.iter().position(|p| p.namespace() == ns))
+        else {
+            return Some(Body::Error(RpcError::new(
+                RpcError::METHOD_NOT_FOUND,
+                format!("method not found: {method}"),
+            )));
         };
         let reply = self.with_plugin(now, idx, |p, cx| p.on_request(cx, sender, method, params));
         match reply {
-            Reply::Result(result) => Some(Body::Response(Response::Custom { result, nodes: Vec::new() })),
-            Reply::WithNodes(result, nodes) => Some(Body::Response(Response::Custom { result, nodes })),
+            Reply::Result(result) => Some(Body::Response(Response::Custom {
+                result,
+                nodes: Vec::new(),
+            })),
+            Reply::WithNodes(result, nodes) => {
+                Some(Body::Response(Response::Custom { result, nodes }))
+            }
             Reply::Error(e) => Some(Body::Error(e)),
             Reply::Drop => None,
         }
     }
 
-    fn with_plugin<R>(&mut self, now: Instant, idx: usize, f: impl FnOnce(&mut dyn Plugin, &mut PluginCx<'_>) -> R) -> R {
+    fn with_plugin<R>(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        f: impl FnOnce(&mut dyn Plugin, &mut PluginCx<'_>) -> R,
+    ) -> R {
         let mut plugins = std::mem::take(&mut self.plugins);
         let mut actions = Vec::new();
         let unix_ms = self.unix_ms(now);
@@ -959,26 +1153,68 @@ impl Node {
         let namespace = self.plugins[idx].namespace();
         for a in actions {
             match a {
-                Action::Send { id, to, method, params } => {
-                    if !self.send_to_contact(now, &to, Request::Custom { method, params }, PendingKind::Plugin { plugin: idx, id }) {
-                        self.with_plugin(now, idx, |p, cx| p.on_response(cx, id, PluginResponse::Timeout));
+                Action::Send {
+                    id,
+                    to,
+                    method,
+                    params,
+                } => {
+                    if !self.send_to_contact(
+                        now,
+                        &to,
+                        Request::Custom { method, params },
+                        PendingKind::Plugin { plugin: idx, id },
+                    ) {
+                        self.with_plugin(now, idx, |p, cx| {
+                            p.on_response(cx, id, PluginResponse::Timeout)
+                        });
                     }
                 }
-                Action::SendAddr { id, to, method, params } => {
-                    if !self.send_request(now, to, None, Request::Custom { method, params }, PendingKind::Plugin { plugin: idx, id }) {
-                        self.with_plugin(now, idx, |p, cx| p.on_response(cx, id, PluginResponse::Timeout));
+                Action::SendAddr {
+                    id,
+                    to,
+                    method,
+                    params,
+                } => {
+                    if !self.send_request(
+                        now,
+                        to,
+                        None,
+                        Request::Custom { method, params },
+                        PendingKind::Plugin { plugin: idx, id },
+                    ) {
+                        self.with_plugin(now, idx, |p, cx| {
+                            p.on_response(cx, id, PluginResponse::Timeout)
+                        });
                     }
                 }
-                Action::Lookup { id, target, method, params } => {
+                Action::Lookup {
+                    id,
+                    target,
+                    method,
+                    params,
+                } => {
                     let lookup = self.make_lookup(now, target);
                     self.stats.queries_started += 1;
                     self.queries.insert(
                         id,
-                        Query { kind: QueryKind::PluginLookup { plugin: idx, method, params }, started: now, lookup: Some(lookup) },
+                        Query {
+                            kind: QueryKind::PluginLookup {
+                                plugin: idx,
+                                method,
+                                params,
+                            },
+                            started: now,
+                            lookup: Some(lookup),
+                        },
                     );
                     self.step_query(now, id);
                 }
-                Action::Emit { name, data } => self.emit(Event::Plugin { namespace, name, data }),
+                Action::Emit { name, data } => self.emit(Event::Plugin {
+                    namespace,
+                    name,
+                    data,
+                }),
             }
         }
     }
@@ -1002,7 +1238,9 @@ impl Node {
             self.stats.dropped_wrong_peer += 1;
             return;
         }
-        let Some(pending) = self.in_flight.remove(&key) else { return };
+        let Some(pending) = self.in_flight.remove(&key) else {
+            return;
+        };
         self.deadlines.remove(&pending.deadline);
         self.stats.responses_in += 1;
         let rtt = now.saturating_duration_since(pending.sent_at);
@@ -1013,18 +1251,27 @@ impl Node {
             self.routing.record_rtt(&sender.id, rtt);
         }
         match pending.kind {
-            PendingKind::Lookup { query, peer } => self.lookup_response(now, query, peer, &sender, rsp),
+            PendingKind::Lookup { query, peer } => {
+                self.lookup_response(now, query, peer, &sender, rsp)
+            }
             PendingKind::Store { query } => self.store_result(now, query, rsp.is_ok()),
             PendingKind::Ping { query } => {
                 let r = match rsp {
-                    Ok(_) => Ok(PingOutcome { contact: sender, rtt }),
+                    Ok(_) => Ok(PingOutcome {
+                        contact: sender,
+                        rtt,
+                    }),
                     Err(e) => Err(QueryError::Remote(e)),
                 };
                 self.finish(now, query, QueryResult::Ping(r));
             }
             PendingKind::BootstrapPing { query } => {
                 let start = match self.queries.get_mut(&query) {
-                    Some(Query { kind: QueryKind::Bootstrap { pings, .. }, lookup, .. }) => {
+                    Some(Query {
+                        kind: QueryKind::Bootstrap { pings, .. },
+                        lookup,
+                        ..
+                    }) => {
                         *pings = pings.saturating_sub(1);
                         lookup.is_none()
                     }
@@ -1042,15 +1289,26 @@ impl Node {
             PendingKind::Call { query } => {
                 let r = match rsp {
                     Ok(Response::Custom { result, .. }) => Ok(result),
-                    Ok(_) => Err(QueryError::Remote(RpcError::new(RpcError::INTERNAL, "unexpected response type"))),
+                    Ok(_) => Err(QueryError::Remote(RpcError::new(
+                        RpcError::INTERNAL,
+                        "unexpected response type",
+                    ))),
                     Err(e) => Err(QueryError::Remote(e)),
                 };
                 self.finish(now, query, QueryResult::Call(r));
             }
             PendingKind::Plugin { plugin, id } => {
                 let r = match rsp {
-                    Ok(Response::Custom { result, nodes }) => PluginResponse::Ok { from: sender, result, nodes },
-                    Ok(other) => PluginResponse::Ok { from: sender, result: Bytes::new(), nodes: other.nodes().to_vec() },
+                    Ok(Response::Custom { result, nodes }) => PluginResponse::Ok {
+                        from: sender,
+                        result,
+                        nodes,
+                    },
+                    Ok(other) => PluginResponse::Ok {
+                        from: sender,
+                        result: Bytes::new(),
+                        nodes: other.nodes().to_vec(),
+                    },
                     Err(e) => PluginResponse::Remote(e),
                 };
                 self.with_plugin(now, plugin, |p, cx| p.on_response(cx, id, r));
@@ -1059,11 +1317,22 @@ impl Node {
         self.feed_starved(now);
     }
 
-    fn lookup_response(&mut self, now: Instant, qid: QueryId, peer: NodeId, sender: &Contact, rsp: Result<Response, RpcError>) {
+    fn lookup_response(
+        &mut self,
+        now: Instant,
+        qid: QueryId,
+        peer: NodeId,
+        sender: &Contact,
+        rsp: Result<Response, RpcError>,
+    ) {
         let unix = self.unix_ms(now);
         let validator = self.validator.clone();
-        let Some(q) = self.queries.get_mut(&qid) else { return };
-        let Some(lookup) = q.lookup.as_mut() else { return };
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        let Some(lookup) = q.lookup.as_mut() else {
+            return;
+        };
         let mut progress = None;
         let mut plugin_cb = None;
         match &rsp {
@@ -1071,7 +1340,10 @@ impl Node {
                 lookup.on_success(&peer, r.nodes());
                 match (&mut q.kind, r) {
                     (QueryKind::Get { key, found, .. }, Response::Value { record, .. }) => {
-                        if record.key == *key && !record.is_expired(unix) && validator.validate(record).is_ok() {
+                        if record.key == *key
+                            && !record.is_expired(unix)
+                            && validator.validate(record).is_ok()
+                        {
                             found.push(record.clone());
                             progress = Some(record.clone());
                         } else {
@@ -1088,17 +1360,30 @@ impl Node {
             Err(_) => lookup.on_success(&peer, &[]),
         }
         if let Some(record) = progress {
-            self.emit(Event::GetProgress { id: qid, record, from: peer });
+            self.emit(Event::GetProgress {
+                id: qid,
+                record,
+                from: peer,
+            });
         }
         if let Some((plugin, result)) = plugin_cb {
-            self.with_plugin(now, plugin, |p, cx| p.on_lookup_response(cx, qid, sender, &result));
+            self.with_plugin(now, plugin, |p, cx| {
+                p.on_lookup_response(cx, qid, sender, &result)
+            });
         }
         self.step_query(now, qid);
     }
 
     fn store_result(&mut self, now: Instant, qid: QueryId, ok: bool) {
         let done = match self.queries.get_mut(&qid) {
-            Some(Query { kind: QueryKind::Put { storing: Some((outstanding, stored, _)), .. }, .. }) => {
+            Some(Query {
+                kind:
+                    QueryKind::Put {
+                        storing: Some((outstanding, stored, _)),
+                        ..
+                    },
+                ..
+            }) => {
                 *outstanding -= 1;
                 if ok {
                     *stored += 1;
@@ -1120,8 +1405,12 @@ impl Node {
             if dk.0 > now {
                 break;
             }
-            let Some((_, key)) = self.deadlines.pop_first() else { break };
-            let Some(p) = self.in_flight.remove(&key) else { continue };
+            let Some((_, key)) = self.deadlines.pop_first() else {
+                break;
+            };
+            let Some(p) = self.in_flight.remove(&key) else {
+                continue;
+            };
             self.stats.timeouts += 1;
             if let Some(id) = p.expected {
                 self.routing.on_failure(&id);
@@ -1160,10 +1449,16 @@ impl Node {
                 self.step_query(now, query);
             }
             PendingKind::Store { query } => self.store_result(now, query, false),
-            PendingKind::Ping { query } => self.finish(now, query, QueryResult::Ping(Err(QueryError::Timeout))),
+            PendingKind::Ping { query } => {
+                self.finish(now, query, QueryResult::Ping(Err(QueryError::Timeout)))
+            }
             PendingKind::BootstrapPing { query } => {
                 let start = match self.queries.get_mut(&query) {
-                    Some(Query { kind: QueryKind::Bootstrap { pings, .. }, lookup, .. }) => {
+                    Some(Query {
+                        kind: QueryKind::Bootstrap { pings, .. },
+                        lookup,
+                        ..
+                    }) => {
                         *pings = pings.saturating_sub(1);
                         *pings == 0 && lookup.is_none()
                     }
@@ -1174,17 +1469,25 @@ impl Node {
                 }
             }
             PendingKind::EvictPing { .. } => {}
-            PendingKind::Call { query } => self.finish(now, query, QueryResult::Call(Err(QueryError::Timeout))),
+            PendingKind::Call { query } => {
+                self.finish(now, query, QueryResult::Call(Err(QueryError::Timeout)))
+            }
             PendingKind::Plugin { plugin, id } => {
-                self.with_plugin(now, plugin, |p, cx| p.on_response(cx, id, PluginResponse::Timeout));
+                self.with_plugin(now, plugin, |p, cx| {
+                    p.on_response(cx, id, PluginResponse::Timeout)
+                });
             }
         }
     }
 
     fn feed_starved(&mut self, now: Instant) {
-        while self.in_flight.len() < self.config.max_in_flight {
-            let Some(qid) = self.starved.pop_front() else { break };
-            self.step_query(now, qid);
+        let mut turns = self.starved.len();
+        while self.in_flight.len() < self.config.max_in_flight && turns > 0 {
+            let Some(qid) = self.starved.pop_front() else {
+                break;
+            };
+            turns -= 1;
+            self.step_query_inner(now, qid, true);
         }
     }
 
@@ -1201,7 +1504,10 @@ impl Node {
             }
         }
         // Bucket refresh.
-        for idx in self.routing.stale_buckets(now, self.config.refresh_interval) {
+        for idx in self
+            .routing
+            .stale_buckets(now, self.config.refresh_interval)
+        {
             let target = self.local.id.random_in_bucket(idx, &mut self.rng);
             let lookup = self.make_lookup(now, target);
             if let Ok(qid) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
@@ -1243,9 +1549,24 @@ impl Node {
     // ---- query progress ----
 
     fn step_query(&mut self, now: Instant, qid: QueryId) {
+        self.step_query_inner(now, qid, false);
+    }
+
+    /// Advances a query. While queries wait for in-flight room (`starved`), others queue behind
+    /// them instead of taking freed slots, so no query starves; `from_queue` marks the query
+    /// being served from the front of that queue.
+    fn step_query_inner(&mut self, now: Instant, qid: QueryId, from_queue: bool) {
         let soft = self.soft_timeout();
-        let room = self.config.max_in_flight.saturating_sub(self.in_flight.len());
-        let Some(q) = self.queries.get_mut(&qid) else { return };
+        let mut room = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.in_flight.len());
+        if !from_queue && !self.starved.is_empty() {
+            room = 0;
+        }
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
         // Early return of a get that has its quorum.
         if let QueryKind::Get { quorum, found, .. } = &q.kind {
             if *quorum > 0 && found.len() >= *quorum {
@@ -1253,39 +1574,61 @@ impl Node {
                 return;
             }
         }
-        if let QueryKind::Put { storing: Some(_), .. } = &q.kind {
+        if let QueryKind::Put {
+            storing: Some(_), ..
+        } = &q.kind
+        {
             return;
         }
-        let Some(lookup) = q.lookup.as_mut() else { return };
+        let Some(lookup) = q.lookup.as_mut() else {
+            return;
+        };
         if lookup.is_finished() {
             return self.lookup_finished(now, qid);
         }
         let asks = lookup.next(now, soft, room);
         let target = lookup.target();
-        if asks.is_empty() && room == 0 && !self.starved.contains(&qid) {
+        if room == 0 && !self.starved.contains(&qid) {
             self.starved.push_back(qid);
         }
         let req = match &q.kind {
             QueryKind::Get { key, .. } => Request::FindValue { key: *key },
-            QueryKind::PluginLookup { method, params, .. } => Request::Custom { method: method.clone(), params: params.clone() },
+            QueryKind::PluginLookup { method, params, .. } => Request::Custom {
+                method: method.clone(),
+                params: params.clone(),
+            },
             _ => Request::FindNode { target },
         };
         for c in asks {
             let peer = c.id;
-            if !self.send_to_contact(now, &c, req.clone(), PendingKind::Lookup { query: qid, peer }) {
+            if !self.send_to_contact(
+                now,
+                &c,
+                req.clone(),
+                PendingKind::Lookup { query: qid, peer },
+            ) {
                 if let Some(l) = self.queries.get_mut(&qid).and_then(|q| q.lookup.as_mut()) {
                     l.give_up(&peer);
                 }
             }
         }
-        if self.queries.get(&qid).and_then(|q| q.lookup.as_ref()).is_some_and(Lookup::is_finished) {
+        if self
+            .queries
+            .get(&qid)
+            .and_then(|q| q.lookup.as_ref())
+            .is_some_and(Lookup::is_finished)
+        {
             self.lookup_finished(now, qid);
         }
     }
 
     fn lookup_finished(&mut self, now: Instant, qid: QueryId) {
-        let Some(q) = self.queries.get_mut(&qid) else { return };
-        let Some(lookup) = q.lookup.as_ref() else { return };
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        let Some(lookup) = q.lookup.as_ref() else {
+            return;
+        };
         let outcome = LookupOutcome {
             target: lookup.target(),
             closest: lookup.closest_succeeded(),
@@ -1328,7 +1671,9 @@ impl Node {
                 let plugin = *plugin;
                 let closest = outcome.closest.clone();
                 let stats = outcome.stats.clone();
-                self.with_plugin(now, plugin, |p, cx| p.on_lookup_done(cx, qid, &closest, &stats));
+                self.with_plugin(now, plugin, |p, cx| {
+                    p.on_lookup_done(cx, qid, &closest, &stats)
+                });
                 self.finish(now, qid, QueryResult::PluginLookup(outcome));
             }
             QueryKind::Put { record, storing } => {
@@ -1337,24 +1682,49 @@ impl Node {
                 // Store locally too if we are among the k closest.
                 let me = self.local.id.distance(&record.key);
                 let local = targets.len() < self.config.k
-                    || targets.last().is_some_and(|c| me < c.id.distance(&record.key));
+                    || targets
+                        .last()
+                        .is_some_and(|c| me < c.id.distance(&record.key));
                 *storing = Some((targets.len(), 0, targets.len()));
                 let mut local_ok = false;
                 if local {
                     let id = self.local.id;
                     local_ok = self.store_local(now, id, record.clone());
                 }
-                if let Some(Query { kind: QueryKind::Put { storing: Some((_, stored, _)), .. }, .. }) = self.queries.get_mut(&qid) {
+                if let Some(Query {
+                    kind:
+                        QueryKind::Put {
+                            storing: Some((_, stored, _)),
+                            ..
+                        },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
                     *stored += usize::from(local_ok);
                 }
                 let mut sent = 0;
                 let total = targets.len();
                 for c in &targets {
-                    if self.send_to_contact(now, c, Request::Store { record: record.clone() }, PendingKind::Store { query: qid }) {
+                    if self.send_to_contact(
+                        now,
+                        c,
+                        Request::Store {
+                            record: record.clone(),
+                        },
+                        PendingKind::Store { query: qid },
+                    ) {
                         sent += 1;
                     }
                 }
-                if let Some(Query { kind: QueryKind::Put { storing: Some((outstanding, _, _)), .. }, .. }) = self.queries.get_mut(&qid) {
+                if let Some(Query {
+                    kind:
+                        QueryKind::Put {
+                            storing: Some((outstanding, _, _)),
+                            ..
+                        },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
                     *outstanding = sent;
                 }
                 debug!(key = %record.key, targets = total, "put: storing at the closest nodes");
@@ -1371,28 +1741,55 @@ impl Node {
     }
 
     fn finish_get(&mut self, now: Instant, qid: QueryId) {
-        let Some(q) = self.queries.get(&qid) else { return };
-        let QueryKind::Get { key, found, .. } = &q.kind else { return };
-        let stats = q.lookup.as_ref().map(Lookup::finish_stats).unwrap_or_default();
+        let Some(q) = self.queries.get(&qid) else {
+            return;
+        };
+        let QueryKind::Get { key, found, .. } = &q.kind else {
+            return;
+        };
+        let stats = q
+            .lookup
+            .as_ref()
+            .map(Lookup::finish_stats)
+            .unwrap_or_default();
         let elapsed = now.saturating_duration_since(q.started);
         let r = if found.is_empty() {
             Err(QueryError::NotFound)
         } else {
             let best = self.validator.select(key, found);
-            Ok(GetOutcome { record: found[best.min(found.len() - 1)].clone(), answers: found.len(), stats, elapsed })
+            Ok(GetOutcome {
+                record: found[best.min(found.len() - 1)].clone(),
+                answers: found.len(),
+                stats,
+                elapsed,
+            })
         };
         self.finish(now, qid, QueryResult::Get(r));
     }
 
     fn finish_put(&mut self, now: Instant, qid: QueryId) {
-        let Some(q) = self.queries.get(&qid) else { return };
-        let QueryKind::Put { record, storing } = &q.kind else { return };
+        let Some(q) = self.queries.get(&qid) else {
+            return;
+        };
+        let QueryKind::Put { record, storing } = &q.kind else {
+            return;
+        };
         let (_, stored, tried) = storing.unwrap_or((0, 0, 0));
-        let stats = q.lookup.as_ref().map(Lookup::finish_stats).unwrap_or_default();
+        let stats = q
+            .lookup
+            .as_ref()
+            .map(Lookup::finish_stats)
+            .unwrap_or_default();
         let r = if stored == 0 {
             Err(QueryError::NotStored)
         } else {
-            Ok(PutOutcome { key: record.key, stored, tried, stats, elapsed: now.saturating_duration_since(q.started) })
+            Ok(PutOutcome {
+                key: record.key,
+                stored,
+                tried,
+                stats,
+                elapsed: now.saturating_duration_since(q.started),
+            })
         };
         self.finish(now, qid, QueryResult::Put(r));
     }
@@ -1403,5 +1800,256 @@ impl Node {
             self.starved.retain(|q| *q != qid);
             self.emit(Event::QueryDone { id: qid, result });
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::unwrap_used)] // tests pick an arbitrary base instant
+mod tests {
+    use super::*;
+    use crate::record::Rejected;
+
+    fn node(b: u8, cfg: Config) -> Node {
+        Node::builder(cfg)
+            .id(NodeId([b; 20]))
+            .addrs(vec![PeerAddr::Mem(u64::from(b))])
+            .build(Instant::now())
+            .unwrap()
+    }
+
+    fn sends(n: &mut Node) -> Vec<(PeerAddr, Message)> {
+        let mut v = Vec::new();
+        while let Some(o) = n.poll_output() {
+            if let Output::Send { to, msg } = o {
+                v.push((to, msg));
+            }
+        }
+        v
+    }
+
+    fn answer(msg: &Message, from: &Contact, body: Body) -> Message {
+        Message {
+            txn: msg.txn.clone(),
+            sender: from.clone(),
+            recipient: Some(msg.sender.id),
+            read_only: false,
+            body,
+        }
+    }
+
+    #[test]
+    fn responses_must_come_from_the_peer_asked() {
+        let now = Instant::now();
+        let mut a = node(1, Config::default());
+        let b = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+        let q = a.call(now, &b, "x.Y", Bytes::new()).unwrap();
+        let (to, req) = sends(&mut a).pop().unwrap();
+        assert_eq!(to, PeerAddr::Mem(2));
+        // From the right address but claiming another id.
+        let impostor = Contact::new(NodeId([3; 20]), PeerAddr::Mem(2));
+        let rsp = answer(
+            &req,
+            &impostor,
+            Body::Response(Response::Custom {
+                result: Bytes::new(),
+                nodes: vec![],
+            }),
+        );
+        a.handle_input(
+            now,
+            Input::Message {
+                from: PeerAddr::Mem(2),
+                msg: rsp,
+            },
+        );
+        assert_eq!(a.stats().dropped_wrong_peer, 1);
+        // The right id from another address.
+        let rsp = answer(
+            &req,
+            &b,
+            Body::Response(Response::Custom {
+                result: Bytes::new(),
+                nodes: vec![],
+            }),
+        );
+        a.handle_input(
+            now,
+            Input::Message {
+                from: PeerAddr::Mem(9),
+                msg: rsp.clone(),
+            },
+        );
+        assert_eq!(a.stats().dropped_unknown_txn, 1);
+        // The real answer still completes the call; a replay of it is then unknown.
+        a.handle_input(
+            now,
+            Input::Message {
+                from: PeerAddr::Mem(2),
+                msg: rsp.clone(),
+            },
+        );
+        let done = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Event(Event::QueryDone { id, result: QueryResult::Call(Ok(_)) }) if id == q));
+        assert!(done);
+        a.handle_input(
+            now,
+            Input::Message {
+                from: PeerAddr::Mem(2),
+                msg: rsp,
+            },
+        );
+        assert_eq!(a.stats().dropped_unknown_txn, 2);
+        // Undecodable bytes are counted too.
+        a.handle_input(
+            now,
+            Input::Datagram {
+                from: PeerAddr::Mem(2),
+                data: Bytes::from_static(b"\xff\x00garbage"),
+            },
+        );
+        assert_eq!(a.stats().dropped_malformed, 1);
+    }
+
+    struct NoBad;
+    impl RecordValidator for NoBad {
+        fn validate(&self, r: &Record) -> Result<(), Rejected> {
+            if r.value.starts_with(b"bad") {
+                Err(Rejected("value starts with bad".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn inbound_store_is_validated() {
+        let now = Instant::now();
+        let mut cfg = Config::default();
+        cfg.max_value_len = 16;
+        cfg.wall_clock = Arc::new(crate::config::VirtualClock {
+            base: now,
+            epoch_ms: 1_000_000,
+        });
+        let mut a = Node::builder(cfg)
+            .id(NodeId([1; 20]))
+            .addrs(vec![PeerAddr::Mem(1)])
+            .validator(Arc::new(NoBad))
+            .build(now)
+            .unwrap();
+        let peer = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+        let key = NodeId([7; 20]);
+        let store = |a: &mut Node, rec: Record| {
+            let msg = Message {
+                txn: TxnId::from_bytes(vec![1]),
+                sender: peer.clone(),
+                recipient: None,
+                read_only: false,
+                body: Body::Request(Request::Store { record: rec }),
+            };
+            a.handle_input(
+                now,
+                Input::Message {
+                    from: PeerAddr::Mem(2),
+                    msg,
+                },
+            );
+            match sends(a).pop().unwrap().1.body {
+                Body::Response(Response::Stored) => Ok(()),
+                Body::Error(e) => Err(e),
+                other => panic!("{other:?}"),
+            }
+        };
+        let day = 86_400_000;
+        assert_eq!(
+            store(
+                &mut a,
+                Record::new(key, "x".repeat(17), None, 1_000_000, day)
+            )
+            .unwrap_err()
+            .code,
+            RpcError::INVALID_PARAMS
+        );
+        assert_eq!(
+            store(&mut a, Record::new(key, "bad value", None, 1_000_000, day))
+                .unwrap_err()
+                .code,
+            RpcError::REJECTED
+        );
+        assert!(
+            store(&mut a, Record::new(key, "old", None, 0, 10))
+                .unwrap_err()
+                .message
+                .contains("expired")
+        );
+        assert!(
+            store(
+                &mut a,
+                Record::new(key, "future", None, 1_000_000 + 3_600_000, day)
+            )
+            .unwrap_err()
+            .message
+            .contains("future")
+        );
+        // A record that asks to live longer than our TTL is clipped to it.
+        store(&mut a, Record::new(key, "v2", None, 1_000_000, 10 * day)).unwrap();
+        assert_eq!(a.store().get(&key).unwrap().expires_at_ms, 1_000_000 + day);
+        // The default validator keeps the most recently published value.
+        assert!(store(&mut a, Record::new(key, "v1", None, 999_000, day)).is_err());
+        store(&mut a, Record::new(key, "v3", None, 1_000_500, day)).unwrap();
+        assert_eq!(&a.store().get(&key).unwrap().value[..], b"v3");
+        assert_eq!(a.stats().records_stored, 2);
+        assert_eq!(a.stats().records_rejected, 5);
+        // User errors name the field and the limit.
+        let e = a.put(now, key, Bytes::from(vec![0; 17])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "value is 17 bytes, larger than max_value_len = 16"
+        );
+    }
+
+    #[test]
+    fn query_and_in_flight_limits_hold() {
+        let now = Instant::now();
+        let mut cfg = Config::default();
+        cfg.max_queries = 2;
+        cfg.max_in_flight = 3;
+        let mut a = node(1, cfg);
+        for i in 2..40u8 {
+            a.add_contact(
+                now,
+                Contact::new(NodeId([i; 20]), PeerAddr::Mem(u64::from(i))),
+            );
+        }
+        let q1 = a.find_node(now, NodeId([9; 20])).unwrap();
+        let q2 = a.find_node(now, NodeId([19; 20])).unwrap();
+        assert_eq!(
+            a.find_node(now, NodeId([29; 20])).unwrap_err(),
+            CommandError::TooManyQueries { limit: 2 }
+        );
+        assert!(a.in_flight() <= 3);
+        // Time passes with no answers: both lookups end (sharing 3 in-flight slots), and the
+        // in-flight table never exceeds its limit.
+        let mut t = now;
+        let mut done = Vec::new();
+        for _ in 0..20_000 {
+            t += Duration::from_millis(50);
+            a.handle_input(t, Input::Timeout);
+            while let Some(o) = a.poll_output() {
+                if let Output::Event(Event::QueryDone {
+                    id,
+                    result: QueryResult::FindNode(Ok(r)),
+                }) = o
+                {
+                    assert!(r.closest.is_empty());
+                    done.push(id);
+                }
+            }
+            assert!(a.in_flight() <= 3);
+            if done.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(done.len(), 2);
+        assert!(done.contains(&q1) && done.contains(&q2));
+        assert!(a.stats().timeouts > 0);
     }
 }

@@ -55,10 +55,28 @@ pub enum PluginResponse {
 }
 
 pub(crate) enum Action {
-    Send { id: RequestId, to: Contact, method: String, params: Bytes },
-    SendAddr { id: RequestId, to: PeerAddr, method: String, params: Bytes },
-    Lookup { id: QueryId, target: NodeId, method: String, params: Bytes },
-    Emit { name: String, data: Bytes },
+    Send {
+        id: RequestId,
+        to: Contact,
+        method: String,
+        params: Bytes,
+    },
+    SendAddr {
+        id: RequestId,
+        to: PeerAddr,
+        method: String,
+        params: Bytes,
+    },
+    Lookup {
+        id: QueryId,
+        target: NodeId,
+        method: String,
+        params: Bytes,
+    },
+    Emit {
+        name: String,
+        data: Bytes,
+    },
 }
 
 /// What a plugin may see and do while one of its hooks runs.
@@ -105,31 +123,64 @@ impl PluginCx<'_> {
         self.store
     }
     /// Sends `method` with `params` to `to`; the answer arrives in [`Plugin::on_response`].
-    pub fn send_request(&mut self, to: Contact, method: impl Into<String>, params: Bytes) -> RequestId {
+    pub fn send_request(
+        &mut self,
+        to: Contact,
+        method: impl Into<String>,
+        params: Bytes,
+    ) -> RequestId {
         let id = RequestId(*self.next_request);
         *self.next_request += 1;
-        self.actions.push(Action::Send { id, to, method: method.into(), params });
+        self.actions.push(Action::Send {
+            id,
+            to,
+            method: method.into(),
+            params,
+        });
         id
     }
     /// Sends `method` to an address whose node id is not known yet.
-    pub fn send_request_to_addr(&mut self, to: PeerAddr, method: impl Into<String>, params: Bytes) -> RequestId {
+    pub fn send_request_to_addr(
+        &mut self,
+        to: PeerAddr,
+        method: impl Into<String>,
+        params: Bytes,
+    ) -> RequestId {
         let id = RequestId(*self.next_request);
         *self.next_request += 1;
-        self.actions.push(Action::SendAddr { id, to, method: method.into(), params });
+        self.actions.push(Action::SendAddr {
+            id,
+            to,
+            method: method.into(),
+            params,
+        });
         id
     }
     /// Starts an iterative lookup towards `target` whose requests are `method` with `params`
     /// (the answers' contacts drive the lookup). Each answer goes to
     /// [`Plugin::on_lookup_response`], the end to [`Plugin::on_lookup_done`].
-    pub fn start_lookup(&mut self, target: NodeId, method: impl Into<String>, params: Bytes) -> QueryId {
+    pub fn start_lookup(
+        &mut self,
+        target: NodeId,
+        method: impl Into<String>,
+        params: Bytes,
+    ) -> QueryId {
         let id = QueryId(*self.next_query);
         *self.next_query += 1;
-        self.actions.push(Action::Lookup { id, target, method: method.into(), params });
+        self.actions.push(Action::Lookup {
+            id,
+            target,
+            method: method.into(),
+            params,
+        });
         id
     }
     /// Emits [`Event::Plugin`](crate::Event::Plugin) to the application.
     pub fn emit(&mut self, name: impl Into<String>, data: Bytes) {
-        self.actions.push(Action::Emit { name: name.into(), data });
+        self.actions.push(Action::Emit {
+            name: name.into(),
+            data,
+        });
     }
 }
 
@@ -147,16 +198,36 @@ pub trait Plugin: Send + 'static {
     }
 
     /// Handles one of this plugin's methods.
-    fn on_request(&mut self, cx: &mut PluginCx<'_>, from: &Contact, method: &str, params: &Bytes) -> Reply;
+    fn on_request(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        from: &Contact,
+        method: &str,
+        params: &Bytes,
+    ) -> Reply;
 
     /// The outcome of a request sent with [`PluginCx::send_request`].
     fn on_response(&mut self, _cx: &mut PluginCx<'_>, _id: RequestId, _response: PluginResponse) {}
 
     /// One answer during a lookup started with [`PluginCx::start_lookup`].
-    fn on_lookup_response(&mut self, _cx: &mut PluginCx<'_>, _query: QueryId, _from: &Contact, _result: &Bytes) {}
+    fn on_lookup_response(
+        &mut self,
+        _cx: &mut PluginCx<'_>,
+        _query: QueryId,
+        _from: &Contact,
+        _result: &Bytes,
+    ) {
+    }
 
     /// A plugin lookup finished with the closest nodes that answered.
-    fn on_lookup_done(&mut self, _cx: &mut PluginCx<'_>, _query: QueryId, _closest: &[Contact], _stats: &LookupStats) {}
+    fn on_lookup_done(
+        &mut self,
+        _cx: &mut PluginCx<'_>,
+        _query: QueryId,
+        _closest: &[Contact],
+        _stats: &LookupStats,
+    ) {
+    }
 
     /// Called when [`next_timeout`](Self::next_timeout) has passed.
     fn on_timeout(&mut self, _cx: &mut PluginCx<'_>) {}

@@ -31,7 +31,13 @@ pub struct Record {
 
 impl Record {
     /// A record published now (`now_ms`) that lives for `ttl_ms`.
-    pub fn new(key: Key, value: impl Into<Bytes>, publisher: Option<NodeId>, now_ms: u64, ttl_ms: u64) -> Self {
+    pub fn new(
+        key: Key,
+        value: impl Into<Bytes>,
+        publisher: Option<NodeId>,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Self {
         Self {
             key,
             value: value.into(),
@@ -130,7 +136,11 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { max_records: 65_536, max_bytes: 64 * 1024 * 1024, eviction: Eviction::FarthestFirst }
+        Self {
+            max_records: 65_536,
+            max_bytes: 64 * 1024 * 1024,
+            eviction: Eviction::FarthestFirst,
+        }
     }
 }
 
@@ -146,7 +156,12 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store for the node `local`.
     pub fn new(local: NodeId, limits: StoreLimits) -> Self {
-        Self { local, limits, records: BTreeMap::new(), bytes: 0 }
+        Self {
+            local,
+            limits,
+            records: BTreeMap::new(),
+            bytes: 0,
+        }
     }
 
     /// The limits.
@@ -169,7 +184,10 @@ impl RecordStore for MemoryStore {
     fn put(&mut self, record: Record) -> Result<Vec<Record>, StoreError> {
         let size = record.size();
         if size > self.limits.max_bytes {
-            return Err(StoreError::TooLarge { len: size, limit: self.limits.max_bytes });
+            return Err(StoreError::TooLarge {
+                len: size,
+                limit: self.limits.max_bytes,
+            });
         }
         let d = record.key.distance(&self.local);
         let old_size = self.records.get(&d).map_or(0, Record::size);
@@ -187,7 +205,10 @@ impl RecordStore for MemoryStore {
                     } else {
                         ("bytes", self.limits.max_bytes)
                     };
-                    return Err(StoreError::Full { what: what.0, limit: what.1 });
+                    return Err(StoreError::Full {
+                        what: what.0,
+                        limit: what.1,
+                    });
                 }
                 Eviction::FarthestFirst => {
                     // Plan the evictions first so a refusal leaves the store untouched.
@@ -195,7 +216,9 @@ impl RecordStore for MemoryStore {
                     let mut bytes = self.bytes - old_size;
                     let mut victims = Vec::new();
                     for (vd, v) in self.records.iter().rev() {
-                        if recs + new_rec <= self.limits.max_records && bytes + size <= self.limits.max_bytes {
+                        if recs + new_rec <= self.limits.max_records
+                            && bytes + size <= self.limits.max_bytes
+                        {
                             break;
                         }
                         if *vd <= d {
@@ -205,13 +228,18 @@ impl RecordStore for MemoryStore {
                         bytes -= v.size();
                         victims.push(*vd);
                     }
-                    if recs + new_rec > self.limits.max_records || bytes + size > self.limits.max_bytes {
+                    if recs + new_rec > self.limits.max_records
+                        || bytes + size > self.limits.max_bytes
+                    {
                         let what = if recs + new_rec > self.limits.max_records {
                             ("records", self.limits.max_records)
                         } else {
                             ("bytes", self.limits.max_bytes)
                         };
-                        return Err(StoreError::Full { what: what.0, limit: what.1 });
+                        return Err(StoreError::Full {
+                            what: what.0,
+                            limit: what.1,
+                        });
                     }
                     for vd in victims {
                         if let Some(r) = self.remove_dist(&vd) {
@@ -232,8 +260,12 @@ impl RecordStore for MemoryStore {
     }
 
     fn remove_expired(&mut self, now_ms: u64) -> usize {
-        let expired: Vec<Distance> =
-            self.records.iter().filter(|(_, r)| r.is_expired(now_ms)).map(|(d, _)| *d).collect();
+        let expired: Vec<Distance> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.is_expired(now_ms))
+            .map(|(d, _)| *d)
+            .collect();
         for d in &expired {
             self.remove_dist(d);
         }
@@ -290,6 +322,7 @@ impl RecordValidator for AcceptAll {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 mod tests {
     use super::*;
 
@@ -305,10 +338,23 @@ mod tests {
 
     #[test]
     fn reject_policy_refuses_when_full() {
-        let mut s = MemoryStore::new(NodeId::ZERO, StoreLimits { max_records: 2, max_bytes: 1 << 20, eviction: Eviction::Reject });
+        let mut s = MemoryStore::new(
+            NodeId::ZERO,
+            StoreLimits {
+                max_records: 2,
+                max_bytes: 1 << 20,
+                eviction: Eviction::Reject,
+            },
+        );
         s.put(rec(1, 10)).unwrap();
         s.put(rec(2, 10)).unwrap();
-        assert_eq!(s.put(rec(3, 10)), Err(StoreError::Full { what: "records", limit: 2 }));
+        assert_eq!(
+            s.put(rec(3, 10)),
+            Err(StoreError::Full {
+                what: "records",
+                limit: 2
+            })
+        );
         // Replacing an existing key is not growth.
         s.put(rec(2, 20)).unwrap();
         assert_eq!(s.len(), 2);
@@ -317,7 +363,14 @@ mod tests {
 
     #[test]
     fn farthest_first_evicts_only_farther_records() {
-        let mut s = MemoryStore::new(NodeId::ZERO, StoreLimits { max_records: 2, max_bytes: 1 << 20, eviction: Eviction::FarthestFirst });
+        let mut s = MemoryStore::new(
+            NodeId::ZERO,
+            StoreLimits {
+                max_records: 2,
+                max_bytes: 1 << 20,
+                eviction: Eviction::FarthestFirst,
+            },
+        );
         s.put(rec(0x10, 1)).unwrap();
         s.put(rec(0x80, 1)).unwrap();
         // 0x20 is closer to ZERO than 0x80: evicts 0x80.
@@ -332,8 +385,18 @@ mod tests {
 
     #[test]
     fn byte_quota_and_oversize() {
-        let mut s = MemoryStore::new(NodeId::ZERO, StoreLimits { max_records: 100, max_bytes: 300, eviction: Eviction::FarthestFirst });
-        assert!(matches!(s.put(rec(1, 400)), Err(StoreError::TooLarge { .. })));
+        let mut s = MemoryStore::new(
+            NodeId::ZERO,
+            StoreLimits {
+                max_records: 100,
+                max_bytes: 300,
+                eviction: Eviction::FarthestFirst,
+            },
+        );
+        assert!(matches!(
+            s.put(rec(1, 400)),
+            Err(StoreError::TooLarge { .. })
+        ));
         s.put(rec(0x80, 100)).unwrap();
         // 2 x 164 bytes > 300: the closer record evicts the farther one.
         let ev = s.put(rec(0x01, 100)).unwrap();
@@ -341,7 +404,13 @@ mod tests {
         assert!(s.size_bytes() <= 300);
         assert!(s.get(&key(0x80)).is_none());
         // A farther one is refused, naming the limit.
-        assert_eq!(s.put(rec(0xF0, 100)), Err(StoreError::Full { what: "bytes", limit: 300 }));
+        assert_eq!(
+            s.put(rec(0xF0, 100)),
+            Err(StoreError::Full {
+                what: "bytes",
+                limit: 300
+            })
+        );
     }
 
     #[test]

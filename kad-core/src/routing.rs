@@ -98,7 +98,12 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// An empty table around `local`.
     pub fn new(local: NodeId, params: RoutingParams) -> Self {
-        Self { local, params, buckets: BTreeMap::new(), len: 0 }
+        Self {
+            local,
+            params,
+            buckets: BTreeMap::new(),
+            len: 0,
+        }
     }
 
     /// The local id.
@@ -120,7 +125,9 @@ impl RoutingTable {
     pub fn liveness(&self, e: &Entry, now: Instant) -> Liveness {
         if e.failures >= self.params.max_failures {
             Liveness::Bad
-        } else if e.verified && now.saturating_duration_since(e.last_seen) < self.params.liveness_window {
+        } else if e.verified
+            && now.saturating_duration_since(e.last_seen) < self.params.liveness_window
+        {
             Liveness::Good
         } else {
             Liveness::Questionable
@@ -139,7 +146,11 @@ impl RoutingTable {
         let max_failures = self.params.max_failures;
         let window = self.params.liveness_window;
         let bucket = self.buckets.entry(idx as u8).or_default();
-        if let Some(e) = bucket.entries.iter_mut().find(|e| e.contact.id == contact.id) {
+        if let Some(e) = bucket
+            .entries
+            .iter_mut()
+            .find(|e| e.contact.id == contact.id)
+        {
             if verified {
                 e.contact = contact;
                 e.last_seen = now;
@@ -149,7 +160,13 @@ impl RoutingTable {
             }
             return InsertOutcome::Updated;
         }
-        let entry = Entry { contact, last_seen: now, failures: 0, srtt_us: 0, verified };
+        let entry = Entry {
+            contact,
+            last_seen: now,
+            failures: 0,
+            srtt_us: 0,
+            verified,
+        };
         if bucket.entries.len() < k {
             bucket.entries.push(entry);
             if verified {
@@ -162,13 +179,19 @@ impl RoutingTable {
             return InsertOutcome::Ignored;
         }
         // Full: replace a bad contact outright.
-        if let Some(pos) = bucket.entries.iter().position(|e| e.failures >= max_failures) {
+        if let Some(pos) = bucket
+            .entries
+            .iter()
+            .position(|e| e.failures >= max_failures)
+        {
             bucket.entries[pos] = entry;
             bucket.last_active = Some(now);
             return InsertOutcome::Inserted;
         }
         // Otherwise keep it as a replacement, and ask for a ping of the stalest questionable entry.
-        bucket.replacements.retain(|r| r.contact.id != entry.contact.id);
+        bucket
+            .replacements
+            .retain(|r| r.contact.id != entry.contact.id);
         if bucket.replacements.len() >= cache {
             if cache == 0 {
                 return InsertOutcome::Ignored;
@@ -195,9 +218,13 @@ impl RoutingTable {
     /// Records that `id` failed to answer a request. After `max_failures` in a row it is bad, and
     /// the freshest replacement takes its place if there is one. Returns true if it was replaced.
     pub fn on_failure(&mut self, id: &NodeId) -> bool {
-        let Some(idx) = self.local.bucket_index(id) else { return false };
+        let Some(idx) = self.local.bucket_index(id) else {
+            return false;
+        };
         let max_failures = self.params.max_failures;
-        let Some(bucket) = self.buckets.get_mut(&(idx as u8)) else { return false };
+        let Some(bucket) = self.buckets.get_mut(&(idx as u8)) else {
+            return false;
+        };
         if bucket.pinging == Some(*id) {
             bucket.pinging = None;
         }
@@ -244,7 +271,11 @@ impl RoutingTable {
     pub fn record_rtt(&mut self, id: &NodeId, rtt: Duration) {
         if let Some(e) = self.entry_mut(id) {
             let sample = rtt.as_micros().min(u32::MAX as u128) as u32;
-            e.srtt_us = if e.srtt_us == 0 { sample } else { (e.srtt_us / 8) * 7 + sample / 8 };
+            e.srtt_us = if e.srtt_us == 0 {
+                sample
+            } else {
+                (e.srtt_us / 8) * 7 + sample / 8
+            };
         }
     }
 
@@ -266,12 +297,20 @@ impl RoutingTable {
     /// The entry for `id`, if in a bucket.
     pub fn get(&self, id: &NodeId) -> Option<&Entry> {
         let idx = self.local.bucket_index(id)?;
-        self.buckets.get(&(idx as u8))?.entries.iter().find(|e| e.contact.id == *id)
+        self.buckets
+            .get(&(idx as u8))?
+            .entries
+            .iter()
+            .find(|e| e.contact.id == *id)
     }
 
     fn entry_mut(&mut self, id: &NodeId) -> Option<&mut Entry> {
         let idx = self.local.bucket_index(id)?;
-        self.buckets.get_mut(&(idx as u8))?.entries.iter_mut().find(|e| e.contact.id == *id)
+        self.buckets
+            .get_mut(&(idx as u8))?
+            .entries
+            .iter_mut()
+            .find(|e| e.contact.id == *id)
     }
 
     /// Every entry, bucket by bucket (closest buckets first).
@@ -290,7 +329,10 @@ impl RoutingTable {
 
     /// Up to `n` contacts closest to `target`, sorted by distance (then by id), bad contacts excluded.
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
-        self.closest_entries(target, n).into_iter().map(|e| e.contact.clone()).collect()
+        self.closest_entries(target, n)
+            .into_iter()
+            .map(|e| e.contact.clone())
+            .collect()
     }
 
     /// Like [`closest`](Self::closest), returning the entries.
@@ -308,7 +350,7 @@ impl RoutingTable {
             all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
             all.truncate(n);
         }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.sort_unstable_by_key(|a| a.0);
         all.into_iter().map(|(_, e)| e).collect()
     }
 
@@ -326,7 +368,10 @@ impl RoutingTable {
         self.buckets
             .iter()
             .filter(|(_, b)| !b.entries.is_empty())
-            .filter(|(_, b)| b.last_active.is_none_or(|t| now.saturating_duration_since(t) >= interval))
+            .filter(|(_, b)| {
+                b.last_active
+                    .is_none_or(|t| now.saturating_duration_since(t) >= interval)
+            })
             .map(|(i, _)| *i as usize)
             .collect()
     }
@@ -343,7 +388,10 @@ impl RoutingTable {
 
     /// A snapshot of every contact, for warm restarts.
     pub fn snapshot(&self) -> RoutingSnapshot {
-        RoutingSnapshot { local: self.local, contacts: self.iter().map(|e| e.contact.clone()).collect() }
+        RoutingSnapshot {
+            local: self.local,
+            contacts: self.iter().map(|e| e.contact.clone()).collect(),
+        }
     }
 
     /// Adds the contacts of a snapshot as unverified (questionable) entries; they become good
@@ -386,13 +434,19 @@ impl RoutingTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 mod tests {
     use super::*;
     use crate::addr::PeerAddr;
     use proptest::prelude::*;
 
     fn params(k: usize) -> RoutingParams {
-        RoutingParams { k, replacement_cache: 3, liveness_window: Duration::from_secs(900), max_failures: 2 }
+        RoutingParams {
+            k,
+            replacement_cache: 3,
+            liveness_window: Duration::from_secs(900),
+            max_failures: 2,
+        }
     }
 
     fn contact(id: NodeId) -> Contact {
@@ -452,18 +506,36 @@ mod tests {
     fn ping_before_evict_and_replacement() {
         let now = Instant::now();
         let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
-        let mk = |b: u8| { let mut a = [0u8; 20]; a[0] = 0x80 | b; NodeId(a) };
-        assert_eq!(rt.insert(now, contact(mk(1)), true), InsertOutcome::Inserted);
-        assert_eq!(rt.insert(now, contact(mk(2)), true), InsertOutcome::Inserted);
+        let mk = |b: u8| {
+            let mut a = [0u8; 20];
+            a[0] = 0x80 | b;
+            NodeId(a)
+        };
+        assert_eq!(
+            rt.insert(now, contact(mk(1)), true),
+            InsertOutcome::Inserted
+        );
+        assert_eq!(
+            rt.insert(now, contact(mk(2)), true),
+            InsertOutcome::Inserted
+        );
         // Both good: the newcomer is cached, nothing to ping.
-        assert_eq!(rt.insert(now, contact(mk(3)), true), InsertOutcome::Pending { ping: None });
+        assert_eq!(
+            rt.insert(now, contact(mk(3)), true),
+            InsertOutcome::Pending { ping: None }
+        );
         // Later both are questionable: a ping of the stalest is requested, only once at a time.
         let later = now + Duration::from_secs(1000);
         let out = rt.insert(later, contact(mk(4)), true);
         assert!(matches!(out, InsertOutcome::Pending { ping: Some(_) }));
-        assert_eq!(rt.insert(later, contact(mk(5)), true), InsertOutcome::Pending { ping: None });
+        assert_eq!(
+            rt.insert(later, contact(mk(5)), true),
+            InsertOutcome::Pending { ping: None }
+        );
         // The pinged contact fails twice: replaced by the freshest replacement.
-        let InsertOutcome::Pending { ping: Some(p) } = out else { unreachable!() };
+        let InsertOutcome::Pending { ping: Some(p) } = out else {
+            unreachable!()
+        };
         assert!(!rt.on_failure(&p.id));
         assert!(rt.on_failure(&p.id));
         assert!(rt.get(&p.id).is_none());
@@ -478,8 +550,13 @@ mod tests {
         assert!(rt1.closest(&NodeId::ZERO, 5).is_empty());
         assert_eq!(rt1.closest_bad(&NodeId::ZERO, 5).len(), 1);
         // A new contact replaces the bad one.
-        let mut far = [0u8; 20]; far[0] = 0x81; far[1] = 1;
-        assert_eq!(rt1.insert(now, contact(NodeId(far)), true), InsertOutcome::Inserted);
+        let mut far = [0u8; 20];
+        far[0] = 0x81;
+        far[1] = 1;
+        assert_eq!(
+            rt1.insert(now, contact(NodeId(far)), true),
+            InsertOutcome::Inserted
+        );
         assert!(rt1.get(&mk(1)).is_none());
     }
 
@@ -487,13 +564,20 @@ mod tests {
     fn snapshot_restore() {
         let now = Instant::now();
         let mut rt = RoutingTable::new(NodeId::ZERO, params(4));
-        for i in 1..=10u8 { let mut a = [0u8; 20]; a[0] = i; rt.insert(now, contact(NodeId(a)), true); }
+        for i in 1..=10u8 {
+            let mut a = [0u8; 20];
+            a[0] = i;
+            rt.insert(now, contact(NodeId(a)), true);
+        }
         let snap = rt.snapshot();
         let json = serde_json::to_string(&snap).unwrap();
         let back: RoutingSnapshot = serde_json::from_str(&json).unwrap();
         let mut rt2 = RoutingTable::new(NodeId::ZERO, params(4));
         assert_eq!(rt2.restore(now, &back), rt.len());
         assert_eq!(rt2.len(), rt.len());
-        assert!(rt2.iter().all(|e| rt2.liveness(e, now) == Liveness::Questionable));
+        assert!(
+            rt2.iter()
+                .all(|e| rt2.liveness(e, now) == Liveness::Questionable)
+        );
     }
 }

@@ -14,8 +14,8 @@ use crate::addr::{Contact, PeerAddr};
 use crate::config::ConfigError;
 use crate::id::{Key, NodeId};
 use crate::node::{
-    CommandError, Event, GetOutcome, Input, LookupOutcome, NodeBuilder, Output, PingOutcome, PutOutcome,
-    QueryError, QueryId, QueryResult,
+    CommandError, Event, GetOutcome, Input, LookupOutcome, NodeBuilder, Output, PingOutcome,
+    PutOutcome, QueryError, QueryId, QueryResult,
 };
 use crate::record::Record;
 use crate::routing::RoutingSnapshot;
@@ -53,13 +53,29 @@ pub enum SpawnError {
 }
 
 enum Command {
-    Bootstrap(Vec<PeerAddr>, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Bootstrap(
+        Vec<PeerAddr>,
+        oneshot::Sender<Result<QueryResult, CommandError>>,
+    ),
     FindNode(NodeId, oneshot::Sender<Result<QueryResult, CommandError>>),
-    Get(Key, usize, oneshot::Sender<Result<QueryResult, CommandError>>),
-    Put(Key, Bytes, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Get(
+        Key,
+        usize,
+        oneshot::Sender<Result<QueryResult, CommandError>>,
+    ),
+    Put(
+        Key,
+        Bytes,
+        oneshot::Sender<Result<QueryResult, CommandError>>,
+    ),
     PutRecord(Record, oneshot::Sender<Result<QueryResult, CommandError>>),
     Ping(PeerAddr, oneshot::Sender<Result<QueryResult, CommandError>>),
-    Call(Contact, String, Bytes, oneshot::Sender<Result<QueryResult, CommandError>>),
+    Call(
+        Contact,
+        String,
+        Bytes,
+        oneshot::Sender<Result<QueryResult, CommandError>>,
+    ),
     AddContact(Contact),
     Stats(oneshot::Sender<Stats>),
     Snapshot(oneshot::Sender<RoutingSnapshot>),
@@ -90,7 +106,9 @@ pub struct Dht {
 
 impl std::fmt::Debug for Dht {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dht").field("contact", &self.contact).finish()
+        f.debug_struct("Dht")
+            .field("contact", &self.contact)
+            .finish()
     }
 }
 
@@ -103,7 +121,10 @@ impl Dht {
     /// Builds the node and spawns its actor task on the current tokio runtime. The node's
     /// contact advertises the transports' local addresses unless the builder set addresses.
     /// Without `Config::rng_seed`, the engine is seeded from the OS.
-    pub fn spawn(mut builder: NodeBuilder, transports: Vec<Arc<dyn Transport>>) -> Result<Self, SpawnError> {
+    pub fn spawn(
+        mut builder: NodeBuilder,
+        transports: Vec<Arc<dyn Transport>>,
+    ) -> Result<Self, SpawnError> {
         if transports.is_empty() {
             return Err(SpawnError::NoTransport);
         }
@@ -144,7 +165,14 @@ impl Dht {
                 }
             }));
         }
-        let actor = Actor { node, transports, rx, in_rx, events: events.clone(), waiting: HashMap::new() };
+        let actor = Actor {
+            node,
+            transports,
+            rx,
+            in_rx,
+            events: events.clone(),
+            waiting: HashMap::new(),
+        };
         tokio::spawn(async move {
             actor.run().await;
             for r in readers {
@@ -152,7 +180,11 @@ impl Dht {
             }
         });
         info!(id = %contact.id, addrs = ?contact.addrs, "node started");
-        Ok(Self { tx, events, contact })
+        Ok(Self {
+            tx,
+            events,
+            contact,
+        })
     }
 
     /// This node's contact.
@@ -170,9 +202,15 @@ impl Dht {
         self.events.subscribe()
     }
 
-    async fn query(&self, make: impl FnOnce(oneshot::Sender<Result<QueryResult, CommandError>>) -> Command) -> Result<QueryResult, DhtError> {
+    async fn query(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<QueryResult, CommandError>>) -> Command,
+    ) -> Result<QueryResult, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| DhtError::Shutdown)?;
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
         Ok(rx.await.map_err(|_| DhtError::Shutdown)??)
     }
 
@@ -232,7 +270,10 @@ impl Dht {
     /// Calls a plugin method (`namespace.METHOD`) on a peer.
     pub async fn call(&self, to: Contact, method: &str, params: Bytes) -> Result<Bytes, DhtError> {
         let method = method.to_owned();
-        match self.query(|tx| Command::Call(to, method, params, tx)).await? {
+        match self
+            .query(|tx| Command::Call(to, method, params, tx))
+            .await?
+        {
             QueryResult::Call(r) => Ok(r?),
             _ => Err(DhtError::Shutdown),
         }
@@ -240,20 +281,29 @@ impl Dht {
 
     /// Adds a contact to the routing table (unverified).
     pub async fn add_contact(&self, contact: Contact) -> Result<(), DhtError> {
-        self.tx.send(Command::AddContact(contact)).await.map_err(|_| DhtError::Shutdown)
+        self.tx
+            .send(Command::AddContact(contact))
+            .await
+            .map_err(|_| DhtError::Shutdown)
     }
 
     /// The engine's counters.
     pub async fn stats(&self) -> Result<Stats, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Stats(tx)).await.map_err(|_| DhtError::Shutdown)?;
+        self.tx
+            .send(Command::Stats(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
         rx.await.map_err(|_| DhtError::Shutdown)
     }
 
     /// A routing-table snapshot for a warm restart.
     pub async fn snapshot(&self) -> Result<RoutingSnapshot, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Snapshot(tx)).await.map_err(|_| DhtError::Shutdown)?;
+        self.tx
+            .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
         rx.await.map_err(|_| DhtError::Shutdown)
     }
 

@@ -7,8 +7,12 @@
 //!
 //! ```
 //! use kad_core::sim::{LookupScenario, run_lookup_scenario};
-//! let report = run_lookup_scenario(&LookupScenario { nodes: 200, lookups: 50, seed: 1, ..Default::default() }, |_, _| {});
+//! let mut sc = LookupScenario::default();
+//! sc.nodes = 200;
+//! sc.lookups = 50;
+//! let report = run_lookup_scenario(&sc, |_, _| {});
 //! assert!(report.success_rate > 0.95);
+//! assert_eq!(report.digest, run_lookup_scenario(&sc, |_, _| {}).digest);
 //! ```
 
 use std::cmp::{Ordering, Reverse};
@@ -41,13 +45,24 @@ pub struct LinkModel {
 
 impl Default for LinkModel {
     fn default() -> Self {
-        Self { latency: Duration::from_millis(50), jitter: Duration::ZERO, loss: 0.0 }
+        Self {
+            latency: Duration::from_millis(50),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        }
     }
 }
 
+#[allow(clippy::large_enum_variant)] // most events are deliveries; boxing would allocate per message
 enum EvKind {
-    Deliver { to: u32, from: PeerAddr, msg: Message },
-    Wake { node: u32 },
+    Deliver {
+        to: u32,
+        from: PeerAddr,
+        msg: Message,
+    },
+    Wake {
+        node: u32,
+    },
 }
 
 struct Ev {
@@ -177,14 +192,23 @@ impl Sim {
         seed[..8].copy_from_slice(&self.seed.to_le_bytes());
         seed[8..16].copy_from_slice(&(idx as u64).to_le_bytes());
         config.rng_seed = Some(seed);
-        config.wall_clock = Arc::new(VirtualClock { base: self.base, epoch_ms: self.epoch_ms });
+        config.wall_clock = Arc::new(VirtualClock {
+            base: self.base,
+            epoch_ms: self.epoch_ms,
+        });
         let id = NodeId::random(&mut self.rng);
         let node = Node::builder(config)
             .id(id)
             .addrs(vec![PeerAddr::Mem(idx as u64)])
             .build(self.now)
             .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
-        self.nodes.push(SimNode { retries: 0, joined_at: self.now, node: Some(node), wake: None, group: 0 });
+        self.nodes.push(SimNode {
+            retries: 0,
+            joined_at: self.now,
+            node: Some(node),
+            wake: None,
+            group: 0,
+        });
         self.schedule_wake(idx);
         idx
     }
@@ -196,14 +220,19 @@ impl Sim {
 
     /// Counts one more bootstrap retry of node `idx`; returns the new count.
     pub fn bump_retries(&mut self, idx: usize) -> u8 {
-        let Some(n) = self.nodes.get_mut(idx) else { return u8::MAX };
+        let Some(n) = self.nodes.get_mut(idx) else {
+            return u8::MAX;
+        };
         n.retries = n.retries.saturating_add(1);
         n.retries
     }
 
     /// When the node at `idx` was added, if it is alive.
     pub fn joined_at(&self, idx: usize) -> Option<Instant> {
-        self.nodes.get(idx).filter(|n| n.node.is_some()).map(|n| n.joined_at)
+        self.nodes
+            .get(idx)
+            .filter(|n| n.node.is_some())
+            .map(|n| n.joined_at)
     }
 
     /// Whether the node at `idx` is alive.
@@ -213,7 +242,11 @@ impl Sim {
 
     /// Indices of the live nodes.
     pub fn alive(&self) -> impl Iterator<Item = usize> + '_ {
-        self.nodes.iter().enumerate().filter(|(_, n)| n.node.is_some()).map(|(i, _)| i)
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.node.is_some())
+            .map(|(i, _)| i)
     }
 
     /// Runs `f` on a live node at the current time (a command), then routes its outputs.
@@ -255,11 +288,17 @@ impl Sim {
 
     fn push(&mut self, at: Instant, kind: EvKind) {
         self.seq += 1;
-        self.heap.push(Reverse(Ev { at, seq: self.seq, kind }));
+        self.heap.push(Reverse(Ev {
+            at,
+            seq: self.seq,
+            kind,
+        }));
     }
 
     fn schedule_wake(&mut self, idx: usize) {
-        let Some(sn) = self.nodes.get_mut(idx) else { return };
+        let Some(sn) = self.nodes.get_mut(idx) else {
+            return;
+        };
         let Some(node) = sn.node.as_ref() else { return };
         let Some(t) = node.poll_timeout() else { return };
         let t = t.max(self.now);
@@ -272,7 +311,9 @@ impl Sim {
 
     fn drain(&mut self, idx: usize) {
         loop {
-            let Some(out) = self.nodes[idx].node.as_mut().and_then(Node::poll_output) else { break };
+            let Some(out) = self.nodes[idx].node.as_mut().and_then(Node::poll_output) else {
+                break;
+            };
             match out {
                 Output::Send { to, msg } => self.transmit(idx, to, msg),
                 Output::Event(ev) => {
@@ -307,16 +348,27 @@ impl Sim {
         }
         let mut delay = self.link.latency;
         if !self.link.jitter.is_zero() {
-            let j = self.rng.random_range(0..=self.link.jitter.as_micros() as u64);
+            let j = self
+                .rng
+                .random_range(0..=self.link.jitter.as_micros() as u64);
             delay += Duration::from_micros(j);
         }
         let at = self.now + delay;
-        self.push(at, EvKind::Deliver { to: j as u32, from: PeerAddr::Mem(from_idx as u64), msg });
+        self.push(
+            at,
+            EvKind::Deliver {
+                to: j as u32,
+                from: PeerAddr::Mem(from_idx as u64),
+                msg,
+            },
+        );
     }
 
     /// Processes the earliest event. Returns false when nothing is scheduled.
     pub fn step(&mut self) -> bool {
-        let Some(Reverse(ev)) = self.heap.pop() else { return false };
+        let Some(Reverse(ev)) = self.heap.pop() else {
+            return false;
+        };
         if ev.at > self.now {
             self.now = ev.at;
         }
@@ -333,7 +385,14 @@ impl Sim {
                     Body::Response(_) => 100,
                     Body::Error(_) => 200,
                 };
-                ((self.now - self.base).as_nanos() as u64, to, &from, &msg.txn.0[..], tag).hash(&mut self.digest);
+                (
+                    (self.now - self.base).as_nanos() as u64,
+                    to,
+                    &from,
+                    &msg.txn.0[..],
+                    tag,
+                )
+                    .hash(&mut self.digest);
                 node.handle_input(self.now, Input::Message { from, msg });
                 self.drain(to);
             }
@@ -344,7 +403,9 @@ impl Sim {
                     return true; // superseded
                 }
                 sn.wake = None;
-                let Some(n) = sn.node.as_mut() else { return true };
+                let Some(n) = sn.node.as_mut() else {
+                    return true;
+                };
                 n.handle_input(self.now, Input::Timeout);
                 self.drain(idx);
             }
@@ -372,7 +433,10 @@ impl Sim {
 fn query_result_tag(r: &QueryResult) -> u64 {
     let mut h = DefaultHasher::new();
     match r {
-        QueryResult::FindNode(Ok(o)) | QueryResult::Bootstrap(Ok(o)) | QueryResult::Refresh(o) | QueryResult::PluginLookup(o) => {
+        QueryResult::FindNode(Ok(o))
+        | QueryResult::Bootstrap(Ok(o))
+        | QueryResult::Refresh(o)
+        | QueryResult::PluginLookup(o) => {
             for c in &o.closest {
                 c.id.hash(&mut h);
             }
@@ -473,7 +537,10 @@ const MAX_BOOTSTRAP_RETRIES: u8 = 3;
 
 /// A bootstrap that failed or found fewer than `want` nodes (an application would try again
 /// through another seed).
-fn poor_bootstrap(r: &Result<crate::node::LookupOutcome, crate::node::QueryError>, want: usize) -> bool {
+fn poor_bootstrap(
+    r: &Result<crate::node::LookupOutcome, crate::node::QueryError>,
+    want: usize,
+) -> bool {
     r.as_ref().map_or(true, |o| o.closest.len() < want.max(1))
 }
 
@@ -481,8 +548,14 @@ fn poor_bootstrap(r: &Result<crate::node::LookupOutcome, crate::node::QueryError
 fn retry_failed_bootstraps(sim: &mut Sim, contacts: &[Contact], k: usize) {
     let mut retry = Vec::new();
     while let Some((idx, ev)) = sim.poll_event() {
-        if let Event::QueryDone { result: QueryResult::Bootstrap(r), .. } = &ev {
-            if poor_bootstrap(r, k.min(contacts.len().saturating_sub(1))) && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES {
+        if let Event::QueryDone {
+            result: QueryResult::Bootstrap(r),
+            ..
+        } = &ev
+        {
+            if poor_bootstrap(r, k.min(contacts.len().saturating_sub(1)))
+                && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES
+            {
                 retry.push(idx);
             }
         }
@@ -507,14 +580,19 @@ fn percentile<T: Copy + Ord + Default>(v: &mut [T], p: f64) -> T {
 /// Builds a network of `nodes` nodes (each joins through a random earlier node), then runs
 /// `lookups` FIND_NODE lookups for random targets from random live nodes, with optional churn,
 /// and reports success, hops, RPCs and latency. `progress(done, total)` is called as work advances.
-pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, usize)) -> ScenarioReport {
+pub fn run_lookup_scenario(
+    sc: &LookupScenario,
+    mut progress: impl FnMut(usize, usize),
+) -> ScenarioReport {
     // The virtual clock's zero; results depend only on durations from it.
     #[allow(clippy::disallowed_methods)]
     let base = Instant::now();
     let mut sim = Sim::new(sc.seed, sc.link.clone(), base);
-    let mut cfg = Config::default();
-    cfg.k = sc.k;
-    cfg.alpha = sc.alpha;
+    let cfg = Config {
+        k: sc.k,
+        alpha: sc.alpha,
+        ..Config::default()
+    };
     // Bucket refresh every 15 min would add traffic beyond the scenario's horizon only.
     let total_work = sc.nodes + sc.lookups;
     let mut done_work = 0;
@@ -564,50 +642,71 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
     let mut churned = 0usize;
     let mut aborted = 0usize;
 
-    let mut handle_events = |sim: &mut Sim, live: &[usize], pending: &mut rustc_hash::FxHashMap<(usize, QueryId), NodeId>| {
-        let mut n_done = 0;
-        let live_ids: rustc_hash::FxHashSet<NodeId> = if sim.events.is_empty() {
-            Default::default()
-        } else {
-            live.iter().filter_map(|&i| sim.node(i).map(Node::id)).collect()
-        };
-        let mut retry = Vec::new();
-        while let Some((idx, ev)) = sim.poll_event() {
-            if let Event::QueryDone { result: QueryResult::Bootstrap(r), .. } = &ev {
-                if poor_bootstrap(r, sc.k) && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES {
-                    retry.push(idx);
+    let mut handle_events =
+        |sim: &mut Sim,
+         live: &[usize],
+         pending: &mut rustc_hash::FxHashMap<(usize, QueryId), NodeId>| {
+            let mut n_done = 0;
+            let live_ids: rustc_hash::FxHashSet<NodeId> = if sim.events.is_empty() {
+                Default::default()
+            } else {
+                live.iter()
+                    .filter_map(|&i| sim.node(i).map(Node::id))
+                    .collect()
+            };
+            let mut retry = Vec::new();
+            while let Some((idx, ev)) = sim.poll_event() {
+                if let Event::QueryDone {
+                    result: QueryResult::Bootstrap(r),
+                    ..
+                } = &ev
+                {
+                    if poor_bootstrap(r, sc.k) && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES {
+                        retry.push(idx);
+                    }
+                    continue;
                 }
-                continue;
+                let Event::QueryDone {
+                    id,
+                    result: QueryResult::FindNode(r),
+                } = ev
+                else {
+                    continue;
+                };
+                let Some(target) = pending.remove(&(idx, id)) else {
+                    continue;
+                };
+                n_done += 1;
+                let Ok(o) = r else { continue };
+                // Success: the first live node of the result is the true closest among the nodes
+                // alive for the whole lookup (joined before it started, still alive at its end),
+                // the searcher excluded (a lookup never returns its own node).
+                let started = sim.now() - o.elapsed;
+                let truth = live
+                    .iter()
+                    .filter(|&&i| i != idx && sim.joined_at(i).is_some_and(|t| t <= started))
+                    .filter_map(|&i| sim.node(i).map(|n| n.id()))
+                    .min_by_key(|id| id.distance(&target));
+                let first_live = o
+                    .closest
+                    .iter()
+                    .map(|c| c.id)
+                    .find(|id| live_ids.contains(id));
+                if truth.is_some() && first_live == truth {
+                    ok += 1;
+                }
+                hops.push(o.stats.hops);
+                rpcs.push(o.stats.rpcs);
+                lat_us.push(o.elapsed.as_micros() as u64);
             }
-            let Event::QueryDone { id, result: QueryResult::FindNode(r) } = ev else { continue };
-            let Some(target) = pending.remove(&(idx, id)) else { continue };
-            n_done += 1;
-            let Ok(o) = r else { continue };
-            // Success: the first live node of the result is the true closest among the nodes
-            // alive for the whole lookup (joined before it started, still alive at its end),
-            // the searcher excluded (a lookup never returns its own node).
-            let started = sim.now() - o.elapsed;
-            let truth = live
-                .iter()
-                .filter(|&&i| i != idx && sim.joined_at(i).is_some_and(|t| t <= started))
-                .filter_map(|&i| sim.node(i).map(|n| n.id()))
-                .min_by_key(|id| id.distance(&target));
-            let first_live = o.closest.iter().map(|c| c.id).find(|id| live_ids.contains(id));
-            if truth.is_some() && first_live == truth {
-                ok += 1;
+            for idx in retry {
+                let seed = live[sim.rng().random_range(0..live.len())];
+                if let Some(c) = sim.node(seed).map(|n| n.contact().clone()) {
+                    let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![c]));
+                }
             }
-            hops.push(o.stats.hops);
-            rpcs.push(o.stats.rpcs);
-            lat_us.push(o.elapsed.as_micros() as u64);
-        }
-        for idx in retry {
-            let seed = live[sim.rng().random_range(0..live.len())];
-            if let Some(c) = sim.node(seed).map(|n| n.contact().clone()) {
-                let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![c]));
-            }
-        }
-        n_done
-    };
+            n_done
+        };
 
     // One step past the last lookup applies the churn scheduled after it.
     for l in 0..=sc.lookups {
@@ -626,7 +725,9 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
             aborted += before - pending.len();
             // ...and one joins through a random live node.
             let seed_idx = live[sim.rng().random_range(0..live.len())];
-            let Some(seed) = sim.node(seed_idx).map(|n| n.contact().clone()) else { continue };
+            let Some(seed) = sim.node(seed_idx).map(|n| n.contact().clone()) else {
+                continue;
+            };
             let idx = sim.add_node(cfg.clone());
             let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
             live.push(idx);
@@ -656,7 +757,10 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
     progress(total_work, total_work);
     let _ = finished;
 
-    let rt: Vec<usize> = live.iter().filter_map(|&i| sim.node(i).map(|n| n.routing_table().len())).collect();
+    let rt: Vec<usize> = live
+        .iter()
+        .filter_map(|&i| sim.node(i).map(|n| n.routing_table().len()))
+        .collect();
     let n_lookups = lat_us.len() + pending.len();
     let _ = aborted;
     let to_ms = |us: u64| us as f64 / 1000.0;
@@ -666,7 +770,11 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
         k: sc.k,
         alpha: sc.alpha,
         seed: sc.seed,
-        success_rate: if n_lookups == 0 { 0.0 } else { ok as f64 / n_lookups as f64 },
+        success_rate: if n_lookups == 0 {
+            0.0
+        } else {
+            ok as f64 / n_lookups as f64
+        },
         hops_p50: percentile(&mut hops, 0.5),
         hops_p90: percentile(&mut hops, 0.9),
         hops_max: hops.iter().copied().max().unwrap_or(0),
@@ -676,7 +784,11 @@ pub fn run_lookup_scenario(sc: &LookupScenario, mut progress: impl FnMut(usize, 
         latency_ms_p99: to_ms(percentile(&mut lat_us, 0.99)),
         unfinished: pending.len(),
         churned,
-        routing_table_mean: if rt.is_empty() { 0.0 } else { rt.iter().sum::<usize>() as f64 / rt.len() as f64 },
+        routing_table_mean: if rt.is_empty() {
+            0.0
+        } else {
+            rt.iter().sum::<usize>() as f64 / rt.len() as f64
+        },
         virtual_s: sim.elapsed().as_secs_f64(),
         network: sim.stats().clone(),
         digest: format!("{:016x}", sim.digest()),

@@ -107,12 +107,21 @@ mod memory {
         /// Removes an endpoint: messages to it are dropped from now on (a peer going away).
         pub fn disconnect(&self, addr: &PeerAddr) {
             if let PeerAddr::Mem(n) = addr {
-                self.inner.lock().unwrap_or_else(|e| e.into_inner()).peers.remove(n);
+                self.inner
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .peers
+                    .remove(n);
             }
         }
 
         fn inbox(&self, n: u64) -> Option<Inbox> {
-            self.inner.lock().unwrap_or_else(|e| e.into_inner()).peers.get(&n).cloned()
+            self.inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .peers
+                .get(&n)
+                .cloned()
         }
     }
 
@@ -143,17 +152,32 @@ mod memory {
         }
         async fn send(&self, to: &PeerAddr, msg: Bytes) -> Result<(), TransportError> {
             if msg.len() > self.max_len {
-                return Err(TransportError::TooLarge { len: msg.len(), max: self.max_len });
+                return Err(TransportError::TooLarge {
+                    len: msg.len(),
+                    max: self.max_len,
+                });
             }
-            let PeerAddr::Mem(n) = to else { return Err(TransportError::WrongKind(to.clone())) };
-            let inbox = self.net.inbox(*n).ok_or_else(|| TransportError::Unreachable(to.clone()))?;
-            inbox.try_send((self.addr.clone(), msg)).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => TransportError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => TransportError::Unreachable(to.clone()),
-            })
+            let PeerAddr::Mem(n) = to else {
+                return Err(TransportError::WrongKind(to.clone()));
+            };
+            let inbox = self
+                .net
+                .inbox(*n)
+                .ok_or_else(|| TransportError::Unreachable(to.clone()))?;
+            inbox
+                .try_send((self.addr.clone(), msg))
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => TransportError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => TransportError::Unreachable(to.clone()),
+                })
         }
         async fn recv(&self) -> Result<(PeerAddr, Bytes), TransportError> {
-            self.rx.lock().await.recv().await.ok_or(TransportError::Closed)
+            self.rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or(TransportError::Closed)
         }
     }
 }

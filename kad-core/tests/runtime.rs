@@ -1,4 +1,5 @@
 //! The tokio runtime over the in-memory transport, with paused time: real actor tasks, real
+#![allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 //! channels, virtual clock.
 
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kad_core::{
-    Body, Config, Contact, Dht, DhtError, Message, MemoryNetwork, Node, NodeId, Plugin, PluginCx,
+    Body, Config, Contact, Dht, DhtError, MemoryNetwork, Message, Node, NodeId, Plugin, PluginCx,
     QueryError, Reply, Request, Response, Transport, TxnId,
 };
 
@@ -17,10 +18,19 @@ impl Plugin for Echo {
     fn namespace(&self) -> &'static str {
         "echo"
     }
-    fn on_request(&mut self, _cx: &mut PluginCx<'_>, _from: &Contact, method: &str, params: &Bytes) -> Reply {
+    fn on_request(
+        &mut self,
+        _cx: &mut PluginCx<'_>,
+        _from: &Contact,
+        method: &str,
+        params: &Bytes,
+    ) -> Reply {
         match method {
             "echo.ECHO" => Reply::Result(params.clone()),
-            _ => Reply::Error(kad_core::RpcError::new(kad_core::RpcError::METHOD_NOT_FOUND, method)),
+            _ => Reply::Error(kad_core::RpcError::new(
+                kad_core::RpcError::METHOD_NOT_FOUND,
+                method,
+            )),
         }
     }
 }
@@ -34,7 +44,9 @@ fn config(seed: u8) -> Config {
 async fn network(net: &MemoryNetwork, n: usize) -> Vec<Dht> {
     let mut nodes = Vec::new();
     for i in 0..n {
-        let b = Node::builder(config(i as u8 + 1)).id(NodeId::from_bytes([i as u8 + 1; 20])).plugin(Box::new(Echo));
+        let b = Node::builder(config(i as u8 + 1))
+            .id(NodeId::from_bytes([i as u8 + 1; 20]))
+            .plugin(Box::new(Echo));
         nodes.push(Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap());
     }
     let seed = nodes[0].contact().addrs[0].clone();
@@ -54,7 +66,10 @@ async fn put_get_find_ping_call() {
     }
 
     let key = NodeId::from_bytes([0xAB; 20]);
-    let put = nodes[3].put(key, Bytes::from_static(b"sensor 21.5C")).await.unwrap();
+    let put = nodes[3]
+        .put(key, Bytes::from_static(b"sensor 21.5C"))
+        .await
+        .unwrap();
     assert!(put.stored >= 10, "stored on {} of 12", put.stored);
     for d in &nodes {
         let got = d.get(key).await.unwrap();
@@ -63,25 +78,45 @@ async fn put_get_find_ping_call() {
     }
 
     let missing = nodes[5].get(NodeId::from_bytes([0xCD; 20])).await;
-    assert!(matches!(missing, Err(DhtError::Query(QueryError::NotFound))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(DhtError::Query(QueryError::NotFound))),
+        "{missing:?}"
+    );
 
     let found = nodes[7].find_node(nodes[9].id()).await.unwrap();
     assert_eq!(found.closest[0].id, nodes[9].id());
     assert!(found.closest.len() >= 10);
 
-    let pong = nodes[1].ping(nodes[2].contact().addrs[0].clone()).await.unwrap();
+    let pong = nodes[1]
+        .ping(nodes[2].contact().addrs[0].clone())
+        .await
+        .unwrap();
     assert_eq!(pong.contact.id, nodes[2].id());
 
-    let echoed = nodes[4].call(nodes[8].contact().clone(), "echo.ECHO", Bytes::from_static(b"{\"x\":1}")).await.unwrap();
+    let echoed = nodes[4]
+        .call(
+            nodes[8].contact().clone(),
+            "echo.ECHO",
+            Bytes::from_static(b"{\"x\":1}"),
+        )
+        .await
+        .unwrap();
     assert_eq!(&echoed[..], b"{\"x\":1}");
-    let unknown = nodes[4].call(nodes[8].contact().clone(), "nope.X", Bytes::new()).await;
+    let unknown = nodes[4]
+        .call(nodes[8].contact().clone(), "nope.X", Bytes::new())
+        .await;
     match unknown {
-        Err(DhtError::Query(QueryError::Remote(e))) => assert_eq!(e.code, kad_core::RpcError::METHOD_NOT_FOUND),
+        Err(DhtError::Query(QueryError::Remote(e))) => {
+            assert_eq!(e.code, kad_core::RpcError::METHOD_NOT_FOUND)
+        }
         other => panic!("expected method not found, got {other:?}"),
     }
 
     // A user error names the field and the limit.
-    let big = nodes[0].put(key, Bytes::from(vec![0u8; 70_000])).await.unwrap_err();
+    let big = nodes[0]
+        .put(key, Bytes::from(vec![0u8; 70_000]))
+        .await
+        .unwrap_err();
     assert!(big.to_string().contains("max_value_len = 65536"), "{big}");
 
     let stats = nodes[3].stats().await.unwrap();
@@ -95,7 +130,10 @@ async fn put_get_find_ping_call() {
     for d in &nodes {
         d.shutdown().await;
     }
-    assert!(matches!(nodes[0].ping(nodes[1].contact().addrs[0].clone()).await, Err(DhtError::Shutdown)));
+    assert!(matches!(
+        nodes[0].ping(nodes[1].contact().addrs[0].clone()).await,
+        Err(DhtError::Shutdown)
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -108,7 +146,10 @@ async fn dead_peer_times_out_and_lookups_route_around_it() {
     net.disconnect(&dead_addr);
     let started = tokio::time::Instant::now();
     let r = nodes[1].ping(dead_addr).await;
-    assert!(matches!(r, Err(DhtError::Query(QueryError::Timeout))), "{r:?}");
+    assert!(
+        matches!(r, Err(DhtError::Query(QueryError::Timeout))),
+        "{r:?}"
+    );
     // The adaptive timeout is bounded by Config::request_timeout (5 s).
     assert!(started.elapsed() <= Duration::from_secs(5));
     let found = nodes[2].find_node(dead.id()).await.unwrap();
@@ -126,7 +167,10 @@ async fn bad_input_is_dropped_and_counted() {
     // Garbage bytes, in a flood (paced so the 16-message attacker-side view of the inbox never
     // overflows: every datagram must reach the decoder and be counted).
     for i in 0..5_000u32 {
-        attacker.send(&target, Bytes::from(i.to_be_bytes().repeat(7))).await.unwrap();
+        attacker
+            .send(&target, Bytes::from(i.to_be_bytes().repeat(7)))
+            .await
+            .unwrap();
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -140,7 +184,10 @@ async fn bad_input_is_dropped_and_counted() {
         read_only: false,
         body: Body::Response(Response::Nodes { nodes: vec![] }),
     };
-    attacker.send(&target, Bytes::from(serde_json::to_vec(&forged).unwrap())).await.unwrap();
+    attacker
+        .send(&target, Bytes::from(serde_json::to_vec(&forged).unwrap()))
+        .await
+        .unwrap();
     // A request addressed to another node id.
     let misdirected = Message {
         txn: TxnId::from_bytes(vec![9]),
@@ -149,7 +196,13 @@ async fn bad_input_is_dropped_and_counted() {
         read_only: false,
         body: Body::Request(Request::Ping),
     };
-    attacker.send(&target, Bytes::from(serde_json::to_vec(&misdirected).unwrap())).await.unwrap();
+    attacker
+        .send(
+            &target,
+            Bytes::from(serde_json::to_vec(&misdirected).unwrap()),
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let s = nodes[0].stats().await.unwrap();

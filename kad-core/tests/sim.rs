@@ -1,4 +1,5 @@
 //! Scenarios in the deterministic simulator.
+#![allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 #![cfg(feature = "sim")]
 
 use std::time::{Duration, Instant};
@@ -22,10 +23,16 @@ fn same_seed_same_result_bit_for_bit() {
     sc.churn = 0.1;
     let a = run_lookup_scenario(&sc, |_, _| {});
     let b = run_lookup_scenario(&sc, |_, _| {});
-    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
     sc.seed = 43;
     let c = run_lookup_scenario(&sc, |_, _| {});
-    assert_ne!(a.digest, c.digest, "a different seed must give a different run");
+    assert_ne!(
+        a.digest, c.digest,
+        "a different seed must give a different run"
+    );
 }
 
 #[test]
@@ -35,7 +42,10 @@ fn lookups_converge_and_terminate() {
     assert!(r.success_rate >= 0.99, "{r:?}");
     assert!(r.hops_p50 <= 3, "{r:?}");
     // 50 ms one way: a lookup is a few round trips.
-    assert!(r.latency_ms_p50 <= f64::from(r.hops_p50 + 1) * 100.0, "{r:?}");
+    assert!(
+        r.latency_ms_p50 <= f64::from(r.hops_p50 + 1) * 100.0,
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -65,7 +75,9 @@ fn hand_network(n: usize, seed: u64) -> Sim {
     for _ in 1..n {
         let i = sim.add_node(Config::default());
         let c = seed_contact.clone();
-        sim.command(i, |node, now| node.bootstrap_with(now, vec![c])).unwrap().unwrap();
+        sim.command(i, |node, now| node.bootstrap_with(now, vec![c]))
+            .unwrap()
+            .unwrap();
         sim.run_for(Duration::from_millis(5));
     }
     sim.run_for(Duration::from_secs(5));
@@ -91,17 +103,37 @@ fn wait_for(sim: &mut Sim, node: usize, id: kad_core::QueryId) -> QueryResult {
 fn records_replicate_to_the_closest_and_survive_their_publisher() {
     let mut sim = hand_network(150, 3);
     let key = NodeId::from_bytes([0x5A; 20]);
-    let q = sim.command(10, |n, now| n.put(now, key, "v1".into())).unwrap().unwrap();
-    let QueryResult::Put(Ok(p)) = wait_for(&mut sim, 10, q) else { panic!("put failed") };
+    let q = sim
+        .command(10, |n, now| n.put(now, key, "v1".into()))
+        .unwrap()
+        .unwrap();
+    let QueryResult::Put(Ok(p)) = wait_for(&mut sim, 10, q) else {
+        panic!("put failed")
+    };
     assert!(p.stored >= 18, "{p:?}");
     // The holders are the nodes closest to the key.
-    let mut ids: Vec<(NodeId, usize)> = sim.alive().map(|i| (sim.node(i).unwrap().id(), i)).collect();
+    let mut ids: Vec<(NodeId, usize)> = sim
+        .alive()
+        .map(|i| (sim.node(i).unwrap().id(), i))
+        .collect();
     ids.sort_by_key(|(id, _)| id.distance(&key));
-    let holders = ids.iter().take(10).filter(|(_, i)| sim.node(*i).unwrap().store().get(&key).is_some()).count();
-    assert!(holders >= 9, "only {holders} of the 10 closest hold the record");
+    let holders = ids
+        .iter()
+        .take(10)
+        .filter(|(_, i)| sim.node(*i).unwrap().store().get(&key).is_some())
+        .count();
+    assert!(
+        holders >= 9,
+        "only {holders} of the 10 closest hold the record"
+    );
     sim.kill(10);
-    let q = sim.command(77, |n, now| n.get(now, key, 1)).unwrap().unwrap();
-    let QueryResult::Get(Ok(g)) = wait_for(&mut sim, 77, q) else { panic!("get failed") };
+    let q = sim
+        .command(77, |n, now| n.get(now, key, 1))
+        .unwrap()
+        .unwrap();
+    let QueryResult::Get(Ok(g)) = wait_for(&mut sim, 77, q) else {
+        panic!("get failed")
+    };
     assert_eq!(&g.record.value[..], b"v1");
 }
 
@@ -115,7 +147,9 @@ fn records_expire_and_hourly_replication_keeps_publish_time() {
         let n = sim.add_node(cfg.clone());
         if i > 0 {
             let c = sim.node(idx[0]).unwrap().contact().clone();
-            sim.command(n, |node, now| node.bootstrap_with(now, vec![c])).unwrap().unwrap();
+            sim.command(n, |node, now| node.bootstrap_with(now, vec![c]))
+                .unwrap()
+                .unwrap();
         }
         idx.push(n);
         sim.run_for(Duration::from_millis(10));
@@ -123,20 +157,40 @@ fn records_expire_and_hourly_replication_keeps_publish_time() {
     sim.run_for(Duration::from_secs(5));
     let key = NodeId::from_bytes([0x11; 20]);
     // A record published by a node that then leaves: nobody republishes it.
-    let rec = kad_core::Record::new(key, "ephemeral", None, sim.node(3).unwrap().unix_ms(sim.now()), 3_600_000 * 2);
+    let rec = kad_core::Record::new(
+        key,
+        "ephemeral",
+        None,
+        sim.node(3).unwrap().unix_ms(sim.now()),
+        3_600_000 * 2,
+    );
     let published = rec.published_at_ms;
-    let q = sim.command(3, |n, now| n.put_record(now, rec)).unwrap().unwrap();
-    let QueryResult::Put(Ok(_)) = wait_for(&mut sim, 3, q) else { panic!("put failed") };
+    let q = sim
+        .command(3, |n, now| n.put_record(now, rec))
+        .unwrap()
+        .unwrap();
+    let QueryResult::Put(Ok(_)) = wait_for(&mut sim, 3, q) else {
+        panic!("put failed")
+    };
     sim.kill(3);
     // After 90 minutes, re-replication has run and the record is still there, publish time unchanged.
     sim.run_for(Duration::from_secs(90 * 60));
-    let holders: Vec<_> = sim.alive().filter_map(|i| sim.node(i).unwrap().store().get(&key)).collect();
+    let holders: Vec<_> = sim
+        .alive()
+        .filter_map(|i| sim.node(i).unwrap().store().get(&key))
+        .collect();
     assert!(!holders.is_empty());
     assert!(holders.iter().all(|r| r.published_at_ms == published));
     // After its 2 h lifetime, it is gone everywhere: re-replication did not make it immortal.
     sim.run_for(Duration::from_secs(35 * 60));
-    assert!(sim.alive().all(|i| sim.node(i).unwrap().store().get(&key).is_none()));
-    let expired: u64 = sim.alive().map(|i| sim.node(i).unwrap().stats().records_expired).sum();
+    assert!(
+        sim.alive()
+            .all(|i| sim.node(i).unwrap().store().get(&key).is_none())
+    );
+    let expired: u64 = sim
+        .alive()
+        .map(|i| sim.node(i).unwrap().stats().records_expired)
+        .sum();
     assert!(expired > 0);
 }
 
@@ -147,12 +201,25 @@ fn a_partition_hides_the_other_side_until_healed() {
     sim.partition(|i| (i % 2) as u32);
     let target_idx = 41; // odd
     let target = sim.node(target_idx).unwrap().id();
-    let q = sim.command(40, |n, now| n.find_node(now, target)).unwrap().unwrap();
-    let QueryResult::FindNode(Ok(o)) = wait_for(&mut sim, 40, q) else { panic!() };
-    assert!(o.closest.iter().all(|c| c.id != target), "a partitioned node was reached");
+    let q = sim
+        .command(40, |n, now| n.find_node(now, target))
+        .unwrap()
+        .unwrap();
+    let QueryResult::FindNode(Ok(o)) = wait_for(&mut sim, 40, q) else {
+        panic!()
+    };
+    assert!(
+        o.closest.iter().all(|c| c.id != target),
+        "a partitioned node was reached"
+    );
     assert!(sim.stats().partitioned > 0);
     sim.heal();
-    let q = sim.command(40, |n, now| n.find_node(now, target)).unwrap().unwrap();
-    let QueryResult::FindNode(Ok(o)) = wait_for(&mut sim, 40, q) else { panic!() };
+    let q = sim
+        .command(40, |n, now| n.find_node(now, target))
+        .unwrap()
+        .unwrap();
+    let QueryResult::FindNode(Ok(o)) = wait_for(&mut sim, 40, q) else {
+        panic!()
+    };
     assert_eq!(o.closest[0].id, target);
 }
