@@ -84,6 +84,10 @@ pub struct Config {
     /// before giving it up; the head is asked again at each soft deadline. Other candidates get
     /// at most 2 attempts. Default 5.
     pub max_attempts: u8,
+    /// Answers in a row that bring nothing closer before a lookup asks all of the k closest it
+    /// knows at once. Default 1, latency first: about a round trip less per lookup than `alpha`
+    /// (3), for about 60% more requests. See the README's measurements.
+    pub lookup_patience: usize,
     /// Most requests in flight at once; lookups wait for room. Default 4096.
     pub max_in_flight: usize,
     /// Most concurrent queries (lookups, puts, pings, calls). Default 1024.
@@ -137,6 +141,7 @@ impl Default for Config {
             min_soft_timeout: Duration::from_millis(20),
             initial_rtt: Duration::from_millis(250),
             max_attempts: 5,
+            lookup_patience: 1,
             max_in_flight: 4096,
             max_queries: 1024,
             replacement_cache: 8,

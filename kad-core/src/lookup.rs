@@ -59,6 +59,7 @@ pub struct Lookup {
     candidates: BTreeMap<Distance, Candidate>,
     best: Option<Distance>,
     no_progress: usize,
+    patience: usize,
     stalled: bool,
     stats: LookupStats,
 }
@@ -83,6 +84,7 @@ impl Lookup {
             candidates: BTreeMap::new(),
             best: None,
             no_progress: 0,
+            patience: 1,
             stalled: false,
             stats: LookupStats::default(),
         };
@@ -91,6 +93,13 @@ impl Lookup {
         }
         l.best = l.candidates.keys().next().copied();
         l
+    }
+
+    /// Answers in a row that bring nothing closer before the lookup asks all of the k closest
+    /// at once (default 1: latency first; `alpha` saves requests).
+    pub fn with_patience(mut self, patience: usize) -> Self {
+        self.patience = patience.max(1);
+        self
     }
 
     /// The lookup's target.
@@ -164,16 +173,17 @@ impl Lookup {
                 State::Failed => continue,
                 State::Succeeded => {}
                 State::Waiting { soft_deadline } => {
-                    // A candidate that has been silent past a soft deadline before no longer holds
-                    // a slot, even while it is asked again: the search widens around it.
                     if soft_deadline > now {
+                        // A candidate that has been silent past a soft deadline before no longer
+                        // holds a slot, even while it is asked again: the search widens around it.
                         if cand.attempts == 1 {
                             active += 1;
                         }
-                    } else if rank < self.alpha
-                        && cand.attempts < self.max_attempts
-                        && out.len() < room
-                    {
+                    } else if rank >= self.alpha {
+                        // Silent past its soft deadline outside the head: skipped (it no longer
+                        // counts among the k closest, though a late answer still does).
+                        continue;
+                    } else if cand.attempts < self.max_attempts && out.len() < room {
                         cand.attempts += 1;
                         cand.outstanding += 1;
                         let wait = soft_timeout * u32::from(cand.attempts);
@@ -228,7 +238,7 @@ impl Lookup {
             self.stalled = false;
         } else {
             self.no_progress += 1;
-            if self.no_progress >= self.alpha {
+            if self.no_progress >= self.patience {
                 self.stalled = true;
             }
         }
@@ -278,13 +288,25 @@ impl Lookup {
         }
     }
 
-    /// Whether the k closest candidates that have not failed have all answered.
-    pub fn is_finished(&self) -> bool {
-        self.candidates
-            .values()
-            .filter(|c| c.state != State::Failed)
-            .take(self.k)
-            .all(|c| c.state == State::Succeeded)
+    /// Whether the lookup is done at `now`: the k closest candidates that have neither failed nor
+    /// been skipped (silent past their soft deadline outside the head) have all answered.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        let mut rank = 0;
+        for c in self.candidates.values() {
+            if rank >= self.k {
+                break;
+            }
+            match c.state {
+                State::Failed => continue,
+                State::Succeeded => {}
+                State::Waiting { soft_deadline } if soft_deadline <= now && rank >= self.alpha => {
+                    continue;
+                }
+                _ => return false,
+            }
+            rank += 1;
+        }
+        true
     }
 
     /// Whether any request of this lookup is still waiting for an answer.
@@ -357,7 +379,7 @@ mod tests {
             let mut now = Instant::now();
             let mut waiting: Vec<(Instant, NodeId)> = Vec::new();
             let mut rounds = 0;
-            while !l.is_finished() {
+            while !l.is_finished(now) {
                 rounds += 1;
                 prop_assert!(rounds < 10_000, "lookup did not terminate");
                 for c in l.next(now, soft, 64) {
@@ -408,10 +430,10 @@ mod tests {
         // No progress: stalled, so both remaining closest are asked at once... only 0x20 left in top 2.
         let ask = l.next(now, Duration::from_millis(100), 10);
         assert_eq!(ask, vec![c(0x20)]);
-        assert!(!l.is_finished());
+        assert!(!l.is_finished(now));
         l.on_failure(&c(0x20).id);
         // 0x20 failed (max_attempts 1): the top 2 now are 0x10 and 0x40, both answered.
-        assert!(l.is_finished());
+        assert!(l.is_finished(now));
         assert_eq!(l.closest_succeeded(), vec![c(0x10), c(0x40)]);
         assert_eq!(l.finish_stats().hops, 2);
     }
@@ -443,7 +465,35 @@ mod tests {
         );
         // A late answer from the first still counts.
         l.on_success(&c(1).id, &[]);
-        assert!(!l.is_finished());
+        assert!(!l.is_finished(later));
+    }
+
+    #[test]
+    fn silent_tail_candidates_do_not_hold_up_the_end() {
+        let now = Instant::now();
+        let soft = Duration::from_millis(10);
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            2,
+            1,
+            3,
+            vec![c(1), c(2), c(3)],
+        );
+        assert_eq!(l.next(now, soft, 10), vec![c(1)]);
+        l.on_success(&c(1).id, &[]);
+        // Nothing closer: stalled, the rest of the k closest is asked at once.
+        assert_eq!(l.next(now, soft, 10), vec![c(2)]);
+        let later = now + Duration::from_millis(11);
+        assert!(!l.is_finished(now));
+        // c(2) stays silent past its soft deadline: skipped, c(3) takes its place.
+        assert_eq!(l.next(later, soft, 10), vec![c(3)]);
+        l.on_success(&c(3).id, &[]);
+        assert!(l.is_finished(later));
+        assert_eq!(l.closest_succeeded(), vec![c(1), c(3)]);
+        // A late answer still counts.
+        l.on_success(&c(2).id, &[]);
+        assert_eq!(l.closest_succeeded(), vec![c(1), c(2)]);
     }
 
     #[test]
@@ -488,7 +538,7 @@ mod tests {
         assert_eq!(l.next(t1, Duration::from_millis(10), 10), vec![c(1)]);
         l.on_failure(&c(1).id);
         // One failure with another request outstanding: still waiting.
-        assert!(!l.is_finished());
+        assert!(!l.is_finished(t1));
         l.on_failure(&c(1).id);
         // Third and last attempt.
         assert_eq!(l.next(t1, Duration::from_millis(10), 10), vec![c(1)]);
@@ -497,7 +547,7 @@ mod tests {
             l.next(t1 + Duration::from_secs(1), Duration::from_millis(10), 10)
                 .is_empty()
         );
-        assert!(l.is_finished());
+        assert!(l.is_finished(t1));
         assert!(l.closest_succeeded().is_empty());
         assert_eq!(l.stats().failures, 3);
         assert_eq!(l.stats().rpcs, 3);

@@ -630,6 +630,7 @@ impl Node {
             self.config.max_attempts,
             seeds,
         )
+        .with_patience(self.config.lookup_patience)
     }
 
     /// Adds a contact to the routing table as unverified (it becomes good once it answers).
@@ -1583,7 +1584,7 @@ impl Node {
         let Some(lookup) = q.lookup.as_mut() else {
             return;
         };
-        if lookup.is_finished() {
+        if lookup.is_finished(now) {
             return self.lookup_finished(now, qid);
         }
         let asks = lookup.next(now, soft, room);
@@ -1616,7 +1617,7 @@ impl Node {
             .queries
             .get(&qid)
             .and_then(|q| q.lookup.as_ref())
-            .is_some_and(Lookup::is_finished)
+            .is_some_and(|l| l.is_finished(now))
         {
             self.lookup_finished(now, qid);
         }
