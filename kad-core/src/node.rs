@@ -2010,9 +2010,11 @@ mod tests {
     #[test]
     fn query_and_in_flight_limits_hold() {
         let now = Instant::now();
-        let mut cfg = Config::default();
-        cfg.max_queries = 2;
-        cfg.max_in_flight = 3;
+        let cfg = Config {
+            max_queries: 2,
+            max_in_flight: 3,
+            ..Config::default()
+        };
         let mut a = node(1, cfg);
         for i in 2..40u8 {
             a.add_contact(
