@@ -1924,12 +1924,14 @@ mod tests {
     #[test]
     fn inbound_store_is_validated() {
         let now = Instant::now();
-        let mut cfg = Config::default();
-        cfg.max_value_len = 16;
-        cfg.wall_clock = Arc::new(crate::config::VirtualClock {
-            base: now,
-            epoch_ms: 1_000_000,
-        });
+        let cfg = Config {
+            max_value_len: 16,
+            wall_clock: Arc::new(crate::config::VirtualClock {
+                base: now,
+                epoch_ms: 1_000_000,
+            }),
+            ..Config::default()
+        };
         let mut a = Node::builder(cfg)
             .id(NodeId([1; 20]))
             .addrs(vec![PeerAddr::Mem(1)])
