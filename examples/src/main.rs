@@ -22,8 +22,10 @@ enum Command {
     ///
     /// Builds a network of --nodes nodes (each joins through a random earlier node), then runs
     /// --lookups FIND_NODE lookups for random targets from random live nodes. A lookup succeeds
-    /// when the first node it returns is the true closest live node to the target. Latencies are
-    /// virtual time. Identical arguments give identical results (except wall_s and peak_rss_mb).
+    /// when the first live node it returns is the true closest node to the target among those
+    /// alive for the whole lookup. Latencies are virtual time. Identical arguments give identical
+    /// results (except wall_s and peak_rss_mb). Errors exit with status 2 (with --json, also as
+    /// {"ok":false,"error":"..."} on stdout).
     Sim(SimArgs),
 }
 
@@ -61,10 +63,26 @@ struct SimArgs {
     json: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let json = match &cli.command {
+        Command::Sim(a) => a.json,
+    };
+    let r = match cli.command {
         Command::Sim(a) => sim(a),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": format!("{e:#}") })
+                );
+            }
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
     }
 }
 

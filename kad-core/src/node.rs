@@ -534,7 +534,17 @@ impl Node {
 
     /// Next output, or `None` when drained.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() {
+            // Give back what a burst grew, so that idle nodes stay small (matters at 100k nodes).
+            if self.outputs.capacity() > 16 {
+                self.outputs.shrink_to(16);
+            }
+            if self.in_flight.is_empty() && self.in_flight.capacity() > 32 {
+                self.in_flight.shrink_to_fit();
+            }
+        }
+        out
     }
 
     /// When the engine next needs [`Input::Timeout`].

@@ -168,6 +168,11 @@ impl RoutingTable {
             verified,
         };
         if bucket.entries.len() < k {
+            if bucket.entries.len() == bucket.entries.capacity() {
+                // Grow 4, 8, 16, ..., but never past k: a full bucket wastes no slots.
+                let len = bucket.entries.len();
+                bucket.entries.reserve_exact(len.max(4).min(k - len));
+            }
             bucket.entries.push(entry);
             if verified {
                 bucket.last_active = Some(now);
