@@ -118,9 +118,11 @@ fn now() -> Instant {
 }
 
 impl Dht {
-    /// Builds the node and spawns its actor task on the current tokio runtime. The node's
-    /// contact advertises the transports' local addresses unless the builder set addresses.
-    /// Without `Config::rng_seed`, the engine is seeded from the OS.
+    /// Builds the node and spawns its actor task on the current tokio runtime (call it from
+    /// within one). The node's contact advertises the transports' local addresses unless the
+    /// builder set addresses. Without `Config::rng_seed`, the engine is seeded from the OS.
+    /// Each transport is read by its own task; answers leave through the transport the peer
+    /// last wrote to, other messages through the first transport of the address's kind.
     pub fn spawn(
         mut builder: NodeBuilder,
         transports: Vec<Arc<dyn Transport>>,
@@ -145,15 +147,16 @@ impl Dht {
         let contact = node.contact().clone();
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
-        let (in_tx, in_rx) = mpsc::channel(4096);
+        let (in_tx, in_rx) = mpsc::channel(INBOX);
         let mut readers = Vec::new();
-        for t in &transports {
+        for (via, t) in transports.iter().enumerate() {
             let t = t.clone();
             let in_tx = in_tx.clone();
             readers.push(tokio::spawn(async move {
                 loop {
                     match t.recv().await {
-                        Ok(m) => {
+                        Ok((from, data)) => {
+                            let m = (from, data, via);
                             // A full inbox drops, like a socket buffer: the engine never blocks a reader.
                             if let Err(mpsc::error::TrySendError::Closed(_)) = in_tx.try_send(m) {
                                 break;
@@ -172,6 +175,7 @@ impl Dht {
             in_rx,
             events: events.clone(),
             waiting: HashMap::new(),
+            via: HashMap::new(),
         };
         tokio::spawn(async move {
             actor.run().await;
@@ -321,10 +325,18 @@ struct Actor {
     node: crate::node::Node,
     transports: Vec<Arc<dyn Transport>>,
     rx: mpsc::Receiver<Command>,
-    in_rx: mpsc::Receiver<(PeerAddr, Bytes)>,
+    in_rx: mpsc::Receiver<(PeerAddr, Bytes, usize)>,
     events: broadcast::Sender<Event>,
     waiting: HashMap<QueryId, oneshot::Sender<Result<QueryResult, CommandError>>>,
+    /// Which transport each peer last reached us through, so answers leave from the address
+    /// the peer wrote to (bounded: cleared when it reaches `VIA_CAP`).
+    via: HashMap<PeerAddr, usize>,
 }
+
+/// Messages received but not yet handled; beyond this, transports' messages are dropped.
+const INBOX: usize = 4096;
+/// Most peers whose inbound transport is remembered.
+const VIA_CAP: usize = 65_536;
 
 impl Actor {
     async fn run(mut self) {
@@ -343,7 +355,13 @@ impl Actor {
                     Some(Command::Shutdown(tx)) => { done = Some(tx); break; }
                     Some(cmd) => self.command(cmd),
                 },
-                Some((from, data)) = self.in_rx.recv() => {
+                Some((from, data, via)) = self.in_rx.recv() => {
+                    if self.transports.len() > 1 {
+                        if self.via.len() >= VIA_CAP {
+                            self.via.clear();
+                        }
+                        self.via.insert(from.clone(), via);
+                    }
                     self.node.handle_input(now(), Input::Datagram { from, data });
                 }
                 () = sleep => self.node.handle_input(now(), Input::Timeout),
@@ -395,7 +413,10 @@ impl Actor {
                         }
                     };
                     let kind = to.kind();
-                    let Some(t) = self.transports.iter().find(|t| t.kind() == kind) else {
+                    let known = self.via.get(&to).and_then(|i| self.transports.get(*i));
+                    let Some(t) =
+                        known.or_else(|| self.transports.iter().find(|t| t.kind() == kind))
+                    else {
                         trace!(peer = %to, "no transport for this address");
                         continue;
                     };

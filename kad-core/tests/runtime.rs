@@ -213,3 +213,36 @@ async fn bad_input_is_dropped_and_counted() {
     let pong = nodes[1].ping(target).await.unwrap();
     assert_eq!(pong.contact.id, nodes[0].id());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_listens_on_several_transports_and_answers_on_the_one_asked() {
+    let net = MemoryNetwork::new();
+    let t1 = Arc::new(net.transport(64));
+    let t2 = Arc::new(net.transport(64));
+    let (a1, a2) = (t1.local_addr(), t2.local_addr());
+    let a = Dht::spawn(Node::builder(config(1)), vec![t1, t2]).unwrap();
+    assert_eq!(a.contact().addrs.to_vec(), vec![a1.clone(), a2.clone()]);
+    let b = Dht::spawn(Node::builder(config(2)), vec![Arc::new(net.transport(64))]).unwrap();
+    let mut events = a.events();
+    for addr in [a1, a2] {
+        let pong = b.ping(addr).await.unwrap();
+        assert_eq!(pong.contact.id, a.id());
+    }
+    // The event stream carries what the node does: here, b stores a record on a.
+    b.bootstrap(vec![a.contact().addrs[1].clone()])
+        .await
+        .unwrap();
+    b.put(NodeId::from_bytes([3; 20]), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let stored = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Ok(kad_core::Event::RecordStored { key, from }) = events.recv().await {
+                return (key, from);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored, (NodeId::from_bytes([3; 20]), b.id()));
+}
