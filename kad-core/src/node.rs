@@ -408,6 +408,7 @@ impl NodeBuilder {
             next_maintenance: now + self.config.maintenance_interval,
             next_replicate: now + self.config.replicate_interval,
             own_records: BTreeMap::new(),
+            replicate_queue: VecDeque::new(),
             config: self.config,
         })
     }
@@ -450,7 +451,11 @@ pub struct Node {
     now: Instant,
     next_maintenance: Instant,
     next_replicate: Instant,
-    own_records: BTreeMap<Key, Instant>,
+    /// Records this node published, with when it last (re)published them; kept here, not only
+    /// in the store, so that an eviction cannot stop the republishing.
+    own_records: BTreeMap<Key, (Instant, Record)>,
+    /// Keys waiting for re-replication, drained a few per maintenance tick.
+    replicate_queue: VecDeque<Key>,
 }
 
 impl std::fmt::Debug for Node {
@@ -765,8 +770,8 @@ impl Node {
             unix,
             self.config.record_ttl.as_millis() as u64,
         );
-        let qid = self.put_record(now, record)?;
-        self.own_records.insert(key, now);
+        let qid = self.put_record(now, record.clone())?;
+        self.own_records.insert(key, (now, record));
         Ok(qid)
     }
 
@@ -1076,7 +1081,11 @@ impl Node {
         record.expires_at_ms = record.expires_at_ms.min(max_expiry);
         record.stored_at_ms = unix;
         if let Some(existing) = self.store.get(&record.key) {
-            if !existing.is_expired(unix) && existing.value != record.value {
+            if existing.value == record.value && existing.published_at_ms > record.published_at_ms {
+                // The same value with an older publish time: keep ours, refresh when we saw it.
+                record.published_at_ms = existing.published_at_ms;
+                record.expires_at_ms = existing.expires_at_ms;
+            } else if !existing.is_expired(unix) && existing.value != record.value {
                 let pick = self
                     .validator
                     .select(&record.key, &[existing, record.clone()]);
@@ -1525,32 +1534,58 @@ impl Node {
                 self.step_query(now, qid);
             }
         }
-        // Republish our own records before they expire.
+        // Republish our own records before they expire, with a fresh publish time.
         let due: Vec<Key> = self
             .own_records
             .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= self.config.republish_interval)
+            .filter(|(_, (t, _))| {
+                now.saturating_duration_since(*t) >= self.config.republish_interval
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in due {
-            let Some(mut r) = self.store.get(&key).or_else(|| None) else {
-                self.own_records.remove(&key);
+            let Some((_, mut r)) = self.own_records.remove(&key) else {
                 continue;
             };
             r.published_at_ms = unix;
             r.expires_at_ms = unix + self.config.record_ttl.as_millis() as u64;
-            if self.put_record(now, r).is_ok() {
-                self.own_records.insert(key, now);
-            }
+            // If the query table is full, try again at the next tick.
+            let t = if self.put_record(now, r.clone()).is_ok() {
+                now
+            } else {
+                now - self.config.republish_interval
+            };
+            self.own_records.insert(key, (t, r));
         }
-        // Re-replicate what we hold, keeping the original publish time.
-        if now >= self.next_replicate {
+        // Re-replicate what we hold to the current k closest, keeping the original publish time.
+        // A record some other holder re-stored here within the interval is skipped: that holder
+        // is replicating it (so in a stable network one holder per record does the work).
+        if now >= self.next_replicate && self.replicate_queue.is_empty() {
             self.next_replicate = now + self.config.replicate_interval;
-            let room = self.config.max_queries.saturating_sub(self.queries.len()) / 2;
-            for key in self.store.keys().into_iter().take(room) {
-                if let Some(r) = self.store.get(&key) {
-                    if !r.is_expired(unix) {
-                        let _ = self.put_record(now, r);
+            let fresh = unix.saturating_sub(self.config.replicate_interval.as_millis() as u64);
+            self.replicate_queue = self
+                .store
+                .keys()
+                .into_iter()
+                .filter(|k| {
+                    self.store
+                        .get(k)
+                        .is_some_and(|r| r.stored_at_ms <= fresh && !r.is_expired(unix))
+                })
+                .collect();
+        }
+        // A quarter of the free query slots per tick.
+        let room = self.config.max_queries.saturating_sub(self.queries.len()) / 4;
+        for _ in 0..room.max(1) {
+            let Some(key) = self.replicate_queue.pop_front() else {
+                break;
+            };
+            if let Some(mut r) = self.store.get(&key) {
+                if !r.is_expired(unix) {
+                    r.stored_at_ms = 0;
+                    if self.put_record(now, r).is_err() {
+                        self.replicate_queue.push_front(key);
+                        break;
                     }
                 }
             }

@@ -223,3 +223,48 @@ fn a_partition_hides_the_other_side_until_healed() {
     };
     assert_eq!(o.closest[0].id, target);
 }
+
+#[test]
+fn publishers_republish_their_records_before_they_expire() {
+    let mut cfg = Config::default();
+    cfg.record_ttl = Duration::from_secs(2 * 3600);
+    cfg.republish_interval = Duration::from_secs(3600);
+    let mut sim = Sim::new(8, LinkModel::default(), Instant::now());
+    let first = sim.add_node(cfg.clone());
+    let c0 = sim.node(first).unwrap().contact().clone();
+    for _ in 1..25 {
+        let n = sim.add_node(cfg.clone());
+        let c = c0.clone();
+        sim.command(n, |node, now| node.bootstrap_with(now, vec![c]))
+            .unwrap()
+            .unwrap();
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_secs(5));
+    let key = NodeId::from_bytes([0x77; 20]);
+    let q = sim
+        .command(4, |n, now| n.put(now, key, "mine".into()))
+        .unwrap()
+        .unwrap();
+    let QueryResult::Put(Ok(_)) = wait_for(&mut sim, 4, q) else {
+        panic!("put failed")
+    };
+    let first_publish = sim
+        .node(7)
+        .unwrap()
+        .store()
+        .get(&key)
+        .map(|r| r.published_at_ms);
+    // Three hours later, well past the 2 h TTL, the record lives on with a newer publish time.
+    sim.run_for(Duration::from_secs(3 * 3600));
+    let now_ms = sim.node(4).unwrap().unix_ms(sim.now());
+    let held: Vec<_> = sim
+        .alive()
+        .filter_map(|i| sim.node(i).unwrap().store().get(&key))
+        .collect();
+    assert!(held.len() >= 20, "held by {}", held.len());
+    assert!(
+        held.iter()
+            .all(|r| !r.is_expired(now_ms) && Some(r.published_at_ms) > first_publish)
+    );
+}
