@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::id::{Key, NodeId};
 use crate::lookup::{Lookup, LookupStats};
 use crate::message::{Body, Message, Request, Response, RpcError, TxnId};
-use crate::plugin::{Action, Plugin, PluginCx, PluginResponse, Reply, RequestId};
+use crate::plugin::{Action, Dest, Plugin, PluginCx, PluginResponse, Reply, RequestId};
 use crate::record::{AcceptAll, MemoryStore, Record, RecordStore, RecordValidator, StoreError};
 use crate::routing::{InsertOutcome, RoutingParams, RoutingSnapshot, RoutingTable};
 use crate::stats::Stats;
@@ -1179,30 +1179,20 @@ impl Node {
                     method,
                     params,
                 } => {
-                    if !self.send_to_contact(
-                        now,
-                        &to,
-                        Request::Custom { method, params },
-                        PendingKind::Plugin { plugin: idx, id },
-                    ) {
-                        self.with_plugin(now, idx, |p, cx| {
-                            p.on_response(cx, id, PluginResponse::Timeout)
-                        });
-                    }
-                }
-                Action::SendAddr {
-                    id,
-                    to,
-                    method,
-                    params,
-                } => {
-                    if !self.send_request(
-                        now,
-                        to,
-                        None,
-                        Request::Custom { method, params },
-                        PendingKind::Plugin { plugin: idx, id },
-                    ) {
+                    let (addr, expected) = match to {
+                        Dest::Contact(c) => (
+                            c.addr_for(&self.config.transport_preference).cloned(),
+                            Some(c.id),
+                        ),
+                        Dest::Addr(a) => (Some(a), None),
+                    };
+                    let req = Request::Custom { method, params };
+                    let kind = PendingKind::Plugin { plugin: idx, id };
+                    let sent = match addr {
+                        Some(a) => self.send_request(now, a, expected, req, kind),
+                        None => false,
+                    };
+                    if !sent {
                         self.with_plugin(now, idx, |p, cx| {
                             p.on_response(cx, id, PluginResponse::Timeout)
                         });

@@ -54,16 +54,16 @@ pub enum PluginResponse {
     Timeout,
 }
 
+/// Where a plugin's request goes: a known node, or an address whose node id is not known yet.
+pub(crate) enum Dest {
+    Contact(Contact),
+    Addr(PeerAddr),
+}
+
 pub(crate) enum Action {
     Send {
         id: RequestId,
-        to: Contact,
-        method: String,
-        params: Bytes,
-    },
-    SendAddr {
-        id: RequestId,
-        to: PeerAddr,
+        to: Dest,
         method: String,
         params: Bytes,
     },
@@ -133,7 +133,7 @@ impl PluginCx<'_> {
         *self.next_request += 1;
         self.actions.push(Action::Send {
             id,
-            to,
+            to: Dest::Contact(to),
             method: method.into(),
             params,
         });
@@ -148,9 +148,9 @@ impl PluginCx<'_> {
     ) -> RequestId {
         let id = RequestId(*self.next_request);
         *self.next_request += 1;
-        self.actions.push(Action::SendAddr {
+        self.actions.push(Action::Send {
             id,
-            to,
+            to: Dest::Addr(to),
             method: method.into(),
             params,
         });

@@ -29,7 +29,7 @@ use crate::addr::{Contact, PeerAddr};
 use crate::config::{Config, VirtualClock};
 use crate::id::NodeId;
 use crate::message::{Body, Message};
-use crate::node::{Event, Input, Node, Output, QueryId, QueryResult};
+use crate::node::{Event, Input, Node, NodeBuilder, Output, QueryId, QueryResult};
 
 /// The link model between simulated nodes.
 #[derive(Clone, Debug)]
@@ -186,7 +186,16 @@ impl Sim {
 
     /// Adds a node with `config` (its RNG seed, wall clock and id are set by the simulator).
     /// Returns its index; its address is `mem://INDEX`.
-    pub fn add_node(&mut self, mut config: Config) -> usize {
+    pub fn add_node(&mut self, config: Config) -> usize {
+        self.add_node_with(config, |b| b)
+    }
+
+    /// Like [`add_node`](Self::add_node), letting `build` add plugins, a store or a validator.
+    pub fn add_node_with(
+        &mut self,
+        mut config: Config,
+        build: impl FnOnce(NodeBuilder) -> NodeBuilder,
+    ) -> usize {
         let idx = self.nodes.len();
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.seed.to_le_bytes());
@@ -197,11 +206,13 @@ impl Sim {
             epoch_ms: self.epoch_ms,
         });
         let id = NodeId::random(&mut self.rng);
-        let node = Node::builder(config)
-            .id(id)
-            .addrs(vec![PeerAddr::Mem(idx as u64)])
-            .build(self.now)
-            .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
+        let node = build(
+            Node::builder(config)
+                .id(id)
+                .addrs(vec![PeerAddr::Mem(idx as u64)]),
+        )
+        .build(self.now)
+        .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
         self.nodes.push(SimNode {
             retries: 0,
             joined_at: self.now,

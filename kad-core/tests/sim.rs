@@ -67,13 +67,17 @@ fn lossy_and_churning_networks_still_find_the_closest() {
     assert!(r.success_rate >= 0.97, "{r:?}");
 }
 
-/// Builds `n` nodes by hand in a `Sim`, all joined through node 0.
+/// Builds `n` nodes by hand in a `Sim`, all joined through node 0, then runs 5 s.
 fn hand_network(n: usize, seed: u64) -> Sim {
+    hand_network_with(n, seed, &Config::default())
+}
+
+fn hand_network_with(n: usize, seed: u64, cfg: &Config) -> Sim {
     let mut sim = Sim::new(seed, LinkModel::default(), Instant::now());
-    let first = sim.add_node(Config::default());
+    let first = sim.add_node(cfg.clone());
     let seed_contact = sim.node(first).unwrap().contact().clone();
     for _ in 1..n {
-        let i = sim.add_node(Config::default());
+        let i = sim.add_node(cfg.clone());
         let c = seed_contact.clone();
         sim.command(i, |node, now| node.bootstrap_with(now, vec![c]))
             .unwrap()
@@ -141,20 +145,7 @@ fn records_replicate_to_the_closest_and_survive_their_publisher() {
 fn records_expire_and_hourly_replication_keeps_publish_time() {
     let mut cfg = Config::default();
     cfg.record_ttl = Duration::from_secs(3 * 3600);
-    let mut sim = Sim::new(5, LinkModel::default(), Instant::now());
-    let mut idx = Vec::new();
-    for i in 0..30 {
-        let n = sim.add_node(cfg.clone());
-        if i > 0 {
-            let c = sim.node(idx[0]).unwrap().contact().clone();
-            sim.command(n, |node, now| node.bootstrap_with(now, vec![c]))
-                .unwrap()
-                .unwrap();
-        }
-        idx.push(n);
-        sim.run_for(Duration::from_millis(10));
-    }
-    sim.run_for(Duration::from_secs(5));
+    let mut sim = hand_network_with(30, 5, &cfg);
     let key = NodeId::from_bytes([0x11; 20]);
     // A record published by a node that then leaves: nobody republishes it.
     let rec = kad_core::Record::new(
@@ -229,18 +220,7 @@ fn publishers_republish_their_records_before_they_expire() {
     let mut cfg = Config::default();
     cfg.record_ttl = Duration::from_secs(2 * 3600);
     cfg.republish_interval = Duration::from_secs(3600);
-    let mut sim = Sim::new(8, LinkModel::default(), Instant::now());
-    let first = sim.add_node(cfg.clone());
-    let c0 = sim.node(first).unwrap().contact().clone();
-    for _ in 1..25 {
-        let n = sim.add_node(cfg.clone());
-        let c = c0.clone();
-        sim.command(n, |node, now| node.bootstrap_with(now, vec![c]))
-            .unwrap()
-            .unwrap();
-        sim.run_for(Duration::from_millis(10));
-    }
-    sim.run_for(Duration::from_secs(5));
+    let mut sim = hand_network_with(25, 8, &cfg);
     let key = NodeId::from_bytes([0x77; 20]);
     let q = sim
         .command(4, |n, now| n.put(now, key, "mine".into()))
@@ -267,4 +247,152 @@ fn publishers_republish_their_records_before_they_expire() {
         held.iter()
             .all(|r| !r.is_expired(now_ms) && Some(r.published_at_ms) > first_publish)
     );
+}
+
+/// A plugin that answers `probe.GET` with its own id plus the contacts closest to the target in
+/// the parameters, and, on its timer, both asks one peer directly and runs a lookup of its own.
+struct Probe {
+    due: Option<Instant>,
+    answers: usize,
+}
+
+impl kad_core::Plugin for Probe {
+    fn namespace(&self) -> &'static str {
+        "probe"
+    }
+    fn on_request(
+        &mut self,
+        cx: &mut kad_core::PluginCx<'_>,
+        _from: &kad_core::Contact,
+        _m: &str,
+        params: &bytes::Bytes,
+    ) -> kad_core::Reply {
+        let Some(target) = NodeId::from_slice(params) else {
+            return kad_core::Reply::Error(kad_core::RpcError::new(
+                kad_core::RpcError::INVALID_PARAMS,
+                "need 20 bytes",
+            ));
+        };
+        let me = bytes::Bytes::copy_from_slice(cx.local().id.as_bytes());
+        kad_core::Reply::WithNodes(me, cx.closest(&target, cx.k()))
+    }
+    fn next_timeout(&self) -> Option<Instant> {
+        self.due
+    }
+    fn on_timeout(&mut self, cx: &mut kad_core::PluginCx<'_>) {
+        self.due = None;
+        let target = NodeId::from_bytes([0x42; 20]);
+        let param = bytes::Bytes::copy_from_slice(target.as_bytes());
+        let peer = cx.closest(&target, 1).remove(0);
+        cx.send_request(peer, "probe.GET", param.clone());
+        cx.send_request(
+            cx.closest(&target, 2).remove(1),
+            "probe.GET",
+            bytes::Bytes::from_static(b"short"),
+        );
+        cx.start_lookup(target, "probe.GET", param);
+    }
+    fn on_response(
+        &mut self,
+        cx: &mut kad_core::PluginCx<'_>,
+        _id: kad_core::RequestId,
+        r: kad_core::PluginResponse,
+    ) {
+        match r {
+            kad_core::PluginResponse::Ok {
+                from,
+                result,
+                nodes,
+            } => {
+                assert_eq!(&result[..], from.id.as_bytes());
+                assert!(!nodes.is_empty());
+                cx.emit("response", result);
+            }
+            kad_core::PluginResponse::Remote(e) => cx.emit("error", e.code.to_string().into()),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn on_lookup_response(
+        &mut self,
+        _cx: &mut kad_core::PluginCx<'_>,
+        _q: kad_core::QueryId,
+        from: &kad_core::Contact,
+        result: &bytes::Bytes,
+    ) {
+        assert_eq!(&result[..], from.id.as_bytes());
+        self.answers += 1;
+    }
+    fn on_lookup_done(
+        &mut self,
+        cx: &mut kad_core::PluginCx<'_>,
+        _q: kad_core::QueryId,
+        closest: &[kad_core::Contact],
+        stats: &kad_core::LookupStats,
+    ) {
+        assert_eq!(self.answers as u32, stats.responses);
+        cx.emit(
+            "lookup_done",
+            bytes::Bytes::copy_from_slice(closest[0].id.as_bytes()),
+        );
+    }
+}
+
+#[test]
+fn plugins_send_requests_run_lookups_and_emit_events() {
+    let mut sim = Sim::new(21, LinkModel::default(), Instant::now());
+    let due = sim.now() + Duration::from_secs(10);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let n = sim.add_node_with(Config::default(), |b| {
+            b.plugin(Box::new(Probe {
+                due: (i == 0).then_some(due),
+                answers: 0,
+            }))
+        });
+        if i > 0 {
+            let c = sim.node(0).unwrap().contact().clone();
+            sim.command(n, |node, now| node.bootstrap_with(now, vec![c]))
+                .unwrap()
+                .unwrap();
+        }
+        ids.push(sim.node(n).unwrap().id());
+        sim.run_for(Duration::from_millis(20));
+    }
+    sim.run_for(Duration::from_secs(15));
+    let mut names = Vec::new();
+    let mut lookup_result = None;
+    while let Some((i, ev)) = sim.poll_event() {
+        match ev {
+            Event::Plugin {
+                namespace: "probe",
+                name,
+                data,
+            } => {
+                assert_eq!(i, 0);
+                names.push((name, data));
+            }
+            Event::QueryDone {
+                result: QueryResult::PluginLookup(o),
+                ..
+            } => lookup_result = Some(o),
+            _ => {}
+        }
+    }
+    let target = NodeId::from_bytes([0x42; 20]);
+    let truth = ids[1..]
+        .iter()
+        .min_by_key(|id| id.distance(&target))
+        .copied()
+        .unwrap();
+    let o = lookup_result.expect("the plugin lookup finished");
+    assert_eq!(o.closest[0].id, truth);
+    let find = |n: &str| {
+        names
+            .iter()
+            .find(|(name, _)| name == n)
+            .map(|(_, d)| d.clone())
+    };
+    assert!(find("response").is_some(), "{names:?}");
+    assert_eq!(find("error").as_deref(), Some(&b"-32602"[..]));
+    assert_eq!(find("lookup_done").as_deref(), Some(&truth.as_bytes()[..]));
 }
