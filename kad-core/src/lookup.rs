@@ -161,6 +161,16 @@ impl Lookup {
     /// little longer), so one lost packet costs a soft timeout, not a hard one. Other candidates
     /// get two attempts, the second after a hard timeout.
     pub fn next(&mut self, now: Instant, soft_timeout: Duration, room: usize) -> Vec<Contact> {
+        self.next_with(now, |_| soft_timeout, room)
+    }
+
+    /// Like [`next`](Self::next), with a soft timeout per contact (from its own measured RTT).
+    pub fn next_with(
+        &mut self,
+        now: Instant,
+        soft_for: impl Fn(&Contact) -> Duration,
+        room: usize,
+    ) -> Vec<Contact> {
         let parallelism = if self.stalled { self.k } else { self.alpha };
         let mut active = 0;
         let mut out = Vec::new();
@@ -186,7 +196,7 @@ impl Lookup {
                     } else if cand.attempts < self.max_attempts && out.len() < room {
                         cand.attempts += 1;
                         cand.outstanding += 1;
-                        let wait = soft_timeout * u32::from(cand.attempts);
+                        let wait = soft_for(&cand.contact) * u32::from(cand.attempts);
                         cand.state = State::Waiting {
                             soft_deadline: now + wait,
                         };
@@ -197,7 +207,7 @@ impl Lookup {
                     if active < parallelism && out.len() < room {
                         cand.attempts += 1;
                         cand.outstanding += 1;
-                        let wait = soft_timeout * u32::from(cand.attempts);
+                        let wait = soft_for(&cand.contact) * u32::from(cand.attempts);
                         cand.state = State::Waiting {
                             soft_deadline: now + wait,
                         };

@@ -1,0 +1,89 @@
+//! The `kad` binary as a user runs it.
+
+use std::process::Command;
+
+fn kad(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kad"))
+        .args(args)
+        .output()
+        .expect("run kad");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sim_json_is_one_object_with_every_field_and_is_reproducible() {
+    let args = [
+        "sim",
+        "--nodes",
+        "300",
+        "--lookups",
+        "60",
+        "--loss",
+        "0.05",
+        "--jitter-ms",
+        "10",
+        "--churn",
+        "0.1",
+        "--seed",
+        "9",
+        "--json",
+    ];
+    let (code, a, _) = kad(&args);
+    assert_eq!(code, 0);
+    assert_eq!(a.trim().lines().count(), 1, "exactly one JSON line: {a}");
+    let mut a: serde_json::Value = serde_json::from_str(&a).unwrap();
+    for f in [
+        "nodes",
+        "lookups",
+        "k",
+        "alpha",
+        "seed",
+        "success_rate",
+        "hops_p50",
+        "hops_p90",
+        "hops_max",
+        "rpcs_per_lookup_p50",
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "latency_ms_p99",
+        "wall_s",
+        "peak_rss_mb",
+    ] {
+        assert!(a.get(f).is_some(), "missing field {f}");
+    }
+    assert_eq!(a["nodes"], 300);
+    assert!(a["success_rate"].as_f64().unwrap() > 0.9);
+    let (_, b, _) = kad(&args);
+    let mut b: serde_json::Value = serde_json::from_str(&b).unwrap();
+    for v in [&mut a, &mut b] {
+        let o = v.as_object_mut().unwrap();
+        o.remove("wall_s");
+        o.remove("peak_rss_mb");
+    }
+    assert_eq!(a, b, "same arguments, same result");
+}
+
+#[test]
+fn bad_arguments_name_the_flag_and_the_limit() {
+    let (code, out, err) = kad(&["sim", "--loss", "1.5", "--json"]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("--loss = 1.5"));
+    assert!(err.contains("between 0 and 0.95"), "{err}");
+    let (code, _, err) = kad(&["sim", "--nodes", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--nodes = 1"), "{err}");
+}
+
+#[test]
+fn sim_table_output_is_readable() {
+    let (code, out, _) = kad(&["sim", "--nodes", "200", "--lookups", "20"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("success rate"), "{out}");
+    assert!(out.contains("latency p50 / p90 / p99"), "{out}");
+}
