@@ -2101,4 +2101,71 @@ mod tests {
         assert!(done.contains(&q1) && done.contains(&q2));
         assert!(a.stats().timeouts > 0);
     }
+
+    #[test]
+    fn held_records_are_replicated_hourly_unless_recently_restored() {
+        let t0 = Instant::now();
+        let cfg = Config {
+            wall_clock: Arc::new(crate::config::VirtualClock {
+                base: t0,
+                epoch_ms: 1_000_000_000,
+            }),
+            ..Config::default()
+        };
+        let mut a = Node::builder(cfg)
+            .id(NodeId([1; 20]))
+            .addrs(vec![PeerAddr::Mem(1)])
+            .build(t0)
+            .unwrap();
+        for i in 2..10u8 {
+            a.add_contact(
+                t0,
+                Contact::new(NodeId([i; 20]), PeerAddr::Mem(u64::from(i))),
+            );
+        }
+        let peer = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+        let store = |a: &mut Node, now: Instant, key: NodeId| {
+            let rec = Record::new(key, "v", Some(peer.id), a.unix_ms(now), 86_400_000);
+            let msg = Message {
+                txn: TxnId::from_bytes(vec![7]),
+                sender: peer.clone(),
+                recipient: None,
+                read_only: false,
+                body: Body::Request(Request::Store { record: rec }),
+            };
+            a.handle_input(
+                now,
+                Input::Message {
+                    from: PeerAddr::Mem(2),
+                    msg,
+                },
+            );
+            sends(a);
+        };
+        let (k1, k2) = (NodeId([0x71; 20]), NodeId([0x72; 20]));
+        store(&mut a, t0, k1);
+        store(&mut a, t0, k2);
+        // k2 is stored again half an hour later by another holder replicating it.
+        store(&mut a, t0 + Duration::from_secs(1800), k2);
+        // Drive maintenance past the hour; watch which keys our puts look up.
+        let mut looked_up = std::collections::BTreeSet::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(3600 + 180) {
+            t += Duration::from_secs(30);
+            a.handle_input(t, Input::Timeout);
+            for (_, m) in sends(&mut a) {
+                if let Body::Request(Request::FindNode { target }) = m.body {
+                    looked_up.insert(target);
+                }
+            }
+        }
+        assert!(
+            looked_up.contains(&k1),
+            "k1, stored an hour ago, is re-replicated"
+        );
+        assert!(
+            !looked_up.contains(&k2),
+            "k2 was re-stored within the hour: another holder replicates it"
+        );
+    }
 }
