@@ -1872,6 +1872,30 @@ mod tests {
         v
     }
 
+    /// Delivers a STORE of `rec` from `peer` (at `mem://2`) to `a` and returns the answer.
+    fn store_from(a: &mut Node, now: Instant, peer: &Contact, rec: Record) -> Result<(), RpcError> {
+        let body = Body::Request(Request::Store { record: rec });
+        let msg = Message {
+            txn: TxnId::from_bytes(vec![7]),
+            sender: peer.clone(),
+            recipient: None,
+            read_only: false,
+            body,
+        };
+        a.handle_input(
+            now,
+            Input::Message {
+                from: PeerAddr::Mem(2),
+                msg,
+            },
+        );
+        match sends(a).pop().map(|(_, m)| m.body) {
+            Some(Body::Response(Response::Stored)) => Ok(()),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
     fn answer(msg: &Message, from: &Contact, body: Body) -> Message {
         Message {
             txn: msg.txn.clone(),
@@ -1984,27 +2008,7 @@ mod tests {
             .unwrap();
         let peer = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
         let key = NodeId([7; 20]);
-        let store = |a: &mut Node, rec: Record| {
-            let msg = Message {
-                txn: TxnId::from_bytes(vec![1]),
-                sender: peer.clone(),
-                recipient: None,
-                read_only: false,
-                body: Body::Request(Request::Store { record: rec }),
-            };
-            a.handle_input(
-                now,
-                Input::Message {
-                    from: PeerAddr::Mem(2),
-                    msg,
-                },
-            );
-            match sends(a).pop().unwrap().1.body {
-                Body::Response(Response::Stored) => Ok(()),
-                Body::Error(e) => Err(e),
-                other => panic!("{other:?}"),
-            }
-        };
+        let store = |a: &mut Node, rec: Record| store_from(a, now, &peer, rec);
         let day = 86_400_000;
         assert_eq!(
             store(
@@ -2126,21 +2130,7 @@ mod tests {
         let peer = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
         let store = |a: &mut Node, now: Instant, key: NodeId| {
             let rec = Record::new(key, "v", Some(peer.id), a.unix_ms(now), 86_400_000);
-            let msg = Message {
-                txn: TxnId::from_bytes(vec![7]),
-                sender: peer.clone(),
-                recipient: None,
-                read_only: false,
-                body: Body::Request(Request::Store { record: rec }),
-            };
-            a.handle_input(
-                now,
-                Input::Message {
-                    from: PeerAddr::Mem(2),
-                    msg,
-                },
-            );
-            sends(a);
+            store_from(a, now, &peer, rec).unwrap();
         };
         let (k1, k2) = (NodeId([0x71; 20]), NodeId([0x72; 20]));
         store(&mut a, t0, k1);

@@ -89,6 +89,18 @@ fn hand_network_with(n: usize, seed: u64, cfg: &Config) -> Sim {
     sim
 }
 
+/// Node `node` publishes `value` under `key`; returns how many stored it.
+fn put_and_wait(sim: &mut Sim, node: usize, key: NodeId, value: &'static str) -> usize {
+    let q = sim
+        .command(node, |n, now| n.put(now, key, value.into()))
+        .unwrap()
+        .unwrap();
+    match wait_for(sim, node, q) {
+        QueryResult::Put(Ok(p)) => p.stored,
+        other => panic!("put failed: {other:?}"),
+    }
+}
+
 fn wait_for(sim: &mut Sim, node: usize, id: kad_core::QueryId) -> QueryResult {
     for _ in 0..600 {
         sim.run_for(Duration::from_millis(100));
@@ -107,14 +119,8 @@ fn wait_for(sim: &mut Sim, node: usize, id: kad_core::QueryId) -> QueryResult {
 fn records_replicate_to_the_closest_and_survive_their_publisher() {
     let mut sim = hand_network(150, 3);
     let key = NodeId::from_bytes([0x5A; 20]);
-    let q = sim
-        .command(10, |n, now| n.put(now, key, "v1".into()))
-        .unwrap()
-        .unwrap();
-    let QueryResult::Put(Ok(p)) = wait_for(&mut sim, 10, q) else {
-        panic!("put failed")
-    };
-    assert!(p.stored >= 18, "{p:?}");
+    let stored = put_and_wait(&mut sim, 10, key, "v1");
+    assert!(stored >= 18, "stored on {stored}");
     // The holders are the nodes closest to the key.
     let mut ids: Vec<(NodeId, usize)> = sim
         .alive()
@@ -222,13 +228,7 @@ fn publishers_republish_their_records_before_they_expire() {
     cfg.republish_interval = Duration::from_secs(3600);
     let mut sim = hand_network_with(25, 8, &cfg);
     let key = NodeId::from_bytes([0x77; 20]);
-    let q = sim
-        .command(4, |n, now| n.put(now, key, "mine".into()))
-        .unwrap()
-        .unwrap();
-    let QueryResult::Put(Ok(_)) = wait_for(&mut sim, 4, q) else {
-        panic!("put failed")
-    };
+    put_and_wait(&mut sim, 4, key, "mine");
     let first_publish = sim
         .node(7)
         .unwrap()
