@@ -1896,6 +1896,16 @@ mod tests {
         }
     }
 
+    fn deliver(a: &mut Node, now: Instant, from: u64, msg: Message) {
+        a.handle_input(
+            now,
+            Input::Message {
+                from: PeerAddr::Mem(from),
+                msg,
+            },
+        );
+    }
+
     fn answer(msg: &Message, from: &Contact, body: Body) -> Message {
         Message {
             txn: msg.txn.clone(),
@@ -1916,56 +1926,22 @@ mod tests {
         assert_eq!(to, PeerAddr::Mem(2));
         // From the right address but claiming another id.
         let impostor = Contact::new(NodeId([3; 20]), PeerAddr::Mem(2));
-        let rsp = answer(
-            &req,
-            &impostor,
-            Body::Response(Response::Custom {
-                result: Bytes::new(),
-                nodes: vec![],
-            }),
-        );
-        a.handle_input(
-            now,
-            Input::Message {
-                from: PeerAddr::Mem(2),
-                msg: rsp,
-            },
-        );
+        let empty = Body::Response(Response::Custom {
+            result: Bytes::new(),
+            nodes: vec![],
+        });
+        let rsp = answer(&req, &impostor, empty.clone());
+        deliver(&mut a, now, 2, rsp);
         assert_eq!(a.stats().dropped_wrong_peer, 1);
         // The right id from another address.
-        let rsp = answer(
-            &req,
-            &b,
-            Body::Response(Response::Custom {
-                result: Bytes::new(),
-                nodes: vec![],
-            }),
-        );
-        a.handle_input(
-            now,
-            Input::Message {
-                from: PeerAddr::Mem(9),
-                msg: rsp.clone(),
-            },
-        );
+        let rsp = answer(&req, &b, empty);
+        deliver(&mut a, now, 9, rsp.clone());
         assert_eq!(a.stats().dropped_unknown_txn, 1);
         // The real answer still completes the call; a replay of it is then unknown.
-        a.handle_input(
-            now,
-            Input::Message {
-                from: PeerAddr::Mem(2),
-                msg: rsp.clone(),
-            },
-        );
+        deliver(&mut a, now, 2, rsp.clone());
         let done = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Event(Event::QueryDone { id, result: QueryResult::Call(Ok(_)) }) if id == q));
         assert!(done);
-        a.handle_input(
-            now,
-            Input::Message {
-                from: PeerAddr::Mem(2),
-                msg: rsp,
-            },
-        );
+        deliver(&mut a, now, 2, rsp);
         assert_eq!(a.stats().dropped_unknown_txn, 2);
         // Undecodable bytes are counted too.
         a.handle_input(

@@ -101,6 +101,18 @@ fn put_and_wait(sim: &mut Sim, node: usize, key: NodeId, value: &'static str) ->
     }
 }
 
+/// Node `node` looks up `target`; returns the outcome.
+fn find_and_wait(sim: &mut Sim, node: usize, target: NodeId) -> kad_core::LookupOutcome {
+    let q = sim
+        .command(node, |n, now| n.find_node(now, target))
+        .unwrap()
+        .unwrap();
+    match wait_for(sim, node, q) {
+        QueryResult::FindNode(Ok(o)) => o,
+        other => panic!("lookup failed: {other:?}"),
+    }
+}
+
 fn wait_for(sim: &mut Sim, node: usize, id: kad_core::QueryId) -> QueryResult {
     for _ in 0..600 {
         sim.run_for(Duration::from_millis(100));
@@ -198,26 +210,14 @@ fn a_partition_hides_the_other_side_until_healed() {
     sim.partition(|i| (i % 2) as u32);
     let target_idx = 41; // odd
     let target = sim.node(target_idx).unwrap().id();
-    let q = sim
-        .command(40, |n, now| n.find_node(now, target))
-        .unwrap()
-        .unwrap();
-    let QueryResult::FindNode(Ok(o)) = wait_for(&mut sim, 40, q) else {
-        panic!()
-    };
+    let o = find_and_wait(&mut sim, 40, target);
     assert!(
         o.closest.iter().all(|c| c.id != target),
         "a partitioned node was reached"
     );
     assert!(sim.stats().partitioned > 0);
     sim.heal();
-    let q = sim
-        .command(40, |n, now| n.find_node(now, target))
-        .unwrap()
-        .unwrap();
-    let QueryResult::FindNode(Ok(o)) = wait_for(&mut sim, 40, q) else {
-        panic!()
-    };
+    let o = find_and_wait(&mut sim, 40, target);
     assert_eq!(o.closest[0].id, target);
 }
 
