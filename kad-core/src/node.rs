@@ -1854,6 +1854,14 @@ mod tests {
     use super::*;
     use crate::record::Rejected;
 
+    /// The default config with a wall clock that reads `epoch_ms` at `base`.
+    fn virtual_config(base: Instant, epoch_ms: u64) -> Config {
+        Config {
+            wall_clock: Arc::new(crate::config::VirtualClock { base, epoch_ms }),
+            ..Config::default()
+        }
+    }
+
     fn node(b: u8, cfg: Config) -> Node {
         Node::builder(cfg)
             .id(NodeId([b; 20]))
@@ -1970,11 +1978,7 @@ mod tests {
         let now = Instant::now();
         let cfg = Config {
             max_value_len: 16,
-            wall_clock: Arc::new(crate::config::VirtualClock {
-                base: now,
-                epoch_ms: 1_000_000,
-            }),
-            ..Config::default()
+            ..virtual_config(now, 1_000_000)
         };
         let mut a = Node::builder(cfg)
             .id(NodeId([1; 20]))
@@ -2085,18 +2089,7 @@ mod tests {
     #[test]
     fn held_records_are_replicated_hourly_unless_recently_restored() {
         let t0 = Instant::now();
-        let cfg = Config {
-            wall_clock: Arc::new(crate::config::VirtualClock {
-                base: t0,
-                epoch_ms: 1_000_000_000,
-            }),
-            ..Config::default()
-        };
-        let mut a = Node::builder(cfg)
-            .id(NodeId([1; 20]))
-            .addrs(vec![PeerAddr::Mem(1)])
-            .build(t0)
-            .unwrap();
+        let mut a = node(1, virtual_config(t0, 1_000_000_000));
         for i in 2..10u8 {
             a.add_contact(
                 t0,
@@ -2133,5 +2126,141 @@ mod tests {
             !looked_up.contains(&k2),
             "k2 was re-stored within the hour: another holder replicates it"
         );
+    }
+
+    #[test]
+    fn a_full_bucket_pings_its_stalest_contact_before_evicting_it() {
+        let t0 = Instant::now();
+        let mut a = node(
+            1,
+            Config {
+                k: 1,
+                ..Config::default()
+            },
+        );
+        // 0x81.. and 0x82.. fall in the same bucket (159) of 0x01..: with k = 1 it holds one.
+        let old = Contact::new(NodeId([0x81; 20]), PeerAddr::Mem(81));
+        let new = Contact::new(NodeId([0x82; 20]), PeerAddr::Mem(82));
+        let ping_from = |a: &mut Node, now: Instant, c: &Contact| {
+            let PeerAddr::Mem(from) = c.addrs[0] else {
+                unreachable!()
+            };
+            let body = Body::Request(Request::Ping);
+            let msg = Message {
+                txn: TxnId::from_bytes(vec![5]),
+                sender: c.clone(),
+                recipient: None,
+                read_only: false,
+                body,
+            };
+            deliver(a, now, from, msg);
+            sends(a)
+        };
+        ping_from(&mut a, t0, &old);
+        assert!(a.routing_table().get(&old.id).is_some());
+        // Twenty minutes later `old` is questionable; a newcomer makes the node ping it.
+        let t1 = t0 + Duration::from_secs(20 * 60);
+        let out = ping_from(&mut a, t1, &new);
+        let pings: Vec<_> = out
+            .iter()
+            .filter(|(_, m)| matches!(m.body, Body::Request(Request::Ping)))
+            .collect();
+        assert_eq!(pings.len(), 1);
+        assert_eq!(pings[0].0, PeerAddr::Mem(81));
+        assert!(
+            a.routing_table().get(&new.id).is_none(),
+            "the newcomer waits in the replacement cache"
+        );
+        // `old` answers: it stays, the newcomer stays a replacement.
+        let pong = answer(&pings[0].1, &old, Body::Response(Response::Pong));
+        deliver(&mut a, t1, 81, pong);
+        assert!(
+            a.routing_table().get(&old.id).is_some() && a.routing_table().get(&new.id).is_none()
+        );
+        // Later it goes silent: the next newcomer's ping times out twice (max_failures), and the
+        // freshest replacement takes its place.
+        let t2 = t1 + Duration::from_secs(20 * 60);
+        let out = ping_from(&mut a, t2, &new);
+        assert!(
+            out.iter().any(|(to, m)| *to == PeerAddr::Mem(81)
+                && matches!(m.body, Body::Request(Request::Ping)))
+        );
+        let mut t = t2;
+        for _ in 0..200 {
+            t += Duration::from_millis(100);
+            a.handle_input(t, Input::Timeout);
+            // Each further request from `new` re-offers it, which pings `old` again if needed.
+            ping_from(&mut a, t, &new);
+            if a.routing_table().get(&new.id).is_some() {
+                break;
+            }
+        }
+        assert!(a.routing_table().get(&old.id).is_none());
+        assert!(a.routing_table().get(&new.id).is_some());
+        assert!(a.stats().timeouts >= 2);
+    }
+
+    #[test]
+    fn bootstrap_refresh_looks_up_the_farthest_non_full_buckets() {
+        let t0 = Instant::now();
+        let mut a = node(
+            1,
+            Config {
+                bootstrap_refresh: 3,
+                ..Config::default()
+            },
+        );
+        let seed = Contact::new(NodeId([0x80; 20]), PeerAddr::Mem(80));
+        a.bootstrap_with(t0, vec![seed.clone()]).unwrap();
+        let (_, req) = sends(&mut a).pop().unwrap();
+        deliver(
+            &mut a,
+            t0,
+            80,
+            answer(
+                &req,
+                &seed,
+                Body::Response(Response::Nodes { nodes: vec![] }),
+            ),
+        );
+        // The self-lookup is done; three refresh lookups start, for random ids in buckets 159,
+        // 158 and 157 (none of them full), and they ask the only contact there is.
+        // The seed answers every lookup request, naming nobody.
+        let mut done = Vec::new();
+        let mut targets = Vec::new();
+        let mut t = t0;
+        for _ in 0..20 {
+            while let Some(o) = a.poll_output() {
+                match o {
+                    Output::Event(Event::QueryDone { result, .. }) => done.push(result),
+                    Output::Send { msg, .. } => {
+                        if let Body::Request(Request::FindNode { target }) = msg.body {
+                            targets.push(target);
+                            let empty = Body::Response(Response::Nodes { nodes: vec![] });
+                            deliver(&mut a, t, 80, answer(&msg, &seed, empty));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            t += Duration::from_millis(100);
+            a.handle_input(t, Input::Timeout);
+        }
+        assert!(matches!(done[0], QueryResult::Bootstrap(Ok(_))), "{done:?}");
+        let refreshes: Vec<_> = done
+            .iter()
+            .filter_map(|r| match r {
+                QueryResult::Refresh(o) => Some(o.target),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refreshes.len(), 3, "{done:?}");
+        let mut buckets: Vec<_> = refreshes
+            .iter()
+            .map(|t| a.id().bucket_index(t).unwrap())
+            .collect();
+        buckets.sort_unstable();
+        assert_eq!(buckets, vec![157, 158, 159]);
+        assert_eq!(targets.len(), 3, "one request per refresh");
     }
 }

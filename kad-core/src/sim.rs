@@ -118,6 +118,8 @@ pub struct Sim {
     rng: ChaCha8Rng,
     link: LinkModel,
     nodes: Vec<SimNode>,
+    /// Ids of the live nodes, kept up to date by `add_node_with` and `kill`.
+    live_ids: rustc_hash::FxHashMap<NodeId, usize>,
     heap: BinaryHeap<Reverse<Ev>>,
     seq: u64,
     events: VecDeque<(usize, Event)>,
@@ -140,6 +142,7 @@ impl Sim {
             rng: ChaCha8Rng::from_seed(s),
             link,
             nodes: Vec::new(),
+            live_ids: Default::default(),
             heap: BinaryHeap::new(),
             seq: 0,
             events: VecDeque::new(),
@@ -213,6 +216,7 @@ impl Sim {
         )
         .build(self.now)
         .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
+        self.live_ids.insert(id, idx);
         self.nodes.push(SimNode {
             retries: 0,
             joined_at: self.now,
@@ -246,6 +250,11 @@ impl Sim {
             .map(|n| n.joined_at)
     }
 
+    /// Whether a live node has the id `id`.
+    pub fn is_live_id(&self, id: &NodeId) -> bool {
+        self.live_ids.contains_key(id)
+    }
+
     /// Whether the node at `idx` is alive.
     pub fn is_alive(&self, idx: usize) -> bool {
         self.node(idx).is_some()
@@ -272,7 +281,9 @@ impl Sim {
     /// Removes a node without notice (churn): it stops answering, its state is freed.
     pub fn kill(&mut self, idx: usize) {
         if let Some(n) = self.nodes.get_mut(idx) {
-            n.node = None;
+            if let Some(node) = n.node.take() {
+                self.live_ids.remove(&node.id());
+            }
             n.wake = None;
         }
     }
@@ -658,13 +669,6 @@ pub fn run_lookup_scenario(
          live: &[usize],
          pending: &mut rustc_hash::FxHashMap<(usize, QueryId), NodeId>| {
             let mut n_done = 0;
-            let live_ids: rustc_hash::FxHashSet<NodeId> = if sim.events.is_empty() {
-                Default::default()
-            } else {
-                live.iter()
-                    .filter_map(|&i| sim.node(i).map(Node::id))
-                    .collect()
-            };
             let mut retry = Vec::new();
             while let Some((idx, ev)) = sim.poll_event() {
                 if let Event::QueryDone {
@@ -698,11 +702,7 @@ pub fn run_lookup_scenario(
                     .filter(|&&i| i != idx && sim.joined_at(i).is_some_and(|t| t <= started))
                     .filter_map(|&i| sim.node(i).map(|n| n.id()))
                     .min_by_key(|id| id.distance(&target));
-                let first_live = o
-                    .closest
-                    .iter()
-                    .map(|c| c.id)
-                    .find(|id| live_ids.contains(id));
+                let first_live = o.closest.iter().map(|c| c.id).find(|id| sim.is_live_id(id));
                 if truth.is_some() && first_live == truth {
                     ok += 1;
                 }
