@@ -20,9 +20,24 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
-    /// A signature or identity check failed.
+    /// A signature or identity check failed (codecs without a more precise reason).
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// The signature does not verify (or the public key is not a valid point).
+    #[error("bad signature")]
+    BadSignature,
+    /// The sender's id is not the one its public key maps to.
+    #[error("sender id does not match its public key")]
+    IdMismatch,
+    /// The timestamp is outside the accepted window.
+    #[error("timestamp off by {skew_ms} ms, outside the window")]
+    Stale {
+        /// Message time minus local time, in milliseconds.
+        skew_ms: i64,
+    },
+    /// The (sender, nonce) pair was seen before within the window.
+    #[error("replayed nonce")]
+    Replay,
     /// The message is addressed to another node.
     #[error("message addressed to another node")]
     WrongRecipient,
@@ -45,6 +60,28 @@ pub enum EncodeError {
     Unsupported(String),
 }
 
+/// What a codec may need from the engine besides the bytes: the time, who we are, randomness.
+pub struct CodecCx<'a> {
+    /// Wall-clock time now, Unix milliseconds (the engine's [`WallClock`](crate::WallClock)).
+    pub unix_ms: u64,
+    /// This node's id (messages must be addressed to it).
+    pub local_id: NodeId,
+    /// Accepted clock difference with peers, in milliseconds (`Config::max_clock_skew`).
+    pub max_skew_ms: u64,
+    /// The engine's RNG (seeded from the OS by the runtime, from the seed in simulations).
+    pub rng: &'a mut dyn rand::RngCore,
+}
+
+impl std::fmt::Debug for CodecCx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecCx")
+            .field("unix_ms", &self.unix_ms)
+            .field("local_id", &self.local_id)
+            .field("max_skew_ms", &self.max_skew_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Turns typed messages into bytes and back.
 ///
 /// Contract:
@@ -54,9 +91,9 @@ pub enum EncodeError {
 /// - A signing codec signs the exact bytes it returns and checks the exact bytes it is given.
 pub trait Codec: Send + 'static {
     /// Encodes `msg`.
-    fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError>;
+    fn encode(&mut self, msg: &Message, cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError>;
     /// Decodes `bytes`, received from a peer.
-    fn decode(&mut self, bytes: &[u8]) -> Result<Message, DecodeError>;
+    fn decode(&mut self, bytes: &[u8], cx: &mut CodecCx<'_>) -> Result<Message, DecodeError>;
 }
 
 /// A plain, unsigned codec: serde_json of the typed [`Message`].
@@ -77,7 +114,7 @@ impl PlainCodec {
 }
 
 impl Codec for PlainCodec {
-    fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError> {
+    fn encode(&mut self, msg: &Message, _cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError> {
         let v = serde_json::to_vec(msg).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
         if v.len() > self.max_len {
             return Err(EncodeError::TooLarge {
@@ -88,7 +125,7 @@ impl Codec for PlainCodec {
         Ok(Bytes::from(v))
     }
 
-    fn decode(&mut self, bytes: &[u8]) -> Result<Message, DecodeError> {
+    fn decode(&mut self, bytes: &[u8], _cx: &mut CodecCx<'_>) -> Result<Message, DecodeError> {
         if bytes.len() > self.max_len {
             return Err(DecodeError::TooLarge {
                 len: bytes.len(),

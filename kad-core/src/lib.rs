@@ -92,6 +92,7 @@ mod config;
 mod id;
 mod lookup;
 mod message;
+pub mod native;
 mod node;
 mod plugin;
 mod record;
@@ -105,10 +106,14 @@ mod runtime;
 pub mod sim;
 
 pub use addr::{Contact, ParseAddrError, PeerAddr, TransportKind};
-pub use codec::{Codec, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
+pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
 pub use config::{Config, ConfigError, SystemClock, VirtualClock, WallClock};
 pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};
 pub use lookup::{Lookup, LookupStats};
+pub use native::{
+    InvalidKey, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, content_key,
+    node_id_from_public_key, verify_signature,
+};
 pub use message::{Body, Message, Request, Response, RpcError, TxnId};
 pub use node::{
     CommandError, Event, GetOutcome, Input, LookupOutcome, Node, NodeBuilder, Output, PingOutcome,

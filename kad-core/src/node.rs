@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, trace};
 
 use crate::addr::{Contact, PeerAddr};
-use crate::codec::{Codec, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
+use crate::codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
 use crate::config::{Config, ConfigError};
 use crate::id::{Key, NodeId};
 use crate::lookup::{Lookup, LookupStats};
@@ -533,8 +533,27 @@ impl Node {
     // ---- the driving loop ----
 
     /// Encodes a message for the wire with the node's codec.
+    ///
+    /// Signing codecs stamp the message with the wall-clock time of the latest `now` the node
+    /// was given, so encode right after [`poll_output`](Self::poll_output).
     pub fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError> {
-        self.codec.encode(msg)
+        let mut cx = CodecCx {
+            unix_ms: self.config.wall_clock.unix_ms(self.now),
+            local_id: self.local.id,
+            max_skew_ms: self.config.max_clock_skew.as_millis() as u64,
+            rng: &mut self.rng,
+        };
+        self.codec.encode(msg, &mut cx)
+    }
+
+    fn decode(&mut self, now: Instant, data: &[u8]) -> Result<Message, DecodeError> {
+        let mut cx = CodecCx {
+            unix_ms: self.config.wall_clock.unix_ms(now),
+            local_id: self.local.id,
+            max_skew_ms: self.config.max_clock_skew.as_millis() as u64,
+            rng: &mut self.rng,
+        };
+        self.codec.decode(data, &mut cx)
     }
 
     /// Next output, or `None` when drained.
@@ -576,11 +595,15 @@ impl Node {
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         let now = self.advance(now);
         match input {
-            Input::Datagram { from, data } => match self.codec.decode(&data) {
+            Input::Datagram { from, data } => match self.decode(now, &data) {
                 Ok(msg) => self.handle_message(now, from, msg),
                 Err(e) => {
                     match e {
                         DecodeError::Auth(_) => self.stats.dropped_auth += 1,
+                        DecodeError::BadSignature => self.stats.dropped_bad_signature += 1,
+                        DecodeError::IdMismatch => self.stats.dropped_id_mismatch += 1,
+                        DecodeError::Stale { .. } => self.stats.dropped_stale += 1,
+                        DecodeError::Replay => self.stats.dropped_replay += 1,
                         DecodeError::WrongRecipient => self.stats.dropped_wrong_recipient += 1,
                         _ => self.stats.dropped_malformed += 1,
                     }
@@ -1118,6 +1141,13 @@ impl Node {
         method: &str,
         params: &Bytes,
     ) -> Option<Body> {
+        if matches!(method, "PING" | "FIND_NODE" | "FIND_VALUE" | "STORE") {
+            // A codec hands core methods whose params did not parse over as `Custom`.
+            return Some(Body::Error(RpcError::new(
+                RpcError::INVALID_PARAMS,
+                format!("invalid params for {method}"),
+            )));
+        }
         let ns = method.split_once('.').map(|(ns, _)| ns);
         let Some(idx) = ns.and_then(|ns| self.plugins.iter().position(|p| p.namespace() == ns))
         else {

@@ -20,9 +20,16 @@ pub struct Stats {
     pub timeouts: u64,
     /// Dropped: bytes that did not decode.
     pub dropped_malformed: u64,
-    /// Dropped: failed authentication in the codec (bad signature, id not matching the key,
-    /// stale timestamp, replayed nonce).
+    /// Dropped: failed authentication in a codec that gives no finer reason.
     pub dropped_auth: u64,
+    /// Dropped: the signature did not verify (or the key was not a valid point).
+    pub dropped_bad_signature: u64,
+    /// Dropped: the sender's id is not the hash of its public key.
+    pub dropped_id_mismatch: u64,
+    /// Dropped: the timestamp was outside the window (`Config::max_clock_skew`).
+    pub dropped_stale: u64,
+    /// Dropped: a (sender, nonce) pair seen before within the window.
+    pub dropped_replay: u64,
     /// Dropped: addressed to another node id.
     pub dropped_wrong_recipient: u64,
     /// Dropped: a response to no request of ours (unknown transaction id, or from another address).

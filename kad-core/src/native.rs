@@ -1,0 +1,696 @@
+//! The native wire protocol: JSON-RPC 2.0 messages signed with secp256k1.
+//!
+//! `PROTOCOL.md` at the repository root is the specification; this module implements it and the
+//! test suite checks its test vectors. In short, a datagram is the JSON array
+//! `[SIGNED,"SIG"]`, where `SIGNED` is a JSON-RPC 2.0 object carrying a `kad` member (the
+//! sender's key, id, addresses, the recipient's id, a timestamp and a nonce) and `SIG` is the hex
+//! of the 64-byte ECDSA signature (RFC 6979 nonces, low-S) over SHA-256 of exactly the bytes of
+//! `SIGNED` as they appear in the datagram.
+//!
+//! ```
+//! use kad_core::{Config, NativeCodec, NativeIdentity, Node};
+//! use std::sync::Arc;
+//! let identity = Arc::new(NativeIdentity::from_secret(&[7; 32])?);
+//! let node = Node::builder(Config::default())
+//!     .identity(identity.clone())
+//!     .codec(Box::new(NativeCodec::new(identity.clone())))
+//!     .build(std::time::Instant::now())?;
+//! assert_eq!(node.id(), identity.id());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use k256::ecdsa::signature::{Signer, Verifier};
+use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use ripemd::Ripemd160;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::addr::{Contact, PeerAddr};
+use crate::codec::{Codec, CodecCx, DecodeError, EncodeError, Identity};
+use crate::id::{Key, NodeId};
+use crate::message::{Body, Message, Request, Response, RpcError, TxnId};
+use crate::record::Record;
+
+/// Largest datagram the native codec produces or accepts: the IPv4 UDP payload limit.
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Largest record value that always fits a native datagram, with a full list of contacts beside
+/// it in a `FIND_VALUE` answer (base64 grows values by a third).
+pub const MAX_NATIVE_VALUE: usize = 45_000;
+/// Most contacts accepted in one answer.
+pub const MAX_WIRE_NODES: usize = 64;
+/// Most addresses accepted in one contact.
+pub const MAX_WIRE_ADDRS: usize = 8;
+/// Longest transaction id accepted, in bytes (hex doubles it on the wire).
+pub const MAX_TXN_LEN: usize = 32;
+/// Longest method name accepted.
+pub const MAX_METHOD_LEN: usize = 64;
+/// The protocol version carried in `kad.v`.
+pub const VERSION: u32 = 1;
+
+/// Length of the signature trailer: `,"` + 128 hex digits + `"]`.
+const TAIL: usize = 2 + 128 + 2;
+
+/// The id a public key maps to: RIPEMD-160(SHA-256(compressed SEC1 public key)).
+pub fn node_id_from_public_key(public_key: &[u8]) -> NodeId {
+    let sha = Sha256::digest(public_key);
+    let rip = Ripemd160::digest(sha);
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&rip);
+    NodeId::from_bytes(id)
+}
+
+/// Content key of a value on the native network: RIPEMD-160(SHA-256(value)).
+pub fn content_key(value: &[u8]) -> Key {
+    node_id_from_public_key(value)
+}
+
+/// The secret is not a valid secp256k1 scalar (zero, or not below the group order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid secp256k1 secret key: it must be 32 bytes, non-zero and below the group order")]
+pub struct InvalidKey;
+
+/// A native identity: a secp256k1 key pair and the node id derived from its public key.
+pub struct NativeIdentity {
+    key: SigningKey,
+    public: [u8; 33],
+    id: NodeId,
+}
+
+impl NativeIdentity {
+    /// The identity of a 32-byte secret key.
+    pub fn from_secret(secret: &[u8; 32]) -> Result<Self, InvalidKey> {
+        let key = SigningKey::from_bytes(secret.into()).map_err(|_| InvalidKey)?;
+        let point = key.verifying_key().to_encoded_point(true);
+        let mut public = [0u8; 33];
+        public.copy_from_slice(point.as_bytes());
+        Ok(Self {
+            id: node_id_from_public_key(&public),
+            key,
+            public,
+        })
+    }
+
+    /// A fresh identity from `rng` (use a cryptographically secure one, e.g. seeded from the OS).
+    pub fn generate<R: rand::Rng + ?Sized>(rng: &mut R) -> Self {
+        loop {
+            let mut secret = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            if let Ok(id) = Self::from_secret(&secret) {
+                return id;
+            }
+        }
+    }
+
+    /// The 32-byte secret key. Keep it private (the CLI stores it in a file of mode 0600).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes().into()
+    }
+
+    /// The 33-byte compressed SEC1 public key.
+    pub fn public_key_bytes(&self) -> [u8; 33] {
+        self.public
+    }
+
+    /// The node id: RIPEMD-160(SHA-256(compressed public key)).
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Signs `msg`: ECDSA over SHA-256(msg), RFC 6979 nonce, low-S, 64 bytes `r || s`.
+    pub fn sign_bytes(&self, msg: &[u8]) -> [u8; 64] {
+        let sig: Signature = self.key.sign(msg);
+        sig.to_bytes().into()
+    }
+}
+
+impl fmt::Debug for NativeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NativeIdentity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity for NativeIdentity {
+    fn node_id(&self) -> NodeId {
+        self.id
+    }
+    fn public_key(&self) -> Vec<u8> {
+        self.public.to_vec()
+    }
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.sign_bytes(msg).to_vec()
+    }
+}
+
+/// Checks a native signature: `public_key` (33 bytes compressed) signed `msg` with `sig` (64
+/// bytes `r || s`, low-S).
+pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let Ok(vk) = VerifyingKey::from_sec1_bytes(public_key) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(sig) else {
+        return false;
+    };
+    vk.verify(msg, &sig).is_ok()
+}
+
+/// Remembers the nonces seen within the timestamp window, so a captured message cannot be
+/// replayed. Bounded: when full, the oldest entries go and every message not newer than the
+/// newest evicted one is refused from then on (it might be a replay of an evicted entry).
+struct ReplayCache {
+    seen: FxHashSet<(NodeId, u64)>,
+    order: VecDeque<(u64, NodeId, u64)>,
+    floor: u64,
+    cap: usize,
+}
+
+impl ReplayCache {
+    fn new(cap: usize) -> Self {
+        Self {
+            seen: FxHashSet::default(),
+            order: VecDeque::new(),
+            floor: 0,
+            cap,
+        }
+    }
+
+    /// True if (sender, nonce) is fresh, and records it.
+    fn insert(&mut self, sender: NodeId, nonce: u64, ts: u64, now: u64, window: u64) -> bool {
+        while let Some(&(t, id, n)) = self.order.front() {
+            if t.saturating_add(window) >= now {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&(id, n));
+        }
+        if ts <= self.floor || !self.seen.insert((sender, nonce)) {
+            return false;
+        }
+        self.order.push_back((ts, sender, nonce));
+        while self.order.len() > self.cap {
+            if let Some((t, id, n)) = self.order.pop_front() {
+                self.seen.remove(&(id, n));
+                self.floor = self.floor.max(t);
+            }
+        }
+        true
+    }
+}
+
+/// Most public keys whose parsed form and id are cached.
+const KEY_CACHE: usize = 4096;
+
+/// The native codec: signed JSON-RPC 2.0 (see `PROTOCOL.md`).
+///
+/// Encoding signs with the node's [`NativeIdentity`]; decoding checks, in this order: size,
+/// envelope, JSON, the id against the key, the timestamp window (`Config::max_clock_skew`), the
+/// recipient, the signature, and the nonce against the replay cache. Each failure is a distinct
+/// [`DecodeError`] that the engine counts in [`Stats`](crate::Stats).
+pub struct NativeCodec {
+    identity: Arc<NativeIdentity>,
+    public_hex: String,
+    max_len: usize,
+    replay: ReplayCache,
+    keys: FxHashMap<[u8; 33], Option<(VerifyingKey, NodeId)>>,
+}
+
+impl fmt::Debug for NativeCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NativeCodec")
+            .field("id", &self.identity.id)
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NativeCodec {
+    /// Default capacity of the replay cache (nonces remembered within the window).
+    pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+    /// A codec signing as `identity`, with the limits of [`MAX_DATAGRAM`] and
+    /// [`DEFAULT_REPLAY_CAPACITY`](Self::DEFAULT_REPLAY_CAPACITY).
+    pub fn new(identity: Arc<NativeIdentity>) -> Self {
+        Self {
+            public_hex: hex::encode(identity.public),
+            identity,
+            max_len: MAX_DATAGRAM,
+            replay: ReplayCache::new(Self::DEFAULT_REPLAY_CAPACITY),
+            keys: FxHashMap::default(),
+        }
+    }
+
+    /// Sets the largest datagram produced or accepted (at most [`MAX_DATAGRAM`] is sensible).
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Sets how many nonces the replay cache remembers (at least 1).
+    pub fn replay_capacity(mut self, cap: usize) -> Self {
+        self.replay.cap = cap.max(1);
+        self
+    }
+
+    fn key(&mut self, public: [u8; 33]) -> Option<(VerifyingKey, NodeId)> {
+        if let Some(k) = self.keys.get(&public) {
+            return *k;
+        }
+        if self.keys.len() >= KEY_CACHE {
+            self.keys.clear();
+        }
+        let parsed = VerifyingKey::from_sec1_bytes(&public)
+            .ok()
+            .map(|vk| (vk, node_id_from_public_key(&public)));
+        self.keys.insert(public, parsed);
+        parsed
+    }
+}
+
+// ---- wire structs (output) ----
+
+struct Hex<'a>(&'a [u8]);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+#[derive(Serialize)]
+struct OutMsg<'a> {
+    jsonrpc: &'static str,
+    id: Hex<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<OutParams<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<OutResult<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RpcError>,
+    kad: OutMeta<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutParams<'a> {
+    Empty {},
+    FindNode { target: NodeId },
+    FindValue { key: Key },
+    Store { record: WireRecord },
+    Custom(&'a RawValue),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutResult<'a> {
+    Pong {
+        pong: bool,
+    },
+    Nodes {
+        nodes: &'a [Contact],
+    },
+    Value {
+        record: WireRecord,
+        nodes: &'a [Contact],
+    },
+    Stored {
+        stored: bool,
+    },
+    Custom {
+        data: &'a RawValue,
+        nodes: &'a [Contact],
+    },
+}
+
+#[derive(Serialize)]
+struct OutMeta<'a> {
+    v: u32,
+    from: OutFrom<'a>,
+    to: Option<NodeId>,
+    ts: u64,
+    nonce: Hex<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ro: bool,
+}
+
+#[derive(Serialize)]
+struct OutFrom<'a> {
+    id: NodeId,
+    key: &'a str,
+    addrs: &'a [PeerAddr],
+}
+
+/// A record as the wire carries it (value in standard padded base64; no local bookkeeping).
+#[derive(Serialize, Deserialize)]
+struct WireRecord {
+    key: Key,
+    value: String,
+    publisher: Option<NodeId>,
+    published_at: u64,
+    expires_at: u64,
+}
+
+impl WireRecord {
+    fn from_record(r: &Record) -> Self {
+        Self {
+            key: r.key,
+            value: B64.encode(&r.value),
+            publisher: r.publisher,
+            published_at: r.published_at_ms,
+            expires_at: r.expires_at_ms,
+        }
+    }
+    fn into_record(self) -> Result<Record, DecodeError> {
+        let value = B64
+            .decode(self.value.as_bytes())
+            .map_err(|e| DecodeError::Malformed(format!("record value: {e}")))?;
+        Ok(Record {
+            key: self.key,
+            value: Bytes::from(value),
+            publisher: self.publisher,
+            published_at_ms: self.published_at,
+            expires_at_ms: self.expires_at,
+            stored_at_ms: 0,
+        })
+    }
+}
+
+// ---- wire structs (input) ----
+
+#[derive(Deserialize)]
+struct InMsg<'a> {
+    #[serde(borrow)]
+    jsonrpc: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<RpcError>,
+    #[serde(borrow)]
+    kad: InMeta<'a>,
+}
+
+#[derive(Deserialize)]
+struct InMeta<'a> {
+    v: u32,
+    #[serde(borrow)]
+    from: InFrom<'a>,
+    to: Option<NodeId>,
+    ts: u64,
+    #[serde(borrow)]
+    nonce: Cow<'a, str>,
+    #[serde(default)]
+    ro: bool,
+}
+
+#[derive(Deserialize)]
+struct InFrom<'a> {
+    id: NodeId,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    addrs: Vec<PeerAddr>,
+}
+
+#[derive(Deserialize)]
+struct InTarget {
+    target: NodeId,
+}
+
+#[derive(Deserialize)]
+struct InKey {
+    key: Key,
+}
+
+#[derive(Deserialize)]
+struct InStore {
+    record: WireRecord,
+}
+
+#[derive(Deserialize)]
+struct InResult<'a> {
+    #[serde(default)]
+    pong: Option<bool>,
+    #[serde(default)]
+    stored: Option<bool>,
+    #[serde(default)]
+    nodes: Option<Vec<Contact>>,
+    #[serde(default)]
+    record: Option<WireRecord>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+fn malformed(what: impl fmt::Display) -> DecodeError {
+    DecodeError::Malformed(what.to_string())
+}
+
+fn check_nodes(nodes: &[Contact]) -> Result<(), DecodeError> {
+    if nodes.len() > MAX_WIRE_NODES {
+        return Err(malformed(format_args!(
+            "{} contacts, more than {MAX_WIRE_NODES}",
+            nodes.len()
+        )));
+    }
+    if nodes.iter().any(|c| c.addrs.len() > MAX_WIRE_ADDRS) {
+        return Err(malformed(format_args!(
+            "a contact with more than {MAX_WIRE_ADDRS} addresses"
+        )));
+    }
+    Ok(())
+}
+
+fn raw(bytes: &[u8]) -> Result<&RawValue, EncodeError> {
+    serde_json::from_slice::<&RawValue>(bytes)
+        .map_err(|e| EncodeError::Unsupported(format!("plugin payload is not JSON: {e}")))
+}
+
+impl Codec for NativeCodec {
+    fn encode(&mut self, msg: &Message, cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError> {
+        if msg.sender.id != self.identity.id {
+            return Err(EncodeError::Unsupported(
+                "the sender is not this codec's identity".into(),
+            ));
+        }
+        let (method, params, result, error) = match &msg.body {
+            Body::Request(req) => {
+                let params = match req {
+                    Request::Ping => OutParams::Empty {},
+                    Request::FindNode { target } => OutParams::FindNode { target: *target },
+                    Request::FindValue { key } => OutParams::FindValue { key: *key },
+                    Request::Store { record } => OutParams::Store {
+                        record: WireRecord::from_record(record),
+                    },
+                    Request::Custom { params, .. } => OutParams::Custom(raw(params)?),
+                };
+                (Some(req.method()), Some(params), None, None)
+            }
+            Body::Response(rsp) => {
+                let result = match rsp {
+                    Response::Pong => OutResult::Pong { pong: true },
+                    Response::Nodes { nodes } => OutResult::Nodes { nodes },
+                    Response::Value { record, nodes } => OutResult::Value {
+                        record: WireRecord::from_record(record),
+                        nodes,
+                    },
+                    Response::Stored => OutResult::Stored { stored: true },
+                    Response::Custom { result, nodes } => OutResult::Custom {
+                        data: raw(result)?,
+                        nodes,
+                    },
+                };
+                (None, None, Some(result), None)
+            }
+            Body::Error(e) => (None, None, None, Some(e)),
+        };
+        let nonce = cx.rng.next_u64().to_be_bytes();
+        let out = OutMsg {
+            jsonrpc: "2.0",
+            id: Hex(&msg.txn.0),
+            method,
+            params,
+            result,
+            error,
+            kad: OutMeta {
+                v: VERSION,
+                from: OutFrom {
+                    id: msg.sender.id,
+                    key: &self.public_hex,
+                    addrs: &msg.sender.addrs,
+                },
+                to: msg.recipient,
+                ts: cx.unix_ms,
+                nonce: Hex(&nonce),
+                ro: msg.read_only,
+            },
+        };
+        let mut buf = Vec::with_capacity(512);
+        buf.push(b'[');
+        serde_json::to_writer(&mut buf, &out).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
+        let sig = self.identity.sign_bytes(&buf[1..]);
+        buf.extend_from_slice(b",\"");
+        let at = buf.len();
+        buf.resize(at + 128, 0);
+        hex::encode_to_slice(sig, &mut buf[at..]).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
+        buf.extend_from_slice(b"\"]");
+        if buf.len() > self.max_len {
+            return Err(EncodeError::TooLarge {
+                len: buf.len(),
+                max: self.max_len,
+            });
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    fn decode(&mut self, bytes: &[u8], cx: &mut CodecCx<'_>) -> Result<Message, DecodeError> {
+        let len = bytes.len();
+        if len > self.max_len {
+            return Err(DecodeError::TooLarge {
+                len,
+                max: self.max_len,
+            });
+        }
+        if len < 3 + TAIL
+            || bytes[0] != b'['
+            || &bytes[len - TAIL..len - TAIL + 2] != b",\""
+            || &bytes[len - 2..] != b"\"]"
+        {
+            return Err(malformed("not a [SIGNED,\"SIG\"] envelope"));
+        }
+        let signed = &bytes[1..len - TAIL];
+        let mut sig = [0u8; 64];
+        hex::decode_to_slice(&bytes[len - TAIL + 2..len - 2], &mut sig)
+            .map_err(|_| malformed("signature is not 128 hex digits"))?;
+        let m: InMsg<'_> = serde_json::from_slice(signed).map_err(malformed)?;
+        if m.jsonrpc != "2.0" {
+            return Err(malformed("jsonrpc is not \"2.0\""));
+        }
+        if m.kad.v != VERSION {
+            return Err(malformed(format_args!("unsupported version {}", m.kad.v)));
+        }
+        let mut public = [0u8; 33];
+        hex::decode_to_slice(m.kad.from.key.as_bytes(), &mut public)
+            .map_err(|_| malformed("kad.from.key is not 66 hex digits"))?;
+        let mut nonce = [0u8; 8];
+        hex::decode_to_slice(m.kad.nonce.as_bytes(), &mut nonce)
+            .map_err(|_| malformed("kad.nonce is not 16 hex digits"))?;
+        let nonce = u64::from_be_bytes(nonce);
+        if m.id.is_empty() || m.id.len() > 2 * MAX_TXN_LEN {
+            return Err(malformed("id must be 1 to 32 bytes of hex"));
+        }
+        let txn = hex::decode(m.id.as_bytes()).map_err(|_| malformed("id is not hex"))?;
+        if m.kad.from.addrs.len() > MAX_WIRE_ADDRS {
+            return Err(malformed("kad.from.addrs: too many addresses"));
+        }
+        let Some((vk, id)) = self.key(public) else {
+            return Err(DecodeError::BadSignature);
+        };
+        if id != m.kad.from.id {
+            return Err(DecodeError::IdMismatch);
+        }
+        let skew = m.kad.ts as i128 - cx.unix_ms as i128;
+        if skew.unsigned_abs() > u128::from(cx.max_skew_ms) {
+            return Err(DecodeError::Stale {
+                skew_ms: skew.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+            });
+        }
+        match m.kad.to {
+            Some(to) if to != cx.local_id => return Err(DecodeError::WrongRecipient),
+            None if m.method.as_deref() != Some("PING") => {
+                return Err(DecodeError::WrongRecipient);
+            }
+            _ => {}
+        }
+        let sig = Signature::from_slice(&sig).map_err(|_| DecodeError::BadSignature)?;
+        vk.verify(signed, &sig)
+            .map_err(|_| DecodeError::BadSignature)?;
+        if !self
+            .replay
+            .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
+        {
+            return Err(DecodeError::Replay);
+        }
+        let body = match (m.method, m.result, m.error) {
+            (Some(method), None, None) => Body::Request(request(method, m.params)?),
+            (None, Some(result), None) => Body::Response(response(result)?),
+            (None, None, Some(e)) => Body::Error(e),
+            _ => return Err(malformed("exactly one of method, result, error is required")),
+        };
+        Ok(Message {
+            txn: TxnId::from_bytes(txn),
+            sender: Contact::with_addrs(id, m.kad.from.addrs),
+            recipient: m.kad.to,
+            read_only: m.kad.ro,
+            body,
+        })
+    }
+}
+
+/// A request from its method and params. A core method whose params don't parse becomes a
+/// `Custom` request under the core name, which the engine answers with "invalid params".
+fn request(method: Cow<'_, str>, params: Option<&RawValue>) -> Result<Request, DecodeError> {
+    if method.is_empty() || method.len() > MAX_METHOD_LEN {
+        return Err(malformed("method name must be 1 to 64 bytes"));
+    }
+    let text = params.map_or("{}", RawValue::get);
+    let parsed = match &*method {
+        "PING" => Some(Request::Ping),
+        "FIND_NODE" => serde_json::from_str::<InTarget>(text)
+            .ok()
+            .map(|p| Request::FindNode { target: p.target }),
+        "FIND_VALUE" => serde_json::from_str::<InKey>(text)
+            .ok()
+            .map(|p| Request::FindValue { key: p.key }),
+        "STORE" => serde_json::from_str::<InStore>(text)
+            .ok()
+            .and_then(|p| p.record.into_record().ok())
+            .map(|record| Request::Store { record }),
+        _ => None,
+    };
+    Ok(parsed.unwrap_or_else(|| Request::Custom {
+        method: method.into_owned(),
+        params: Bytes::copy_from_slice(text.as_bytes()),
+    }))
+}
+
+fn response(result: &RawValue) -> Result<Response, DecodeError> {
+    let r: InResult<'_> = serde_json::from_str(result.get()).map_err(malformed)?;
+    let has_nodes = r.nodes.is_some();
+    let nodes = r.nodes.unwrap_or_default();
+    check_nodes(&nodes)?;
+    Ok(if let Some(data) = r.data {
+        Response::Custom {
+            result: Bytes::copy_from_slice(data.get().as_bytes()),
+            nodes,
+        }
+    } else if let Some(record) = r.record {
+        Response::Value {
+            record: record.into_record()?,
+            nodes,
+        }
+    } else if r.stored == Some(true) {
+        Response::Stored
+    } else if r.pong == Some(true) {
+        Response::Pong
+    } else if has_nodes {
+        Response::Nodes { nodes }
+    } else {
+        return Err(malformed("result is none of pong, nodes, record, stored, data"));
+    })
+}
