@@ -110,11 +110,11 @@ pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, 
 pub use config::{Config, ConfigError, SystemClock, VirtualClock, WallClock};
 pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};
 pub use lookup::{Lookup, LookupStats};
+pub use message::{Body, Message, Request, Response, RpcError, TxnId};
 pub use native::{
     InvalidKey, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, content_key,
     node_id_from_public_key, verify_signature,
 };
-pub use message::{Body, Message, Request, Response, RpcError, TxnId};
 pub use node::{
     CommandError, Event, GetOutcome, Input, LookupOutcome, Node, NodeBuilder, Output, PingOutcome,
     PutOutcome, QueryError, QueryId, QueryResult,

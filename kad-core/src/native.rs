@@ -542,12 +542,14 @@ impl Codec for NativeCodec {
         };
         let mut buf = Vec::with_capacity(512);
         buf.push(b'[');
-        serde_json::to_writer(&mut buf, &out).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
+        serde_json::to_writer(&mut buf, &out)
+            .map_err(|e| EncodeError::Unsupported(e.to_string()))?;
         let sig = self.identity.sign_bytes(&buf[1..]);
         buf.extend_from_slice(b",\"");
         let at = buf.len();
         buf.resize(at + 128, 0);
-        hex::encode_to_slice(sig, &mut buf[at..]).map_err(|e| EncodeError::Unsupported(e.to_string()))?;
+        hex::encode_to_slice(sig, &mut buf[at..])
+            .map_err(|e| EncodeError::Unsupported(e.to_string()))?;
         buf.extend_from_slice(b"\"]");
         if buf.len() > self.max_len {
             return Err(EncodeError::TooLarge {
@@ -630,7 +632,11 @@ impl Codec for NativeCodec {
             (Some(method), None, None) => Body::Request(request(method, m.params)?),
             (None, Some(result), None) => Body::Response(response(result)?),
             (None, None, Some(e)) => Body::Error(e),
-            _ => return Err(malformed("exactly one of method, result, error is required")),
+            _ => {
+                return Err(malformed(
+                    "exactly one of method, result, error is required",
+                ));
+            }
         };
         Ok(Message {
             txn: TxnId::from_bytes(txn),
@@ -691,6 +697,8 @@ fn response(result: &RawValue) -> Result<Response, DecodeError> {
     } else if has_nodes {
         Response::Nodes { nodes }
     } else {
-        return Err(malformed("result is none of pong, nodes, record, stored, data"));
+        return Err(malformed(
+            "result is none of pong, nodes, record, stored, data",
+        ));
     })
 }

@@ -11,7 +11,9 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, trace};
 
 use crate::addr::{Contact, PeerAddr};
-use crate::codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
+use crate::codec::{
+    Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity,
+};
 use crate::config::{Config, ConfigError};
 use crate::id::{Key, NodeId};
 use crate::lookup::{Lookup, LookupStats};

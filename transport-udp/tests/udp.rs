@@ -23,7 +23,9 @@ async fn recv(t: &UdpTransport) -> (PeerAddr, Bytes) {
 async fn ipv4_round_trip_and_largest_datagram() {
     let a = bind("127.0.0.1:0").await;
     let b = bind("127.0.0.1:0").await;
-    a.send(&b.local_addr(), Bytes::from_static(b"ping")).await.unwrap();
+    a.send(&b.local_addr(), Bytes::from_static(b"ping"))
+        .await
+        .unwrap();
     let (from, msg) = recv(&b).await;
     assert_eq!(from, a.local_addr());
     assert_eq!(&msg[..], b"ping");
@@ -50,7 +52,9 @@ async fn ipv4_round_trip_and_largest_datagram() {
 async fn ipv6_loopback_and_dual_stack() {
     let a = bind("[::1]:0").await;
     let b = bind("[::1]:0").await;
-    a.send(&b.local_addr(), Bytes::from_static(b"v6")).await.unwrap();
+    a.send(&b.local_addr(), Bytes::from_static(b"v6"))
+        .await
+        .unwrap();
     let (from, msg) = recv(&b).await;
     assert_eq!((from, &msg[..]), (a.local_addr(), &b"v6"[..]));
 
@@ -59,7 +63,9 @@ async fn ipv6_loopback_and_dual_stack() {
     let port = any.socket_addr().port();
     let v4 = bind("127.0.0.1:0").await;
     let any_v4 = PeerAddr::Udp(SocketAddr::from(([127, 0, 0, 1], port)));
-    v4.send(&any_v4, Bytes::from_static(b"to-dual")).await.unwrap();
+    v4.send(&any_v4, Bytes::from_static(b"to-dual"))
+        .await
+        .unwrap();
     let (from, msg) = recv(&any).await;
     assert_eq!(from, v4.local_addr(), "mapped source shown as plain IPv4");
     assert_eq!(&msg[..], b"to-dual");
@@ -75,7 +81,9 @@ async fn oversize_datagrams_are_dropped_and_counted_and_errors_do_not_stop_it() 
         .await
         .unwrap();
     let big = bind("127.0.0.1:0").await;
-    big.send(&small.local_addr(), Bytes::from(vec![1u8; 5000])).await.unwrap();
+    big.send(&small.local_addr(), Bytes::from(vec![1u8; 5000]))
+        .await
+        .unwrap();
     // Sending to a port nobody listens on: the OS may answer with ICMP; the transport goes on.
     let dead = bind("127.0.0.1:0").await;
     let dead_addr = dead.local_addr();
@@ -83,14 +91,19 @@ async fn oversize_datagrams_are_dropped_and_counted_and_errors_do_not_stop_it() 
     for _ in 0..3 {
         let _ = small.send(&dead_addr, Bytes::from_static(b"void")).await;
     }
-    big.send(&small.local_addr(), Bytes::from_static(b"fits")).await.unwrap();
+    big.send(&small.local_addr(), Bytes::from_static(b"fits"))
+        .await
+        .unwrap();
     let (_, msg) = recv(&small).await;
     assert_eq!(&msg[..], b"fits");
     assert_eq!(small.stats().oversize, 1);
     assert_eq!(small.stats().received, 1);
 
     // Wrong kind of address: a clear error.
-    let err = small.send(&PeerAddr::Mem(1), Bytes::new()).await.unwrap_err();
+    let err = small
+        .send(&PeerAddr::Mem(1), Bytes::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::WrongKind(_)));
 }
 
@@ -119,11 +132,15 @@ async fn a_1_2_gb_burst_never_blocks_and_the_transport_stays_usable() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    timeout(Duration::from_secs(30), drained).await.expect("queue drained");
+    timeout(Duration::from_secs(30), drained)
+        .await
+        .expect("queue drained");
     eprintln!("{:?}", a.stats());
     // Still usable afterwards.
     let c = bind("127.0.0.1:0").await;
-    c.send(&a.local_addr(), Bytes::from_static(b"alive")).await.unwrap();
+    c.send(&a.local_addr(), Bytes::from_static(b"alive"))
+        .await
+        .unwrap();
     let (_, got) = recv(&a).await;
     assert_eq!(&got[..], b"alive");
 }

@@ -1,0 +1,566 @@
+//! The native codec: PROTOCOL.md's test vectors, round trips, and every rejection case.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kad_core::native::{self, MAX_DATAGRAM};
+use kad_core::{
+    Body, Codec, CodecCx, Contact, DecodeError, Message, NativeCodec, NativeIdentity, NodeId,
+    Record, Request, Response, RpcError, TxnId,
+};
+use proptest::prelude::*;
+use rand::RngCore;
+
+/// An RNG that always yields the same number: fixes the nonce, as the test vectors need.
+struct FixedRng(u64);
+
+impl RngCore for FixedRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0 as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for (i, b) in dst.iter_mut().enumerate() {
+            *b = self.0.to_be_bytes()[i % 8];
+        }
+    }
+}
+
+/// A counter RNG: a fresh nonce for every message.
+struct CountRng(u64);
+
+impl RngCore for CountRng {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        dst.fill(self.next_u64() as u8);
+    }
+}
+
+const T0: u64 = 1_763_683_200_000; // 2025-11-21T00:00:00Z
+const SKEW: u64 = 60_000;
+
+fn cx(rng: &mut dyn RngCore, unix_ms: u64, local_id: NodeId) -> CodecCx<'_> {
+    CodecCx {
+        unix_ms,
+        local_id,
+        max_skew_ms: SKEW,
+        rng,
+    }
+}
+
+fn hex32(s: &str) -> [u8; 32] {
+    hex::decode(s).unwrap().try_into().unwrap()
+}
+
+// ---- PROTOCOL.md test vectors (keep in sync with the document; this test checks both) ----
+
+const SECRET_A: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+const SECRET_B: &str = "0000000000000000000000000000000000000000000000000000000000000002";
+
+struct Party {
+    identity: Arc<NativeIdentity>,
+    codec: NativeCodec,
+    contact: Contact,
+}
+
+fn party(secret: &str, port: u16) -> Party {
+    let identity = Arc::new(NativeIdentity::from_secret(&hex32(secret)).unwrap());
+    let contact = Contact::new(
+        identity.id(),
+        format!("udp://127.0.0.1:{port}").parse().unwrap(),
+    );
+    Party {
+        codec: NativeCodec::new(identity.clone()),
+        identity,
+        contact,
+    }
+}
+
+fn msg(from: &Party, to: Option<NodeId>, txn: &[u8], body: Body) -> Message {
+    Message {
+        txn: TxnId::from_bytes(txn.to_vec()),
+        sender: from.contact.clone(),
+        recipient: to,
+        read_only: false,
+        body,
+    }
+}
+
+struct Vector {
+    name: String,
+    fields: std::collections::HashMap<String, String>,
+}
+
+impl Vector {
+    fn get(&self, k: &str) -> &str {
+        self.fields
+            .get(k)
+            .unwrap_or_else(|| panic!("vector {} lacks {k}", self.name))
+    }
+}
+
+/// The `text` blocks of PROTOCOL.md that start with `vector:`.
+fn vectors() -> Vec<Vector> {
+    let doc = include_str!("../../PROTOCOL.md");
+    let mut out = Vec::new();
+    for block in doc.split("```text\n").skip(1) {
+        let body = block.split("```").next().unwrap();
+        if !body.starts_with("vector:") {
+            continue;
+        }
+        let fields: std::collections::HashMap<_, _> = body
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        out.push(Vector {
+            name: fields["vector"].clone(),
+            fields,
+        });
+    }
+    out
+}
+
+#[test]
+fn protocol_md_vectors_decode_and_reencode_byte_for_byte() {
+    let vs = vectors();
+    assert_eq!(
+        vs.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["ping", "find_node", "nodes"]
+    );
+    let a = party(SECRET_A, 4000);
+    let b = party(SECRET_B, 4001);
+    for v in &vs {
+        let (signer, receiver) = if v.get("secret_key") == SECRET_A {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        // Identity facts.
+        let identity = NativeIdentity::from_secret(&hex32(v.get("secret_key"))).unwrap();
+        assert_eq!(
+            hex::encode(identity.public_key_bytes()),
+            v.get("public_key")
+        );
+        assert_eq!(identity.id().to_string(), v.get("node_id"));
+        assert_eq!(
+            native::node_id_from_public_key(&hex::decode(v.get("public_key")).unwrap()),
+            identity.id()
+        );
+        // The datagram is `[` signed `,"` signature `"]`, and the signature is RFC 6979.
+        let datagram = v.get("datagram").as_bytes();
+        let expected = format!("[{},\"{}\"]", v.get("signed"), v.get("signature"));
+        assert_eq!(datagram, expected.as_bytes(), "{}", v.name);
+        assert_eq!(
+            hex::encode(identity.sign_bytes(v.get("signed").as_bytes())),
+            v.get("signature")
+        );
+        assert!(native::verify_signature(
+            &identity.public_key_bytes(),
+            v.get("signed").as_bytes(),
+            &hex::decode(v.get("signature")).unwrap()
+        ));
+        // Decoding as the recipient at the signing time succeeds.
+        let unix: u64 = v.get("unix_ms").parse().unwrap();
+        let nonce = u64::from_str_radix(v.get("nonce"), 16).unwrap();
+        let mut rx = NativeCodec::new(receiver.identity.clone());
+        let m = rx
+            .decode(
+                datagram,
+                &mut cx(&mut FixedRng(0), unix, receiver.identity.id()),
+            )
+            .unwrap_or_else(|e| panic!("vector {}: {e}", v.name));
+        assert_eq!(m.sender, signer.contact);
+        // Encoding the decoded message with the same time and nonce gives the same bytes.
+        let mut tx = NativeCodec::new(signer.identity.clone());
+        let again = tx
+            .encode(
+                &m,
+                &mut cx(&mut FixedRng(nonce), unix, signer.identity.id()),
+            )
+            .unwrap();
+        assert_eq!(
+            &again[..],
+            datagram,
+            "vector {} re-encodes identically",
+            v.name
+        );
+    }
+}
+
+fn all_bodies(p: &Party) -> Vec<Body> {
+    let rec = Record::new(
+        NodeId::from_bytes([9; 20]),
+        Bytes::from_static(b"\x00\x01binary\xff value"),
+        Some(p.identity.id()),
+        T0,
+        86_400_000,
+    );
+    let nodes = vec![
+        p.contact.clone(),
+        Contact::with_addrs(
+            NodeId::from_bytes([3; 20]),
+            vec![
+                "udp://[::1]:9".parse().unwrap(),
+                "ws://example.invalid:80/kad".parse().unwrap(),
+            ],
+        ),
+    ];
+    vec![
+        Body::Request(Request::Ping),
+        Body::Request(Request::FindNode {
+            target: NodeId::from_bytes([1; 20]),
+        }),
+        Body::Request(Request::FindValue {
+            key: NodeId::from_bytes([2; 20]),
+        }),
+        Body::Request(Request::Store {
+            record: rec.clone(),
+        }),
+        Body::Request(Request::Custom {
+            method: "pubsub.SUBSCRIBE".into(),
+            params: Bytes::from_static(br#"{"topic":"abc","n":[1,2]}"#),
+        }),
+        Body::Response(Response::Pong),
+        Body::Response(Response::Nodes {
+            nodes: nodes.clone(),
+        }),
+        Body::Response(Response::Nodes { nodes: vec![] }),
+        Body::Response(Response::Value {
+            record: rec,
+            nodes: nodes.clone(),
+        }),
+        Body::Response(Response::Stored),
+        Body::Response(Response::Custom {
+            result: Bytes::from_static(br#"{"ok":true}"#),
+            nodes,
+        }),
+        Body::Error(RpcError::new(RpcError::METHOD_NOT_FOUND, "no such method")),
+    ]
+}
+
+#[test]
+fn every_message_kind_round_trips() {
+    let mut a = party(SECRET_A, 4000);
+    let mut b = party(SECRET_B, 4001);
+    let mut rng = CountRng(0);
+    for (i, body) in all_bodies(&a).into_iter().enumerate() {
+        let mut m = msg(&a, Some(b.identity.id()), &[i as u8, 1, 2, 3], body);
+        m.read_only = i % 2 == 0;
+        let bytes = a
+            .codec
+            .encode(&m, &mut cx(&mut rng, T0, a.identity.id()))
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).expect("the datagram is JSON");
+        let got = b
+            .codec
+            .decode(&bytes, &mut cx(&mut rng, T0 + 500, b.identity.id()))
+            .unwrap();
+        assert_eq!(got, m, "message {i}");
+    }
+}
+
+static NONCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Encodes `m` from `from` at `ts` and decodes it at `now` as `to`.
+fn send(
+    from: &mut Party,
+    to: &mut Party,
+    m: &Message,
+    ts: u64,
+    now: u64,
+) -> Result<Message, DecodeError> {
+    let bytes = from
+        .codec
+        .encode(
+            m,
+            &mut cx(
+                &mut CountRng(NONCES.fetch_add(1 << 20, Relaxed)),
+                ts,
+                from.identity.id(),
+            ),
+        )
+        .unwrap();
+    to.codec
+        .decode(&bytes, &mut cx(&mut CountRng(0), now, to.identity.id()))
+}
+
+/// Signs arbitrary `signed` text with `p`'s key into a datagram.
+fn forge(p: &Party, signed: &str) -> Vec<u8> {
+    format!(
+        "[{signed},\"{}\"]",
+        hex::encode(p.identity.sign_bytes(signed.as_bytes()))
+    )
+    .into_bytes()
+}
+
+#[test]
+fn each_rejection_has_its_own_reason() {
+    let mut a = party(SECRET_A, 4000);
+    let mut b = party(SECRET_B, 4001);
+    let c = party(
+        "00000000000000000000000000000000000000000000000000000000000000c3",
+        4002,
+    );
+    let to_b = msg(
+        &a,
+        Some(b.identity.id()),
+        b"t1",
+        Body::Request(Request::FindNode {
+            target: b.identity.id(),
+        }),
+    );
+
+    // Accepted within the window on either side.
+    assert!(send(&mut a, &mut b, &to_b, T0, T0 + SKEW).is_ok());
+    assert!(send(&mut a, &mut b, &to_b, T0 + SKEW, T0).is_ok());
+    // Stale: just outside the window, in the past and in the future.
+    assert!(matches!(
+        send(&mut a, &mut b, &to_b, T0, T0 + SKEW + 1),
+        Err(DecodeError::Stale { skew_ms: -60_001 })
+    ));
+    assert!(matches!(
+        send(&mut a, &mut b, &to_b, T0 + SKEW + 1, T0),
+        Err(DecodeError::Stale { skew_ms: 60_001 })
+    ));
+
+    // Replay: the same datagram twice.
+    let bytes = a
+        .codec
+        .encode(&to_b, &mut cx(&mut CountRng(77), T0, a.identity.id()))
+        .unwrap();
+    let mut rx = |bytes: &[u8]| {
+        b.codec
+            .decode(bytes, &mut cx(&mut CountRng(0), T0 + 10, b.identity.id()))
+    };
+    assert!(rx(&bytes).is_ok());
+    assert!(matches!(rx(&bytes), Err(DecodeError::Replay)));
+
+    // Bad signature: one hex digit of the signature changed, or one byte of the signed text.
+    let bytes = a
+        .codec
+        .encode(&to_b, &mut cx(&mut CountRng(78), T0, a.identity.id()))
+        .unwrap();
+    let mut sig_flip = bytes.to_vec();
+    let at = sig_flip.len() - 5;
+    sig_flip[at] = if sig_flip[at] == b'0' { b'1' } else { b'0' };
+    assert!(matches!(rx(&sig_flip), Err(DecodeError::BadSignature)));
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let tampered = text.replace("udp://127.0.0.1:4000", "udp://127.0.0.1:4999");
+    assert!(matches!(
+        rx(tampered.as_bytes()),
+        Err(DecodeError::BadSignature)
+    ));
+    // The untampered one still goes through: failed checks do not burn the nonce.
+    assert!(rx(&bytes).is_ok());
+
+    // Id not matching the key: C signs a message claiming A's id with C's key.
+    let signed = format!(
+        r#"{{"jsonrpc":"2.0","id":"01","method":"PING","params":{{}},"kad":{{"v":1,"from":{{"id":"{}","key":"{}","addrs":[]}},"to":"{}","ts":{T0},"nonce":"0000000000000001"}}}}"#,
+        a.identity.id(),
+        hex::encode(c.identity.public_key_bytes()),
+        b.identity.id()
+    );
+    assert!(matches!(
+        rx(&forge(&c, &signed)),
+        Err(DecodeError::IdMismatch)
+    ));
+    // An invalid public key (not on the curve) counts as a bad signature.
+    let signed = signed.replace(
+        &hex::encode(c.identity.public_key_bytes()),
+        &format!("02{}", "ff".repeat(32)),
+    );
+    assert!(matches!(
+        rx(&forge(&c, &signed)),
+        Err(DecodeError::BadSignature)
+    ));
+
+    // Addressed to another node.
+    let to_c = msg(
+        &a,
+        Some(c.identity.id()),
+        b"t2",
+        Body::Request(Request::Ping),
+    );
+    assert!(matches!(
+        send(&mut a, &mut b, &to_c, T0, T0),
+        Err(DecodeError::WrongRecipient)
+    ));
+    // No recipient is only allowed in a PING.
+    let anon_ping = msg(&a, None, b"t3", Body::Request(Request::Ping));
+    assert!(send(&mut a, &mut b, &anon_ping, T0, T0).is_ok());
+    let anon_find = msg(
+        &a,
+        None,
+        b"t4",
+        Body::Request(Request::FindNode {
+            target: c.identity.id(),
+        }),
+    );
+    assert!(matches!(
+        send(&mut a, &mut b, &anon_find, T0, T0),
+        Err(DecodeError::WrongRecipient)
+    ));
+    let anon_pong = msg(&a, None, b"t5", Body::Response(Response::Pong));
+    assert!(matches!(
+        send(&mut a, &mut b, &anon_pong, T0, T0),
+        Err(DecodeError::WrongRecipient)
+    ));
+
+    // Malformed: garbage, truncated, not an envelope, oversize.
+    let mut rx = |bytes: &[u8]| {
+        b.codec
+            .decode(bytes, &mut cx(&mut CountRng(0), T0, b.identity.id()))
+    };
+    for junk in [
+        &b""[..],
+        b"[]",
+        b"{\"jsonrpc\":\"2.0\"}",
+        &bytes[..bytes.len() - 1],
+        &bytes[1..],
+    ] {
+        assert!(
+            matches!(rx(junk), Err(DecodeError::Malformed(_))),
+            "{:?}",
+            String::from_utf8_lossy(junk)
+        );
+    }
+    assert!(matches!(
+        rx(&vec![b' '; MAX_DATAGRAM + 1]),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn core_method_with_bad_params_becomes_an_invalid_params_call() {
+    let a = party(SECRET_A, 4000);
+    let mut b = party(SECRET_B, 4001);
+    let signed = format!(
+        r#"{{"jsonrpc":"2.0","id":"0a","method":"FIND_NODE","params":{{"target":"nothex"}},"kad":{{"v":1,"from":{{"id":"{}","key":"{}","addrs":["udp://127.0.0.1:4000"]}},"to":"{}","ts":{T0},"nonce":"00000000000000ff"}}}}"#,
+        a.identity.id(),
+        hex::encode(a.identity.public_key_bytes()),
+        b.identity.id()
+    );
+    let m = b
+        .codec
+        .decode(
+            &forge(&a, &signed),
+            &mut cx(&mut CountRng(0), T0, b.identity.id()),
+        )
+        .unwrap();
+    assert!(
+        matches!(m.body, Body::Request(Request::Custom { ref method, .. }) if method == "FIND_NODE")
+    );
+}
+
+#[test]
+fn a_full_replay_cache_forgets_the_oldest_and_refuses_anything_not_newer() {
+    let mut a = party(SECRET_A, 4000);
+    let b = party(SECRET_B, 4001);
+    let mut b_codec = NativeCodec::new(b.identity.clone()).replay_capacity(10);
+    let m = msg(
+        &a,
+        Some(b.identity.id()),
+        b"r",
+        Body::Request(Request::Ping),
+    );
+    let datagrams: Vec<_> = (0..20u64)
+        .map(|i| {
+            a.codec
+                .encode(
+                    &m,
+                    &mut cx(&mut CountRng(i * 1000), T0 + i, a.identity.id()),
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut rx = |d: &[u8]| b_codec.decode(d, &mut cx(&mut CountRng(0), T0 + 100, b.identity.id()));
+    for d in &datagrams {
+        assert!(rx(d).is_ok());
+    }
+    // The first ten were forgotten, yet none of the twenty can be replayed.
+    for d in &datagrams {
+        assert!(matches!(rx(d), Err(DecodeError::Replay)));
+    }
+    // A fresh message with a newer timestamp is accepted.
+    let fresh = a
+        .codec
+        .encode(
+            &m,
+            &mut cx(&mut CountRng(999_999), T0 + 50, a.identity.id()),
+        )
+        .unwrap();
+    assert!(rx(&fresh).is_ok());
+}
+
+#[test]
+fn signatures_are_low_s_and_deterministic() {
+    let id = NativeIdentity::from_secret(&[0x42; 32]).unwrap();
+    for i in 0..64u8 {
+        let m = [i; 17];
+        let s1 = id.sign_bytes(&m);
+        assert_eq!(
+            s1,
+            id.sign_bytes(&m),
+            "RFC 6979: same message, same signature"
+        );
+        let sig = k256::ecdsa::Signature::from_slice(&s1).unwrap();
+        assert!(sig.normalize_s().is_none(), "already low-S");
+        // The high-S twin of a valid signature is refused.
+        let (r, s) = sig.split_scalars();
+        let high = k256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+        assert!(!native::verify_signature(
+            &id.public_key_bytes(),
+            &m,
+            &high.to_bytes()
+        ));
+        assert!(native::verify_signature(&id.public_key_bytes(), &m, &s1));
+    }
+    assert!(NativeIdentity::from_secret(&[0; 32]).is_err());
+    assert!(
+        NativeIdentity::from_secret(&[0xff; 32]).is_err(),
+        "above the group order"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn decode_never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let b = party(SECRET_B, 4001);
+        let mut codec = NativeCodec::new(b.identity.clone());
+        let _ = codec.decode(&data, &mut cx(&mut CountRng(0), T0, b.identity.id()));
+    }
+
+    #[test]
+    fn decode_never_panics_on_mutated_datagrams(
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        which in 0usize..12,
+    ) {
+        let mut a = party(SECRET_A, 4000);
+        let b = party(SECRET_B, 4001);
+        let body = all_bodies(&a).swap_remove(which);
+        let m = msg(&a, Some(b.identity.id()), b"pp", body);
+        let mut bytes = a.codec.encode(&m, &mut cx(&mut CountRng(5), T0, a.identity.id())).unwrap().to_vec();
+        for (at, byte) in edits {
+            let n = bytes.len();
+            bytes[at % n] = byte;
+        }
+        let mut codec = NativeCodec::new(b.identity.clone());
+        let r = codec.decode(&bytes, &mut cx(&mut CountRng(0), T0, b.identity.id()));
+        // Whatever changed, an accepted message is still exactly what A signed.
+        if let Ok(got) = r {
+            prop_assert_eq!(got, m);
+        }
+    }
+}
