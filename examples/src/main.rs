@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
+mod bench;
+mod net;
+
 /// A pluggable Kademlia DHT: simulator, nodes and tools.
 #[derive(Parser, Debug)]
 #[command(name = "kad", version, about, long_about = None)]
@@ -27,6 +30,25 @@ enum Command {
     /// results (except wall_s and peak_rss_mb). Errors exit with status 2 (with --json, also as
     /// {"ok":false,"error":"..."} on stdout).
     Sim(SimArgs),
+    /// Run a node of the native network: signed JSON-RPC 2.0 over UDP.
+    ///
+    /// Prints its contact (id and addresses) once listening, joins through --bootstrap if given,
+    /// and serves until Ctrl-C or --for SECONDS, then prints its counters (messages, drops by
+    /// reason, routing table size, peak memory).
+    Node(net::NodeArgs),
+    /// Ping a node at an address and print its id and the round-trip time.
+    Ping(net::PingArgs),
+    /// Find the k nodes closest to an id: prints them with hops, RPCs and elapsed time.
+    Lookup(net::LookupArgs),
+    /// Store a raw record (key and value) at the k nodes closest to the key.
+    ///
+    /// Prints how many nodes stored it and the elapsed time. Fails (status 2) when none did.
+    Put(net::PutArgs),
+    /// Fetch the record stored under a key. Exit status 1 when it is not found.
+    Get(net::GetArgs),
+    /// Benchmarks that print JSON: `kad bench native` (signing cost and a 100-node UDP network).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Args, Debug)]
@@ -67,12 +89,27 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = match &cli.command {
         Command::Sim(a) => a.json,
+        Command::Node(a) => a.json,
+        Command::Ping(a) => a.client.json,
+        Command::Lookup(a) => a.client.json,
+        Command::Put(a) => a.client.json,
+        Command::Get(a) => a.client.json,
+        Command::Bench(b) => b.json(),
     };
+    if !json {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let r = match cli.command {
-        Command::Sim(a) => sim(a),
+        Command::Sim(a) => sim(a).map(|()| None),
+        Command::Bench(b) => bench::run(b).map(|()| None),
+        cmd => async_main(cmd),
     };
     match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some(code)) => std::process::ExitCode::from(code),
         Err(e) => {
             if json {
                 println!(
@@ -84,6 +121,23 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn async_main(cmd: Command) -> Result<Option<u8>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        match cmd {
+            Command::Node(a) => net::node(a).await.map(|()| None),
+            Command::Ping(a) => net::ping(a).await.map(|()| None),
+            Command::Lookup(a) => net::lookup(a).await.map(|()| None),
+            Command::Put(a) => net::put(a).await.map(|()| None),
+            Command::Get(a) => net::get(a).await,
+            Command::Sim(_) | Command::Bench(_) => unreachable!("handled synchronously"),
+        }
+    })
 }
 
 fn check_range(field: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
@@ -209,7 +263,7 @@ fn sim(a: SimArgs) -> Result<()> {
 }
 
 /// Peak resident set size of this process in MB (Linux: VmHWM), 0 where unknown.
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -1758,11 +1758,13 @@ impl Node {
                 let record = record.clone();
                 // Store locally too if we are among the k closest.
                 let me = self.local.id.distance(&record.key);
-                let local = targets.len() < self.config.k
-                    || targets
-                        .last()
-                        .is_some_and(|c| me < c.id.distance(&record.key));
-                *storing = Some((targets.len(), 0, targets.len()));
+                // A read-only node keeps nothing for others: it may leave at any time.
+                let local = !self.config.read_only
+                    && (targets.len() < self.config.k
+                        || targets
+                            .last()
+                            .is_some_and(|c| me < c.id.distance(&record.key)));
+                *storing = Some((targets.len(), 0, targets.len() + usize::from(local)));
                 let mut local_ok = false;
                 if local {
                     let id = self.local.id;

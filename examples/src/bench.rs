@@ -1,0 +1,539 @@
+//! `kad bench native`: what signing costs, and how a signed network performs on loopback UDP.
+//!
+//! Everything is measured in one run, side by side, and printed as one JSON object (or a table):
+//! 1. the raw k256 sign and verify rates of this machine (one thread);
+//! 2. the rate at which a `kad node` process answers signed PINGs sent by this process, with
+//!    the node's CPU time per PING, against the sign+verify bound from (1);
+//! 3. a 100-node network on 127.0.0.1 (every message signed): put and get latency, CPU per
+//!    operation, and fresh `kad get` processes joining and getting;
+//! 4. a flood of garbage, forged and replayed datagrams from thousands of source addresses in
+//!    127.0.0.0/8 at a `kad node` process: its memory before and after, and its drop counters.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use k256::ecdsa::signature::{Signer as _, Verifier as _};
+use kad_core::{
+    Body, Codec, CodecCx, Contact, Message, NativeCodec, NativeIdentity, NodeId, PeerAddr, Request,
+    TxnId,
+};
+use serde_json::json;
+
+use crate::net::{emit, fresh_identity, ms, native_config, spawn_native};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Signing cost, PING rate of a node process, a 100-node signed UDP network, and a flood.
+    ///
+    /// Prints one JSON object with --json. Takes about a minute with the defaults.
+    Native(NativeArgs),
+}
+
+impl BenchCommand {
+    pub(crate) fn json(&self) -> bool {
+        match self {
+            Self::Native(a) => a.json,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct NativeArgs {
+    /// Nodes in the loopback network.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Puts (and as many gets) timed in the network, one at a time.
+    #[arg(long, default_value_t = 200)]
+    ops: usize,
+    /// Seconds spent on each rate measurement (raw crypto, PING rate).
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Fresh `kad get` processes that join the network and get one record.
+    #[arg(long, default_value_t = 10)]
+    joins: usize,
+    /// Source addresses in 127.0.0.0/8 used by the flood (0 skips the flood).
+    #[arg(long, default_value_t = 20_000)]
+    flood_sources: u32,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Native(a) => native(a),
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    (v[i] * 1000.0).round() / 1000.0
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// CPU time (user + system) of a process in seconds, from /proc (Linux).
+fn cpu_s(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime), counted from 1 with pid and comm: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| round(kb / 1024.0, 1))
+}
+
+fn native(a: NativeArgs) -> Result<()> {
+    if !(2..=2000).contains(&a.nodes) {
+        bail!("--nodes = {} is out of range: 2 to 2000", a.nodes);
+    }
+    if !(1..=100_000).contains(&a.ops) {
+        bail!("--ops = {} is out of range: 1 to 100000", a.ops);
+    }
+    if !(a.secs > 0.0 && a.secs <= 600.0) {
+        bail!("--secs = {} is out of range: 0 to 600", a.secs);
+    }
+    if a.joins > 1000 {
+        bail!("--joins = {} is out of range: 0 to 1000", a.joins);
+    }
+    if a.flood_sources > 1_000_000 {
+        bail!("--flood-sources = {} is out of range: 0 to 1000000", a.flood_sources);
+    }
+    let t0 = Instant::now();
+    let crypto = raw_crypto(a.secs);
+    let pair_rate = crypto["sign_verify_pairs_per_s"].as_f64().unwrap_or(0.0);
+    let ping = ping_rate(a.secs, pair_rate)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let network = rt.block_on(network(a.nodes, a.ops, a.joins))?;
+    drop(rt);
+    let flood = if a.flood_sources > 0 {
+        flood(a.flood_sources)?
+    } else {
+        json!(null)
+    };
+    let report = json!({
+        "bench": "native",
+        "crypto": crypto,
+        "ping": ping,
+        "network": network,
+        "flood": flood,
+        "wall_s": round(t0.elapsed().as_secs_f64(), 1),
+    });
+    emit(a.json, &report, || {
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    });
+    Ok(())
+}
+
+/// Raw k256 rates on one thread: sign, verify, and sign+verify pairs (what a node does per PING).
+fn raw_crypto(secs: f64) -> serde_json::Value {
+    let key = k256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).expect("valid key");
+    let vk = *key.verifying_key();
+    // A message the size of a signed PING.
+    let mut msg = vec![b'x'; 330];
+    let budget = Duration::from_secs_f64(secs / 2.0);
+    let (mut n_sign, t) = (0u64, Instant::now());
+    let mut sigs = Vec::new();
+    while t.elapsed() < budget {
+        msg[..8].copy_from_slice(&n_sign.to_be_bytes());
+        let s: k256::ecdsa::Signature = key.sign(&msg);
+        sigs.push((msg.clone(), s));
+        n_sign += 1;
+    }
+    let sign_s = t.elapsed().as_secs_f64() / n_sign as f64;
+    let t = Instant::now();
+    let mut n_verify = 0u64;
+    while t.elapsed() < budget {
+        let (m, s) = &sigs[n_verify as usize % sigs.len()];
+        let ok = vk.verify(m, s).is_ok();
+        assert!(ok, "k256 verified its own signature");
+        n_verify += 1;
+    }
+    let verify_s = t.elapsed().as_secs_f64() / n_verify as f64;
+    json!({
+        "sign_us": round(sign_s * 1e6, 1),
+        "verify_us": round(verify_s * 1e6, 1),
+        "sign_per_s": round(1.0 / sign_s, 0),
+        "verify_per_s": round(1.0 / verify_s, 0),
+        "sign_verify_pairs_per_s": round(1.0 / (sign_s + verify_s), 0),
+    })
+}
+
+/// A `kad node` child process, killed (by PID) when dropped.
+struct NodeProc {
+    child: Child,
+    addr: SocketAddr,
+    id: NodeId,
+    last: Arc<std::sync::Mutex<String>>,
+}
+
+impl NodeProc {
+    fn start(extra: &[&str]) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding the kad executable")?;
+        let mut child = Command::new(exe)
+            .args(["node", "--listen", "udp://127.0.0.1:0", "--json", "--for", "600"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a kad node process")?;
+        let out = child.stdout.take().context("node stdout")?;
+        let mut out = BufReader::new(out);
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .context("reading the node's contact")?;
+        // Keep the latest line the node prints (its stats with --stats-every).
+        let last = Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = last.clone();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if let Ok(mut k) = keep.lock() {
+                    *k = l;
+                }
+            }
+        });
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("the node printed {line:?}"))?;
+        let addr = v["addrs"][0]
+            .as_str()
+            .and_then(|s| s.parse::<PeerAddr>().ok())
+            .and_then(|p| match p {
+                PeerAddr::Udp(a) => Some(a),
+                _ => None,
+            })
+            .context("node address")?;
+        let id = v["id"].as_str().context("node id")?.parse()?;
+        Ok(Self {
+            child,
+            addr,
+            id,
+            last,
+        })
+    }
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+    /// The stats object of the latest stats line.
+    fn stats(&self) -> serde_json::Value {
+        let line = self.last.lock().map(|l| l.clone()).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&line).map_or(json!(null), |v| v["stats"].clone())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Signs `n` PINGs from `identity` to `to` (one fresh nonce and transaction id each).
+fn signed_pings(identity: &Arc<NativeIdentity>, from: SocketAddr, to: NodeId, n: usize) -> Vec<Vec<u8>> {
+    let mut codec = NativeCodec::new(identity.clone());
+    let mut rng = rand::rngs::ThreadRng::default();
+    let contact = Contact::new(identity.id(), PeerAddr::Udp(from));
+    (0..n)
+        .map(|i| {
+            let m = Message {
+                txn: TxnId::from_bytes((i as u32).to_be_bytes().to_vec()),
+                sender: contact.clone(),
+                recipient: Some(to),
+                read_only: true,
+                body: Body::Request(Request::Ping),
+            };
+            let mut cx = CodecCx {
+                unix_ms: unix_ms(),
+                local_id: identity.id(),
+                max_skew_ms: 60_000,
+                rng: &mut rng,
+            };
+            codec.encode(&m, &mut cx).map(|b| b.to_vec()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// PINGs answered per second by a `kad node` process, closed loop with a window of requests.
+fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> {
+    let node = NodeProc::start(&[])?;
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let identity = Arc::new(fresh_identity()?);
+    // Pre-sign more than the node can answer in `secs`, so this process only sends and counts.
+    let n = ((pair_rate * secs * 1.3) as usize).clamp(1000, 2_000_000);
+    let pings = signed_pings(&identity, sock.local_addr()?, node.id, n);
+    let mut verifier = NativeCodec::new(identity.clone());
+    let window = 64.min(n);
+    let mut next = 0;
+    for p in &pings[..window] {
+        sock.send_to(p, node.addr)?;
+        next += 1;
+    }
+    let cpu0 = cpu_s(&node.pid());
+    let t = Instant::now();
+    let (mut answered, mut verified, mut lost) = (0u64, 0u64, 0u64);
+    let mut buf = vec![0u8; 65_536];
+    while t.elapsed().as_secs_f64() < secs && next < pings.len() {
+        match sock.recv_from(&mut buf) {
+            Ok((len, _)) => {
+                answered += 1;
+                if answered % 64 == 0 {
+                    // Check a sample of the answers in full: signature, id, recipient, window.
+                    let mut rng = rand::rngs::ThreadRng::default();
+                    let mut cx = CodecCx {
+                        unix_ms: unix_ms(),
+                        local_id: identity.id(),
+                        max_skew_ms: 60_000,
+                        rng: &mut rng,
+                    };
+                    if verifier.decode(&buf[..len], &mut cx).is_ok() {
+                        verified += 1;
+                    }
+                }
+            }
+            Err(_) => {
+                // A whole window lost (socket buffer overflow): refill it.
+                lost += window as u64;
+                for _ in 0..window.min(pings.len() - next) {
+                    sock.send_to(&pings[next], node.addr)?;
+                    next += 1;
+                }
+                continue;
+            }
+        }
+        if next < pings.len() {
+            sock.send_to(&pings[next], node.addr)?;
+            next += 1;
+        }
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu = cpu_s(&node.pid()) - cpu0;
+    let rate = answered as f64 / elapsed;
+    Ok(json!({
+        "answered": answered,
+        "answers_verified_sample": verified,
+        "windows_lost": lost / window as u64,
+        "pings_per_s": round(rate, 0),
+        "node_cpu_us_per_ping": round(cpu / answered.max(1) as f64 * 1e6, 1),
+        "ratio_to_sign_verify_bound": round(rate / pair_rate, 3),
+        "target_ratio": 0.7,
+    }))
+}
+
+/// Process CPU seconds (user + system) of this process.
+fn self_cpu() -> f64 {
+    cpu_s("self")
+}
+
+async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::Value> {
+    let mut dhts = Vec::with_capacity(nodes);
+    let t_build = Instant::now();
+    for _ in 0..nodes {
+        let (dht, _udp) = spawn_native(
+            "127.0.0.1:0".parse()?,
+            Arc::new(fresh_identity()?),
+            native_config(),
+        )
+        .await?;
+        dhts.push(dht);
+    }
+    let seed = dhts[0].contact().addrs[0].clone();
+    // Join in waves of 10 through the first node.
+    for chunk in dhts[1..].chunks(10) {
+        let mut set = tokio::task::JoinSet::new();
+        for d in chunk {
+            let (d, s) = (d.clone(), seed.clone());
+            set.spawn(async move { d.bootstrap(vec![s]).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+    }
+    // One refresh round so that the tables reflect the whole network, as after a few minutes.
+    for d in &dhts {
+        d.find_node(d.contact().id).await?;
+    }
+    let formed_s = t_build.elapsed().as_secs_f64();
+    let mut table = Vec::new();
+    for d in &dhts {
+        table.push(d.snapshot().await?.contacts.len() as f64);
+    }
+    let mut rng = rand::rngs::ThreadRng::default();
+    use rand::Rng as _;
+    let keys: Vec<NodeId> = (0..ops).map(|_| NodeId::random(&mut rng)).collect();
+    // Puts, one at a time, from random nodes.
+    let (mut put_ms, mut stored) = (Vec::new(), Vec::new());
+    let cpu0 = self_cpu();
+    let t = Instant::now();
+    for (i, k) in keys.iter().enumerate() {
+        let d = &dhts[rng.random_range(0..nodes)];
+        let t1 = Instant::now();
+        let o = d.put(*k, format!("value {i}").into_bytes().into()).await?;
+        put_ms.push(ms(t1.elapsed()));
+        stored.push(o.stored as f64);
+    }
+    let put_cpu = (self_cpu() - cpu0) / ops as f64;
+    let put_wall = t.elapsed().as_secs_f64();
+    // Gets, one at a time, from random nodes (other than none in particular).
+    let mut get_ms = Vec::new();
+    let mut found = 0;
+    let cpu0 = self_cpu();
+    for (i, k) in keys.iter().enumerate() {
+        let d = &dhts[rng.random_range(0..nodes)];
+        let t1 = Instant::now();
+        if let Ok(o) = d.get(*k).await {
+            if o.record.value == format!("value {i}").as_bytes() {
+                found += 1;
+            }
+        }
+        get_ms.push(ms(t1.elapsed()));
+    }
+    let get_cpu = (self_cpu() - cpu0) / ops as f64;
+    // Fresh processes: start, join through one node, get one record, exit.
+    let exe = std::env::current_exe()?;
+    let (mut join_get_ms, mut process_ms) = (Vec::new(), Vec::new());
+    let mut join_found = 0;
+    for j in 0..joins {
+        let k = keys[j % keys.len()];
+        let t1 = Instant::now();
+        let out = tokio::process::Command::new(&exe)
+            .args(["get", "--json", "--bootstrap", &seed.to_string(), &k.to_string()])
+            .output()
+            .await?;
+        process_ms.push(ms(t1.elapsed()));
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or(json!({}));
+        if v["value"].as_str() == Some(&format!("value {}", j % keys.len())) {
+            join_found += 1;
+        }
+        let jm = v["join_ms"].as_f64().unwrap_or(f64::NAN);
+        let gm = v["elapsed_ms"].as_f64().unwrap_or(f64::NAN);
+        join_get_ms.push(jm + gm);
+    }
+    for d in &dhts {
+        d.shutdown().await;
+    }
+    Ok(json!({
+        "nodes": nodes,
+        "formed_s": round(formed_s, 2),
+        "routing_table_mean": round(table.iter().sum::<f64>() / nodes as f64, 1),
+        "puts": ops,
+        "put_ms_p50": pct(&mut put_ms, 0.5),
+        "put_ms_p90": pct(&mut put_ms, 0.9),
+        "put_stored_p50": pct(&mut stored, 0.5),
+        "put_cpu_ms_per_op": round(put_cpu * 1e3, 2),
+        "put_wall_s": round(put_wall, 2),
+        "gets": ops,
+        "gets_found": found,
+        "get_ms_p50": pct(&mut get_ms, 0.5),
+        "get_ms_p90": pct(&mut get_ms, 0.9),
+        "get_cpu_ms_per_op": round(get_cpu * 1e3, 2),
+        "fresh_process_gets": joins,
+        "fresh_process_found": join_found,
+        "fresh_join_plus_get_ms_p50": pct(&mut join_get_ms, 0.5),
+        "fresh_process_total_ms_p50": pct(&mut process_ms, 0.5),
+        "cpu_note": "CPU per op is this process's CPU (all nodes, both ends of every RPC) divided by the operations",
+    }))
+}
+
+/// Floods a `kad node` process from many source addresses, then checks it still answers.
+fn flood(sources: u32) -> Result<serde_json::Value> {
+    let node = NodeProc::start(&["--stats-every", "0.25"])?;
+    let pid = node.pid();
+    std::thread::sleep(Duration::from_millis(200));
+    let rss0 = rss_mb(&pid);
+    let forger = Arc::new(fresh_identity()?);
+    let other = fresh_identity()?.id();
+    let replayed = signed_pings(&forger, "127.0.0.1:9".parse()?, node.id, 1);
+    let t = Instant::now();
+    let mut sent = 0u64;
+    for i in 0..sources {
+        // 127.1.0.0 + i: a distinct source address each time.
+        let ip = std::net::Ipv4Addr::from(0x7f01_0000u32 + i);
+        let Ok(sock) = UdpSocket::bind((ip, 0)) else {
+            continue;
+        };
+        let src: SocketAddr = sock.local_addr()?;
+        // Garbage, a forged signature, a ping for another node, a replay.
+        let _ = sock.send_to(&(i.to_be_bytes().repeat(50)), node.addr);
+        let mut forged = signed_pings(&forger, src, node.id, 1).pop().unwrap_or_default();
+        if forged.len() > 10 {
+            let at = forged.len() - 4;
+            forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
+        }
+        let _ = sock.send_to(&forged, node.addr);
+        if i % 8 == 0 {
+            // A valid PING from a fresh key: the node answers it and may remember the peer.
+            let fresh = Arc::new(fresh_identity()?);
+            let ok = signed_pings(&fresh, src, node.id, 1).pop().unwrap_or_default();
+            let _ = sock.send_to(&ok, node.addr);
+            let wrong = signed_pings(&fresh, src, other, 1).pop().unwrap_or_default();
+            let _ = sock.send_to(&wrong, node.addr);
+        }
+        let _ = sock.send_to(&replayed[0], node.addr);
+        sent += 4;
+    }
+    let flood_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1 = rss_mb(&pid);
+    // Still answering an honest peer?
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let honest = Arc::new(fresh_identity()?);
+    let ping = signed_pings(&honest, sock.local_addr()?, node.id, 1);
+    let t1 = Instant::now();
+    sock.send_to(&ping[0], node.addr)?;
+    let mut buf = vec![0u8; 65_536];
+    let answered = sock.recv_from(&mut buf).is_ok();
+    let rtt = ms(t1.elapsed());
+    std::thread::sleep(Duration::from_millis(400));
+    let st = node.stats();
+    let drops = json!({
+        "malformed": st["dropped_malformed"], "bad_signature": st["dropped_bad_signature"],
+        "wrong_recipient": st["dropped_wrong_recipient"], "replay": st["dropped_replay"],
+        "requests_answered": st["requests_in"],
+    });
+    Ok(json!({
+        "node_counters": drops,
+        "source_addresses": sources,
+        "datagrams": sent,
+        "flood_s": round(flood_s, 2),
+        "rss_mb_before": rss0,
+        "rss_mb_after": rss1,
+        "honest_ping_answered": answered,
+        "honest_ping_rtt_ms": rtt,
+    }))
+}
