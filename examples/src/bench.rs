@@ -122,7 +122,10 @@ fn native(a: NativeArgs) -> Result<()> {
         bail!("--joins = {} is out of range: 0 to 1000", a.joins);
     }
     if a.flood_sources > 1_000_000 {
-        bail!("--flood-sources = {} is out of range: 0 to 1000000", a.flood_sources);
+        bail!(
+            "--flood-sources = {} is out of range: 0 to 1000000",
+            a.flood_sources
+        );
     }
     let t0 = Instant::now();
     let crypto = raw_crypto(a.secs);
@@ -199,7 +202,14 @@ impl NodeProc {
     fn start(extra: &[&str]) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the kad executable")?;
         let mut child = Command::new(exe)
-            .args(["node", "--listen", "udp://127.0.0.1:0", "--json", "--for", "600"])
+            .args([
+                "node",
+                "--listen",
+                "udp://127.0.0.1:0",
+                "--json",
+                "--for",
+                "600",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -220,8 +230,8 @@ impl NodeProc {
                 }
             }
         });
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("the node printed {line:?}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("the node printed {line:?}"))?;
         let addr = v["addrs"][0]
             .as_str()
             .and_then(|s| s.parse::<PeerAddr>().ok())
@@ -262,7 +272,12 @@ fn unix_ms() -> u64 {
 }
 
 /// Signs `n` PINGs from `identity` to `to` (one fresh nonce and transaction id each).
-fn signed_pings(identity: &Arc<NativeIdentity>, from: SocketAddr, to: NodeId, n: usize) -> Vec<Vec<u8>> {
+fn signed_pings(
+    identity: &Arc<NativeIdentity>,
+    from: SocketAddr,
+    to: NodeId,
+    n: usize,
+) -> Vec<Vec<u8>> {
     let mut codec = NativeCodec::new(identity.clone());
     let mut rng = rand::rngs::ThreadRng::default();
     let contact = Contact::new(identity.id(), PeerAddr::Udp(from));
@@ -281,7 +296,10 @@ fn signed_pings(identity: &Arc<NativeIdentity>, from: SocketAddr, to: NodeId, n:
                 max_skew_ms: 60_000,
                 rng: &mut rng,
             };
-            codec.encode(&m, &mut cx).map(|b| b.to_vec()).unwrap_or_default()
+            codec
+                .encode(&m, &mut cx)
+                .map(|b| b.to_vec())
+                .unwrap_or_default()
         })
         .collect()
 }
@@ -430,7 +448,13 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         let k = keys[j % keys.len()];
         let t1 = Instant::now();
         let out = tokio::process::Command::new(&exe)
-            .args(["get", "--json", "--bootstrap", &seed.to_string(), &k.to_string()])
+            .args([
+                "get",
+                "--json",
+                "--bootstrap",
+                &seed.to_string(),
+                &k.to_string(),
+            ])
             .output()
             .await?;
         process_ms.push(ms(t1.elapsed()));
@@ -489,7 +513,9 @@ fn flood(sources: u32) -> Result<serde_json::Value> {
         let src: SocketAddr = sock.local_addr()?;
         // Garbage, a forged signature, a ping for another node, a replay.
         let _ = sock.send_to(&(i.to_be_bytes().repeat(50)), node.addr);
-        let mut forged = signed_pings(&forger, src, node.id, 1).pop().unwrap_or_default();
+        let mut forged = signed_pings(&forger, src, node.id, 1)
+            .pop()
+            .unwrap_or_default();
         if forged.len() > 10 {
             let at = forged.len() - 4;
             forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
@@ -498,9 +524,13 @@ fn flood(sources: u32) -> Result<serde_json::Value> {
         if i % 8 == 0 {
             // A valid PING from a fresh key: the node answers it and may remember the peer.
             let fresh = Arc::new(fresh_identity()?);
-            let ok = signed_pings(&fresh, src, node.id, 1).pop().unwrap_or_default();
+            let ok = signed_pings(&fresh, src, node.id, 1)
+                .pop()
+                .unwrap_or_default();
             let _ = sock.send_to(&ok, node.addr);
-            let wrong = signed_pings(&fresh, src, other, 1).pop().unwrap_or_default();
+            let wrong = signed_pings(&fresh, src, other, 1)
+                .pop()
+                .unwrap_or_default();
             let _ = sock.send_to(&wrong, node.addr);
         }
         let _ = sock.send_to(&replayed[0], node.addr);

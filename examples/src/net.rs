@@ -288,7 +288,13 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
                 Ok(o) => emit(
                     json,
                     &json!({"event": "bootstrapped", "closest": o.closest.len(), "rpcs": o.stats.rpcs, "elapsed_ms": ms(t0.elapsed())}),
-                    || format!("bootstrapped: {} closest found in {:.1} ms", o.closest.len(), ms(t0.elapsed())),
+                    || {
+                        format!(
+                            "bootstrapped: {} closest found in {:.1} ms",
+                            o.closest.len(),
+                            ms(t0.elapsed())
+                        )
+                    },
                 ),
                 Err(e) => emit(
                     json,
@@ -339,9 +345,16 @@ async fn print_stats(dht: &Dht, udp: &UdpTransport, json: bool, event: &str) {
         || {
             format!(
                 "{event}: {table} contacts, {} in / {} out, dropped: {} malformed, {} bad signature, {} id mismatch, {} stale, {} replay, {} wrong recipient, {} unknown txn, {} wrong peer; peak RSS {rss} MB",
-                stats.messages_in, stats.messages_out, stats.dropped_malformed, stats.dropped_bad_signature,
-                stats.dropped_id_mismatch, stats.dropped_stale, stats.dropped_replay,
-                stats.dropped_wrong_recipient, stats.dropped_unknown_txn, stats.dropped_wrong_peer
+                stats.messages_in,
+                stats.messages_out,
+                stats.dropped_malformed,
+                stats.dropped_bad_signature,
+                stats.dropped_id_mismatch,
+                stats.dropped_stale,
+                stats.dropped_replay,
+                stats.dropped_wrong_recipient,
+                stats.dropped_unknown_txn,
+                stats.dropped_wrong_peer
             )
         },
     );
@@ -372,7 +385,14 @@ pub(crate) async fn ping(a: PingArgs) -> Result<()> {
         emit(
             a.client.json,
             &json!({"seq": seq, "id": o.contact.id.to_string(), "addrs": contact_json(&o.contact)["addrs"], "rtt_ms": ms(o.rtt)}),
-            || format!("pong from {} ({}): rtt {:.3} ms", target, o.contact.id, ms(o.rtt)),
+            || {
+                format!(
+                    "pong from {} ({}): rtt {:.3} ms",
+                    target,
+                    o.contact.id,
+                    ms(o.rtt)
+                )
+            },
         );
     }
     dht.shutdown().await;

@@ -619,6 +619,10 @@ impl Codec for NativeCodec {
             }
             _ => {}
         }
+        // A nonce already seen costs no signature check (replays are a cheap flood otherwise).
+        if m.kad.ts <= self.replay.floor || self.replay.seen.contains(&(id, nonce)) {
+            return Err(DecodeError::Replay);
+        }
         let sig = Signature::from_slice(&sig).map_err(|_| DecodeError::BadSignature)?;
         vk.verify(signed, &sig)
             .map_err(|_| DecodeError::BadSignature)?;

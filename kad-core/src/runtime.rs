@@ -2,12 +2,13 @@
 //!
 //! Time is read through tokio (`tokio::time::Instant`), so tests with paused time work.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use rustc_hash::{FxHashMap, FxHashSet};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tracing::{debug, info, trace};
 
 use crate::addr::{Contact, PeerAddr};
@@ -87,7 +88,7 @@ enum Command {
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use kad_core::{Config, Dht, MemoryNetwork, Node};
-/// use std::sync::Arc;
+/// use std::sync::{Arc, Mutex};
 /// let net = MemoryNetwork::new();
 /// let a = Dht::spawn(Node::builder(Config::default()), vec![Arc::new(net.transport(1024))])?;
 /// let b = Dht::spawn(Node::builder(Config::default()), vec![Arc::new(net.transport(1024))])?;
@@ -147,19 +148,22 @@ impl Dht {
         let contact = node.contact().clone();
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
-        let (in_tx, in_rx) = mpsc::channel(INBOX);
+        let inbox = Arc::new(Shared {
+            inbox: Mutex::new(Inbox::default()),
+            notify: Notify::new(),
+        });
         let mut readers = Vec::new();
         for (via, t) in transports.iter().enumerate() {
             let t = t.clone();
-            let in_tx = in_tx.clone();
+            let shared = inbox.clone();
             readers.push(tokio::spawn(async move {
                 loop {
                     match t.recv().await {
                         Ok((from, data)) => {
-                            let m = (from, data, via);
-                            // A full inbox drops, like a socket buffer: the engine never blocks a reader.
-                            if let Err(mpsc::error::TrySendError::Closed(_)) = in_tx.try_send(m) {
-                                break;
+                            // A full inbox drops (and counts), like a socket buffer: the engine
+                            // never blocks a reader.
+                            if shared.lock().push(from, data, via) {
+                                shared.notify.notify_one();
                             }
                         }
                         Err(crate::transport::TransportError::Closed) => break,
@@ -172,7 +176,7 @@ impl Dht {
             node,
             transports,
             rx,
-            in_rx,
+            inbox,
             events: events.clone(),
             waiting: HashMap::new(),
             via: HashMap::new(),
@@ -325,7 +329,7 @@ struct Actor {
     node: crate::node::Node,
     transports: Vec<Arc<dyn Transport>>,
     rx: mpsc::Receiver<Command>,
-    in_rx: mpsc::Receiver<(PeerAddr, Bytes, usize)>,
+    inbox: Arc<Shared>,
     events: broadcast::Sender<Event>,
     waiting: HashMap<QueryId, oneshot::Sender<Result<QueryResult, CommandError>>>,
     /// Which transport each peer last reached us through, so answers leave from the address
@@ -333,10 +337,112 @@ struct Actor {
     via: HashMap<PeerAddr, usize>,
 }
 
-/// Messages received but not yet handled; beyond this, transports' messages are dropped.
+/// Datagrams received but not yet handled; beyond this, new ones are dropped and counted.
 const INBOX: usize = 4096;
+/// Datagrams queued per source address; beyond this that address's new ones are dropped.
+const PER_SOURCE: usize = 32;
+/// Most addresses remembered as "talked to recently" (their datagrams are served first).
+const KNOWN_CAP: usize = 65_536;
+/// Most received datagrams the actor handles before it looks at commands and timers again.
+const BATCH: usize = 64;
+/// Longest the actor works through received datagrams before it yields to other tasks.
+const BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(2);
 /// Most peers whose inbound transport is remembered.
 const VIA_CAP: usize = 65_536;
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    notify: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Received datagrams waiting for the engine, scheduled fairly.
+///
+/// Datagrams from addresses this node sent requests to recently (answers to its lookups, peers
+/// in its table it pinged) go first. Everyone else shares the rest round-robin by source
+/// address, at most [`PER_SOURCE`] queued each, so a flood from a few addresses cannot starve
+/// the others, and memory stays bounded ([`INBOX`] datagrams in all).
+#[derive(Default)]
+struct Inbox {
+    lanes: [Lane; 2],
+    total: usize,
+    known: FxHashSet<PeerAddr>,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct Lane {
+    queues: FxHashMap<PeerAddr, VecDeque<(Bytes, usize)>>,
+    ring: VecDeque<PeerAddr>,
+}
+
+impl Inbox {
+    /// Queues a datagram; false (and counted) when dropped.
+    fn push(&mut self, from: PeerAddr, data: Bytes, via: usize) -> bool {
+        if self.total >= INBOX {
+            self.dropped += 1;
+            return false;
+        }
+        let lane = &mut self.lanes[usize::from(!self.known.contains(&from))];
+        let q = match lane.queues.entry(from) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                lane.ring.push_back(e.key().clone());
+                e.insert(VecDeque::new())
+            }
+        };
+        if q.len() >= PER_SOURCE {
+            self.dropped += 1;
+            return false;
+        }
+        q.push_back((data, via));
+        self.total += 1;
+        true
+    }
+
+    /// The next datagram: known peers first, then strangers round-robin.
+    fn pop(&mut self) -> Option<(PeerAddr, Bytes, usize)> {
+        for lane in &mut self.lanes {
+            while let Some(from) = lane.ring.pop_front() {
+                let Some(q) = lane.queues.get_mut(&from) else {
+                    continue;
+                };
+                let Some((data, via)) = q.pop_front() else {
+                    lane.queues.remove(&from);
+                    continue;
+                };
+                if q.is_empty() {
+                    lane.queues.remove(&from);
+                } else {
+                    lane.ring.push_back(from.clone());
+                }
+                self.total -= 1;
+                return Some((from, data, via));
+            }
+        }
+        None
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    fn talked_to(&mut self, to: &PeerAddr) {
+        if !self.known.contains(to) {
+            if self.known.len() >= KNOWN_CAP {
+                self.known.clear();
+            }
+            self.known.insert(to.clone());
+        }
+    }
+}
 
 impl Actor {
     async fn run(mut self) {
@@ -355,18 +461,33 @@ impl Actor {
                     Some(Command::Shutdown(tx)) => { done = Some(tx); break; }
                     Some(cmd) => self.command(cmd),
                 },
-                Some((from, data, via)) = self.in_rx.recv() => {
-                    if self.transports.len() > 1 {
-                        if self.via.len() >= VIA_CAP {
-                            self.via.clear();
-                        }
-                        self.via.insert(from.clone(), via);
-                    }
-                    self.node.handle_input(now(), Input::Datagram { from, data });
-                }
+                () = self.inbox.notify.notified() => {}
                 () = sleep => self.node.handle_input(now(), Input::Timeout),
             }
             self.drain().await;
+            let mut handled = 0;
+            let started = now();
+            while handled < BATCH && now().duration_since(started) < BATCH_TIME {
+                let Some((from, data, via)) = self.inbox.lock().pop() else {
+                    break;
+                };
+                if self.transports.len() > 1 {
+                    if self.via.len() >= VIA_CAP {
+                        self.via.clear();
+                    }
+                    self.via.insert(from.clone(), via);
+                }
+                self.node
+                    .handle_input(now(), Input::Datagram { from, data });
+                self.drain().await;
+                handled += 1;
+            }
+            if handled > 0 && !self.inbox.lock().is_empty() {
+                // More is waiting: come back without sleeping, but let the readers (and commands,
+                // timers) run first, so the sockets are drained while the engine is busy.
+                self.inbox.notify.notify_one();
+                tokio::task::yield_now().await;
+            }
         }
         debug!(id = %self.node.id(), "node stopped");
         self.waiting.clear();
@@ -387,7 +508,11 @@ impl Actor {
             Command::Ping(addr, tx) => (n.ping(t, addr), tx),
             Command::Call(to, method, params, tx) => (n.call(t, &to, &method, params), tx),
             Command::AddContact(c) => return n.add_contact(t, c),
-            Command::Stats(tx) => return drop(tx.send(n.stats().clone())),
+            Command::Stats(tx) => {
+                let mut stats = n.stats().clone();
+                stats.dropped_overload = self.inbox.lock().dropped;
+                return drop(tx.send(stats));
+            }
             Command::Snapshot(tx) => return drop(tx.send(n.snapshot())),
             Command::Shutdown(_) => return,
         };
@@ -405,6 +530,11 @@ impl Actor {
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
+                    if matches!(msg.body, crate::message::Body::Request(_)) {
+                        // We asked: its answers go first. (Answering a stranger's request does
+                        // not make it a known peer, or a flood of valid requests would.)
+                        self.inbox.lock().talked_to(&to);
+                    }
                     let bytes = match self.node.encode(&msg) {
                         Ok(b) => b,
                         Err(e) => {

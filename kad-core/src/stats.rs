@@ -36,6 +36,9 @@ pub struct Stats {
     pub dropped_unknown_txn: u64,
     /// Dropped: a response from a node other than the one asked.
     pub dropped_wrong_peer: u64,
+    /// Dropped before decoding: the runtime's inbox was full, or the source address already had
+    /// its share queued (a flood). Set by the tokio runtime; 0 for a bare engine.
+    pub dropped_overload: u64,
     /// Dropped: a message that claims our own id.
     pub dropped_self: u64,
     /// Dropped: a request refused by a plugin's filter.

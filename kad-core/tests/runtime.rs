@@ -206,7 +206,10 @@ async fn bad_input_is_dropped_and_counted() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let s = nodes[0].stats().await.unwrap();
-    assert_eq!(s.dropped_malformed, 5_000, "{s:?}");
+    // Every garbage datagram is counted: decoded and dropped, or shed by the fair inbox when one
+    // source sends faster than its share.
+    assert_eq!(s.dropped_malformed + s.dropped_overload, 5_000, "{s:?}");
+    assert!(s.dropped_malformed >= 32, "{s:?}");
     assert_eq!(s.dropped_unknown_txn, 1, "{s:?}");
     assert_eq!(s.dropped_wrong_recipient, 1, "{s:?}");
     // The node still answers honest peers.
