@@ -1,0 +1,179 @@
+//! Many `kad node` processes on 127.0.0.1 forming a signed native network; `kad put`, `kad get`
+//! and `kad lookup` run against it as separate processes, as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const KAD: &str = env!("CARGO_BIN_EXE_kad");
+
+/// A node process, killed (by its PID) when dropped.
+struct NodeProc {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    id: String,
+    addr: String,
+}
+
+impl NodeProc {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(KAD)
+            .args(["node", "--listen", "udp://127.0.0.1:0", "--json", "--for", "120"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kad node");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut p = Self {
+            child,
+            lines,
+            id: String::new(),
+            addr: String::new(),
+        };
+        let first = p.next_event("listening");
+        p.id = first["id"].as_str().unwrap().to_owned();
+        p.addr = first["addrs"][0].as_str().unwrap().to_owned();
+        p
+    }
+
+    fn next_event(&mut self, event: &str) -> Value {
+        loop {
+            let v = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {event:?} line within 30 s"));
+            if v["event"] == event {
+                return v;
+            }
+            assert_ne!(v["event"], "bootstrap_failed", "{v}");
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kad_json(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(KAD).args(args).arg("--json").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.trim().lines().last().unwrap_or("{}").to_owned();
+    let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn xor_hex(a: &str, b: &str) -> Vec<u8> {
+    let a = hex::decode(a).unwrap();
+    let b = hex::decode(b).unwrap();
+    a.iter().zip(&b).map(|(x, y)| x ^ y).collect()
+}
+
+#[test]
+fn twenty_four_node_processes_put_get_and_lookup() {
+    const N: usize = 24;
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    nodes.push(NodeProc::start(&[]));
+    for i in 1..N {
+        // Each joins through up to three earlier nodes.
+        let seeds: Vec<&str> = [0, i / 2, i - 1].iter().map(|&j| nodes[j].addr.as_str()).collect();
+        let list = seeds.join(",");
+        let mut p = NodeProc::start(&["--bootstrap", &list]);
+        p.next_event("bootstrapped");
+        nodes.push(p);
+    }
+
+    // A put through node 3, a get through node 17: separate client processes.
+    let key = "00112233445566778899aabbccddeeff00112233";
+    let (code, put) = kad_json(&["put", "--bootstrap", &nodes[3].addr, "--key", key, "signed and stored"]);
+    assert_eq!(code, 0, "{put}");
+    assert!(put["stored"].as_u64().unwrap() >= 18, "stored at (nearly) all k = 20 closest: {put}");
+    let (code, got) = kad_json(&["get", "--bootstrap", &nodes[17].addr, key]);
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(got["value"], "signed and stored");
+
+    // A key nobody stored: not found, exit status 1.
+    let (code, missing) = kad_json(&["get", "--bootstrap", &nodes[5].addr, &"ab".repeat(20)]);
+    assert_eq!((code, &missing["ok"]), (1, &Value::Bool(false)));
+
+    // A lookup through node 9 for node 12's id finds node 12 first, and exactly the 20 node
+    // processes closest to it.
+    let target = nodes[12].id.clone();
+    let (code, found) = kad_json(&["lookup", "--bootstrap", &nodes[9].addr, &target]);
+    assert_eq!(code, 0, "{found}");
+    let got: Vec<String> = found["closest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got[0], target);
+    let mut truth: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    truth.sort_by_key(|id| xor_hex(id, &target));
+    truth.truncate(20);
+    assert_eq!(got, truth, "the 20 closest, in order");
+
+    // Ping one node by address.
+    let (code, pong) = kad_json(&["ping", &nodes[20].addr]);
+    assert_eq!(code, 0);
+    assert_eq!(pong["id"].as_str(), Some(nodes[20].id.as_str()));
+}
+
+#[test]
+fn key_file_is_created_private_and_reused() {
+    let dir = std::env::temp_dir().join(format!("kad-key-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.key");
+    let _ = std::fs::remove_file(&path);
+    let p = path.to_str().unwrap();
+    let id1 = NodeProc::start(&["--key-file", p]).id.clone();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let id2 = NodeProc::start(&["--key-file", p]).id.clone();
+    assert_eq!(id1, id2, "the same key gives the same id");
+    // A corrupt key file is a clear error naming the flag.
+    std::fs::write(&path, "not a key\n").unwrap();
+    let out = Command::new(KAD)
+        .args(["node", "--listen", "udp://127.0.0.1:0", "--key-file", p, "--for", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--key-file") && err.contains("64 hex digits"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_user_input_names_the_field_and_limit() {
+    let big = "x".repeat(45_001);
+    let cases: [(&[&str], &str); 4] = [
+        (&["put", "--bootstrap", "udp://127.0.0.1:9", "--key", "12", "v"], "--key"),
+        (&["put", "--bootstrap", "udp://127.0.0.1:9", "--key", &"ab".repeat(20), &big], "45000"),
+        (&["get", "--bootstrap", "tcp://127.0.0.1:9", &"ab".repeat(20)], "--bootstrap"),
+        (&["lookup", &"ab".repeat(20)], "--bootstrap"),
+    ];
+    for (args, needle) in cases {
+        let (code, v) = kad_json(args);
+        assert_eq!(code, 2, "{args:?}");
+        assert_eq!(v["ok"], false);
+        assert!(v["error"].as_str().unwrap().contains(needle), "{args:?}: {v}");
+    }
+}
