@@ -413,7 +413,7 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
     use rand::Rng as _;
     let keys: Vec<NodeId> = (0..ops).map(|_| NodeId::random(&mut rng)).collect();
     // Puts, one at a time, from random nodes.
-    let (mut put_ms, mut stored) = (Vec::new(), Vec::new());
+    let (mut put_ms, mut stored, mut put_rpcs) = (Vec::new(), Vec::new(), Vec::new());
     let cpu0 = self_cpu();
     let t = Instant::now();
     for (i, k) in keys.iter().enumerate() {
@@ -422,17 +422,19 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         let o = d.put(*k, format!("value {i}").into_bytes().into()).await?;
         put_ms.push(ms(t1.elapsed()));
         stored.push(o.stored as f64);
+        put_rpcs.push(f64::from(o.stats.rpcs) + o.tried as f64);
     }
     let put_cpu = (self_cpu() - cpu0) / ops as f64;
     let put_wall = t.elapsed().as_secs_f64();
     // Gets, one at a time, from random nodes (other than none in particular).
-    let mut get_ms = Vec::new();
+    let (mut get_ms, mut get_rpcs) = (Vec::new(), Vec::new());
     let mut found = 0;
     let cpu0 = self_cpu();
     for (i, k) in keys.iter().enumerate() {
         let d = &dhts[rng.random_range(0..nodes)];
         let t1 = Instant::now();
         if let Ok(o) = d.get(*k).await {
+            get_rpcs.push(f64::from(o.stats.rpcs));
             if o.record.value == format!("value {i}").as_bytes() {
                 found += 1;
             }
@@ -478,6 +480,8 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         "put_ms_p50": pct(&mut put_ms, 0.5),
         "put_ms_p90": pct(&mut put_ms, 0.9),
         "put_stored_p50": pct(&mut stored, 0.5),
+        "put_rpcs_p50": pct(&mut put_rpcs, 0.5),
+        "get_rpcs_p50": pct(&mut get_rpcs, 0.5),
         "put_cpu_ms_per_op": round(put_cpu * 1e3, 2),
         "put_wall_s": round(put_wall, 2),
         "gets": ops,
@@ -554,6 +558,7 @@ fn flood(sources: u32) -> Result<serde_json::Value> {
     let drops = json!({
         "malformed": st["dropped_malformed"], "bad_signature": st["dropped_bad_signature"],
         "wrong_recipient": st["dropped_wrong_recipient"], "replay": st["dropped_replay"],
+        "overload": st["dropped_overload"], "stale": st["dropped_stale"],
         "requests_answered": st["requests_in"],
     });
     Ok(json!({

@@ -21,7 +21,14 @@ struct NodeProc {
 impl NodeProc {
     fn start(args: &[&str]) -> Self {
         let mut child = Command::new(KAD)
-            .args(["node", "--listen", "udp://127.0.0.1:0", "--json", "--for", "120"])
+            .args([
+                "node",
+                "--listen",
+                "udp://127.0.0.1:0",
+                "--json",
+                "--for",
+                "120",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -90,7 +97,10 @@ fn twenty_four_node_processes_put_get_and_lookup() {
     nodes.push(NodeProc::start(&[]));
     for i in 1..N {
         // Each joins through up to three earlier nodes.
-        let seeds: Vec<&str> = [0, i / 2, i - 1].iter().map(|&j| nodes[j].addr.as_str()).collect();
+        let seeds: Vec<&str> = [0, i / 2, i - 1]
+            .iter()
+            .map(|&j| nodes[j].addr.as_str())
+            .collect();
         let list = seeds.join(",");
         let mut p = NodeProc::start(&["--bootstrap", &list]);
         p.next_event("bootstrapped");
@@ -99,9 +109,19 @@ fn twenty_four_node_processes_put_get_and_lookup() {
 
     // A put through node 3, a get through node 17: separate client processes.
     let key = "00112233445566778899aabbccddeeff00112233";
-    let (code, put) = kad_json(&["put", "--bootstrap", &nodes[3].addr, "--key", key, "signed and stored"]);
+    let (code, put) = kad_json(&[
+        "put",
+        "--bootstrap",
+        &nodes[3].addr,
+        "--key",
+        key,
+        "signed and stored",
+    ]);
     assert_eq!(code, 0, "{put}");
-    assert!(put["stored"].as_u64().unwrap() >= 18, "stored at (nearly) all k = 20 closest: {put}");
+    assert!(
+        put["stored"].as_u64().unwrap() >= 18,
+        "stored at (nearly) all k = 20 closest: {put}"
+    );
     let (code, got) = kad_json(&["get", "--bootstrap", &nodes[17].addr, key]);
     assert_eq!(code, 0, "{got}");
     assert_eq!(got["value"], "signed and stored");
@@ -152,12 +172,23 @@ fn key_file_is_created_private_and_reused() {
     // A corrupt key file is a clear error naming the flag.
     std::fs::write(&path, "not a key\n").unwrap();
     let out = Command::new(KAD)
-        .args(["node", "--listen", "udp://127.0.0.1:0", "--key-file", p, "--for", "1"])
+        .args([
+            "node",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--key-file",
+            p,
+            "--for",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--key-file") && err.contains("64 hex digits"), "{err}");
+    assert!(
+        err.contains("--key-file") && err.contains("64 hex digits"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -165,15 +196,41 @@ fn key_file_is_created_private_and_reused() {
 fn bad_user_input_names_the_field_and_limit() {
     let big = "x".repeat(45_001);
     let cases: [(&[&str], &str); 4] = [
-        (&["put", "--bootstrap", "udp://127.0.0.1:9", "--key", "12", "v"], "--key"),
-        (&["put", "--bootstrap", "udp://127.0.0.1:9", "--key", &"ab".repeat(20), &big], "45000"),
-        (&["get", "--bootstrap", "tcp://127.0.0.1:9", &"ab".repeat(20)], "--bootstrap"),
+        (
+            &[
+                "put",
+                "--bootstrap",
+                "udp://127.0.0.1:9",
+                "--key",
+                "12",
+                "v",
+            ],
+            "--key",
+        ),
+        (
+            &[
+                "put",
+                "--bootstrap",
+                "udp://127.0.0.1:9",
+                "--key",
+                &"ab".repeat(20),
+                &big,
+            ],
+            "45000",
+        ),
+        (
+            &["get", "--bootstrap", "tcp://127.0.0.1:9", &"ab".repeat(20)],
+            "--bootstrap",
+        ),
         (&["lookup", &"ab".repeat(20)], "--bootstrap"),
     ];
     for (args, needle) in cases {
         let (code, v) = kad_json(args);
         assert_eq!(code, 2, "{args:?}");
         assert_eq!(v["ok"], false);
-        assert!(v["error"].as_str().unwrap().contains(needle), "{args:?}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(needle),
+            "{args:?}: {v}"
+        );
     }
 }

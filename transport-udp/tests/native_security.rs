@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kad_core::{
     Body, Codec, CodecCx, Config, Contact, Dht, Message, NativeCodec, NativeIdentity, Node, NodeId,
     PeerAddr, Request, Response, Stats, Transport, TxnId,
