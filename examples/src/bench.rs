@@ -97,15 +97,7 @@ fn cpu_s(pid: &str) -> f64 {
 }
 
 fn rss_mb(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| round(kb / 1024.0, 1))
+    crate::proc_status_mb(pid, "VmRSS:")
 }
 
 fn native(a: NativeArgs) -> Result<()> {

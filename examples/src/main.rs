@@ -264,11 +264,16 @@ fn sim(a: SimArgs) -> Result<()> {
 
 /// Peak resident set size of this process in MB (Linux: VmHWM), 0 where unknown.
 pub(crate) fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_mb("self", "VmHWM:")
+}
+
+/// A memory field (`VmRSS:`, `VmHWM:`, ...) of /proc/PID/status in MB, 0 where unknown.
+pub(crate) fn proc_status_mb(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
