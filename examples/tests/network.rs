@@ -234,3 +234,27 @@ fn bad_user_input_names_the_field_and_limit() {
         );
     }
 }
+
+/// An independent implementation of PROTOCOL.md (Python, `ecdsa` package) talks to a node.
+#[test]
+fn a_python_peer_written_from_protocol_md_interoperates() {
+    let node = NodeProc::start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/native_peer.py");
+    let hostport = node.addr.trim_start_matches("udp://");
+    let out = Command::new("python3")
+        .args([script, hostport])
+        .output()
+        .expect("python3 is needed for this test (and `pip install ecdsa`)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python peer failed (needs python3 with the ecdsa package and RIPEMD-160 in \
+         hashlib; .ci/run installs them):\n{stdout}\n{stderr}"
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["node_id"].as_str(), Some(node.id.as_str()));
+    assert_eq!(v["value_round_trip"], true);
+    assert_eq!(v["tampered_and_replay_unanswered"], true);
+}
