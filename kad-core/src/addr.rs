@@ -85,15 +85,24 @@ pub enum ParseAddrError {
     /// The URI has no `scheme://` prefix or an unknown scheme.
     #[error("unknown address scheme in {0:?}: expected udp://, quic://, ws://, wss:// or mem://")]
     Scheme(String),
+    /// The URI is longer than [`MAX_URI_LEN`].
+    #[error("address of {0} bytes: at most 255 are accepted")]
+    TooLong(usize),
     /// The part after the scheme is not a valid address.
     #[error("invalid address {0:?}: expected IP:PORT (IPv6 as [::1]:PORT)")]
     Address(String),
 }
 
+/// Longest address URI accepted (peers' contacts included), in bytes.
+pub const MAX_URI_LEN: usize = 255;
+
 impl FromStr for PeerAddr {
     type Err = ParseAddrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        if s.len() > MAX_URI_LEN {
+            return Err(ParseAddrError::TooLong(s.len()));
+        }
         let (scheme, rest) = s
             .split_once("://")
             .ok_or_else(|| ParseAddrError::Scheme(s.to_owned()))?;

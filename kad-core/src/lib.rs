@@ -105,7 +105,7 @@ mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use addr::{Contact, ParseAddrError, PeerAddr, TransportKind};
+pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, TransportKind};
 pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
 pub use config::{Config, ConfigError, SystemClock, VirtualClock, WallClock};
 pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};

@@ -20,7 +20,7 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ use bytes::Bytes;
 use k256::ecdsa::signature::{Signer, Verifier};
 use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use ripemd::Ripemd160;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -165,12 +165,16 @@ pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     vk.verify(msg, &sig).is_ok()
 }
 
-/// Remembers the nonces seen within the timestamp window, so a captured message cannot be
-/// replayed. Bounded: when full, the oldest entries go and every message not newer than the
-/// newest evicted one is refused from then on (it might be a replay of an evicted entry).
+/// Remembers the (timestamp, sender, nonce) triples seen within the timestamp window, so a
+/// captured message cannot be replayed (a replay carries the same signed timestamp and nonce).
+///
+/// Ordered by timestamp, so entries leave in timestamp order: when the window has passed them, or
+/// when the cache is full, the oldest go first and every message not newer than the newest
+/// entry evicted that way is refused from then on (it might be a replay of it). A peer whose
+/// clock runs ahead cannot push that floor past honest messages: its entries are the last to go.
+/// No hashing, so no hash-flooding either.
 struct ReplayCache {
-    seen: FxHashSet<(NodeId, u64)>,
-    order: VecDeque<(u64, NodeId, u64)>,
+    seen: BTreeSet<(u64, NodeId, u64)>,
     floor: u64,
     cap: usize,
 }
@@ -178,29 +182,34 @@ struct ReplayCache {
 impl ReplayCache {
     fn new(cap: usize) -> Self {
         Self {
-            seen: FxHashSet::default(),
-            order: VecDeque::new(),
+            seen: BTreeSet::new(),
             floor: 0,
             cap,
         }
     }
 
-    /// True if (sender, nonce) is fresh, and records it.
-    fn insert(&mut self, sender: NodeId, nonce: u64, ts: u64, now: u64, window: u64) -> bool {
-        while let Some(&(t, id, n)) = self.order.front() {
+    fn expire(&mut self, now: u64, window: u64) {
+        while let Some(&(t, _, _)) = self.seen.first() {
             if t.saturating_add(window) >= now {
                 break;
             }
-            self.order.pop_front();
-            self.seen.remove(&(id, n));
+            self.seen.pop_first();
         }
-        if ts <= self.floor || !self.seen.insert((sender, nonce)) {
+    }
+
+    /// True if this message may be a replay (seen, or not newer than an evicted entry).
+    fn is_replay(&self, ts: u64, sender: NodeId, nonce: u64) -> bool {
+        ts <= self.floor || self.seen.contains(&(ts, sender, nonce))
+    }
+
+    /// Records a verified message; false if it was a replay after all.
+    fn insert(&mut self, sender: NodeId, nonce: u64, ts: u64, now: u64, window: u64) -> bool {
+        self.expire(now, window);
+        if ts <= self.floor || !self.seen.insert((ts, sender, nonce)) {
             return false;
         }
-        self.order.push_back((ts, sender, nonce));
-        while self.order.len() > self.cap {
-            if let Some((t, id, n)) = self.order.pop_front() {
-                self.seen.remove(&(id, n));
+        while self.seen.len() > self.cap {
+            if let Some((t, _, _)) = self.seen.pop_first() {
                 self.floor = self.floor.max(t);
             }
         }
@@ -213,16 +222,17 @@ const KEY_CACHE: usize = 4096;
 
 /// The native codec: signed JSON-RPC 2.0 (see `PROTOCOL.md`).
 ///
-/// Encoding signs with the node's [`NativeIdentity`]; decoding checks, in this order: size,
-/// envelope, JSON, the id against the key, the timestamp window (`Config::max_clock_skew`), the
-/// recipient, the signature, and the nonce against the replay cache. Each failure is a distinct
+/// Encoding signs with the node's [`NativeIdentity`] (dropping contacts from an answer that
+/// would not fit one datagram); decoding checks, in this order: size, envelope, JSON and its
+/// shape, the id against the key, the timestamp window (`Config::max_clock_skew`), the
+/// recipient, the nonce against the replay cache, and the signature (PROTOCOL.md section 8). Each failure is a distinct
 /// [`DecodeError`] that the engine counts in [`Stats`](crate::Stats).
 pub struct NativeCodec {
     identity: Arc<NativeIdentity>,
     public_hex: String,
     max_len: usize,
     replay: ReplayCache,
-    keys: FxHashMap<[u8; 33], Option<(VerifyingKey, NodeId)>>,
+    keys: FxHashMap<[u8; 33], (VerifyingKey, NodeId)>,
 }
 
 impl fmt::Debug for NativeCodec {
@@ -235,8 +245,13 @@ impl fmt::Debug for NativeCodec {
 }
 
 impl NativeCodec {
-    /// Default capacity of the replay cache (nonces remembered within the window).
-    pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+    /// Default capacity of the replay cache (messages remembered within the window), about
+    /// 55 MB when full. Chosen above what one node can verify in the 120 s an entry can live
+    /// (about 11,000 verifications/s on a slow core): to fill it, and so force the floor up, an
+    /// attacker has to keep the node verifying at full speed for two minutes, a CPU flood the
+    /// runtime's fair inbox already contains. A smaller cache is safe (never accepts a replay)
+    /// but easier to fill.
+    pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
 
     /// A codec signing as `identity`, with the limits of [`MAX_DATAGRAM`] and
     /// [`DEFAULT_REPLAY_CAPACITY`](Self::DEFAULT_REPLAY_CAPACITY).
@@ -264,16 +279,17 @@ impl NativeCodec {
 
     fn key(&mut self, public: [u8; 33]) -> Option<(VerifyingKey, NodeId)> {
         if let Some(k) = self.keys.get(&public) {
-            return *k;
+            return Some(*k);
         }
+        // Only valid keys are cached, so junk keys cannot flush the cache.
+        let parsed = VerifyingKey::from_sec1_bytes(&public)
+            .ok()
+            .map(|vk| (vk, node_id_from_public_key(&public)))?;
         if self.keys.len() >= KEY_CACHE {
             self.keys.clear();
         }
-        let parsed = VerifyingKey::from_sec1_bytes(&public)
-            .ok()
-            .map(|vk| (vk, node_id_from_public_key(&public)));
         self.keys.insert(public, parsed);
-        parsed
+        Some(parsed)
     }
 }
 
@@ -457,6 +473,10 @@ struct InResult<'a> {
     data: Option<&'a RawValue>,
 }
 
+fn is_lower_hex(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn malformed(what: impl fmt::Display) -> DecodeError {
     DecodeError::Malformed(what.to_string())
 }
@@ -481,8 +501,8 @@ fn raw(bytes: &[u8]) -> Result<&RawValue, EncodeError> {
         .map_err(|e| EncodeError::Unsupported(format!("plugin payload is not JSON: {e}")))
 }
 
-impl Codec for NativeCodec {
-    fn encode(&mut self, msg: &Message, cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError> {
+impl NativeCodec {
+    fn encode_one(&mut self, msg: &Message, cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError> {
         if msg.sender.id != self.identity.id {
             return Err(EncodeError::Unsupported(
                 "the sender is not this codec's identity".into(),
@@ -544,6 +564,12 @@ impl Codec for NativeCodec {
         buf.push(b'[');
         serde_json::to_writer(&mut buf, &out)
             .map_err(|e| EncodeError::Unsupported(e.to_string()))?;
+        if buf.len() + TAIL > self.max_len {
+            return Err(EncodeError::TooLarge {
+                len: buf.len() + TAIL,
+                max: self.max_len,
+            });
+        }
         let sig = self.identity.sign_bytes(&buf[1..]);
         buf.extend_from_slice(b",\"");
         let at = buf.len();
@@ -558,6 +584,39 @@ impl Codec for NativeCodec {
             });
         }
         Ok(Bytes::from(buf))
+    }
+}
+
+impl Codec for NativeCodec {
+    fn encode(&mut self, msg: &Message, cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError> {
+        match self.encode_one(msg, cx) {
+            Err(EncodeError::TooLarge { .. }) => {}
+            r => return r,
+        }
+        // An answer too large for one datagram (a big value, contacts with many or long
+        // addresses) goes out with fewer contacts rather than not at all.
+        let Body::Response(rsp) = &msg.body else {
+            return self.encode_one(msg, cx);
+        };
+        let mut n = rsp.nodes().len();
+        loop {
+            n /= 2;
+            let mut rsp = rsp.clone();
+            match &mut rsp {
+                Response::Nodes { nodes }
+                | Response::Value { nodes, .. }
+                | Response::Custom { nodes, .. } => nodes.truncate(n),
+                _ => return self.encode_one(msg, cx),
+            }
+            let trimmed = Message {
+                body: Body::Response(rsp),
+                ..msg.clone()
+            };
+            match self.encode_one(&trimmed, cx) {
+                Err(EncodeError::TooLarge { .. }) if n > 0 => {}
+                r => return r,
+            }
+        }
     }
 
     fn decode(&mut self, bytes: &[u8], cx: &mut CodecCx<'_>) -> Result<Message, DecodeError> {
@@ -579,7 +638,38 @@ impl Codec for NativeCodec {
         let mut sig = [0u8; 64];
         hex::decode_to_slice(&bytes[len - TAIL + 2..len - 2], &mut sig)
             .map_err(|_| malformed("signature is not 128 hex digits"))?;
+        if signed.first() != Some(&b'{') {
+            return Err(malformed("the signed message is not a JSON object"));
+        }
+        if !is_lower_hex(&bytes[len - TAIL + 2..len - 2]) {
+            return Err(malformed("signature is not lowercase hex"));
+        }
         let m: InMsg<'_> = serde_json::from_slice(signed).map_err(malformed)?;
+        match (&m.method, &m.result, &m.error) {
+            (Some(method), None, None) => {
+                if method.is_empty() || method.len() > MAX_METHOD_LEN {
+                    return Err(malformed("method name must be 1 to 64 bytes"));
+                }
+            }
+            (None, Some(_), None) | (None, None, Some(_)) => {}
+            _ => {
+                return Err(malformed(
+                    "exactly one of method, result, error is required",
+                ));
+            }
+        }
+        if ![
+            m.id.as_bytes(),
+            m.kad.from.key.as_bytes(),
+            m.kad.nonce.as_bytes(),
+        ]
+        .iter()
+        .all(|h| is_lower_hex(h))
+        {
+            return Err(malformed(
+                "id, kad.from.key and kad.nonce must be lowercase hex",
+            ));
+        }
         if m.jsonrpc != "2.0" {
             return Err(malformed("jsonrpc is not \"2.0\""));
         }
@@ -620,7 +710,8 @@ impl Codec for NativeCodec {
             _ => {}
         }
         // A nonce already seen costs no signature check (replays are a cheap flood otherwise).
-        if m.kad.ts <= self.replay.floor || self.replay.seen.contains(&(id, nonce)) {
+        self.replay.expire(cx.unix_ms, cx.max_skew_ms);
+        if self.replay.is_replay(m.kad.ts, id, nonce) {
             return Err(DecodeError::Replay);
         }
         let sig = Signature::from_slice(&sig).map_err(|_| DecodeError::BadSignature)?;
@@ -694,9 +785,9 @@ fn response(result: &RawValue) -> Result<Response, DecodeError> {
             record: record.into_record()?,
             nodes,
         }
-    } else if r.stored == Some(true) {
+    } else if r.stored.is_some() {
         Response::Stored
-    } else if r.pong == Some(true) {
+    } else if r.pong.is_some() {
         Response::Pong
     } else if has_nodes {
         Response::Nodes { nodes }

@@ -982,7 +982,10 @@ impl Node {
         }
         match msg.body {
             Body::Request(req) => {
-                self.handle_request(now, from, msg.txn, msg.sender, msg.read_only, req)
+                // A request without a recipient (a PING to a bare address) can be replayed to
+                // other nodes by anyone who saw it: answer it, but learn nothing from it.
+                let learn = !msg.read_only && msg.recipient.is_some();
+                self.handle_request(now, from, msg.txn, msg.sender, learn, req)
             }
             Body::Response(rsp) => {
                 self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Ok(rsp))
@@ -1016,7 +1019,7 @@ impl Node {
         from: PeerAddr,
         txn: TxnId,
         sender: Contact,
-        read_only: bool,
+        learn: bool,
         req: Request,
     ) {
         for p in &mut self.plugins {
@@ -1059,7 +1062,7 @@ impl Node {
         if let Some(body) = body {
             self.reply(from.clone(), txn, sender_id, body);
         }
-        if self.config.accept_requesters && !read_only {
+        if self.config.accept_requesters && learn {
             self.observe_sender(now, &from, sender);
         }
     }
@@ -2163,6 +2166,36 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_without_recipient_is_answered_but_teaches_nothing() {
+        let t0 = Instant::now();
+        let mut a = node(1, Config::default());
+        let peer = Contact::new(NodeId([0x42; 20]), PeerAddr::Mem(42));
+        for (recipient, learned) in [(None, false), (Some(a.id()), true)] {
+            let msg = Message {
+                txn: TxnId::from_bytes(vec![1]),
+                sender: peer.clone(),
+                recipient,
+                read_only: false,
+                body: Body::Request(Request::Ping),
+            };
+            deliver(&mut a, t0, 42, msg);
+            let out = sends(&mut a);
+            assert!(matches!(
+                out[..],
+                [(
+                    _,
+                    Message {
+                        body: Body::Response(Response::Pong),
+                        ..
+                    }
+                )]
+            ));
+            // A null-recipient PING may be a third party's replay: no routing-table change.
+            assert_eq!(a.routing_table().get(&peer.id).is_some(), learned);
+        }
+    }
+
+    #[test]
     fn a_full_bucket_pings_its_stalest_contact_before_evicting_it() {
         let t0 = Instant::now();
         let mut a = node(
@@ -2183,7 +2216,7 @@ mod tests {
             let msg = Message {
                 txn: TxnId::from_bytes(vec![5]),
                 sender: c.clone(),
-                recipient: None,
+                recipient: Some(a.id()),
                 read_only: false,
                 body,
             };

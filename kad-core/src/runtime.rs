@@ -2,12 +2,11 @@
 //!
 //! Time is read through tokio (`tokio::time::Instant`), so tests with paused time work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tracing::{debug, info, trace};
 
@@ -337,7 +336,9 @@ struct Actor {
     via: HashMap<PeerAddr, usize>,
 }
 
-/// Datagrams received but not yet handled; beyond this, new ones are dropped and counted.
+/// Datagrams received but not yet handled (half for answers to our requests, half for the rest);
+/// beyond this, new ones are dropped and counted. The maps keyed by (spoofable) source address
+/// use std's randomly seeded hasher against hash flooding.
 const INBOX: usize = 4096;
 /// Datagrams queued per source address; beyond this that address's new ones are dropped.
 const PER_SOURCE: usize = 32;
@@ -373,24 +374,28 @@ impl Shared {
 struct Inbox {
     lanes: [Lane; 2],
     total: usize,
-    known: FxHashSet<PeerAddr>,
+    known: HashSet<PeerAddr>,
     dropped: u64,
+    pops: u64,
 }
 
 #[derive(Default)]
 struct Lane {
-    queues: FxHashMap<PeerAddr, VecDeque<(Bytes, usize)>>,
+    queues: HashMap<PeerAddr, VecDeque<(Bytes, usize)>>,
     ring: VecDeque<PeerAddr>,
+    total: usize,
 }
 
 impl Inbox {
     /// Queues a datagram; false (and counted) when dropped.
     fn push(&mut self, from: PeerAddr, data: Bytes, via: usize) -> bool {
-        if self.total >= INBOX {
+        // Each lane has half the room, so a flood of strangers cannot crowd out the answers
+        // to our own requests.
+        let lane = &mut self.lanes[usize::from(!self.known.contains(&from))];
+        if lane.total >= INBOX / 2 {
             self.dropped += 1;
             return false;
         }
-        let lane = &mut self.lanes[usize::from(!self.known.contains(&from))];
         let q = match lane.queues.entry(from) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -403,13 +408,18 @@ impl Inbox {
             return false;
         }
         q.push_back((data, via));
+        lane.total += 1;
         self.total += 1;
         true
     }
 
-    /// The next datagram: known peers first, then strangers round-robin.
+    /// The next datagram: known peers first (but strangers get every fourth turn, so joining
+    /// nodes are never starved), each lane round-robin by source address.
     fn pop(&mut self) -> Option<(PeerAddr, Bytes, usize)> {
-        for lane in &mut self.lanes {
+        self.pops += 1;
+        let order = if self.pops % 4 == 0 { [1, 0] } else { [0, 1] };
+        for i in order {
+            let lane = &mut self.lanes[i];
             while let Some(from) = lane.ring.pop_front() {
                 let Some(q) = lane.queues.get_mut(&from) else {
                     continue;
@@ -423,6 +433,7 @@ impl Inbox {
                 } else {
                     lane.ring.push_back(from.clone());
                 }
+                lane.total -= 1;
                 self.total -= 1;
                 return Some((from, data, via));
             }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kad_core::native::{self, MAX_DATAGRAM};
 use kad_core::{
     Body, Codec, CodecCx, Contact, DecodeError, Message, NativeCodec, NativeIdentity, NodeId,
-    Record, Request, Response, RpcError, TxnId,
+    PeerAddr, Record, Request, Response, RpcError, TxnId,
 };
 use proptest::prelude::*;
 use rand::RngCore;
@@ -563,4 +563,161 @@ proptest! {
             prop_assert_eq!(got, m);
         }
     }
+}
+
+#[test]
+fn eviction_follows_timestamps_not_arrival() {
+    // A peer with a fast clock (59 s ahead, inside the window) sends first; honest messages
+    // stamped now arrive later. When the cache overflows, the oldest *timestamps* go first, so
+    // the floor rises only to the honest messages' times, never to the fast peer's.
+    let mut fast = party(SECRET_A, 4000);
+    let mut honest = party(
+        "00000000000000000000000000000000000000000000000000000000000000c3",
+        4002,
+    );
+    let b = party(SECRET_B, 4001);
+    let mut rx = NativeCodec::new(b.identity.clone()).replay_capacity(30);
+    let ping = |p: &Party| msg(p, Some(b.identity.id()), b"z", Body::Request(Request::Ping));
+    let mut dec =
+        |d: &[u8], now: u64| rx.decode(d, &mut cx(&mut CountRng(0), now, b.identity.id()));
+    for i in 0..20u64 {
+        let m = ping(&fast);
+        let d = fast
+            .codec
+            .encode(
+                &m,
+                &mut cx(&mut CountRng(i << 8), T0 + 59_000, fast.identity.id()),
+            )
+            .unwrap();
+        assert!(dec(&d, T0).is_ok());
+    }
+    // 40 honest messages, one per millisecond: the cache (30) overflows by 30.
+    for i in 0..40u64 {
+        let m = ping(&honest);
+        let d = honest
+            .codec
+            .encode(
+                &m,
+                &mut cx(&mut CountRng(1 << 40 | i), T0 + i, honest.identity.id()),
+            )
+            .unwrap();
+        assert!(dec(&d, T0 + i).is_ok(), "honest message {i}");
+    }
+    // The floor is now T0 + 29 (the newest honest timestamp evicted): a message stamped later
+    // than that is accepted, one stamped at or before it is refused as a possible replay.
+    let m = ping(&honest);
+    let late = honest
+        .codec
+        .encode(
+            &m,
+            &mut cx(&mut CountRng(7 << 50), T0 + 30, honest.identity.id()),
+        )
+        .unwrap();
+    assert!(dec(&late, T0 + 40).is_ok());
+    let early = honest
+        .codec
+        .encode(
+            &m,
+            &mut cx(&mut CountRng(8 << 50), T0 + 29, honest.identity.id()),
+        )
+        .unwrap();
+    assert!(matches!(dec(&early, T0 + 40), Err(DecodeError::Replay)));
+}
+
+#[test]
+fn an_answer_too_big_for_a_datagram_drops_contacts_not_the_answer() {
+    let mut a = party(SECRET_A, 4000);
+    let b = party(SECRET_B, 4001);
+    let long = |i: u8| -> Contact {
+        let addrs: Vec<PeerAddr> = (0..8)
+            .map(|j| {
+                format!("ws://{}.example.invalid:80/{}", "h".repeat(200), j)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        Contact::with_addrs(NodeId::from_bytes([i; 20]), addrs)
+    };
+    let nodes: Vec<Contact> = (0..20).map(long).collect();
+    let record = Record::new(
+        NodeId::from_bytes([9; 20]),
+        vec![7u8; 40_000],
+        None,
+        T0,
+        1000,
+    );
+    let m = msg(
+        &a,
+        Some(b.identity.id()),
+        b"v",
+        Body::Response(Response::Value {
+            record: record.clone(),
+            nodes,
+        }),
+    );
+    let bytes = a
+        .codec
+        .encode(&m, &mut cx(&mut CountRng(3), T0, a.identity.id()))
+        .unwrap();
+    assert!(bytes.len() <= MAX_DATAGRAM);
+    let mut rx = NativeCodec::new(b.identity.clone());
+    let got = rx
+        .decode(&bytes, &mut cx(&mut CountRng(0), T0, b.identity.id()))
+        .unwrap();
+    let Body::Response(Response::Value { record: r, nodes }) = got.body else {
+        panic!()
+    };
+    assert_eq!(r.value, record.value);
+    assert!(nodes.len() < 20, "some contacts were left out");
+    // Addresses longer than 255 bytes are refused when parsed.
+    assert!(
+        format!("ws://{}/x", "h".repeat(300))
+            .parse::<PeerAddr>()
+            .is_err()
+    );
+}
+
+#[test]
+fn only_one_signed_form_is_accepted() {
+    let mut a = party(SECRET_A, 4000);
+    let b = party(SECRET_B, 4001);
+    let m = msg(
+        &a,
+        Some(b.identity.id()),
+        b"u",
+        Body::Request(Request::Ping),
+    );
+    let bytes = a
+        .codec
+        .encode(&m, &mut cx(&mut CountRng(11), T0, a.identity.id()))
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    // The same signature in upper case: refused as malformed (it would be a second form).
+    let n = text.len();
+    let upper = format!(
+        "{}{}{}",
+        &text[..n - 130],
+        text[n - 130..n - 2].to_uppercase(),
+        &text[n - 2..]
+    );
+    let mut rx = NativeCodec::new(b.identity.clone());
+    assert!(matches!(
+        rx.decode(
+            upper.as_bytes(),
+            &mut cx(&mut CountRng(0), T0, b.identity.id())
+        ),
+        Err(DecodeError::Malformed(_))
+    ));
+    // A signed array instead of an object: refused.
+    let arr = r#"["2.0","01"]"#;
+    let d = forge(&a, arr);
+    assert!(matches!(
+        rx.decode(&d, &mut cx(&mut CountRng(0), T0, b.identity.id())),
+        Err(DecodeError::Malformed(_))
+    ));
+    // The genuine one passes.
+    assert!(
+        rx.decode(&bytes, &mut cx(&mut CountRng(0), T0, b.identity.id()))
+            .is_ok()
+    );
 }
