@@ -140,6 +140,10 @@ impl PluginCx<'_> {
         id
     }
     /// Sends `method` to an address whose node id is not known yet.
+    ///
+    /// The message names no recipient, so signing codecs that bind the recipient refuse it:
+    /// on the native network only `PING` may go to a bare address (PROTOCOL.md section 4), and
+    /// this request will time out. Use [`send_request`](Self::send_request) with a contact there.
     pub fn send_request_to_addr(
         &mut self,
         to: PeerAddr,
