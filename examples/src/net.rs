@@ -136,14 +136,27 @@ pub(crate) async fn spawn_native(
     identity: Arc<NativeIdentity>,
     config: Config,
 ) -> Result<(Dht, Arc<UdpTransport>)> {
+    spawn_native_advertising(listen, Vec::new(), identity, config).await
+}
+
+/// Like [`spawn_native`], advertising `advertise` (when not empty) instead of the bound address.
+pub(crate) async fn spawn_native_advertising(
+    listen: SocketAddr,
+    advertise: Vec<PeerAddr>,
+    identity: Arc<NativeIdentity>,
+    config: Config,
+) -> Result<(Dht, Arc<UdpTransport>)> {
     let udp = Arc::new(
         UdpTransport::bind(listen)
             .await
             .with_context(|| format!("cannot listen on udp://{listen}"))?,
     );
-    let builder = Node::builder(config)
+    let mut builder = Node::builder(config)
         .identity(identity.clone())
         .codec(Box::new(NativeCodec::new(identity)));
+    if !advertise.is_empty() {
+        builder = builder.addrs(advertise);
+    }
     let transports: Vec<Arc<dyn Transport>> = vec![udp.clone()];
     let dht = Dht::spawn(builder, transports)?;
     Ok((dht, udp))
@@ -239,6 +252,10 @@ pub(crate) struct NodeArgs {
     /// waits for others to join through it.
     #[arg(long, value_name = "ADDRS")]
     bootstrap: Vec<String>,
+    /// Addresses to tell peers instead of --listen (e.g. the public address when listening on
+    /// udp://0.0.0.0:PORT), as udp://IP:PORT, comma-separated or repeated.
+    #[arg(long, value_name = "ADDRS")]
+    advertise: Vec<String>,
     /// File holding the node's secret key (64 hex digits). Created with mode 0600 if missing;
     /// without it the node gets a fresh identity each run.
     #[arg(long, value_name = "FILE")]
@@ -257,6 +274,17 @@ pub(crate) struct NodeArgs {
 pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     let listen = parse_udp("--listen", &a.listen)?;
     let seeds = parse_seeds(&a.bootstrap)?;
+    let mut advertise = Vec::new();
+    for s in a.advertise.iter().flat_map(|s| s.split(',')) {
+        if !s.trim().is_empty() {
+            advertise.push(PeerAddr::Udp(parse_udp("--advertise", s.trim())?));
+        }
+    }
+    if listen.ip().is_unspecified() && advertise.is_empty() {
+        eprintln!(
+            "warning: listening on {listen} without --advertise: peers will learn this node's address from the packets they receive"
+        );
+    }
     if let Some(s) = a.for_secs {
         if !(s > 0.0 && s <= 1e7) {
             bail!("--for = {s} is out of range: it must be a positive number of seconds");
@@ -272,11 +300,13 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
         Some(p) => load_or_create_key(p)?,
         None => (fresh_identity()?, false),
     };
-    let (dht, udp) = spawn_native(listen, Arc::new(identity), native_config()).await?;
+    let (dht, udp) =
+        spawn_native_advertising(listen, advertise, Arc::new(identity), native_config()).await?;
     let c = dht.contact().clone();
     emit(
         a.json,
-        &json!({"event": "listening", "id": c.id.to_string(), "addrs": contact_json(&c)["addrs"], "key_created": created}),
+        &json!({"event": "listening", "id": c.id.to_string(), "addrs": contact_json(&c)["addrs"],
+                "bound": udp.local_addr().to_string(), "key_created": created}),
         || format!("listening: id {} at {}", c.id, udp.local_addr()),
     );
     if !seeds.is_empty() {

@@ -167,7 +167,10 @@ fn key_file_is_created_private_and_reused() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    let id2 = NodeProc::start(&["--key-file", p]).id.clone();
+    let again = NodeProc::start(&["--key-file", p, "--advertise", "udp://127.0.0.1:1"]);
+    let id2 = again.id.clone();
+    // --advertise replaces the bound address in the node's contact.
+    assert_eq!(again.addr, "udp://127.0.0.1:1");
     assert_eq!(id1, id2, "the same key gives the same id");
     // A corrupt key file is a clear error naming the flag.
     std::fs::write(&path, "not a key\n").unwrap();
