@@ -185,19 +185,12 @@ async fn client(a: &ClientArgs, family_of: Option<SocketAddr>) -> Result<Dht> {
         Some(p) => load_or_create_key(p)?.0,
         None => fresh_identity()?,
     };
+    // Bind where the target is reachable from: loopback for a loopback target, else anywhere.
     let listen: SocketAddr = match family_of {
-        Some(SocketAddr::V6(_)) => "[::1]:0".parse()?,
+        Some(t) if t.ip().is_loopback() && t.is_ipv6() => "[::1]:0".parse()?,
+        Some(t) if t.is_ipv6() => "[::]:0".parse()?,
+        Some(t) if !t.ip().is_loopback() => "0.0.0.0:0".parse()?,
         _ => "127.0.0.1:0".parse()?,
-    };
-    let listen = match family_of {
-        Some(t) if !t.ip().is_loopback() => {
-            if t.is_ipv6() {
-                "[::]:0".parse()?
-            } else {
-                "0.0.0.0:0".parse()?
-            }
-        }
-        _ => listen,
     };
     let mut config = native_config();
     config.read_only = true;

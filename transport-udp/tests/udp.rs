@@ -135,7 +135,6 @@ async fn a_1_2_gb_burst_never_blocks_and_the_transport_stays_usable() {
     timeout(Duration::from_secs(30), drained)
         .await
         .expect("queue drained");
-    eprintln!("{:?}", a.stats());
     // Still usable afterwards.
     let c = bind("127.0.0.1:0").await;
     c.send(&a.local_addr(), Bytes::from_static(b"alive"))
