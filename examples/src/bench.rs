@@ -287,6 +287,7 @@ fn signed_pings(
                 local_id: identity.id(),
                 max_skew_ms: 60_000,
                 rng: &mut rng,
+                peer: None,
             };
             codec
                 .encode(&m, &mut cx)
@@ -328,6 +329,7 @@ fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> {
                         local_id: identity.id(),
                         max_skew_ms: 60_000,
                         rng: &mut rng,
+                        peer: None,
                     };
                     if verifier.decode(&buf[..len], &mut cx).is_ok() {
                         verified += 1;

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::addr::PeerAddr;
 use crate::id::NodeId;
 use crate::message::Message;
 
@@ -41,6 +42,9 @@ pub enum DecodeError {
     /// The message is addressed to another node.
     #[error("message addressed to another node")]
     WrongRecipient,
+    /// The source sent more than its share; dropped before parsing.
+    #[error("source over its rate limit")]
+    RateLimited,
 }
 
 /// Why a message could not be encoded. Local fault: reported to the caller.
@@ -70,6 +74,10 @@ pub struct CodecCx<'a> {
     pub max_skew_ms: u64,
     /// The engine's RNG (seeded from the OS by the runtime, from the seed in simulations).
     pub rng: &'a mut dyn rand::RngCore,
+    /// The remote address: where a decoded message came from, where an encoded one goes.
+    /// `None` when the engine does not know it ([`Node::encode`](crate::Node::encode)).
+    /// Codecs whose wire format carries no sender address (KRPC) build contacts from it.
+    pub peer: Option<&'a PeerAddr>,
 }
 
 impl std::fmt::Debug for CodecCx<'_> {
@@ -78,6 +86,7 @@ impl std::fmt::Debug for CodecCx<'_> {
             .field("unix_ms", &self.unix_ms)
             .field("local_id", &self.local_id)
             .field("max_skew_ms", &self.max_skew_ms)
+            .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
 }

@@ -119,6 +119,9 @@ pub struct Config {
     pub accept_requesters: bool,
     /// Read-only (client) mode: mark outgoing messages so others don't add us. Default false.
     pub read_only: bool,
+    /// Answer peers' requests. Default true. Mainline read-only nodes (BEP43) answer nothing;
+    /// unanswered requests are counted in `Stats::ignored_read_only`.
+    pub answer_requests: bool,
     /// After the bootstrap lookup, refresh this many of the farthest non-full buckets with a
     /// lookup of a random id in each. Default 0.
     pub bootstrap_refresh: usize,
@@ -162,6 +165,7 @@ impl Default for Config {
             ],
             accept_requesters: true,
             read_only: false,
+            answer_requests: true,
             bootstrap_refresh: 0,
             rng_seed: None,
             store_limits: StoreLimits::default(),

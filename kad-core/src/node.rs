@@ -197,6 +197,8 @@ pub enum QueryResult {
     Call(Result<Bytes, QueryError>),
     /// A plugin's lookup.
     PluginLookup(LookupOutcome),
+    /// A plugin command ([`Node::command`]), as the plugin completed it.
+    Command(Result<Bytes, QueryError>),
 }
 
 /// A user command that could not start. The message names the field and the limit.
@@ -234,6 +236,9 @@ pub enum CommandError {
     /// A seed list was empty.
     #[error("bootstrap needs at least one seed address")]
     NoSeeds,
+    /// No plugin has this namespace.
+    #[error("no plugin with namespace {0:?}")]
+    NoPlugin(String),
 }
 
 enum PendingKind {
@@ -275,6 +280,9 @@ enum QueryKind {
         plugin: usize,
         method: String,
         params: Bytes,
+    },
+    Command {
+        plugin: usize,
     },
 }
 
@@ -539,21 +547,33 @@ impl Node {
     /// Signing codecs stamp the message with the wall-clock time of the latest `now` the node
     /// was given, so encode right after [`poll_output`](Self::poll_output).
     pub fn encode(&mut self, msg: &Message) -> Result<Bytes, EncodeError> {
+        self.encode_for(None, msg)
+    }
+
+    /// Like [`encode`](Self::encode), telling the codec where the message goes (KRPC writes the
+    /// requester's address into responses, BEP42 `ip`). The runtime uses this.
+    pub fn encode_to(&mut self, to: &PeerAddr, msg: &Message) -> Result<Bytes, EncodeError> {
+        self.encode_for(Some(to), msg)
+    }
+
+    fn encode_for(&mut self, to: Option<&PeerAddr>, msg: &Message) -> Result<Bytes, EncodeError> {
         let mut cx = CodecCx {
             unix_ms: self.config.wall_clock.unix_ms(self.now),
             local_id: self.local.id,
             max_skew_ms: self.config.max_clock_skew.as_millis() as u64,
             rng: &mut self.rng,
+            peer: to,
         };
         self.codec.encode(msg, &mut cx)
     }
 
-    fn decode(&mut self, now: Instant, data: &[u8]) -> Result<Message, DecodeError> {
+    fn decode(&mut self, now: Instant, from: &PeerAddr, data: &[u8]) -> Result<Message, DecodeError> {
         let mut cx = CodecCx {
             unix_ms: self.config.wall_clock.unix_ms(now),
             local_id: self.local.id,
             max_skew_ms: self.config.max_clock_skew.as_millis() as u64,
             rng: &mut self.rng,
+            peer: Some(from),
         };
         self.codec.decode(data, &mut cx)
     }
@@ -597,7 +617,7 @@ impl Node {
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         let now = self.advance(now);
         match input {
-            Input::Datagram { from, data } => match self.decode(now, &data) {
+            Input::Datagram { from, data } => match self.decode(now, &from, &data) {
                 Ok(msg) => self.handle_message(now, from, msg),
                 Err(e) => {
                     match e {
@@ -607,6 +627,7 @@ impl Node {
                         DecodeError::Stale { .. } => self.stats.dropped_stale += 1,
                         DecodeError::Replay => self.stats.dropped_replay += 1,
                         DecodeError::WrongRecipient => self.stats.dropped_wrong_recipient += 1,
+                        DecodeError::RateLimited => self.stats.dropped_rate_limited += 1,
                         _ => self.stats.dropped_malformed += 1,
                     }
                     trace!(peer = %from, error = %e, "dropped undecodable datagram");
@@ -878,6 +899,25 @@ impl Node {
         Ok(qid)
     }
 
+    /// Gives a command to the plugin with this namespace ([`Plugin::on_command`]). Finishes with
+    /// [`QueryResult::Command`] when the plugin completes it.
+    pub fn command(
+        &mut self,
+        now: Instant,
+        namespace: &str,
+        input: Bytes,
+    ) -> Result<QueryId, CommandError> {
+        let now = self.advance(now);
+        let idx = self
+            .plugins
+            .iter()
+            .position(|p| p.namespace() == namespace)
+            .ok_or_else(|| CommandError::NoPlugin(namespace.to_owned()))?;
+        let qid = self.new_query(now, QueryKind::Command { plugin: idx }, None)?;
+        self.with_plugin(now, idx, |p, cx| p.on_command(cx, qid, input));
+        Ok(qid)
+    }
+
     // ---- sending ----
 
     fn hard_timeout(&self) -> Duration {
@@ -1022,6 +1062,10 @@ impl Node {
         learn: bool,
         req: Request,
     ) {
+        if !self.config.answer_requests {
+            self.stats.ignored_read_only += 1;
+            return;
+        }
         for p in &mut self.plugins {
             if !p.allow(&from, &sender, &req) {
                 self.stats.dropped_filtered += 1;
@@ -1254,6 +1298,15 @@ impl Node {
                         },
                     );
                     self.step_query(now, id);
+                }
+                Action::Complete { query, result } => {
+                    let mine = matches!(
+                        self.queries.get(&query),
+                        Some(Query { kind: QueryKind::Command { plugin }, .. }) if *plugin == idx
+                    );
+                    if mine {
+                        self.finish(now, query, QueryResult::Command(result));
+                    }
                 }
                 Action::Emit { name, data } => self.emit(Event::Plugin {
                     namespace,
@@ -1814,7 +1867,7 @@ impl Node {
                     self.finish_put(now, qid);
                 }
             }
-            QueryKind::Ping | QueryKind::Call => {}
+            QueryKind::Ping | QueryKind::Call | QueryKind::Command { .. } => {}
         }
     }
 

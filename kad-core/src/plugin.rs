@@ -13,7 +13,7 @@ use crate::addr::{Contact, PeerAddr};
 use crate::id::NodeId;
 use crate::lookup::LookupStats;
 use crate::message::{Request, RpcError};
-use crate::node::QueryId;
+use crate::node::{QueryError, QueryId};
 use crate::record::RecordStore;
 use crate::routing::RoutingTable;
 
@@ -76,6 +76,10 @@ pub(crate) enum Action {
     Emit {
         name: String,
         data: Bytes,
+    },
+    Complete {
+        query: QueryId,
+        result: Result<Bytes, QueryError>,
     },
 }
 
@@ -179,6 +183,12 @@ impl PluginCx<'_> {
         });
         id
     }
+    /// Finishes a command given to [`Plugin::on_command`]: the application's
+    /// [`Node::command`](crate::Node::command) (or `Dht::command`) gets `result`. Completing a
+    /// query that is not a running command of this plugin does nothing.
+    pub fn complete(&mut self, query: QueryId, result: Result<Bytes, QueryError>) {
+        self.actions.push(Action::Complete { query, result });
+    }
     /// Emits [`Event::Plugin`](crate::Event::Plugin) to the application.
     pub fn emit(&mut self, name: impl Into<String>, data: Bytes) {
         self.actions.push(Action::Emit {
@@ -231,6 +241,19 @@ pub trait Plugin: Send + 'static {
         _closest: &[Contact],
         _stats: &LookupStats,
     ) {
+    }
+
+    /// A command from the application ([`Node::command`](crate::Node::command)), in the plugin's
+    /// own format. The plugin finishes it, now or later, with [`PluginCx::complete`]. The default
+    /// refuses every command.
+    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, _input: Bytes) {
+        cx.complete(
+            query,
+            Err(QueryError::Remote(RpcError::new(
+                RpcError::METHOD_NOT_FOUND,
+                format!("plugin {} takes no commands", self.namespace()),
+            ))),
+        );
     }
 
     /// Called when [`next_timeout`](Self::next_timeout) has passed.

@@ -76,6 +76,11 @@ enum Command {
         Bytes,
         oneshot::Sender<Result<QueryResult, CommandError>>,
     ),
+    Command(
+        String,
+        Bytes,
+        oneshot::Sender<Result<QueryResult, CommandError>>,
+    ),
     AddContact(Contact),
     Stats(oneshot::Sender<Stats>),
     Snapshot(oneshot::Sender<RoutingSnapshot>),
@@ -282,6 +287,16 @@ impl Dht {
             .await?
         {
             QueryResult::Call(r) => Ok(r?),
+            _ => Err(DhtError::Shutdown),
+        }
+    }
+
+    /// Gives a command to the local plugin with this namespace (see `Plugin::on_command`) and
+    /// waits until the plugin completes it. Plugins wrap this in typed methods.
+    pub async fn command(&self, namespace: &str, input: Bytes) -> Result<Bytes, DhtError> {
+        let ns = namespace.to_owned();
+        match self.query(|tx| Command::Command(ns, input, tx)).await? {
+            QueryResult::Command(r) => Ok(r?),
             _ => Err(DhtError::Shutdown),
         }
     }
@@ -518,6 +533,7 @@ impl Actor {
             Command::PutRecord(record, tx) => (n.put_record(t, record), tx),
             Command::Ping(addr, tx) => (n.ping(t, addr), tx),
             Command::Call(to, method, params, tx) => (n.call(t, &to, &method, params), tx),
+            Command::Command(ns, input, tx) => (n.command(t, &ns, input), tx),
             Command::AddContact(c) => return n.add_contact(t, c),
             Command::Stats(tx) => {
                 let mut stats = n.stats().clone();
@@ -546,7 +562,7 @@ impl Actor {
                         // not make it a known peer, or a flood of valid requests would.)
                         self.inbox.lock().talked_to(&to);
                     }
-                    let bytes = match self.node.encode(&msg) {
+                    let bytes = match self.node.encode_to(&to, &msg) {
                         Ok(b) => b,
                         Err(e) => {
                             debug!(peer = %to, error = %e, "could not encode a message");

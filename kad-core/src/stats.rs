@@ -39,6 +39,10 @@ pub struct Stats {
     /// Dropped before decoding: the runtime's inbox was full, or the source address already had
     /// its share queued (a flood). Set by the tokio runtime; 0 for a bare engine.
     pub dropped_overload: u64,
+    /// Dropped before parsing: the source exceeded its rate limit in the codec.
+    pub dropped_rate_limited: u64,
+    /// Requests not answered because the node is read-only (`Config::answer_requests` false).
+    pub ignored_read_only: u64,
     /// Dropped: a message that claims our own id.
     pub dropped_self: u64,
     /// Dropped: a request refused by a plugin's filter.

@@ -53,6 +53,7 @@ fn cx(rng: &mut dyn RngCore, unix_ms: u64, local_id: NodeId) -> CodecCx<'_> {
         local_id,
         max_skew_ms: SKEW,
         rng,
+        peer: None,
     }
 }
 
