@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
+mod mainline;
 mod net;
 
 /// A pluggable Kademlia DHT: simulator, nodes and tools.
@@ -46,6 +47,12 @@ enum Command {
     Put(net::PutArgs),
     /// Fetch the record stored under a key. Exit status 1 when it is not found.
     Get(net::GetArgs),
+    /// A BitTorrent Mainline DHT node and one-shot BEP44 clients, each printing one JSON line.
+    ///
+    /// Errors print {"ok":false,"error":"..."} and exit non-zero (1: not found or not stored,
+    /// 2: bad input or failure). Without --bootstrap they use the live network's public routers.
+    #[command(subcommand)]
+    Mainline(mainline::MainlineCommand),
     /// Benchmarks that print JSON: `kad bench native` (signing cost and a 100-node UDP network).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -86,8 +93,23 @@ struct SimArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let mainline = std::env::args().nth(1).as_deref() == Some("mainline");
+            if mainline && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let msg = e.render().to_string();
+                let first = msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+                println!("{}", serde_json::json!({"ok": false, "error": first}));
+                eprint!("{msg}");
+                return std::process::ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
     let json = match &cli.command {
+        Command::Mainline(_) => true,
         Command::Sim(a) => a.json,
         Command::Node(a) => a.json,
         Command::Ping(a) => a.client.json,
@@ -96,7 +118,7 @@ fn main() -> std::process::ExitCode {
         Command::Get(a) => a.client.json,
         Command::Bench(b) => b.json(),
     };
-    if !json {
+    if !json || std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
@@ -135,6 +157,7 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
             Command::Lookup(a) => net::lookup(a).await.map(|()| None),
             Command::Put(a) => net::put(a).await.map(|()| None),
             Command::Get(a) => net::get(a).await,
+            Command::Mainline(m) => Ok(Some(mainline::run(m).await)),
             Command::Sim(_) | Command::Bench(_) => unreachable!("handled synchronously"),
         }
     })

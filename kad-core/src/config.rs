@@ -119,6 +119,10 @@ pub struct Config {
     pub accept_requesters: bool,
     /// Read-only (client) mode: mark outgoing messages so others don't add us. Default false.
     pub read_only: bool,
+    /// Accept a response from the address we asked even when it carries another node id than
+    /// expected, and replace the old id in the routing table. Default false (signed networks
+    /// drop such responses); the Mainline plugin turns it on, because deployed nodes change ids.
+    pub accept_id_change: bool,
     /// Answer peers' requests. Default true. Mainline read-only nodes (BEP43) answer nothing;
     /// unanswered requests are counted in `Stats::ignored_read_only`.
     pub answer_requests: bool,
@@ -166,6 +170,7 @@ impl Default for Config {
             accept_requesters: true,
             read_only: false,
             answer_requests: true,
+            accept_id_change: false,
             bootstrap_refresh: 0,
             rng_seed: None,
             store_limits: StoreLimits::default(),

@@ -1332,9 +1332,15 @@ impl Node {
             trace!(peer = %key.1, "response to no request of ours");
             return;
         };
-        if pending.expected.is_some_and(|id| id != sender.id) {
-            self.stats.dropped_wrong_peer += 1;
-            return;
+        if let Some(expected) = pending.expected.filter(|id| *id != sender.id) {
+            if !self.config.accept_id_change || read_only {
+                self.stats.dropped_wrong_peer += 1;
+                return;
+            }
+            // Unsigned networks (Mainline): the node at that address now has another id
+            // (implementations regenerate ids, e.g. for BEP42). Forget the old one.
+            self.routing.remove(&expected);
+            self.stats.id_changes += 1;
         }
         let Some(pending) = self.in_flight.remove(&key) else {
             return;

@@ -43,6 +43,9 @@ pub struct Stats {
     pub dropped_rate_limited: u64,
     /// Requests not answered because the node is read-only (`Config::answer_requests` false).
     pub ignored_read_only: u64,
+    /// Responses accepted from the address asked although they carry another id
+    /// (`Config::accept_id_change`); the old id was removed from the routing table.
+    pub id_changes: u64,
     /// Dropped: a message that claims our own id.
     pub dropped_self: u64,
     /// Dropped: a request refused by a plugin's filter.

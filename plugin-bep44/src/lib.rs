@@ -119,8 +119,8 @@ pub enum MainlineError {
     /// Nothing valid was found under the target.
     #[error("no valid item found under {0}")]
     NotFound(NodeId),
-    /// No node accepted the put or announce.
-    #[error("no node stored it ({asked} asked){}", fmt_errors(.errors))]
+    /// No node accepted the put or announce, or as many refused it with 301/302 as stored it.
+    #[error("not stored ({asked} asked){}", fmt_errors(.errors))]
     NotStored {
         /// Nodes asked.
         asked: usize,
@@ -136,7 +136,14 @@ fn fmt_errors(errors: &[(i64, String)]) -> String {
     if errors.is_empty() {
         return String::new();
     }
-    let list: Vec<String> = errors.iter().map(|(c, m)| format!("{c} {m}")).collect();
+    let mut seen: Vec<(&(i64, String), usize)> = Vec::new();
+    for e in errors {
+        match seen.iter_mut().find(|(x, _)| *x == e) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((e, 1)),
+        }
+    }
+    let list: Vec<String> = seen.iter().map(|((c, m), n)| format!("{c} {m} (x{n})")).collect();
     format!(": {}", list.join("; "))
 }
 
@@ -254,8 +261,13 @@ impl Mainline {
             .and_then(|c| c.set_alpha(cfg.alpha))
             .map_err(|e| MainlineError::Internal(e.to_string()))?;
         config.request_timeout = cfg.request_timeout;
+        // Deployed Mainline is full of departed nodes: retry a silent node once, not four times,
+        // and start from a modest RTT guess (it adapts with the first answers).
+        config.max_attempts = 2;
+        config.initial_rtt = Duration::from_millis(100);
         config.read_only = cfg.read_only;
         config.answer_requests = !cfg.read_only;
+        config.accept_id_change = true;
         config.rng_seed = Some(seed);
         let shared = Shared::new(cfg.limits.clone());
         let builder = Node::builder(config)
@@ -307,7 +319,10 @@ impl Mainline {
     }
 
     fn put_outcome(target: NodeId, r: CmdResult, started: Instant) -> Result<PutOutcome, MainlineError> {
-        if r.stored_on == 0 {
+        // A put that most answering nodes refuse with 301/302 lost a race (another writer
+        // got there first): report it, even if a node that held nothing accepted it.
+        let races = r.errors.iter().filter(|(c, _)| matches!(*c, 301 | 302)).count();
+        if r.stored_on == 0 || races >= r.stored_on {
             return Err(MainlineError::NotStored { asked: r.asked, errors: r.errors });
         }
         Ok(PutOutcome {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Contact, LookupStats, NodeId, Plugin, PluginCx, PluginResponse, QueryError, QueryId, Reply,
+    Contact, LookupStats, NodeId, PeerAddr, Plugin, PluginCx, PluginResponse, QueryError, QueryId, Reply,
     RequestId, RpcError,
 };
 use rand::{Rng, RngCore};
@@ -196,8 +196,9 @@ struct Op {
     cmd: QueryId,
     target: NodeId,
     kind: OpKind,
-    /// Write tokens by node, and whether that node returned an item.
-    tokens: HashMap<NodeId, (Bytes, bool)>,
+    /// Write tokens by node address (ids of deployed nodes change), and whether that node
+    /// returned an item.
+    tokens: HashMap<PeerAddr, (Bytes, bool)>,
     result: CmdResult,
     peers: BTreeSet<SocketAddr>,
 }
@@ -595,7 +596,9 @@ impl Bep44Plugin {
         let had_item = v.is_some();
         if let Some(t) = r.get(b"token").and_then(Val::bytes) {
             if t.len() <= 64 {
-                op.tokens.insert(from.id, (Bytes::copy_from_slice(t), had_item));
+                if let Some(a) = from.addrs.first() {
+                    op.tokens.insert(a.clone(), (Bytes::copy_from_slice(t), had_item));
+                }
             }
         }
         if let Some(vals) = r.get(b"values").and_then(Val::list) {
@@ -691,13 +694,14 @@ impl Bep44Plugin {
                 // when enforcing; valid ones first otherwise).
                 let mut chosen: Vec<&Contact> = closest
                     .iter()
-                    .filter(|c| op.tokens.contains_key(&c.id) && (!enforce || secure(c)))
+                    .filter(|c| c.addrs.first().is_some_and(|a| op.tokens.contains_key(a)))
+                    .filter(|c| !enforce || secure(c))
                     .collect();
                 chosen.sort_by_key(|c| !secure(c));
                 chosen.truncate(K);
                 let mut sent = 0;
                 for c in chosen {
-                    let Some((token, had_item)) = op.tokens.get(&c.id) else {
+                    let Some((token, had_item)) = c.addrs.first().and_then(|a| op.tokens.get(a)) else {
                         continue;
                     };
                     let mut p = Dict::new();

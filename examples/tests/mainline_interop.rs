@@ -1,0 +1,343 @@
+//! Mainline interop on 127.0.0.1: our nodes (`kad mainline` processes), nodes of the `mainline`
+//! crate (in this process) and nodes of the `bittorrent-dht` npm package (Node.js processes, see
+//! tests/interop/bdht) put and get BEP44 items through each other, in both directions.
+//!
+//! Needs `node` and `npm` on PATH; the test installs the pinned bittorrent-dht with `npm ci`
+//! itself when it is missing (`.ci/run` does it too).
+#![allow(deprecated)] // the `mainline` crate's blocking API is marked deprecated in favour of async
+
+use std::io::{BufRead as _, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+
+use kad_plugin_bep44::item;
+use serde_json::Value;
+
+const KAD: &str = env!("CARGO_BIN_EXE_kad");
+
+fn bdht_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/bdht")
+}
+
+/// Installs the pinned bittorrent-dht once per test process (a missing Node.js is a failure,
+/// never a skip).
+fn ensure_bdht() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let dir = bdht_dir();
+        if !dir.join("node_modules/bittorrent-dht").exists() {
+            let st = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm is needed for the bittorrent-dht interop tests (install nodejs and npm)");
+            assert!(st.success(), "npm ci failed in {}", dir.display());
+        }
+    });
+}
+
+/// A server process (ours or bittorrent-dht), killed by its PID when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("started line");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad started line {line:?}: {e}"));
+        assert_eq!(v["event"], "started", "{v}");
+        let port = v["port"].as_u64().expect("port") as u16;
+        Self { child, port }
+    }
+    fn ours(bootstrap: Option<u16>) -> Self {
+        let mut c = Command::new(KAD);
+        c.args(["mainline", "server", "--bind", "127.0.0.1", "--port", "0", "--duration", "600", "--rate-limit", "0"]);
+        c.args(["--bootstrap", &bootstrap.map_or("none".into(), |p| format!("127.0.0.1:{p}"))]);
+        Self::start(c)
+    }
+    fn bdht(bootstrap: u16) -> Self {
+        ensure_bdht();
+        let mut c = Command::new("node");
+        c.current_dir(bdht_dir()).args(["bdht.js", "server", "--port", "0", "--duration", "600"]);
+        c.args(["--bootstrap", &format!("127.0.0.1:{bootstrap}")]);
+        Self::start(c)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pubky_server(bootstrap: u16) -> mainline::Dht {
+    mainline::Dht::builder()
+        .server_mode()
+        .bind_address(Ipv4Addr::LOCALHOST)
+        .bootstrap(&[format!("127.0.0.1:{bootstrap}")])
+        .build()
+        .expect("mainline crate server")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Impl {
+    Ours,
+    Pubky,
+    Bdht,
+}
+
+/// Runs a one-shot client process and returns its JSON line.
+fn run_json(mut cmd: Command) -> Value {
+    let out = cmd.stderr(Stdio::null()).output().expect("run client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad client output {text:?}: {e}"))
+}
+
+fn client_cmd(imp: Impl, boot: u16, op: &str) -> Command {
+    let boot = format!("127.0.0.1:{boot}");
+    match imp {
+        Impl::Ours => {
+            let mut c = Command::new(KAD);
+            c.args(["mainline", op, "--bind", "127.0.0.1", "--port", "0", "--bootstrap", &boot, "--timeout", "10"]);
+            c
+        }
+        Impl::Bdht => {
+            let mut c = Command::new("node");
+            c.current_dir(bdht_dir()).args(["bdht.js", op, "--port", "0", "--bootstrap", &boot, "--timeout", "10"]);
+            c.args(["--query-timeout", "500"]);
+            c
+        }
+        Impl::Pubky => unreachable!("in-process"),
+    }
+}
+
+fn pubky_client(boot: u16) -> mainline::Dht {
+    let d = mainline::Dht::builder()
+        .bind_address(Ipv4Addr::LOCALHOST)
+        .bootstrap(&[format!("127.0.0.1:{boot}")])
+        .build()
+        .expect("mainline crate client");
+    d.bootstrapped();
+    d
+}
+
+fn seed_of(tag: &str) -> [u8; 32] {
+    item::sha1(tag.as_bytes())[..].repeat(2)[..32].try_into().unwrap()
+}
+
+/// Puts an immutable string; returns the target the writer reports.
+fn put_immutable(imp: Impl, boot: u16, value: &str) -> Result<String, String> {
+    match imp {
+        Impl::Pubky => pubky_client(boot)
+            .put_immutable(value.as_bytes())
+            .map(|id| id.to_string())
+            .map_err(|e| format!("{e:?}")),
+        _ => {
+            let mut c = client_cmd(imp, boot, "put-immutable");
+            c.args(["--value", value]);
+            let v = run_json(c);
+            if v["ok"] == true { Ok(v["target"].as_str().unwrap().to_owned()) } else { Err(v.to_string()) }
+        }
+    }
+}
+
+fn get_immutable(imp: Impl, boot: u16, target: &str) -> Option<String> {
+    match imp {
+        Impl::Pubky => {
+            let id = mainline::Id::from_bytes(<[u8; 20]>::try_from(hex::decode(target).unwrap()).unwrap()).unwrap();
+            let v = pubky_client(boot).get_immutable(id)?;
+            // The mainline crate bencodes values as byte strings and returns them decoded.
+            Some(String::from_utf8_lossy(&v).into_owned())
+        }
+        _ => {
+            let mut c = client_cmd(imp, boot, "get-immutable");
+            c.args(["--target", target]);
+            let v = run_json(c);
+            (v["ok"] == true).then(|| v["value"].as_str().unwrap_or_default().to_owned())
+        }
+    }
+}
+
+/// Puts a mutable item; `Ok` carries the writer's full report (JSON text or the mainline
+/// crate's result), so error codes returned by some nodes are visible even on success.
+fn put_mutable(imp: Impl, boot: u16, seed: [u8; 32], salt: &str, seq: i64, value: &str, cas: Option<i64>) -> Result<String, String> {
+    match imp {
+        Impl::Pubky => {
+            let key = mainline::SigningKey::from_bytes(&seed);
+            let salt = (!salt.is_empty()).then_some(salt.as_bytes());
+            let it = mainline::MutableItem::new(key, value.as_bytes(), seq, salt);
+            pubky_client(boot).put_mutable(it, cas).map(|id| id.to_string()).map_err(|e| format!("{e:?}"))
+        }
+        _ => {
+            let mut c = client_cmd(imp, boot, "put-mutable");
+            c.args(["--seed", &hex::encode(seed), "--salt", salt, "--seq", &seq.to_string(), "--value", value]);
+            if let Some(cas) = cas {
+                c.args(["--cas", &cas.to_string()]);
+            }
+            let v = run_json(c);
+            if v["ok"] == true { Ok(v.to_string()) } else { Err(v.to_string()) }
+        }
+    }
+}
+
+fn get_mutable(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Option<(i64, String)> {
+    match imp {
+        Impl::Pubky => {
+            let salt = (!salt.is_empty()).then_some(salt.as_bytes());
+            let it = pubky_client(boot).get_mutable_most_recent(&pubkey, salt)?;
+            Some((it.seq(), String::from_utf8_lossy(it.value()).into_owned()))
+        }
+        _ => {
+            let mut c = client_cmd(imp, boot, "get-mutable");
+            c.args(["--pubkey", &hex::encode(pubkey), "--salt", salt]);
+            let v = run_json(c);
+            (v["ok"] == true).then(|| (v["seq"].as_i64().unwrap_or(-1), v["value"].as_str().unwrap_or_default().to_owned()))
+        }
+    }
+}
+
+const ALL: [Impl; 3] = [Impl::Ours, Impl::Pubky, Impl::Bdht];
+
+/// Every (writer, reader) pair: immutable, mutable without salt, mutable with salt; then per
+/// writer a sequence regression (302) and a CAS conflict (301).
+fn matrix(boot: u16, tag: &str) {
+    let mut failures = Vec::new();
+    for w in ALL {
+        for r in ALL {
+            let case = format!("{tag}: {w:?} puts, {r:?} gets");
+            // Immutable.
+            let value = format!("imm {tag} {w:?}->{r:?}");
+            let want_target = item::immutable_target(&item::bencode_bytes(value.as_bytes())).to_hex();
+            match put_immutable(w, boot, &value) {
+                Ok(t) if t == want_target => match get_immutable(r, boot, &t) {
+                    Some(got) if got == value => {}
+                    other => failures.push(format!("{case}, immutable: got {other:?}")),
+                },
+                other => failures.push(format!("{case}, immutable put: {other:?}")),
+            }
+            // Mutable, without and with salt.
+            let seed = seed_of(&format!("{tag} {w:?} {r:?}"));
+            let pubkey = item::public_key(&seed);
+            for (salt, seq) in [("", 1), ("salty", 5)] {
+                let value = format!("mut {tag} {w:?}->{r:?} salt={salt}");
+                match put_mutable(w, boot, seed, salt, seq, &value, None) {
+                    Ok(_) => match get_mutable(r, boot, pubkey, salt) {
+                        Some((s, got)) if s == seq && got == value => {}
+                        other => failures.push(format!("{case}, mutable salt={salt:?}: got {other:?}")),
+                    },
+                    Err(e) => failures.push(format!("{case}, mutable salt={salt:?} put: {e}")),
+                }
+            }
+        }
+        // Errors, seen by each writer: a lower seq (302) and a wrong cas (301).
+        let seed = seed_of(&format!("{tag} errors {w:?}"));
+        let salt = "race";
+        if let Err(e) = put_mutable(w, boot, seed, salt, 7, "seven", None) {
+            failures.push(format!("{tag}: {w:?} put seq 7: {e}"));
+            continue;
+        }
+        // Ours and the mainline crate report failure when storing nodes refuse with 3xx;
+        // bittorrent-dht reports success if any node stored, so its report is checked for the
+        // remote error codes.
+        let refused = |r: &Result<String, String>, codes: [&str; 2]| match (w, r) {
+            (Impl::Bdht, Ok(text)) | (_, Err(text)) => codes.iter().any(|c| text.contains(c)),
+            _ => false,
+        };
+        let r = put_mutable(w, boot, seed, salt, 6, "six", None);
+        if !refused(&r, ["302", "NotMostRecent"]) {
+            failures.push(format!("{tag}: {w:?} seq regression must be refused with 302, got {r:?}"));
+        }
+        let r = put_mutable(w, boot, seed, salt, 8, "eight", Some(3));
+        if !refused(&r, ["301", "CasFailed"]) {
+            failures.push(format!("{tag}: {w:?} cas conflict must be refused with 301, got {r:?}"));
+        }
+        // And the item is still seq 7, for everyone.
+        for r in ALL {
+            match get_mutable(r, boot, item::public_key(&seed), salt) {
+                Some((7, _)) => {}
+                other => failures.push(format!("{tag}: after the refused puts of {w:?}, {r:?} reads {other:?}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn mixed_network_every_pair_of_implementations_puts_and_gets() {
+    // 4 of ours, 4 mainline crate nodes, 4 bittorrent-dht nodes: storing nodes are a mix.
+    let first = Server::ours(None);
+    let boot = first.port;
+    let mut ours = vec![first];
+    for _ in 0..3 {
+        ours.push(Server::ours(Some(boot)));
+    }
+    let pubky: Vec<_> = (0..4).map(|_| pubky_server(boot)).collect();
+    let bdht: Vec<_> = (0..4).map(|_| Server::bdht(boot)).collect();
+    for p in &pubky {
+        p.bootstrapped();
+    }
+    matrix(boot, "mixed");
+    drop((ours, pubky, bdht));
+}
+
+#[test]
+fn network_of_only_our_nodes_serves_every_client() {
+    // Only our nodes store: their server side is what the other clients talk to.
+    let first = Server::ours(None);
+    let boot = first.port;
+    let mut ours = vec![first];
+    for _ in 0..5 {
+        ours.push(Server::ours(Some(boot)));
+    }
+    matrix(boot, "ours-only");
+    drop(ours);
+}
+
+#[test]
+#[ignore]
+fn debug_pubky() {
+    let mut c = Command::new(KAD);
+    c.args(["mainline", "server", "--bind", "127.0.0.1", "--port", "0", "--duration", "14", "--bootstrap", "none"]);
+    c.env("RUST_LOG", "kad_core=trace,kad_plugin_bep44=trace");
+    let mut child = c.stdout(Stdio::piped()).stderr(std::fs::File::create("/tmp/mlt/srv.err").unwrap()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let boot = v["port"].as_u64().unwrap() as u16;
+    let mut c0 = client_cmd(Impl::Ours, boot, "put-immutable");
+    c0.args(["--value", "dbg0"]);
+    println!("before: {}", String::from_utf8_lossy(&c0.output().unwrap().stdout));
+    let pubky: Vec<_> = (0..4).map(|_| pubky_server(boot)).collect();
+    println!("pubky started");
+    for p in &pubky {
+        p.bootstrapped();
+    }
+    println!("pubky bootstrapped");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut cfg = kad_plugin_bep44::MainlineConfig::default();
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.bootstrap = vec![format!("127.0.0.1:{boot}").parse().unwrap()];
+        cfg.read_only = true;
+        let n = kad_plugin_bep44::Mainline::spawn(cfg).await.unwrap();
+        let b = tokio::time::timeout(std::time::Duration::from_secs(5), n.bootstrap()).await;
+        println!("bootstrap: {b:?}");
+        println!("stats: {:?}", n.stats().await.unwrap());
+        let p = tokio::time::timeout(std::time::Duration::from_secs(5), n.put_immutable(b"3:abc")).await;
+        println!("put: {p:?}");
+        println!("stats: {:?}", n.stats().await.unwrap());
+    });
+    let mut c = client_cmd(Impl::Ours, boot, "put-immutable");
+    c.args(["--value", "dbg"]).env("RUST_LOG", "kad_core=trace,kad_plugin_bep44=trace");
+    let out = c.output().unwrap();
+    println!("after: {}", String::from_utf8_lossy(&out.stdout));
+    std::fs::write("/tmp/mlt/cli.err", &out.stderr).unwrap();
+    let _ = child.wait();
+}
