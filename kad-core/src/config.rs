@@ -88,6 +88,10 @@ pub struct Config {
     /// knows at once. Default 1, latency first: about a round trip less per lookup than `alpha`
     /// (3), for about 60% more requests. See the README's measurements.
     pub lookup_patience: usize,
+    /// A node among the `alpha` closest that is silent past the soft deadline of its last
+    /// attempt stops holding a lookup open (a late answer still counts). Default false; the
+    /// Mainline plugin turns it on (deployed Mainline is full of departed nodes).
+    pub lookup_skip_silent_head: bool,
     /// Most requests in flight at once; lookups wait for room. Default 4096.
     pub max_in_flight: usize,
     /// Most concurrent queries (lookups, puts, pings, calls). Default 1024.
@@ -149,6 +153,7 @@ impl Default for Config {
             initial_rtt: Duration::from_millis(250),
             max_attempts: 5,
             lookup_patience: 1,
+            lookup_skip_silent_head: false,
             max_in_flight: 4096,
             max_queries: 1024,
             replacement_cache: 8,

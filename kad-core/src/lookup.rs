@@ -61,6 +61,7 @@ pub struct Lookup {
     no_progress: usize,
     patience: usize,
     stalled: bool,
+    skip_silent_head: bool,
     stats: LookupStats,
 }
 
@@ -86,6 +87,7 @@ impl Lookup {
             no_progress: 0,
             patience: 1,
             stalled: false,
+            skip_silent_head: false,
             stats: LookupStats::default(),
         };
         for c in seeds {
@@ -99,6 +101,15 @@ impl Lookup {
     /// at once (default 1: latency first; `alpha` saves requests).
     pub fn with_patience(mut self, patience: usize) -> Self {
         self.patience = patience.max(1);
+        self
+    }
+
+    /// When set, a candidate in the head that stays silent past the soft deadline of its last
+    /// attempt stops holding the lookup open (as silent candidates outside the head already
+    /// do): the search widens past it and a late answer still counts. For networks full of
+    /// departed nodes (Mainline). Default off.
+    pub fn with_skip_silent_head(mut self, skip: bool) -> Self {
+        self.skip_silent_head = skip;
         self
     }
 
@@ -189,9 +200,12 @@ impl Lookup {
                         if cand.attempts == 1 {
                             active += 1;
                         }
-                    } else if rank >= self.alpha {
-                        // Silent past its soft deadline outside the head: skipped (it no longer
-                        // counts among the k closest, though a late answer still does).
+                    } else if rank >= self.alpha
+                        || (self.skip_silent_head && cand.attempts >= self.max_attempts)
+                    {
+                        // Silent past its soft deadline outside the head (or on its last attempt,
+                        // with skip_silent_head): skipped (it no longer counts among the k
+                        // closest, though a late answer still does).
                         continue;
                     } else if cand.attempts < self.max_attempts && out.len() < room {
                         cand.attempts += 1;
@@ -309,7 +323,11 @@ impl Lookup {
             match c.state {
                 State::Failed => continue,
                 State::Succeeded => {}
-                State::Waiting { soft_deadline } if soft_deadline <= now && rank >= self.alpha => {
+                State::Waiting { soft_deadline }
+                    if soft_deadline <= now
+                        && (rank >= self.alpha
+                            || (self.skip_silent_head && c.attempts >= self.max_attempts)) =>
+                {
                     continue;
                 }
                 _ => return false,

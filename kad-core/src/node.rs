@@ -292,16 +292,24 @@ struct Query {
     lookup: Option<Lookup>,
 }
 
-/// Round-trip estimator (Jacobson/Karels), in microseconds.
+/// Round-trip estimator (Jacobson/Karels), in microseconds. The first sample replaces the
+/// configured guess (RFC 6298), so a fresh node adapts with its first answer.
 #[derive(Debug, Clone)]
 struct Rtt {
     srtt: u64,
     rttvar: u64,
+    sampled: bool,
 }
 
 impl Rtt {
     fn sample(&mut self, rtt: Duration) {
         let r = rtt.as_micros().min(u128::from(u32::MAX)) as u64;
+        if !self.sampled {
+            self.sampled = true;
+            self.srtt = r;
+            self.rttvar = r / 2;
+            return;
+        }
         let err = self.srtt.abs_diff(r);
         self.rttvar = (self.rttvar * 3 + err) / 4;
         self.srtt = (self.srtt * 7 + r) / 8;
@@ -412,6 +420,7 @@ impl NodeBuilder {
             rtt: Rtt {
                 srtt: init,
                 rttvar: init / 2,
+                sampled: false,
             },
             stats: Stats::default(),
             now,
@@ -692,6 +701,7 @@ impl Node {
             seeds,
         )
         .with_patience(self.config.lookup_patience)
+        .with_skip_silent_head(self.config.lookup_skip_silent_head)
     }
 
     /// Adds a contact to the routing table as unverified (it becomes good once it answers).

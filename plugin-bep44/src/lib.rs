@@ -264,6 +264,7 @@ impl Mainline {
         // Deployed Mainline is full of departed nodes: retry a silent node once, not four times,
         // and start from a modest RTT guess (it adapts with the first answers).
         config.max_attempts = 2;
+        config.lookup_skip_silent_head = true;
         config.initial_rtt = Duration::from_millis(100);
         config.read_only = cfg.read_only;
         config.answer_requests = !cfg.read_only;
