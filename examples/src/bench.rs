@@ -32,12 +32,28 @@ pub(crate) enum BenchCommand {
     ///
     /// Prints one JSON object with --json. Takes about a minute with the defaults.
     Native(NativeArgs),
+    /// Mainline: latency in a 50-node network of ours and of the `mainline` crate (long-running
+    /// node and fresh processes), and queries served per second against the crate and a UDP echo.
+    ///
+    /// Prints one JSON object with --json. Takes a few minutes with the defaults.
+    Mainline(crate::bench_mainline::MainlineBenchArgs),
+    /// (Helper of `bench mainline`) a network of nodes in one process.
+    #[command(hide = true)]
+    MainlineNet(crate::bench_mainline::NetArgs),
+    /// (Helper of `bench mainline`) one operation with the `mainline` crate.
+    #[command(hide = true)]
+    MainlineCrateClient(crate::bench_mainline::CrateClientArgs),
+    /// (Helper of `bench mainline`) a UDP echo responder.
+    #[command(hide = true)]
+    UdpEcho,
 }
 
 impl BenchCommand {
     pub(crate) fn json(&self) -> bool {
         match self {
             Self::Native(a) => a.json,
+            Self::Mainline(a) => a.json(),
+            Self::MainlineNet(_) | Self::MainlineCrateClient(_) | Self::UdpEcho => true,
         }
     }
 }
@@ -67,6 +83,10 @@ pub(crate) struct NativeArgs {
 pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Native(a) => native(a),
+        BenchCommand::Mainline(a) => crate::bench_mainline::run(a),
+        BenchCommand::MainlineNet(a) => crate::bench_mainline::net(a),
+        BenchCommand::MainlineCrateClient(a) => crate::bench_mainline::crate_client(a),
+        BenchCommand::UdpEcho => crate::bench_mainline::echo(),
     }
 }
 

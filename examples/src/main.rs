@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
+mod bench_mainline;
 mod mainline;
 mod net;
 

@@ -187,18 +187,22 @@ fn put_mutable(imp: Impl, boot: u16, seed: [u8; 32], salt: &str, seq: i64, value
     }
 }
 
-fn get_mutable(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Option<(i64, String)> {
+fn get_mutable(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Result<(i64, String), String> {
     match imp {
         Impl::Pubky => {
             let salt = (!salt.is_empty()).then_some(salt.as_bytes());
-            let it = pubky_client(boot).get_mutable_most_recent(&pubkey, salt)?;
-            Some((it.seq(), String::from_utf8_lossy(it.value()).into_owned()))
+            let it = pubky_client(boot).get_mutable_most_recent(&pubkey, salt).ok_or("not found")?;
+            Ok((it.seq(), String::from_utf8_lossy(it.value()).into_owned()))
         }
         _ => {
             let mut c = client_cmd(imp, boot, "get-mutable");
             c.args(["--pubkey", &hex::encode(pubkey), "--salt", salt]);
             let v = run_json(c);
-            (v["ok"] == true).then(|| (v["seq"].as_i64().unwrap_or(-1), v["value"].as_str().unwrap_or_default().to_owned()))
+            if v["ok"] == true {
+                Ok((v["seq"].as_i64().unwrap_or(-1), v["value"].as_str().unwrap_or_default().to_owned()))
+            } else {
+                Err(v.to_string())
+            }
         }
     }
 }
@@ -229,7 +233,7 @@ fn matrix(boot: u16, tag: &str) {
                 let value = format!("mut {tag} {w:?}->{r:?} salt={salt}");
                 match put_mutable(w, boot, seed, salt, seq, &value, None) {
                     Ok(_) => match get_mutable(r, boot, pubkey, salt) {
-                        Some((s, got)) if s == seq && got == value => {}
+                        Ok((s, got)) if s == seq && got == value => {}
                         other => failures.push(format!("{case}, mutable salt={salt:?}: got {other:?}")),
                     },
                     Err(e) => failures.push(format!("{case}, mutable salt={salt:?} put: {e}")),
@@ -261,7 +265,7 @@ fn matrix(boot: u16, tag: &str) {
         // And the item is still seq 7, for everyone.
         for r in ALL {
             match get_mutable(r, boot, item::public_key(&seed), salt) {
-                Some((7, _)) => {}
+                Ok((7, _)) => {}
                 other => failures.push(format!("{tag}: after the refused puts of {w:?}, {r:?} reads {other:?}")),
             }
         }
