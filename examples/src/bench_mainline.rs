@@ -400,8 +400,9 @@ fn query(kind: Kind, id: &NodeId, target: &NodeId, ro: bool) -> (Vec<u8>, usize)
     (b, at)
 }
 
-/// Gives the server at `target` routing-table entries: pings from `n` node ids spread over the
-/// buckets nearest its id, each from its own 127.x.y.z address. Returns the server's id.
+/// Gives the server at `target` routing-table entries: `find_node` queries from `n` node ids
+/// spread over the buckets nearest its id (8 per bucket), each from its own 127.1.x.y address.
+/// Returns the server's id.
 fn fill_table(target: SocketAddr, n: usize) -> Result<NodeId> {
     let probe = UdpSocket::bind("127.0.0.1:0")?;
     probe.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -430,7 +431,10 @@ fn fill_table(target: SocketAddr, n: usize) -> Result<NodeId> {
         }
         let ip = Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
         let s = UdpSocket::bind((ip, 0))?;
-        let (q, _) = query(Kind::Ping, &NodeId::from_bytes(id), &server, false);
+        // find_node with target = the sender's id: what a joining node sends. (The mainline
+        // crate, started without a bootstrap list, learns such senders under the target id.)
+        let id = NodeId::from_bytes(id);
+        let (q, _) = query(Kind::FindNode, &id, &id, false);
         s.send_to(&q, target)?;
     }
     Ok(server)
