@@ -152,14 +152,33 @@ pub(crate) fn run(a: MainlineBenchArgs) -> Result<()> {
     if a.nodes < 2 {
         bail!("--nodes must be at least 2, got {}", a.nodes);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let stamp = std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_nanos()).unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let stamp = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let tag = format!("bench{stamp}");
 
     // ---- 1. latency in two 50-node networks ----
-    let mut ours_net = Proc::start(&["bench", "mainline-net", "--impl", "ours", "--nodes", &a.nodes.to_string()])?;
+    let mut ours_net = Proc::start(&[
+        "bench",
+        "mainline-net",
+        "--impl",
+        "ours",
+        "--nodes",
+        &a.nodes.to_string(),
+    ])?;
     let ours_port = ours_net.line()?["port"].as_u64().context("port")? as u16;
-    let mut crate_net = Proc::start(&["bench", "mainline-net", "--impl", "crate", "--nodes", &a.nodes.to_string()])?;
+    let mut crate_net = Proc::start(&[
+        "bench",
+        "mainline-net",
+        "--impl",
+        "crate",
+        "--nodes",
+        &a.nodes.to_string(),
+    ])?;
     let crate_port = crate_net.line()?["port"].as_u64().context("port")? as u16;
     let ours_size = ours_net.ask("size")?;
     let crate_size = crate_net.ask("size")?;
@@ -169,24 +188,49 @@ pub(crate) fn run(a: MainlineBenchArgs) -> Result<()> {
     let crate_long = long_crate(crate_port, a.ops, &tag)?;
 
     // Fresh processes.
-    let ours_fresh = fresh(&["mainline"], ours_port, a.fresh, &format!("{tag} fresh ours"))?;
-    let crate_fresh = fresh(&["bench", "mainline-crate-client"], crate_port, a.fresh, &format!("{tag} fresh crate"))?;
+    let ours_fresh = fresh(
+        &["mainline"],
+        ours_port,
+        a.fresh,
+        &format!("{tag} fresh ours"),
+    )?;
+    let crate_fresh = fresh(
+        &["bench", "mainline-crate-client"],
+        crate_port,
+        a.fresh,
+        &format!("{tag} fresh crate"),
+    )?;
     drop(ours_net);
     drop(crate_net);
 
     let ratio = |o: &Value, c: &Value, k: &str| {
-        let (x, y) = (o[k]["p50_ms"].as_f64().unwrap_or(f64::NAN), c[k]["p50_ms"].as_f64().unwrap_or(f64::NAN));
+        let (x, y) = (
+            o[k]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            c[k]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        );
         json!((x / y * 1000.0).round() / 1000.0)
     };
     let mut ratios = json!({});
-    for (mode, o, c) in [("long", &ours_long, &crate_long), ("fresh", &ours_fresh, &crate_fresh)] {
-        for k in ["put_immutable", "get_immutable", "put_mutable", "get_mutable"] {
+    for (mode, o, c) in [
+        ("long", &ours_long, &crate_long),
+        ("fresh", &ours_fresh, &crate_fresh),
+    ] {
+        for k in [
+            "put_immutable",
+            "get_immutable",
+            "put_mutable",
+            "get_mutable",
+        ] {
             ratios[format!("{mode}_{k}_p50_ours_over_crate")] = ratio(o, c, k);
         }
     }
 
     // ---- 2. throughput ----
-    let throughput = if a.secs > 0.0 { throughput(&a)? } else { Value::Null };
+    let throughput = if a.secs > 0.0 {
+        throughput(&a)?
+    } else {
+        Value::Null
+    };
 
     let out = json!({
         "bench": "mainline",
@@ -198,7 +242,9 @@ pub(crate) fn run(a: MainlineBenchArgs) -> Result<()> {
         },
         "throughput": throughput,
     });
-    emit(a.json, &out, || serde_json::to_string_pretty(&out).unwrap_or_default());
+    emit(a.json, &out, || {
+        serde_json::to_string_pretty(&out).unwrap_or_default()
+    });
     Ok(())
 }
 
@@ -209,7 +255,12 @@ async fn long_ours(port: u16, ops: usize, tag: &str) -> Result<Value> {
     cfg.limits.per_ip_rate = 0;
     let node = Mainline::spawn(cfg).await?;
     node.bootstrap().await?;
-    let (mut pi, mut gi, mut pm, mut gm) = (Lat::default(), Lat::default(), Lat::default(), Lat::default());
+    let (mut pi, mut gi, mut pm, mut gm) = (
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+    );
     for i in 0..ops {
         let v = item::bencode_bytes(format!("{tag} long ours imm {i}").as_bytes());
         let t = Instant::now();
@@ -228,7 +279,9 @@ async fn long_ours(port: u16, ops: usize, tag: &str) -> Result<Value> {
         gm.add(t, r.is_ok_and(|g| g.seq == 1));
     }
     node.shutdown().await;
-    Ok(json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}))
+    Ok(
+        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}),
+    )
 }
 
 #[allow(deprecated)] // the mainline crate's blocking API
@@ -238,7 +291,12 @@ fn long_crate(port: u16, ops: usize, tag: &str) -> Result<Value> {
         .bootstrap(&[format!("127.0.0.1:{port}")])
         .build()?;
     dht.bootstrapped();
-    let (mut pi, mut gi, mut pm, mut gm) = (Lat::default(), Lat::default(), Lat::default(), Lat::default());
+    let (mut pi, mut gi, mut pm, mut gm) = (
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+    );
     for i in 0..ops {
         let v = format!("{tag} long crate imm {i}");
         let t = Instant::now();
@@ -258,7 +316,9 @@ fn long_crate(port: u16, ops: usize, tag: &str) -> Result<Value> {
         let got = dht.get_mutable_most_recent(&pk, None);
         gm.add(t, got.is_some_and(|g| g.seq() == 1));
     }
-    Ok(json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}))
+    Ok(
+        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}),
+    )
 }
 
 /// Runs `n` fresh client processes per operation kind, timing each from spawn to exit.
@@ -270,19 +330,36 @@ fn fresh(prefix: &[&str], port: u16, n: usize, tag: &str) -> Result<Value> {
         let out = Command::new(&exe)
             .args(prefix)
             .args(&args)
-            .args(["--bootstrap", &boot, "--bind", "127.0.0.1", "--timeout", "20"])
+            .args([
+                "--bootstrap",
+                &boot,
+                "--bind",
+                "127.0.0.1",
+                "--timeout",
+                "20",
+            ])
             .stderr(Stdio::null())
             .output();
         let ok = out.is_ok_and(|o| {
             let text = String::from_utf8_lossy(&o.stdout);
-            serde_json::from_str::<Value>(text.lines().last().unwrap_or_default()).is_ok_and(|v| v["ok"] == true)
+            serde_json::from_str::<Value>(text.lines().last().unwrap_or_default())
+                .is_ok_and(|v| v["ok"] == true)
         });
         (ok, t)
     };
-    let (mut pi, mut gi, mut pm, mut gm) = (Lat::default(), Lat::default(), Lat::default(), Lat::default());
+    let (mut pi, mut gi, mut pm, mut gm) = (
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+    );
     for i in 0..n {
         let value = format!("{tag} {i}");
-        let (ok, t) = run(vec!["put-immutable".into(), "--value".into(), value.clone()]);
+        let (ok, t) = run(vec![
+            "put-immutable".into(),
+            "--value".into(),
+            value.clone(),
+        ]);
         pi.ok.push(t.elapsed().as_secs_f64() * 1000.0);
         pi.failed += usize::from(!ok);
         let target = item::immutable_target(&item::bencode_bytes(value.as_bytes())).to_hex();
@@ -299,10 +376,16 @@ fn fresh(prefix: &[&str], port: u16, n: usize, tag: &str) -> Result<Value> {
             value.clone(),
         ]);
         pm.add(t, ok);
-        let (ok, t) = run(vec!["get-mutable".into(), "--pubkey".into(), hex::encode(item::public_key(&s))]);
+        let (ok, t) = run(vec![
+            "get-mutable".into(),
+            "--pubkey".into(),
+            hex::encode(item::public_key(&s)),
+        ]);
         gm.add(t, ok);
     }
-    Ok(json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}))
+    Ok(
+        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}),
+    )
 }
 
 // ---- throughput ----
@@ -319,7 +402,15 @@ fn throughput(a: &MainlineBenchArgs) -> Result<Value> {
     drop(echo);
 
     for which in ["ours", "crate"] {
-        let mut p = Proc::start(&["bench", "mainline-net", "--impl", which, "--nodes", "1", "--server-only"])?;
+        let mut p = Proc::start(&[
+            "bench",
+            "mainline-net",
+            "--impl",
+            which,
+            "--nodes",
+            "1",
+            "--server-only",
+        ])?;
         let port = p.line()?["port"].as_u64().context("port")? as u16;
         let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let id = fill_table(target, a.table)?;
@@ -331,16 +422,24 @@ fn throughput(a: &MainlineBenchArgs) -> Result<Value> {
             let r = load(target, kind, a.secs)?;
             res[kind.name()] = rate_json(r, p.cpu_s() - c0, a.secs);
         }
-        out[if which == "ours" { "ours" } else { "mainline_crate" }] = res;
+        out[if which == "ours" {
+            "ours"
+        } else {
+            "mainline_crate"
+        }] = res;
     }
     let rate = |who: &str, k: &str| out[who][k]["per_s"].as_f64().unwrap_or(f64::NAN);
     let mut ratios = json!({});
     for k in ["ping", "find_node", "get"] {
-        ratios[format!("{k}_ours_over_crate")] = json!(round3(rate("ours", k) / rate("mainline_crate", k)));
-        ratios[format!("{k}_ours_over_echo")] = json!(round3(rate("ours", k) / rate("echo", "ping")));
+        ratios[format!("{k}_ours_over_crate")] =
+            json!(round3(rate("ours", k) / rate("mainline_crate", k)));
+        ratios[format!("{k}_ours_over_echo")] =
+            json!(round3(rate("ours", k) / rate("echo", "ping")));
     }
     out["ratios"] = ratios;
-    out["note"] = json!("one load generator process (this one) with 4 sockets and 64 queries in flight each; servers run with no per-IP limit and no reply budget (every query comes from 127.0.0.1)");
+    out["note"] = json!(
+        "one load generator process (this one) with 4 sockets and 64 queries in flight each; servers run with no per-IP limit and no reply budget (every query comes from 127.0.0.1)"
+    );
     Ok(out)
 }
 
@@ -391,12 +490,18 @@ fn query(kind: Kind, id: &NodeId, target: &NodeId, ro: bool) -> (Vec<u8>, usize)
         Kind::Get => b"get",
     };
     let mut top = Dict::new();
-    top.raw(b"a", &a.finish()).bytes(b"q", q).bytes(b"t", b"\0\0\0\0").bytes(b"y", b"q");
+    top.raw(b"a", &a.finish())
+        .bytes(b"q", q)
+        .bytes(b"t", b"\0\0\0\0")
+        .bytes(b"y", b"q");
     if ro {
         top.int(b"ro", 1);
     }
     let b = top.finish();
-    let at = b.windows(7).position(|w| w == b"1:t4:\0\0").map_or(0, |p| p + 5);
+    let at = b
+        .windows(7)
+        .position(|w| w == b"1:t4:\0\0")
+        .map_or(0, |p| p + 5);
     (b, at)
 }
 
@@ -410,7 +515,9 @@ fn fill_table(target: SocketAddr, n: usize) -> Result<NodeId> {
     let (q, _) = query(Kind::Ping, &me, &me, true);
     probe.send_to(&q, target)?;
     let mut buf = [0u8; 2048];
-    let (len, _) = probe.recv_from(&mut buf).context("the server did not answer a ping")?;
+    let (len, _) = probe
+        .recv_from(&mut buf)
+        .context("the server did not answer a ping")?;
     let v = kad_plugin_bep44::bencode::parse(&buf[..len]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = v
         .get(b"r")
@@ -450,7 +557,9 @@ fn load(target: SocketAddr, kind: Kind, secs: f64) -> Result<(u64, u64)> {
             let s = UdpSocket::bind("127.0.0.1:0")?;
             s.set_read_timeout(Some(Duration::from_millis(50)))?;
             let me = NodeId::from_bytes(item::sha1(&[b'g', w]));
-            let targets: Vec<NodeId> = (0..1024u32).map(|i| NodeId::from_bytes(item::sha1(&i.to_be_bytes()))).collect();
+            let targets: Vec<NodeId> = (0..1024u32)
+                .map(|i| NodeId::from_bytes(item::sha1(&i.to_be_bytes())))
+                .collect();
             let mut txn = 0u32;
             let (mut sent, mut answered) = (0u64, 0u64);
             let send = |s: &UdpSocket, txn: &mut u32| -> Result<()> {
@@ -486,7 +595,9 @@ fn load(target: SocketAddr, kind: Kind, secs: f64) -> Result<(u64, u64)> {
     }
     let mut total = (0, 0);
     for h in handles {
-        let (a, s) = h.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        let (a, s) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
         total.0 += a;
         total.1 += s;
     }
@@ -523,14 +634,22 @@ fn serve_stdin(mut size: impl FnMut() -> Value) {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         match line.as_deref() {
-            Ok("size") => println!("{}", size()),
+            Ok("size") => {
+                let v = size();
+                if !v.is_null() {
+                    println!("{v}");
+                }
+            }
             _ => break,
         }
     }
 }
 
 fn net_ours(a: NetArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread, like `kad mainline server`: no hand-offs between worker threads per datagram.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let nodes = rt.block_on(async {
         let mut nodes: Vec<Mainline> = Vec::new();
         for i in 0..a.nodes {
@@ -556,16 +675,30 @@ fn net_ours(a: NetArgs) -> Result<()> {
         anyhow::Ok(nodes)
     })?;
     println!("{}", json!({"port": nodes[0].local_addr().port()}));
-    serve_stdin(|| {
-        let routing = rt.block_on(nodes[0].stats()).map(|s| s.routing).unwrap_or(0);
-        json!({"nodes": nodes.len(), "routing": routing})
+    // The runtime runs the nodes only inside block_on: stdin is read on another thread.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    std::thread::spawn(move || {
+        serve_stdin(|| {
+            let _ = tx.send(());
+            Value::Null
+        })
+    });
+    rt.block_on(async {
+        while rx.recv().await.is_some() {
+            let routing = nodes[0].stats().await.map(|s| s.routing).unwrap_or(0);
+            println!("{}", json!({"nodes": nodes.len(), "routing": routing}));
+        }
     });
     Ok(())
 }
 
 #[allow(deprecated)] // the mainline crate's blocking API
 fn net_crate(a: NetArgs) -> Result<()> {
-    let first = mainline::Dht::builder().server_mode().bind_address(Ipv4Addr::LOCALHOST).no_bootstrap().build()?;
+    let first = mainline::Dht::builder()
+        .server_mode()
+        .bind_address(Ipv4Addr::LOCALHOST)
+        .no_bootstrap()
+        .build()?;
     let port = first.info().local_addr().port();
     let mut nodes = vec![first];
     for _ in 1..a.nodes {
@@ -630,25 +763,43 @@ pub(crate) struct CrateClientArgs {
 #[allow(deprecated)] // the mainline crate's blocking API
 pub(crate) fn crate_client(a: CrateClientArgs) -> Result<()> {
     let t = Instant::now();
-    let dht = mainline::Dht::builder().bind_address(Ipv4Addr::LOCALHOST).bootstrap(&[a.bootstrap.clone()]).build()?;
+    let dht = mainline::Dht::builder()
+        .bind_address(Ipv4Addr::LOCALHOST)
+        .bootstrap(std::slice::from_ref(&a.bootstrap))
+        .build()?;
     let h32 = |s: &Option<String>| -> Result<[u8; 32]> {
         let b = hex::decode(s.as_deref().unwrap_or_default())?;
-        b.try_into().map_err(|_| anyhow::anyhow!("need 64 hex characters"))
+        b.try_into()
+            .map_err(|_| anyhow::anyhow!("need 64 hex characters"))
     };
     let ok = match a.op.as_str() {
-        "put-immutable" => dht.put_immutable(a.value.unwrap_or_default().as_bytes()).is_ok(),
+        "put-immutable" => dht
+            .put_immutable(a.value.unwrap_or_default().as_bytes())
+            .is_ok(),
         "get-immutable" => {
-            let b: [u8; 20] = hex::decode(a.target.unwrap_or_default())?.try_into().map_err(|_| anyhow::anyhow!("target"))?;
+            let b: [u8; 20] = hex::decode(a.target.unwrap_or_default())?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("target"))?;
             dht.get_immutable(mainline::Id::from_bytes(b)?).is_some()
         }
         "put-mutable" => {
             let key = mainline::SigningKey::from_bytes(&h32(&a.seed)?);
-            let it = mainline::MutableItem::new(key, a.value.unwrap_or_default().as_bytes(), a.seq, None);
+            let it = mainline::MutableItem::new(
+                key,
+                a.value.unwrap_or_default().as_bytes(),
+                a.seq,
+                None,
+            );
             dht.put_mutable(it, None).is_ok()
         }
-        "get-mutable" => dht.get_mutable_most_recent(&h32(&a.pubkey)?, None).is_some(),
+        "get-mutable" => dht
+            .get_mutable_most_recent(&h32(&a.pubkey)?, None)
+            .is_some(),
         other => bail!("unknown op {other}"),
     };
-    println!("{}", json!({"ok": ok, "op": a.op, "elapsed_ms": t.elapsed().as_secs_f64() * 1000.0}));
+    println!(
+        "{}",
+        json!({"ok": ok, "op": a.op, "elapsed_ms": t.elapsed().as_secs_f64() * 1000.0})
+    );
     Ok(())
 }

@@ -99,9 +99,20 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             use clap::error::ErrorKind;
             let mainline = std::env::args().nth(1).as_deref() == Some("mainline");
-            if mainline && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if mainline
+                && !matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelp
+                        | ErrorKind::DisplayVersion
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
                 let msg = e.render().to_string();
-                let first = msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+                let first = msg
+                    .lines()
+                    .next()
+                    .unwrap_or("bad arguments")
+                    .trim_start_matches("error: ");
                 println!("{}", serde_json::json!({"ok": false, "error": first}));
                 eprint!("{msg}");
                 return std::process::ExitCode::from(2);

@@ -161,7 +161,10 @@ pub(crate) async fn run(cmd: MainlineCommand) -> u8 {
             code
         }
         Err(e) => {
-            println!("{}", json!({"ok": false, "op": op, "error": format!("{e:#}")}));
+            println!(
+                "{}",
+                json!({"ok": false, "op": op, "error": format!("{e:#}")})
+            );
             2
         }
     }
@@ -171,7 +174,12 @@ async fn resolve(list: &Option<String>) -> Result<Vec<SocketAddr>> {
     let names: Vec<String> = match list.as_deref() {
         None => PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect(),
         Some("none") | Some("") => return Ok(Vec::new()),
-        Some(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        Some(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
     };
     let mut out = Vec::new();
     for n in &names {
@@ -181,7 +189,10 @@ async fn resolve(list: &Option<String>) -> Result<Vec<SocketAddr>> {
         out.extend(found.filter(SocketAddr::is_ipv4));
     }
     if out.is_empty() && list.is_some() {
-        bail!("--bootstrap: no IPv4 address in {:?}", list.as_deref().unwrap_or_default());
+        bail!(
+            "--bootstrap: no IPv4 address in {:?}",
+            list.as_deref().unwrap_or_default()
+        );
     }
     Ok(out)
 }
@@ -200,14 +211,18 @@ async fn spawn(net: &NetArgs, read_only: bool) -> Result<Mainline> {
 
 async fn server(a: ServerArgs) -> Result<(Option<Value>, u8)> {
     if !(a.duration >= 0.0 && a.duration.is_finite()) {
-        bail!("--duration must be a number of seconds >= 0, got {}", a.duration);
+        bail!(
+            "--duration must be a number of seconds >= 0, got {}",
+            a.duration
+        );
     }
     let node = spawn(&a.net, false).await?;
     println!(
         "{}",
         json!({"op": "server", "event": "started", "port": node.local_addr().port(), "id": node.id().to_hex()})
     );
-    let end = (a.duration > 0.0).then(|| tokio::time::Instant::now() + Duration::from_secs_f64(a.duration));
+    let end = (a.duration > 0.0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs_f64(a.duration));
     if !node_has_no_seeds(&a.net) {
         let n = node.clone();
         tokio::spawn(async move {
@@ -226,7 +241,10 @@ async fn server(a: ServerArgs) -> Result<(Option<Value>, u8)> {
         }
     }
     if let Ok(s) = node.stats().await {
-        eprintln!("{}", json!({"op": "server", "event": "stopped", "stats": s}));
+        eprintln!(
+            "{}",
+            json!({"op": "server", "event": "stopped", "stats": s})
+        );
     }
     node.shutdown().await;
     Ok((None, 0))
@@ -242,7 +260,10 @@ async fn client<T>(
     op: impl AsyncFnOnce(&Mainline) -> Result<T, MainlineError>,
 ) -> Result<(Result<T, MainlineError>, Duration)> {
     if !(c.timeout > 0.0 && c.timeout.is_finite()) {
-        bail!("--timeout must be a number of seconds > 0, got {}", c.timeout);
+        bail!(
+            "--timeout must be a number of seconds > 0, got {}",
+            c.timeout
+        );
     }
     let started = Instant::now();
     let node = spawn(&c.net, !c.not_read_only).await?;
@@ -268,7 +289,13 @@ fn value_json(v: &[u8]) -> (Value, Value) {
     }
 }
 
-fn put_json(op: &str, r: Result<PutOutcome, MainlineError>, target: NodeId, extra: Value, elapsed: Duration) -> (Option<Value>, u8) {
+fn put_json(
+    op: &str,
+    r: Result<PutOutcome, MainlineError>,
+    target: NodeId,
+    extra: Value,
+    elapsed: Duration,
+) -> (Option<Value>, u8) {
     let mut v = match &r {
         Ok(p) => json!({
             "ok": true, "op": op, "target": target.to_hex(), "stored_on": p.stored_on,
@@ -291,7 +318,12 @@ fn put_json(op: &str, r: Result<PutOutcome, MainlineError>, target: NodeId, extr
 }
 
 fn errors_json(errors: &[(i64, String)]) -> Value {
-    Value::Array(errors.iter().map(|(c, m)| json!({"code": c, "message": m})).collect())
+    Value::Array(
+        errors
+            .iter()
+            .map(|(c, m)| json!({"code": c, "message": m}))
+            .collect(),
+    )
 }
 
 fn merge(v: &mut Value, extra: Value) {
@@ -300,7 +332,12 @@ fn merge(v: &mut Value, extra: Value) {
     }
 }
 
-fn get_json(op: &str, r: Result<GetOutcome, MainlineError>, target: NodeId, elapsed: Duration) -> (Option<Value>, u8) {
+fn get_json(
+    op: &str,
+    r: Result<GetOutcome, MainlineError>,
+    target: NodeId,
+    elapsed: Duration,
+) -> (Option<Value>, u8) {
     match r {
         Ok(g) => {
             let (value, value_hex) = value_json(&g.v);
@@ -318,7 +355,9 @@ fn get_json(op: &str, r: Result<GetOutcome, MainlineError>, target: NodeId, elap
             (Some(v), 0)
         }
         Err(e) => (
-            Some(json!({"ok": false, "op": op, "target": target.to_hex(), "error": e.to_string(), "elapsed_ms": ms(elapsed)})),
+            Some(
+                json!({"ok": false, "op": op, "target": target.to_hex(), "error": e.to_string(), "elapsed_ms": ms(elapsed)}),
+            ),
             1,
         ),
     }
@@ -326,7 +365,8 @@ fn get_json(op: &str, r: Result<GetOutcome, MainlineError>, target: NodeId, elap
 
 fn hex32(s: &str, field: &str) -> Result<[u8; 32]> {
     let b = hex::decode(s).with_context(|| format!("{field} must be 64 hex characters"))?;
-    b.try_into().map_err(|_| anyhow::anyhow!("{field} must be 64 hex characters (32 bytes)"))
+    b.try_into()
+        .map_err(|_| anyhow::anyhow!("{field} must be 64 hex characters (32 bytes)"))
 }
 
 async fn put_immutable(a: PutImmutableArgs) -> Result<(Option<Value>, u8)> {
@@ -334,11 +374,18 @@ async fn put_immutable(a: PutImmutableArgs) -> Result<(Option<Value>, u8)> {
     item::check_value(&v).context("--value")?;
     let target = item::immutable_target(&v);
     let (r, elapsed) = client(&a.client, async |n| n.put_immutable(&v).await).await?;
-    Ok(put_json("put-immutable", r, target, json!({"value": a.value, "seq": null}), elapsed))
+    Ok(put_json(
+        "put-immutable",
+        r,
+        target,
+        json!({"value": a.value, "seq": null}),
+        elapsed,
+    ))
 }
 
 async fn get_immutable(a: GetImmutableArgs) -> Result<(Option<Value>, u8)> {
-    let target = NodeId::from_hex(&a.target).map_err(|_| anyhow::anyhow!("--target must be 40 hex characters"))?;
+    let target = NodeId::from_hex(&a.target)
+        .map_err(|_| anyhow::anyhow!("--target must be 40 hex characters"))?;
     let (r, elapsed) = client(&a.client, async |n| n.get_immutable(target).await).await?;
     Ok(get_json("get-immutable", r, target, elapsed))
 }
@@ -346,26 +393,38 @@ async fn get_immutable(a: GetImmutableArgs) -> Result<(Option<Value>, u8)> {
 async fn put_mutable(a: PutMutableArgs) -> Result<(Option<Value>, u8)> {
     let seed = hex32(&a.seed, "--seed")?;
     let v = item::bencode_bytes(a.value.as_bytes());
-    let it = MutableItem::sign(&seed, a.salt.as_bytes(), a.seq, &v).context("--value/--salt/--seq")?;
+    let it =
+        MutableItem::sign(&seed, a.salt.as_bytes(), a.seq, &v).context("--value/--salt/--seq")?;
     let target = it.target();
     let cas = a.cas;
     let (r, elapsed) = client(&a.client, async |n| n.put_mutable(&it, cas).await).await?;
-    let extra = json!({"value": a.value, "seq": a.seq, "pubkey": hex::encode(it.pubkey), "salt": a.salt});
+    let extra =
+        json!({"value": a.value, "seq": a.seq, "pubkey": hex::encode(it.pubkey), "salt": a.salt});
     Ok(put_json("put-mutable", r, target, extra, elapsed))
 }
 
 async fn get_mutable(a: GetMutableArgs) -> Result<(Option<Value>, u8)> {
     let pubkey = hex32(&a.pubkey, "--pubkey")?;
     if a.salt.len() > item::MAX_SALT {
-        bail!("--salt is {} bytes, the limit is {}", a.salt.len(), item::MAX_SALT);
+        bail!(
+            "--salt is {} bytes, the limit is {}",
+            a.salt.len(),
+            item::MAX_SALT
+        );
     }
     let target = item::mutable_target(&pubkey, a.salt.as_bytes());
     let salt = a.salt.clone();
     let seq = a.seq;
-    let (r, elapsed) = client(&a.client, async |n| n.get_mutable(pubkey, salt.as_bytes(), seq).await).await?;
+    let (r, elapsed) = client(&a.client, async |n| {
+        n.get_mutable(pubkey, salt.as_bytes(), seq).await
+    })
+    .await?;
     let (mut v, code) = get_json("get-mutable", r, target, elapsed);
     if let Some(v) = v.as_mut() {
-        merge(v, json!({"pubkey": a.pubkey.to_lowercase(), "salt": a.salt}));
+        merge(
+            v,
+            json!({"pubkey": a.pubkey.to_lowercase(), "salt": a.salt}),
+        );
     }
     Ok((v, code))
 }

@@ -32,7 +32,9 @@ fn ensure_bdht() {
                 .args(["ci", "--no-audit", "--no-fund", "--silent"])
                 .current_dir(&dir)
                 .status()
-                .expect("npm is needed for the bittorrent-dht interop tests (install nodejs and npm)");
+                .expect(
+                    "npm is needed for the bittorrent-dht interop tests (install nodejs and npm)",
+                );
             assert!(st.success(), "npm ci failed in {}", dir.display());
         }
     });
@@ -46,24 +48,46 @@ struct Server {
 
 impl Server {
     fn start(mut cmd: Command) -> Self {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn server");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("started line");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad started line {line:?}: {e}"));
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("started line");
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad started line {line:?}: {e}"));
         assert_eq!(v["event"], "started", "{v}");
         let port = v["port"].as_u64().expect("port") as u16;
         Self { child, port }
     }
     fn ours(bootstrap: Option<u16>) -> Self {
         let mut c = Command::new(KAD);
-        c.args(["mainline", "server", "--bind", "127.0.0.1", "--port", "0", "--duration", "600", "--rate-limit", "0"]);
-        c.args(["--bootstrap", &bootstrap.map_or("none".into(), |p| format!("127.0.0.1:{p}"))]);
+        c.args([
+            "mainline",
+            "server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--duration",
+            "600",
+            "--rate-limit",
+            "0",
+        ]);
+        c.args([
+            "--bootstrap",
+            &bootstrap.map_or("none".into(), |p| format!("127.0.0.1:{p}")),
+        ]);
         Self::start(c)
     }
     fn bdht(bootstrap: u16) -> Self {
         ensure_bdht();
         let mut c = Command::new("node");
-        c.current_dir(bdht_dir()).args(["bdht.js", "server", "--port", "0", "--duration", "600"]);
+        c.current_dir(bdht_dir())
+            .args(["bdht.js", "server", "--port", "0", "--duration", "600"]);
         c.args(["--bootstrap", &format!("127.0.0.1:{bootstrap}")]);
         Self::start(c)
     }
@@ -105,12 +129,32 @@ fn client_cmd(imp: Impl, boot: u16, op: &str) -> Command {
     match imp {
         Impl::Ours => {
             let mut c = Command::new(KAD);
-            c.args(["mainline", op, "--bind", "127.0.0.1", "--port", "0", "--bootstrap", &boot, "--timeout", "10"]);
+            c.args([
+                "mainline",
+                op,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--bootstrap",
+                &boot,
+                "--timeout",
+                "10",
+            ]);
             c
         }
         Impl::Bdht => {
             let mut c = Command::new("node");
-            c.current_dir(bdht_dir()).args(["bdht.js", op, "--port", "0", "--bootstrap", &boot, "--timeout", "10"]);
+            c.current_dir(bdht_dir()).args([
+                "bdht.js",
+                op,
+                "--port",
+                "0",
+                "--bootstrap",
+                &boot,
+                "--timeout",
+                "10",
+            ]);
             c.args(["--query-timeout", "500"]);
             c
         }
@@ -129,7 +173,9 @@ fn pubky_client(boot: u16) -> mainline::Dht {
 }
 
 fn seed_of(tag: &str) -> [u8; 32] {
-    item::sha1(tag.as_bytes())[..].repeat(2)[..32].try_into().unwrap()
+    item::sha1(tag.as_bytes())[..].repeat(2)[..32]
+        .try_into()
+        .unwrap()
 }
 
 /// Puts an immutable string; returns the target the writer reports.
@@ -143,7 +189,11 @@ fn put_immutable(imp: Impl, boot: u16, value: &str) -> Result<String, String> {
             let mut c = client_cmd(imp, boot, "put-immutable");
             c.args(["--value", value]);
             let v = run_json(c);
-            if v["ok"] == true { Ok(v["target"].as_str().unwrap().to_owned()) } else { Err(v.to_string()) }
+            if v["ok"] == true {
+                Ok(v["target"].as_str().unwrap().to_owned())
+            } else {
+                Err(v.to_string())
+            }
         }
     }
 }
@@ -161,7 +211,10 @@ fn get_immutable(imp: Impl, boot: u16, target: &str) -> Option<String> {
 fn get_immutable_once(imp: Impl, boot: u16, target: &str) -> Option<String> {
     match imp {
         Impl::Pubky => {
-            let id = mainline::Id::from_bytes(<[u8; 20]>::try_from(hex::decode(target).unwrap()).unwrap()).unwrap();
+            let id = mainline::Id::from_bytes(
+                <[u8; 20]>::try_from(hex::decode(target).unwrap()).unwrap(),
+            )
+            .unwrap();
             let v = pubky_client(boot).get_immutable(id)?;
             // The mainline crate bencodes values as byte strings and returns them decoded.
             Some(String::from_utf8_lossy(&v).into_owned())
@@ -177,22 +230,46 @@ fn get_immutable_once(imp: Impl, boot: u16, target: &str) -> Option<String> {
 
 /// Puts a mutable item; `Ok` carries the writer's full report (JSON text or the mainline
 /// crate's result), so error codes returned by some nodes are visible even on success.
-fn put_mutable(imp: Impl, boot: u16, seed: [u8; 32], salt: &str, seq: i64, value: &str, cas: Option<i64>) -> Result<String, String> {
+fn put_mutable(
+    imp: Impl,
+    boot: u16,
+    seed: [u8; 32],
+    salt: &str,
+    seq: i64,
+    value: &str,
+    cas: Option<i64>,
+) -> Result<String, String> {
     match imp {
         Impl::Pubky => {
             let key = mainline::SigningKey::from_bytes(&seed);
             let salt = (!salt.is_empty()).then_some(salt.as_bytes());
             let it = mainline::MutableItem::new(key, value.as_bytes(), seq, salt);
-            pubky_client(boot).put_mutable(it, cas).map(|id| id.to_string()).map_err(|e| format!("{e:?}"))
+            pubky_client(boot)
+                .put_mutable(it, cas)
+                .map(|id| id.to_string())
+                .map_err(|e| format!("{e:?}"))
         }
         _ => {
             let mut c = client_cmd(imp, boot, "put-mutable");
-            c.args(["--seed", &hex::encode(seed), "--salt", salt, "--seq", &seq.to_string(), "--value", value]);
+            c.args([
+                "--seed",
+                &hex::encode(seed),
+                "--salt",
+                salt,
+                "--seq",
+                &seq.to_string(),
+                "--value",
+                value,
+            ]);
             if let Some(cas) = cas {
                 c.args(["--cas", &cas.to_string()]);
             }
             let v = run_json(c);
-            if v["ok"] == true { Ok(v.to_string()) } else { Err(v.to_string()) }
+            if v["ok"] == true {
+                Ok(v.to_string())
+            } else {
+                Err(v.to_string())
+            }
         }
     }
 }
@@ -200,7 +277,12 @@ fn put_mutable(imp: Impl, boot: u16, seed: [u8; 32], salt: &str, seq: i64, value
 /// Reads a mutable item. Third-party readers get one retry: their lookups (2 s query timeouts in
 /// the mainline crate, bittorrent-dht's tables full of departed clients) sometimes miss; ours
 /// gets none.
-fn get_mutable(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Result<(i64, String), String> {
+fn get_mutable(
+    imp: Impl,
+    boot: u16,
+    pubkey: [u8; 32],
+    salt: &str,
+) -> Result<(i64, String), String> {
     let r = get_mutable_once(imp, boot, pubkey, salt);
     match (&r, imp) {
         (Err(e), Impl::Pubky | Impl::Bdht) => {
@@ -211,11 +293,18 @@ fn get_mutable(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Result<(i6
     }
 }
 
-fn get_mutable_once(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Result<(i64, String), String> {
+fn get_mutable_once(
+    imp: Impl,
+    boot: u16,
+    pubkey: [u8; 32],
+    salt: &str,
+) -> Result<(i64, String), String> {
     match imp {
         Impl::Pubky => {
             let salt = (!salt.is_empty()).then_some(salt.as_bytes());
-            let it = pubky_client(boot).get_mutable_most_recent(&pubkey, salt).ok_or("not found")?;
+            let it = pubky_client(boot)
+                .get_mutable_most_recent(&pubkey, salt)
+                .ok_or("not found")?;
             Ok((it.seq(), String::from_utf8_lossy(it.value()).into_owned()))
         }
         _ => {
@@ -223,7 +312,10 @@ fn get_mutable_once(imp: Impl, boot: u16, pubkey: [u8; 32], salt: &str) -> Resul
             c.args(["--pubkey", &hex::encode(pubkey), "--salt", salt]);
             let v = run_json(c);
             if v["ok"] == true {
-                Ok((v["seq"].as_i64().unwrap_or(-1), v["value"].as_str().unwrap_or_default().to_owned()))
+                Ok((
+                    v["seq"].as_i64().unwrap_or(-1),
+                    v["value"].as_str().unwrap_or_default().to_owned(),
+                ))
             } else {
                 Err(v.to_string())
             }
@@ -242,7 +334,8 @@ fn matrix(boot: u16, tag: &str) {
             let case = format!("{tag}: {w:?} puts, {r:?} gets");
             // Immutable.
             let value = format!("imm {tag} {w:?}->{r:?}");
-            let want_target = item::immutable_target(&item::bencode_bytes(value.as_bytes())).to_hex();
+            let want_target =
+                item::immutable_target(&item::bencode_bytes(value.as_bytes())).to_hex();
             match put_immutable(w, boot, &value) {
                 Ok(t) if t == want_target => match get_immutable(r, boot, &t) {
                     Some(got) if got == value => {}
@@ -258,7 +351,9 @@ fn matrix(boot: u16, tag: &str) {
                 match put_mutable(w, boot, seed, salt, seq, &value, None) {
                     Ok(_) => match get_mutable(r, boot, pubkey, salt) {
                         Ok((s, got)) if s == seq && got == value => {}
-                        other => failures.push(format!("{case}, mutable salt={salt:?}: got {other:?}")),
+                        other => {
+                            failures.push(format!("{case}, mutable salt={salt:?}: got {other:?}"))
+                        }
                     },
                     Err(e) => failures.push(format!("{case}, mutable salt={salt:?} put: {e}")),
                 }
@@ -280,22 +375,33 @@ fn matrix(boot: u16, tag: &str) {
         };
         let r = put_mutable(w, boot, seed, salt, 6, "six", None);
         if !refused(&r, ["302", "NotMostRecent"]) {
-            failures.push(format!("{tag}: {w:?} seq regression must be refused with 302, got {r:?}"));
+            failures.push(format!(
+                "{tag}: {w:?} seq regression must be refused with 302, got {r:?}"
+            ));
         }
         let r = put_mutable(w, boot, seed, salt, 8, "eight", Some(3));
         if !refused(&r, ["301", "CasFailed"]) {
-            failures.push(format!("{tag}: {w:?} cas conflict must be refused with 301, got {r:?}"));
+            failures.push(format!(
+                "{tag}: {w:?} cas conflict must be refused with 301, got {r:?}"
+            ));
         }
         // Nobody reads the refused seq 6. (Seq 8 is legitimate where a node that held nothing
         // took the cas put: cas only binds nodes that hold the item.)
         for r in ALL {
             match get_mutable(r, boot, item::public_key(&seed), salt) {
                 Ok((7 | 8, _)) => {}
-                other => failures.push(format!("{tag}: after the refused puts of {w:?}, {r:?} reads {other:?}")),
+                other => failures.push(format!(
+                    "{tag}: after the refused puts of {w:?}, {r:?} reads {other:?}"
+                )),
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -333,23 +439,46 @@ fn network_of_only_our_nodes_serves_every_client() {
 #[ignore]
 fn debug_pubky() {
     let mut c = Command::new(KAD);
-    c.args(["mainline", "server", "--bind", "127.0.0.1", "--port", "0", "--duration", "14", "--bootstrap", "none"]);
+    c.args([
+        "mainline",
+        "server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--duration",
+        "14",
+        "--bootstrap",
+        "none",
+    ]);
     c.env("RUST_LOG", "kad_core=trace,kad_plugin_bep44=trace");
-    let mut child = c.stdout(Stdio::piped()).stderr(std::fs::File::create("/tmp/mlt/srv.err").unwrap()).spawn().unwrap();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create("/tmp/mlt/srv.err").unwrap())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let v: Value = serde_json::from_str(&line).unwrap();
     let boot = v["port"].as_u64().unwrap() as u16;
     let mut c0 = client_cmd(Impl::Ours, boot, "put-immutable");
     c0.args(["--value", "dbg0"]);
-    println!("before: {}", String::from_utf8_lossy(&c0.output().unwrap().stdout));
+    println!(
+        "before: {}",
+        String::from_utf8_lossy(&c0.output().unwrap().stdout)
+    );
     let pubky: Vec<_> = (0..4).map(|_| pubky_server(boot)).collect();
     println!("pubky started");
     for p in &pubky {
         p.bootstrapped();
     }
     println!("pubky bootstrapped");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut cfg = kad_plugin_bep44::MainlineConfig::default();
         cfg.bind = "127.0.0.1:0".parse().unwrap();
@@ -359,12 +488,14 @@ fn debug_pubky() {
         let b = tokio::time::timeout(std::time::Duration::from_secs(5), n.bootstrap()).await;
         println!("bootstrap: {b:?}");
         println!("stats: {:?}", n.stats().await.unwrap());
-        let p = tokio::time::timeout(std::time::Duration::from_secs(5), n.put_immutable(b"3:abc")).await;
+        let p = tokio::time::timeout(std::time::Duration::from_secs(5), n.put_immutable(b"3:abc"))
+            .await;
         println!("put: {p:?}");
         println!("stats: {:?}", n.stats().await.unwrap());
     });
     let mut c = client_cmd(Impl::Ours, boot, "put-immutable");
-    c.args(["--value", "dbg"]).env("RUST_LOG", "kad_core=trace,kad_plugin_bep44=trace");
+    c.args(["--value", "dbg"])
+        .env("RUST_LOG", "kad_core=trace,kad_plugin_bep44=trace");
     let out = c.output().unwrap();
     println!("after: {}", String::from_utf8_lossy(&out.stdout));
     std::fs::write("/tmp/mlt/cli.err", &out.stderr).unwrap();

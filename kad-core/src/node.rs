@@ -576,7 +576,12 @@ impl Node {
         self.codec.encode(msg, &mut cx)
     }
 
-    fn decode(&mut self, now: Instant, from: &PeerAddr, data: &[u8]) -> Result<Message, DecodeError> {
+    fn decode(
+        &mut self,
+        now: Instant,
+        from: &PeerAddr,
+        data: &[u8],
+    ) -> Result<Message, DecodeError> {
         let mut cx = CodecCx {
             unix_ms: self.config.wall_clock.unix_ms(now),
             local_id: self.local.id,

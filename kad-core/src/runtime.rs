@@ -76,7 +76,7 @@ enum Command {
         Bytes,
         oneshot::Sender<Result<QueryResult, CommandError>>,
     ),
-    Command(
+    ToPlugin(
         String,
         Bytes,
         oneshot::Sender<Result<QueryResult, CommandError>>,
@@ -295,7 +295,7 @@ impl Dht {
     /// waits until the plugin completes it. Plugins wrap this in typed methods.
     pub async fn command(&self, namespace: &str, input: Bytes) -> Result<Bytes, DhtError> {
         let ns = namespace.to_owned();
-        match self.query(|tx| Command::Command(ns, input, tx)).await? {
+        match self.query(|tx| Command::ToPlugin(ns, input, tx)).await? {
             QueryResult::Command(r) => Ok(r?),
             _ => Err(DhtError::Shutdown),
         }
@@ -533,7 +533,7 @@ impl Actor {
             Command::PutRecord(record, tx) => (n.put_record(t, record), tx),
             Command::Ping(addr, tx) => (n.ping(t, addr), tx),
             Command::Call(to, method, params, tx) => (n.call(t, &to, &method, params), tx),
-            Command::Command(ns, input, tx) => (n.command(t, &ns, input), tx),
+            Command::ToPlugin(ns, input, tx) => (n.command(t, &ns, input), tx),
             Command::AddContact(c) => return n.add_contact(t, c),
             Command::Stats(tx) => {
                 let mut stats = n.stats().clone();

@@ -19,9 +19,9 @@ pub enum Val<'a> {
     /// An integer (bencode allows any size; we accept what fits an `i64`).
     Int(i64),
     /// A list and its raw bytes.
-    List(Vec<Val<'a>>, &'a [u8]),
+    List(Vec<Self>, &'a [u8]),
     /// A dictionary (keys in the order received, which bendy checks is sorted) and its raw bytes.
-    Dict(Vec<(&'a [u8], Val<'a>)>, &'a [u8]),
+    Dict(Vec<(&'a [u8], Self)>, &'a [u8]),
 }
 
 /// Why bytes are not one canonical bencode value.
@@ -45,21 +45,21 @@ impl<'a> Val<'a> {
         }
     }
     /// The value as a dictionary's entries.
-    pub fn dict(&self) -> Option<&[(&'a [u8], Val<'a>)]> {
+    pub fn dict(&self) -> Option<&[(&'a [u8], Self)]> {
         match self {
             Self::Dict(d, _) => Some(d),
             _ => None,
         }
     }
     /// The value as a list's items.
-    pub fn list(&self) -> Option<&[Val<'a>]> {
+    pub fn list(&self) -> Option<&[Self]> {
         match self {
             Self::List(l, _) => Some(l),
             _ => None,
         }
     }
     /// Looks a key up in a dictionary value.
-    pub fn get(&self, key: &[u8]) -> Option<&Val<'a>> {
+    pub fn get(&self, key: &[u8]) -> Option<&Self> {
         self.dict()?.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 }
@@ -68,7 +68,7 @@ impl<'a> Val<'a> {
 pub fn parse(input: &[u8]) -> Result<Val<'_>, BencodeError> {
     let mut dec = Decoder::new(input).with_max_depth(MAX_DEPTH);
     let val = match dec.next_object().map_err(err)? {
-        Some(obj) => convert(obj, input)?,
+        Some(obj) => convert(obj)?,
         None => return Err(BencodeError("empty input".into())),
     };
     match dec.next_object() {
@@ -82,7 +82,7 @@ fn err(e: bendy::decoding::Error) -> BencodeError {
     BencodeError(e.to_string())
 }
 
-fn convert<'ser>(obj: Object<'_, 'ser>, input: &'ser [u8]) -> Result<Val<'ser>, BencodeError> {
+fn convert<'ser>(obj: Object<'_, 'ser>) -> Result<Val<'ser>, BencodeError> {
     Ok(match obj {
         Object::Bytes(b) => Val::Bytes(b),
         Object::Integer(s) => Val::Int(
@@ -92,7 +92,7 @@ fn convert<'ser>(obj: Object<'_, 'ser>, input: &'ser [u8]) -> Result<Val<'ser>, 
         Object::List(mut l) => {
             let mut items = Vec::new();
             while let Some(o) = l.next_object().map_err(err)? {
-                items.push(convert(o, input)?);
+                items.push(convert(o)?);
             }
             let raw = l.into_raw().map_err(err)?;
             Val::List(items, raw)
@@ -100,7 +100,7 @@ fn convert<'ser>(obj: Object<'_, 'ser>, input: &'ser [u8]) -> Result<Val<'ser>, 
         Object::Dict(mut d) => {
             let mut items = Vec::new();
             while let Some((k, o)) = d.next_pair().map_err(err)? {
-                items.push((k, convert(o, input)?));
+                items.push((k, convert(o)?));
             }
             let raw = d.into_raw().map_err(err)?;
             Val::Dict(items, raw)
@@ -152,7 +152,11 @@ impl Dict {
         self.raw(key, &v)
     }
     /// Sets `key` to a list of byte strings.
-    pub fn bytes_list<'b>(&mut self, key: &[u8], items: impl IntoIterator<Item = &'b [u8]>) -> &mut Self {
+    pub fn bytes_list<'b>(
+        &mut self,
+        key: &[u8],
+        items: impl IntoIterator<Item = &'b [u8]>,
+    ) -> &mut Self {
         let mut v = vec![b'l'];
         for b in items {
             put_bytes(&mut v, b);

@@ -70,7 +70,9 @@ pub fn is_secure(id: &NodeId, ip: IpAddr) -> bool {
     }
     let b = id.as_bytes();
     let crc = crc_for(ip, b[19]);
-    b[0] == (crc >> 24) as u8 && b[1] == (crc >> 16) as u8 && (b[2] & 0xf8) == ((crc >> 8) as u8 & 0xf8)
+    b[0] == (crc >> 24) as u8
+        && b[1] == (crc >> 16) as u8
+        && (b[2] & 0xf8) == ((crc >> 8) as u8 & 0xf8)
 }
 
 /// Learns our external IP from the `ip` field of responses: one vote per responder IP, the
@@ -126,11 +128,31 @@ mod tests {
 
     /// The five vectors of BEP42 (also in MAINLINE.md section 4.3).
     const VECTORS: [(&str, u8, &str); 5] = [
-        ("124.31.75.21", 1, "5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eee401"),
-        ("21.75.31.124", 86, "5a3ce9c14e7a08645677bbd1cfe7d8f956d53256"),
-        ("65.23.51.170", 22, "a5d43220bc8f112a3d426c84764f8c2a1150e616"),
-        ("84.124.73.14", 65, "1b0321dd1bb1fe518101ceef99462b947a01ff41"),
-        ("43.213.53.83", 90, "e56f6cbf5b7c4be0237986d5243b87aa6d51305a"),
+        (
+            "124.31.75.21",
+            1,
+            "5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eee401",
+        ),
+        (
+            "21.75.31.124",
+            86,
+            "5a3ce9c14e7a08645677bbd1cfe7d8f956d53256",
+        ),
+        (
+            "65.23.51.170",
+            22,
+            "a5d43220bc8f112a3d426c84764f8c2a1150e616",
+        ),
+        (
+            "84.124.73.14",
+            65,
+            "1b0321dd1bb1fe518101ceef99462b947a01ff41",
+        ),
+        (
+            "43.213.53.83",
+            90,
+            "e56f6cbf5b7c4be0237986d5243b87aa6d51305a",
+        ),
     ];
 
     #[test]
@@ -154,7 +176,14 @@ mod tests {
         let first = NodeId::from_hex(VECTORS[0].2).unwrap();
         assert!(!is_secure(&first, "124.31.75.22".parse().unwrap()));
         // Exempt ranges accept anything.
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "100.64.0.1", "::1", "fd00::1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+        ] {
             assert!(is_secure(&first, ip.parse().unwrap()), "{ip}");
         }
         let v6: IpAddr = "2001:db8::1".parse().unwrap();

@@ -104,7 +104,12 @@ pub struct MutableItem {
 
 impl MutableItem {
     /// Signs a new item with a 32-byte ed25519 seed.
-    pub fn sign(seed: &[u8; 32], salt: &[u8], seq: i64, v_bencoded: &[u8]) -> Result<Self, ItemError> {
+    pub fn sign(
+        seed: &[u8; 32],
+        salt: &[u8],
+        seq: i64,
+        v_bencoded: &[u8],
+    ) -> Result<Self, ItemError> {
         check_value(v_bencoded)?;
         if salt.len() > MAX_SALT {
             return Err(ItemError::SaltTooLarge { len: salt.len() });
@@ -171,7 +176,10 @@ mod tests {
     #[test]
     fn bep44_test_1_mutable_without_salt() {
         let buf = signing_buffer(b"", 1, V);
-        assert_eq!(hex::encode(&buf), "333a736571693165313a7631323a48656c6c6f20576f726c6421");
+        assert_eq!(
+            hex::encode(&buf),
+            "333a736571693165313a7631323a48656c6c6f20576f726c6421"
+        );
         let sig = sign_expanded(&buf);
         assert_eq!(
             hex::encode(sig),
@@ -179,7 +187,10 @@ mod tests {
         );
         assert!(verify(&h(PK), b"", 1, V, &sig));
         assert!(!verify(&h(PK), b"", 2, V, &sig), "a tampered seq must fail");
-        assert_eq!(mutable_target(&h(PK), b"").to_hex(), "4a533d47ec9c7d95b1ad75f576cffc641853b750");
+        assert_eq!(
+            mutable_target(&h(PK), b"").to_hex(),
+            "4a533d47ec9c7d95b1ad75f576cffc641853b750"
+        );
     }
 
     #[test]
@@ -204,15 +215,27 @@ mod tests {
 
     #[test]
     fn bep44_test_3_immutable() {
-        assert_eq!(immutable_target(V).to_hex(), "e5f96f6f38320f0f33959cb4d3d656452117aadb");
-        assert_ne!(immutable_target(b"Hello World!").to_hex(), "e5f96f6f38320f0f33959cb4d3d656452117aadb");
+        assert_eq!(
+            immutable_target(V).to_hex(),
+            "e5f96f6f38320f0f33959cb4d3d656452117aadb"
+        );
+        assert_ne!(
+            immutable_target(b"Hello World!").to_hex(),
+            "e5f96f6f38320f0f33959cb4d3d656452117aadb"
+        );
     }
 
     #[test]
     fn bep46_targets() {
         let pk = h::<32>("8543d3e6115f0f98c944077a4493dcd543e49c739fd998550a1f614ab36ed63e");
-        assert_eq!(mutable_target(&pk, b"").to_hex(), "cc3f9d90b572172053626f9980ce261a850d050b");
-        assert_eq!(mutable_target(&pk, b"n").to_hex(), "59ee7c2cb9b4f7eb1986ee2d18fd2fdb8a56554f");
+        assert_eq!(
+            mutable_target(&pk, b"").to_hex(),
+            "cc3f9d90b572172053626f9980ce261a850d050b"
+        );
+        assert_eq!(
+            mutable_target(&pk, b"n").to_hex(),
+            "59ee7c2cb9b4f7eb1986ee2d18fd2fdb8a56554f"
+        );
     }
 
     #[test]
@@ -229,11 +252,17 @@ mod tests {
         assert!(MutableItem::sign(&seed, b"", 1, &big).is_ok());
         let too_big = bencode_bytes(&[b'x'; 997]);
         let e = MutableItem::sign(&seed, b"", 1, &too_big).unwrap_err();
-        assert!(e.to_string().contains("1001") && e.to_string().contains("1000"), "{e}");
+        assert!(
+            e.to_string().contains("1001") && e.to_string().contains("1000"),
+            "{e}"
+        );
         let e = MutableItem::sign(&seed, &[0; 65], 1, b"1:x").unwrap_err();
         assert!(e.to_string().contains("salt is 65 bytes"), "{e}");
         assert!(MutableItem::sign(&seed, b"", -1, b"1:x").is_err());
-        assert!(MutableItem::sign(&seed, b"", 1, b"1:xy").is_err(), "not canonical bencode");
+        assert!(
+            MutableItem::sign(&seed, b"", 1, b"1:xy").is_err(),
+            "not canonical bencode"
+        );
         assert!(MutableItem::sign(&seed, b"", 1, b"").is_err(), "empty v");
     }
 }

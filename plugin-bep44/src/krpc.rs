@@ -14,8 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use kad_core::{
@@ -193,10 +193,14 @@ impl KrpcCodec {
         if limits.per_ip_rate == 0 {
             return true;
         }
-        let (rate, burst) = (f64::from(limits.per_ip_rate), f64::from(limits.per_ip_burst.max(1)));
+        let (rate, burst) = (
+            f64::from(limits.per_ip_rate),
+            f64::from(limits.per_ip_burst.max(1)),
+        );
         if self.buckets.len() >= BUCKETS_CAP && !self.buckets.contains_key(&ip) {
             // Forget sources idle for 10 s; if that frees nothing, start over (bounded memory).
-            self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < 10_000);
+            self.buckets
+                .retain(|_, b| now_ms.saturating_sub(b.last_ms) < 10_000);
             if self.buckets.len() >= BUCKETS_CAP {
                 self.buckets.clear();
             }
@@ -238,7 +242,14 @@ impl KrpcCodec {
         }
     }
 
-    fn remember(&mut self, txn: &Bytes, to: &PeerAddr, method: &'static str, expected: Option<NodeId>, now_ms: u64) {
+    fn remember(
+        &mut self,
+        txn: &Bytes,
+        to: &PeerAddr,
+        method: &'static str,
+        expected: Option<NodeId>,
+        now_ms: u64,
+    ) {
         while let Some((at, _, _)) = self.out_order.front() {
             if now_ms.saturating_sub(*at) < OUT_TTL_MS && self.out_order.len() < OUT_CAP {
                 break;
@@ -247,7 +258,8 @@ impl KrpcCodec {
                 self.out.remove(&(t, p));
             }
         }
-        self.out.insert((txn.clone(), to.clone()), Outstanding { method, expected });
+        self.out
+            .insert((txn.clone(), to.clone()), Outstanding { method, expected });
         self.out_order.push_back((now_ms, txn.clone(), to.clone()));
     }
 }
@@ -265,11 +277,17 @@ pub fn parse_compact_addr(b: &[u8]) -> Option<SocketAddr> {
     match b.len() {
         6 => {
             let ip: [u8; 4] = b[..4].try_into().ok()?;
-            Some(SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([b[4], b[5]])))
+            Some(SocketAddr::new(
+                IpAddr::from(ip),
+                u16::from_be_bytes([b[4], b[5]]),
+            ))
         }
         18 => {
             let ip: [u8; 16] = b[..16].try_into().ok()?;
-            Some(SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([b[16], b[17]])))
+            Some(SocketAddr::new(
+                IpAddr::from(ip),
+                u16::from_be_bytes([b[16], b[17]]),
+            ))
         }
         _ => None,
     }
@@ -377,9 +395,12 @@ impl Codec for KrpcCodec {
                         let name = method
                             .strip_prefix("mainline.")
                             .and_then(|m| method_name(m.as_bytes()))
-                            .ok_or_else(|| EncodeError::Unsupported(format!("KRPC has no method {method}")))?;
-                        a.merge_encoded(params)
-                            .map_err(|e| EncodeError::Unsupported(format!("params of {method}: {e}")))?;
+                            .ok_or_else(|| {
+                                EncodeError::Unsupported(format!("KRPC has no method {method}"))
+                            })?;
+                        a.merge_encoded(params).map_err(|e| {
+                            EncodeError::Unsupported(format!("params of {method}: {e}"))
+                        })?;
                         name
                     }
                     other => {
@@ -390,7 +411,9 @@ impl Codec for KrpcCodec {
                     }
                 };
                 a.bytes(b"id", msg.sender.id.as_bytes());
-                top.raw(b"a", &a.finish()).bytes(b"q", method.as_bytes()).bytes(b"y", b"q");
+                top.raw(b"a", &a.finish())
+                    .bytes(b"q", method.as_bytes())
+                    .bytes(b"y", b"q");
                 if msg.read_only {
                     top.int(b"ro", 1);
                 }
@@ -399,13 +422,16 @@ impl Codec for KrpcCodec {
                 }
             }
             Body::Response(rsp) => {
-                let want = match cx.peer {
-                    Some(p) => self.wants.remove(p).unwrap_or_else(|| match p.socket_addr().map(unmap) {
-                        Some(SocketAddr::V6(_)) => WANT_N6,
-                        _ => WANT_N4,
-                    }),
-                    None => WANT_N4 | WANT_N6,
-                };
+                let want =
+                    match cx.peer {
+                        Some(p) => self.wants.remove(p).unwrap_or_else(|| {
+                            match p.socket_addr().map(unmap) {
+                                Some(SocketAddr::V6(_)) => WANT_N6,
+                                _ => WANT_N4,
+                            }
+                        }),
+                        None => WANT_N4 | WANT_N6,
+                    };
                 let mut r = Dict::new();
                 match rsp {
                     Response::Pong => {}
@@ -460,15 +486,24 @@ impl Codec for KrpcCodec {
             return Err(malformed("not a KRPC dictionary"));
         }
         if bytes.len() > MAX_DATAGRAM {
-            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_DATAGRAM });
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: MAX_DATAGRAM,
+            });
         }
         let top = bencode::parse(bytes).map_err(|e| DecodeError::Malformed(e.0))?;
-        let t = top.get(b"t").and_then(Val::bytes).ok_or_else(|| malformed("no t"))?;
+        let t = top
+            .get(b"t")
+            .and_then(Val::bytes)
+            .ok_or_else(|| malformed("no t"))?;
         if t.is_empty() || t.len() > 64 {
             return Err(malformed("bad t"));
         }
         let txn = TxnId(Bytes::copy_from_slice(t));
-        let y = top.get(b"y").and_then(Val::bytes).ok_or_else(|| malformed("no y"))?;
+        let y = top
+            .get(b"y")
+            .and_then(Val::bytes)
+            .ok_or_else(|| malformed("no y"))?;
         let ro = top.get(b"ro").and_then(Val::int) == Some(1);
         let contact = |id: NodeId| match &peer {
             Some(p) => Contact::new(id, p.clone()),
@@ -476,11 +511,17 @@ impl Codec for KrpcCodec {
         };
         match y {
             b"q" => {
-                let q = top.get(b"q").and_then(Val::bytes).ok_or_else(|| malformed("no q"))?;
+                let q = top
+                    .get(b"q")
+                    .and_then(Val::bytes)
+                    .ok_or_else(|| malformed("no q"))?;
                 let a = top.get(b"a").ok_or_else(|| malformed("no a"))?;
-                let (Val::Dict(_, a_raw), Some(id)) =
-                    (a, a.get(b"id").and_then(Val::bytes).and_then(NodeId::from_slice))
-                else {
+                let (Val::Dict(_, a_raw), Some(id)) = (
+                    a,
+                    a.get(b"id")
+                        .and_then(Val::bytes)
+                        .and_then(NodeId::from_slice),
+                ) else {
                     return Err(malformed("no a.id"));
                 };
                 if let Some(w) = a.get(b"want").and_then(Val::list) {
@@ -504,18 +545,25 @@ impl Codec for KrpcCodec {
                 let req = if !secure && self.shared.limits.enforce_bep42 {
                     self.shared.insecure_ids.fetch_add(1, Ordering::Relaxed);
                     read_only = true;
-                    Request::Custom { method: "mainline.insecure_id".into(), params: Bytes::new() }
+                    Request::Custom {
+                        method: "mainline.insecure_id".into(),
+                        params: Bytes::new(),
+                    }
                 } else {
                     if !secure {
                         self.shared.insecure_ids.fetch_add(1, Ordering::Relaxed);
                     }
-                    let target = |key: &[u8]| a.get(key).and_then(Val::bytes).and_then(NodeId::from_slice);
+                    let target =
+                        |key: &[u8]| a.get(key).and_then(Val::bytes).and_then(NodeId::from_slice);
                     match method_name(q) {
                         Some("ping") => Request::Ping,
                         Some("find_node") => match target(b"target") {
                             Some(target) => Request::FindNode { target },
                             // The engine answers a core method with bad params with 203.
-                            None => Request::Custom { method: "FIND_NODE".into(), params: Bytes::new() },
+                            None => Request::Custom {
+                                method: "FIND_NODE".into(),
+                                params: Bytes::new(),
+                            },
                         },
                         Some(m) => Request::Custom {
                             method: format!("mainline.{m}"),
@@ -543,18 +591,30 @@ impl Codec for KrpcCodec {
             }
             b"r" => {
                 let r = top.get(b"r").ok_or_else(|| malformed("no r"))?;
-                let (Val::Dict(_, r_raw), Some(id)) =
-                    (r, r.get(b"id").and_then(Val::bytes).and_then(NodeId::from_slice))
-                else {
+                let (Val::Dict(_, r_raw), Some(id)) = (
+                    r,
+                    r.get(b"id")
+                        .and_then(Val::bytes)
+                        .and_then(NodeId::from_slice),
+                ) else {
                     return Err(malformed("no r.id"));
                 };
-                if let (Some(ip), Some(s)) = (top.get(b"ip").and_then(Val::bytes).and_then(parse_compact_addr), src) {
+                if let (Some(ip), Some(s)) = (
+                    top.get(b"ip")
+                        .and_then(Val::bytes)
+                        .and_then(parse_compact_addr),
+                    src,
+                ) {
                     self.shared.ip_reports.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut v) = self.shared.voter.lock() {
                         v.vote(s.ip(), ip.ip());
                     }
                 }
-                let mut nodes = r.get(b"nodes").and_then(Val::bytes).map(|b| parse_nodes(b, false)).unwrap_or_default();
+                let mut nodes = r
+                    .get(b"nodes")
+                    .and_then(Val::bytes)
+                    .map(|b| parse_nodes(b, false))
+                    .unwrap_or_default();
                 if let Some(b) = r.get(b"nodes6").and_then(Val::bytes) {
                     nodes.extend(parse_nodes(b, true));
                 }
@@ -565,7 +625,10 @@ impl Codec for KrpcCodec {
                 let body = match method {
                     Some("ping") => Response::Pong,
                     Some("find_node") => Response::Nodes { nodes },
-                    _ => Response::Custom { result: Bytes::copy_from_slice(r_raw), nodes },
+                    _ => Response::Custom {
+                        result: Bytes::copy_from_slice(r_raw),
+                        nodes,
+                    },
                 };
                 // BEP42 enforcement: responses from ids that do not match their address count
                 // as answers, but their sender is not learned.
@@ -579,7 +642,10 @@ impl Codec for KrpcCodec {
                 })
             }
             b"e" => {
-                let e = top.get(b"e").and_then(Val::list).ok_or_else(|| malformed("no e"))?;
+                let e = top
+                    .get(b"e")
+                    .and_then(Val::list)
+                    .ok_or_else(|| malformed("no e"))?;
                 let code = e.first().and_then(Val::int).unwrap_or(code::GENERIC);
                 let message = e
                     .get(1)
@@ -617,9 +683,19 @@ mod tests {
         KrpcCodec::new(Shared::new(KrpcLimits::default()))
     }
 
-    fn with_cx<R>(peer: Option<&PeerAddr>, local: NodeId, f: impl FnOnce(&mut CodecCx<'_>) -> R) -> R {
+    fn with_cx<R>(
+        peer: Option<&PeerAddr>,
+        local: NodeId,
+        f: impl FnOnce(&mut CodecCx<'_>) -> R,
+    ) -> R {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let mut cx = CodecCx { unix_ms: 1_000_000, local_id: local, max_skew_ms: 0, rng: &mut rng, peer };
+        let mut cx = CodecCx {
+            unix_ms: 1_000_000,
+            local_id: local,
+            max_skew_ms: 0,
+            rng: &mut rng,
+            peer,
+        };
         f(&mut cx)
     }
 
@@ -650,16 +726,29 @@ mod tests {
             with_cx(peer, a, |cx| c.encode(msg, cx)).unwrap()
         };
         let ping = msg(b"aa", a, Body::Request(Request::Ping));
-        assert_eq!(strip_v(&enc(&mut c, &ping, None)), b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe");
+        assert_eq!(
+            strip_v(&enc(&mut c, &ping, None)),
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"
+        );
         let fq = msg(b"aa", a, Body::Request(Request::FindNode { target: m }));
         assert_eq!(
             strip_v(&enc(&mut c, &fq, None)),
             &b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe"[..]
         );
         let pong = msg(b"aa", m, Body::Response(Response::Pong));
-        assert_eq!(strip_v(&enc(&mut c, &pong, None)), b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re");
-        let err = msg(b"aa", m, Body::Error(RpcError::new(201, "A Generic Error Ocurred")));
-        assert_eq!(strip_v(&enc(&mut c, &err, None)), b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee");
+        assert_eq!(
+            strip_v(&enc(&mut c, &pong, None)),
+            b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re"
+        );
+        let err = msg(
+            b"aa",
+            m,
+            Body::Error(RpcError::new(201, "A Generic Error Ocurred")),
+        );
+        assert_eq!(
+            strip_v(&enc(&mut c, &err, None)),
+            b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee"
+        );
         // `ip` goes at the top level of responses, with the requester's address.
         assert_eq!(
             strip_v(&enc(&mut c, &pong, Some(&peer))),
@@ -696,14 +785,22 @@ mod tests {
         assert_eq!(m.sender.addrs[0], peer);
         assert!(matches!(m.body, Body::Request(Request::FindNode { .. })));
         // The response goes out with both families wanted; the txn is echoed verbatim.
-        let v6 = Contact::new(id(b"66666666666666666666"), PeerAddr::Udp("[2001:db8::1]:9".parse().unwrap()));
-        let v4 = Contact::new(id(b"44444444444444444444"), PeerAddr::Udp("10.0.0.1:9".parse().unwrap()));
+        let v6 = Contact::new(
+            id(b"66666666666666666666"),
+            PeerAddr::Udp("[2001:db8::1]:9".parse().unwrap()),
+        );
+        let v4 = Contact::new(
+            id(b"44444444444444444444"),
+            PeerAddr::Udp("10.0.0.1:9".parse().unwrap()),
+        );
         let rsp = Message {
             txn: m.txn.clone(),
             sender: Contact::with_addrs(local, Vec::new()),
             recipient: Some(m.sender.id),
             read_only: false,
-            body: Body::Response(Response::Nodes { nodes: vec![v4.clone(), v6.clone()] }),
+            body: Body::Response(Response::Nodes {
+                nodes: vec![v4.clone(), v6.clone()],
+            }),
         };
         let out = with_cx(Some(&peer), local, |cx| c.encode(&rsp, cx)).unwrap();
         let parsed = bencode::parse(&out).unwrap();
@@ -713,7 +810,14 @@ mod tests {
         assert_eq!(parsed.get(b"t").unwrap().bytes().unwrap(), b"12345");
         // Without want, an IPv4 requester gets only `nodes`.
         let out = with_cx(Some(&peer), local, |cx| c.encode(&rsp, cx)).unwrap();
-        assert!(bencode::parse(&out).unwrap().get(b"r").unwrap().get(b"nodes6").is_none());
+        assert!(
+            bencode::parse(&out)
+                .unwrap()
+                .get(b"r")
+                .unwrap()
+                .get(b"nodes6")
+                .is_none()
+        );
     }
 
     #[test]
@@ -722,7 +826,11 @@ mod tests {
         let remote = id(b"RRRRRRRRRRRRRRRRRRRR");
         let peer = PeerAddr::Udp("127.0.0.1:7001".parse().unwrap());
         let mut c = codec();
-        let mut q = msg(b"\x00\x00\x00\x01", local, Body::Request(Request::FindNode { target: remote }));
+        let mut q = msg(
+            b"\x00\x00\x00\x01",
+            local,
+            Body::Request(Request::FindNode { target: remote }),
+        );
         q.recipient = Some(remote);
         with_cx(Some(&peer), local, |cx| c.encode(&q, cx)).unwrap();
         let mut nodes = Vec::new();
@@ -732,12 +840,18 @@ mod tests {
         let mut r = Dict::new();
         r.bytes(b"id", remote.as_bytes()).bytes(b"nodes", &nodes);
         let mut top = Dict::new();
-        top.raw(b"r", &r.finish()).bytes(b"t", b"\x00\x00\x00\x01").bytes(b"y", b"r").bytes(b"ip", b"\x01\x02\x03\x04\x00\x01");
+        top.raw(b"r", &r.finish())
+            .bytes(b"t", b"\x00\x00\x00\x01")
+            .bytes(b"y", b"r")
+            .bytes(b"ip", b"\x01\x02\x03\x04\x00\x01");
         let m = with_cx(Some(&peer), local, |cx| c.decode(&top.finish(), cx)).unwrap();
         match m.body {
             Body::Response(Response::Nodes { nodes }) => {
                 assert_eq!(nodes.len(), 1);
-                assert_eq!(nodes[0].addrs[0], PeerAddr::Udp("127.0.0.1:7000".parse().unwrap()));
+                assert_eq!(
+                    nodes[0].addrs[0],
+                    PeerAddr::Udp("127.0.0.1:7000".parse().unwrap())
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -753,22 +867,33 @@ mod tests {
     fn garbage_is_dropped_and_floods_are_limited_before_parsing() {
         let local = id(b"LLLLLLLLLLLLLLLLLLLL");
         let peer = PeerAddr::Udp("127.0.0.9:7002".parse().unwrap());
-        let mut c = KrpcCodec::new(Shared::new(KrpcLimits { per_ip_rate: 10, per_ip_burst: 20, ..Default::default() }));
+        let mut c = KrpcCodec::new(Shared::new(KrpcLimits {
+            per_ip_rate: 10,
+            per_ip_burst: 20,
+            ..Default::default()
+        }));
         for bad in [
             &b"garbage"[..],
             b"d1:y1:qe",
-            b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe",     // short id
+            b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe", // short id
             b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:y1:qe", // no t
             b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:xe",
             b"d1:t2:aa1:y1:q1:q4:pinge", // unsorted
         ] {
             let r = with_cx(Some(&peer), local, |cx| c.decode(bad, cx));
-            assert!(matches!(r, Err(DecodeError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(r, Err(DecodeError::Malformed(_))),
+                "{:?}: {r:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
         let mut limited = 0;
         for _ in 0..100 {
-            if matches!(with_cx(Some(&peer), local, |cx| c.decode(ping, cx)), Err(DecodeError::RateLimited)) {
+            if matches!(
+                with_cx(Some(&peer), local, |cx| c.decode(ping, cx)),
+                Err(DecodeError::RateLimited)
+            ) {
                 limited += 1;
             }
         }
@@ -788,6 +913,8 @@ mod tests {
         assert!(matches!(m.body, Body::Request(Request::FindNode { .. })));
         let raw = b"d1:ad2:id20:abcdefghij0123456789e1:q10:vote_thing1:t2:aa1:y1:qe";
         let m = with_cx(None, local, |cx| c.decode(raw, cx)).unwrap();
-        assert!(matches!(m.body, Body::Request(Request::Custom { ref method, .. }) if method == "mainline.unknown"));
+        assert!(
+            matches!(m.body, Body::Request(Request::Custom { ref method, .. }) if method == "mainline.unknown")
+        );
     }
 }

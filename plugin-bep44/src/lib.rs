@@ -143,7 +143,10 @@ fn fmt_errors(errors: &[(i64, String)]) -> String {
             None => seen.push((e, 1)),
         }
     }
-    let list: Vec<String> = seen.iter().map(|((c, m), n)| format!("{c} {m} (x{n})")).collect();
+    let list: Vec<String> = seen
+        .iter()
+        .map(|((c, m), n)| format!("{c} {m} (x{n})"))
+        .collect();
     format!(": {}", list.join("; "))
 }
 
@@ -242,7 +245,10 @@ impl Mainline {
     pub async fn spawn(cfg: MainlineConfig) -> Result<Self, MainlineError> {
         let udp = UdpTransport::bind(cfg.bind)
             .await
-            .map_err(|source| MainlineError::Bind { addr: cfg.bind, source })?;
+            .map_err(|source| MainlineError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
         let local = udp.socket_addr();
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| MainlineError::Internal(e.to_string()))?;
@@ -275,9 +281,18 @@ impl Mainline {
             .identity(Arc::new(StaticIdentity(id)))
             .addrs(vec![PeerAddr::Udp(local)])
             .codec(Box::new(KrpcCodec::new(shared.clone())))
-            .plugin(Box::new(Bep44Plugin::new(shared.clone(), cfg.store.clone())));
-        let dht = Dht::spawn(builder, vec![Arc::new(udp)]).map_err(|e| MainlineError::Internal(e.to_string()))?;
-        Ok(Self { dht, shared, local, bootstrap: cfg.bootstrap })
+            .plugin(Box::new(Bep44Plugin::new(
+                shared.clone(),
+                cfg.store.clone(),
+            )));
+        let dht = Dht::spawn(builder, vec![Arc::new(udp)])
+            .map_err(|e| MainlineError::Internal(e.to_string()))?;
+        Ok(Self {
+            dht,
+            shared,
+            local,
+            bootstrap: cfg.bootstrap,
+        })
     }
 
     /// Joins the network through the configured bootstrap nodes (pings them, then looks up our
@@ -310,7 +325,8 @@ impl Mainline {
 
     /// Whether our id is a valid BEP42 id for the voted external IP (true while unknown).
     pub fn id_is_secure(&self) -> bool {
-        self.external_ip().is_none_or(|ip| bep42::is_secure(&self.id(), ip))
+        self.external_ip()
+            .is_none_or(|ip| bep42::is_secure(&self.id(), ip))
     }
 
     async fn run(&self, cmd: Cmd) -> Result<CmdResult, MainlineError> {
@@ -319,12 +335,23 @@ impl Mainline {
         serde_json::from_slice(&out).map_err(|e| MainlineError::Internal(e.to_string()))
     }
 
-    fn put_outcome(target: NodeId, r: CmdResult, started: Instant) -> Result<PutOutcome, MainlineError> {
+    fn put_outcome(
+        target: NodeId,
+        r: CmdResult,
+        started: Instant,
+    ) -> Result<PutOutcome, MainlineError> {
         // A put that most answering nodes refuse with 301/302 lost a race (another writer
         // got there first): report it, even if a node that held nothing accepted it.
-        let races = r.errors.iter().filter(|(c, _)| matches!(*c, 301 | 302)).count();
+        let races = r
+            .errors
+            .iter()
+            .filter(|(c, _)| matches!(*c, 301 | 302))
+            .count();
         if r.stored_on == 0 || races >= r.stored_on {
-            return Err(MainlineError::NotStored { asked: r.asked, errors: r.errors });
+            return Err(MainlineError::NotStored {
+                asked: r.asked,
+                errors: r.errors,
+            });
         }
         Ok(PutOutcome {
             target,
@@ -341,33 +368,58 @@ impl Mainline {
         item::check_value(v_bencoded)?;
         let started = Instant::now();
         let target = item::immutable_target(v_bencoded);
-        let r = self.run(Cmd::Put { v: hex::encode(v_bencoded), mutable: None }).await?;
+        let r = self
+            .run(Cmd::Put {
+                v: hex::encode(v_bencoded),
+                mutable: None,
+            })
+            .await?;
         Self::put_outcome(target, r, started)
     }
 
     /// Stores a signed mutable item at the K closest nodes to its target; `cas` is sent to the
     /// nodes that hold the item (they refuse with 301 if their seq differs).
-    pub async fn put_mutable(&self, it: &MutableItem, cas: Option<i64>) -> Result<PutOutcome, MainlineError> {
+    pub async fn put_mutable(
+        &self,
+        it: &MutableItem,
+        cas: Option<i64>,
+    ) -> Result<PutOutcome, MainlineError> {
         item::check_value(&it.v)?;
         let started = Instant::now();
         let r = self
             .run(Cmd::Put {
                 v: hex::encode(&it.v),
-                mutable: Some((hex::encode(it.pubkey), hex::encode(&it.salt), it.seq, hex::encode(it.sig), cas)),
+                mutable: Some((
+                    hex::encode(it.pubkey),
+                    hex::encode(&it.salt),
+                    it.seq,
+                    hex::encode(it.sig),
+                    cas,
+                )),
             })
             .await?;
         Self::put_outcome(it.target(), r, started)
     }
 
-    fn get_outcome(target: NodeId, r: CmdResult, started: Instant) -> Result<GetOutcome, MainlineError> {
+    fn get_outcome(
+        target: NodeId,
+        r: CmdResult,
+        started: Instant,
+    ) -> Result<GetOutcome, MainlineError> {
         let f = r.found.ok_or(MainlineError::NotFound(target))?;
         let bad = |what: &str| MainlineError::Internal(format!("plugin returned a bad {what}"));
         Ok(GetOutcome {
             target,
             v: Bytes::from(hex::decode(&f.v).map_err(|_| bad("v"))?),
             seq: f.seq.unwrap_or(0),
-            pubkey: f.k.as_deref().and_then(|k| hex::decode(k).ok()?.try_into().ok()),
-            sig: f.sig.as_deref().and_then(|k| hex::decode(k).ok()?.try_into().ok()),
+            pubkey: f
+                .k
+                .as_deref()
+                .and_then(|k| hex::decode(k).ok()?.try_into().ok()),
+            sig: f
+                .sig
+                .as_deref()
+                .and_then(|k| hex::decode(k).ok()?.try_into().ok()),
             values: r.values,
             rejected: r.rejected,
             answered: r.answered,
@@ -378,32 +430,55 @@ impl Mainline {
     /// Gets an immutable item: the first value that hashes to `target` (others are discarded).
     pub async fn get_immutable(&self, target: NodeId) -> Result<GetOutcome, MainlineError> {
         let started = Instant::now();
-        let r = self.run(Cmd::Get { target: target.to_hex(), mutable: None, seq: None }).await?;
+        let r = self
+            .run(Cmd::Get {
+                target: target.to_hex(),
+                mutable: None,
+                seq: None,
+            })
+            .await?;
         Self::get_outcome(target, r, started)
     }
 
     /// Gets the mutable item of `pubkey` and `salt` with the highest valid seq, after the whole
     /// lookup. With `seq`, nodes send the value only if theirs is newer.
-    pub async fn get_mutable(&self, pubkey: [u8; 32], salt: &[u8], seq: Option<i64>) -> Result<GetOutcome, MainlineError> {
+    pub async fn get_mutable(
+        &self,
+        pubkey: [u8; 32],
+        salt: &[u8],
+        seq: Option<i64>,
+    ) -> Result<GetOutcome, MainlineError> {
         if salt.len() > item::MAX_SALT {
             return Err(item::ItemError::SaltTooLarge { len: salt.len() }.into());
         }
         let started = Instant::now();
         let target = item::mutable_target(&pubkey, salt);
         let r = self
-            .run(Cmd::Get { target: target.to_hex(), mutable: Some((hex::encode(pubkey), hex::encode(salt))), seq })
+            .run(Cmd::Get {
+                target: target.to_hex(),
+                mutable: Some((hex::encode(pubkey), hex::encode(salt))),
+                seq,
+            })
             .await?;
         Self::get_outcome(target, r, started)
     }
 
     /// Peers announced for `info_hash` (BEP5 `get_peers` lookup).
     pub async fn get_peers(&self, info_hash: NodeId) -> Result<Vec<SocketAddr>, MainlineError> {
-        let r = self.run(Cmd::GetPeers { info_hash: info_hash.to_hex() }).await?;
+        let r = self
+            .run(Cmd::GetPeers {
+                info_hash: info_hash.to_hex(),
+            })
+            .await?;
         Ok(r.peers)
     }
 
     /// Announces that we have `info_hash` on `port` (`None`: the UDP source port, `implied_port`).
-    pub async fn announce_peer(&self, info_hash: NodeId, port: Option<u16>) -> Result<PutOutcome, MainlineError> {
+    pub async fn announce_peer(
+        &self,
+        info_hash: NodeId,
+        port: Option<u16>,
+    ) -> Result<PutOutcome, MainlineError> {
         let started = Instant::now();
         let r = self
             .run(Cmd::Announce {
@@ -416,17 +491,33 @@ impl Mainline {
     }
 
     /// Asks one node for a sample of the info-hashes it stores (BEP51).
-    pub async fn sample_infohashes(&self, node: Contact, target: NodeId) -> Result<Samples, MainlineError> {
+    pub async fn sample_infohashes(
+        &self,
+        node: Contact,
+        target: NodeId,
+    ) -> Result<Samples, MainlineError> {
         let mut p = bencode::Dict::new();
         p.bytes(b"target", target.as_bytes());
-        let raw = self.dht.call(node, "mainline.sample_infohashes", Bytes::from(p.finish())).await?;
+        let raw = self
+            .dht
+            .call(node, "mainline.sample_infohashes", Bytes::from(p.finish()))
+            .await?;
         let r = bencode::parse(&raw).map_err(|e| MainlineError::Internal(e.to_string()))?;
-        let samples = r.get(b"samples").and_then(bencode::Val::bytes).unwrap_or_default();
+        let samples = r
+            .get(b"samples")
+            .and_then(bencode::Val::bytes)
+            .unwrap_or_default();
         Ok(Samples {
             interval: r.get(b"interval").and_then(bencode::Val::int).unwrap_or(0),
             num: r.get(b"num").and_then(bencode::Val::int).unwrap_or(0),
-            samples: samples.chunks_exact(20).filter_map(NodeId::from_slice).collect(),
-            nodes: r.get(b"nodes").and_then(bencode::Val::bytes).map_or(0, |b| b.len() / 26),
+            samples: samples
+                .chunks_exact(20)
+                .filter_map(NodeId::from_slice)
+                .collect(),
+            nodes: r
+                .get(b"nodes")
+                .and_then(bencode::Val::bytes)
+                .map_or(0, |b| b.len() / 26),
         })
     }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Contact, LookupStats, NodeId, PeerAddr, Plugin, PluginCx, PluginResponse, QueryError, QueryId, Reply,
-    RequestId, RpcError,
+    Contact, LookupStats, NodeId, PeerAddr, Plugin, PluginCx, PluginResponse, QueryError, QueryId,
+    Reply, RequestId, RpcError,
 };
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -270,11 +270,13 @@ impl Bep44Plugin {
     fn sweep(&mut self, now: Instant) {
         let (il, pl) = (self.limits.item_lifetime, self.limits.peer_lifetime);
         let before = self.items.len();
-        self.items.retain(|_, it| now.saturating_duration_since(it.refreshed) < il);
+        self.items
+            .retain(|_, it| now.saturating_duration_since(it.refreshed) < il);
         let mut expired = (before - self.items.len()) as u64;
         for list in self.peers.values_mut() {
             let n = list.peers.len();
-            list.peers.retain(|_, t| now.saturating_duration_since(*t) < pl);
+            list.peers
+                .retain(|_, t| now.saturating_duration_since(*t) < pl);
             expired += (n - list.peers.len()) as u64;
         }
         self.peers.retain(|_, l| !l.peers.is_empty());
@@ -284,7 +286,13 @@ impl Bep44Plugin {
 
     // ---- server ----
 
-    fn serve(&mut self, cx: &mut PluginCx<'_>, from: &Contact, method: &str, params: &Bytes) -> Reply {
+    fn serve(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        from: &Contact,
+        method: &str,
+        params: &Bytes,
+    ) -> Reply {
         match method {
             "mainline.insecure_id" => return err(code::PROTOCOL, "invalid node ID"),
             "mainline.unknown" => return err(code::METHOD_UNKNOWN, "method unknown"),
@@ -387,7 +395,9 @@ impl Bep44Plugin {
                     }
                 }
                 let mut r = Dict::new();
-                r.int(b"interval", 300).int(b"num", n as i64).bytes(b"samples", &samples);
+                r.int(b"interval", 300)
+                    .int(b"num", n as i64)
+                    .bytes(b"samples", &samples);
                 Reply::WithNodes(Bytes::from(r.finish()), cx.closest(&target, K))
             }
             _ => err(code::METHOD_UNKNOWN, "method unknown"),
@@ -397,7 +407,12 @@ impl Bep44Plugin {
     fn store_peer(&mut self, ih: NodeId, peer: SocketAddr, now: Instant) {
         if !self.peers.contains_key(&ih) && self.peers.len() >= self.limits.max_infohashes {
             // Full: the info-hash announced least recently makes room.
-            if let Some(old) = self.peers.iter().min_by_key(|(_, l)| l.last).map(|(k, _)| *k) {
+            if let Some(old) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, l)| l.last)
+                .map(|(k, _)| *k)
+            {
                 self.peers.remove(&old);
             }
         }
@@ -433,7 +448,10 @@ impl Bep44Plugin {
             None => None,
             Some(k) => {
                 let k: Option<[u8; 32]> = k.bytes().and_then(|b| b.try_into().ok());
-                let sig: Option<[u8; 64]> = a.get(b"sig").and_then(Val::bytes).and_then(|b| b.try_into().ok());
+                let sig: Option<[u8; 64]> = a
+                    .get(b"sig")
+                    .and_then(Val::bytes)
+                    .and_then(|b| b.try_into().ok());
                 let seq = a.get(b"seq").and_then(Val::int);
                 match (k, sig, seq) {
                     (Some(k), Some(sig), Some(seq)) if seq >= 0 => Some(MutFields { k, seq, sig }),
@@ -469,17 +487,26 @@ impl Bep44Plugin {
             match (&existing.mutable, &mutable) {
                 (Some(old), Some(new)) => {
                     if cas.is_some_and(|c| c != old.seq) {
-                        return err(code::CAS_MISMATCH, "CAS mismatch, re-read the value and retry");
+                        return err(
+                            code::CAS_MISMATCH,
+                            "CAS mismatch, re-read the value and retry",
+                        );
                     }
                     if new.seq < old.seq {
-                        return err(code::SEQ_LESS_THAN_CURRENT, "sequence number less than current");
+                        return err(
+                            code::SEQ_LESS_THAN_CURRENT,
+                            "sequence number less than current",
+                        );
                     }
                     if new.seq == old.seq {
                         if existing.v[..] == v[..] {
                             existing.refreshed = now;
                             return Reply::Result(Bytes::from_static(b"de"));
                         }
-                        return err(code::SEQ_LESS_THAN_CURRENT, "sequence number not greater than current");
+                        return err(
+                            code::SEQ_LESS_THAN_CURRENT,
+                            "sequence number not greater than current",
+                        );
                     }
                 }
                 _ => {
@@ -492,7 +519,11 @@ impl Bep44Plugin {
         // 6. Store (making room by evicting the item farthest from our id, if it is farther).
         if !self.items.contains_key(&target) && self.items.len() >= self.limits.max_items {
             let local = self.local_hint;
-            let far = self.items.keys().max_by_key(|k| k.distance(&local)).copied();
+            let far = self
+                .items
+                .keys()
+                .max_by_key(|k| k.distance(&local))
+                .copied();
             match far {
                 Some(f) if f.distance(&local) > target.distance(&local) => {
                     self.items.remove(&f);
@@ -517,7 +548,11 @@ impl Bep44Plugin {
     fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, cmd: Cmd) -> Result<(), String> {
         let bad = |f: &str| format!("invalid {f}");
         let (target, kind, params) = match cmd {
-            Cmd::Get { target, mutable, seq } => {
+            Cmd::Get {
+                target,
+                mutable,
+                seq,
+            } => {
                 let target = NodeId::from_hex(&target).map_err(|_| bad("target"))?;
                 let mutable = match mutable {
                     Some((k, salt)) => Some((
@@ -531,7 +566,14 @@ impl Bep44Plugin {
                 if let Some(s) = seq {
                     p.int(b"seq", s);
                 }
-                (target, OpKind::Get { mutable, finished: false }, p.finish())
+                (
+                    target,
+                    OpKind::Get {
+                        mutable,
+                        finished: false,
+                    },
+                    p.finish(),
+                )
             }
             Cmd::Put { v, mutable } => {
                 let v = Bytes::from(hex::decode(v).map_err(|_| bad("v"))?);
@@ -558,7 +600,11 @@ impl Bep44Plugin {
                 p.bytes(b"info_hash", ih.as_bytes());
                 (ih, OpKind::GetPeers, p.finish())
             }
-            Cmd::Announce { info_hash, port, implied_port } => {
+            Cmd::Announce {
+                info_hash,
+                port,
+                implied_port,
+            } => {
                 let ih = NodeId::from_hex(&info_hash).map_err(|_| bad("info_hash"))?;
                 let mut p = Dict::new();
                 p.bytes(b"info_hash", ih.as_bytes());
@@ -584,7 +630,13 @@ impl Bep44Plugin {
         Ok(())
     }
 
-    fn lookup_answer(&mut self, cx: &mut PluginCx<'_>, lookup: QueryId, from: &Contact, result: &Bytes) {
+    fn lookup_answer(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        lookup: QueryId,
+        from: &Contact,
+        result: &Bytes,
+    ) {
         let Some(op) = self.ops.get_mut(&lookup) else {
             return;
         };
@@ -597,12 +649,17 @@ impl Bep44Plugin {
         if let Some(t) = r.get(b"token").and_then(Val::bytes) {
             if t.len() <= 64 {
                 if let Some(a) = from.addrs.first() {
-                    op.tokens.insert(a.clone(), (Bytes::copy_from_slice(t), had_item));
+                    op.tokens
+                        .insert(a.clone(), (Bytes::copy_from_slice(t), had_item));
                 }
             }
         }
         if let Some(vals) = r.get(b"values").and_then(Val::list) {
-            for p in vals.iter().filter_map(Val::bytes).filter_map(parse_compact_addr) {
+            for p in vals
+                .iter()
+                .filter_map(Val::bytes)
+                .filter_map(parse_compact_addr)
+            {
                 if op.peers.len() < 10_000 && p.port() != 0 {
                     op.peers.insert(p);
                 }
@@ -622,18 +679,32 @@ impl Bep44Plugin {
                 // Immutable: the value must hash to the target; the first valid one is final.
                 if item::immutable_target(&v) == op.target {
                     op.result.values += 1;
-                    op.result.found = Some(Found { v: hex::encode(&v), seq: None, k: None, sig: None });
+                    op.result.found = Some(Found {
+                        v: hex::encode(&v),
+                        seq: None,
+                        k: None,
+                        sig: None,
+                    });
                     *finished = true;
                     let res = op.result.clone();
                     let cmd = op.cmd;
-                    cx.complete(cmd, Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())));
+                    cx.complete(
+                        cmd,
+                        Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
+                    );
                 } else {
                     op.result.rejected += 1;
                 }
             }
             Some((pk, salt)) => {
-                let k: Option<[u8; 32]> = r.get(b"k").and_then(Val::bytes).and_then(|b| b.try_into().ok());
-                let sig: Option<[u8; 64]> = r.get(b"sig").and_then(Val::bytes).and_then(|b| b.try_into().ok());
+                let k: Option<[u8; 32]> = r
+                    .get(b"k")
+                    .and_then(Val::bytes)
+                    .and_then(|b| b.try_into().ok());
+                let sig: Option<[u8; 64]> = r
+                    .get(b"sig")
+                    .and_then(Val::bytes)
+                    .and_then(|b| b.try_into().ok());
                 let seq = r.get(b"seq").and_then(Val::int);
                 let ok = match (k, sig, seq) {
                     (Some(k), Some(sig), Some(seq)) => {
@@ -682,12 +753,18 @@ impl Bep44Plugin {
             OpKind::Get { finished: true, .. } => {}
             OpKind::Get { .. } => {
                 let res = op.result;
-                cx.complete(op.cmd, Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())));
+                cx.complete(
+                    op.cmd,
+                    Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
+                );
             }
             OpKind::GetPeers => {
                 op.result.peers = op.peers.into_iter().collect();
                 let res = op.result;
-                cx.complete(op.cmd, Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())));
+                cx.complete(
+                    op.cmd,
+                    Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
+                );
             }
             OpKind::Put { .. } | OpKind::Announce { .. } => {
                 // The K closest nodes that answered and gave a token (BEP42-valid ones only,
@@ -701,15 +778,20 @@ impl Bep44Plugin {
                 chosen.truncate(K);
                 let mut sent = 0;
                 for c in chosen {
-                    let Some((token, had_item)) = c.addrs.first().and_then(|a| op.tokens.get(a)) else {
+                    let Some((token, had_item)) = c.addrs.first().and_then(|a| op.tokens.get(a))
+                    else {
                         continue;
                     };
                     let mut p = Dict::new();
                     let method = match &op.kind {
                         OpKind::Put { v, mutable } => {
-                            p.bytes(b"token", token).raw(b"v", v).bytes(b"target", op.target.as_bytes());
+                            p.bytes(b"token", token)
+                                .raw(b"v", v)
+                                .bytes(b"target", op.target.as_bytes());
                             if let Some((it, cas)) = mutable {
-                                p.bytes(b"k", &it.pubkey).int(b"seq", it.seq).bytes(b"sig", &it.sig);
+                                p.bytes(b"k", &it.pubkey)
+                                    .int(b"seq", it.seq)
+                                    .bytes(b"sig", &it.sig);
                                 if !it.salt.is_empty() {
                                     p.bytes(b"salt", &it.salt);
                                 }
@@ -738,9 +820,19 @@ impl Bep44Plugin {
                 op.result.asked = sent;
                 if sent == 0 {
                     let res = op.result;
-                    cx.complete(op.cmd, Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())));
+                    cx.complete(
+                        op.cmd,
+                        Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
+                    );
                 } else {
-                    self.fanouts.insert(op.cmd, Fanout { cmd: op.cmd, outstanding: sent, result: op.result });
+                    self.fanouts.insert(
+                        op.cmd,
+                        Fanout {
+                            cmd: op.cmd,
+                            outstanding: sent,
+                            result: op.result,
+                        },
+                    );
                 }
             }
         }
@@ -761,7 +853,12 @@ impl Bep44Plugin {
         f.outstanding -= 1;
         if f.outstanding == 0 {
             if let Some(f) = self.fanouts.remove(&cmd) {
-                cx.complete(f.cmd, Ok(Bytes::from(serde_json::to_vec(&f.result).unwrap_or_default())));
+                cx.complete(
+                    f.cmd,
+                    Ok(Bytes::from(
+                        serde_json::to_vec(&f.result).unwrap_or_default(),
+                    )),
+                );
             }
         }
     }
@@ -772,7 +869,13 @@ impl Plugin for Bep44Plugin {
         "mainline"
     }
 
-    fn on_request(&mut self, cx: &mut PluginCx<'_>, from: &Contact, method: &str, params: &Bytes) -> Reply {
+    fn on_request(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        from: &Contact,
+        method: &str,
+        params: &Bytes,
+    ) -> Reply {
         self.local_hint = cx.local().id;
         if self.next_sweep.is_none() {
             self.next_sweep = Some(cx.now() + Duration::from_secs(60));
@@ -785,7 +888,13 @@ impl Plugin for Bep44Plugin {
             .map_err(|e| e.to_string())
             .and_then(|cmd| self.command(cx, query, cmd));
         if let Err(e) = r {
-            cx.complete(query, Err(QueryError::Remote(RpcError::new(RpcError::INVALID_PARAMS, e))));
+            cx.complete(
+                query,
+                Err(QueryError::Remote(RpcError::new(
+                    RpcError::INVALID_PARAMS,
+                    e,
+                ))),
+            );
         }
     }
 
@@ -793,11 +902,23 @@ impl Plugin for Bep44Plugin {
         self.fanout_answer(cx, id, response);
     }
 
-    fn on_lookup_response(&mut self, cx: &mut PluginCx<'_>, query: QueryId, from: &Contact, result: &Bytes) {
+    fn on_lookup_response(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        query: QueryId,
+        from: &Contact,
+        result: &Bytes,
+    ) {
         self.lookup_answer(cx, query, from, result);
     }
 
-    fn on_lookup_done(&mut self, cx: &mut PluginCx<'_>, query: QueryId, closest: &[Contact], _stats: &LookupStats) {
+    fn on_lookup_done(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        query: QueryId,
+        closest: &[Contact],
+        _stats: &LookupStats,
+    ) {
         self.lookup_done(cx, query, closest);
     }
 

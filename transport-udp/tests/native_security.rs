@@ -95,6 +95,7 @@ impl Raw {
             local_id: self.id.id(),
             max_skew_ms: 60_000,
             rng: &mut self.rng,
+            peer: None,
         };
         self.codec.encode(&m, &mut cx).unwrap().to_vec()
     }
@@ -104,6 +105,7 @@ impl Raw {
             local_id: self.id.id(),
             max_skew_ms: 60_000,
             rng: &mut self.rng,
+            peer: None,
         };
         self.codec
             .decode(bytes, &mut cx)
