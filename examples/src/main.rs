@@ -158,10 +158,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn async_main(cmd: Command) -> Result<Option<u8>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    // A Mainline node is one actor: one thread serves it best (no hand-offs between workers).
+    let rt = match cmd {
+        Command::Mainline(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("starting the tokio runtime")?;
     rt.block_on(async move {
         match cmd {
             Command::Node(a) => net::node(a).await.map(|()| None),

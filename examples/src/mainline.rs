@@ -269,7 +269,9 @@ async fn client<T>(
     let node = spawn(&c.net, !c.not_read_only).await?;
     let work = async {
         if !node_has_no_seeds(&c.net) {
-            node.bootstrap().await?;
+            // One-shot: ping the seeds and walk from them; a full join (a lookup of our own
+            // id) would only delay the answer.
+            node.connect().await?;
         }
         op(&node).await
     };

@@ -1127,9 +1127,13 @@ impl Node {
     }
 
     fn closest_for(&self, target: &NodeId, requester: &NodeId, k: usize) -> Vec<Contact> {
-        let mut v = self.routing.closest(target, k + 1);
-        v.retain(|c| c.id != *requester);
-        v.truncate(k);
+        // Ask for k first (usually one bucket's walk); k + 1 only if the requester is among them.
+        let mut v = self.routing.closest(target, k);
+        if v.iter().any(|c| c.id == *requester) {
+            v = self.routing.closest(target, k + 1);
+            v.retain(|c| c.id != *requester);
+            v.truncate(k);
+        }
         v
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::Contact;
-use crate::id::{Distance, NodeId};
+use crate::id::{Distance, ID_BITS, NodeId};
 
 /// How alive a contact looks, from the last time it was heard from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,11 +346,40 @@ impl RoutingTable {
             return Vec::new();
         }
         let max_failures = self.params.max_failures;
-        let mut all: Vec<(Distance, &Entry)> = self
-            .iter()
-            .filter(|e| e.failures < max_failures)
-            .map(|e| (e.contact.id.distance(target), e))
-            .collect();
+        let mut all: Vec<(Distance, &Entry)> = Vec::new();
+        fn take<'a>(
+            b: &'a Bucket,
+            target: &NodeId,
+            max_failures: u8,
+            all: &mut Vec<(Distance, &'a Entry)>,
+        ) {
+            for e in b.entries.iter().filter(|e| e.failures < max_failures) {
+                all.push((e.contact.id.distance(target), e));
+            }
+        }
+        // Walk the buckets instead of the whole table. Seen from `target`, an entry of bucket
+        // `bt` (the target's own bucket) is closer than any entry of a lower bucket, and those
+        // are closer than any entry of a higher bucket, in increasing order of index.
+        let bt = self.local.bucket_index(target);
+        if let Some(bt) = bt {
+            if let Some(b) = self.buckets.get(&(bt as u8)) {
+                take(b, target, max_failures, &mut all);
+            }
+            if all.len() < n {
+                for (_, b) in self.buckets.range(..bt as u8) {
+                    take(b, target, max_failures, &mut all);
+                }
+            }
+        }
+        let above = bt.map_or(0, |bt| bt + 1);
+        if above < ID_BITS {
+            for (_, b) in self.buckets.range(above as u8..) {
+                if all.len() >= n {
+                    break;
+                }
+                take(b, target, max_failures, &mut all);
+            }
+        }
         if all.len() > n {
             all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
             all.truncate(n);
@@ -479,7 +508,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn invariants_hold(k in 1usize..8, ops in proptest::collection::vec(op(), 1..300), target in any::<[u8; 20]>()) {
+        fn invariants_hold(
+            k in 1usize..8,
+            ops in proptest::collection::vec(op(), 1..300),
+            target in any::<[u8; 20]>(),
+            n in 1usize..25,
+            near in 0usize..4,
+        ) {
             let t0 = Instant::now();
             let mut now = t0;
             let mut rt = RoutingTable::new(NodeId::ZERO, params(k));
@@ -493,16 +528,23 @@ mod tests {
                 }
                 prop_assert!(rt.check_invariants().is_ok(), "{:?}", rt.check_invariants());
             }
-            let target = NodeId(target);
-            let closest = rt.closest(&target, 20);
-            prop_assert!(closest.len() <= 20);
+            // Targets anywhere, and targets near the local id (deep buckets: the bucket walk).
+            let mut target = NodeId(target);
+            if near > 0 {
+                let shift = near * 5;
+                for (i, b) in target.0.iter_mut().enumerate() {
+                    if i < shift / 8 { *b = 0; } else if i == shift / 8 { *b >>= shift % 8; }
+                }
+            }
+            let closest = rt.closest(&target, n);
+            prop_assert!(closest.len() <= n);
             for w in closest.windows(2) {
                 prop_assert!(w[0].id.distance(&target) < w[1].id.distance(&target));
             }
             // closest() really returns the nearest non-bad contacts.
             let mut all: Vec<NodeId> = rt.iter().filter(|e| e.failures < 2).map(|e| e.contact.id).collect();
             all.sort_by_key(|id| id.distance(&target));
-            all.truncate(20);
+            all.truncate(n);
             prop_assert_eq!(all, closest.iter().map(|c| c.id).collect::<Vec<_>>());
         }
     }

@@ -110,7 +110,7 @@ fn convert<'ser>(obj: Object<'_, 'ser>) -> Result<Val<'ser>, BencodeError> {
 
 /// Appends a byte string.
 pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(b.len().to_string().as_bytes());
+    put_usize(out, b.len());
     out.push(b':');
     out.extend_from_slice(b);
 }
@@ -118,14 +118,38 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Appends an integer.
 pub fn put_int(out: &mut Vec<u8>, i: i64) {
     out.push(b'i');
-    out.extend_from_slice(i.to_string().as_bytes());
+    if i < 0 {
+        out.push(b'-');
+    }
+    put_usize_u64(out, i.unsigned_abs());
     out.push(b'e');
 }
 
-/// A dictionary being built: pairs of key and already-encoded value, written sorted.
+fn put_usize(out: &mut Vec<u8>, n: usize) {
+    put_usize_u64(out, n as u64);
+}
+
+/// Decimal digits without a heap allocation.
+fn put_usize_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// A dictionary being built: pairs of key and already-encoded value, written sorted. Keys and
+/// values live in one buffer (two allocations per dictionary, not two per entry).
 #[derive(Debug, Default)]
 pub struct Dict {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    buf: Vec<u8>,
+    pairs: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
 impl Dict {
@@ -133,23 +157,30 @@ impl Dict {
     pub fn new() -> Self {
         Self::default()
     }
+    fn remove(&mut self, key: &[u8]) {
+        let buf = &self.buf;
+        self.pairs.retain(|(k, _)| &buf[k.clone()] != key);
+    }
+    fn push_with(&mut self, key: &[u8], write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        self.remove(key);
+        let k0 = self.buf.len();
+        self.buf.extend_from_slice(key);
+        let v0 = self.buf.len();
+        write(&mut self.buf);
+        self.pairs.push((k0..v0, v0..self.buf.len()));
+        self
+    }
     /// Sets `key` to an already-encoded value (replacing an earlier one).
     pub fn raw(&mut self, key: &[u8], encoded: &[u8]) -> &mut Self {
-        self.pairs.retain(|(k, _)| k != key);
-        self.pairs.push((key.to_vec(), encoded.to_vec()));
-        self
+        self.push_with(key, |b| b.extend_from_slice(encoded))
     }
     /// Sets `key` to a byte string.
     pub fn bytes(&mut self, key: &[u8], b: &[u8]) -> &mut Self {
-        let mut v = Vec::with_capacity(b.len() + 4);
-        put_bytes(&mut v, b);
-        self.raw(key, &v)
+        self.push_with(key, |out| put_bytes(out, b))
     }
     /// Sets `key` to an integer.
     pub fn int(&mut self, key: &[u8], i: i64) -> &mut Self {
-        let mut v = Vec::new();
-        put_int(&mut v, i);
-        self.raw(key, &v)
+        self.push_with(key, |out| put_int(out, i))
     }
     /// Sets `key` to a list of byte strings.
     pub fn bytes_list<'b>(
@@ -157,20 +188,21 @@ impl Dict {
         key: &[u8],
         items: impl IntoIterator<Item = &'b [u8]>,
     ) -> &mut Self {
-        let mut v = vec![b'l'];
-        for b in items {
-            put_bytes(&mut v, b);
-        }
-        v.push(b'e');
-        self.raw(key, &v)
+        self.push_with(key, |out| {
+            out.push(b'l');
+            for b in items {
+                put_bytes(out, b);
+            }
+            out.push(b'e');
+        })
     }
     /// Whether `key` is set.
     pub fn has(&self, key: &[u8]) -> bool {
-        self.pairs.iter().any(|(k, _)| k == key)
+        self.pairs.iter().any(|(k, _)| &self.buf[k.clone()] == key)
     }
     /// Copies every entry of an encoded dictionary (keys already present are replaced).
     pub fn merge_encoded(&mut self, dict: &[u8]) -> Result<&mut Self, BencodeError> {
-        if dict.is_empty() {
+        if dict.is_empty() || dict == b"de" {
             return Ok(self);
         }
         let v = parse(dict)?;
@@ -178,18 +210,20 @@ impl Dict {
             return Err(BencodeError("not a dictionary".into()));
         };
         for (k, val) in items {
-            let raw = raw_of(&val, dict);
-            self.raw(k, &raw);
+            self.push_with(k, |out| write_val(out, &val));
         }
         Ok(self)
     }
     /// Writes the dictionary, keys sorted by raw bytes.
     pub fn write(mut self, out: &mut Vec<u8>) {
-        self.pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let buf = &self.buf;
+        self.pairs
+            .sort_unstable_by(|a, b| buf[a.0.clone()].cmp(&buf[b.0.clone()]));
+        out.reserve(self.buf.len() + self.pairs.len() * 4 + 2);
         out.push(b'd');
         for (k, v) in &self.pairs {
-            put_bytes(out, k);
-            out.extend_from_slice(v);
+            put_bytes(out, &buf[k.clone()]);
+            out.extend_from_slice(&buf[v.clone()]);
         }
         out.push(b'e');
     }
@@ -201,22 +235,20 @@ impl Dict {
     }
 }
 
+fn write_val(out: &mut Vec<u8>, v: &Val<'_>) {
+    match v {
+        Val::List(_, raw) | Val::Dict(_, raw) => out.extend_from_slice(raw),
+        Val::Bytes(b) => put_bytes(out, b),
+        Val::Int(i) => put_int(out, *i),
+    }
+}
+
 /// The encoded bytes of a parsed value (lists and dicts keep theirs; scalars are re-encoded,
 /// which is exact because bendy only accepts canonical scalars).
 pub fn raw_of(v: &Val<'_>, _src: &[u8]) -> Vec<u8> {
-    match v {
-        Val::List(_, raw) | Val::Dict(_, raw) => raw.to_vec(),
-        Val::Bytes(b) => {
-            let mut o = Vec::with_capacity(b.len() + 4);
-            put_bytes(&mut o, b);
-            o
-        }
-        Val::Int(i) => {
-            let mut o = Vec::new();
-            put_int(&mut o, *i);
-            o
-        }
-    }
+    let mut o = Vec::new();
+    write_val(&mut o, v);
+    o
 }
 
 #[cfg(test)]

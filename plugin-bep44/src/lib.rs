@@ -231,6 +231,34 @@ pub struct MainlineStats {
     pub external_ip: Option<IpAddr>,
 }
 
+/// Awaits all futures concurrently (a few pings; no extra dependency for this).
+async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out[i] = Some(v);
+                        *f = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 /// A running Mainline node: a cheap `Clone` handle.
 #[derive(Clone, Debug)]
 pub struct Mainline {
@@ -301,6 +329,29 @@ impl Mainline {
         let seeds = self.bootstrap.iter().map(|a| PeerAddr::Udp(*a)).collect();
         let out = self.dht.bootstrap(seeds).await?;
         Ok(out.closest.len())
+    }
+
+    /// Joins quickly, for one-shot clients: pings the bootstrap nodes at once and keeps those
+    /// that answer; the first lookup then walks from them (no lookup of our own id). Returns how
+    /// many answered.
+    pub async fn connect(&self) -> Result<usize, MainlineError> {
+        let pings = self
+            .bootstrap
+            .iter()
+            .map(|a| self.dht.ping(PeerAddr::Udp(*a)));
+        let mut n = 0;
+        for r in join_all(pings).await {
+            if let Ok(p) = r {
+                self.dht.add_contact(p.contact).await?;
+                n += 1;
+            }
+        }
+        if n == 0 && !self.bootstrap.is_empty() {
+            return Err(MainlineError::Dht(DhtError::Query(
+                kad_core::QueryError::NoPeers,
+            )));
+        }
+        Ok(n)
     }
 
     /// This node's id.
