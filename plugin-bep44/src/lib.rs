@@ -34,6 +34,7 @@ pub mod item;
 pub mod krpc;
 mod plugin;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -232,7 +233,7 @@ pub struct MainlineStats {
 }
 
 /// Awaits all futures concurrently (a few pings; no extra dependency for this).
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
