@@ -183,11 +183,9 @@ pub(crate) fn run(a: MainlineBenchArgs) -> Result<()> {
     let ours_size = ours_net.ask("size")?;
     let crate_size = crate_net.ask("size")?;
 
-    // Long-running client nodes.
-    let ours_long = rt.block_on(long_ours(ours_port, a.ops, &tag))?;
-    let crate_long = long_crate(crate_port, a.ops, &tag)?;
-
-    // Fresh processes.
+    // Fresh processes first: they are read-only (BEP43) in both implementations, so they leave
+    // no departed node behind in the tables; the long-running client, a full node, does when it
+    // stops, and lookups that meet it later wait for it.
     let ours_fresh = fresh(
         &["mainline"],
         ours_port,
@@ -200,6 +198,10 @@ pub(crate) fn run(a: MainlineBenchArgs) -> Result<()> {
         a.fresh,
         &format!("{tag} fresh crate"),
     )?;
+
+    // Long-running client nodes.
+    let ours_long = rt.block_on(long_ours(ours_port, a.ops, &tag))?;
+    let crate_long = long_crate(crate_port, a.ops, &tag)?;
     drop(ours_net);
     drop(crate_net);
 
