@@ -127,6 +127,14 @@ struct Lat {
 }
 
 impl Lat {
+    /// Four empty series: put and get, immutable and mutable.
+    fn four() -> (Self, Self, Self, Self) {
+        Default::default()
+    }
+    /// The four series as the report prints them.
+    fn report(pi: Self, gi: Self, pm: Self, gm: Self) -> Value {
+        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()})
+    }
     fn add(&mut self, started: Instant, ok: bool) {
         if ok {
             self.ok.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -257,12 +265,7 @@ async fn long_ours(port: u16, ops: usize, tag: &str) -> Result<Value> {
     cfg.limits.per_ip_rate = 0;
     let node = Mainline::spawn(cfg).await?;
     node.bootstrap().await?;
-    let (mut pi, mut gi, mut pm, mut gm) = (
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-    );
+    let (mut pi, mut gi, mut pm, mut gm) = Lat::four();
     for i in 0..ops {
         let v = item::bencode_bytes(format!("{tag} long ours imm {i}").as_bytes());
         let t = Instant::now();
@@ -281,9 +284,7 @@ async fn long_ours(port: u16, ops: usize, tag: &str) -> Result<Value> {
         gm.add(t, r.is_ok_and(|g| g.seq == 1));
     }
     node.shutdown().await;
-    Ok(
-        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}),
-    )
+    Ok(Lat::report(pi, gi, pm, gm))
 }
 
 #[allow(deprecated)] // the mainline crate's blocking API
@@ -293,12 +294,7 @@ fn long_crate(port: u16, ops: usize, tag: &str) -> Result<Value> {
         .bootstrap(&[format!("127.0.0.1:{port}")])
         .build()?;
     dht.bootstrapped();
-    let (mut pi, mut gi, mut pm, mut gm) = (
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-    );
+    let (mut pi, mut gi, mut pm, mut gm) = Lat::four();
     for i in 0..ops {
         let v = format!("{tag} long crate imm {i}");
         let t = Instant::now();
@@ -318,9 +314,7 @@ fn long_crate(port: u16, ops: usize, tag: &str) -> Result<Value> {
         let got = dht.get_mutable_most_recent(&pk, None);
         gm.add(t, got.is_some_and(|g| g.seq() == 1));
     }
-    Ok(
-        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}),
-    )
+    Ok(Lat::report(pi, gi, pm, gm))
 }
 
 /// Runs `n` fresh client processes per operation kind, timing each from spawn to exit.
@@ -349,12 +343,7 @@ fn fresh(prefix: &[&str], port: u16, n: usize, tag: &str) -> Result<Value> {
         });
         (ok, t)
     };
-    let (mut pi, mut gi, mut pm, mut gm) = (
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-        Lat::default(),
-    );
+    let (mut pi, mut gi, mut pm, mut gm) = Lat::four();
     for i in 0..n {
         let value = format!("{tag} {i}");
         let (ok, t) = run(vec![
@@ -385,9 +374,7 @@ fn fresh(prefix: &[&str], port: u16, n: usize, tag: &str) -> Result<Value> {
         ]);
         gm.add(t, ok);
     }
-    Ok(
-        json!({"put_immutable": pi.json(), "get_immutable": gi.json(), "put_mutable": pm.json(), "get_mutable": gm.json()}),
-    )
+    Ok(Lat::report(pi, gi, pm, gm))
 }
 
 // ---- throughput ----

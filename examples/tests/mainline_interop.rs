@@ -404,15 +404,21 @@ fn matrix(boot: u16, tag: &str) {
     );
 }
 
-#[test]
-fn mixed_network_every_pair_of_implementations_puts_and_gets() {
-    // 4 of ours, 4 mainline crate nodes, 4 bittorrent-dht nodes: storing nodes are a mix.
+/// `n` of our server processes, the first one starting the network; returns them and its port.
+fn our_network(n: usize) -> (Vec<Server>, u16) {
     let first = Server::ours(None);
     let boot = first.port;
     let mut ours = vec![first];
-    for _ in 0..3 {
+    for _ in 1..n {
         ours.push(Server::ours(Some(boot)));
     }
+    (ours, boot)
+}
+
+#[test]
+fn mixed_network_every_pair_of_implementations_puts_and_gets() {
+    // 4 of ours, 4 mainline crate nodes, 4 bittorrent-dht nodes: storing nodes are a mix.
+    let (ours, boot) = our_network(4);
     let pubky: Vec<_> = (0..4).map(|_| pubky_server(boot)).collect();
     let bdht: Vec<_> = (0..4).map(|_| Server::bdht(boot)).collect();
     for p in &pubky {
@@ -425,12 +431,7 @@ fn mixed_network_every_pair_of_implementations_puts_and_gets() {
 #[test]
 fn network_of_only_our_nodes_serves_every_client() {
     // Only our nodes store: their server side is what the other clients talk to.
-    let first = Server::ours(None);
-    let boot = first.port;
-    let mut ours = vec![first];
-    for _ in 0..5 {
-        ours.push(Server::ours(Some(boot)));
-    }
+    let (ours, boot) = our_network(6);
     matrix(boot, "ours-only");
     drop(ours);
 }
