@@ -341,11 +341,9 @@ impl Mainline {
             .iter()
             .map(|a| self.dht.ping(PeerAddr::Udp(*a)));
         let mut n = 0;
-        for r in join_all(pings).await {
-            if let Ok(p) = r {
-                self.dht.add_contact(p.contact).await?;
-                n += 1;
-            }
+        for p in join_all(pings).await.into_iter().flatten() {
+            self.dht.add_contact(p.contact).await?;
+            n += 1;
         }
         if n == 0 && !self.bootstrap.is_empty() {
             return Err(MainlineError::Dht(DhtError::Query(
