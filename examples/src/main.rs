@@ -108,12 +108,16 @@ fn main() -> std::process::ExitCode {
                 )
             {
                 let msg = e.render().to_string();
-                let first = msg
+                // The message up to the usage line, on one line.
+                let text: Vec<&str> = msg
                     .lines()
-                    .next()
-                    .unwrap_or("bad arguments")
-                    .trim_start_matches("error: ");
-                println!("{}", serde_json::json!({"ok": false, "error": first}));
+                    .take_while(|l| !l.starts_with("Usage:"))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let text = text.join(" ");
+                let text = text.trim_start_matches("error: ");
+                println!("{}", serde_json::json!({"ok": false, "error": text}));
                 eprint!("{msg}");
                 return std::process::ExitCode::from(2);
             }

@@ -63,6 +63,8 @@ impl Server {
         let port = v["port"].as_u64().expect("port") as u16;
         Self { child, port }
     }
+    /// One of our servers. Every node of these tests shares 127.0.0.1, so the per-IP rate limit
+    /// (meant for the internet) is off, as MAINLINE.md advises for libtorrent on loopback.
     fn ours(bootstrap: Option<u16>) -> Self {
         let mut c = Command::new(KAD);
         c.args([
@@ -434,4 +436,38 @@ fn network_of_only_our_nodes_serves_every_client() {
     let (ours, boot) = our_network(6);
     matrix(boot, "ours-only");
     drop(ours);
+}
+
+#[test]
+fn mainline_commands_report_bad_input_as_one_json_line() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["get-immutable", "--target", "zz"],
+            "--target must be 40 hex characters",
+        ),
+        (
+            &["put-mutable", "--seed", "00", "--seq", "1", "--value", "x"],
+            "--seed must be 64 hex",
+        ),
+        (&["put-immutable"], "--value"),
+        (
+            &["put-immutable", "--value", &"a".repeat(1200)],
+            "the limit is 1000",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(KAD)
+            .arg("mainline")
+            .args(args)
+            .args(["--bootstrap", "none"])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{args:?}: {v}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
 }
