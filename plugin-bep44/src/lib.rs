@@ -8,23 +8,36 @@
 //!   methods with bounded stores and write tokens, and the client side of get/put as lookups.
 //! - [`Mainline`]: a running node on UDP with typed async methods.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! Two nodes on 127.0.0.1, one storing for the other:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use kad_plugin_bep44::{Mainline, MainlineConfig, MutableItem, item};
 //! let mut cfg = MainlineConfig::default();
 //! cfg.bind = "127.0.0.1:0".parse()?;
-//! cfg.bootstrap = vec!["127.0.0.1:6881".parse()?]; // never the public routers in tests
+//! let server = Mainline::spawn(cfg).await?; // no bootstrap list: it starts a network
+//!
+//! let mut cfg = MainlineConfig::default();
+//! cfg.bind = "127.0.0.1:0".parse()?;
+//! cfg.bootstrap = vec![server.local_addr()]; // without one: the public routers (users only)
 //! let node = Mainline::spawn(cfg).await?;
 //! node.bootstrap().await?;
+//!
 //! // Immutable: the target is SHA-1 of the bencoded value.
 //! let put = node.put_immutable(&item::bencode_bytes(b"Hello World!")).await?;
+//! assert_eq!(put.target.to_hex(), "e5f96f6f38320f0f33959cb4d3d656452117aadb");
 //! let got = node.get_immutable(put.target).await?;
 //! assert_eq!(&got.v[..], b"12:Hello World!");
-//! // Mutable: signed with an ed25519 seed, newer seq wins.
-//! let it = MutableItem::sign(&[7; 32], b"salt", 1, &item::bencode_bytes(b"reading 1"))?;
-//! node.put_mutable(&it, None).await?;
-//! let latest = node.get_mutable(it.pubkey, b"salt", None).await?;
-//! assert_eq!(latest.seq, 1);
+//!
+//! // Mutable: signed with an ed25519 seed; the highest valid seq wins.
+//! let v1 = MutableItem::sign(&[7; 32], b"salt", 1, &item::bencode_bytes(b"reading 1"))?;
+//! let v2 = MutableItem::sign(&[7; 32], b"salt", 2, &item::bencode_bytes(b"reading 2"))?;
+//! node.put_mutable(&v1, None).await?;
+//! node.put_mutable(&v2, None).await?;
+//! assert!(node.put_mutable(&v1, None).await.is_err()); // 302: lower than what is stored
+//! let latest = node.get_mutable(v1.pubkey, b"salt", None).await?;
+//! assert_eq!((latest.seq, &latest.v[..]), (2, &b"9:reading 2"[..]));
 //! # Ok(()) }
 //! ```
 
