@@ -373,3 +373,33 @@ async fn want_n6_returns_ipv6_nodes_and_a_full_put_get_round_trip_works() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_announces_finds_peers_and_samples() {
+    let server = node(|_| {}).await;
+    let boot = vec![server.local_addr()];
+    let a = node(|c| c.bootstrap = boot.clone()).await;
+    let b = node(|c| c.bootstrap = boot.clone()).await;
+    a.bootstrap().await.unwrap();
+    b.bootstrap().await.unwrap();
+    let ih = NodeId::from_bytes(item::sha1(b"some torrent"));
+    // implied_port: the storing nodes record a's UDP port.
+    let out = a.announce_peer(ih, None).await.unwrap();
+    assert!(out.stored_on >= 1, "{out:?}");
+    let peers = b.get_peers(ih).await.unwrap();
+    assert!(peers.contains(&a.local_addr()), "{peers:?}");
+    // An explicit port.
+    b.announce_peer(ih, Some(6881)).await.unwrap();
+    let peers = a.get_peers(ih).await.unwrap();
+    assert!(
+        peers.contains(&SocketAddr::from(([127, 0, 0, 1], 6881))),
+        "{peers:?}"
+    );
+    // BEP51 from the client side: the server holds the info-hash.
+    let contact = kad_core::Contact::new(server.id(), kad_core::PeerAddr::Udp(server.local_addr()));
+    let s = a.sample_infohashes(contact, ih).await.unwrap();
+    assert_eq!((s.num, s.samples.as_slice()), (1, &[ih][..]));
+    for n in [server, a, b] {
+        n.shutdown().await;
+    }
+}
