@@ -90,7 +90,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -105,7 +105,7 @@ fn round(x: f64, places: i32) -> f64 {
 }
 
 /// CPU time (user + system) of a process in seconds, from /proc (Linux).
-fn cpu_s(pid: &str) -> f64 {
+pub(crate) fn cpu_s(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

@@ -82,7 +82,7 @@ impl Proc {
         self.line()
     }
     fn cpu_s(&self) -> f64 {
-        cpu_seconds(self.child.id())
+        crate::bench::cpu_s(&self.child.id().to_string())
     }
 }
 
@@ -93,30 +93,8 @@ impl Drop for Proc {
     }
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    (v[i] * 1000.0).round() / 1000.0
-}
-
 fn summary(mut v: Vec<f64>, failed: usize) -> Value {
-    json!({"p50_ms": pct(&mut v, 0.5), "p90_ms": pct(&mut v, 0.9), "n": v.len(), "failed": failed})
+    json!({"p50_ms": crate::bench::pct(&mut v, 0.5), "p90_ms": crate::bench::pct(&mut v, 0.9), "n": v.len(), "failed": failed})
 }
 
 /// Latencies (ms) of one kind of operation, and how many failed.

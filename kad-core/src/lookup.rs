@@ -385,6 +385,42 @@ mod tests {
     use crate::addr::PeerAddr;
     use proptest::prelude::*;
 
+    /// With `skip_silent_head`, a silent node among the closest stops holding the lookup open
+    /// after the soft deadline of its last attempt; without it the lookup waits for its failure.
+    #[test]
+    fn a_silent_head_node_is_skipped_only_when_asked() {
+        let target = NodeId([0; 20]);
+        let silent = Contact::new(NodeId([1; 20]), PeerAddr::Mem(1));
+        let live = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+        let soft = Duration::from_millis(10);
+        for skip in [false, true] {
+            let t0 = Instant::now();
+            let mut l = Lookup::new(
+                NodeId([0xAA; 20]),
+                target,
+                2,
+                2,
+                2,
+                vec![silent.clone(), live.clone()],
+            )
+            .with_skip_silent_head(skip);
+            assert_eq!(l.next(t0, soft, 8).len(), 2);
+            l.on_success(&live.id, &[]);
+            // First soft deadline: the silent node is asked again (its last attempt).
+            let t1 = t0 + soft;
+            assert_eq!(l.next(t1, soft, 8), vec![silent.clone()]);
+            assert!(!l.is_finished(t1));
+            // Past the second soft deadline (twice as long), no answer yet and no hard timeout.
+            let t2 = t1 + soft * 2;
+            assert_eq!(l.next(t2, soft, 8), Vec::<Contact>::new());
+            assert_eq!(l.is_finished(t2), skip, "skip = {skip}");
+            // Either way a late answer still counts.
+            l.on_success(&silent.id, &[]);
+            assert!(l.is_finished(t2));
+            assert_eq!(l.closest_succeeded().len(), 2);
+        }
+    }
+
     proptest! {
         /// Any network of answering and silent nodes: the lookup ends, within a bounded number
         /// of rounds, with only nodes that answered, sorted by distance.

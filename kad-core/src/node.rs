@@ -2040,6 +2040,37 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_id_is_accepted_from_the_address_asked_only_when_configured() {
+        let now = Instant::now();
+        let cfg = Config {
+            accept_id_change: true,
+            ..Config::default()
+        };
+        let mut a = node(1, cfg);
+        let old = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+        a.add_contact(now, old.clone());
+        let q = a.call(now, &old, "x.Y", Bytes::new()).unwrap();
+        let (_, req) = sends(&mut a).pop().unwrap();
+        let renamed = Contact::new(NodeId([3; 20]), PeerAddr::Mem(2));
+        let empty = Body::Response(Response::Custom {
+            result: Bytes::new(),
+            nodes: vec![],
+        });
+        deliver(&mut a, now, 2, answer(&req, &renamed, empty));
+        let done = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Event(Event::QueryDone { id, result: QueryResult::Call(Ok(_)) }) if id == q));
+        assert!(done, "the answer completes the call");
+        assert_eq!((a.stats().id_changes, a.stats().dropped_wrong_peer), (1, 0));
+        assert!(
+            a.routing_table().get(&old.id).is_none(),
+            "the old id is forgotten"
+        );
+        assert!(
+            a.routing_table().get(&renamed.id).is_some(),
+            "the new one is learned"
+        );
+    }
+
+    #[test]
     fn responses_must_come_from_the_peer_asked() {
         let now = Instant::now();
         let mut a = node(1, Config::default());

@@ -245,7 +245,7 @@ fn write_val(out: &mut Vec<u8>, v: &Val<'_>) {
 
 /// The encoded bytes of a parsed value (lists and dicts keep theirs; scalars are re-encoded,
 /// which is exact because bendy only accepts canonical scalars).
-pub fn raw_of(v: &Val<'_>, _src: &[u8]) -> Vec<u8> {
+pub fn raw_of(v: &Val<'_>) -> Vec<u8> {
     let mut o = Vec::new();
     write_val(&mut o, v);
     o

@@ -47,7 +47,6 @@ pub mod item;
 pub mod krpc;
 mod plugin;
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -245,34 +244,6 @@ pub struct MainlineStats {
     pub external_ip: Option<IpAddr>,
 }
 
-/// Awaits all futures concurrently (a few pings; no extra dependency for this).
-async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    let mut futs: Vec<_> = futs.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if let Some(fut) = f {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        out[i] = Some(v);
-                        *f = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
-
 /// A running Mainline node: a cheap `Clone` handle.
 #[derive(Clone, Debug)]
 pub struct Mainline {
@@ -349,14 +320,17 @@ impl Mainline {
     /// that answer; the first lookup then walks from them (no lookup of our own id). Returns how
     /// many answered.
     pub async fn connect(&self) -> Result<usize, MainlineError> {
-        let pings = self
-            .bootstrap
-            .iter()
-            .map(|a| self.dht.ping(PeerAddr::Udp(*a)));
+        let mut pings = tokio::task::JoinSet::new();
+        for a in &self.bootstrap {
+            let (dht, addr) = (self.dht.clone(), PeerAddr::Udp(*a));
+            pings.spawn(async move { dht.ping(addr).await });
+        }
         let mut n = 0;
-        for p in join_all(pings).await.into_iter().flatten() {
-            self.dht.add_contact(p.contact).await?;
-            n += 1;
+        while let Some(r) = pings.join_next().await {
+            if let Ok(Ok(p)) = r {
+                self.dht.add_contact(p.contact).await?;
+                n += 1;
+            }
         }
         if n == 0 && !self.bootstrap.is_empty() {
             return Err(MainlineError::Dht(DhtError::Query(

@@ -436,7 +436,7 @@ impl Bep44Plugin {
         let Some(v) = a.get(b"v") else {
             return err(code::PROTOCOL, "missing 'v' key");
         };
-        let v = bencode::raw_of(v, &[]);
+        let v = bencode::raw_of(v);
         if v.len() > MAX_V {
             return err(code::MESSAGE_TOO_BIG, "message (v field) too big");
         }
@@ -644,7 +644,7 @@ impl Bep44Plugin {
             return;
         };
         op.result.answered += 1;
-        let v = r.get(b"v").map(|v| bencode::raw_of(v, &[]));
+        let v = r.get(b"v").map(|v| bencode::raw_of(v));
         let had_item = v.is_some();
         if let Some(t) = r.get(b"token").and_then(Val::bytes) {
             if t.len() <= 64 {
