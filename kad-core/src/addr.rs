@@ -34,6 +34,13 @@ impl TransportKind {
             Self::Mem => "mem",
         }
     }
+
+    /// Whether the address a message arrives from can be dialed later by anyone. False for
+    /// WebSocket: a connection the peer opened comes from an ephemeral port, so the peer's
+    /// advertised `ws://` address is the one to keep.
+    pub fn source_is_dialable(self) -> bool {
+        !matches!(self, Self::Ws)
+    }
 }
 
 /// Where a peer can be reached: a transport plus an address, printed and parsed as a URI.

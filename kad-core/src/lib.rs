@@ -104,6 +104,8 @@ mod transport;
 mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 
 pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, TransportKind};
 pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};

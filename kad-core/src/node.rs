@@ -1052,7 +1052,9 @@ impl Node {
     }
 
     fn observe_sender(&mut self, now: Instant, from: &PeerAddr, sender: Contact) {
-        let contact = if sender.addrs.contains(from) {
+        let advertised_instead = !from.kind().source_is_dialable()
+            && sender.addrs.iter().any(|a| a.kind() == from.kind());
+        let contact = if advertised_instead || sender.addrs.contains(from) {
             sender
         } else {
             // The address we actually heard it from comes first.

@@ -124,10 +124,14 @@ fn now() -> Instant {
 
 impl Dht {
     /// Builds the node and spawns its actor task on the current tokio runtime (call it from
-    /// within one). The node's contact advertises the transports' local addresses unless the
+    /// within one). The node's contact advertises the transports' listen addresses unless the
     /// builder set addresses. Without `Config::rng_seed`, the engine is seeded from the OS.
-    /// Each transport is read by its own task; answers leave through the transport the peer
-    /// last wrote to, other messages through the first transport of the address's kind.
+    ///
+    /// Several transports may run at once (say UDP, QUIC and WebSocket). Each is read by its own
+    /// task; answers leave through the transport the peer last wrote to, other messages through
+    /// the first transport of the address's kind. `Config::transport_preference` is narrowed to
+    /// the kinds given here (an empty result is a configuration error), and a peer's address is
+    /// picked by it.
     pub fn spawn(
         mut builder: NodeBuilder,
         transports: Vec<Arc<dyn Transport>>,
@@ -136,8 +140,14 @@ impl Dht {
             return Err(SpawnError::NoTransport);
         }
         if builder.addrs_is_empty() {
-            builder = builder.addrs(transports.iter().map(|t| t.local_addr()).collect());
+            builder = builder.addrs(transports.iter().filter_map(|t| t.listen_addr()).collect());
         }
+        // Only kinds this node has a transport for: a contact reachable only through another
+        // kind is skipped at once instead of timing out.
+        builder
+            .config_mut()
+            .transport_preference
+            .retain(|k| transports.iter().any(|t| t.kind() == *k));
         if builder.config_mut().rng_seed.is_none() {
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|e| SpawnError::Seed(e.to_string()))?;
@@ -329,8 +339,9 @@ impl Dht {
         rx.await.map_err(|_| DhtError::Shutdown)
     }
 
-    /// Stops the node: pending queries fail with [`DhtError::Shutdown`], transports stop being read.
-    /// Waits until the actor has stopped. Calling it again is harmless.
+    /// Stops the node: pending queries fail with [`DhtError::Shutdown`], and its transports are
+    /// closed (`Transport::close`: connections end cleanly). Waits until the actor has stopped.
+    /// Calling it again is harmless.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
@@ -515,6 +526,9 @@ impl Actor {
                 tokio::task::yield_now().await;
             }
         }
+        for t in &self.transports {
+            t.close().await;
+        }
         debug!(id = %self.node.id(), "node stopped");
         self.waiting.clear();
         if let Some(tx) = done {
@@ -577,7 +591,7 @@ impl Actor {
                         trace!(peer = %to, "no transport for this address");
                         continue;
                     };
-                    if let Err(e) = t.send(&to, bytes).await {
+                    if let Err(e) = t.send_to_node(&to, msg.recipient, bytes).await {
                         trace!(peer = %to, error = %e, "send failed");
                     }
                 }

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::addr::{PeerAddr, TransportKind};
+use crate::id::NodeId;
 
 /// Why a transport could not send or receive.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,19 @@ pub enum TransportError {
     /// The transport was closed.
     #[error("transport closed")]
     Closed,
+    /// A new connection would exceed the transport's connection limit.
+    #[error("connection limit of {0} reached")]
+    ConnectionLimit(usize),
+    /// The peer proved another identity than the one expected at this address.
+    #[error("peer at {addr} is {found}, not the expected {expected}")]
+    WrongPeer {
+        /// The address.
+        addr: PeerAddr,
+        /// The node id expected there.
+        expected: NodeId,
+        /// The node id the peer proved.
+        found: NodeId,
+    },
     /// An operating-system error.
     #[error("i/o error")]
     Io(#[from] std::io::Error),
@@ -41,20 +55,49 @@ pub enum TransportError {
 ///   the message (`QueueFull`) rather than blocking the engine.
 /// - `recv` yields one whole message at a time with the address it came from, in a form that can
 ///   be used to answer it.
-/// - Connection-oriented transports manage their connections internally.
+/// - Connection-oriented transports manage their connections internally: the address a message
+///   arrives from is one that an answer can be sent to (for a connection the peer opened, it
+///   names that connection and may stop working when it closes).
+/// - A message larger than [`max_message_len`](Self::max_message_len) is refused by `send`
+///   with `TooLarge`; one arriving from a peer is dropped and counted, never delivered in part.
+/// - After [`close`](Self::close), `recv` returns `Closed` and `send` fails.
 /// - Usable as `Arc<dyn Transport>`, so a node can run several at once.
+///
+/// Every transport of the workspace passes the same conformance suite
+/// (`kad_core::conformance`, feature `conformance`).
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// The kind of addresses this transport serves.
     fn kind(&self) -> TransportKind;
-    /// The address peers reach this transport at.
+    /// The address peers reach this transport at (for a transport that only dials out, the
+    /// placeholder it reports as its own; see [`listen_addr`](Self::listen_addr)).
     fn local_addr(&self) -> PeerAddr;
+    /// The address to advertise in the node's contact, if peers can reach this transport at all.
+    /// Default: `Some(local_addr())`.
+    fn listen_addr(&self) -> Option<PeerAddr> {
+        Some(self.local_addr())
+    }
     /// Largest message this transport carries, in bytes.
     fn max_message_len(&self) -> usize;
     /// Enqueues `msg` for `to`.
     async fn send(&self, to: &PeerAddr, msg: Bytes) -> Result<(), TransportError>;
+    /// Like [`send`](Self::send), naming the node expected at `to` when it is known.
+    /// Transports that authenticate peers (QUIC) refuse to deliver to a peer that proves
+    /// another id. Default: `send`.
+    async fn send_to_node(
+        &self,
+        to: &PeerAddr,
+        node: Option<NodeId>,
+        msg: Bytes,
+    ) -> Result<(), TransportError> {
+        let _ = node;
+        self.send(to, msg).await
+    }
     /// Waits for the next message.
     async fn recv(&self) -> Result<(PeerAddr, Bytes), TransportError>;
+    /// Closes the transport: connections are closed cleanly, pending `recv`s return `Closed`.
+    /// Calling it again is harmless. Default: nothing to close.
+    async fn close(&self) {}
 }
 
 #[cfg(feature = "tokio")]
@@ -63,6 +106,7 @@ pub use memory::{MemoryNetwork, MemoryTransport};
 #[cfg(feature = "tokio")]
 mod memory {
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -91,15 +135,28 @@ mod memory {
         /// A transport on a fresh address, with a receive queue of `queue` messages
         /// (messages beyond it are dropped, as a UDP socket buffer would).
         pub fn transport(&self, queue: usize) -> MemoryTransport {
+            let n = {
+                let mut net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                net.next += 1;
+                net.next
+            };
+            self.transport_at(n, queue)
+        }
+
+        /// A transport on the address `mem://n` (a peer restarting on its old address). An
+        /// endpoint already there is replaced: messages go to the new one from now on.
+        pub fn transport_at(&self, n: u64, queue: usize) -> MemoryTransport {
             let (tx, rx) = mpsc::channel(queue.max(1));
             let mut net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            net.next += 1;
-            let n = net.next;
-            net.peers.insert(n, tx);
+            net.next = net.next.max(n);
+            net.peers.insert(n, tx.clone());
             MemoryTransport {
                 addr: PeerAddr::Mem(n),
                 net: self.clone(),
                 rx: tokio::sync::Mutex::new(rx),
+                me: tx,
+                closed: AtomicBool::new(false),
+                closing: tokio::sync::watch::channel(false).0,
                 max_len: 64 * 1024,
             }
         }
@@ -115,6 +172,14 @@ mod memory {
             }
         }
 
+        /// Removes the endpoint at `addr` only if it is still `me` (not a newer one there).
+        fn disconnect_if(&self, n: u64, me: &Inbox) {
+            let mut net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if net.peers.get(&n).is_some_and(|tx| tx.same_channel(me)) {
+                net.peers.remove(&n);
+            }
+        }
+
         fn inbox(&self, n: u64) -> Option<Inbox> {
             self.inner
                 .lock()
@@ -125,17 +190,37 @@ mod memory {
         }
     }
 
-    /// One endpoint of a [`MemoryNetwork`].
+    /// One endpoint of a [`MemoryNetwork`]. Messages of up to 64 KiB; a full receive queue
+    /// drops, like a socket buffer.
     pub struct MemoryTransport {
         addr: PeerAddr,
         net: MemoryNetwork,
         rx: tokio::sync::Mutex<mpsc::Receiver<(PeerAddr, Bytes)>>,
+        /// Our own inbox sender, to tell it apart from a newer endpoint at the same address.
+        me: Inbox,
+        closed: AtomicBool,
+        closing: tokio::sync::watch::Sender<bool>,
         max_len: usize,
+    }
+
+    impl MemoryTransport {
+        /// Sets the largest message sent or accepted (default 64 KiB); larger ones received
+        /// are dropped.
+        pub fn with_max_len(mut self, max: usize) -> Self {
+            self.max_len = max.max(1);
+            self
+        }
+
+        fn unregister(&self) {
+            if let PeerAddr::Mem(n) = self.addr {
+                self.net.disconnect_if(n, &self.me);
+            }
+        }
     }
 
     impl Drop for MemoryTransport {
         fn drop(&mut self) {
-            self.net.disconnect(&self.addr);
+            self.unregister();
         }
     }
 
@@ -151,6 +236,9 @@ mod memory {
             self.max_len
         }
         async fn send(&self, to: &PeerAddr, msg: Bytes) -> Result<(), TransportError> {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(TransportError::Closed);
+            }
             if msg.len() > self.max_len {
                 return Err(TransportError::TooLarge {
                     len: msg.len(),
@@ -172,12 +260,25 @@ mod memory {
                 })
         }
         async fn recv(&self) -> Result<(PeerAddr, Bytes), TransportError> {
-            self.rx
-                .lock()
-                .await
-                .recv()
-                .await
-                .ok_or(TransportError::Closed)
+            let mut closing = self.closing.subscribe();
+            let mut rx = self.rx.lock().await;
+            loop {
+                let m = tokio::select! {
+                    biased;
+                    _ = closing.wait_for(|c| *c) => return Err(TransportError::Closed),
+                    m = rx.recv() => m.ok_or(TransportError::Closed)?,
+                };
+                // A sender with a higher limit may pass a message over ours: drop it.
+                if m.1.len() <= self.max_len {
+                    return Ok(m);
+                }
+            }
+        }
+        async fn close(&self) {
+            if !self.closed.swap(true, Ordering::AcqRel) {
+                self.unregister();
+                self.closing.send_replace(true);
+            }
         }
     }
 }

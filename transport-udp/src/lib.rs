@@ -119,6 +119,7 @@ pub struct UdpTransport {
     queue: mpsc::Sender<(SocketAddr, Bytes)>,
     buf: Mutex<Vec<u8>>,
     counters: Arc<Counters>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for UdpTransport {
@@ -166,6 +167,7 @@ impl UdpTransport {
             queue,
             buf: Mutex::new(vec![0; RECV_BUF]),
             counters,
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -234,6 +236,9 @@ impl Transport for UdpTransport {
         let PeerAddr::Udp(addr) = to else {
             return Err(TransportError::WrongKind(to.clone()));
         };
+        if *self.closing.borrow() {
+            return Err(TransportError::Closed);
+        }
         if msg.len() > self.config.max_message_len {
             return Err(TransportError::TooLarge {
                 len: msg.len(),
@@ -267,9 +272,15 @@ impl Transport for UdpTransport {
     }
 
     async fn recv(&self) -> Result<(PeerAddr, Bytes), TransportError> {
+        let mut closing = self.closing.subscribe();
         let mut buf = self.buf.lock().await;
         loop {
-            match self.socket.recv_from(&mut buf[..]).await {
+            let r = tokio::select! {
+                biased;
+                _ = closing.wait_for(|c| *c) => return Err(TransportError::Closed),
+                r = self.socket.recv_from(&mut buf[..]) => r,
+            };
+            match r {
                 Ok((n, from)) => {
                     if n > self.config.max_message_len {
                         bump(&self.counters.oversize);
@@ -291,5 +302,10 @@ impl Transport for UdpTransport {
                 }
             }
         }
+    }
+
+    /// Stops receiving and sending; the socket is released when the last handle is dropped.
+    async fn close(&self) {
+        self.closing.send_replace(true);
     }
 }
