@@ -14,7 +14,7 @@
 //! | case | what must hold |
 //! |---|---|
 //! | `send_and_receive` | messages of 1 byte to the limit arrive intact, with a source address that an answer reaches |
-//! | `size_limit` | `send` past the limit fails with `TooLarge`; a peer's oversize message is dropped, the next one still arrives |
+//! | `size_limit` | `send` past the limit fails with `TooLarge`; a peer's oversize message is dropped (never delivered in part), and a message at the limit sent after it arrives |
 //! | `concurrent_requests` | 1,000 requests in flight at once are all answered (unreliable transports may retry) |
 //! | `peer_restart` | a peer that restarts on the same address is reached again within seconds |
 //! | `garbage_and_stalls` | junk on the socket and peers that connect and stall do not stop service to others; sends to a stalled peer never block |
@@ -177,7 +177,10 @@ pub async fn size_limit(h: &dyn Harness) {
                 }
             }
             Ok(Err(e)) => panic!("{}: recv failed: {e}", h.name()),
-            Err(_) if tokio::time::Instant::now() < deadline && !h.reliable() => {}
+            // Datagrams may be lost; a stream transport may have closed the connection that
+            // carried the oversize message (WebSocket: close code 1009), and the next message
+            // then travels on a new one.
+            Err(_) if tokio::time::Instant::now() < deadline => {}
             Err(_) => panic!(
                 "{}: after an oversize message, a message at the limit never arrived",
                 h.name()
