@@ -268,7 +268,15 @@ pub async fn peer_restart(h: &dyn Harness) {
     let b = h.bind().await;
     let addr = b.local_addr();
     let from = deliver(h, &a, &b, &addr, pattern(100, 1), "before the restart").await;
-    deliver(h, &b, &a, &from, pattern(100, 2), "answer before the restart").await;
+    deliver(
+        h,
+        &b,
+        &a,
+        &from,
+        pattern(100, 2),
+        "answer before the restart",
+    )
+    .await;
     b.close().await;
     drop(b);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -296,7 +304,15 @@ pub async fn peer_restart(h: &dyn Harness) {
             }
         }
     };
-    deliver(h, &b2, &a, &from, pattern(100, 4), "answer after the restart").await;
+    deliver(
+        h,
+        &b2,
+        &a,
+        &from,
+        pattern(100, 4),
+        "answer after the restart",
+    )
+    .await;
     a.close().await;
     b2.close().await;
 }
@@ -315,7 +331,15 @@ pub async fn garbage_and_stalls(h: &dyn Harness) {
     for _ in 0..10 {
         guards.push(h.stall_towards(&addr).await);
     }
-    let from = deliver(h, &a, &b, &addr, pattern(500, 5), "after garbage and stalls").await;
+    let from = deliver(
+        h,
+        &a,
+        &b,
+        &addr,
+        pattern(500, 5),
+        "after garbage and stalls",
+    )
+    .await;
     deliver(h, &b, &a, &from, pattern(500, 6), "answer after garbage").await;
 
     let (stalled, guard) = h.stalled_peer().await;

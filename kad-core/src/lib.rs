@@ -100,12 +100,12 @@ mod routing;
 mod stats;
 mod transport;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 #[cfg(feature = "tokio")]
 mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
-#[cfg(feature = "conformance")]
-pub mod conformance;
 
 pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, TransportKind};
 pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};

@@ -25,11 +25,19 @@ impl Harness for Udp {
         false
     }
     async fn bind(&self) -> Arc<dyn Transport> {
-        Arc::new(UdpTransport::bind("127.0.0.1:0".parse().unwrap()).await.unwrap())
+        Arc::new(
+            UdpTransport::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        )
     }
     async fn bind_with_max_len(&self, max: usize) -> Arc<dyn Transport> {
         let c = UdpConfig::default().max_message_len(max);
-        Arc::new(UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), c).await.unwrap())
+        Arc::new(
+            UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), c)
+                .await
+                .unwrap(),
+        )
     }
     async fn rebind(&self, addr: &PeerAddr) -> Arc<dyn Transport> {
         // The old socket is released when its writer task notices the last handle is gone.

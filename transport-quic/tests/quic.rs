@@ -1,0 +1,126 @@
+//! QUIC-specific behaviour: identity checks, large messages, datagrams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kad_core::{NativeIdentity, Transport, TransportError};
+use kad_transport_quic::{QuicConfig, QuicTransport};
+
+fn identity(b: u8) -> Arc<NativeIdentity> {
+    Arc::new(NativeIdentity::from_secret(&[b; 32]).unwrap())
+}
+
+fn bind(id: &Arc<NativeIdentity>, config: QuicConfig) -> QuicTransport {
+    QuicTransport::bind("127.0.0.1:0".parse().unwrap(), id.clone(), config).unwrap()
+}
+
+async fn recv(t: &QuicTransport) -> (kad_core::PeerAddr, Bytes) {
+    tokio::time::timeout(Duration::from_secs(10), t.recv())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_proving_another_id_is_refused() {
+    let (ia, ib, ic) = (identity(1), identity(2), identity(3));
+    let a = bind(&ia, QuicConfig::default());
+    let b = bind(&ib, QuicConfig::default());
+    // a expects node c at b's address: the handshake fails, nothing is delivered.
+    a.send_to_node(&b.local_addr(), Some(ic.id()), Bytes::from_static(b"for c"))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), b.recv())
+            .await
+            .is_err(),
+        "a message reached a peer that is not the one expected"
+    );
+    let s = a.stats();
+    assert_eq!((s.wrong_peer, s.failed, s.sent), (1, 1, 0), "{s:?}");
+    // The right id gets through (after the dial backoff).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.send_to_node(&b.local_addr(), Some(ib.id()), Bytes::from_static(b"for b"))
+        .await
+        .unwrap();
+    let (from, m) = recv(&b).await;
+    assert_eq!((from, &m[..]), (a.local_addr(), &b"for b"[..]));
+    // Now that a cached connection proves b's id, expecting c there fails at once.
+    match a
+        .send_to_node(&b.local_addr(), Some(ic.id()), Bytes::from_static(b"x"))
+        .await
+    {
+        Err(TransportError::WrongPeer {
+            expected, found, ..
+        }) => assert_eq!((expected, found), (ic.id(), ib.id())),
+        other => panic!("expected WrongPeer, got {other:?}"),
+    }
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_far_larger_than_a_datagram_arrive_intact() {
+    let big = QuicConfig::default().max_message_len(16 * 1024 * 1024);
+    let a = bind(&identity(4), big.clone());
+    let b = bind(&identity(5), big);
+    let msg: Bytes = (0..16 * 1024 * 1024u32)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    a.send(&b.local_addr(), msg.clone()).await.unwrap();
+    a.send(&b.local_addr(), Bytes::from_static(b"small after big"))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(recv(&b).await.1);
+    }
+    got.sort_by_key(Bytes::len);
+    assert_eq!(&got[0][..], b"small after big");
+    assert!(got[1] == msg, "the 16 MiB message arrived altered");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_messages_can_travel_as_datagrams() {
+    let a = bind(&identity(6), QuicConfig::default().datagrams(true));
+    let b = bind(&identity(7), QuicConfig::default());
+    // The first message opens the connection; later small ones go as datagrams.
+    a.send(&b.local_addr(), Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    let mut sent = 1;
+    while seen < 20 {
+        if sent < 200 {
+            a.send(&b.local_addr(), Bytes::from(vec![1u8; 300]))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), b.recv())
+            .await
+            .is_ok()
+        {
+            seen += 1;
+        } else {
+            panic!("datagrams stopped arriving");
+        }
+    }
+    assert!(a.stats().datagrams_sent > 0, "{:?}", a.stats());
+    // Messages too big for a datagram still go on streams.
+    a.send(&b.local_addr(), Bytes::from(vec![2u8; 100_000]))
+        .await
+        .unwrap();
+    loop {
+        let (_, m) = recv(&b).await;
+        if m.len() == 100_000 {
+            break;
+        }
+    }
+    a.close().await;
+    b.close().await;
+}
