@@ -12,6 +12,7 @@ mod bench;
 mod bench_mainline;
 mod mainline;
 mod net;
+mod transports;
 
 /// A pluggable Kademlia DHT: simulator, nodes and tools.
 #[derive(Parser, Debug)]
@@ -32,7 +33,7 @@ enum Command {
     /// results (except wall_s and peak_rss_mb). Errors exit with status 2 (with --json, also as
     /// {"ok":false,"error":"..."} on stdout).
     Sim(SimArgs),
-    /// Run a node of the native network: signed JSON-RPC 2.0 over UDP.
+    /// Run a node of the native network: signed JSON-RPC 2.0 over UDP, QUIC and WebSocket.
     ///
     /// Prints its contact (id and addresses) once listening, joins through --bootstrap if given,
     /// and serves until Ctrl-C or --for SECONDS, then prints its counters (messages, drops by

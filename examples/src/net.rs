@@ -1,7 +1,8 @@
-//! `kad node`, `kad ping`, `kad lookup`, `kad put`, `kad get`: the native network over UDP.
+//! `kad node`, `kad ping`, `kad lookup`, `kad put`, `kad get`: the native network over UDP,
+//! QUIC and WebSocket.
 //!
 //! This is the reference for running a native node: a k256 identity, the signed JSON-RPC codec
-//! and a UDP transport, spawned on the tokio runtime.
+//! and one or more transports, spawned on the tokio runtime.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use kad_core::{
 };
 use kad_transport_udp::UdpTransport;
 use serde_json::json;
+
+use crate::transports::{self, TlsArgs, Transports, parse_addrs, parse_preference};
 
 /// Prints one JSON line (with --json) or a human line.
 pub(crate) fn emit(json: bool, v: &serde_json::Value, human: impl FnOnce() -> String) {
@@ -97,27 +100,6 @@ pub(crate) fn load_or_create_key(path: &Path) -> Result<(NativeIdentity, bool)> 
     }
 }
 
-fn parse_udp(field: &str, s: &str) -> Result<SocketAddr> {
-    match s.parse::<PeerAddr>() {
-        Ok(PeerAddr::Udp(a)) => Ok(a),
-        Ok(other) => bail!(
-            "{field} {other}: only udp:// addresses are supported by this command (QUIC and WebSocket come with their transports)"
-        ),
-        Err(e) => bail!("{field}: {e}"),
-    }
-}
-
-fn parse_seeds(list: &[String]) -> Result<Vec<PeerAddr>> {
-    let mut out = Vec::new();
-    for s in list.iter().flat_map(|s| s.split(',')) {
-        let s = s.trim();
-        if !s.is_empty() {
-            out.push(PeerAddr::Udp(parse_udp("--bootstrap", s)?));
-        }
-    }
-    Ok(out)
-}
-
 fn parse_id(field: &str, s: &str) -> Result<NodeId> {
     s.parse::<NodeId>()
         .map_err(|_| anyhow::anyhow!("{field} {s:?}: expected 40 hex digits (a 160-bit id)"))
@@ -151,23 +133,41 @@ pub(crate) async fn spawn_native_advertising(
             .await
             .with_context(|| format!("cannot listen on udp://{listen}"))?,
     );
+    let transports: Vec<Arc<dyn Transport>> = vec![udp.clone()];
+    let dht = spawn_on(transports, advertise, identity, config)?;
+    Ok((dht, udp))
+}
+
+/// Spawns a native node on `transports` (any mix of UDP, QUIC and WebSocket), advertising
+/// `advertise` (when not empty) instead of the transports' listen addresses.
+pub(crate) fn spawn_on(
+    transports: Vec<Arc<dyn Transport>>,
+    advertise: Vec<PeerAddr>,
+    identity: Arc<NativeIdentity>,
+    config: Config,
+) -> Result<Dht> {
     let mut builder = Node::builder(config)
         .identity(identity.clone())
         .codec(Box::new(NativeCodec::new(identity)));
     if !advertise.is_empty() {
         builder = builder.addrs(advertise);
     }
-    let transports: Vec<Arc<dyn Transport>> = vec![udp.clone()];
-    let dht = Dht::spawn(builder, transports)?;
-    Ok((dht, udp))
+    Ok(Dht::spawn(builder, transports)?)
 }
 
 /// Options shared by the client commands (ping, lookup, put, get).
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ClientArgs {
-    /// Nodes to join through, as udp://IP:PORT, comma-separated or repeated.
+    /// Nodes to join through, comma-separated or repeated: udp://IP:PORT, quic://IP:PORT,
+    /// ws://HOST:PORT/PATH or wss://HOST:PORT/PATH. The client opens a transport of each kind
+    /// given.
     #[arg(long, value_name = "ADDRS")]
     pub bootstrap: Vec<String>,
+    /// Transports to prefer when a peer has several addresses, in order (e.g. quic,udp,ws).
+    #[arg(long, default_value = "udp,quic,ws", value_name = "KINDS")]
+    pub prefer: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Key file of the client's identity (created with mode 0600 if missing); a fresh key by default.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
@@ -179,22 +179,18 @@ pub(crate) struct ClientArgs {
     pub json: bool,
 }
 
-/// A read-only client node on an ephemeral port of the right address family.
-async fn client(a: &ClientArgs, family_of: Option<SocketAddr>) -> Result<Dht> {
-    let identity = match &a.key_file {
+/// A read-only client node with a transport for each kind of address in `targets` (ephemeral
+/// ports of the right address family; WebSocket dial-only).
+async fn client(a: &ClientArgs, targets: &[PeerAddr]) -> Result<Dht> {
+    let identity = Arc::new(match &a.key_file {
         Some(p) => load_or_create_key(p)?.0,
         None => fresh_identity()?,
-    };
-    // Bind where the target is reachable from: loopback for a loopback target, else anywhere.
-    let listen: SocketAddr = match family_of {
-        Some(t) if t.ip().is_loopback() && t.is_ipv6() => "[::1]:0".parse()?,
-        Some(t) if t.is_ipv6() => "[::]:0".parse()?,
-        Some(t) if !t.ip().is_loopback() => "0.0.0.0:0".parse()?,
-        _ => "127.0.0.1:0".parse()?,
-    };
+    });
     let mut config = native_config();
     config.read_only = true;
-    Ok(spawn_native(listen, Arc::new(identity), config).await?.0)
+    config.transport_preference = parse_preference(&a.prefer)?;
+    let t = transports::dialers(targets, &identity, &a.tls).await?;
+    spawn_on(t.all, Vec::new(), identity, config)
 }
 
 fn timeout(a: &ClientArgs) -> Result<Duration> {
@@ -208,15 +204,11 @@ fn timeout(a: &ClientArgs) -> Result<Duration> {
 }
 
 async fn joined(a: &ClientArgs) -> Result<(Dht, Duration)> {
-    let seeds = parse_seeds(&a.bootstrap)?;
+    let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
     if seeds.is_empty() {
-        bail!("--bootstrap: at least one udp://IP:PORT is needed to reach the network");
+        bail!("--bootstrap: at least one address (udp://, quic://, ws:// or wss://) is needed to reach the network");
     }
-    let first = match seeds[0] {
-        PeerAddr::Udp(s) => Some(s),
-        _ => None,
-    };
-    let dht = client(a, first).await?;
+    let dht = client(a, &seeds).await?;
     let t0 = Instant::now();
     let r = tokio::time::timeout(timeout(a)?, dht.bootstrap(seeds)).await;
     match r {
@@ -238,17 +230,26 @@ async fn within<T>(a: &ClientArgs, f: impl Future<Output = Result<T, DhtError>>)
 /// `kad node` flags.
 #[derive(Args, Debug)]
 pub(crate) struct NodeArgs {
-    /// Address to listen on, as udp://IP:PORT (port 0 picks a free one).
-    #[arg(long, default_value = "udp://127.0.0.1:4000", value_name = "ADDR")]
-    listen: String,
-    /// Nodes to join through, as udp://IP:PORT, comma-separated or repeated. Without it the node
-    /// waits for others to join through it.
+    /// Addresses to listen on, comma-separated or repeated, one transport each (port 0 picks a
+    /// free one): udp://IP:PORT, quic://IP:PORT, ws://IP:PORT/PATH, wss://IP:PORT/PATH (with
+    /// --tls-cert and --tls-key). The node's contact lists them all, in this order.
+    #[arg(long, default_value = "udp://127.0.0.1:4000", value_name = "ADDRS")]
+    listen: Vec<String>,
+    /// Nodes to join through, comma-separated or repeated, as any of the URIs above. Without it
+    /// the node waits for others to join through it.
     #[arg(long, value_name = "ADDRS")]
     bootstrap: Vec<String>,
     /// Addresses to tell peers instead of --listen (e.g. the public address when listening on
-    /// udp://0.0.0.0:PORT), as udp://IP:PORT, comma-separated or repeated.
+    /// udp://0.0.0.0:PORT, or wss://example.org/kad behind a reverse proxy), comma-separated or
+    /// repeated.
     #[arg(long, value_name = "ADDRS")]
     advertise: Vec<String>,
+    /// Transports to prefer when a peer has several addresses, in order (e.g. quic,udp,ws).
+    /// Kinds this node does not listen on are skipped.
+    #[arg(long, default_value = "udp,quic,ws", value_name = "KINDS")]
+    prefer: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// File holding the node's secret key (64 hex digits). Created with mode 0600 if missing;
     /// without it the node gets a fresh identity each run.
     #[arg(long, value_name = "FILE")]
@@ -265,18 +266,20 @@ pub(crate) struct NodeArgs {
 }
 
 pub(crate) async fn node(a: NodeArgs) -> Result<()> {
-    let listen = parse_udp("--listen", &a.listen)?;
-    let seeds = parse_seeds(&a.bootstrap)?;
-    let mut advertise = Vec::new();
-    for s in a.advertise.iter().flat_map(|s| s.split(',')) {
-        if !s.trim().is_empty() {
-            advertise.push(PeerAddr::Udp(parse_udp("--advertise", s.trim())?));
+    let listen = parse_addrs("--listen", &a.listen)?;
+    let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
+    let advertise = parse_addrs("--advertise", &a.advertise)?;
+    let prefer = parse_preference(&a.prefer)?;
+    for l in &listen {
+        let unspecified = match l {
+            PeerAddr::Ws(u) => u.contains("0.0.0.0") || u.contains("[::]"),
+            other => other.socket_addr().is_some_and(|s| s.ip().is_unspecified()),
+        };
+        if unspecified && advertise.is_empty() {
+            eprintln!(
+                "warning: listening on {l} without --advertise: peers will learn this node's address from the packets they receive"
+            );
         }
-    }
-    if listen.ip().is_unspecified() && advertise.is_empty() {
-        eprintln!(
-            "warning: listening on {listen} without --advertise: peers will learn this node's address from the packets they receive"
-        );
     }
     if let Some(s) = a.for_secs {
         if !(s > 0.0 && s <= 1e7) {
@@ -293,14 +296,18 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
         Some(p) => load_or_create_key(p)?,
         None => (fresh_identity()?, false),
     };
-    let (dht, udp) =
-        spawn_native_advertising(listen, advertise, Arc::new(identity), native_config()).await?;
+    let identity = Arc::new(identity);
+    let transports = transports::listen(&listen, &identity, &a.tls).await?;
+    let mut config = native_config();
+    config.transport_preference = prefer;
+    let dht = spawn_on(transports.all.clone(), advertise, identity, config)?;
     let c = dht.contact().clone();
+    let bound = transports.bound();
     emit(
         a.json,
         &json!({"event": "listening", "id": c.id.to_string(), "addrs": contact_json(&c)["addrs"],
-                "bound": udp.local_addr().to_string(), "key_created": created}),
-        || format!("listening: id {} at {}", c.id, udp.local_addr()),
+                "bound": bound.first(), "bound_all": bound, "key_created": created}),
+        || format!("listening: id {} at {}", c.id, bound.join(", ")),
     );
     if !seeds.is_empty() {
         let d = dht.clone();
@@ -346,25 +353,27 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
         };
         tokio::select! {
             () = &mut stop => break,
-            () = tick => print_stats(&dht, &udp, a.json, "stats").await,
+            () = tick => print_stats(&dht, &transports, a.json, "stats").await,
         }
     }
-    print_stats(&dht, &udp, a.json, "stopped").await;
+    print_stats(&dht, &transports, a.json, "stopped").await;
     dht.shutdown().await;
     Ok(())
 }
 
-async fn print_stats(dht: &Dht, udp: &UdpTransport, json: bool, event: &str) {
+async fn print_stats(dht: &Dht, transports: &Transports, json: bool, event: &str) {
     let Ok(stats) = dht.stats().await else { return };
     let table = dht.snapshot().await.map(|s| s.contacts.len()).unwrap_or(0);
-    let u = udp.stats();
     let rss = crate::peak_rss_mb();
+    let udp = transports.udp().map(|u| {
+        let u = u.stats();
+        json!({"sent": u.sent, "received": u.received, "queue_full": u.queue_full,
+               "send_errors": u.send_errors, "recv_errors": u.recv_errors, "oversize": u.oversize})
+    });
     emit(
         json,
-        &json!({"event": event, "routing_table": table, "stats": stats,
-                "udp": {"sent": u.sent, "received": u.received, "queue_full": u.queue_full,
-                        "send_errors": u.send_errors, "recv_errors": u.recv_errors, "oversize": u.oversize},
-                "peak_rss_mb": rss}),
+        &json!({"event": event, "routing_table": table, "stats": stats, "udp": udp,
+                "transports": transports.stats_json(), "peak_rss_mb": rss}),
         || {
             format!(
                 "{event}: {table} contacts, {} in / {} out, dropped: {} malformed, {} bad signature, {} id mismatch, {} stale, {} replay, {} wrong recipient, {} unknown txn, {} wrong peer; peak RSS {rss} MB",
@@ -388,7 +397,7 @@ async fn print_stats(dht: &Dht, udp: &UdpTransport, json: bool, event: &str) {
 /// `kad ping` flags.
 #[derive(Args, Debug)]
 pub(crate) struct PingArgs {
-    /// The node to ping, as udp://IP:PORT.
+    /// The node to ping: udp://IP:PORT, quic://IP:PORT, ws://HOST:PORT/PATH or wss://....
     addr: String,
     /// How many pings to send, one after the other.
     #[arg(long, default_value_t = 1)]
@@ -398,13 +407,15 @@ pub(crate) struct PingArgs {
 }
 
 pub(crate) async fn ping(a: PingArgs) -> Result<()> {
-    let target = parse_udp("ADDR", &a.addr)?;
+    let target = parse_addrs("ADDR", std::slice::from_ref(&a.addr))?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("ADDR: an address is needed"))?;
     if !(1..=100_000).contains(&a.count) {
         bail!("--count = {} is out of range: 1 to 100000", a.count);
     }
-    let dht = client(&a.client, Some(target)).await?;
+    let dht = client(&a.client, std::slice::from_ref(&target)).await?;
     for seq in 0..a.count {
-        let o = within(&a.client, dht.ping(PeerAddr::Udp(target))).await?;
+        let o = within(&a.client, dht.ping(target.clone())).await?;
         emit(
             a.client.json,
             &json!({"seq": seq, "id": o.contact.id.to_string(), "addrs": contact_json(&o.contact)["addrs"], "rtt_ms": ms(o.rtt)}),
