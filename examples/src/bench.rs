@@ -46,6 +46,15 @@ pub(crate) enum BenchCommand {
     /// (Helper of `bench mainline`) a UDP echo responder.
     #[command(hide = true)]
     UdpEcho,
+    /// Every transport on loopback, side by side: round-trip latency, round trips per second,
+    /// MB/s of 64 KiB messages, connection setup time, memory per idle connection, and one
+    /// server holding 5,000 WebSocket clients.
+    ///
+    /// Prints one JSON object with --json. Takes a couple of minutes with the defaults.
+    Transports(crate::bench_transports::TransportsArgs),
+    /// (Helper of `bench transports`) an echo server on one transport.
+    #[command(hide = true)]
+    TransportServer(crate::bench_transports::ServerArgs),
 }
 
 impl BenchCommand {
@@ -53,7 +62,11 @@ impl BenchCommand {
         match self {
             Self::Native(a) => a.json,
             Self::Mainline(a) => a.json(),
-            Self::MainlineNet(_) | Self::MainlineCrateClient(_) | Self::UdpEcho => true,
+            Self::Transports(a) => a.json,
+            Self::MainlineNet(_)
+            | Self::MainlineCrateClient(_)
+            | Self::UdpEcho
+            | Self::TransportServer(_) => true,
         }
     }
 }
@@ -87,6 +100,8 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::MainlineNet(a) => crate::bench_mainline::net(a),
         BenchCommand::MainlineCrateClient(a) => crate::bench_mainline::crate_client(a),
         BenchCommand::UdpEcho => crate::bench_mainline::echo(),
+        BenchCommand::Transports(a) => crate::bench_transports::run(a),
+        BenchCommand::TransportServer(a) => crate::bench_transports::server(a),
     }
 }
 

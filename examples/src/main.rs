@@ -10,6 +10,7 @@ use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
 mod bench_mainline;
+mod bench_transports;
 mod mainline;
 mod net;
 mod transports;
@@ -55,7 +56,7 @@ enum Command {
     /// 2: bad input or failure). Without --bootstrap they use the live network's public routers.
     #[command(subcommand)]
     Mainline(mainline::MainlineCommand),
-    /// Benchmarks that print JSON: `kad bench native` (signing cost and a 100-node UDP network).
+    /// Benchmarks that print JSON: `kad bench native`, `kad bench mainline`, `kad bench transports`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

@@ -206,7 +206,9 @@ fn timeout(a: &ClientArgs) -> Result<Duration> {
 async fn joined(a: &ClientArgs) -> Result<(Dht, Duration)> {
     let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
     if seeds.is_empty() {
-        bail!("--bootstrap: at least one address (udp://, quic://, ws:// or wss://) is needed to reach the network");
+        bail!(
+            "--bootstrap: at least one address (udp://, quic://, ws:// or wss://) is needed to reach the network"
+        );
     }
     let dht = client(a, &seeds).await?;
     let t0 = Instant::now();

@@ -36,7 +36,9 @@ pub(crate) fn parse_addrs(field: &str, list: &[String]) -> Result<Vec<PeerAddr>>
         if s.is_empty() {
             continue;
         }
-        let a: PeerAddr = s.parse().map_err(|e| anyhow::anyhow!("{field} {s:?}: {e}"))?;
+        let a: PeerAddr = s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{field} {s:?}: {e}"))?;
         if a.kind() == TransportKind::Mem {
             bail!("{field} {s}: mem:// addresses exist only inside one process");
         }
@@ -275,7 +277,10 @@ mod tests {
     fn listen_uris_and_preferences_parse() {
         let v = parse_addrs(
             "--listen",
-            &["udp://127.0.0.1:4000,quic://127.0.0.1:4001".into(), "ws://127.0.0.1:4002/kad".into()],
+            &[
+                "udp://127.0.0.1:4000,quic://127.0.0.1:4001".into(),
+                "ws://127.0.0.1:4002/kad".into(),
+            ],
         )
         .unwrap();
         assert_eq!(

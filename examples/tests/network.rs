@@ -16,19 +16,19 @@ struct NodeProc {
     lines: mpsc::Receiver<Value>,
     id: String,
     addr: String,
+    /// Every address of its contact.
+    addrs: Vec<String>,
 }
 
 impl NodeProc {
     fn start(args: &[&str]) -> Self {
+        Self::start_on("udp://127.0.0.1:0", args)
+    }
+
+    /// A node listening on `listen` (comma-separated URIs).
+    fn start_on(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(KAD)
-            .args([
-                "node",
-                "--listen",
-                "udp://127.0.0.1:0",
-                "--json",
-                "--for",
-                "120",
-            ])
+            .args(["node", "--listen", listen, "--json", "--for", "120"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -48,11 +48,26 @@ impl NodeProc {
             lines,
             id: String::new(),
             addr: String::new(),
+            addrs: Vec::new(),
         };
         let first = p.next_event("listening");
         p.id = first["id"].as_str().unwrap().to_owned();
         p.addr = first["addrs"][0].as_str().unwrap().to_owned();
+        p.addrs = first["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
         p
+    }
+
+    /// Its address of the given scheme (`udp`, `quic`, `ws`).
+    fn addr_of(&self, scheme: &str) -> &str {
+        self.addrs
+            .iter()
+            .find(|a| a.starts_with(&format!("{scheme}://")))
+            .unwrap_or_else(|| panic!("node has no {scheme}:// address: {:?}", self.addrs))
     }
 
     fn next_event(&mut self, event: &str) -> Value {
@@ -260,4 +275,84 @@ fn a_python_peer_written_from_protocol_md_interoperates() {
     assert_eq!(v["node_id"].as_str(), Some(node.id.as_str()));
     assert_eq!(v["value_round_trip"], true);
     assert_eq!(v["tampered_and_replay_unanswered"], true);
+}
+
+/// A network of nodes speaking different transports: some UDP, QUIC and WebSocket at once,
+/// some only one of them. Clients that speak only WebSocket, only UDP or only QUIC put and get
+/// through it, reaching each other's values through the nodes that speak several.
+#[test]
+fn mixed_transport_network_bridges_websocket_udp_and_quic_only_peers() {
+    let all = "udp://127.0.0.1:0,quic://127.0.0.1:0,ws://127.0.0.1:0/kad";
+    // (listen, the scheme it joins through)
+    let plan: [(&str, &str); 12] = [
+        (all, ""),
+        (all, "udp"),
+        (all, "quic"),
+        (all, "ws"),
+        ("udp://127.0.0.1:0", "udp"),
+        ("udp://127.0.0.1:0", "udp"),
+        ("ws://127.0.0.1:0/kad", "ws"),
+        ("ws://127.0.0.1:0/kad", "ws"),
+        ("quic://127.0.0.1:0", "quic"),
+        ("quic://127.0.0.1:0", "quic"),
+        ("udp://127.0.0.1:0,ws://127.0.0.1:0/kad", "ws"),
+        ("udp://127.0.0.1:0,ws://127.0.0.1:0/kad", "udp"),
+    ];
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    for (i, (listen, via)) in plan.iter().enumerate() {
+        if i == 0 {
+            nodes.push(NodeProc::start_on(listen, &[]));
+            continue;
+        }
+        // Join through node 0 and node 1 (both speak everything), by the given transport.
+        let seeds = format!(
+            "{},{}",
+            nodes[0].addr_of(via),
+            nodes[(i > 1) as usize].addr_of(via)
+        );
+        eprintln!("node {i}: {listen} via {seeds}");
+        let mut p = NodeProc::start_on(listen, &["--bootstrap", &seeds]);
+        p.next_event("bootstrapped");
+        nodes.push(p);
+    }
+    assert_eq!(nodes[6].addrs.len(), 1, "node 6 speaks only WebSocket");
+
+    // A WebSocket-only client puts through a WebSocket-only node; the value lands on every node
+    // it can reach (k = 20 > 12): the 4 that speak everything, the 2 WebSocket-only, the 2 UDP+WS.
+    let key_ws = "1111111111111111111111111111111111111111";
+    let (code, put) = kad_json(&[
+        "put",
+        "--bootstrap",
+        nodes[6].addr_of("ws"),
+        "--key",
+        key_ws,
+        "from a websocket-only client",
+    ]);
+    assert_eq!(code, 0, "{put}");
+    assert!(put["stored"].as_u64().unwrap() >= 7, "{put}");
+    // A UDP-only client and a QUIC-only client get it through single-transport nodes.
+    for (node, scheme) in [(4, "udp"), (9, "quic")] {
+        let (code, got) = kad_json(&["get", "--bootstrap", nodes[node].addr_of(scheme), key_ws]);
+        assert_eq!(code, 0, "{scheme}: {got}");
+        assert_eq!(got["value"], "from a websocket-only client", "{scheme}");
+    }
+
+    // And back: a UDP-only client puts, a WebSocket-only client gets.
+    let key_udp = "2222222222222222222222222222222222222222";
+    let (code, put) = kad_json(&[
+        "put",
+        "--bootstrap",
+        nodes[5].addr_of("udp"),
+        "--key",
+        key_udp,
+        "from a udp-only client",
+    ]);
+    assert_eq!(code, 0, "{put}");
+    let (code, got) = kad_json(&["get", "--bootstrap", nodes[7].addr_of("ws"), key_udp]);
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(got["value"], "from a udp-only client");
+
+    // A client told to prefer QUIC pings a node that speaks everything over QUIC.
+    let (code, pong) = kad_json(&["ping", nodes[2].addr_of("quic"), "--prefer", "quic,udp"]);
+    assert_eq!((code, pong["id"].as_str()), (0, Some(nodes[2].id.as_str())));
 }
