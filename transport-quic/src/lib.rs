@@ -15,9 +15,11 @@
 //!   expects at an address (`Transport::send_to_node`), a peer that proves another id is refused
 //!   (the handshake fails, or `WrongPeer` when the cached connection proves another id).
 //!   ALPN is [`tls::ALPN`] (`kad/1`).
-//! - **Restarts**: the stateless-reset key is derived from the node's secret key, so a node that
-//!   restarts with the same identity resets its peers' stale connections at their first packet,
-//!   and they reconnect at once. A new connection from an address replaces the cached one.
+//! - **Restarts**: a new connection from an address replaces the cached one, so a restarted node
+//!   that contacts its peers is reached again at once. The stateless-reset key is derived from the
+//!   node's secret key, so a node restarting with the same identity can reset stale connections of
+//!   its previous run; quinn only answers packets large enough to allow a smaller reset, so after a
+//!   crash a peer sending only small messages may keep its stale connection until the idle timeout.
 //! - **Bounds**: at most [`QuicConfig::max_connections`] connections (default 10,000; more are
 //!   refused and counted); a queue of [`QuicConfig::send_queue`] messages per connection (a full
 //!   queue fails the send with `QueueFull`, never blocking the engine); per connection at most
