@@ -18,8 +18,9 @@
 //! - **Restarts**: a new connection from an address replaces the cached one, so a restarted node
 //!   that contacts its peers is reached again at once. The stateless-reset key is derived from the
 //!   node's secret key, so a node restarting with the same identity can reset stale connections of
-//!   its previous run; quinn only answers packets large enough to allow a smaller reset, so after a
-//!   crash a peer sending only small messages may keep its stale connection until the idle timeout.
+//!   its previous run. But in a kill -9 test, a peer sending only small messages was not reset
+//!   within 3 s (likely because quinn answers only packets large enough to allow a smaller reset),
+//!   so after a crash a stale connection may last until the idle timeout.
 //! - **Bounds**: at most [`QuicConfig::max_connections`] connections (default 10,000; more are
 //!   refused and counted); a queue of [`QuicConfig::send_queue`] messages per connection (a full
 //!   queue fails the send with `QueueFull`, never blocking the engine); per connection at most
