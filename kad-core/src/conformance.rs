@@ -4,7 +4,7 @@
 //! and misbehave at the socket level) and expands [`conformance_tests!`](crate::conformance_tests)
 //! in a test file, which generates one `#[tokio::test]` per case:
 //!
-//! ```ignore
+//! ```text
 //! // tests/conformance.rs of a transport crate (needs tokio with `rt-multi-thread` and `macros`)
 //! kad_core::conformance_tests!(my_transport_tests, MyHarness::new());
 //! ```

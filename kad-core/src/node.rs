@@ -1759,6 +1759,7 @@ impl Node {
             },
             _ => Request::FindNode { target },
         };
+        let mut gave_up = false;
         for c in asks {
             let peer = c.id;
             if !self.send_to_contact(
@@ -1767,6 +1768,8 @@ impl Node {
                 req.clone(),
                 PendingKind::Lookup { query: qid, peer },
             ) {
+                // No transport of ours reaches it (or no room to send).
+                gave_up = true;
                 if let Some(l) = self.queries.get_mut(&qid).and_then(|q| q.lookup.as_mut()) {
                     l.give_up(&peer);
                 }
@@ -1779,6 +1782,11 @@ impl Node {
             .is_some_and(|l| l.is_finished(now))
         {
             self.lookup_finished(now, qid);
+        } else if gave_up {
+            // Candidates given up on free their slots: ask the next ones now, or a lookup whose
+            // every ask failed would wait forever (nothing in flight to answer or time out).
+            // Each round gives up at least one candidate, so this ends.
+            self.step_query_inner(now, qid, from_queue);
         }
     }
 
@@ -2039,6 +2047,30 @@ mod tests {
             read_only: false,
             body,
         }
+    }
+
+    #[test]
+    fn a_lookup_skips_contacts_no_transport_reaches_and_asks_the_next() {
+        // This node speaks only mem://; its closest contacts to the target speak only ws://.
+        let now = Instant::now();
+        let cfg = Config {
+            transport_preference: vec![crate::addr::TransportKind::Mem],
+            ..Config::default()
+        };
+        let mut a = node(1, cfg);
+        for b in 10..17u8 {
+            let ws = format!("ws://127.0.0.1:{}/kad", 4000 + u16::from(b));
+            a.add_contact(now, Contact::new(NodeId([b; 20]), ws.parse().unwrap()));
+        }
+        a.add_contact(now, Contact::new(NodeId([40; 20]), PeerAddr::Mem(40)));
+        let _ = sends(&mut a);
+        a.find_node(now, NodeId([10; 20])).unwrap();
+        let asked: Vec<PeerAddr> = sends(&mut a).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(
+            asked,
+            vec![PeerAddr::Mem(40)],
+            "the reachable contact is asked at once"
+        );
     }
 
     #[test]
