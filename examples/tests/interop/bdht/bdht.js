@@ -120,6 +120,21 @@ function watchPutErrors () {
   return errors
 }
 
+// Record every `get` query of the lookup: who was asked and what came back.
+function watchGetQueries () {
+  const asked = []
+  const rpc = dht._rpc
+  const query = rpc.query.bind(rpc)
+  rpc.query = (node, message, cb) => query(node, message, (err, res, ...rest) => {
+    if (message.q === 'get') {
+      const r = res && res.r
+      asked.push(`${node.host}:${node.port} ${err ? 'error: ' + describe(err) : (r && r.v ? 'value' : 'no value') + (r && r.nodes ? ` +${r.nodes.length / 26} nodes` : '')}`)
+    }
+    if (cb) cb(err, res, ...rest)
+  })
+  return asked
+}
+
 const put = (opts) => new Promise((resolve) => dht.put(opts, (err, _key, n) => resolve({ err, n: n || 0 })))
 const get = (target, opts) => new Promise((resolve) => dht.get(target, opts, (err, res) => resolve({ err, res })))
 
@@ -193,8 +208,10 @@ async function client (o) {
   }
 
   // get-*: bittorrent-dht needs the salt to verify a salted mutable item's signature.
+  const asked = watchGetQueries()
   const { err, res } = await get(target, salt ? { salt } : {})
   const extra = { ready: isReady, ready_ms: readyMs, nodes }
+  if (!res) extra.asked = asked // which nodes the lookup reached, for the failure report
   if (err) return finish(result({ ok: false, error: describe(err), ...extra }))
   if (!res) {
     const error = dht.nodes.count() ? 'not found' : 'not found (no DHT node answered)'
