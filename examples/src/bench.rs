@@ -52,6 +52,12 @@ pub(crate) enum BenchCommand {
     ///
     /// Prints one JSON object with --json. Takes a couple of minutes with the defaults.
     Transports(crate::bench_transports::TransportsArgs),
+    /// Storage: 1 KiB records through the redb store beside the in-memory one, then a file put
+    /// and got back through 20-node loopback networks (QUIC: 100 MB plain and encrypted; UDP:
+    /// 20 MB in datagram-sized chunks and 2 MB in 1 KiB chunks), every chunk verified.
+    ///
+    /// Prints one JSON object with --json. Takes a few minutes with the defaults.
+    Storage(crate::bench_storage::StorageArgs),
     /// (Helper of `bench transports`) an echo server on one transport.
     #[command(hide = true)]
     TransportServer(crate::bench_transports::ServerArgs),
@@ -63,6 +69,7 @@ impl BenchCommand {
             Self::Native(a) => a.json,
             Self::Mainline(a) => a.json(),
             Self::Transports(a) => a.json,
+            Self::Storage(a) => a.json,
             Self::MainlineNet(_)
             | Self::MainlineCrateClient(_)
             | Self::UdpEcho
@@ -97,6 +104,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Native(a) => native(a),
         BenchCommand::Mainline(a) => crate::bench_mainline::run(a),
+        BenchCommand::Storage(a) => crate::bench_storage::run(a),
         BenchCommand::MainlineNet(a) => crate::bench_mainline::net(a),
         BenchCommand::MainlineCrateClient(a) => crate::bench_mainline::crate_client(a),
         BenchCommand::UdpEcho => crate::bench_mainline::echo(),

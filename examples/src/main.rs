@@ -10,9 +10,11 @@ use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
 mod bench_mainline;
+mod bench_storage;
 mod bench_transports;
 mod mainline;
 mod net;
+mod storage;
 mod transports;
 
 /// A pluggable Kademlia DHT: simulator, nodes and tools.
@@ -44,11 +46,14 @@ enum Command {
     Ping(net::PingArgs),
     /// Find the k nodes closest to an id: prints them with hops, RPCs and elapsed time.
     Lookup(net::LookupArgs),
-    /// Store a raw record (key and value) at the k nodes closest to the key.
+    /// Store a value (content-addressed: its key is RIPEMD-160(SHA-256(value))), a named record
+    /// (--key), or a whole file (--file, optionally --encrypt or --shares T/N).
     ///
-    /// Prints how many nodes stored it and the elapsed time. Fails (status 2) when none did.
+    /// Prints the key (or the capability, or the shares), how many nodes stored it and the
+    /// elapsed time. Fails (status 2) when no node stored a record.
     Put(net::PutArgs),
-    /// Fetch the record stored under a key. Exit status 1 when it is not found.
+    /// Fetch the record stored under a key, or with --out the whole file (verified chunk by
+    /// chunk, decrypted with a capability or --share). Exit status 1 when it is not found.
     Get(net::GetArgs),
     /// A BitTorrent Mainline DHT node and one-shot BEP44 clients, each printing one JSON line.
     ///
@@ -56,7 +61,8 @@ enum Command {
     /// 2: bad input or failure). Without --bootstrap they use the live network's public routers.
     #[command(subcommand)]
     Mainline(mainline::MainlineCommand),
-    /// Benchmarks that print JSON: `kad bench native`, `kad bench mainline`, `kad bench transports`.
+    /// Benchmarks that print JSON: `kad bench native`, `kad bench mainline`, `kad bench transports`,
+    /// `kad bench storage`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

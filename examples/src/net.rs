@@ -134,23 +134,61 @@ pub(crate) async fn spawn_native_advertising(
             .with_context(|| format!("cannot listen on udp://{listen}"))?,
     );
     let transports: Vec<Arc<dyn Transport>> = vec![udp.clone()];
-    let dht = spawn_on(transports, advertise, identity, config)?;
+    let dht = spawn_on(transports, advertise, identity, config, Setup::default())?;
     Ok((dht, udp))
+}
+
+/// What a node keeps and accepts: its record store, its validator and whether it serves
+/// `storage.FETCH`. The default is an in-memory store that accepts any record, no plugin.
+#[derive(Default)]
+pub(crate) struct Setup {
+    pub(crate) store: Option<Box<dyn kad_core::RecordStore>>,
+    pub(crate) validator: Option<Arc<dyn kad_core::RecordValidator>>,
+    pub(crate) storage_plugin: bool,
+}
+
+/// The largest record value a node takes when its largest message is `max_message_len` bytes:
+/// values travel base64-encoded (4/3) inside a signed JSON message beside up to 20 contacts
+/// (16 KiB kept for them). Never below [`MAX_NATIVE_VALUE`], which fits one datagram.
+pub(crate) fn value_limit(max_message_len: usize) -> usize {
+    (max_message_len.saturating_sub(16 * 1024) / 4 * 3).max(MAX_NATIVE_VALUE)
 }
 
 /// Spawns a native node on `transports` (any mix of UDP, QUIC and WebSocket), advertising
 /// `advertise` (when not empty) instead of the transports' listen addresses.
+///
+/// The codec and the value limit follow the largest message any of the transports carries: a
+/// node on QUIC or WebSocket takes values of about 750 KB (1 MiB messages), a UDP-only node
+/// 45,000 bytes.
 pub(crate) fn spawn_on(
     transports: Vec<Arc<dyn Transport>>,
     advertise: Vec<PeerAddr>,
     identity: Arc<NativeIdentity>,
-    config: Config,
+    mut config: Config,
+    setup: Setup,
 ) -> Result<Dht> {
+    let max_message = transports
+        .iter()
+        .map(|t| t.max_message_len())
+        .max()
+        .unwrap_or(kad_core::MAX_DATAGRAM);
+    config.max_value_len = value_limit(max_message);
     let mut builder = Node::builder(config)
         .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity)));
+        .codec(Box::new(NativeCodec::new(identity).max_len(max_message)));
     if !advertise.is_empty() {
         builder = builder.addrs(advertise);
+    }
+    if let Some(store) = setup.store {
+        builder = builder.store(store);
+    }
+    if let Some(v) = setup.validator {
+        builder = builder.validator(v);
+    }
+    if setup.storage_plugin {
+        builder = builder.plugin(Box::new(kad_plugin_storage::StoragePlugin::new(
+            value_limit(max_message),
+        )));
     }
     Ok(Dht::spawn(builder, transports)?)
 }
@@ -180,8 +218,13 @@ pub(crate) struct ClientArgs {
 }
 
 /// A read-only client node with a transport for each kind of address in `targets` (ephemeral
-/// ports of the right address family; WebSocket dial-only).
-async fn client(a: &ClientArgs, targets: &[PeerAddr]) -> Result<Dht> {
+/// ports of the right address family; WebSocket dial-only). `validator` checks the values its
+/// lookups receive (none: any value).
+pub(crate) async fn client(
+    a: &ClientArgs,
+    targets: &[PeerAddr],
+    validator: Option<Arc<dyn kad_core::RecordValidator>>,
+) -> Result<(Dht, usize)> {
     let identity = Arc::new(match &a.key_file {
         Some(p) => load_or_create_key(p)?.0,
         None => fresh_identity()?,
@@ -190,10 +233,24 @@ async fn client(a: &ClientArgs, targets: &[PeerAddr]) -> Result<Dht> {
     config.read_only = true;
     config.transport_preference = parse_preference(&a.prefer)?;
     let t = transports::dialers(targets, &identity, &a.tls).await?;
-    spawn_on(t.all, Vec::new(), identity, config)
+    // Answers may come back through any of the client's transports: size to the smallest.
+    let max_message = t
+        .all
+        .iter()
+        .map(|t| t.max_message_len())
+        .min()
+        .unwrap_or(kad_core::MAX_DATAGRAM);
+    let setup = Setup {
+        validator,
+        ..Setup::default()
+    };
+    Ok((
+        spawn_on(t.all, Vec::new(), identity, config, setup)?,
+        max_message,
+    ))
 }
 
-fn timeout(a: &ClientArgs) -> Result<Duration> {
+pub(crate) fn timeout(a: &ClientArgs) -> Result<Duration> {
     if !(a.timeout > 0.0 && a.timeout <= 3600.0) {
         bail!(
             "--timeout = {} is out of range: it must be between 0 and 3600 seconds",
@@ -203,24 +260,54 @@ fn timeout(a: &ClientArgs) -> Result<Duration> {
     Ok(Duration::from_secs_f64(a.timeout))
 }
 
-async fn joined(a: &ClientArgs) -> Result<(Dht, Duration)> {
+/// A client joined to the network: the node, the time joining took, and the largest message
+/// its transports all carry.
+pub(crate) async fn joined_with(
+    a: &ClientArgs,
+    validator: Option<Arc<dyn kad_core::RecordValidator>>,
+) -> Result<(Dht, Duration, usize)> {
     let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
     if seeds.is_empty() {
         bail!(
             "--bootstrap: at least one address (udp://, quic://, ws:// or wss://) is needed to reach the network"
         );
     }
-    let dht = client(a, &seeds).await?;
+    let (dht, max_message) = client(a, &seeds, validator).await?;
     let t0 = Instant::now();
     let r = tokio::time::timeout(timeout(a)?, dht.bootstrap(seeds)).await;
     match r {
-        Ok(Ok(_)) => Ok((dht, t0.elapsed())),
+        Ok(Ok(_)) => Ok((dht, t0.elapsed(), max_message)),
         Ok(Err(e)) => bail!("bootstrap failed: {e}"),
         Err(_) => bail!("bootstrap timed out after {} s", a.timeout),
     }
 }
 
-async fn within<T>(a: &ClientArgs, f: impl Future<Output = Result<T, DhtError>>) -> Result<T> {
+async fn joined(a: &ClientArgs) -> Result<(Dht, Duration)> {
+    let (dht, join, _) = joined_with(a, None).await?;
+    Ok((dht, join))
+}
+
+/// The largest message every transport a client opens for `seeds` carries, known before
+/// opening them (so a value too large is refused before joining).
+pub(crate) fn client_max_message(a: &ClientArgs) -> Result<usize> {
+    let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
+    Ok(seeds
+        .iter()
+        .map(|s| match s.kind() {
+            kad_core::TransportKind::Quic => {
+                kad_transport_quic::QuicConfig::default().max_message_len
+            }
+            kad_core::TransportKind::Ws => kad_transport_ws::WsConfig::default().max_message_len,
+            _ => kad_core::MAX_DATAGRAM,
+        })
+        .min()
+        .unwrap_or(kad_core::MAX_DATAGRAM))
+}
+
+pub(crate) async fn within<T>(
+    a: &ClientArgs,
+    f: impl Future<Output = Result<T, DhtError>>,
+) -> Result<T> {
     match tokio::time::timeout(timeout(a)?, f).await {
         Ok(r) => Ok(r?),
         Err(_) => bail!("timed out after {} s", a.timeout),
@@ -262,6 +349,8 @@ pub(crate) struct NodeArgs {
     /// Print a stats line every this many seconds (0: only when stopping).
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     stats_every: f64,
+    #[command(flatten)]
+    store: crate::storage::StoreArgs,
     /// Print one JSON object per line (events: listening, bootstrapped, stats, stopped).
     #[arg(long)]
     pub(crate) json: bool,
@@ -294,21 +383,51 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
             a.stats_every
         );
     }
-    let (identity, created) = match &a.key_file {
-        Some(p) => load_or_create_key(p)?,
+    if let Some(d) = &a.store.data_dir {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("--data-dir {}: cannot create it", d.display()))?;
+    }
+    let (identity, created) = match a.store.key_file(a.key_file.clone()) {
+        Some(p) => load_or_create_key(&p)?,
         None => (fresh_identity()?, false),
     };
     let identity = Arc::new(identity);
+    let store = a.store.open(identity.id())?;
     let transports = transports::listen(&listen, &identity, &a.tls).await?;
     let mut config = native_config();
     config.transport_preference = prefer;
-    let dht = spawn_on(transports.all.clone(), advertise, identity, config)?;
+    let dht = spawn_on(
+        transports.all.clone(),
+        advertise,
+        identity,
+        config,
+        store.setup,
+    )?;
     let c = dht.contact().clone();
     let bound = transports.bound();
+    // A warm restart: the contacts saved last time go back into the table, and join the
+    // network when no --bootstrap is given.
+    let mut seeds = seeds;
+    let mut restored = 0;
+    if let Some(routing) = &store.routing {
+        let saved = routing.load()?;
+        restored = saved.len();
+        if seeds.is_empty() {
+            seeds = saved
+                .iter()
+                .take(16)
+                .flat_map(|c| c.addrs.first().cloned())
+                .collect();
+        }
+        for contact in saved {
+            let _ = dht.add_contact(contact).await;
+        }
+    }
     emit(
         a.json,
         &json!({"event": "listening", "id": c.id.to_string(), "addrs": contact_json(&c)["addrs"],
-                "bound": bound.first(), "bound_all": bound, "key_created": created}),
+                "bound": bound.first(), "bound_all": bound, "key_created": created,
+                "store": store.opened, "restored_contacts": restored, "records": a.store.records}),
         || format!("listening: id {} at {}", c.id, bound.join(", ")),
     );
     if !seeds.is_empty() {
@@ -346,6 +465,8 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     };
     tokio::pin!(stop);
     let every = (a.stats_every > 0.0).then(|| Duration::from_secs_f64(a.stats_every));
+    let mut save = tokio::time::interval(Duration::from_secs(60));
+    save.tick().await;
     loop {
         let tick = async {
             match every {
@@ -356,6 +477,18 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
         tokio::select! {
             () = &mut stop => break,
             () = tick => print_stats(&dht, &transports, a.json, "stats").await,
+            _ = save.tick(), if store.routing.is_some() => {
+                if let Some(r) = &store.routing {
+                    if let Err(e) = crate::storage::save_routing(&dht, r).await {
+                        eprintln!("warning: saving the routing table: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = &store.routing {
+        if let Err(e) = crate::storage::save_routing(&dht, r).await {
+            eprintln!("warning: saving the routing table: {e:#}");
         }
     }
     print_stats(&dht, &transports, a.json, "stopped").await;
@@ -415,7 +548,7 @@ pub(crate) async fn ping(a: PingArgs) -> Result<()> {
     if !(1..=100_000).contains(&a.count) {
         bail!("--count = {} is out of range: 1 to 100000", a.count);
     }
-    let dht = client(&a.client, std::slice::from_ref(&target)).await?;
+    let (dht, _) = client(&a.client, std::slice::from_ref(&target), None).await?;
     for seq in 0..a.count {
         let o = within(&a.client, dht.ping(target.clone())).await?;
         emit(
@@ -479,39 +612,102 @@ pub(crate) async fn lookup(a: LookupArgs) -> Result<()> {
 /// `kad put` flags.
 #[derive(Args, Debug)]
 pub(crate) struct PutArgs {
-    /// The record key, 40 hex digits.
-    #[arg(long)]
-    key: String,
-    /// The value (UTF-8 text as given; at most 45000 bytes).
-    value: String,
+    /// The value: UTF-8 text as given (at most 45000 bytes over UDP, about 750 KB over QUIC or
+    /// WebSocket). Its key is RIPEMD-160(SHA-256(value)) unless --key names one. Give VALUE or
+    /// --file.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    value: Option<String>,
+    /// Store under this key (40 hex digits) instead of the value's content hash: a named
+    /// record, which only nodes running with --records any accept.
+    #[arg(long, conflicts_with = "file")]
+    key: Option<String>,
+    /// Store a whole file: split into chunks sized to the transport's message limit, each
+    /// stored content-addressed, then an index and a manifest; prints one key for the file.
+    /// --timeout then bounds joining only; the transfer runs until done.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Encrypt the file (XChaCha20-Poly1305, a fresh key) and print a capability
+    /// kad:KEY#SECRET: whoever holds it can read the file; nobody else can.
+    #[arg(long, requires = "file")]
+    encrypt: bool,
+    /// Encrypt the file and split its key into N Shamir shares of which any T decrypt
+    /// (`T/N`, e.g. 3/5); prints the file's key and the shares, never the key itself.
+    #[arg(
+        long,
+        requires = "file",
+        conflicts_with = "encrypt",
+        value_name = "T/N"
+    )]
+    shares: Option<String>,
+    /// Plaintext bytes per chunk (default: the largest that fits one message of the transport:
+    /// 35 KiB over UDP, 756 KiB over QUIC or WebSocket).
+    #[arg(long, requires = "file", value_name = "BYTES")]
+    chunk_size: Option<u32>,
+    /// Chunks stored at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    parallel: usize,
+    /// Lifetime of the records in seconds (storing nodes cap it at their own maximum, 24 h by
+    /// default).
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    ttl: u64,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
 
 pub(crate) async fn put(a: PutArgs) -> Result<()> {
-    let key = parse_id("--key", &a.key)?;
-    if a.value.len() > MAX_NATIVE_VALUE {
+    if !(1..=10 * 365 * 86_400).contains(&a.ttl) {
+        bail!("--ttl = {} is out of range: 1 second to 10 years", a.ttl);
+    }
+    let ttl = Duration::from_secs(a.ttl);
+    if let Some(file) = &a.file {
+        return crate::storage::put_file(
+            &a.client,
+            file,
+            a.encrypt,
+            a.shares.as_deref(),
+            a.chunk_size,
+            a.parallel,
+            ttl,
+        )
+        .await;
+    }
+    let value = a.value.clone().unwrap_or_default();
+    let (key, named) = match &a.key {
+        Some(k) => (parse_id("--key", k)?, true),
+        None => (kad_core::content_key(value.as_bytes()), false),
+    };
+    let limit = value_limit(client_max_message(&a.client)?);
+    if value.len() > limit {
         bail!(
-            "VALUE is {} bytes: the limit is {MAX_NATIVE_VALUE} bytes (one datagram)",
-            a.value.len()
+            "VALUE is {} bytes: the limit is {limit} bytes on this transport (use --file for more)",
+            value.len()
         );
     }
-    let (dht, join) = joined(&a.client).await?;
-    let o = within(&a.client, dht.put(key, a.value.clone().into())).await?;
+    let (dht, join, _) = joined_with(&a.client, None).await?;
+    let record = kad_core::Record::new(
+        key,
+        value.clone().into_bytes(),
+        Some(dht.id()),
+        crate::storage::unix_ms(),
+        ttl.as_millis() as u64,
+    );
+    let r = within(&a.client, dht.put_record(record)).await;
+    dht.shutdown().await;
+    let o = r?;
     emit(
         a.client.json,
-        &json!({"key": key.to_string(), "stored": o.stored, "tried": o.tried, "rpcs": o.stats.rpcs,
-                "elapsed_ms": ms(o.elapsed), "join_ms": ms(join)}),
+        &json!({"key": key.to_string(), "content_addressed": !named, "stored": o.stored,
+                "tried": o.tried, "rpcs": o.stats.rpcs, "elapsed_ms": ms(o.elapsed),
+                "join_ms": ms(join)}),
         || {
             format!(
-                "stored at {} of {} nodes in {:.1} ms",
+                "stored at {} of {} nodes in {:.1} ms\nkey: {key}",
                 o.stored,
                 o.tried,
                 ms(o.elapsed)
             )
         },
     );
-    dht.shutdown().await;
     if o.stored == 0 {
         bail!("no node stored the record");
     }
@@ -521,8 +717,24 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
 /// `kad get` flags.
 #[derive(Args, Debug)]
 pub(crate) struct GetArgs {
-    /// The record key, 40 hex digits.
+    /// The key (40 hex digits), or a capability kad:KEY#SECRET printed by `kad put --encrypt`.
     key: String,
+    /// Write the file stored under KEY to this path, fetching chunks in parallel from any
+    /// holder and verifying each; data lands in OUT.part first, and a rerun after an
+    /// interruption keeps the chunks already there. --timeout then bounds joining only.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// A key share printed by `kad put --shares` (repeat it: at least the threshold of them).
+    #[arg(long = "share", value_name = "SHARE", requires = "out")]
+    shares: Vec<String>,
+    /// Chunk fetches in flight at once (with --out).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    parallel: usize,
+    /// Which values to trust: `content` (only a value whose RIPEMD-160(SHA-256) is the key;
+    /// a forged answer is dropped and the next holder asked) or `any` (named records, as
+    /// stored with `kad put --key`).
+    #[arg(long, default_value = "content", value_parser = ["content", "any"])]
+    records: String,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
@@ -531,32 +743,52 @@ pub(crate) struct GetArgs {
 pub(crate) const NOT_FOUND: u8 = 1;
 
 pub(crate) async fn get(a: GetArgs) -> Result<Option<u8>> {
+    if let Some(out) = &a.out {
+        return crate::storage::get_file(&a.client, &a.key, out, &a.shares, a.parallel).await;
+    }
+    if a.key.starts_with("kad:") {
+        bail!("KEY is a capability: a file's; give --out FILE to fetch and decrypt it");
+    }
     let key = parse_id("KEY", &a.key)?;
-    let (dht, join) = joined(&a.client).await?;
+    let validator = crate::storage::validator(&a.records);
+    let (dht, join, _) = joined_with(&a.client, Some(validator)).await?;
     let r = tokio::time::timeout(timeout(&a.client)?, dht.get(key)).await;
+    let rejected = dht.stats().await.map(|s| s.values_rejected).unwrap_or(0);
     dht.shutdown().await;
     let o = match r {
         Err(_) => bail!("timed out after {} s", a.client.timeout),
         Ok(Err(DhtError::Query(QueryError::NotFound))) => {
+            let hint = if rejected > 0 && a.records == "content" {
+                format!(
+                    " ({rejected} answers were dropped: their values do not hash to the key; a named record needs --records any)"
+                )
+            } else {
+                String::new()
+            };
             emit(
                 a.client.json,
-                &json!({"ok": false, "key": key.to_string(), "error": "not found"}),
-                || format!("{key}: not found"),
+                &json!({"ok": false, "key": key.to_string(), "error": "not found", "rejected": rejected}),
+                || format!("{key}: not found{hint}"),
             );
             return Ok(Some(NOT_FOUND));
         }
         Ok(Err(e)) => return Err(e.into()),
         Ok(Ok(o)) => o,
     };
+    let is_file = kad_plugin_storage::Manifest::from_bytes(&o.record.value).is_ok();
     let text = std::str::from_utf8(&o.record.value).ok();
     emit(
         a.client.json,
         &json!({"key": key.to_string(), "value": text,
                 "value_base64": base64::engine::general_purpose::STANDARD.encode(&o.record.value),
+                "file_manifest": is_file,
                 "publisher": o.record.publisher.map(|p| p.to_string()),
                 "expires_at_ms": o.record.expires_at_ms, "hops": o.stats.hops, "rpcs": o.stats.rpcs,
                 "elapsed_ms": ms(o.elapsed), "join_ms": ms(join)}),
         || match text {
+            Some(t) if is_file => {
+                format!("{t}\n(this is a file's manifest: add --out FILE to fetch the file)")
+            }
             Some(t) => t.to_owned(),
             None => format!(
                 "(binary, base64) {}",

@@ -1,103 +1,12 @@
 //! Many `kad node` processes on 127.0.0.1 forming a signed native network; `kad put`, `kad get`
 //! and `kad lookup` run against it as separate processes, as a user would.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::Value;
 
-const KAD: &str = env!("CARGO_BIN_EXE_kad");
-
-/// A node process, killed (by its PID) when dropped.
-struct NodeProc {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    id: String,
-    addr: String,
-    /// Every address of its contact.
-    addrs: Vec<String>,
-}
-
-impl NodeProc {
-    fn start(args: &[&str]) -> Self {
-        Self::start_on("udp://127.0.0.1:0", args)
-    }
-
-    /// A node listening on `listen` (comma-separated URIs).
-    fn start_on(listen: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(KAD)
-            .args(["node", "--listen", listen, "--json", "--for", "120"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kad node");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut p = Self {
-            child,
-            lines,
-            id: String::new(),
-            addr: String::new(),
-            addrs: Vec::new(),
-        };
-        let first = p.next_event("listening");
-        p.id = first["id"].as_str().unwrap().to_owned();
-        p.addr = first["addrs"][0].as_str().unwrap().to_owned();
-        p.addrs = first["addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect();
-        p
-    }
-
-    /// Its address of the given scheme (`udp`, `quic`, `ws`).
-    fn addr_of(&self, scheme: &str) -> &str {
-        self.addrs
-            .iter()
-            .find(|a| a.starts_with(&format!("{scheme}://")))
-            .unwrap_or_else(|| panic!("node has no {scheme}:// address: {:?}", self.addrs))
-    }
-
-    fn next_event(&mut self, event: &str) -> Value {
-        loop {
-            let v = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no {event:?} line within 30 s"));
-            if v["event"] == event {
-                return v;
-            }
-            assert_ne!(v["event"], "bootstrap_failed", "{v}");
-        }
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn kad_json(args: &[&str]) -> (i32, Value) {
-    let out = Command::new(KAD).args(args).arg("--json").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.trim().lines().last().unwrap_or("{}").to_owned();
-    let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-    (out.status.code().unwrap_or(-1), v)
-}
+mod common;
+use common::{KAD, NodeProc, kad_json};
 
 fn xor_hex(a: &str, b: &str) -> Vec<u8> {
     let a = hex::decode(a).unwrap();
@@ -122,24 +31,32 @@ fn twenty_four_node_processes_put_get_and_lookup() {
         nodes.push(p);
     }
 
-    // A put through node 3, a get through node 17: separate client processes.
-    let key = "00112233445566778899aabbccddeeff00112233";
-    let (code, put) = kad_json(&[
-        "put",
-        "--bootstrap",
-        &nodes[3].addr,
-        "--key",
-        key,
-        "signed and stored",
-    ]);
+    // A put through node 3, a get through node 17: separate client processes. The key is the
+    // value's content hash.
+    let (code, put) = kad_json(&["put", "--bootstrap", &nodes[3].addr, "signed and stored"]);
     assert_eq!(code, 0, "{put}");
+    let key = put["key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 40, "{put}");
+    assert_eq!(put["content_addressed"], true);
     assert!(
         put["stored"].as_u64().unwrap() >= 18,
         "stored at (nearly) all k = 20 closest: {put}"
     );
+    let key = key.as_str();
     let (code, got) = kad_json(&["get", "--bootstrap", &nodes[17].addr, key]);
     assert_eq!(code, 0, "{got}");
     assert_eq!(got["value"], "signed and stored");
+
+    // The nodes take only content-addressed records: a named one is refused by every node.
+    let (code, named) = kad_json(&[
+        "put",
+        "--bootstrap",
+        &nodes[3].addr,
+        "--key",
+        "00112233445566778899aabbccddeeff00112233",
+        "not its hash",
+    ]);
+    assert_eq!((code, &named["ok"]), (2, &Value::Bool(false)), "{named}");
 
     // A key nobody stored: not found, exit status 1.
     let (code, missing) = kad_json(&["get", "--bootstrap", &nodes[5].addr, &"ab".repeat(20)]);
@@ -319,16 +236,15 @@ fn mixed_transport_network_bridges_websocket_udp_and_quic_only_peers() {
 
     // A WebSocket-only client puts through a WebSocket-only node; the value lands on every node
     // it can reach (k = 20 > 12): the 4 that speak everything, the 2 WebSocket-only, the 2 UDP+WS.
-    let key_ws = "1111111111111111111111111111111111111111";
     let (code, put) = kad_json(&[
         "put",
         "--bootstrap",
         nodes[6].addr_of("ws"),
-        "--key",
-        key_ws,
         "from a websocket-only client",
     ]);
     assert_eq!(code, 0, "{put}");
+    let key_ws = put["key"].as_str().unwrap().to_owned();
+    let key_ws = key_ws.as_str();
     assert!(put["stored"].as_u64().unwrap() >= 7, "{put}");
     // A UDP-only client and a QUIC-only client get it through single-transport nodes.
     for (node, scheme) in [(4, "udp"), (9, "quic")] {
@@ -338,16 +254,15 @@ fn mixed_transport_network_bridges_websocket_udp_and_quic_only_peers() {
     }
 
     // And back: a UDP-only client puts, a WebSocket-only client gets.
-    let key_udp = "2222222222222222222222222222222222222222";
     let (code, put) = kad_json(&[
         "put",
         "--bootstrap",
         nodes[5].addr_of("udp"),
-        "--key",
-        key_udp,
         "from a udp-only client",
     ]);
     assert_eq!(code, 0, "{put}");
+    let key_udp = put["key"].as_str().unwrap().to_owned();
+    let key_udp = key_udp.as_str();
     let (code, got) = kad_json(&["get", "--bootstrap", nodes[7].addr_of("ws"), key_udp]);
     assert_eq!(code, 0, "{got}");
     assert_eq!(got["value"], "from a udp-only client");

@@ -123,8 +123,8 @@ pub use node::{
 };
 pub use plugin::{Plugin, PluginCx, PluginResponse, Reply, RequestId};
 pub use record::{
-    AcceptAll, Eviction, MemoryStore, Record, RecordStore, RecordValidator, Rejected, StoreError,
-    StoreLimits,
+    AcceptAll, Eviction, IndexEntry, MemoryStore, QuotaIndex, Record, RecordStore, RecordValidator,
+    Rejected, StoreError, StoreLimits,
 };
 pub use routing::{Entry, InsertOutcome, Liveness, RoutingParams, RoutingSnapshot, RoutingTable};
 pub use stats::Stats;

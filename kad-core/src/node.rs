@@ -1173,6 +1173,8 @@ impl Node {
             .saturating_add(self.config.record_ttl.as_millis() as u64);
         record.expires_at_ms = record.expires_at_ms.min(max_expiry);
         record.stored_at_ms = unix;
+        // A record naming no publisher is accounted to the node that sent it.
+        record.publisher.get_or_insert(from);
         if let Some(existing) = self.store.get(&record.key) {
             if existing.value == record.value && existing.published_at_ms > record.published_at_ms {
                 // The same value with an older publish time: keep ours, refresh when we saw it.

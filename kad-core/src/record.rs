@@ -1,6 +1,6 @@
 //! Records, the `RecordStore` hook with its in-memory implementation, and the `RecordValidator` hook.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,7 @@ pub enum Eviction {
     FarthestFirst,
 }
 
-/// Quotas of a [`MemoryStore`].
+/// Quotas of a [`RecordStore`] ([`MemoryStore`], or a persistent store built on [`QuotaIndex`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreLimits {
@@ -130,6 +130,10 @@ pub struct StoreLimits {
     pub max_records: usize,
     /// Most bytes held (values plus 64 bytes of overhead each). Default 64 MiB.
     pub max_bytes: usize,
+    /// Most bytes held for one publisher (the record's `publisher`, or the node that sent the
+    /// STORE when the record names none). Default a quarter of the default `max_bytes`, 16 MiB.
+    /// A publisher over its share is refused; it never evicts another publisher's records.
+    pub max_publisher_bytes: usize,
     /// What happens when full. Default [`Eviction::FarthestFirst`].
     pub eviction: Eviction,
 }
@@ -139,27 +143,73 @@ impl Default for StoreLimits {
         Self {
             max_records: 65_536,
             max_bytes: 64 * 1024 * 1024,
+            max_publisher_bytes: 16 * 1024 * 1024,
             eviction: Eviction::FarthestFirst,
         }
     }
 }
 
-/// The in-memory [`RecordStore`]: records ordered by distance from the local id, with quotas.
+impl StoreLimits {
+    /// Limits of `max_records` records and `max_bytes` bytes, with a per-publisher share of a
+    /// quarter of the bytes and farthest-first eviction.
+    pub fn new(max_records: usize, max_bytes: usize) -> Self {
+        Self {
+            max_records,
+            max_bytes,
+            max_publisher_bytes: max_bytes / 4,
+            eviction: Eviction::FarthestFirst,
+        }
+    }
+
+    /// Sets the per-publisher byte share.
+    pub fn publisher_bytes(mut self, max: usize) -> Self {
+        self.max_publisher_bytes = max;
+        self
+    }
+
+    /// Sets the eviction policy.
+    pub fn eviction(mut self, eviction: Eviction) -> Self {
+        self.eviction = eviction;
+        self
+    }
+}
+
+/// What a [`QuotaIndex`] remembers of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The key.
+    pub key: Key,
+    /// Bytes accounted ([`Record::size`]).
+    pub size: usize,
+    /// The publisher it is accounted to.
+    pub publisher: Option<NodeId>,
+    /// When it expires (wall-clock ms).
+    pub expires_at_ms: u64,
+}
+
+/// The bookkeeping of a bounded store, without the values: sizes, per-publisher usage, expiry
+/// order and the eviction plan (farthest from the local id first). [`MemoryStore`] keeps its
+/// values beside one; a persistent store keeps one in memory (a few dozen bytes a record) and
+/// its values on disk, so both enforce exactly the same quotas.
 #[derive(Debug)]
-pub struct MemoryStore {
+pub struct QuotaIndex {
     local: NodeId,
     limits: StoreLimits,
-    records: BTreeMap<Distance, Record>,
+    entries: BTreeMap<Distance, IndexEntry>,
+    expiry: BTreeSet<(u64, Distance)>,
+    publishers: HashMap<NodeId, usize>,
     bytes: usize,
 }
 
-impl MemoryStore {
-    /// An empty store for the node `local`.
+impl QuotaIndex {
+    /// An empty index for the node `local`.
     pub fn new(local: NodeId, limits: StoreLimits) -> Self {
         Self {
             local,
             limits,
-            records: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            expiry: BTreeSet::new(),
+            publishers: HashMap::new(),
             bytes: 0,
         }
     }
@@ -169,119 +219,194 @@ impl MemoryStore {
         &self.limits
     }
 
-    fn remove_dist(&mut self, d: &Distance) -> Option<Record> {
-        let r = self.records.remove(d)?;
-        self.bytes -= r.size();
-        Some(r)
+    /// Records indexed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes accounted.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Bytes accounted to `publisher`.
+    pub fn publisher_bytes(&self, publisher: &NodeId) -> usize {
+        self.publishers.get(publisher).copied().unwrap_or(0)
+    }
+
+    /// The entry under `key`.
+    pub fn get(&self, key: &Key) -> Option<&IndexEntry> {
+        self.entries.get(&key.distance(&self.local))
+    }
+
+    /// Every key, nearest to the local id first.
+    pub fn keys(&self) -> Vec<Key> {
+        self.entries.values().map(|e| e.key).collect()
+    }
+
+    /// Keys of the records expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> Vec<Key> {
+        self.expiry
+            .range(..(now_ms.saturating_add(1), Distance([0; 20])))
+            .filter_map(|(_, d)| self.entries.get(d).map(|e| e.key))
+            .collect()
+    }
+
+    fn full(what: &'static str, limit: usize) -> StoreError {
+        StoreError::Full { what, limit }
+    }
+
+    /// Decides whether `record` may be stored: `Ok` with the keys to evict first (farthest from
+    /// the local id, only ever farther than the new record), or the limit that refuses it. The
+    /// index is not changed.
+    pub fn plan(&self, record: &Record) -> Result<Vec<Key>, StoreError> {
+        let l = &self.limits;
+        let size = record.size();
+        if size > l.max_bytes {
+            return Err(StoreError::TooLarge {
+                len: size,
+                limit: l.max_bytes,
+            });
+        }
+        let d = record.key.distance(&self.local);
+        let old = self.entries.get(&d);
+        if let Some(p) = record.publisher {
+            let freed = old.filter(|o| o.publisher == Some(p)).map_or(0, |o| o.size);
+            if self.publisher_bytes(&p) - freed + size > l.max_publisher_bytes {
+                return Err(Self::full("publisher bytes", l.max_publisher_bytes));
+            }
+        }
+        let mut recs = self.entries.len() - usize::from(old.is_some());
+        let mut bytes = self.bytes - old.map_or(0, |o| o.size);
+        let fits = |recs: usize, bytes: usize| recs < l.max_records && bytes + size <= l.max_bytes;
+        let refusal = |recs: usize| {
+            if recs >= l.max_records {
+                Self::full("records", l.max_records)
+            } else {
+                Self::full("bytes", l.max_bytes)
+            }
+        };
+        if fits(recs, bytes) {
+            return Ok(Vec::new());
+        }
+        if l.eviction == Eviction::Reject {
+            return Err(refusal(recs));
+        }
+        let mut victims = Vec::new();
+        for (vd, v) in self.entries.iter().rev() {
+            if fits(recs, bytes) || *vd <= d {
+                break; // never evict something closer than (or equal to) the new record
+            }
+            recs -= 1;
+            bytes -= v.size;
+            victims.push(v.key);
+        }
+        if fits(recs, bytes) {
+            Ok(victims)
+        } else {
+            Err(refusal(recs))
+        }
+    }
+
+    /// Indexes `record`, replacing any entry under its key.
+    pub fn insert(&mut self, record: &Record) {
+        self.remove(&record.key);
+        let d = record.key.distance(&self.local);
+        let e = IndexEntry {
+            key: record.key,
+            size: record.size(),
+            publisher: record.publisher,
+            expires_at_ms: record.expires_at_ms,
+        };
+        self.bytes += e.size;
+        if let Some(p) = e.publisher {
+            *self.publishers.entry(p).or_default() += e.size;
+        }
+        self.expiry.insert((e.expires_at_ms, d));
+        self.entries.insert(d, e);
+    }
+
+    /// Removes the entry under `key`.
+    pub fn remove(&mut self, key: &Key) -> Option<IndexEntry> {
+        let d = key.distance(&self.local);
+        let e = self.entries.remove(&d)?;
+        self.bytes -= e.size;
+        self.expiry.remove(&(e.expires_at_ms, d));
+        if let Some(p) = e.publisher {
+            if let Some(b) = self.publishers.get_mut(&p) {
+                *b -= e.size;
+                if *b == 0 {
+                    self.publishers.remove(&p);
+                }
+            }
+        }
+        Some(e)
+    }
+}
+
+/// The in-memory [`RecordStore`]: records ordered by distance from the local id, with quotas.
+#[derive(Debug)]
+pub struct MemoryStore {
+    index: QuotaIndex,
+    records: HashMap<Key, Record>,
+}
+
+impl MemoryStore {
+    /// An empty store for the node `local`.
+    pub fn new(local: NodeId, limits: StoreLimits) -> Self {
+        Self {
+            index: QuotaIndex::new(local, limits),
+            records: HashMap::new(),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &StoreLimits {
+        self.index.limits()
     }
 }
 
 impl RecordStore for MemoryStore {
     fn get(&self, key: &Key) -> Option<Record> {
-        self.records.get(&key.distance(&self.local)).cloned()
+        self.records.get(key).cloned()
     }
 
     fn put(&mut self, record: Record) -> Result<Vec<Record>, StoreError> {
-        let size = record.size();
-        if size > self.limits.max_bytes {
-            return Err(StoreError::TooLarge {
-                len: size,
-                limit: self.limits.max_bytes,
-            });
-        }
-        let d = record.key.distance(&self.local);
-        let old_size = self.records.get(&d).map_or(0, Record::size);
-        let fits = |s: &Self, extra_rec: usize| {
-            s.records.len() + extra_rec <= s.limits.max_records
-                && s.bytes - old_size + size <= s.limits.max_bytes
-        };
-        let new_rec = usize::from(old_size == 0 && !self.records.contains_key(&d));
-        let mut evicted = Vec::new();
-        if !fits(self, new_rec) {
-            match self.limits.eviction {
-                Eviction::Reject => {
-                    let what = if self.records.len() + new_rec > self.limits.max_records {
-                        ("records", self.limits.max_records)
-                    } else {
-                        ("bytes", self.limits.max_bytes)
-                    };
-                    return Err(StoreError::Full {
-                        what: what.0,
-                        limit: what.1,
-                    });
-                }
-                Eviction::FarthestFirst => {
-                    // Plan the evictions first so a refusal leaves the store untouched.
-                    let mut recs = self.records.len();
-                    let mut bytes = self.bytes - old_size;
-                    let mut victims = Vec::new();
-                    for (vd, v) in self.records.iter().rev() {
-                        if recs + new_rec <= self.limits.max_records
-                            && bytes + size <= self.limits.max_bytes
-                        {
-                            break;
-                        }
-                        if *vd <= d {
-                            break; // never evict something closer than (or equal to) the new record
-                        }
-                        recs -= 1;
-                        bytes -= v.size();
-                        victims.push(*vd);
-                    }
-                    if recs + new_rec > self.limits.max_records
-                        || bytes + size > self.limits.max_bytes
-                    {
-                        let what = if recs + new_rec > self.limits.max_records {
-                            ("records", self.limits.max_records)
-                        } else {
-                            ("bytes", self.limits.max_bytes)
-                        };
-                        return Err(StoreError::Full {
-                            what: what.0,
-                            limit: what.1,
-                        });
-                    }
-                    for vd in victims {
-                        if let Some(r) = self.remove_dist(&vd) {
-                            evicted.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        self.remove_dist(&d);
-        self.bytes += size;
-        self.records.insert(d, record);
+        let victims = self.index.plan(&record)?;
+        let evicted = victims.iter().filter_map(|k| self.remove(k)).collect();
+        self.index.insert(&record);
+        self.records.insert(record.key, record);
         Ok(evicted)
     }
 
     fn remove(&mut self, key: &Key) -> Option<Record> {
-        self.remove_dist(&key.distance(&self.local))
+        self.index.remove(key);
+        self.records.remove(key)
     }
 
     fn remove_expired(&mut self, now_ms: u64) -> usize {
-        let expired: Vec<Distance> = self
-            .records
-            .iter()
-            .filter(|(_, r)| r.is_expired(now_ms))
-            .map(|(d, _)| *d)
-            .collect();
-        for d in &expired {
-            self.remove_dist(d);
+        let expired = self.index.expired(now_ms);
+        for k in &expired {
+            self.remove(k);
         }
         expired.len()
     }
 
     fn keys(&self) -> Vec<Key> {
-        self.records.values().map(|r| r.key).collect()
+        self.index.keys()
     }
 
     fn len(&self) -> usize {
-        self.records.len()
+        self.index.len()
     }
 
     fn size_bytes(&self) -> usize {
-        self.bytes
+        self.index.bytes()
     }
 }
 
@@ -340,11 +465,7 @@ mod tests {
     fn reject_policy_refuses_when_full() {
         let mut s = MemoryStore::new(
             NodeId::ZERO,
-            StoreLimits {
-                max_records: 2,
-                max_bytes: 1 << 20,
-                eviction: Eviction::Reject,
-            },
+            StoreLimits::new(2, 1 << 20).eviction(Eviction::Reject),
         );
         s.put(rec(1, 10)).unwrap();
         s.put(rec(2, 10)).unwrap();
@@ -363,14 +484,7 @@ mod tests {
 
     #[test]
     fn farthest_first_evicts_only_farther_records() {
-        let mut s = MemoryStore::new(
-            NodeId::ZERO,
-            StoreLimits {
-                max_records: 2,
-                max_bytes: 1 << 20,
-                eviction: Eviction::FarthestFirst,
-            },
-        );
+        let mut s = MemoryStore::new(NodeId::ZERO, StoreLimits::new(2, 1 << 20));
         s.put(rec(0x10, 1)).unwrap();
         s.put(rec(0x80, 1)).unwrap();
         // 0x20 is closer to ZERO than 0x80: evicts 0x80.
@@ -387,11 +501,7 @@ mod tests {
     fn byte_quota_and_oversize() {
         let mut s = MemoryStore::new(
             NodeId::ZERO,
-            StoreLimits {
-                max_records: 100,
-                max_bytes: 300,
-                eviction: Eviction::FarthestFirst,
-            },
+            StoreLimits::new(100, 300).publisher_bytes(300),
         );
         assert!(matches!(
             s.put(rec(1, 400)),
@@ -422,5 +532,49 @@ mod tests {
         assert!(s.get(&key(1)).is_none());
         assert!(s.get(&key(2)).is_some());
         assert_eq!(s.size_bytes(), 65);
+    }
+
+    #[test]
+    fn publisher_share_is_enforced_without_evicting_others() {
+        let alice = key(0xA1);
+        let bob = key(0xB0);
+        let mut s = MemoryStore::new(
+            NodeId::ZERO,
+            StoreLimits::new(100, 1000).publisher_bytes(300),
+        );
+        let by = |k: u8, len: usize, p: NodeId| Record::new(key(k), vec![0; len], Some(p), 0, 1000);
+        s.put(by(0x80, 100, alice)).unwrap();
+        s.put(by(0x81, 100, bob)).unwrap();
+        // Alice's second record would bring her to 328 bytes: refused, naming the limit.
+        assert_eq!(
+            s.put(by(0x01, 100, alice)),
+            Err(StoreError::Full {
+                what: "publisher bytes",
+                limit: 300
+            })
+        );
+        // Replacing her own record is not growth.
+        s.put(by(0x80, 200, alice)).unwrap();
+        assert_eq!(s.len(), 2);
+        // Once removed, her share is free again.
+        s.remove(&key(0x80));
+        s.put(by(0x01, 200, alice)).unwrap();
+        assert_eq!(s.size_bytes(), 164 + 264);
+    }
+
+    #[test]
+    fn quota_index_plans_without_changing_anything() {
+        let mut ix = QuotaIndex::new(NodeId::ZERO, StoreLimits::new(2, 1 << 20));
+        ix.insert(&rec(0x10, 1));
+        ix.insert(&rec(0x80, 1));
+        assert_eq!(ix.plan(&rec(0x20, 1)), Ok(vec![key(0x80)]));
+        assert_eq!(ix.len(), 2);
+        assert_eq!(
+            ix.plan(&rec(0x80, 5)),
+            Ok(vec![]),
+            "a replacement needs no room"
+        );
+        assert_eq!(ix.expired(10_999), vec![]);
+        assert_eq!(ix.expired(11_000).len(), 2);
     }
 }

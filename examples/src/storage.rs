@@ -1,0 +1,382 @@
+//! Storage on the native network: the persistent record store behind `kad node --data-dir`,
+//! content-addressed `kad put VALUE`, and whole files with `kad put --file` / `kad get --out`
+//! (chunked, verified, optionally encrypted or protected by key shares).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use kad_core::{AcceptAll, Dht, NodeId, RecordValidator, StoreLimits};
+use kad_plugin_storage::{
+    Capability, ContentValidator, FileKey, GetOptions, Protection, PutOptions, RedbStore,
+    RoutingFile, Share, TransferError, chunk_size_for, combine_shares, get_file_with, get_manifest,
+};
+use serde_json::json;
+
+use crate::net::{ClientArgs, Setup, emit, joined_with, ms, value_limit};
+
+/// `kad node` flags for what the node stores.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct StoreArgs {
+    /// Directory of the node's persistent state: its records (records.redb; each STORE is
+    /// committed to disk before it is acknowledged, and expiry times are wall-clock so they
+    /// hold across restarts), its routing table (for warm restarts: a node restarted without
+    /// --bootstrap rejoins through the contacts it saved), and its key (node.key, unless
+    /// --key-file is given). Without it, records live in memory and die with the process.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Which records the node accepts: `content` (the key must be RIPEMD-160(SHA-256(value)):
+    /// forged values are refused) or `any` (any key, e.g. for `kad put --key`).
+    #[arg(long, default_value = "content", value_parser = ["content", "any"])]
+    pub(crate) records: String,
+    /// Most records held.
+    #[arg(long, default_value_t = 65_536, value_name = "N")]
+    pub(crate) max_records: usize,
+    /// Most megabytes of records held (values plus 64 bytes each). When full, a record closer
+    /// to this node's id evicts the farthest ones; a farther one is refused with "store full".
+    /// Default: 64 in memory, 1024 with --data-dir.
+    #[arg(long, value_name = "MB")]
+    pub(crate) max_store_mb: Option<f64>,
+    /// Most megabytes held for any one publisher (default: a quarter of --max-store-mb).
+    #[arg(long, value_name = "MB")]
+    pub(crate) max_publisher_mb: Option<f64>,
+}
+
+fn mb(field: &str, v: f64) -> Result<usize> {
+    if !(v > 0.0 && v <= 1e7) {
+        bail!("{field} = {v} is out of range: more than 0 and at most 10000000 MB");
+    }
+    Ok((v * 1024.0 * 1024.0) as usize)
+}
+
+/// The wall clock in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The validator for `--records`.
+pub(crate) fn validator(records: &str) -> Arc<dyn RecordValidator> {
+    if records == "any" {
+        Arc::new(AcceptAll)
+    } else {
+        Arc::new(ContentValidator)
+    }
+}
+
+/// What `kad node` stores with: its store and validator, plus the routing file with a data dir.
+pub(crate) struct NodeStore {
+    pub(crate) setup: Setup,
+    pub(crate) routing: Option<RoutingFile>,
+    pub(crate) opened: serde_json::Value,
+}
+
+impl StoreArgs {
+    /// The key file to use: --key-file, else DIR/node.key with a data dir.
+    pub(crate) fn key_file(&self, key_file: Option<PathBuf>) -> Option<PathBuf> {
+        key_file.or_else(|| self.data_dir.as_ref().map(|d| d.join("node.key")))
+    }
+
+    /// Opens the store for the node `local`.
+    pub(crate) fn open(&self, local: NodeId) -> Result<NodeStore> {
+        if self.max_records == 0 {
+            bail!("--max-records must be at least 1");
+        }
+        let default_mb = if self.data_dir.is_some() {
+            1024.0
+        } else {
+            64.0
+        };
+        let max_bytes = mb("--max-store-mb", self.max_store_mb.unwrap_or(default_mb))?;
+        let per = match self.max_publisher_mb {
+            Some(v) => mb("--max-publisher-mb", v)?,
+            None => max_bytes / 4,
+        };
+        let limits = StoreLimits::new(self.max_records, max_bytes).publisher_bytes(per);
+        let validator = Some(validator(&self.records));
+        let Some(dir) = &self.data_dir else {
+            let store = kad_core::MemoryStore::new(local, limits);
+            return Ok(NodeStore {
+                setup: Setup {
+                    store: Some(Box::new(store)),
+                    validator,
+                    storage_plugin: true,
+                },
+                routing: None,
+                opened: json!(null),
+            });
+        };
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--data-dir {}: cannot create it", dir.display()))?;
+        let path = dir.join("records.redb");
+        let store = RedbStore::open(&path, local, limits, unix_ms())
+            .with_context(|| format!("--data-dir {}", dir.display()))?;
+        let s = store.open_stats();
+        let routing = store.routing();
+        Ok(NodeStore {
+            opened: json!({"path": path.display().to_string(), "loaded": s.loaded,
+                           "expired": s.expired, "evicted": s.evicted, "corrupt": s.corrupt}),
+            setup: Setup {
+                store: Some(Box::new(store)),
+                validator,
+                storage_plugin: true,
+            },
+            routing: Some(routing),
+        })
+    }
+}
+
+/// Saves the node's routing table into its data dir.
+pub(crate) async fn save_routing(dht: &Dht, routing: &RoutingFile) -> Result<usize> {
+    let snap = dht.snapshot().await?;
+    routing.save(&snap.contacts)?;
+    Ok(snap.contacts.len())
+}
+
+/// A progress bar on stderr (hidden with --json or when stderr is not a terminal).
+fn bar(json: bool, what: &str) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn progress(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        if pb.length() != Some(total) {
+            pb.set_length(total);
+        }
+        pb.set_position(done);
+    }
+}
+
+/// Parses `--shares T/N`.
+fn parse_shares(s: &str) -> Result<(u8, u8)> {
+    let err = || {
+        anyhow::anyhow!(
+            "--shares {s:?}: expected T/N, e.g. 3/5 (any T of N shares decrypt; 1 <= T <= N <= 255)"
+        )
+    };
+    let (t, n) = s.split_once('/').ok_or_else(err)?;
+    let t: u8 = t.trim().parse().map_err(|_| err())?;
+    let n: u8 = n.trim().parse().map_err(|_| err())?;
+    if t == 0 || t > n {
+        return Err(err());
+    }
+    Ok((t, n))
+}
+
+/// `kad put --file`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn put_file(
+    client: &ClientArgs,
+    path: &Path,
+    encrypt: bool,
+    shares: Option<&str>,
+    chunk_size: Option<u32>,
+    parallel: usize,
+    ttl: Duration,
+) -> Result<()> {
+    let protection = match (encrypt, shares) {
+        (_, Some(s)) => {
+            let (threshold, shares) = parse_shares(s)?;
+            Protection::Shared { threshold, shares }
+        }
+        (true, None) => Protection::Encrypted,
+        (false, None) => Protection::Plain,
+    };
+    if !(1..=256).contains(&parallel) {
+        bail!("--parallel = {parallel} is out of range: 1 to 256");
+    }
+    std::fs::metadata(path).with_context(|| format!("--file {}", path.display()))?;
+    let (dht, join, max_message) = joined_with(client, None).await?;
+    let max_value = value_limit(max_message);
+    let tag = if protection == Protection::Plain {
+        0
+    } else {
+        kad_plugin_storage::TAG_LEN
+    };
+    let chunk_size = match chunk_size {
+        Some(c) if c == 0 || c as usize + tag > max_value => bail!(
+            "--chunk-size = {c} is out of range: 1 to {} bytes on this transport",
+            max_value - tag
+        ),
+        Some(c) => c,
+        None => chunk_size_for(max_message),
+    };
+    let opts = PutOptions {
+        chunk_size,
+        parallel,
+        max_value_len: max_value,
+        protection,
+        ttl,
+        ..PutOptions::default()
+    };
+    let pb = bar(client.json, "put");
+    // --timeout bounds joining; the transfer runs until done or a chunk fails for good.
+    let r = kad_plugin_storage::put_file(&dht, path, &opts, &progress(&pb)).await;
+    pb.finish_and_clear();
+    dht.shutdown().await;
+    let r = r?;
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let cap = r.capability.as_ref().map(ToString::to_string);
+    let shares: Vec<String> = r.shares.iter().map(ToString::to_string).collect();
+    emit(
+        client.json,
+        &json!({"ok": true, "key": r.key.to_string(), "capability": cap, "shares": shares,
+                "size": r.size, "chunks": r.chunks, "chunk_size": chunk_size,
+                "index_blobs": r.index_blobs, "min_replicas": r.min_replicas, "retries": r.retries,
+                "elapsed_ms": ms(r.elapsed), "mb_per_s": r.size as f64 / 1e6 / secs,
+                "join_ms": ms(join)}),
+        || {
+            let mut s = format!(
+                "stored {} bytes as {} chunks of {} bytes (each on at least {} nodes) in {:.1} s, {:.1} MB/s",
+                r.size,
+                r.chunks,
+                chunk_size,
+                r.min_replicas,
+                secs,
+                r.size as f64 / 1e6 / secs
+            );
+            match (&cap, shares.is_empty()) {
+                (Some(c), _) => s.push_str(&format!(
+                    "\ncapability (keep it secret: it reads the file):\n{c}"
+                )),
+                (None, false) => {
+                    s.push_str(&format!(
+                        "\nkey: {}\nshares (give each to a different holder; the threshold of them decrypt):",
+                        r.key
+                    ));
+                    for sh in &shares {
+                        s.push_str(&format!("\n{sh}"));
+                    }
+                }
+                (None, true) => s.push_str(&format!("\nkey: {}", r.key)),
+            }
+            s
+        },
+    );
+    Ok(())
+}
+
+/// `kad get KEY --out FILE` (KEY may be a capability; `shares` rebuild the key).
+pub(crate) async fn get_file(
+    client: &ClientArgs,
+    key_arg: &str,
+    out: &Path,
+    shares: &[String],
+    parallel: usize,
+) -> Result<Option<u8>> {
+    if !(1..=256).contains(&parallel) {
+        bail!("--parallel = {parallel} is out of range: 1 to 256");
+    }
+    let (key, mut file_key) = parse_key_or_capability(key_arg)?;
+    if !shares.is_empty() {
+        if file_key.is_some() {
+            bail!("--share: KEY is already a capability with its secret; give one or the other");
+        }
+        let parsed = shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<Share>()
+                    .map_err(|e| anyhow::anyhow!("--share #{}: {e}", i + 1))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        file_key = Some(combine_shares(&parsed).context("--share")?);
+    }
+    let (dht, join, max_message) = joined_with(client, Some(Arc::new(ContentValidator))).await?;
+    let opts = GetOptions {
+        parallel,
+        max_reply_bytes: value_limit(max_message),
+        ..GetOptions::default()
+    };
+    let t0 = Instant::now();
+    let pb = bar(client.json, "get");
+    let r: Result<_, TransferError> = async {
+        let manifest = get_manifest(&dht, key).await?;
+        get_file_with(
+            &dht,
+            key,
+            &manifest,
+            file_key.as_ref(),
+            out,
+            &opts,
+            &progress(&pb),
+            t0,
+        )
+        .await
+    }
+    .await;
+    pb.finish_and_clear();
+    dht.shutdown().await;
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            if let TransferError::NotFound { .. } = e {
+                emit(
+                    client.json,
+                    &json!({"ok": false, "key": key.to_string(), "error": format!("{e:#}")}),
+                    || format!("{e:#}"),
+                );
+                return Ok(Some(crate::net::NOT_FOUND));
+            }
+            return Err(e.into());
+        }
+    };
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    emit(
+        client.json,
+        &json!({"ok": true, "key": key.to_string(), "out": out.display().to_string(),
+                "name": r.name, "size": r.size, "chunks": r.chunks, "resumed_chunks": r.resumed,
+                "fetches": r.fetches, "bad_chunks": r.bad_chunks, "failed_fetches": r.failed_fetches,
+                "lookups": r.lookups, "holders": r.holders_used, "elapsed_ms": ms(r.elapsed),
+                "mb_per_s": r.size as f64 / 1e6 / secs, "join_ms": ms(join)}),
+        || {
+            format!(
+                "wrote {} bytes to {} in {:.2} s ({:.1} MB/s) from {} holders{}{}",
+                r.size,
+                out.display(),
+                secs,
+                r.size as f64 / 1e6 / secs,
+                r.holders_used,
+                if r.resumed > 0 {
+                    format!(", resuming with {} chunks already there", r.resumed)
+                } else {
+                    String::new()
+                },
+                if r.bad_chunks > 0 {
+                    format!(", {} bad chunks refetched", r.bad_chunks)
+                } else {
+                    String::new()
+                }
+            )
+        },
+    );
+    Ok(None)
+}
+
+/// `KEY` as 40 hex digits, or a capability `kad:KEY#SECRET`.
+pub(crate) fn parse_key_or_capability(s: &str) -> Result<(NodeId, Option<FileKey>)> {
+    if s.starts_with("kad:") {
+        let c: Capability = s.parse().map_err(|e| anyhow::anyhow!("KEY {e}"))?;
+        return Ok((c.manifest, Some(c.key)));
+    }
+    let k = s.parse::<NodeId>().map_err(|_| {
+        anyhow::anyhow!("KEY {s:?}: expected 40 hex digits or a capability kad:KEY#SECRET")
+    })?;
+    Ok((k, None))
+}

@@ -1,0 +1,104 @@
+//! Helpers shared by the tests that run `kad` processes.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const KAD: &str = env!("CARGO_BIN_EXE_kad");
+
+/// A node process, killed (by its PID) when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub lines: mpsc::Receiver<Value>,
+    pub id: String,
+    pub addr: String,
+    /// Every address of its contact.
+    pub addrs: Vec<String>,
+    /// Its `listening` line.
+    pub listening: Value,
+}
+
+impl NodeProc {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_on("udp://127.0.0.1:0", args)
+    }
+
+    /// A node listening on `listen` (comma-separated URIs).
+    pub fn start_on(listen: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(KAD)
+            .args(["node", "--listen", listen, "--json", "--for", "120"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kad node");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut p = Self {
+            child,
+            lines,
+            id: String::new(),
+            addr: String::new(),
+            addrs: Vec::new(),
+            listening: Value::Null,
+        };
+        let first = p.next_event("listening");
+        p.listening = first.clone();
+        p.id = first["id"].as_str().unwrap().to_owned();
+        p.addr = first["addrs"][0].as_str().unwrap().to_owned();
+        p.addrs = first["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        p
+    }
+
+    /// Its address of the given scheme (`udp`, `quic`, `ws`).
+    pub fn addr_of(&self, scheme: &str) -> &str {
+        self.addrs
+            .iter()
+            .find(|a| a.starts_with(&format!("{scheme}://")))
+            .unwrap_or_else(|| panic!("node has no {scheme}:// address: {:?}", self.addrs))
+    }
+
+    pub fn next_event(&mut self, event: &str) -> Value {
+        loop {
+            let v = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {event:?} line within 30 s"));
+            if v["event"] == event {
+                return v;
+            }
+            assert_ne!(v["event"], "bootstrap_failed", "{v}");
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn kad_json(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(KAD).args(args).arg("--json").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.trim().lines().last().unwrap_or("{}").to_owned();
+    let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (out.status.code().unwrap_or(-1), v)
+}

@@ -1,0 +1,354 @@
+//! `kad node --data-dir` and `kad put --file` / `kad get --out` as a user runs them: node
+//! processes on 127.0.0.1, killed with SIGKILL and restarted on the same directory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kad_core::{
+    Config, Contact, Dht, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, PeerAddr, Record,
+    content_key,
+};
+use kad_plugin_storage::{FETCH, FetchParams, FetchReply};
+use kad_transport_udp::UdpTransport;
+use serde_json::Value;
+
+mod common;
+use common::{NodeProc, kad_json};
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A read-only native client over UDP, joined through `seed`.
+async fn client(seed: &str, secret: u8) -> Dht {
+    let id = Arc::new(NativeIdentity::from_secret(&[secret; 32]).unwrap());
+    let udp = Arc::new(
+        UdpTransport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
+    );
+    let mut c = Config::default();
+    c.read_only = true;
+    c.max_value_len = MAX_NATIVE_VALUE;
+    let b = Node::builder(c)
+        .identity(id.clone())
+        .codec(Box::new(NativeCodec::new(id)));
+    let dht = Dht::spawn(b, vec![udp]).unwrap();
+    dht.bootstrap(vec![seed.parse::<PeerAddr>().unwrap()])
+        .await
+        .unwrap();
+    dht
+}
+
+/// The values `node` holds among `keys`, asked with `storage.FETCH` in batches.
+async fn held(
+    dht: &Dht,
+    node: &Contact,
+    keys: &[kad_core::Key],
+) -> Vec<(kad_core::Key, bytes::Bytes)> {
+    let mut out = Vec::new();
+    for batch in keys.chunks(200) {
+        let params = FetchParams {
+            keys: batch.to_vec(),
+            max_bytes: 40_000,
+        };
+        let mut asked = batch.to_vec();
+        while !asked.is_empty() {
+            let p = FetchParams {
+                keys: asked.clone(),
+                ..params.clone()
+            };
+            let r = dht
+                .call(node.clone(), FETCH, serde_json::to_vec(&p).unwrap().into())
+                .await
+                .unwrap();
+            let r: FetchReply = serde_json::from_slice(&r).unwrap();
+            let answered: Vec<_> = r
+                .values
+                .iter()
+                .map(|(k, _)| *k)
+                .chain(r.missing.iter().copied())
+                .collect();
+            assert!(!answered.is_empty(), "a fetch answers at least one key");
+            asked.retain(|k| !answered.contains(k));
+            out.extend(r.values);
+        }
+    }
+    out
+}
+
+fn contact_of(p: &NodeProc) -> Contact {
+    Contact::new(p.id.parse().unwrap(), p.addr.parse::<PeerAddr>().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_stores_survive_kill_9_and_expiry_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut node = NodeProc::start(&["--data-dir", d]);
+    assert_eq!(node.listening["store"]["loaded"], 0);
+    let c = client(&node.addr, 7).await;
+
+    // A record that expires in 2 s and one that lives an hour, stored before the crash.
+    let short = Record::new(
+        content_key(b"short-lived"),
+        &b"short-lived"[..],
+        Some(c.id()),
+        unix_ms(),
+        2_000,
+    );
+    let long = Record::new(
+        content_key(b"long-lived"),
+        &b"long-lived"[..],
+        Some(c.id()),
+        unix_ms(),
+        3_600_000,
+    );
+    assert_eq!(c.put_record(short.clone()).await.unwrap().stored, 1);
+    assert_eq!(c.put_record(long.clone()).await.unwrap().stored, 1);
+
+    // Four writers stream records; the node is killed (SIGKILL) while they write. Every record
+    // a STORE answer acknowledged is kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u32 {
+        let (c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let v = format!(
+                    "writer {w} record {i} {}",
+                    "x".repeat((i % 7 * 150) as usize)
+                );
+                i += 1;
+                let r = Record::new(
+                    content_key(v.as_bytes()),
+                    v.into_bytes(),
+                    Some(c.id()),
+                    unix_ms(),
+                    3_600_000,
+                );
+                let key = r.key;
+                match tokio::time::timeout(Duration::from_secs(2), c.put_record(r)).await {
+                    Ok(Ok(o)) if o.stored >= 1 => acked.push(key),
+                    _ => {}
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    node.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(
+        acked.len() >= 50,
+        "the writers got going before the kill: {}",
+        acked.len()
+    );
+    c.shutdown().await;
+
+    // Past the short record's expiry, restart on the same directory (same key, same id).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let again = NodeProc::start(&["--data-dir", d]);
+    assert_eq!(again.id, node.id, "the key lives in the data directory");
+    let opened = &again.listening["store"];
+    assert!(
+        opened["loaded"].as_u64().unwrap() as usize > acked.len(),
+        "{opened}"
+    );
+    assert_eq!(
+        opened["expired"], 1,
+        "the 2 s record expired while the node was down: {opened}"
+    );
+    assert_eq!(opened["corrupt"], 0, "{opened}");
+
+    let c = client(&again.addr, 8).await;
+    let got = held(&c, &contact_of(&again), &acked).await;
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|k| !got.iter().any(|(g, _)| g == *k))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    for (k, v) in &got {
+        assert_eq!(content_key(v), *k, "values are intact");
+    }
+    // The long record kept its wall-clock expiry; the short one is gone.
+    let l = c.get(long.key).await.unwrap();
+    assert_eq!(l.record.expires_at_ms, long.expires_at_ms);
+    assert_eq!(l.record.published_at_ms, long.published_at_ms);
+    assert!(c.get(short.key).await.is_err());
+    c.shutdown().await;
+}
+
+#[test]
+fn a_restarted_node_rejoins_through_the_contacts_it_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut first = NodeProc::start(&["--data-dir", d, "--for", "4"]);
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut p = NodeProc::start(&["--bootstrap", &first.addr]);
+        p.next_event("bootstrapped");
+        others.push(p);
+    }
+    // Stopping at the end of --for, it saves its routing table.
+    first.next_event("stopped");
+    drop(first);
+    // Restarted without --bootstrap, it rejoins through the saved contacts.
+    let mut again = NodeProc::start(&["--data-dir", d]);
+    let restored = again.listening["restored_contacts"].as_u64().unwrap();
+    assert!(restored >= 3, "{}", again.listening);
+    let b = again.next_event("bootstrapped");
+    assert!(b["closest"].as_u64().unwrap() >= 3, "{b}");
+}
+
+#[test]
+fn files_round_trip_through_node_processes_with_encryption_and_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = vec![NodeProc::start_on(
+        "udp://127.0.0.1:0,quic://127.0.0.1:0",
+        &[],
+    )];
+    for _ in 0..5 {
+        let mut p = NodeProc::start_on(
+            "udp://127.0.0.1:0,quic://127.0.0.1:0",
+            &["--bootstrap", nodes[0].addr_of("udp")],
+        );
+        p.next_event("bootstrapped");
+        nodes.push(p);
+    }
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let input = dir.path().join("input.bin");
+    std::fs::write(&input, &data).unwrap();
+    let inp = input.to_str().unwrap();
+    for scheme in ["udp", "quic"] {
+        let boot = nodes[1].addr_of(scheme);
+        // Plain.
+        let (code, put) = kad_json(&["put", "--bootstrap", boot, "--file", inp]);
+        assert_eq!(code, 0, "{put}");
+        let key = put["key"].as_str().unwrap();
+        let expect_chunk = if scheme == "udp" {
+            35 * 1024
+        } else {
+            756 * 1024
+        };
+        assert_eq!(put["chunk_size"], expect_chunk, "{scheme}: {put}");
+        let out = dir.path().join(format!("plain-{scheme}.bin"));
+        let o = out.to_str().unwrap();
+        let (code, got) = kad_json(&[
+            "get",
+            "--bootstrap",
+            nodes[4].addr_of(scheme),
+            key,
+            "--out",
+            o,
+        ]);
+        assert_eq!(code, 0, "{got}");
+        assert_eq!(std::fs::read(&out).unwrap(), data, "{scheme}");
+        // The manifest is a record too: a plain get says it is a file.
+        let (code, m) = kad_json(&["get", "--bootstrap", boot, key]);
+        assert_eq!((code, &m["file_manifest"]), (0, &Value::Bool(true)), "{m}");
+
+        // Encrypted: the capability decrypts.
+        let (code, put) = kad_json(&["put", "--bootstrap", boot, "--file", inp, "--encrypt"]);
+        assert_eq!(code, 0, "{put}");
+        let cap = put["capability"].as_str().unwrap();
+        assert!(cap.starts_with("kad:"), "{put}");
+        let out = dir.path().join(format!("enc-{scheme}.bin"));
+        let o = out.to_str().unwrap();
+        let (code, got) = kad_json(&[
+            "get",
+            "--bootstrap",
+            nodes[2].addr_of(scheme),
+            cap,
+            "--out",
+            o,
+        ]);
+        assert_eq!(code, 0, "{got}");
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        // Without the secret: a clear error, nothing written.
+        let key_only = &cap[4..44];
+        let out = dir.path().join(format!("nokey-{scheme}.bin"));
+        let o = out.to_str().unwrap();
+        let (code, e) = kad_json(&["get", "--bootstrap", boot, key_only, "--out", o]);
+        assert_eq!(code, 2, "{e}");
+        assert!(e["error"].as_str().unwrap().contains("encrypted"), "{e}");
+        assert!(!out.exists());
+    }
+
+    // Shares 2/3 over QUIC: two shares decrypt, one does not, a mistyped share is named.
+    let boot = nodes[3].addr_of("quic");
+    let (code, put) = kad_json(&["put", "--bootstrap", boot, "--file", inp, "--shares", "2/3"]);
+    assert_eq!(code, 0, "{put}");
+    assert!(put["capability"].is_null());
+    let key = put["key"].as_str().unwrap();
+    let shares: Vec<&str> = put["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(shares.len(), 3);
+    let out = dir.path().join("shared.bin");
+    let o = out.to_str().unwrap();
+    let (code, got) = kad_json(&[
+        "get",
+        "--bootstrap",
+        boot,
+        key,
+        "--out",
+        o,
+        "--share",
+        shares[2],
+        "--share",
+        shares[0],
+    ]);
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let (code, e) = kad_json(&[
+        "get",
+        "--bootstrap",
+        boot,
+        key,
+        "--out",
+        o,
+        "--share",
+        shares[1],
+    ]);
+    assert_eq!(code, 2, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("need 2"), "{e}");
+    let mut typo = shares[1].to_owned();
+    typo.replace_range(20..21, if &typo[20..21] == "a" { "b" } else { "a" });
+    let (code, e) = kad_json(&[
+        "get",
+        "--bootstrap",
+        boot,
+        key,
+        "--out",
+        o,
+        "--share",
+        shares[0],
+        "--share",
+        &typo,
+    ]);
+    assert_eq!(code, 2, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("--share #2"), "{e}");
+}

@@ -1,0 +1,860 @@
+//! Moving whole files through a running [`Dht`]: chunk, encrypt, store, and fetch back in
+//! parallel from any holder, verifying every chunk.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kad_core::{Contact, Dht, DhtError, Key, NodeId, QueryError, Record};
+use tokio::task::JoinSet;
+
+use crate::plugin::{FETCH, FetchParams, FetchReply};
+use crate::{
+    BlobError, Capability, Encryption, FileKey, Manifest, Share, chunk_root, content_key,
+    index_blobs, open_chunk, parse_index_blob, seal_chunk, split_key,
+};
+
+/// How a file is protected when it is put.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protection {
+    /// Stored as is: anyone with the key reads it.
+    #[default]
+    Plain,
+    /// Encrypted under a fresh key, given back as a [`Capability`].
+    Encrypted,
+    /// Encrypted under a fresh key split into `shares` Shamir shares, any `threshold` of which
+    /// rebuild it. The key itself is never printed.
+    Shared {
+        /// Shares needed.
+        threshold: u8,
+        /// Shares made.
+        shares: u8,
+    },
+}
+
+/// Options of [`put_file`].
+#[derive(Clone, Debug)]
+pub struct PutOptions {
+    /// Plaintext bytes per chunk (see [`chunk_size_for`](crate::chunk_size_for)).
+    pub chunk_size: u32,
+    /// Chunks stored at once.
+    pub parallel: usize,
+    /// Largest record value the network takes (index blobs are cut to it).
+    pub max_value_len: usize,
+    /// Encryption.
+    pub protection: Protection,
+    /// Record lifetime.
+    pub ttl: Duration,
+    /// Attempts per chunk before giving up.
+    pub attempts: u32,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 32 * 1024,
+            parallel: 8,
+            max_value_len: 45_000,
+            protection: Protection::Plain,
+            ttl: Duration::from_secs(24 * 3600),
+            attempts: 3,
+        }
+    }
+}
+
+/// What [`put_file`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PutReport {
+    /// The file's key (its manifest's content key).
+    pub key: Key,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// Data chunks.
+    pub chunks: u64,
+    /// Index blobs.
+    pub index_blobs: usize,
+    /// The fewest nodes that stored any one record (chunk, index blob or manifest).
+    pub min_replicas: usize,
+    /// Stores retried after a failure.
+    pub retries: u64,
+    /// The capability (key plus secret) of an [`Protection::Encrypted`] file.
+    pub capability: Option<Capability>,
+    /// The shares of a [`Protection::Shared`] file.
+    pub shares: Vec<Share>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Reading or writing a local file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A bad option (names the field and the limit).
+    #[error("{0}")]
+    Invalid(String),
+    /// The manifest, a share, a key or a chunk did not check out.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The node failed.
+    #[error(transparent)]
+    Dht(#[from] DhtError),
+    /// A record could not be stored anywhere.
+    #[error("{what}: no node stored it after {attempts} attempts (last error: {last})")]
+    NotStored {
+        /// Which record.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+    /// A record was not found at any holder.
+    #[error("{what} ({key}) was not found at any holder (asked {asked} nodes)")]
+    NotFound {
+        /// Which record.
+        what: String,
+        /// Its key.
+        key: Key,
+        /// Holders asked.
+        asked: usize,
+    },
+    /// The key is a plain record, not a file manifest.
+    #[error("{0} is not a file manifest")]
+    NotAFile(Key),
+    /// An encrypted file was asked for without its key.
+    #[error("the file is encrypted: give its capability (kad:KEY#SECRET) or enough shares")]
+    KeyNeeded,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+    move |source| TransferError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stores one record (content-addressed) with retries; returns how many nodes stored it.
+async fn store(
+    dht: &Dht,
+    what: &str,
+    value: Bytes,
+    ttl: Duration,
+    attempts: u32,
+    retries: &mut u64,
+) -> Result<(Key, usize), TransferError> {
+    let key = content_key(&value);
+    let mut last = String::new();
+    for attempt in 0..attempts.max(1) {
+        if attempt > 0 {
+            *retries += 1;
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+        }
+        let record = Record::new(
+            key,
+            value.clone(),
+            Some(dht.id()),
+            unix_ms(),
+            ttl.as_millis() as u64,
+        );
+        match dht.put_record(record).await {
+            Ok(o) if o.stored > 0 => return Ok((key, o.stored)),
+            Ok(o) => last = format!("0 of {} nodes stored it", o.tried),
+            Err(DhtError::Command(e)) => {
+                return Err(TransferError::Invalid(format!("{what}: {e}")));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(TransferError::NotStored {
+        what: what.to_owned(),
+        attempts,
+        last,
+    })
+}
+
+/// Splits the file at `path` into chunks, stores each (encrypted first when asked), then the
+/// index blobs and the manifest, `opts.parallel` records at a time. `progress(done, total)`
+/// is called with plaintext bytes stored.
+pub async fn put_file(
+    dht: &Dht,
+    path: &Path,
+    opts: &PutOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<PutReport, TransferError> {
+    let t0 = Instant::now();
+    if opts.chunk_size == 0 || opts.chunk_size as usize > opts.max_value_len {
+        return Err(TransferError::Invalid(format!(
+            "chunk size {} is out of range: 1 to {} bytes (the largest value the network takes)",
+            opts.chunk_size, opts.max_value_len
+        )));
+    }
+    let sealed_extra = if opts.protection == Protection::Plain {
+        0
+    } else {
+        crate::TAG_LEN
+    };
+    if opts.chunk_size as usize + sealed_extra > opts.max_value_len {
+        return Err(TransferError::Invalid(format!(
+            "chunk size {} plus the {sealed_extra}-byte tag exceeds the value limit of {} bytes",
+            opts.chunk_size, opts.max_value_len
+        )));
+    }
+    let mut file = File::open(path).map_err(io(path))?;
+    let size = file.metadata().map_err(io(path))?.len();
+    let chunks = size.div_ceil(u64::from(opts.chunk_size));
+    let key = match opts.protection {
+        Protection::Plain => None,
+        _ => Some(FileKey::generate()?),
+    };
+    let mut keys = vec![NodeId::ZERO; chunks as usize];
+    let mut min_replicas = usize::MAX;
+    let mut retries = 0u64;
+    let mut done = 0u64;
+    progress(0, size);
+    let mut tasks: JoinSet<Result<(u64, usize, Key, usize, u64), TransferError>> = JoinSet::new();
+    let mut next = 0u64;
+    let parallel = opts.parallel.max(1);
+    loop {
+        while next < chunks && tasks.len() < parallel {
+            let len = (size - next * u64::from(opts.chunk_size)).min(u64::from(opts.chunk_size));
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact(&mut buf).map_err(io(path))?;
+            let value = match &key {
+                Some(k) => seal_chunk(k, next, chunks, &buf),
+                None => buf,
+            };
+            let (dht, ttl, attempts, i) = (dht.clone(), opts.ttl, opts.attempts, next);
+            tasks.spawn(async move {
+                let mut r = 0;
+                let what = format!("chunk {i}");
+                let (k, n) = store(&dht, &what, value.into(), ttl, attempts, &mut r).await?;
+                Ok((i, len as usize, k, n, r))
+            });
+            next += 1;
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (i, len, k, n, r) = joined.map_err(|e| TransferError::Invalid(e.to_string()))??;
+        keys[i as usize] = k;
+        min_replicas = min_replicas.min(n);
+        retries += r;
+        done += len as u64;
+        progress(done, size);
+    }
+    let blobs = index_blobs(&keys, opts.max_value_len)?;
+    let mut index = Vec::with_capacity(blobs.len());
+    for (i, b) in blobs.into_iter().enumerate() {
+        let what = format!("index blob {i}");
+        let (k, n) = store(dht, &what, b.into(), opts.ttl, opts.attempts, &mut retries).await?;
+        index.push(k);
+        min_replicas = min_replicas.min(n);
+    }
+    let manifest = Manifest {
+        size,
+        chunk_size: opts.chunk_size,
+        chunks,
+        index,
+        root: chunk_root(&keys),
+        name: match key {
+            Some(_) => None,
+            None => path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+                .filter(|n| n.len() <= 255),
+        },
+        encryption: key.as_ref().map(|k| Encryption {
+            key_check: k.check(),
+        }),
+    };
+    let bytes = manifest.to_bytes();
+    if bytes.len() > opts.max_value_len {
+        return Err(TransferError::Invalid(format!(
+            "the manifest is {} bytes, over the value limit of {} bytes: use larger chunks",
+            bytes.len(),
+            opts.max_value_len
+        )));
+    }
+    let (file_key, n) = store(
+        dht,
+        "the manifest",
+        bytes.into(),
+        opts.ttl,
+        opts.attempts,
+        &mut retries,
+    )
+    .await?;
+    min_replicas = min_replicas.min(n);
+    let (capability, shares) = match (opts.protection, key) {
+        (Protection::Shared { threshold, shares }, Some(k)) => {
+            (None, split_key(&k, threshold, shares)?)
+        }
+        (_, Some(k)) => (
+            Some(Capability {
+                manifest: file_key,
+                key: k,
+            }),
+            Vec::new(),
+        ),
+        _ => (None, Vec::new()),
+    };
+    Ok(PutReport {
+        key: file_key,
+        size,
+        chunks,
+        index_blobs: manifest.index.len(),
+        min_replicas,
+        retries,
+        capability,
+        shares,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Options of [`get_file`].
+#[derive(Clone, Debug)]
+pub struct GetOptions {
+    /// Fetches in flight at once.
+    pub parallel: usize,
+    /// Fetches in flight to one holder.
+    pub per_peer: usize,
+    /// Most value bytes asked for in one fetch answer (size it to the transport).
+    pub max_reply_bytes: usize,
+    /// Holders tried for one chunk before a lookup is made for more.
+    pub holders: usize,
+}
+
+impl Default for GetOptions {
+    fn default() -> Self {
+        Self {
+            parallel: 16,
+            per_peer: 2,
+            max_reply_bytes: 40_000,
+            holders: 20,
+        }
+    }
+}
+
+/// What [`get_file`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct GetReport {
+    /// The file's key.
+    pub key: Key,
+    /// Plaintext bytes written.
+    pub size: u64,
+    /// Data chunks.
+    pub chunks: u64,
+    /// Chunks already in the partial file from an earlier, interrupted run.
+    pub resumed: u64,
+    /// Fetch requests sent.
+    pub fetches: u64,
+    /// Values that failed verification (wrong hash or failed decryption), each fetched again
+    /// elsewhere.
+    pub bad_chunks: u64,
+    /// Fetches that failed (timeouts, errors).
+    pub failed_fetches: u64,
+    /// Lookups made to find more holders.
+    pub lookups: u64,
+    /// Distinct holders that served chunks.
+    pub holders_used: usize,
+    /// The name the publisher gave the file, if any.
+    pub name: Option<String>,
+    /// Wall time (manifest included).
+    pub elapsed: Duration,
+}
+
+/// Fetches and verifies the manifest under `key`.
+pub async fn get_manifest(dht: &Dht, key: Key) -> Result<Manifest, TransferError> {
+    let value = fetch_one(dht, key, "the manifest").await?;
+    Manifest::from_bytes(&value).map_err(|_| TransferError::NotAFile(key))
+}
+
+/// One content-addressed record, verified: from the holders the local table knows first,
+/// through a lookup otherwise.
+pub async fn fetch_one(dht: &Dht, key: Key, what: &str) -> Result<Bytes, TransferError> {
+    match dht.get(key).await {
+        Ok(o) if content_key(&o.record.value) == key => Ok(o.record.value),
+        Ok(_) | Err(DhtError::Query(QueryError::NotFound)) => Err(TransferError::NotFound {
+            what: what.to_owned(),
+            key,
+            asked: 0,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where a chunk is in the download.
+struct Pending {
+    /// Holders to ask, nearest to the chunk's key first; tried ones removed.
+    candidates: VecDeque<Contact>,
+    /// Holders already asked.
+    asked: HashSet<NodeId>,
+    lookups: u32,
+    in_flight: bool,
+}
+
+enum Done {
+    Fetch(Contact, Vec<Key>, Result<Bytes, DhtError>),
+    Lookup(u64, Result<Vec<Contact>, DhtError>),
+    Get(u64, Result<Bytes, DhtError>),
+}
+
+/// Downloads the file under `key` into `out`, `opts.parallel` fetches at a time, verifying
+/// every chunk against its content key (and decrypting with `file_key` when the file is
+/// encrypted). The data goes to `out` + `.part` first: an interrupted download resumes from the
+/// chunks already there that still verify. `progress(done, total)` gets plaintext bytes.
+pub async fn get_file(
+    dht: &Dht,
+    key: Key,
+    file_key: Option<&FileKey>,
+    out: &Path,
+    opts: &GetOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<GetReport, TransferError> {
+    let t0 = Instant::now();
+    let manifest = get_manifest(dht, key).await?;
+    get_file_with(dht, key, &manifest, file_key, out, opts, progress, t0).await
+}
+
+/// [`get_file`] with the manifest already fetched (say, to check a key first).
+#[allow(clippy::too_many_arguments)]
+pub async fn get_file_with(
+    dht: &Dht,
+    key: Key,
+    manifest: &Manifest,
+    file_key: Option<&FileKey>,
+    out: &Path,
+    opts: &GetOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    t0: Instant,
+) -> Result<GetReport, TransferError> {
+    match (&manifest.encryption, file_key) {
+        (Some(_), None) => return Err(TransferError::KeyNeeded),
+        (Some(e), Some(k)) if k.check() != e.key_check => return Err(BlobError::WrongKey.into()),
+        _ => {}
+    }
+    let file_key = manifest.encryption.as_ref().and(file_key);
+    // The index: every chunk key, in order, checked against the root.
+    let mut keys = Vec::with_capacity(manifest.chunks as usize);
+    let index = fetch_many(
+        dht,
+        &manifest.index,
+        opts,
+        "index blob",
+        opts.max_reply_bytes,
+        true,
+        |_, _| Ok(()),
+    )
+    .await?;
+    for blob in &index.values {
+        keys.extend(parse_index_blob(blob)?);
+    }
+    if keys.len() as u64 != manifest.chunks || chunk_root(&keys) != manifest.root {
+        return Err(BlobError::RootMismatch.into());
+    }
+    // The partial file: keep what verifies, fetch the rest.
+    let part = {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".part");
+        PathBuf::from(p)
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(io(&part))?;
+    let old_len = f.metadata().map_err(io(&part))?.len();
+    let mut have = vec![false; keys.len()];
+    let mut resumed = 0u64;
+    let mut done = 0u64;
+    if old_len > 0 {
+        let mut buf = Vec::new();
+        for i in 0..manifest.chunks {
+            let len = manifest.plain_len(i)?;
+            let at = i * u64::from(manifest.chunk_size);
+            if at + len as u64 > old_len {
+                break;
+            }
+            buf.resize(len, 0);
+            f.seek(SeekFrom::Start(at)).map_err(io(&part))?;
+            f.read_exact(&mut buf).map_err(io(&part))?;
+            let stored = match file_key {
+                Some(k) => content_key(&seal_chunk(k, i, manifest.chunks, &buf)),
+                None => content_key(&buf),
+            };
+            if stored == keys[i as usize] {
+                have[i as usize] = true;
+                resumed += 1;
+                done += len as u64;
+            }
+        }
+    }
+    f.set_len(manifest.size).map_err(io(&part))?;
+    progress(done, manifest.size);
+    let wanted: Vec<Key> = keys
+        .iter()
+        .zip(&have)
+        .filter(|(_, h)| !**h)
+        .map(|(k, _)| *k)
+        .collect();
+    let position: HashMap<Key, Vec<u64>> =
+        keys.iter()
+            .enumerate()
+            .fold(HashMap::new(), |mut m, (i, k)| {
+                if !have[i] {
+                    m.entry(*k).or_default().push(i as u64);
+                }
+                m
+            });
+    let n = manifest.chunks;
+    let value_len = manifest.stored_len(0).unwrap_or(1);
+    let r = fetch_many(dht, &wanted, opts, "chunk", value_len, false, |k, value| {
+        for &i in &position[&k] {
+            let plain = match file_key {
+                Some(fk) => open_chunk(fk, i, n, value)?,
+                None => value.to_vec(),
+            };
+            if plain.len() != manifest.plain_len(i)? {
+                return Err(BlobError::Decrypt { index: i }.into());
+            }
+            let at = i * u64::from(manifest.chunk_size);
+            f.seek(SeekFrom::Start(at)).map_err(io(&part))?;
+            f.write_all(&plain).map_err(io(&part))?;
+            done += plain.len() as u64;
+            progress(done, manifest.size);
+        }
+        Ok(())
+    })
+    .await?;
+    f.sync_all().map_err(io(&part))?;
+    drop(f);
+    std::fs::rename(&part, out).map_err(io(out))?;
+    Ok(GetReport {
+        key,
+        size: manifest.size,
+        chunks: manifest.chunks,
+        resumed,
+        fetches: index.fetches + r.fetches,
+        bad_chunks: index.bad + r.bad,
+        failed_fetches: index.failed + r.failed,
+        lookups: index.lookups + r.lookups,
+        holders_used: r.holders.len().max(index.holders.len()),
+        name: manifest.name.clone(),
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// What [`fetch_many`] brought back.
+struct Fetched {
+    /// Values in the order of the keys asked (only when asked to keep them).
+    values: Vec<Bytes>,
+    fetches: u64,
+    bad: u64,
+    failed: u64,
+    lookups: u64,
+    holders: HashSet<NodeId>,
+}
+
+/// The download plan of [`fetch_many`]: which holder each waiting key goes to next.
+struct Plan {
+    pending: HashMap<Key, Pending>,
+    /// Keys waiting for a holder, per holder.
+    queues: HashMap<NodeId, (Contact, VecDeque<Key>)>,
+    /// Keys out of holders, waiting for a lookup.
+    orphans: VecDeque<Key>,
+    /// Failures per holder; three and it is asked no more.
+    bad_peer: HashMap<NodeId, u32>,
+}
+
+impl Plan {
+    /// Files an idle key under its next holder (or as an orphan).
+    fn route(&mut self, k: Key) {
+        let Some(p) = self.pending.get_mut(&k) else {
+            return;
+        };
+        p.in_flight = false;
+        while let Some(c) = p.candidates.front() {
+            if self.bad_peer.get(&c.id).copied().unwrap_or(0) < 3 && !p.asked.contains(&c.id) {
+                break;
+            }
+            p.candidates.pop_front();
+        }
+        match p.candidates.front() {
+            Some(c) => self
+                .queues
+                .entry(c.id)
+                .or_insert_with(|| (c.clone(), VecDeque::new()))
+                .1
+                .push_back(k),
+            None => self.orphans.push_back(k),
+        }
+    }
+
+    /// Records that `peer` did not give `k` (missing, bad, or failed).
+    fn miss(&mut self, k: Key, peer: NodeId) {
+        if let Some(p) = self.pending.get_mut(&k) {
+            p.asked.insert(peer);
+        }
+        self.route(k);
+    }
+}
+
+/// Fetches every key in `keys` (content-addressed), verifying each value: from the nearest
+/// holders the local table knows, in batches per holder (`value_len` is the expected size of a
+/// value, to fill each answer), `opts.parallel` fetches at a time and `opts.per_peer` per
+/// holder. A missing or bad value is asked of the next holder; a key out of holders gets a
+/// lookup for more, then a last `get` through the whole network. `sink(key, value)` takes each
+/// verified value once; a decryption failure it returns marks the value bad instead.
+async fn fetch_many(
+    dht: &Dht,
+    keys: &[Key],
+    opts: &GetOptions,
+    what: &str,
+    value_len: usize,
+    keep: bool,
+    mut sink: impl FnMut(Key, &Bytes) -> Result<(), TransferError>,
+) -> Result<Fetched, TransferError> {
+    let mut out = Fetched {
+        values: Vec::new(),
+        fetches: 0,
+        bad: 0,
+        failed: 0,
+        lookups: 0,
+        holders: HashSet::new(),
+    };
+    let me = dht.id();
+    let known: Vec<Contact> = dht
+        .snapshot()
+        .await?
+        .contacts
+        .into_iter()
+        .filter(|c| c.id != me)
+        .collect();
+    let mut plan = Plan {
+        pending: HashMap::new(),
+        queues: HashMap::new(),
+        orphans: VecDeque::new(),
+        bad_peer: HashMap::new(),
+    };
+    let mut order = Vec::new();
+    for k in keys {
+        if plan.pending.contains_key(k) {
+            continue;
+        }
+        let mut c = known.clone();
+        c.sort_by_key(|c| c.id.distance(k));
+        c.truncate(opts.holders.max(1));
+        plan.pending.insert(
+            *k,
+            Pending {
+                candidates: c.into(),
+                asked: HashSet::new(),
+                lookups: 0,
+                in_flight: false,
+            },
+        );
+        order.push(*k);
+    }
+    let index_of: HashMap<Key, usize> = order.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    for k in &order {
+        plan.route(*k);
+    }
+    let mut got: HashMap<Key, Bytes> = HashMap::new();
+    let mut busy: HashMap<NodeId, usize> = HashMap::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let parallel = opts.parallel.max(1);
+    let max_reply = opts.max_reply_bytes.max(1);
+    let per_batch = (max_reply / value_len.max(1)).clamp(1, crate::plugin::MAX_FETCH_KEYS);
+    while !plan.pending.is_empty() {
+        // Orphans: a lookup for more holders, then one `get` through the network, then give up.
+        while tasks.len() < parallel * 2 {
+            let Some(k) = plan.orphans.pop_front() else {
+                break;
+            };
+            let Some(p) = plan.pending.get_mut(&k) else {
+                continue;
+            };
+            p.in_flight = true;
+            p.lookups += 1;
+            let d = dht.clone();
+            let i = index_of[&k] as u64;
+            match p.lookups {
+                1 => {
+                    out.lookups += 1;
+                    tasks.spawn(
+                        async move { Done::Lookup(i, d.find_node(k).await.map(|o| o.closest)) },
+                    );
+                }
+                2 => {
+                    out.lookups += 1;
+                    tasks
+                        .spawn(async move { Done::Get(i, d.get(k).await.map(|o| o.record.value)) });
+                }
+                _ => {
+                    return Err(TransferError::NotFound {
+                        what: format!("{what} {i}"),
+                        key: k,
+                        asked: p.asked.len(),
+                    });
+                }
+            }
+        }
+        // Fetches: the holders with the most waiting keys first.
+        let mut peers: Vec<(usize, NodeId)> = plan
+            .queues
+            .iter()
+            .filter(|(id, (_, q))| {
+                !q.is_empty() && busy.get(*id).copied().unwrap_or(0) < opts.per_peer.max(1)
+            })
+            .map(|(id, (_, q))| (q.len(), *id))
+            .collect();
+        peers.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, id) in peers {
+            while tasks.len() < parallel
+                && busy.get(&id).copied().unwrap_or(0) < opts.per_peer.max(1)
+            {
+                let Some((c, q)) = plan.queues.get_mut(&id) else {
+                    break;
+                };
+                if q.is_empty() {
+                    break;
+                }
+                let n = per_batch.min(q.len());
+                let batch: Vec<Key> = q.drain(..n).collect();
+                let c = c.clone();
+                for k in &batch {
+                    if let Some(p) = plan.pending.get_mut(k) {
+                        p.in_flight = true;
+                    }
+                }
+                *busy.entry(id).or_default() += 1;
+                let params = FetchParams {
+                    keys: batch.clone(),
+                    max_bytes: max_reply,
+                };
+                let params = Bytes::from(serde_json::to_vec(&params).unwrap_or_default());
+                let d = dht.clone();
+                out.fetches += 1;
+                tasks.spawn(async move {
+                    let r = d.call(c.clone(), FETCH, params).await;
+                    Done::Fetch(c, batch, r)
+                });
+            }
+            if tasks.len() >= parallel {
+                break;
+            }
+        }
+        let Some(joined) = tasks.join_next().await else {
+            continue; // only orphans left, and they were just launched or failed above
+        };
+        match joined.map_err(|e| TransferError::Invalid(format!("a fetch task failed: {e}")))? {
+            Done::Fetch(c, asked, r) => {
+                if let Some(b) = busy.get_mut(&c.id) {
+                    *b = b.saturating_sub(1);
+                }
+                let reply = r.map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<FetchReply>(&b).map_err(|e| e.to_string())
+                });
+                let Ok(reply) = reply else {
+                    out.failed += 1;
+                    *plan.bad_peer.entry(c.id).or_default() += 1;
+                    for k in asked {
+                        plan.miss(k, c.id);
+                    }
+                    continue;
+                };
+                let asked_set: HashSet<Key> = asked.iter().copied().collect();
+                let mut settled = HashSet::new();
+                for (k, v) in reply.values {
+                    if !asked_set.contains(&k) || !settled.insert(k) {
+                        continue; // not asked, or sent twice
+                    }
+                    let ok = content_key(&v) == k
+                        && match sink(k, &v) {
+                            Ok(()) => true,
+                            Err(TransferError::Blob(BlobError::Decrypt { .. })) => false,
+                            Err(e) => return Err(e),
+                        };
+                    if ok {
+                        out.holders.insert(c.id);
+                        plan.pending.remove(&k);
+                        if keep {
+                            got.insert(k, v);
+                        }
+                    } else {
+                        out.bad += 1;
+                        *plan.bad_peer.entry(c.id).or_default() += 1;
+                        plan.miss(k, c.id);
+                    }
+                }
+                for k in reply.missing {
+                    if asked_set.contains(&k) && settled.insert(k) {
+                        plan.miss(k, c.id);
+                    }
+                }
+                // Keys left out for size go back to the same holder.
+                for k in asked {
+                    if !settled.contains(&k) {
+                        plan.route(k);
+                    }
+                }
+            }
+            Done::Lookup(i, r) => {
+                let k = order[i as usize];
+                if let (Some(p), Ok(closest)) = (plan.pending.get_mut(&k), r) {
+                    for c in closest {
+                        if c.id != me && !p.asked.contains(&c.id) {
+                            p.candidates.push_back(c);
+                        }
+                    }
+                }
+                plan.route(k);
+            }
+            Done::Get(i, r) => {
+                let k = order[i as usize];
+                match r {
+                    Ok(v) if content_key(&v) == k => match sink(k, &v) {
+                        Ok(()) => {
+                            plan.pending.remove(&k);
+                            if keep {
+                                got.insert(k, v);
+                            }
+                        }
+                        Err(TransferError::Blob(BlobError::Decrypt { .. })) => {
+                            out.bad += 1;
+                            plan.route(k);
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    _ => plan.route(k),
+                }
+            }
+        }
+    }
+    if keep {
+        out.values = keys.iter().filter_map(|k| got.get(k).cloned()).collect();
+    }
+    Ok(out)
+}

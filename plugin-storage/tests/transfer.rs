@@ -1,0 +1,302 @@
+//! Whole files through real nodes (the tokio runtime over the in-memory transport): put, get,
+//! encryption, key shares, resume, forged holders and departed holders.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kad_core::{
+    AcceptAll, Config, Dht, MemoryNetwork, Node, NodeId, Record, RecordValidator, content_key,
+};
+use kad_plugin_storage::{
+    BlobError, ContentValidator, GetOptions, Protection, PutOptions, StoragePlugin, TransferError,
+    combine_shares, get_file, put_file,
+};
+
+const CHUNK: u32 = 4096;
+const REPLY: usize = 40_000;
+
+fn config(seed: u8) -> Config {
+    let mut c = Config::default();
+    c.set_rng_seed([seed; 32]);
+    c
+}
+
+/// `n` storing nodes (the first `forgers` accept any record), plus a read-only client that
+/// trusts only content-addressed values.
+async fn network(net: &MemoryNetwork, n: usize, forgers: usize) -> (Vec<Dht>, Dht) {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let v: Arc<dyn RecordValidator> = if i < forgers {
+            Arc::new(AcceptAll)
+        } else {
+            Arc::new(ContentValidator)
+        };
+        let b = Node::builder(config(i as u8 + 1))
+            .id(NodeId::from_bytes([i as u8 + 1; 20]))
+            .validator(v)
+            .plugin(Box::new(StoragePlugin::new(REPLY)));
+        nodes.push(Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap());
+    }
+    let seed = nodes[0].contact().addrs[0].clone();
+    for d in &nodes[1..] {
+        d.bootstrap(vec![seed.clone()]).await.unwrap();
+    }
+    for d in &nodes {
+        let _ = d.find_node(d.id()).await;
+    }
+    let mut c = config(200);
+    c.read_only = true;
+    let b = Node::builder(c)
+        .id(NodeId::from_bytes([200; 20]))
+        .validator(Arc::new(ContentValidator));
+    let client = Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap();
+    client.bootstrap(vec![seed]).await.unwrap();
+    (nodes, client)
+}
+
+/// A file of `len` pseudo-random bytes (seeded) in a fresh directory.
+fn file(dir: &Path, len: usize, seed: u32) -> (PathBuf, Vec<u8>) {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let p = dir.join(format!("in-{seed}.bin"));
+    std::fs::write(&p, &data).unwrap();
+    (p, data)
+}
+
+fn put_opts(protection: Protection) -> PutOptions {
+    PutOptions {
+        chunk_size: CHUNK,
+        max_value_len: 45_000,
+        protection,
+        ..PutOptions::default()
+    }
+}
+
+fn get_opts() -> GetOptions {
+    GetOptions {
+        max_reply_bytes: REPLY,
+        ..GetOptions::default()
+    }
+}
+
+fn quiet(_: u64, _: u64) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_encrypted_and_shared_files_round_trip() {
+    let net = MemoryNetwork::new();
+    let (_nodes, client) = network(&net, 8, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 300 KB and a size that is not a multiple of the chunk.
+    let (path, data) = file(dir.path(), 300_001, 1);
+
+    let put = put_file(&client, &path, &put_opts(Protection::Plain), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(put.chunks, 300_001u64.div_ceil(u64::from(CHUNK)));
+    assert!(put.min_replicas >= 8, "{put:?}");
+    let out = dir.path().join("plain.out");
+    let got = get_file(&client, put.key, None, &out, &get_opts(), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(got.bad_chunks, 0);
+    assert_eq!(got.name.as_deref(), Some("in-1.bin"));
+    assert!(
+        got.holders_used >= 2,
+        "chunks come from several holders: {got:?}"
+    );
+
+    // Encrypted: the capability reads it; no key, or another file's key, does not.
+    let enc = put_file(&client, &path, &put_opts(Protection::Encrypted), &quiet)
+        .await
+        .unwrap();
+    let cap = enc.capability.expect("a capability");
+    assert_eq!(cap.manifest, enc.key);
+    let parsed: kad_plugin_storage::Capability = cap.to_string().parse().unwrap();
+    let out = dir.path().join("enc.out");
+    get_file(
+        &client,
+        enc.key,
+        Some(&parsed.key),
+        &out,
+        &get_opts(),
+        &quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let out2 = dir.path().join("enc-nokey.out");
+    let e = get_file(&client, enc.key, None, &out2, &get_opts(), &quiet).await;
+    assert!(matches!(e, Err(TransferError::KeyNeeded)), "{e:?}");
+    let other = kad_plugin_storage::FileKey::generate().unwrap();
+    let e = get_file(&client, enc.key, Some(&other), &out2, &get_opts(), &quiet).await;
+    assert!(
+        matches!(e, Err(TransferError::Blob(BlobError::WrongKey))),
+        "{e:?}"
+    );
+    assert!(!out2.exists(), "nothing written under a wrong key");
+
+    // Shares 2/3: any two decrypt, one is refused, and the key is never printed.
+    let shared = put_file(
+        &client,
+        &path,
+        &put_opts(Protection::Shared {
+            threshold: 2,
+            shares: 3,
+        }),
+        &quiet,
+    )
+    .await
+    .unwrap();
+    assert!(shared.capability.is_none());
+    assert_eq!(shared.shares.len(), 3);
+    for pair in [[0, 1], [2, 0], [1, 2]] {
+        let two = [
+            shared.shares[pair[0]].clone(),
+            shared.shares[pair[1]].clone(),
+        ];
+        let key = combine_shares(&two).unwrap();
+        let out = dir
+            .path()
+            .join(format!("shared-{}{}.out", pair[0], pair[1]));
+        get_file(&client, shared.key, Some(&key), &out, &get_opts(), &quiet)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+    }
+    assert!(combine_shares(&shared.shares[..1]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_from_the_chunks_that_verify() {
+    let net = MemoryNetwork::new();
+    let (_nodes, client) = network(&net, 6, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = file(dir.path(), 100 * CHUNK as usize + 17, 2);
+    for protection in [Protection::Plain, Protection::Encrypted] {
+        let put = put_file(&client, &path, &put_opts(protection), &quiet)
+            .await
+            .unwrap();
+        let key = put.capability.map(|c| c.key);
+        // An earlier run left 60 chunks, one of them damaged.
+        let out = dir.path().join("resume.out");
+        let mut part = data[..60 * CHUNK as usize].to_vec();
+        part[10 * CHUNK as usize + 5] ^= 0xFF;
+        std::fs::write(dir.path().join("resume.out.part"), &part).unwrap();
+        let got = get_file(&client, put.key, key.as_ref(), &out, &get_opts(), &quiet)
+            .await
+            .unwrap();
+        assert_eq!(
+            got.resumed, 59,
+            "{protection:?}: every intact chunk is kept"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), data, "{protection:?}");
+        assert!(!dir.path().join("resume.out.part").exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_chunks_are_dropped_and_fetched_from_an_honest_holder() {
+    let net = MemoryNetwork::new();
+    // Seven of eight nodes take anything: they will hold a forged copy of every chunk.
+    let (nodes, client) = network(&net, 8, 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = file(dir.path(), 40 * CHUNK as usize, 3);
+    let put = put_file(&client, &path, &put_opts(Protection::Plain), &quiet)
+        .await
+        .unwrap();
+    // The forgers replace every chunk with garbage under the same key (a later publish time
+    // wins with AcceptAll); the honest node refuses the forgery.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for chunk in data.chunks(CHUNK as usize) {
+        let forged = Record::new(
+            content_key(chunk),
+            vec![0xEE; chunk.len()],
+            None,
+            now + 1,
+            600_000,
+        );
+        let o = nodes[0].put_record(forged).await.unwrap();
+        assert_eq!(o.stored, 7, "the honest node refuses a forged chunk");
+    }
+    let out = dir.path().join("forged.out");
+    let got = get_file(&client, put.key, None, &out, &get_opts(), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(
+        got.bad_chunks > 0,
+        "forged answers were seen and dropped: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_survives_holders_that_left() {
+    let net = MemoryNetwork::new();
+    let (nodes, client) = network(&net, 8, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = file(dir.path(), 30 * CHUNK as usize, 4);
+    let put = put_file(&client, &path, &put_opts(Protection::Plain), &quiet)
+        .await
+        .unwrap();
+    // Five of the eight holders go away without a word.
+    for d in &nodes[1..6] {
+        net.disconnect(&d.contact().addrs[0]);
+        d.shutdown().await;
+    }
+    let out = dir.path().join("left.out");
+    let mut opts = get_opts();
+    opts.parallel = 4;
+    let got = tokio::time::timeout(
+        Duration::from_secs(120),
+        get_file(&client, put.key, None, &out, &opts, &quiet),
+    )
+    .await
+    .expect("finishes")
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(
+        got.failed_fetches > 0,
+        "fetches to departed holders failed: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_a_file_is_said_so() {
+    let net = MemoryNetwork::new();
+    let (nodes, client) = network(&net, 4, 0).await;
+    let v = bytes::Bytes::from_static(b"just a value");
+    nodes[1].put(content_key(&v), v.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = get_file(
+        &client,
+        content_key(&v),
+        None,
+        &dir.path().join("x"),
+        &get_opts(),
+        &quiet,
+    )
+    .await;
+    assert!(matches!(e, Err(TransferError::NotAFile(_))), "{e:?}");
+    let e = get_file(
+        &client,
+        NodeId::from_bytes([9; 20]),
+        None,
+        &dir.path().join("y"),
+        &get_opts(),
+        &quiet,
+    )
+    .await;
+    assert!(matches!(e, Err(TransferError::NotFound { .. })), "{e:?}");
+}
