@@ -214,7 +214,15 @@ async fn file_round_trip(
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("input.bin");
     write_file(&input, bytes)?;
-    let chunk_size = chunk_size.unwrap_or_else(|| chunk_size_for(max_message));
+    let tag = if protection == Protection::Plain {
+        0
+    } else {
+        kad_plugin_storage::TAG_LEN
+    };
+    let chunk_size = chunk_size.unwrap_or_else(|| match chunk_size_for(max_message) {
+        c if c as usize + tag > value_limit(max_message) => c - 1024,
+        c => c,
+    });
     let opts = PutOptions {
         chunk_size,
         parallel: a.put_parallel,

@@ -215,7 +215,11 @@ pub(crate) async fn put_file(
             max_value - tag
         ),
         Some(c) => c,
-        None => chunk_size_for(max_message),
+        // The largest chunk that fits a message, less a KiB when the tag would not fit.
+        None => match chunk_size_for(max_message) {
+            c if c as usize + tag > max_value => c - 1024,
+            c => c,
+        },
     };
     let opts = PutOptions {
         chunk_size,

@@ -8,29 +8,36 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub const KAD: &str = env!("CARGO_BIN_EXE_kad");
+pub(crate) const KAD: &str = env!("CARGO_BIN_EXE_kad");
 
 /// A node process, killed (by its PID) when dropped.
-pub struct NodeProc {
-    pub child: Child,
-    pub lines: mpsc::Receiver<Value>,
-    pub id: String,
-    pub addr: String,
+pub(crate) struct NodeProc {
+    pub(crate) child: Child,
+    pub(crate) lines: mpsc::Receiver<Value>,
+    pub(crate) id: String,
+    pub(crate) addr: String,
     /// Every address of its contact.
-    pub addrs: Vec<String>,
+    pub(crate) addrs: Vec<String>,
     /// Its `listening` line.
-    pub listening: Value,
+    pub(crate) listening: Value,
 }
 
 impl NodeProc {
-    pub fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         Self::start_on("udp://127.0.0.1:0", args)
     }
 
     /// A node listening on `listen` (comma-separated URIs).
-    pub fn start_on(listen: &str, args: &[&str]) -> Self {
+    pub(crate) fn start_on(listen: &str, args: &[&str]) -> Self {
+        // Every node stops by itself: after 120 s unless the test gives its own --for.
+        let default_for: &[&str] = if args.contains(&"--for") {
+            &[]
+        } else {
+            &["--for", "120"]
+        };
         let mut child = Command::new(KAD)
-            .args(["node", "--listen", listen, "--json", "--for", "120"])
+            .args(["node", "--listen", listen, "--json"])
+            .args(default_for)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -67,14 +74,14 @@ impl NodeProc {
     }
 
     /// Its address of the given scheme (`udp`, `quic`, `ws`).
-    pub fn addr_of(&self, scheme: &str) -> &str {
+    pub(crate) fn addr_of(&self, scheme: &str) -> &str {
         self.addrs
             .iter()
             .find(|a| a.starts_with(&format!("{scheme}://")))
             .unwrap_or_else(|| panic!("node has no {scheme}:// address: {:?}", self.addrs))
     }
 
-    pub fn next_event(&mut self, event: &str) -> Value {
+    pub(crate) fn next_event(&mut self, event: &str) -> Value {
         loop {
             let v = self
                 .lines
@@ -95,7 +102,7 @@ impl Drop for NodeProc {
     }
 }
 
-pub fn kad_json(args: &[&str]) -> (i32, Value) {
+pub(crate) fn kad_json(args: &[&str]) -> (i32, Value) {
     let out = Command::new(KAD).args(args).arg("--json").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.trim().lines().last().unwrap_or("{}").to_owned();
