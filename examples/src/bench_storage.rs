@@ -43,9 +43,10 @@ pub(crate) struct StorageArgs {
     /// Seconds spent on each store measurement (puts, then gets, per store).
     #[arg(long, default_value_t = 3.0)]
     store_secs: f64,
-    /// Chunks stored at once by the writer.
-    #[arg(long, default_value_t = 8)]
-    put_parallel: usize,
+    /// Chunks stored at once by the writer (default: about 2 MiB of chunks in flight, as
+    /// `kad put --file` does).
+    #[arg(long)]
+    put_parallel: Option<usize>,
     /// Fetches in flight at once for the reader.
     #[arg(long, default_value_t = 16)]
     get_parallel: usize,
@@ -225,7 +226,9 @@ async fn file_round_trip(
     });
     let opts = PutOptions {
         chunk_size,
-        parallel: a.put_parallel,
+        parallel: a
+            .put_parallel
+            .unwrap_or_else(|| kad_plugin_storage::put_parallelism(chunk_size)),
         max_value_len: value_limit(max_message),
         protection,
         ..PutOptions::default()
@@ -237,6 +240,7 @@ async fn file_round_trip(
     let gopts = GetOptions {
         parallel: a.get_parallel,
         max_reply_bytes: value_limit(max_message),
+        max_in_flight_bytes: crate::storage::in_flight_budget(max_message),
         ..GetOptions::default()
     };
     let key = put.capability.as_ref().map(|c| &c.key);
@@ -273,7 +277,9 @@ pub(crate) fn run(a: StorageArgs) -> Result<()> {
             a.store_secs
         );
     }
-    if !(1..=256).contains(&a.put_parallel) || !(1..=256).contains(&a.get_parallel) {
+    if a.put_parallel.is_some_and(|p| !(1..=256).contains(&p))
+        || !(1..=256).contains(&a.get_parallel)
+    {
         bail!("--put-parallel and --get-parallel must be 1 to 256");
     }
     let quic = mb_bytes("--mb", a.mb)?;

@@ -643,9 +643,10 @@ pub(crate) struct PutArgs {
     /// 35 KiB over UDP, 756 KiB over QUIC or WebSocket).
     #[arg(long, requires = "file", value_name = "BYTES")]
     chunk_size: Option<u32>,
-    /// Chunks stored at once.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    parallel: usize,
+    /// Chunks stored at once (default: about 2 MiB of chunks in flight, at most 16; more
+    /// overloads the storing nodes, each of which receives every chunk).
+    #[arg(long, value_name = "N")]
+    parallel: Option<usize>,
     /// Lifetime of the records in seconds (storing nodes cap it at their own maximum, 24 h by
     /// default).
     #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]

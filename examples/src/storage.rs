@@ -130,6 +130,17 @@ impl StoreArgs {
     }
 }
 
+/// Answer bytes a reader keeps in flight: 1 MiB on datagram-sized transports (within the 4 MiB
+/// socket buffer the UDP transport asks for, and well past the 208 KiB many kernels give),
+/// unlimited on stream transports, whose flow control paces the holders.
+pub(crate) fn in_flight_budget(max_message: usize) -> usize {
+    if max_message <= kad_core::MAX_DATAGRAM {
+        1 << 20
+    } else {
+        usize::MAX
+    }
+}
+
 /// Saves the node's routing table into its data dir.
 pub(crate) async fn save_routing(dht: &Dht, routing: &RoutingFile) -> Result<usize> {
     let snap = dht.snapshot().await?;
@@ -187,7 +198,7 @@ pub(crate) async fn put_file(
     encrypt: bool,
     shares: Option<&str>,
     chunk_size: Option<u32>,
-    parallel: usize,
+    parallel: Option<usize>,
     ttl: Duration,
 ) -> Result<()> {
     let protection = match (encrypt, shares) {
@@ -198,8 +209,8 @@ pub(crate) async fn put_file(
         (true, None) => Protection::Encrypted,
         (false, None) => Protection::Plain,
     };
-    if !(1..=256).contains(&parallel) {
-        bail!("--parallel = {parallel} is out of range: 1 to 256");
+    if let Some(p) = parallel.filter(|p| !(1..=256).contains(p)) {
+        bail!("--parallel = {p} is out of range: 1 to 256");
     }
     std::fs::metadata(path).with_context(|| format!("--file {}", path.display()))?;
     let (dht, join, max_message) = joined_with(client, None).await?;
@@ -223,7 +234,7 @@ pub(crate) async fn put_file(
     };
     let opts = PutOptions {
         chunk_size,
-        parallel,
+        parallel: parallel.unwrap_or_else(|| kad_plugin_storage::put_parallelism(chunk_size)),
         max_value_len: max_value,
         protection,
         ttl,
@@ -306,6 +317,7 @@ pub(crate) async fn get_file(
     let opts = GetOptions {
         parallel,
         max_reply_bytes: value_limit(max_message),
+        max_in_flight_bytes: in_flight_budget(max_message),
         ..GetOptions::default()
     };
     let t0 = Instant::now();

@@ -939,6 +939,19 @@ impl Node {
         (self.rtt.rto() * 3).clamp(self.config.min_request_timeout, self.config.request_timeout)
     }
 
+    /// Extra time for a request that carries or may bring back a value larger than a datagram:
+    /// 1 ms per KiB beyond 64 KiB (a 750 KB chunk over QUIC gets about 0.7 s more), so a busy
+    /// peer storing or serving a large value is not taken for a dead one: an RTT measured on
+    /// small messages says nothing about the time to decode, verify and commit a megabyte.
+    fn size_allowance(&self, req: &Request) -> Duration {
+        let bytes = match req {
+            Request::Store { record } => record.value.len(),
+            Request::FindValue { .. } | Request::Custom { .. } => self.config.max_value_len,
+            Request::Ping | Request::FindNode { .. } => 0,
+        };
+        Duration::from_millis((bytes.saturating_sub(64 * 1024) / 1024) as u64)
+    }
+
     fn soft_timeout(&self) -> Duration {
         self.rtt
             .rto()
@@ -966,7 +979,10 @@ impl Node {
                 break;
             }
         }
-        let deadline = (now + self.hard_timeout(), self.seq);
+        let deadline = (
+            now + self.hard_timeout() + self.size_allowance(&req),
+            self.seq,
+        );
         self.seq += 1;
         self.deadlines.insert(deadline, (txn.clone(), to.clone()));
         self.in_flight.insert(

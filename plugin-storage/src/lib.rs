@@ -16,5 +16,5 @@ pub use plugin::{FETCH, FetchParams, FetchReply, MAX_FETCH_KEYS, NAMESPACE, Stor
 pub use store::*;
 pub use transfer::{
     GetOptions, GetReport, Protection, PutOptions, PutReport, TransferError, fetch_one, get_file,
-    get_file_with, get_manifest, put_file,
+    get_file_with, get_manifest, put_file, put_parallelism,
 };

@@ -40,7 +40,10 @@ pub enum Protection {
 pub struct PutOptions {
     /// Plaintext bytes per chunk (see [`chunk_size_for`](crate::chunk_size_for)).
     pub chunk_size: u32,
-    /// Chunks stored at once.
+    /// Chunks stored at once. Every chunk goes to the k closest nodes, so each storing node
+    /// receives about this many chunks at once: keep `parallel x chunk_size` near 2 MiB (see
+    /// [`put_parallelism`]) or busy nodes miss lookup deadlines and the chunks land on fewer
+    /// of them.
     pub parallel: usize,
     /// Largest record value the network takes (index blobs are cut to it).
     pub max_value_len: usize,
@@ -63,6 +66,11 @@ impl Default for PutOptions {
             attempts: 3,
         }
     }
+}
+
+/// Chunks stored at once for `chunk_size`: about 2 MiB of chunks in flight, 1 to 16.
+pub fn put_parallelism(chunk_size: u32) -> usize {
+    ((2 << 20) / chunk_size.max(1) as usize).clamp(1, 16)
 }
 
 /// What [`put_file`] did.
@@ -151,6 +159,15 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// One chunk stored by [`put_file`].
+struct StoredChunk {
+    index: u64,
+    len: usize,
+    key: Key,
+    replicas: usize,
+    retries: u64,
+}
+
 /// Stores one record (content-addressed) with retries; returns how many nodes stored it.
 async fn store(
     dht: &Dht,
@@ -175,7 +192,16 @@ async fn store(
             ttl.as_millis() as u64,
         );
         match dht.put_record(record).await {
-            Ok(o) if o.stored > 0 => return Ok((key, o.stored)),
+            Ok(o) if o.stored > 0 => {
+                tracing::debug!(
+                    what,
+                    stored = o.stored,
+                    tried = o.tried,
+                    rpcs = o.stats.rpcs,
+                    "stored"
+                );
+                return Ok((key, o.stored));
+            }
             Ok(o) => last = format!("0 of {} nodes stored it", o.tried),
             Err(DhtError::Command(e)) => {
                 return Err(TransferError::Invalid(format!("{what}: {e}")));
@@ -229,7 +255,7 @@ pub async fn put_file(
     let mut retries = 0u64;
     let mut done = 0u64;
     progress(0, size);
-    let mut tasks: JoinSet<Result<(u64, usize, Key, usize, u64), TransferError>> = JoinSet::new();
+    let mut tasks: JoinSet<Result<StoredChunk, TransferError>> = JoinSet::new();
     let mut next = 0u64;
     let parallel = opts.parallel.max(1);
     loop {
@@ -246,18 +272,24 @@ pub async fn put_file(
                 let mut r = 0;
                 let what = format!("chunk {i}");
                 let (k, n) = store(&dht, &what, value.into(), ttl, attempts, &mut r).await?;
-                Ok((i, len as usize, k, n, r))
+                Ok(StoredChunk {
+                    index: i,
+                    len: len as usize,
+                    key: k,
+                    replicas: n,
+                    retries: r,
+                })
             });
             next += 1;
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (i, len, k, n, r) = joined.map_err(|e| TransferError::Invalid(e.to_string()))??;
-        keys[i as usize] = k;
-        min_replicas = min_replicas.min(n);
-        retries += r;
-        done += len as u64;
+        let c = joined.map_err(|e| TransferError::Invalid(e.to_string()))??;
+        keys[c.index as usize] = c.key;
+        min_replicas = min_replicas.min(c.replicas);
+        retries += c.retries;
+        done += c.len as u64;
         progress(done, size);
     }
     let blobs = index_blobs(&keys, opts.max_value_len)?;
@@ -341,6 +373,11 @@ pub struct GetOptions {
     pub max_reply_bytes: usize,
     /// Holders tried for one chunk before a lookup is made for more.
     pub holders: usize,
+    /// Most answer bytes expected in flight at once (at least one fetch always goes). Over a
+    /// datagram transport keep it within the socket's receive buffer (the `kad` CLI uses 1 MiB
+    /// over UDP): answers arriving faster than they are read are dropped by the kernel and
+    /// cost a timeout each. Unlimited by default, for stream transports with flow control.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for GetOptions {
@@ -350,6 +387,7 @@ impl Default for GetOptions {
             per_peer: 2,
             max_reply_bytes: 40_000,
             holders: 20,
+            max_in_flight_bytes: usize::MAX,
         }
     }
 }
@@ -687,6 +725,9 @@ async fn fetch_many(
     let parallel = opts.parallel.max(1);
     let max_reply = opts.max_reply_bytes.max(1);
     let per_batch = (max_reply / value_len.max(1)).clamp(1, crate::plugin::MAX_FETCH_KEYS);
+    // Answer bytes a fetch of `n` keys may bring.
+    let expect = |n: usize| (n * value_len.max(1)).min(max_reply);
+    let mut in_flight_bytes = 0usize;
     while !plan.pending.is_empty() {
         // Orphans: a lookup for more holders, then one `get` through the network, then give up.
         while tasks.len() < parallel * 2 {
@@ -731,7 +772,7 @@ async fn fetch_many(
             .map(|(id, (_, q))| (q.len(), *id))
             .collect();
         peers.sort_unstable_by(|a, b| b.cmp(a));
-        for (_, id) in peers {
+        'peers: for (_, id) in peers {
             while tasks.len() < parallel
                 && busy.get(&id).copied().unwrap_or(0) < opts.per_peer.max(1)
             {
@@ -742,6 +783,12 @@ async fn fetch_many(
                     break;
                 }
                 let n = per_batch.min(q.len());
+                if in_flight_bytes > 0
+                    && in_flight_bytes.saturating_add(expect(n)) > opts.max_in_flight_bytes
+                {
+                    break 'peers;
+                }
+                in_flight_bytes += expect(n);
                 let batch: Vec<Key> = q.drain(..n).collect();
                 let c = c.clone();
                 for k in &batch {
@@ -774,6 +821,7 @@ async fn fetch_many(
                 if let Some(b) = busy.get_mut(&c.id) {
                     *b = b.saturating_sub(1);
                 }
+                in_flight_bytes = in_flight_bytes.saturating_sub(expect(asked.len()));
                 let reply = r.map_err(|e| e.to_string()).and_then(|b| {
                     serde_json::from_slice::<FetchReply>(&b).map_err(|e| e.to_string())
                 });

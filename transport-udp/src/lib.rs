@@ -51,6 +51,12 @@ pub struct UdpConfig {
     pub send_queue: usize,
     /// Largest datagram sent or accepted (default and maximum [`MAX_DATAGRAM`]).
     pub max_message_len: usize,
+    /// Kernel receive buffer asked for at bind (`SO_RCVBUF`), default 4 MiB: room for dozens of
+    /// full-size datagrams arriving at once (the usual 208 KiB holds three). The kernel caps it
+    /// at `net.core.rmem_max`; 0 keeps the system default.
+    pub recv_buffer: usize,
+    /// Kernel send buffer asked for at bind (`SO_SNDBUF`), default 1 MiB; 0 keeps the default.
+    pub send_buffer: usize,
 }
 
 impl Default for UdpConfig {
@@ -58,6 +64,8 @@ impl Default for UdpConfig {
         Self {
             send_queue: 1024,
             max_message_len: MAX_DATAGRAM,
+            recv_buffer: 4 << 20,
+            send_buffer: 1 << 20,
         }
     }
 }
@@ -138,8 +146,17 @@ impl UdpTransport {
 
     /// Binds `addr` with `config`. Must be called within a tokio runtime.
     pub async fn bind_with(addr: SocketAddr, config: UdpConfig) -> io::Result<Self> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
-        Ok(Self::from_socket(socket, config))
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        // Best effort: a kernel that refuses a size keeps its default.
+        if config.recv_buffer > 0 {
+            let _ = s.set_recv_buffer_size(config.recv_buffer);
+        }
+        if config.send_buffer > 0 {
+            let _ = s.set_send_buffer_size(config.send_buffer);
+        }
+        s.bind(&addr.into())?;
+        Self::from_std(s.into(), config)
     }
 
     /// Wraps a socket bound elsewhere (e.g. with options set through `socket2`).
