@@ -62,6 +62,7 @@ pub struct Lookup {
     patience: usize,
     stalled: bool,
     skip_silent_head: bool,
+    wait_for_slow: bool,
     stats: LookupStats,
 }
 
@@ -88,6 +89,7 @@ impl Lookup {
             patience: 1,
             stalled: false,
             skip_silent_head: false,
+            wait_for_slow: false,
             stats: LookupStats::default(),
         };
         for c in seeds {
@@ -110,6 +112,15 @@ impl Lookup {
     /// departed nodes (Mainline). Default off.
     pub fn with_skip_silent_head(mut self, skip: bool) -> Self {
         self.skip_silent_head = skip;
+        self
+    }
+
+    /// When set, a candidate among the k closest that is slow to answer still holds the lookup
+    /// open until it answers or fails for good (the search widens past it all the same). For
+    /// the lookup before a STORE: the record belongs on the k closest, busy ones included, not
+    /// on the k quickest. Default off (latency first).
+    pub fn with_wait_for_slow(mut self, wait: bool) -> Self {
+        self.wait_for_slow = wait;
         self
     }
 
@@ -324,7 +335,8 @@ impl Lookup {
                 State::Failed => continue,
                 State::Succeeded => {}
                 State::Waiting { soft_deadline }
-                    if soft_deadline <= now
+                    if !self.wait_for_slow
+                        && soft_deadline <= now
                         && (rank >= self.alpha
                             || (self.skip_silent_head && c.attempts >= self.max_attempts)) =>
                 {
@@ -558,6 +570,43 @@ mod tests {
         // A late answer still counts.
         l.on_success(&c(2).id, &[]);
         assert_eq!(l.closest_succeeded(), vec![c(1), c(2)]);
+    }
+
+    #[test]
+    fn a_put_lookup_waits_for_slow_candidates_among_the_k_closest() {
+        let now = Instant::now();
+        let soft = Duration::from_millis(10);
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            2,
+            1,
+            3,
+            vec![c(1), c(2), c(3)],
+        )
+        .with_wait_for_slow(true);
+        assert_eq!(l.next(now, soft, 10), vec![c(1)]);
+        l.on_success(&c(1).id, &[]);
+        assert_eq!(l.next(now, soft, 10), vec![c(2)]);
+        // c(2) is slow: the search still widens to c(3), but the lookup is not done without it.
+        let later = now + Duration::from_millis(11);
+        assert_eq!(l.next(later, soft, 10), vec![c(3)]);
+        l.on_success(&c(3).id, &[]);
+        assert!(
+            !l.is_finished(later),
+            "c(2), among the 2 closest, has not answered"
+        );
+        l.on_success(&c(2).id, &[]);
+        assert!(l.is_finished(later));
+        assert_eq!(l.closest_succeeded(), vec![c(1), c(2)]);
+        // A slow candidate that fails for good stops holding it open.
+        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 2, 2, 1, vec![c(1), c(2)])
+            .with_wait_for_slow(true);
+        assert_eq!(l.next(now, soft, 10).len(), 2);
+        l.on_success(&c(1).id, &[]);
+        assert!(!l.is_finished(later));
+        l.on_failure(&c(2).id);
+        assert!(l.is_finished(later));
     }
 
     #[test]

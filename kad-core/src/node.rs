@@ -852,7 +852,8 @@ impl Node {
                 now_ms: unix,
             });
         }
-        let lookup = self.make_lookup(now, record.key);
+        // Stored at the k closest that answer, slow ones included.
+        let lookup = self.make_lookup(now, record.key).with_wait_for_slow(true);
         let qid = self.new_query(
             now,
             QueryKind::Put {

@@ -492,6 +492,7 @@ impl Actor {
                     None => std::future::pending().await,
                 }
             };
+            let mut timer = false;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     None => break,
@@ -499,7 +500,7 @@ impl Actor {
                     Some(cmd) => self.command(cmd),
                 },
                 () = self.inbox.notify.notified() => {}
-                () = sleep => self.node.handle_input(now(), Input::Timeout),
+                () = sleep => timer = true,
             }
             self.drain().await;
             let mut handled = 0;
@@ -518,6 +519,12 @@ impl Actor {
                     .handle_input(now(), Input::Datagram { from, data });
                 self.drain().await;
                 handled += 1;
+            }
+            // Deadlines are handled after what already arrived: an answer that came in time
+            // while the engine was busy (say, encoding megabyte values) is not a timeout.
+            if timer {
+                self.node.handle_input(now(), Input::Timeout);
+                self.drain().await;
             }
             if handled > 0 && !self.inbox.lock().is_empty() {
                 // More is waiting: come back without sleeping, but let the readers (and commands,
