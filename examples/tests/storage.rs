@@ -81,6 +81,22 @@ async fn held(
     out
 }
 
+/// `kad get --bootstrap BOOT KEY --out OUT [--share S]...`.
+fn get_out(boot: &str, key: &str, out: &std::path::Path, shares: &[&str]) -> (i32, Value) {
+    let mut args = vec![
+        "get",
+        "--bootstrap",
+        boot,
+        key,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for s in shares {
+        args.extend(["--share", s]);
+    }
+    kad_json(&args)
+}
+
 fn contact_of(p: &NodeProc) -> Contact {
     Contact::new(p.id.parse().unwrap(), p.addr.parse::<PeerAddr>().unwrap())
 }
@@ -252,15 +268,7 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
         };
         assert_eq!(put["chunk_size"], expect_chunk, "{scheme}: {put}");
         let out = dir.path().join(format!("plain-{scheme}.bin"));
-        let o = out.to_str().unwrap();
-        let (code, got) = kad_json(&[
-            "get",
-            "--bootstrap",
-            nodes[4].addr_of(scheme),
-            key,
-            "--out",
-            o,
-        ]);
+        let (code, got) = get_out(nodes[4].addr_of(scheme), key, &out, &[]);
         assert_eq!(code, 0, "{got}");
         assert_eq!(std::fs::read(&out).unwrap(), data, "{scheme}");
         // The manifest is a record too: a plain get says it is a file.
@@ -273,22 +281,13 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
         let cap = put["capability"].as_str().unwrap();
         assert!(cap.starts_with("kad:"), "{put}");
         let out = dir.path().join(format!("enc-{scheme}.bin"));
-        let o = out.to_str().unwrap();
-        let (code, got) = kad_json(&[
-            "get",
-            "--bootstrap",
-            nodes[2].addr_of(scheme),
-            cap,
-            "--out",
-            o,
-        ]);
+        let (code, got) = get_out(nodes[2].addr_of(scheme), cap, &out, &[]);
         assert_eq!(code, 0, "{got}");
         assert_eq!(std::fs::read(&out).unwrap(), data);
         // Without the secret: a clear error, nothing written.
         let key_only = &cap[4..44];
         let out = dir.path().join(format!("nokey-{scheme}.bin"));
-        let o = out.to_str().unwrap();
-        let (code, e) = kad_json(&["get", "--bootstrap", boot, key_only, "--out", o]);
+        let (code, e) = get_out(boot, key_only, &out, &[]);
         assert_eq!(code, 2, "{e}");
         assert!(e["error"].as_str().unwrap().contains("encrypted"), "{e}");
         assert!(!out.exists());
@@ -308,47 +307,29 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
         .collect();
     assert_eq!(shares.len(), 3);
     let out = dir.path().join("shared.bin");
-    let o = out.to_str().unwrap();
-    let (code, got) = kad_json(&[
-        "get",
-        "--bootstrap",
-        boot,
-        key,
-        "--out",
-        o,
-        "--share",
-        shares[2],
-        "--share",
-        shares[0],
-    ]);
+    let (code, got) = get_out(boot, key, &out, &[shares[2], shares[0]]);
     assert_eq!(code, 0, "{got}");
     assert_eq!(std::fs::read(&out).unwrap(), data);
-    let (code, e) = kad_json(&[
-        "get",
-        "--bootstrap",
-        boot,
-        key,
-        "--out",
-        o,
-        "--share",
-        shares[1],
-    ]);
+    let (code, e) = get_out(boot, key, &out, &[shares[1]]);
     assert_eq!(code, 2, "{e}");
     assert!(e["error"].as_str().unwrap().contains("need 2"), "{e}");
+    // A mistyped share fails its checksum, named by position.
     let mut typo = shares[1].to_owned();
     typo.replace_range(20..21, if &typo[20..21] == "a" { "b" } else { "a" });
-    let (code, e) = kad_json(&[
-        "get",
-        "--bootstrap",
-        boot,
-        key,
-        "--out",
-        o,
-        "--share",
-        shares[0],
-        "--share",
-        &typo,
-    ]);
+    let (code, e) = get_out(boot, key, &out, &[shares[0], &typo]);
     assert_eq!(code, 2, "{e}");
     assert!(e["error"].as_str().unwrap().contains("--share #2"), "{e}");
+    // A well-formed share of another file rebuilds a key that fails the file's key check.
+    let (code, other) = kad_json(&["put", "--bootstrap", boot, "--file", inp, "--shares", "2/2"]);
+    assert_eq!(code, 0, "{other}");
+    let foreign = other["shares"][1].as_str().unwrap(); // x = 2, beside our x = 1
+    let (code, e) = get_out(boot, key, &out, &[shares[0], foreign]);
+    assert_eq!(code, 2, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("do not match this file"),
+        "{e}"
+    );
 }

@@ -369,7 +369,7 @@ fn kind(v: &Value) -> String {
 }
 
 /// Decodes exactly `N` bytes from `2 * N` hex digits (either case).
-fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
+pub(crate) fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let chars = s.chars().count();
     if chars != 2 * N {
         return Err(format!(

@@ -199,10 +199,10 @@ impl FromStr for Capability {
                  (expected kad:<40 hex manifest key>#<64 hex key>)"
                 .into())
         })?;
-        let manifest = hex_exact::<20>(manifest)
+        let manifest = crate::blob::hex_array::<20>(manifest)
             .map_err(|e| bad(format!("manifest key (before '#'): {e}")))?;
-        let mut key_bytes =
-            hex_exact::<32>(key).map_err(|e| bad(format!("file key (after '#'): {e}")))?;
+        let mut key_bytes = crate::blob::hex_array::<32>(key)
+            .map_err(|e| bad(format!("file key (after '#'): {e}")))?;
         let key = FileKey::from_bytes(key_bytes);
         key_bytes.zeroize();
         Ok(Self {
@@ -210,21 +210,6 @@ impl FromStr for Capability {
             key,
         })
     }
-}
-
-/// Decodes exactly `N` bytes from `2 * N` hex digits (either case).
-fn hex_exact<const N: usize>(s: &str) -> Result<[u8; N], String> {
-    let chars = s.chars().count();
-    if chars != 2 * N {
-        return Err(format!(
-            "expected {} hex digits, got {chars} characters",
-            2 * N
-        ));
-    }
-    let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out)
-        .map_err(|_| "not hex: expected only 0-9 and a-f".to_string())?;
-    Ok(out)
 }
 
 /// One Shamir share of a [`FileKey`] (over GF(256), one polynomial per key byte).
@@ -356,9 +341,10 @@ impl FromStr for Share {
         };
         let threshold = share_number("threshold", t)?;
         let x = share_number("x", x)?;
-        let mut y =
-            hex_exact::<32>(y).map_err(|e| BlobError::BadShare(format!("share value: {e}")))?;
-        let sum = hex_exact::<4>(sum).map_err(|e| BlobError::BadShare(format!("checksum: {e}")))?;
+        let mut y = crate::blob::hex_array::<32>(y)
+            .map_err(|e| BlobError::BadShare(format!("share value: {e}")))?;
+        let sum = crate::blob::hex_array::<4>(sum)
+            .map_err(|e| BlobError::BadShare(format!("checksum: {e}")))?;
         let share = Self { threshold, x, y };
         y.zeroize();
         let mut body = share.body();

@@ -129,7 +129,9 @@ pub enum TransferError {
         last: String,
     },
     /// A record was not found at any holder.
-    #[error("{what} ({key}) was not found at any holder (asked {asked} nodes)")]
+    #[error(
+        "{what} ({key}) was not found intact at any holder (asked {asked} nodes; copies that fail verification are never used)"
+    )]
     NotFound {
         /// Which record.
         what: String,

@@ -239,6 +239,13 @@ async fn forged_chunks_are_dropped_and_fetched_from_an_honest_holder() {
         got.bad_chunks > 0,
         "forged answers were seen and dropped: {got:?}"
     );
+    // With the honest holder gone, only forgeries are left: an error, never a wrong file.
+    net.disconnect(&nodes[7].contact().addrs[0]);
+    nodes[7].shutdown().await;
+    let out = dir.path().join("forged-only.out");
+    let e = get_file(&client, put.key, None, &out, &get_opts(), &quiet).await;
+    assert!(matches!(e, Err(TransferError::NotFound { .. })), "{e:?}");
+    assert!(!out.exists(), "no output file from forged chunks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
