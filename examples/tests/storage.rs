@@ -333,3 +333,43 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
         "{e}"
     );
 }
+
+#[test]
+fn a_full_node_and_a_forged_record_are_refused_with_the_reason() {
+    let node = NodeProc::start(&["--max-records", "1"]);
+    let id: kad_core::NodeId = node.id.parse().unwrap();
+    let (code, put) = kad_json(&["put", "--bootstrap", &node.addr, "first"]);
+    assert_eq!((code, put["stored"].as_u64()), (0, Some(1)), "{put}");
+    // A record farther from the node's id than the one it holds cannot evict it.
+    let held = content_key(b"first").distance(&id);
+    let farther = (0..)
+        .map(|i| format!("second {i}"))
+        .find(|v| content_key(v.as_bytes()).distance(&id) > held)
+        .unwrap();
+    let (code, e) = kad_json(&["put", "--bootstrap", &node.addr, &farther]);
+    assert_eq!(code, 2, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("store full: records limit of 1 reached"),
+        "{e}"
+    );
+    // A value under a key that is not its hash.
+    let (code, e) = kad_json(&[
+        "put",
+        "--bootstrap",
+        &node.addr,
+        "--key",
+        &"ab".repeat(20),
+        "forged",
+    ]);
+    assert_eq!(code, 2, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not content-addressed"),
+        "{e}"
+    );
+}

@@ -273,6 +273,8 @@ enum QueryKind {
     Put {
         record: Record,
         storing: Option<(usize, usize, usize)>,
+        /// The first error a storing node answered with, reported when nobody stored.
+        refused: Option<RpcError>,
     },
     Ping,
     Call,
@@ -859,6 +861,7 @@ impl Node {
             QueryKind::Put {
                 record,
                 storing: None,
+                refused: None,
             },
             Some(lookup),
         )?;
@@ -1398,7 +1401,7 @@ impl Node {
             PendingKind::Lookup { query, peer } => {
                 self.lookup_response(now, query, peer, &sender, rsp)
             }
-            PendingKind::Store { query } => self.store_result(now, query, rsp.is_ok()),
+            PendingKind::Store { query } => self.store_result(now, query, rsp.err()),
             PendingKind::Ping { query } => {
                 let r = match rsp {
                     Ok(_) => Ok(PingOutcome {
@@ -1518,19 +1521,30 @@ impl Node {
         self.step_query(now, qid);
     }
 
-    fn store_result(&mut self, now: Instant, qid: QueryId, ok: bool) {
+    /// One storing node answered (`None`: stored) or failed.
+    fn store_result(&mut self, now: Instant, qid: QueryId, err: Option<RpcError>) {
         let done = match self.queries.get_mut(&qid) {
             Some(Query {
                 kind:
                     QueryKind::Put {
                         storing: Some((outstanding, stored, _)),
+                        refused,
                         ..
                     },
                 ..
             }) => {
                 *outstanding -= 1;
-                if ok {
-                    *stored += 1;
+                match err {
+                    None => *stored += 1,
+                    // A node's own answer says more than a timeout.
+                    Some(e)
+                        if refused
+                            .as_ref()
+                            .is_none_or(|r| r.code == RpcError::INTERNAL) =>
+                    {
+                        *refused = Some(e);
+                    }
+                    Some(_) => {}
                 }
                 *outstanding == 0
             }
@@ -1592,7 +1606,11 @@ impl Node {
                 }
                 self.step_query(now, query);
             }
-            PendingKind::Store { query } => self.store_result(now, query, false),
+            PendingKind::Store { query } => self.store_result(
+                now,
+                query,
+                Some(RpcError::new(RpcError::INTERNAL, "timed out")),
+            ),
             PendingKind::Ping { query } => {
                 self.finish(now, query, QueryResult::Ping(Err(QueryError::Timeout)))
             }
@@ -1863,7 +1881,9 @@ impl Node {
                 });
                 self.finish(now, qid, QueryResult::PluginLookup(outcome));
             }
-            QueryKind::Put { record, storing } => {
+            QueryKind::Put {
+                record, storing, ..
+            } => {
                 let targets = outcome.closest.clone();
                 let record = record.clone();
                 // Store locally too if we are among the k closest.
@@ -1960,7 +1980,12 @@ impl Node {
         let Some(q) = self.queries.get(&qid) else {
             return;
         };
-        let QueryKind::Put { record, storing } = &q.kind else {
+        let QueryKind::Put {
+            record,
+            storing,
+            refused,
+        } = &q.kind
+        else {
             return;
         };
         let (_, stored, tried) = storing.unwrap_or((0, 0, 0));
@@ -1970,7 +1995,11 @@ impl Node {
             .map(Lookup::finish_stats)
             .unwrap_or_default();
         let r = if stored == 0 {
-            Err(QueryError::NotStored)
+            // Say why when a node said why (store full, record rejected).
+            Err(match refused {
+                Some(e) if e.code != RpcError::INTERNAL => QueryError::Remote(e.clone()),
+                _ => QueryError::NotStored,
+            })
         } else {
             Ok(PutOutcome {
                 key: record.key,
