@@ -88,7 +88,11 @@ function createDht (o) {
   // bootstrap: false => no bootstrap nodes at all (never the public routers).
   // timeout: per-query KRPC timeout in ms (k-rpc-socket default 2000).
   const timeout = numArg('query-timeout', o['query-timeout'], { integer: true, min: 1, required: false })
-  dht = new DHT({ bootstrap, verify, timeout })
+  // --node-id: keep one identity across runs (with a fixed --port, a client that comes back is
+  // the same node, not one more departed stranger in everyone's table).
+  const opts = { bootstrap, verify, timeout }
+  if (o['node-id'] !== undefined) opts.nodeId = hexArg('node-id', o['node-id'], 20)
+  dht = new DHT(opts)
   dht.on('error', (err) => finish({ ok: false, op: o.op, error: `dht error: ${err.message}` }))
   return dht
 }
@@ -120,12 +124,13 @@ function watchPutErrors () {
   return errors
 }
 
-// Record every `get` query of the lookup: who was asked and what came back.
+// Record every `get` query of the lookup: who was asked and what came back. (k-rpc's lookup
+// sends through its socket directly, so the socket is what is watched.)
 function watchGetQueries () {
   const asked = []
-  const rpc = dht._rpc
-  const query = rpc.query.bind(rpc)
-  rpc.query = (node, message, cb) => query(node, message, (err, res, ...rest) => {
+  const socket = dht._rpc.socket
+  const query = socket.query.bind(socket)
+  socket.query = (node, message, cb) => query(node, message, (err, res, ...rest) => {
     if (message.q === 'get') {
       const r = res && res.r
       asked.push(`${node.host}:${node.port} ${err ? 'error: ' + describe(err) : (r && r.v ? 'value' : 'no value') + (r && r.nodes ? ` +${r.nodes.length / 26} nodes` : '')}`)
@@ -225,7 +230,7 @@ async function main () {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: Object.fromEntries(
-      ['port', 'bootstrap', 'duration', 'timeout', 'query-timeout', 'value', 'target', 'seed', 'salt', 'seq', 'cas', 'pubkey']
+      ['port', 'bootstrap', 'duration', 'timeout', 'query-timeout', 'value', 'target', 'seed', 'salt', 'seq', 'cas', 'pubkey', 'node-id']
         .map((name) => [name, { type: 'string' }])
     )
   })
