@@ -448,7 +448,15 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
     }
     let mut rng = rand::rngs::ThreadRng::default();
     use rand::Rng as _;
-    let keys: Vec<NodeId> = (0..ops).map(|_| NodeId::random(&mut rng)).collect();
+    // Content-addressed records, as `kad get` (used by the fresh processes below) expects.
+    let run: u64 = rng.random();
+    let values: Vec<String> = (0..ops)
+        .map(|i| format!("value {i} of run {run:x}"))
+        .collect();
+    let keys: Vec<NodeId> = values
+        .iter()
+        .map(|v| kad_core::content_key(v.as_bytes()))
+        .collect();
     // Puts, one at a time, from random nodes.
     let (mut put_ms, mut stored, mut put_rpcs) = (Vec::new(), Vec::new(), Vec::new());
     let cpu0 = self_cpu();
@@ -456,7 +464,7 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
     for (i, k) in keys.iter().enumerate() {
         let d = &dhts[rng.random_range(0..nodes)];
         let t1 = Instant::now();
-        let o = d.put(*k, format!("value {i}").into_bytes().into()).await?;
+        let o = d.put(*k, values[i].clone().into_bytes().into()).await?;
         put_ms.push(ms(t1.elapsed()));
         stored.push(o.stored as f64);
         put_rpcs.push(f64::from(o.stats.rpcs) + o.tried as f64);
@@ -472,7 +480,7 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         let t1 = Instant::now();
         if let Ok(o) = d.get(*k).await {
             get_rpcs.push(f64::from(o.stats.rpcs));
-            if o.record.value == format!("value {i}").as_bytes() {
+            if o.record.value == values[i].as_bytes() {
                 found += 1;
             }
         }
@@ -499,7 +507,7 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         process_ms.push(ms(t1.elapsed()));
         let line = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or(json!({}));
-        if v["value"].as_str() == Some(&format!("value {}", j % keys.len())) {
+        if v["value"].as_str() == Some(values[j % keys.len()].as_str()) {
             join_found += 1;
         }
         let jm = v["join_ms"].as_f64().unwrap_or(f64::NAN);
