@@ -300,12 +300,6 @@ impl Drop for NodeProc {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Signs `n` PINGs from `identity` to `to` (one fresh nonce and transaction id each).
 fn signed_pings(
     identity: &Arc<NativeIdentity>,
@@ -326,7 +320,7 @@ fn signed_pings(
                 body: Body::Request(Request::Ping),
             };
             let mut cx = CodecCx {
-                unix_ms: unix_ms(),
+                unix_ms: kad_core::SystemClock::now_ms(),
                 local_id: identity.id(),
                 max_skew_ms: 60_000,
                 rng: &mut rng,
@@ -368,7 +362,7 @@ fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> {
                     // Check a sample of the answers in full: signature, id, recipient, window.
                     let mut rng = rand::rngs::ThreadRng::default();
                     let mut cx = CodecCx {
-                        unix_ms: unix_ms(),
+                        unix_ms: kad_core::SystemClock::now_ms(),
                         local_id: identity.id(),
                         max_skew_ms: 60_000,
                         rng: &mut rng,

@@ -11,15 +11,13 @@ use kad_core::{
     Dht, MemoryStore, NativeIdentity, NodeId, Record, RecordStore, StoreLimits, Transport,
 };
 use kad_plugin_storage::{
-    ContentValidator, GetOptions, Protection, PutOptions, RedbStore, chunk_size_for, get_file,
-    put_file,
+    ContentValidator, GetOptions, Protection, PutOptions, RedbStore, get_file, put_file,
 };
 use kad_transport_quic::{QuicConfig, QuicTransport};
 use kad_transport_udp::UdpTransport;
 use serde_json::json;
 
 use crate::net::{Setup, emit, fresh_identity, native_config, spawn_on, value_limit};
-use crate::storage::unix_ms;
 
 /// `kad bench storage` flags.
 #[derive(Args, Debug)]
@@ -63,7 +61,7 @@ fn round(v: f64, places: i32) -> f64 {
 /// Puts of 1 KiB records for `secs`, then gets of them for `secs`, through `store` alone.
 fn store_rates(store: &mut dyn RecordStore, secs: f64) -> serde_json::Value {
     let value = vec![0x5Au8; 1024];
-    let now = unix_ms();
+    let now = kad_core::SystemClock::now_ms();
     let mut keys = Vec::new();
     let t0 = Instant::now();
     let budget = Duration::from_secs_f64(secs);
@@ -137,7 +135,7 @@ async fn network(kind: &str, n: usize, store: &str) -> Result<Net> {
                 &dir.path().join(format!("node{i}.redb")),
                 identity.id(),
                 limits,
-                unix_ms(),
+                kad_core::SystemClock::now_ms(),
             )?)
         } else {
             Box::new(MemoryStore::new(identity.id(), limits))
@@ -215,15 +213,8 @@ async fn file_round_trip(
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("input.bin");
     write_file(&input, bytes)?;
-    let tag = if protection == Protection::Plain {
-        0
-    } else {
-        kad_plugin_storage::TAG_LEN
-    };
-    let chunk_size = chunk_size.unwrap_or_else(|| match chunk_size_for(max_message) {
-        c if c as usize + tag > value_limit(max_message) => c - 1024,
-        c => c,
-    });
+    let chunk_size = chunk_size
+        .unwrap_or_else(|| kad_plugin_storage::default_chunk_size(max_message, protection));
     let opts = PutOptions {
         chunk_size,
         parallel: a
@@ -294,7 +285,12 @@ pub(crate) fn run(a: StorageArgs) -> Result<()> {
     let mut mem = MemoryStore::new(local, limits.clone());
     let memory = store_rates(&mut mem, a.store_secs);
     drop(mem);
-    let mut redb = RedbStore::open(&dir.path().join("bench.redb"), local, limits, unix_ms())?;
+    let mut redb = RedbStore::open(
+        &dir.path().join("bench.redb"),
+        local,
+        limits,
+        kad_core::SystemClock::now_ms(),
+    )?;
     let persistent = store_rates(&mut redb, a.store_secs);
     drop(redb);
     let ratio = |f: &str| {

@@ -147,12 +147,8 @@ pub(crate) struct Setup {
     pub(crate) storage_plugin: bool,
 }
 
-/// The largest record value a node takes when its largest message is `max_message_len` bytes:
-/// values travel base64-encoded (4/3) inside a signed JSON message beside up to 20 contacts
-/// (16 KiB kept for them). Never below [`MAX_NATIVE_VALUE`], which fits one datagram.
-pub(crate) fn value_limit(max_message_len: usize) -> usize {
-    (max_message_len.saturating_sub(16 * 1024) / 4 * 3).max(MAX_NATIVE_VALUE)
-}
+/// The largest record value a node takes when its largest message is `max_message_len` bytes.
+pub(crate) use kad_core::max_native_value_for as value_limit;
 
 /// Spawns a native node on `transports` (any mix of UDP, QUIC and WebSocket), advertising
 /// `advertise` (when not empty) instead of the transports' listen addresses.
@@ -689,7 +685,7 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
         key,
         value.clone().into_bytes(),
         Some(dht.id()),
-        crate::storage::unix_ms(),
+        kad_core::SystemClock::now_ms(),
         ttl.as_millis() as u64,
     );
     let r = within(&a.client, dht.put_record(record)).await;

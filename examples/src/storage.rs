@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kad_core::{AcceptAll, Dht, NodeId, RecordValidator, StoreLimits};
 use kad_plugin_storage::{
     Capability, ContentValidator, FileKey, GetOptions, Protection, PutOptions, RedbStore,
-    RoutingFile, Share, TransferError, chunk_size_for, combine_shares, get_file_with, get_manifest,
+    RoutingFile, Share, TransferError, combine_shares, get_file_with, get_manifest,
 };
 use serde_json::json;
 
@@ -50,13 +50,6 @@ fn mb(field: &str, v: f64) -> Result<usize> {
         bail!("{field} = {v} is out of range: more than 0 and at most 10000000 MB");
     }
     Ok((v * 1024.0 * 1024.0) as usize)
-}
-
-/// The wall clock in Unix milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The validator for `--records`.
@@ -113,7 +106,7 @@ impl StoreArgs {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--data-dir {}: cannot create it", dir.display()))?;
         let path = dir.join("records.redb");
-        let store = RedbStore::open(&path, local, limits, unix_ms())
+        let store = RedbStore::open(&path, local, limits, kad_core::SystemClock::now_ms())
             .with_context(|| format!("--data-dir {}", dir.display()))?;
         let s = store.open_stats();
         let routing = store.routing();
@@ -226,11 +219,7 @@ pub(crate) async fn put_file(
             max_value - tag
         ),
         Some(c) => c,
-        // The largest chunk that fits a message, less a KiB when the tag would not fit.
-        None => match chunk_size_for(max_message) {
-            c if c as usize + tag > max_value => c - 1024,
-            c => c,
-        },
+        None => kad_plugin_storage::default_chunk_size(max_message, protection),
     };
     let opts = PutOptions {
         chunk_size,

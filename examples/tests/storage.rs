@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kad_core::{
     Config, Contact, Dht, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, PeerAddr, Record,
@@ -15,13 +15,6 @@ use serde_json::Value;
 
 mod common;
 use common::{NodeProc, kad_json};
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// A read-only native client over UDP, joined through `seed`.
 async fn client(seed: &str, secret: u8) -> Dht {
@@ -114,14 +107,14 @@ async fn acknowledged_stores_survive_kill_9_and_expiry_survives_restarts() {
         content_key(b"short-lived"),
         &b"short-lived"[..],
         Some(c.id()),
-        unix_ms(),
+        kad_core::SystemClock::now_ms(),
         2_000,
     );
     let long = Record::new(
         content_key(b"long-lived"),
         &b"long-lived"[..],
         Some(c.id()),
-        unix_ms(),
+        kad_core::SystemClock::now_ms(),
         3_600_000,
     );
     assert_eq!(c.put_record(short.clone()).await.unwrap().stored, 1);
@@ -146,7 +139,7 @@ async fn acknowledged_stores_survive_kill_9_and_expiry_survives_restarts() {
                     content_key(v.as_bytes()),
                     v.into_bytes(),
                     Some(c.id()),
-                    unix_ms(),
+                    kad_core::SystemClock::now_ms(),
                     3_600_000,
                 );
                 let key = r.key;

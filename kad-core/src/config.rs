@@ -20,12 +20,20 @@ pub trait WallClock: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
-impl WallClock for SystemClock {
+impl SystemClock {
+    /// Milliseconds since the Unix epoch, now (for code outside the engine that stamps
+    /// records: publish and expiry times).
     #[allow(clippy::disallowed_methods)] // the one place the OS wall clock is read
-    fn unix_ms(&self, _now: Instant) -> u64 {
+    pub fn now_ms() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl WallClock for SystemClock {
+    fn unix_ms(&self, _now: Instant) -> u64 {
+        Self::now_ms()
     }
 }
 

@@ -115,7 +115,7 @@ pub use lookup::{Lookup, LookupStats};
 pub use message::{Body, Message, Request, Response, RpcError, TxnId};
 pub use native::{
     InvalidKey, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, content_key,
-    node_id_from_public_key, verify_signature,
+    max_native_value_for, node_id_from_public_key, verify_signature,
 };
 pub use node::{
     CommandError, Event, GetOutcome, Input, LookupOutcome, Node, NodeBuilder, Output, PingOutcome,

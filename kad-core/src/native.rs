@@ -46,6 +46,14 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// Largest record value that always fits a native datagram, with a full list of contacts beside
 /// it in a `FIND_VALUE` answer (base64 grows values by a third).
 pub const MAX_NATIVE_VALUE: usize = 45_000;
+/// The largest record value a native node takes when its largest message is `max_message_len`
+/// bytes: values travel base64-encoded (4/3) inside a signed JSON message beside up to 20
+/// contacts (16 KiB kept for them). Never below [`MAX_NATIVE_VALUE`], which fits one datagram:
+/// 45,000 bytes on UDP, 774,144 with 1 MiB QUIC or WebSocket messages.
+pub fn max_native_value_for(max_message_len: usize) -> usize {
+    (max_message_len.saturating_sub(16 * 1024) / 4 * 3).max(MAX_NATIVE_VALUE)
+}
+
 /// Most contacts accepted in one answer.
 pub const MAX_WIRE_NODES: usize = 64;
 /// Most addresses accepted in one contact.

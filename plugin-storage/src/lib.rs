@@ -76,6 +76,6 @@ pub use crypto::*;
 pub use plugin::{FETCH, FetchParams, FetchReply, MAX_FETCH_KEYS, NAMESPACE, StoragePlugin};
 pub use store::*;
 pub use transfer::{
-    GetOptions, GetReport, Protection, PutOptions, PutReport, TransferError, fetch_one, get_file,
-    get_file_with, get_manifest, put_file, put_parallelism,
+    GetOptions, GetReport, Protection, PutOptions, PutReport, TransferError, default_chunk_size,
+    fetch_one, get_file, get_file_with, get_manifest, put_file, put_parallelism,
 };

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{Contact, Dht, DhtError, Key, NodeId, QueryError, Record};
@@ -65,6 +65,21 @@ impl Default for PutOptions {
             ttl: Duration::from_secs(24 * 3600),
             attempts: 3,
         }
+    }
+}
+
+/// The default chunk size for a writer whose largest message is `max_message_len` bytes: the
+/// largest that fits one message ([`chunk_size_for`](crate::chunk_size_for)), a KiB less when
+/// the encryption tag would push it past the value limit.
+pub fn default_chunk_size(max_message_len: usize, protection: Protection) -> u32 {
+    let tag = if protection == Protection::Plain {
+        0
+    } else {
+        crate::TAG_LEN
+    };
+    match crate::chunk_size_for(max_message_len) {
+        c if c as usize + tag > kad_core::max_native_value_for(max_message_len) => c - 1024,
+        c => c,
     }
 }
 
@@ -155,12 +170,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// One chunk stored by [`put_file`].
 struct StoredChunk {
     index: u64,
@@ -190,7 +199,7 @@ async fn store(
             key,
             value.clone(),
             Some(dht.id()),
-            unix_ms(),
+            kad_core::SystemClock::now_ms(),
             ttl.as_millis() as u64,
         );
         match dht.put_record(record).await {
@@ -907,4 +916,23 @@ async fn fetch_many(
         out.values = keys.iter().filter_map(|k| got.get(k).cloned()).collect();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_chunks_fill_a_message_and_leave_room_for_the_tag() {
+        let quic = 1 << 20;
+        assert_eq!(default_chunk_size(quic, Protection::Plain), 756 * 1024);
+        assert_eq!(default_chunk_size(quic, Protection::Encrypted), 755 * 1024);
+        assert!(
+            default_chunk_size(quic, Protection::Encrypted) as usize + crate::TAG_LEN
+                <= kad_core::max_native_value_for(quic)
+        );
+        // UDP chunks sit well under the datagram's value limit, tag or not.
+        assert_eq!(default_chunk_size(65_507, Protection::Plain), 35 * 1024);
+        assert_eq!(default_chunk_size(65_507, Protection::Encrypted), 35 * 1024);
+    }
 }
