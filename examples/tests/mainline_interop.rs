@@ -146,6 +146,8 @@ fn bdht_client_identity() -> (u16, String) {
 }
 
 thread_local! {
+    /// Which implementation serves on which port, for failure reports.
+    static SERVER_NAMES: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     /// Every server of the current test's network (set before its matrix runs).
     static SERVERS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -479,9 +481,10 @@ fn matrix(boot: u16, tag: &str) {
     }
     assert!(
         failures.is_empty(),
-        "{} failures:\n{}",
+        "{} failures:\n{}\nservers: {}",
         failures.len(),
-        failures.join("\n")
+        failures.join("\n"),
+        SERVER_NAMES.with(|s| s.borrow().clone())
     );
 }
 
@@ -511,6 +514,13 @@ fn mixed_network_every_pair_of_implementations_puts_and_gets() {
         .map(|s| s.port)
         .chain(pubky.iter().map(|p| p.info().local_addr().port()));
     SERVERS.with(|s| *s.borrow_mut() = ports.collect());
+    let names = format!(
+        "ours {:?}, mainline crate {:?}, bittorrent-dht {:?}",
+        ours.iter().map(|s| s.port).collect::<Vec<_>>(),
+        pubky.iter().map(|p| p.info().local_addr().port()).collect::<Vec<_>>(),
+        bdht.iter().map(|s| s.port).collect::<Vec<_>>()
+    );
+    SERVER_NAMES.with(|s| *s.borrow_mut() = names);
     matrix(boot, "mixed");
     drop((ours, pubky, bdht));
 }
@@ -520,6 +530,9 @@ fn network_of_only_our_nodes_serves_every_client() {
     // Only our nodes store: their server side is what the other clients talk to.
     let (ours, boot) = our_network(6);
     SERVERS.with(|s| *s.borrow_mut() = ours.iter().map(|s| s.port).collect());
+    SERVER_NAMES.with(|s| {
+        *s.borrow_mut() = format!("ours {:?}", ours.iter().map(|s| s.port).collect::<Vec<_>>())
+    });
     matrix(boot, "ours-only");
     drop(ours);
 }
