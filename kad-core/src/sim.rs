@@ -435,6 +435,12 @@ impl Sim {
         true
     }
 
+    /// When the earliest scheduled event happens, if any (drive with [`step`](Self::step) and
+    /// [`poll_event`](Self::poll_event) to see each event at its own virtual time).
+    pub fn next_event_at(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(e)| e.at)
+    }
+
     /// Processes every event up to and including `t`, then sets the clock to `t`.
     pub fn run_until(&mut self, t: Instant) {
         while self.heap.peek().is_some_and(|Reverse(e)| e.at <= t) {
@@ -557,6 +563,47 @@ pub struct ScenarioReport {
 
 const MAX_BOOTSTRAP_RETRIES: u8 = 3;
 
+/// Adds `count` nodes with `config` to `sim`, one every `join_spacing` of virtual time, each
+/// joining through a random earlier node (`build` adds plugins, a store or a validator to node
+/// `i`); then lets the joins settle for 20 virtual seconds. A node whose bootstrap found too few
+/// nodes retries through another one, as an application would. Events raised meanwhile are
+/// consumed. `progress(joined)` is called every 256 joins. Returns the nodes' indices.
+pub fn grow_network(
+    sim: &mut Sim,
+    count: usize,
+    config: &Config,
+    join_spacing: Duration,
+    mut build: impl FnMut(usize, NodeBuilder) -> NodeBuilder,
+    mut progress: impl FnMut(usize),
+) -> Vec<usize> {
+    let start = sim.now();
+    let k = config.k;
+    let mut contacts: Vec<Contact> = Vec::with_capacity(count);
+    let mut indices = Vec::with_capacity(count);
+    for i in 0..count {
+        sim.run_until(start + join_spacing * i as u32);
+        retry_failed_bootstraps(sim, &contacts, k);
+        let idx = sim.add_node_with(config.clone(), |b| build(i, b));
+        if !contacts.is_empty() {
+            let j = sim.rng().random_range(0..contacts.len());
+            let seed = contacts[j].clone();
+            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
+        }
+        if let Some(n) = sim.node(idx) {
+            contacts.push(n.contact().clone());
+        }
+        indices.push(idx);
+        if i % 256 == 0 {
+            progress(i + 1);
+        }
+    }
+    for _ in 0..20 {
+        sim.run_for(Duration::from_secs(1));
+        retry_failed_bootstraps(sim, &contacts, k);
+    }
+    indices
+}
+
 /// A bootstrap that failed or found fewer than `want` nodes (an application would try again
 /// through another seed).
 fn poor_bootstrap(
@@ -620,31 +667,15 @@ pub fn run_lookup_scenario(
     let mut done_work = 0;
 
     // 1. Join.
-    let mut contacts: Vec<Contact> = Vec::with_capacity(sc.nodes);
-    for i in 0..sc.nodes {
-        let t = base + sc.join_spacing * i as u32;
-        sim.run_until(t);
-        retry_failed_bootstraps(&mut sim, &contacts, sc.k);
-        let idx = sim.add_node(cfg.clone());
-        if i > 0 {
-            let j = sim.rng().random_range(0..contacts.len());
-            let seed = contacts[j].clone();
-            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
-        }
-        if let Some(n) = sim.node(idx) {
-            contacts.push(n.contact().clone());
-        }
-        done_work += 1;
-        if i % 256 == 0 {
-            progress(done_work, total_work);
-        }
-    }
-    // Let the last joins finish; a node whose bootstrap failed retries through another node,
-    // as an application would.
-    for _ in 0..20 {
-        sim.run_for(Duration::from_secs(1));
-        retry_failed_bootstraps(&mut sim, &contacts, sc.k);
-    }
+    grow_network(
+        &mut sim,
+        sc.nodes,
+        &cfg,
+        sc.join_spacing,
+        |_, b| b,
+        |i| progress(i, total_work),
+    );
+    done_work += sc.nodes;
 
     // 2. Lookups, with churn spread over the same period.
     let start = sim.now();

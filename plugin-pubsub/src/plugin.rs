@@ -214,6 +214,7 @@ struct Sub {
     contact: Contact,
     expires: Instant,
     push: bool,
+    ranked: Vec<NodeId>,
     failures: u8,
     in_flight: u16,
 }
@@ -224,6 +225,8 @@ struct Topic {
     recent: VecDeque<TopicMessage>,
     subs: BTreeMap<NodeId, Sub>,
     touched: Instant,
+    /// The publisher's last view of the live rendezvous nodes.
+    live: Option<BTreeSet<NodeId>>,
 }
 
 impl Topic {
@@ -234,6 +237,7 @@ impl Topic {
             recent: VecDeque::new(),
             subs: BTreeMap::new(),
             touched: now,
+            live: None,
         }
     }
 }
@@ -256,28 +260,63 @@ struct MySub {
 enum Pending {
     Notify { topic: Key, sub: NodeId },
     Subscribe { topic: Key, holder: NodeId, push: bool },
-    Op { op: u64 },
+    Op { op: u64, holder: NodeId },
+    Ignore,
 }
 
 enum LookupFor {
     Subscribe(Key),
     Op(u64),
+    Refresh(Key),
+}
+
+#[derive(Clone)]
+enum Payload {
+    Item(WireItem),
+    Message(TopicMessage),
+}
+
+impl Payload {
+    fn method(&self) -> &'static str {
+        match self {
+            Self::Item(_) => wire::PUBLISH,
+            Self::Message(_) => wire::POST,
+        }
+    }
+
+    fn params(&self, live: Option<Vec<NodeId>>) -> Bytes {
+        match self {
+            Self::Item(item) => json(&PublishParams {
+                item: item.clone(),
+                live,
+            }),
+            Self::Message(message) => json(&PostParams {
+                message: message.clone(),
+                live,
+            }),
+        }
+    }
 }
 
 struct Op {
     cmd: QueryId,
     topic: Key,
-    method: &'static str,
-    params: Bytes,
+    payload: Payload,
     outcome: PublishOutcome,
     outstanding: usize,
     first_error: Option<RpcError>,
+    acked: Vec<Contact>,
+    dead: Vec<NodeId>,
 }
 
 struct Holders {
     contacts: Vec<Contact>,
     at: Instant,
-    stale: bool,
+    /// Who accepted the last publish (sent with the next one).
+    live: Option<Vec<NodeId>>,
+    /// A background lookup should refresh `contacts`.
+    refresh: bool,
+    refreshing: bool,
 }
 
 struct Bucket {
@@ -451,6 +490,16 @@ impl PubsubPlugin {
                 "pubsub.SUBSCRIBE: topic is not the key of kind",
             );
         }
+        if p.ranked.len() > 4 * cx.k().max(16) {
+            return rpc_err(
+                RpcError::INVALID_PARAMS,
+                format!(
+                    "pubsub.SUBSCRIBE: ranked has {} nodes, the limit is {}",
+                    p.ranked.len(),
+                    4 * cx.k().max(16)
+                ),
+            );
+        }
         if p.ttl == 0 {
             self.remove_sub(&p.topic, &from.id);
             return Reply::Result(json(&SubscribeResult::default()));
@@ -504,12 +553,14 @@ impl PubsubPlugin {
             contact: from.clone(),
             expires: now,
             push: p.push,
+            ranked: Vec::new(),
             failures: 0,
             in_flight: 0,
         });
         sub.contact = from.clone();
         sub.expires = now + ttl;
         sub.push = p.push;
+        sub.ranked = p.ranked;
         sub.failures = 0;
         topic.touched = now;
         let mut r = SubscribeResult {
@@ -569,7 +620,19 @@ impl PubsubPlugin {
             }
             if let Some(l) = &topic.latest {
                 if l.seq == p.item.seq && l.sig == p.item.sig {
-                    return Reply::Result(json(&PublishResult::default()));
+                    // The same reading again: a repair round with a new view of who is live.
+                    let pushed = match p.live {
+                        Some(live) => {
+                            let notify = json(&NotifyParams {
+                                topic: key,
+                                item: Some(p.item),
+                                message: None,
+                            });
+                            self.repair(cx, key, live, notify)
+                        }
+                        None => 0,
+                    };
+                    return Reply::Result(json(&PublishResult { pushed }));
                 }
                 if l.seq >= p.item.seq {
                     self.stats.refused += 1;
@@ -587,6 +650,9 @@ impl PubsubPlugin {
         topic.sensor = Some((p.item.k, p.item.salt.clone()));
         topic.latest = Some(p.item.clone());
         topic.touched = now;
+        if let Some(live) = p.live {
+            topic.live = Some(live.into_iter().collect());
+        }
         self.stats.accepted += 1;
         let notify = json(&NotifyParams {
             topic: key,
@@ -617,7 +683,18 @@ impl PubsubPlugin {
                 return rpc_err(RpcError::REJECTED, "pubsub.POST: a sensor topic");
             }
             if topic.recent.iter().any(|m| m.id() == id) {
-                return Reply::Result(json(&PublishResult::default()));
+                let pushed = match p.live {
+                    Some(live) => {
+                        let notify = json(&NotifyParams {
+                            topic: key,
+                            item: None,
+                            message: Some(p.message),
+                        });
+                        self.repair(cx, key, live, notify)
+                    }
+                    None => 0,
+                };
+                return Reply::Result(json(&PublishResult { pushed }));
             }
         }
         let topic = match self.topic_entry(now, key) {
@@ -626,6 +703,9 @@ impl PubsubPlugin {
         };
         topic.recent.retain(|m| m.expires_ms() > now_ms);
         topic.recent.push_back(p.message.clone());
+        if let Some(live) = p.live {
+            topic.live = Some(live.into_iter().collect());
+        }
         while topic.recent.len() > max_recent {
             topic.recent.pop_front();
         }
@@ -640,8 +720,60 @@ impl PubsubPlugin {
         Reply::Result(json(&PublishResult { pushed }))
     }
 
-    /// Pushes `notify` to every live pushing subscriber of `key`; returns how many.
+    /// Whether this node (`me`) pushes to `sub` when `live` are the live rendezvous nodes: while
+    /// fewer than `fanout` of the nodes the subscriber ranked above it are live.
+    fn on_duty(sub: &Sub, me: &NodeId, live: Option<&BTreeSet<NodeId>>, fanout: usize) -> bool {
+        match sub.ranked.iter().position(|id| id == me) {
+            None => sub.push,
+            Some(pos) => {
+                let above = match live {
+                    None => pos,
+                    Some(l) => sub.ranked[..pos].iter().filter(|id| l.contains(id)).count(),
+                };
+                above < fanout
+            }
+        }
+    }
+
+    /// A repair round: with the publisher's new view `live`, pushes `notify` to the subscribers
+    /// this node is now on duty for and was not before.
+    fn repair(&mut self, cx: &mut PluginCx<'_>, key: Key, live: Vec<NodeId>, notify: Bytes) -> usize {
+        let me = cx.local().id;
+        let fanout = self.config.fanout;
+        let Some(topic) = self.topics.get_mut(&key) else {
+            return 0;
+        };
+        let new: BTreeSet<NodeId> = live.into_iter().collect();
+        let old = topic.live.replace(new.clone());
+        let targets: BTreeSet<NodeId> = topic
+            .subs
+            .iter()
+            .filter(|(_, s)| {
+                Self::on_duty(s, &me, Some(&new), fanout)
+                    && !Self::on_duty(s, &me, old.as_ref(), fanout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.push_to(cx, key, notify, |id, _| targets.contains(id))
+    }
+
+    /// Pushes `notify` to every live subscriber of `key` this node is on duty for.
     fn push_all(&mut self, cx: &mut PluginCx<'_>, key: Key, notify: Bytes) -> usize {
+        let me = cx.local().id;
+        let fanout = self.config.fanout;
+        let live = self.topics.get(&key).and_then(|t| t.live.clone());
+        self.push_to(cx, key, notify, |_, s| {
+            Self::on_duty(s, &me, live.as_ref(), fanout)
+        })
+    }
+
+    fn push_to(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        key: Key,
+        notify: Bytes,
+        pick: impl Fn(&NodeId, &Sub) -> bool,
+    ) -> usize {
         let now = cx.now();
         let max_in_flight = self.config.max_notifies_in_flight;
         let Some(topic) = self.topics.get_mut(&key) else {
@@ -649,7 +781,7 @@ impl PubsubPlugin {
         };
         let mut pushed = 0;
         for (id, sub) in topic.subs.iter_mut() {
-            if !sub.push || sub.expires <= now {
+            if sub.expires <= now || !pick(id, sub) {
                 continue;
             }
             if sub.in_flight >= max_in_flight
@@ -789,6 +921,7 @@ impl PubsubPlugin {
             ttl,
             push,
             seq: s.last_seq,
+            ranked: s.candidates.iter().map(|c| c.id).collect(),
         };
         s.outstanding += 1;
         if push {
@@ -927,42 +1060,51 @@ impl PubsubPlugin {
 
     // ---- publisher role ----
 
-    fn start_op(
-        &mut self,
-        cx: &mut PluginCx<'_>,
-        cmd: QueryId,
-        topic: Key,
-        method: &'static str,
-        params: Bytes,
-    ) {
+    fn start_op(&mut self, cx: &mut PluginCx<'_>, cmd: QueryId, topic: Key, payload: Payload) {
         let op = self.next_op;
         self.next_op += 1;
         let mut o = Op {
             cmd,
             topic,
-            method,
-            params,
+            payload,
             outcome: PublishOutcome {
                 topic,
                 ..Default::default()
             },
             outstanding: 0,
             first_error: None,
+            acked: Vec::new(),
+            dead: Vec::new(),
         };
-        let fresh = self
-            .holders
-            .get(&topic)
-            .filter(|h| !h.stale && cx.now() < h.at + self.config.holder_cache)
-            .map(|h| h.contacts.clone());
-        match fresh {
-            Some(contacts) => {
+        let now = cx.now();
+        let cache = self.config.holder_cache;
+        let cached = self.holders.get_mut(&topic).and_then(|h| {
+            // An old or damaged set is still used (no reading waits for a lookup), and
+            // refreshed in the background.
+            if now >= h.at + cache {
+                h.refresh = true;
+            }
+            let refresh = h.refresh && !h.refreshing;
+            if refresh {
+                h.refreshing = true;
+            }
+            (!h.contacts.is_empty()).then(|| (h.contacts.clone(), h.live.clone(), refresh))
+        });
+        match cached {
+            Some((contacts, live, refresh)) => {
+                let params = o.payload.params(live);
                 for c in contacts {
-                    let rid = cx.send_request(c, o.method, o.params.clone());
-                    self.pending.insert(rid, Pending::Op { op });
+                    let holder = c.id;
+                    let rid = cx.send_request(c, o.payload.method(), params.clone());
+                    self.pending.insert(rid, Pending::Op { op, holder });
                     o.outstanding += 1;
                     o.outcome.asked += 1;
                 }
                 self.ops.insert(op, o);
+                if refresh {
+                    let q = cx.start_lookup(topic, wire::FIND, json(&FindParams { topic }));
+                    self.lookups.insert(q, LookupFor::Refresh(topic));
+                }
             }
             None => {
                 o.outcome.lookup = true;
@@ -973,16 +1115,8 @@ impl PubsubPlugin {
         }
     }
 
-    fn op_found(&mut self, cx: &mut PluginCx<'_>, op: u64, closest: &[Contact]) {
-        let Some(o) = self.ops.get_mut(&op) else {
-            return;
-        };
-        if closest.is_empty() {
-            let o = self.ops.remove(&op).expect("present");
-            cx.complete(o.cmd, Err(QueryError::NoPeers));
-            return;
-        }
-        if self.holders.len() >= MAX_HOLDER_CACHE && !self.holders.contains_key(&o.topic) {
+    fn cache_holders(&mut self, now: Instant, topic: Key, closest: &[Contact]) {
+        if self.holders.len() >= MAX_HOLDER_CACHE && !self.holders.contains_key(&topic) {
             let oldest = self
                 .holders
                 .iter()
@@ -992,30 +1126,57 @@ impl PubsubPlugin {
                 self.holders.remove(&k);
             }
         }
-        self.holders.insert(
-            o.topic,
-            Holders {
-                contacts: closest.to_vec(),
-                at: cx.now(),
-                stale: false,
-            },
-        );
+        let h = self.holders.entry(topic).or_insert(Holders {
+            contacts: Vec::new(),
+            at: now,
+            live: None,
+            refresh: false,
+            refreshing: false,
+        });
+        h.contacts = closest.to_vec();
+        h.at = now;
+        h.refresh = false;
+        h.refreshing = false;
+    }
+
+    fn op_found(&mut self, cx: &mut PluginCx<'_>, op: u64, closest: &[Contact]) {
+        let Some(topic) = self.ops.get(&op).map(|o| o.topic) else {
+            return;
+        };
+        if closest.is_empty() {
+            if let Some(o) = self.ops.remove(&op) {
+                cx.complete(o.cmd, Err(QueryError::NoPeers));
+            }
+            return;
+        }
+        self.cache_holders(cx.now(), topic, closest);
+        let Some(o) = self.ops.get_mut(&op) else {
+            return;
+        };
+        let params = o.payload.params(None);
         for c in closest {
-            let rid = cx.send_request(c.clone(), o.method, o.params.clone());
-            self.pending.insert(rid, Pending::Op { op });
+            let rid = cx.send_request(c.clone(), o.payload.method(), params.clone());
+            self.pending.insert(rid, Pending::Op { op, holder: c.id });
             o.outstanding += 1;
             o.outcome.asked += 1;
         }
     }
 
-    fn on_op_response(&mut self, cx: &mut PluginCx<'_>, op: u64, r: PluginResponse) {
+    fn on_op_response(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        op: u64,
+        holder: NodeId,
+        r: PluginResponse,
+    ) {
         let Some(o) = self.ops.get_mut(&op) else {
             return;
         };
         o.outstanding -= 1;
         match r {
-            PluginResponse::Ok { result, .. } => {
+            PluginResponse::Ok { result, from, .. } => {
                 o.outcome.stored_on += 1;
+                o.acked.push(from);
                 if let Ok(p) = serde_json::from_slice::<PublishResult>(&result) {
                     o.outcome.pushed += p.pushed;
                 }
@@ -1026,20 +1187,41 @@ impl PubsubPlugin {
             }
             _ => {
                 o.outcome.timeouts += 1;
-                if let Some(h) = self.holders.get_mut(&o.topic) {
-                    h.stale = true;
-                }
+                o.dead.push(holder);
             }
         }
-        if o.outstanding == 0 {
-            let o = self.ops.remove(&op).expect("present");
-            let result = match (o.outcome.stored_on, o.first_error) {
-                (0, Some(e)) => Err(QueryError::Remote(e)),
-                (0, None) => Err(QueryError::Timeout),
-                _ => Ok(json(&o.outcome)),
-            };
-            cx.complete(o.cmd, result);
+        if o.outstanding > 0 {
+            return;
         }
+        let Some(o) = self.ops.remove(&op) else {
+            return;
+        };
+        let live: Vec<NodeId> = o.acked.iter().map(|c| c.id).collect();
+        if let Some(h) = self.holders.get_mut(&o.topic) {
+            if !o.acked.is_empty() {
+                h.live = Some(live.clone());
+            }
+            if !o.dead.is_empty() {
+                // Forget the dead; look for their replacements in the background.
+                h.contacts.retain(|c| !o.dead.contains(&c.id));
+                h.refresh = true;
+            }
+        }
+        if !o.dead.is_empty() && !o.acked.is_empty() {
+            // Repair round: the same reading, with who is live now, so standbys push it to
+            // the subscribers of the dead pushers.
+            let params = o.payload.params(Some(live));
+            for c in &o.acked {
+                let rid = cx.send_request(c.clone(), o.payload.method(), params.clone());
+                self.pending.insert(rid, Pending::Ignore);
+            }
+        }
+        let result = match (o.outcome.stored_on, o.first_error) {
+            (0, Some(e)) => Err(QueryError::Remote(e)),
+            (0, None) => Err(QueryError::Timeout),
+            _ => Ok(json(&o.outcome)),
+        };
+        cx.complete(o.cmd, result);
     }
 
     fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, c: Command) {
@@ -1088,6 +1270,7 @@ impl PubsubPlugin {
                         ttl: 0,
                         push: false,
                         seq: None,
+                        ranked: Vec::new(),
                     });
                     for c in s.candidates {
                         // Fire and forget: holders that miss it drop us at the next push.
@@ -1101,8 +1284,7 @@ impl PubsubPlugin {
                     return cx.complete(query, bad(format!("item: {e}")));
                 }
                 let topic = item.topic();
-                let params = json(&PublishParams { item });
-                self.start_op(cx, query, topic, wire::PUBLISH, params);
+                self.start_op(cx, query, topic, Payload::Item(item));
             }
             Command::Post { name, data, ttl } => {
                 let Some(identity) = self.identity.clone() else {
@@ -1134,8 +1316,7 @@ impl PubsubPlugin {
                 let topic = kind.key();
                 let nonce = cx.rng().next_u64();
                 let m = TopicMessage::sign(&identity, topic, cx.unix_ms(), ttl, nonce, data);
-                let params = json(&PostParams { message: m });
-                self.start_op(cx, query, topic, wire::POST, params);
+                self.start_op(cx, query, topic, Payload::Message(m));
             }
             Command::Stats => cx.complete(query, Ok(json(&self.stats()))),
         }
@@ -1220,8 +1401,8 @@ impl Plugin for PubsubPlugin {
                 holder,
                 push,
             }) => self.on_subscribe_response(cx, topic, holder, push, response),
-            Some(Pending::Op { op }) => self.on_op_response(cx, op, response),
-            None => {}
+            Some(Pending::Op { op, holder }) => self.on_op_response(cx, op, holder, response),
+            Some(Pending::Ignore) | None => {}
         }
     }
 
@@ -1253,6 +1434,15 @@ impl Plugin for PubsubPlugin {
         match self.lookups.remove(&query) {
             Some(LookupFor::Subscribe(topic)) => self.subscription_found(cx, topic, closest),
             Some(LookupFor::Op(op)) => self.op_found(cx, op, closest),
+            Some(LookupFor::Refresh(topic)) => {
+                if closest.is_empty() {
+                    if let Some(h) = self.holders.get_mut(&topic) {
+                        h.refreshing = false;
+                    }
+                } else {
+                    self.cache_holders(cx.now(), topic, closest);
+                }
+            }
             None => {}
         }
     }

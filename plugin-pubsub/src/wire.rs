@@ -276,6 +276,11 @@ pub struct SubscribeParams {
     /// The subscriber's latest seq, so the answer carries the latest item only if newer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
+    /// The rendezvous nodes the subscriber registers at, closest first. A node pushes while
+    /// fewer than its fanout of the nodes ranked above it are live (as the publisher last saw
+    /// them), so a standby takes over from dead pushers without waiting for a renewal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranked: Vec<NodeId>,
 }
 
 /// Result of [`SUBSCRIBE`].
@@ -296,6 +301,11 @@ pub struct SubscribeResult {
 pub struct PublishParams {
     /// The reading.
     pub item: WireItem,
+    /// The rendezvous nodes that accepted the publisher's previous reading (its view of who is
+    /// live). Sent again with the same reading after some nodes did not answer, so standbys
+    /// push it to the subscribers of the dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<NodeId>>,
 }
 
 /// Result of [`PUBLISH`] and [`POST`].
@@ -310,6 +320,9 @@ pub struct PublishResult {
 pub struct PostParams {
     /// The message.
     pub message: TopicMessage,
+    /// As [`PublishParams::live`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<NodeId>>,
 }
 
 /// Parameters of [`NOTIFY`]: one reading or one message.

@@ -1,0 +1,49 @@
+//! The pub/sub scenario in the simulator, small enough for the test suite (the 10,000-node runs
+//! are `kad sim pubsub`, see the README).
+#![cfg(feature = "sim")]
+
+use std::time::Duration;
+
+use kad_plugin_pubsub::sim::{PubsubScenario, run_pubsub_scenario};
+
+fn scenario(churn: f64, seed: u64) -> PubsubScenario {
+    let mut sc = PubsubScenario::default();
+    sc.nodes = 400;
+    sc.subscribers = 40;
+    sc.readings = 12;
+    sc.interval = Duration::from_millis(500);
+    sc.churn = churn;
+    sc.seed = seed;
+    sc
+}
+
+#[test]
+fn every_subscriber_gets_every_reading_in_order_and_fast() {
+    let r = run_pubsub_scenario(&scenario(0.0, 1), |_, _, _| {});
+    println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(r.subscribed, 40, "{r:?}");
+    assert_eq!(r.delivered, r.expected, "{r:?}");
+    assert_eq!(r.out_of_order, 0);
+    // Publisher -> rendezvous -> subscriber: two one-way hops once the rendezvous are known.
+    assert!(r.latency_rtt_p50 <= 3.0, "{r:?}");
+    assert!(r.late_subscriber_ms.is_some(), "the late subscriber never got the latest reading");
+    assert_eq!(r.publish_failed, 0);
+}
+
+#[test]
+fn killing_the_closest_rendezvous_nodes_loses_no_reading() {
+    // Half of the k closest, pushers first, die while readings flow.
+    let r = run_pubsub_scenario(&scenario(0.5, 2), |_, _, _| {});
+    println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(r.rendezvous_killed, 10);
+    assert_eq!(r.delivered, r.expected, "{r:?}");
+    assert_eq!(r.out_of_order, 0);
+}
+
+#[test]
+fn same_seed_same_run() {
+    let a = run_pubsub_scenario(&scenario(0.2, 3), |_, _, _| {});
+    let b = run_pubsub_scenario(&scenario(0.2, 3), |_, _, _| {});
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(a.delivered, b.delivered);
+}
