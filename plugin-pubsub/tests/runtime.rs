@@ -1,0 +1,214 @@
+//! The plugin on running nodes (kad-core's runtime over its in-memory transport): subscriptions,
+//! late subscribers, forged and replayed readings, named topics, limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kad_core::{Config, Dht, DhtError, MemoryNetwork, Node, QueryError, native::NativeIdentity};
+use kad_plugin_bep44::item::{MutableItem, bencode_bytes, public_key};
+use kad_plugin_pubsub::wire::{self, NotifyParams, PublishParams};
+use kad_plugin_pubsub::{
+    Delivery, Pubsub, PubsubConfig, PubsubError, PubsubPlugin, SEQ_NOT_NEWER, Subscription,
+    WireItem,
+};
+
+struct Net {
+    _net: MemoryNetwork,
+    nodes: Vec<Dht>,
+}
+
+async fn network(n: usize, config: PubsubConfig) -> Net {
+    let net = MemoryNetwork::new();
+    let mut nodes: Vec<Dht> = Vec::new();
+    for i in 0..n {
+        let mut secret = [0u8; 32];
+        secret[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        let id = Arc::new(NativeIdentity::from_secret(&secret).unwrap());
+        let plugin = PubsubPlugin::new(config.clone(), Some(id.clone()));
+        let b = Node::builder(Config::default())
+            .id(id.id())
+            .plugin(Box::new(plugin));
+        let d = Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap();
+        if let Some(first) = nodes.first() {
+            d.bootstrap(vec![first.contact().addrs[0].clone()])
+                .await
+                .unwrap();
+        }
+        nodes.push(d);
+    }
+    // Let the first nodes learn the later ones.
+    for d in &nodes {
+        d.bootstrap(vec![nodes[0].contact().addrs[0].clone()])
+            .await
+            .ok();
+    }
+    Net { _net: net, nodes }
+}
+
+fn reading(seed: &[u8; 32], salt: &[u8], seq: i64, v: &str) -> WireItem {
+    MutableItem::sign(seed, salt, seq, &bencode_bytes(v.as_bytes()))
+        .unwrap()
+        .into()
+}
+
+async fn next_reading(sub: &mut Subscription) -> Option<(i64, String)> {
+    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        Ok(Some(Delivery::Reading(r))) => Some((r.item.seq, r.item.value_text())),
+        _ => None,
+    }
+}
+
+async fn nothing_more(sub: &mut Subscription) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), sub.next())
+        .await
+        .is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest() {
+    let net = network(12, PubsubConfig::default()).await;
+    let seed = [3u8; 32];
+    let pk = public_key(&seed);
+    let mut subs = Vec::new();
+    for d in &net.nodes[8..11] {
+        let s = Pubsub::new(d.clone()).subscribe_sensor(pk, b"t").await.unwrap();
+        assert!(s.outcome.rendezvous >= 3, "{:?}", s.outcome);
+        assert_eq!(s.outcome.latest_seq, None);
+        subs.push(s);
+    }
+    let publisher = Pubsub::new(net.nodes[11].clone());
+    for seq in 1..=10 {
+        let o = publisher.publish(reading(&seed, b"t", seq, &format!("r{seq}"))).await.unwrap();
+        assert!(o.stored_on >= 3, "{o:?}");
+        assert_eq!(o.lookup, seq == 1, "only the first publish looks the rendezvous up");
+    }
+    for s in &mut subs {
+        for seq in 1..=10 {
+            assert_eq!(next_reading(s).await, Some((seq, format!("r{seq}"))));
+        }
+        assert!(nothing_more(s).await, "a reading was delivered twice");
+    }
+    let st = Pubsub::new(net.nodes[8].clone()).stats().await.unwrap();
+    assert_eq!(st.delivered, 10);
+    assert!(st.duplicates > 0, "several pushers: copies are dropped, {st:?}");
+
+    // A late subscriber gets the latest reading at once, and only it.
+    let mut late = Pubsub::new(net.nodes[7].clone()).subscribe_sensor(pk, b"t").await.unwrap();
+    assert_eq!(late.outcome.latest_seq, Some(10));
+    assert_eq!(next_reading(&mut late).await, Some((10, "r10".into())));
+    assert!(nothing_more(&mut late).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_readings_are_refused() {
+    let net = network(6, PubsubConfig::default()).await;
+    let seed = [4u8; 32];
+    let pk = public_key(&seed);
+    let subscriber = Pubsub::new(net.nodes[4].clone());
+    let mut sub = subscriber.subscribe_sensor(pk, b"").await.unwrap();
+    let publisher = Pubsub::new(net.nodes[5].clone());
+    publisher.publish(reading(&seed, b"", 5, "five")).await.unwrap();
+    assert_eq!(next_reading(&mut sub).await, Some((5, "five".into())));
+
+    // Replayed: an older reading, and the same one again.
+    let old = publisher.publish(reading(&seed, b"", 4, "four")).await;
+    match old {
+        Err(PubsubError::Dht(DhtError::Query(QueryError::Remote(e)))) => {
+            assert_eq!(e.code, SEQ_NOT_NEWER, "{e:?}")
+        }
+        other => panic!("an older seq must be refused, got {other:?}"),
+    }
+    // Forged: a valid reading with its value changed.
+    let mut forged = reading(&seed, b"", 6, "six");
+    forged.v = Bytes::from(bencode_bytes(b"666"));
+    let r = publisher.publish(forged.clone()).await;
+    assert!(r.is_err(), "the publisher's own check refuses it: {r:?}");
+    // Sent straight to a rendezvous node and to the subscriber, past the publisher's checks.
+    let rendezvous = net.nodes[0].contact().clone();
+    let params = Bytes::from(serde_json::to_vec(&PublishParams { item: forged.clone(), live: None }).unwrap());
+    let r = net.nodes[5].call(rendezvous, wire::PUBLISH, params).await;
+    assert!(
+        matches!(&r, Err(DhtError::Query(QueryError::Remote(e))) if e.message.contains("bad signature")),
+        "{r:?}"
+    );
+    let notify = |item: WireItem| {
+        Bytes::from(
+            serde_json::to_vec(&NotifyParams {
+                topic: item.topic(),
+                item: Some(item),
+                message: None,
+            })
+            .unwrap(),
+        )
+    };
+    let to_sub = net.nodes[4].contact().clone();
+    net.nodes[5].call(to_sub.clone(), wire::NOTIFY, notify(forged)).await.unwrap();
+    // A replayed older reading pushed straight to the subscriber.
+    net.nodes[5].call(to_sub, wire::NOTIFY, notify(reading(&seed, b"", 3, "three"))).await.unwrap();
+    assert!(nothing_more(&mut sub).await, "a forged or replayed reading was delivered");
+    let st = subscriber.stats().await.unwrap();
+    assert_eq!(st.rejected, 1, "{st:?}");
+    assert!(st.duplicates >= 1, "{st:?}");
+    // The genuine next reading still arrives.
+    publisher.publish(reading(&seed, b"", 6, "six")).await.unwrap();
+    assert_eq!(next_reading(&mut sub).await, Some((6, "six".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_topics_deliver_each_message_once_and_recent_ones_to_late_subscribers() {
+    let net = network(8, PubsubConfig::default()).await;
+    let a = Pubsub::new(net.nodes[6].clone());
+    let mut sub = a.subscribe_topic("weather/oslo").await.unwrap();
+    let poster = Pubsub::new(net.nodes[7].clone());
+    poster.post("weather/oslo", "rain", 60).await.unwrap();
+    poster.post("weather/oslo", "sun", 60).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(Delivery::Message(m))) => {
+                assert_eq!(m.publisher, net.nodes[7].id());
+                got.push(m.message.data);
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["rain", "sun"]);
+    assert!(nothing_more(&mut sub).await);
+    // A late subscriber gets the recent messages.
+    let mut late = Pubsub::new(net.nodes[5].clone())
+        .subscribe_topic("weather/oslo")
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Ok(Some(Delivery::Message(_))) =
+        tokio::time::timeout(Duration::from_millis(800), late.next()).await
+    {
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    // Bad input names the field and the limit.
+    let e = poster.post("weather/oslo", &"x".repeat(5000), 60).await.unwrap_err();
+    assert!(e.to_string().contains("the limit is 4096"), "{e}");
+    let e = poster.post("", "x", 60).await.unwrap_err();
+    assert!(e.to_string().contains("topic name"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_limits_are_enforced() {
+    let mut cfg = PubsubConfig::default();
+    cfg.max_subscribers_per_topic = 2;
+    let net = network(6, cfg).await;
+    let pk = public_key(&[5u8; 32]);
+    for d in &net.nodes[3..5] {
+        let s = Pubsub::new(d.clone()).subscribe_sensor(pk, b"").await.unwrap();
+        assert_eq!(s.outcome.rendezvous, 5, "{:?}", s.outcome);
+    }
+    // A third subscriber is refused by every rendezvous node (each holds 2 already).
+    let r = Pubsub::new(net.nodes[5].clone()).subscribe_sensor(pk, b"").await;
+    match r {
+        Ok(s) => assert!(s.outcome.rendezvous <= 2, "{:?}", s.outcome),
+        Err(e) => assert!(e.to_string().contains("subscription"), "{e}"),
+    }
+}
