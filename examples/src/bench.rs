@@ -58,6 +58,11 @@ pub(crate) enum BenchCommand {
     ///
     /// Prints one JSON object with --json. Takes a few minutes with the defaults.
     Storage(crate::bench_storage::StorageArgs),
+    /// Pub/sub on loopback: rendezvous nodes, one sensor and --subscribers subscriber nodes
+    /// over real UDP sockets: every reading delivered?, end-to-end latency, publish time.
+    ///
+    /// Prints one JSON object with --json. Takes under a minute with the defaults.
+    Pubsub(crate::bench_pubsub::BenchPubsubArgs),
     /// (Helper of `bench transports`) an echo server on one transport.
     #[command(hide = true)]
     TransportServer(crate::bench_transports::ServerArgs),
@@ -70,6 +75,7 @@ impl BenchCommand {
             Self::Mainline(a) => a.json(),
             Self::Transports(a) => a.json,
             Self::Storage(a) => a.json,
+            Self::Pubsub(a) => a.json,
             Self::MainlineNet(_)
             | Self::MainlineCrateClient(_)
             | Self::UdpEcho
@@ -105,6 +111,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Native(a) => native(a),
         BenchCommand::Mainline(a) => crate::bench_mainline::run(a),
         BenchCommand::Storage(a) => crate::bench_storage::run(a),
+        BenchCommand::Pubsub(a) => crate::bench_pubsub::run(a),
         BenchCommand::MainlineNet(a) => crate::bench_mainline::net(a),
         BenchCommand::MainlineCrateClient(a) => crate::bench_mainline::crate_client(a),
         BenchCommand::UdpEcho => crate::bench_mainline::echo(),

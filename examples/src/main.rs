@@ -13,9 +13,12 @@ mod bench_mainline;
 mod bench_storage;
 mod bench_transports;
 mod mainline;
+mod bench_pubsub;
 mod net;
+mod sensor;
 mod storage;
 mod transports;
+mod web;
 
 /// A pluggable Kademlia DHT: simulator, nodes and tools.
 #[derive(Parser, Debug)]
@@ -35,6 +38,9 @@ enum Command {
     /// alive for the whole lookup. Latencies are virtual time. Identical arguments give identical
     /// results (except wall_s and peak_rss_mb). Errors exit with status 2 (with --json, also as
     /// {"ok":false,"error":"..."} on stdout).
+    ///
+    /// `kad sim pubsub` runs the pub/sub scenario instead: one sensor, many subscribers, optional
+    /// churn of the rendezvous nodes (see `kad sim pubsub --help`).
     Sim(SimArgs),
     /// Run a node of the native network: signed JSON-RPC 2.0 over UDP, QUIC and WebSocket.
     ///
@@ -61,6 +67,14 @@ enum Command {
     /// 2: bad input or failure). Without --bootstrap they use the live network's public routers.
     #[command(subcommand)]
     Mainline(mainline::MainlineCommand),
+    /// The DHT-of-Things reference nodes: publish a sensor's signed readings, subscribe to them
+    /// (pushed by rendezvous nodes on the native network, polled with --mainline), with an
+    /// optional live chart in the browser.
+    #[command(subcommand)]
+    Sensor(sensor::SensorCommand),
+    /// Named topics on the native network: post signed messages, subscribe to them.
+    #[command(subcommand)]
+    Pubsub(sensor::PubsubCommand),
     /// Benchmarks that print JSON: `kad bench native`, `kad bench mainline`, `kad bench transports`,
     /// `kad bench storage`.
     #[command(subcommand)]
@@ -68,7 +82,10 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 struct SimArgs {
+    #[command(subcommand)]
+    scenario: Option<SimScenario>,
     /// Number of nodes in the network.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
@@ -99,6 +116,18 @@ struct SimArgs {
     /// Print exactly one JSON object instead of a table and a progress bar.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum SimScenario {
+    /// One sensor publishing to many subscribers through rendezvous nodes: delivery rate,
+    /// end-to-end latency (ms and round trips), duplicates, and what a late subscriber gets.
+    ///
+    /// Builds --nodes nodes (all running the pub/sub plugin), subscribes --subscribers of them
+    /// to one sensor, publishes --readings readings every --interval-ms, and optionally kills
+    /// --churn of the k rendezvous nodes (closest first: the pushers) while readings flow, each
+    /// replaced by a newcomer. Same arguments, same result (digest).
+    Pubsub(bench_pubsub::SimPubsubArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,7 +163,12 @@ fn main() -> std::process::ExitCode {
     };
     let json = match &cli.command {
         Command::Mainline(_) => true,
-        Command::Sim(a) => a.json,
+        Command::Sim(a) => match &a.scenario {
+            Some(SimScenario::Pubsub(p)) => p.json,
+            None => a.json,
+        },
+        Command::Sensor(c) => c.json(),
+        Command::Pubsub(c) => c.json(),
         Command::Node(a) => a.json,
         Command::Ping(a) => a.client.json,
         Command::Lookup(a) => a.client.json,
@@ -149,6 +183,10 @@ fn main() -> std::process::ExitCode {
             .try_init();
     }
     let r = match cli.command {
+        Command::Sim(SimArgs {
+            scenario: Some(SimScenario::Pubsub(p)),
+            ..
+        }) => bench_pubsub::sim(p).map(|()| None),
         Command::Sim(a) => sim(a).map(|()| None),
         Command::Bench(b) => bench::run(b).map(|()| None),
         cmd => async_main(cmd),
@@ -188,6 +226,8 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
             Command::Put(a) => net::put(a).await.map(|()| None),
             Command::Get(a) => net::get(a).await,
             Command::Mainline(m) => Ok(Some(mainline::run(m).await)),
+            Command::Sensor(c) => sensor::sensor(c).await.map(|()| None),
+            Command::Pubsub(c) => sensor::pubsub(c).await.map(|()| None),
             Command::Sim(_) | Command::Bench(_) => unreachable!("handled synchronously"),
         }
     })

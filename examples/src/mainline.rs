@@ -430,3 +430,22 @@ async fn get_mutable(a: GetMutableArgs) -> Result<(Option<Value>, u8)> {
     }
     Ok((v, code))
 }
+
+/// A read-only Mainline node for other commands (`kad sensor ... --mainline`): binds `bind`
+/// on a free port and joins through `bootstrap` (HOST:PORT,...; `None`: the public routers).
+pub(crate) async fn read_only_node(bootstrap: Option<String>, bind: IpAddr) -> Result<Mainline> {
+    let net = NetArgs {
+        port: 0,
+        bind,
+        bootstrap,
+        public_ip: None,
+        enforce_bep42: false,
+        rate_limit: 0,
+        json: true,
+    };
+    let node = spawn(&net, true).await?;
+    if !node_has_no_seeds(&net) {
+        node.bootstrap().await?;
+    }
+    Ok(node)
+}

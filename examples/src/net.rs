@@ -169,6 +169,7 @@ pub(crate) fn spawn_on(
         .max()
         .unwrap_or(kad_core::MAX_DATAGRAM);
     config.max_value_len = value_limit(max_message);
+    let identity_for_posts = identity.clone();
     let mut builder = Node::builder(config)
         .identity(identity.clone())
         .codec(Box::new(NativeCodec::new(identity).max_len(max_message)));
@@ -181,6 +182,11 @@ pub(crate) fn spawn_on(
     if let Some(v) = setup.validator {
         builder = builder.validator(v);
     }
+    // Every native node is a pub/sub rendezvous node and can subscribe and publish.
+    builder = builder.plugin(Box::new(kad_plugin_pubsub::PubsubPlugin::new(
+        kad_plugin_pubsub::PubsubConfig::default(),
+        Some(identity_for_posts),
+    )));
     if setup.storage_plugin {
         builder = builder.plugin(Box::new(kad_plugin_storage::StoragePlugin::new(
             value_limit(max_message),
