@@ -141,8 +141,11 @@ pub(crate) struct BenchPubsubArgs {
     #[arg(long, default_value_t = 100)]
     readings: usize,
     /// Time between readings, ms.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 100.0)]
     interval_ms: f64,
+    /// Rendezvous nodes that push to each subscriber.
+    #[arg(long, default_value_t = 3)]
+    fanout: usize,
     /// Print exactly one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
@@ -161,6 +164,9 @@ pub(crate) fn run(a: BenchPubsubArgs) -> Result<()> {
         bail!("--readings = {} is out of range: 1 to 100000", a.readings);
     }
     check_range("interval-ms", a.interval_ms, 1.0, 60_000.0)?;
+    if !(1..=a.nodes).contains(&a.fanout) {
+        bail!("--fanout = {} is out of range: it must be between 1 and --nodes", a.fanout);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,12 +180,19 @@ pub(crate) fn run(a: BenchPubsubArgs) -> Result<()> {
     Ok(())
 }
 
-async fn spawn(read_only: bool) -> Result<kad_core::Dht> {
+async fn spawn(read_only: bool, fanout: usize) -> Result<kad_core::Dht> {
     let id = Arc::new(net::fresh_identity()?);
     let mut cfg = net::native_config();
     cfg.read_only = read_only;
     let listen: SocketAddr = "127.0.0.1:0".parse().context("address")?;
-    Ok(net::spawn_native(listen, id, cfg).await?.0)
+    let udp = Arc::new(kad_transport_udp::UdpTransport::bind(listen).await?);
+    let mut pubsub = kad_plugin_pubsub::PubsubConfig::default();
+    pubsub.fanout = fanout;
+    let setup = net::Setup {
+        pubsub: Some(pubsub),
+        ..Default::default()
+    };
+    net::spawn_on(vec![udp], Vec::new(), id, cfg, setup)
 }
 
 async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
@@ -187,7 +200,7 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
     // Rendezvous nodes.
     let mut servers = Vec::with_capacity(a.nodes);
     for _ in 0..a.nodes {
-        servers.push(spawn(false).await?);
+        servers.push(spawn(false, a.fanout).await?);
     }
     let seed_addr = servers[0].contact().addrs[0].clone();
     for s in &servers[1..] {
@@ -199,8 +212,9 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
     }
     let join = |ro: bool| {
         let seed = seed_addr.clone();
+        let fanout = a.fanout;
         async move {
-            let d = spawn(ro).await?;
+            let d = spawn(ro, fanout).await?;
             d.bootstrap(vec![seed]).await?;
             anyhow::Ok(Pubsub::new(d))
         }
@@ -296,6 +310,7 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
         "subscribers": a.subscribers,
         "readings": a.readings,
         "interval_ms": a.interval_ms,
+        "fanout": a.fanout,
         "expected": want,
         "delivered": arr.len(),
         "every_reading_delivered": arr.len() == want && complete == a.subscribers,

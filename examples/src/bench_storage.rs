@@ -144,6 +144,7 @@ async fn network(kind: &str, n: usize, store: &str) -> Result<Net> {
             store: Some(s),
             validator: Some(Arc::new(ContentValidator)),
             storage_plugin: true,
+            pubsub: None,
         };
         let t = transport(kind, &identity).await?;
         nodes.push(spawn_on(

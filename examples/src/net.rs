@@ -145,6 +145,8 @@ pub(crate) struct Setup {
     pub(crate) store: Option<Box<dyn kad_core::RecordStore>>,
     pub(crate) validator: Option<Arc<dyn kad_core::RecordValidator>>,
     pub(crate) storage_plugin: bool,
+    /// The pub/sub plugin's settings (default: `PubsubConfig::default()`).
+    pub(crate) pubsub: Option<kad_plugin_pubsub::PubsubConfig>,
 }
 
 /// The largest record value a node takes when its largest message is `max_message_len` bytes.
@@ -184,7 +186,7 @@ pub(crate) fn spawn_on(
     }
     // Every native node is a pub/sub rendezvous node and can subscribe and publish.
     builder = builder.plugin(Box::new(kad_plugin_pubsub::PubsubPlugin::new(
-        kad_plugin_pubsub::PubsubConfig::default(),
+        setup.pubsub.unwrap_or_default(),
         Some(identity_for_posts),
     )));
     if setup.storage_plugin {

@@ -98,6 +98,7 @@ impl StoreArgs {
                     store: Some(Box::new(store)),
                     validator,
                     storage_plugin: true,
+                    pubsub: None,
                 },
                 routing: None,
                 opened: json!(null),
@@ -117,6 +118,7 @@ impl StoreArgs {
                 store: Some(Box::new(store)),
                 validator,
                 storage_plugin: true,
+                pubsub: None,
             },
             routing: Some(routing),
         })

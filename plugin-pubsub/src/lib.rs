@@ -24,7 +24,7 @@
 //! - **On Mainline**, peers know only BEP44: [`mainline::poll_sensor`] polls `get` with `seq`
 //!   at an adaptive interval.
 //!
-//! The wire format is in PROTOCOL.md section 6.
+//! The wire format is in PROTOCOL.md section 5.2.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -1,4 +1,4 @@
-//! The `pubsub.*` messages (PROTOCOL.md section 6): JSON parameters and results, ids in hex.
+//! The `pubsub.*` messages (PROTOCOL.md section 5.2): JSON parameters and results, ids in hex.
 
 use bytes::Bytes;
 use kad_core::{Key, NodeId, content_key, native};
