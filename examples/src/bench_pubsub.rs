@@ -60,7 +60,10 @@ pub(crate) struct SimPubsubArgs {
 
 pub(crate) fn sim(a: SimPubsubArgs) -> Result<()> {
     if a.nodes < 3 {
-        bail!("--nodes = {} is out of range: at least 3 are needed", a.nodes);
+        bail!(
+            "--nodes = {} is out of range: at least 3 are needed",
+            a.nodes
+        );
     }
     if a.subscribers == 0 || a.subscribers > a.nodes - 2 {
         bail!(
@@ -70,10 +73,16 @@ pub(crate) fn sim(a: SimPubsubArgs) -> Result<()> {
         );
     }
     if !(1..=256).contains(&a.k) {
-        bail!("--k = {} is out of range: it must be between 1 and 256", a.k);
+        bail!(
+            "--k = {} is out of range: it must be between 1 and 256",
+            a.k
+        );
     }
     if !(1..=a.k).contains(&a.fanout) {
-        bail!("--fanout = {} is out of range: it must be between 1 and --k", a.fanout);
+        bail!(
+            "--fanout = {} is out of range: it must be between 1 and --k",
+            a.fanout
+        );
     }
     if !(1..=100_000).contains(&a.readings) {
         bail!("--readings = {} is out of range: 1 to 100000", a.readings);
@@ -158,14 +167,20 @@ pub(crate) fn run(a: BenchPubsubArgs) -> Result<()> {
         bail!("--nodes = {} is out of range: 1 to 500", a.nodes);
     }
     if !(1..=1000).contains(&a.subscribers) {
-        bail!("--subscribers = {} is out of range: 1 to 1000", a.subscribers);
+        bail!(
+            "--subscribers = {} is out of range: 1 to 1000",
+            a.subscribers
+        );
     }
     if !(1..=100_000).contains(&a.readings) {
         bail!("--readings = {} is out of range: 1 to 100000", a.readings);
     }
     check_range("interval-ms", a.interval_ms, 1.0, 60_000.0)?;
     if !(1..=a.nodes).contains(&a.fanout) {
-        bail!("--fanout = {} is out of range: it must be between 1 and --nodes", a.fanout);
+        bail!(
+            "--fanout = {} is out of range: it must be between 1 and --nodes",
+            a.fanout
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -254,7 +269,12 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(a.interval_ms / 1000.0));
     for seq in 1..=a.readings as i64 {
         tick.tick().await;
-        let it = MutableItem::sign(&sensor, salt, seq, &item::bencode_bytes(seq.to_string().as_bytes()))?;
+        let it = MutableItem::sign(
+            &sensor,
+            salt,
+            seq,
+            &item::bencode_bytes(seq.to_string().as_bytes()),
+        )?;
         let t0 = Instant::now();
         published.insert(seq, t0);
         match publisher.publish(it.into()).await {

@@ -10,10 +10,10 @@ use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
 mod bench_mainline;
+mod bench_pubsub;
 mod bench_storage;
 mod bench_transports;
 mod mainline;
-mod bench_pubsub;
 mod net;
 mod sensor;
 mod storage;

@@ -79,7 +79,6 @@ impl NetOpts {
             json: self.json,
         }
     }
-
 }
 
 #[derive(Args, Debug)]
@@ -196,7 +195,11 @@ pub(crate) fn parse_duration(field: &str, s: &str) -> Result<Duration> {
 
 fn parse_salt(s: &str) -> Result<Bytes> {
     if s.len() > item::MAX_SALT {
-        bail!("--salt is {} bytes, the limit is {}", s.len(), item::MAX_SALT);
+        bail!(
+            "--salt is {} bytes, the limit is {}",
+            s.len(),
+            item::MAX_SALT
+        );
     }
     Ok(Bytes::copy_from_slice(s.as_bytes()))
 }
@@ -242,7 +245,9 @@ pub(crate) fn parse_pubkey(s: &str) -> Result<[u8; 32]> {
         .into_vec()
         .ok()
         .filter(|b| b.len() == 32)
-        .with_context(|| format!("--pubkey {s:?}: expected 64 hex characters or base58 of 32 bytes"))?;
+        .with_context(|| {
+            format!("--pubkey {s:?}: expected 64 hex characters or base58 of 32 bytes")
+        })?;
     k.copy_from_slice(&b);
     Ok(k)
 }
@@ -265,7 +270,9 @@ fn parse_reading(item: &WireItem) -> (String, Option<u64>) {
     let text = item.value_text();
     match serde_json::from_str::<Value>(&text) {
         Ok(v) if v.get("v").is_some() => (
-            v["v"].as_str().map_or_else(|| v["v"].to_string(), str::to_owned),
+            v["v"]
+                .as_str()
+                .map_or_else(|| v["v"].to_string(), str::to_owned),
             v["t"].as_u64(),
         ),
         _ => (text, None),
@@ -275,7 +282,10 @@ fn parse_reading(item: &WireItem) -> (String, Option<u64>) {
 fn synthetic(i: u64) -> String {
     // A smooth daily-like curve with a little texture: easy to see on the chart.
     let x = i as f64;
-    format!("{:.2}", 21.0 + 3.0 * (x / 20.0).sin() + 0.4 * (x * 1.7).sin())
+    format!(
+        "{:.2}",
+        21.0 + 3.0 * (x / 20.0).sin() + 0.4 * (x * 1.7).sin()
+    )
 }
 
 async fn native_pubsub(net: &NetOpts) -> Result<Pubsub> {
@@ -401,11 +411,13 @@ async fn publish(a: PublishArgs) -> Result<()> {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("timed out after {} s", a.net.timeout)),
             },
-            Sink::Mainline(m) => match tokio::time::timeout(limit, m.put_mutable(&it, None)).await {
-                Ok(Ok(o)) => Ok((o.stored_on, o.asked)),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("timed out after {} s", a.net.timeout)),
-            },
+            Sink::Mainline(m) => {
+                match tokio::time::timeout(limit, m.put_mutable(&it, None)).await {
+                    Ok(Ok(o)) => Ok((o.stored_on, o.asked)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("timed out after {} s", a.net.timeout)),
+                }
+            }
         };
         let diff = t0.elapsed().as_secs_f64() * 1e3;
         last_seq = seq;
@@ -619,16 +631,24 @@ pub(crate) async fn pubsub(cmd: PubsubCommand) -> Result<()> {
                 a.net.json,
                 &json!({"event": "subscribed", "topic": a.topic, "key": sub.topic().to_hex(),
                         "rendezvous": sub.outcome.rendezvous}),
-                || format!("subscribed to {} at {} nodes", a.topic, sub.outcome.rendezvous),
+                || {
+                    format!(
+                        "subscribed to {} at {} nodes",
+                        a.topic, sub.outcome.rendezvous
+                    )
+                },
             );
-            let deadline = (a.for_secs > 0.0)
-                .then(|| Instant::now() + Duration::from_secs_f64(a.for_secs));
+            let deadline =
+                (a.for_secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(a.for_secs));
             let mut got = 0u64;
             loop {
                 let next = match deadline {
                     Some(d) => {
-                        match tokio::time::timeout(d.saturating_duration_since(Instant::now()), sub.next())
-                            .await
+                        match tokio::time::timeout(
+                            d.saturating_duration_since(Instant::now()),
+                            sub.next(),
+                        )
+                        .await
                         {
                             Ok(n) => n,
                             Err(_) => return Ok(()),
@@ -645,7 +665,12 @@ pub(crate) async fn pubsub(cmd: PubsubCommand) -> Result<()> {
                             "latency_ms": latency,
                         });
                         net::emit(a.net.json, &out, || {
-                            format!("[{}] {}: {}", m.name, &m.publisher.to_hex()[..8], m.message.data)
+                            format!(
+                                "[{}] {}: {}",
+                                m.name,
+                                &m.publisher.to_hex()[..8],
+                                m.message.data
+                            )
                         });
                         got += 1;
                         if a.count > 0 && got >= a.count {

@@ -195,23 +195,51 @@ async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::TooLarge)) => {
-            let _ = respond(&mut stream, "431 Request Header Fields Too Large", TEXT, b"", false).await;
+            let _ = respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                TEXT,
+                b"",
+                false,
+            )
+            .await;
             return;
         }
         Ok(Err(HeadError::Malformed)) => {
-            let _ = respond(&mut stream, "400 Bad Request", TEXT, b"bad request\n", false).await;
+            let _ = respond(
+                &mut stream,
+                "400 Bad Request",
+                TEXT,
+                b"bad request\n",
+                false,
+            )
+            .await;
             return;
         }
         // Idle for too long, or gone.
         Ok(Err(HeadError::Closed)) | Err(_) => return,
     };
     let Some(req) = parse_head(&head) else {
-        let _ = respond(&mut stream, "400 Bad Request", TEXT, b"bad request\n", false).await;
+        let _ = respond(
+            &mut stream,
+            "400 Bad Request",
+            TEXT,
+            b"bad request\n",
+            false,
+        )
+        .await;
         return;
     };
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
-        let _ = respond(&mut stream, "405 Method Not Allowed", TEXT, b"only GET\n", false).await;
+        let _ = respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            TEXT,
+            b"only GET\n",
+            false,
+        )
+        .await;
         return;
     }
     match req.path.as_str() {
@@ -221,15 +249,29 @@ async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
         "/readings" => {
             let (body, last_id) = readings_json(shared);
             let extra = format!("X-Last-Id: {last_id}\r\n");
-            let _ = respond_with(&mut stream, "200 OK", JSON, &extra, body.as_bytes(), head_only)
-                .await;
+            let _ = respond_with(
+                &mut stream,
+                "200 OK",
+                JSON,
+                &extra,
+                body.as_bytes(),
+                head_only,
+            )
+            .await;
         }
         "/events" if !head_only => events(stream, shared, req.last_event_id.or(req.after)).await,
         "/events" => {
             let _ = respond(&mut stream, "200 OK", EVENT_STREAM, b"", true).await;
         }
         _ => {
-            let _ = respond(&mut stream, "404 Not Found", TEXT, b"not found\n", head_only).await;
+            let _ = respond(
+                &mut stream,
+                "404 Not Found",
+                TEXT,
+                b"not found\n",
+                head_only,
+            )
+            .await;
         }
     }
 }
@@ -474,7 +516,10 @@ mod tests {
         let mut r = &big[..];
         assert_eq!(read_head(&mut r).await, Err(HeadError::TooLarge));
         let mut r = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
-        assert_eq!(read_head(&mut r).await.unwrap(), b"GET / HTTP/1.1\r\nHost: x");
+        assert_eq!(
+            read_head(&mut r).await.unwrap(),
+            b"GET / HTTP/1.1\r\nHost: x"
+        );
         let mut r = &b"\x16\x03\x01binary"[..];
         assert_eq!(read_head(&mut r).await, Err(HeadError::Malformed));
         let mut r = &b"GET / HTT"[..];

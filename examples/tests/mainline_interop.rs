@@ -200,7 +200,10 @@ fn client_cmd(imp: Impl, boot: u16, op: &str) -> Command {
                     .and_then(|s| s.local_addr())
                     .expect("a free UDP port")
                     .port();
-                (port, hex::encode(item::sha1(format!("patient {port}").as_bytes())))
+                (
+                    port,
+                    hex::encode(item::sha1(format!("patient {port}").as_bytes())),
+                )
             } else {
                 bdht_client_identity()
             };
@@ -532,7 +535,10 @@ fn mixed_network_every_pair_of_implementations_puts_and_gets() {
     let names = format!(
         "ours {:?}, mainline crate {:?}, bittorrent-dht {:?}",
         ours.iter().map(|s| s.port).collect::<Vec<_>>(),
-        pubky.iter().map(|p| p.info().local_addr().port()).collect::<Vec<_>>(),
+        pubky
+            .iter()
+            .map(|p| p.info().local_addr().port())
+            .collect::<Vec<_>>(),
         bdht.iter().map(|s| s.port).collect::<Vec<_>>()
     );
     SERVER_NAMES.with(|s| *s.borrow_mut() = names);

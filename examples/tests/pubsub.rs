@@ -3,85 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{KAD, NodeProc};
+use common::{KAD, Proc};
 use kad_plugin_bep44::item;
 use serde_json::Value;
-
-/// A `kad` process printing JSON lines, killed (by its PID) when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(KAD)
-            .args(args)
-            .arg("--json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kad");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The next line matching `want`, within `limit`.
-    fn next_where(&self, limit: Duration, want: impl Fn(&Value) -> bool) -> Value {
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) if want(&v) => return v,
-                Ok(v) => assert_ne!(v["ok"], false, "{v}"),
-                Err(_) => panic!("no matching line within {limit:?}"),
-            }
-        }
-    }
-
-    /// Every line until the process exits (or `limit` passes).
-    fn rest(&self, limit: Duration) -> Vec<Value> {
-        let end = Instant::now() + limit;
-        let mut out = Vec::new();
-        while let Ok(v) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            out.push(v);
-        }
-        out
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn network(n: usize) -> Vec<NodeProc> {
-    let first = NodeProc::start(&[]);
-    let boot = first.addr.clone();
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        nodes.push(NodeProc::start(&["--bootstrap", &boot]));
-    }
-    nodes
-}
 
 fn distance(a: &str, b: &str) -> Vec<u8> {
     let a = hex::decode(a).unwrap();
@@ -91,7 +18,7 @@ fn distance(a: &str, b: &str) -> Vec<u8> {
 
 #[test]
 fn twenty_subscribers_get_every_reading_in_order_while_rendezvous_nodes_die() {
-    let mut nodes = network(10);
+    let mut nodes = common::network(10);
     let boot = nodes[0].addr.clone();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("sensor.key");
@@ -105,8 +32,18 @@ fn twenty_subscribers_get_every_reading_in_order_while_rendezvous_nodes_die() {
     let subs: Vec<Proc> = (0..20)
         .map(|_| {
             Proc::spawn(&[
-                "sensor", "subscribe", "--pubkey", &pubkey, "--salt", "meter", "--bootstrap",
-                &boot, "--count", &n, "--for", "90",
+                "sensor",
+                "subscribe",
+                "--pubkey",
+                &pubkey,
+                "--salt",
+                "meter",
+                "--bootstrap",
+                &boot,
+                "--count",
+                &n,
+                "--for",
+                "90",
             ])
         })
         .collect();
@@ -116,8 +53,18 @@ fn twenty_subscribers_get_every_reading_in_order_while_rendezvous_nodes_die() {
         assert!(v["pushers"].as_u64().unwrap() >= 1, "{v}");
     }
     let publisher = Proc::spawn(&[
-        "sensor", "publish", "--key-file", key_file.to_str().unwrap(), "--salt", "meter",
-        "--every", "200ms", "--count", &n, "--bootstrap", &boot,
+        "sensor",
+        "publish",
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--salt",
+        "meter",
+        "--every",
+        "200ms",
+        "--count",
+        &n,
+        "--bootstrap",
+        &boot,
     ]);
     let mut published = Vec::new();
     for i in 0..N {
@@ -126,7 +73,9 @@ fn twenty_subscribers_get_every_reading_in_order_while_rendezvous_nodes_die() {
         assert_eq!(v["pubkey"], pubkey.as_str());
         assert_eq!(v["target"], target.as_str());
         assert_eq!(
-            bs58::decode(v["pubkey_base58"].as_str().unwrap()).into_vec().unwrap(),
+            bs58::decode(v["pubkey_base58"].as_str().unwrap())
+                .into_vec()
+                .unwrap(),
             item::public_key(&seed)
         );
         assert!(v["n"].as_u64().unwrap() >= 5, "{v}");
@@ -158,8 +107,18 @@ fn twenty_subscribers_get_every_reading_in_order_while_rendezvous_nodes_die() {
     // A late subscriber gets the latest reading at once.
     let t0 = Instant::now();
     let late = Proc::spawn(&[
-        "sensor", "subscribe", "--pubkey", &pubkey, "--salt", "meter", "--bootstrap",
-        nodes[0].addr.as_str(), "--count", "1", "--for", "30",
+        "sensor",
+        "subscribe",
+        "--pubkey",
+        &pubkey,
+        "--salt",
+        "meter",
+        "--bootstrap",
+        nodes[0].addr.as_str(),
+        "--count",
+        "1",
+        "--for",
+        "30",
     ]);
     let v = late.next_where(Duration::from_secs(30), |v| v["seq"].is_i64());
     assert_eq!(v["seq"].as_i64(), published.last().copied(), "{v}");
@@ -168,12 +127,19 @@ fn twenty_subscribers_get_every_reading_in_order_while_rendezvous_nodes_die() {
 
 #[test]
 fn named_topic_messages_reach_every_subscriber_once() {
-    let nodes = network(5);
+    let nodes = common::network(5);
     let boot = nodes[0].addr.clone();
     let subs: Vec<Proc> = (0..3)
         .map(|_| {
             Proc::spawn(&[
-                "pubsub", "subscribe", "alerts", "--bootstrap", &boot, "--count", "2", "--for",
+                "pubsub",
+                "subscribe",
+                "alerts",
+                "--bootstrap",
+                &boot,
+                "--count",
+                "2",
+                "--for",
                 "60",
             ])
         })
@@ -183,7 +149,15 @@ fn named_topic_messages_reach_every_subscriber_once() {
     }
     for msg in ["door open", "door closed"] {
         let out = Command::new(KAD)
-            .args(["pubsub", "publish", "alerts", msg, "--bootstrap", &boot, "--json"])
+            .args([
+                "pubsub",
+                "publish",
+                "alerts",
+                msg,
+                "--bootstrap",
+                &boot,
+                "--json",
+            ])
             .output()
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -202,20 +176,39 @@ fn named_topic_messages_reach_every_subscriber_once() {
 fn bad_sensor_input_names_the_field() {
     for (args, want) in [
         (
-            vec!["sensor", "subscribe", "--pubkey", "xyz", "--bootstrap", "udp://127.0.0.1:9"],
+            vec![
+                "sensor",
+                "subscribe",
+                "--pubkey",
+                "xyz",
+                "--bootstrap",
+                "udp://127.0.0.1:9",
+            ],
             "--pubkey",
         ),
         (
             vec![
-                "sensor", "publish", "--key-file", "/nonexistent-dir/k", "--every", "0s",
-                "--bootstrap", "udp://127.0.0.1:9",
+                "sensor",
+                "publish",
+                "--key-file",
+                "/nonexistent-dir/k",
+                "--every",
+                "0s",
+                "--bootstrap",
+                "udp://127.0.0.1:9",
             ],
             "--every",
         ),
         (
             vec![
-                "sensor", "subscribe", "--pubkey", &"ab".repeat(32), "--salt", &"s".repeat(65),
-                "--bootstrap", "udp://127.0.0.1:9",
+                "sensor",
+                "subscribe",
+                "--pubkey",
+                &"ab".repeat(32),
+                "--salt",
+                &"s".repeat(65),
+                "--bootstrap",
+                "udp://127.0.0.1:9",
             ],
             "--salt is 65 bytes, the limit is 64",
         ),

@@ -126,7 +126,8 @@ impl Pubsub {
     }
 
     async fn run<T: serde::de::DeserializeOwned>(&self, c: &Command) -> Result<T, PubsubError> {
-        let input = Bytes::from(serde_json::to_vec(c).map_err(|e| PubsubError::Decode(e.to_string()))?);
+        let input =
+            Bytes::from(serde_json::to_vec(c).map_err(|e| PubsubError::Decode(e.to_string()))?);
         let out = self.dht.command(NAMESPACE, input).await?;
         serde_json::from_slice(&out).map_err(|e| PubsubError::Decode(e.to_string()))
     }

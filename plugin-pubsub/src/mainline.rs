@@ -42,9 +42,10 @@ impl PollConfig {
 
     /// The interval after `interval` when a poll brought nothing new.
     pub fn next_interval(&self, interval: Duration) -> Duration {
-        interval
-            .mul_f64(self.backoff.max(1.0))
-            .clamp(self.min_interval.max(Self::FLOOR), self.max_interval.max(Self::FLOOR))
+        interval.mul_f64(self.backoff.max(1.0)).clamp(
+            self.min_interval.max(Self::FLOOR),
+            self.max_interval.max(Self::FLOOR),
+        )
     }
 }
 

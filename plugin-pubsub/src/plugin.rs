@@ -258,9 +258,19 @@ struct MySub {
 }
 
 enum Pending {
-    Notify { topic: Key, sub: NodeId },
-    Subscribe { topic: Key, holder: NodeId, push: bool },
-    Op { op: u64, holder: NodeId },
+    Notify {
+        topic: Key,
+        sub: NodeId,
+    },
+    Subscribe {
+        topic: Key,
+        holder: NodeId,
+        push: bool,
+    },
+    Op {
+        op: u64,
+        holder: NodeId,
+    },
     Ignore,
 }
 
@@ -737,7 +747,13 @@ impl PubsubPlugin {
 
     /// A repair round: with the publisher's new view `live`, pushes `notify` to the subscribers
     /// this node is now on duty for and was not before.
-    fn repair(&mut self, cx: &mut PluginCx<'_>, key: Key, live: Vec<NodeId>, notify: Bytes) -> usize {
+    fn repair(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        key: Key,
+        live: Vec<NodeId>,
+        notify: Bytes,
+    ) -> usize {
         let me = cx.local().id;
         let fanout = self.config.fanout;
         let Some(topic) = self.topics.get_mut(&key) else {
@@ -792,8 +808,13 @@ impl PubsubPlugin {
             }
             sub.in_flight += 1;
             let rid = cx.send_request(sub.contact.clone(), wire::NOTIFY, notify.clone());
-            self.pending
-                .insert(rid, Pending::Notify { topic: key, sub: *id });
+            self.pending.insert(
+                rid,
+                Pending::Notify {
+                    topic: key,
+                    sub: *id,
+                },
+            );
             self.stats.notifies_sent += 1;
             pushed += 1;
         }
@@ -1231,7 +1252,12 @@ impl PubsubPlugin {
     }
 
     fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, c: Command) {
-        let bad = |msg: String| Err(QueryError::Remote(RpcError::new(RpcError::INVALID_PARAMS, msg)));
+        let bad = |msg: String| {
+            Err(QueryError::Remote(RpcError::new(
+                RpcError::INVALID_PARAMS,
+                msg,
+            )))
+        };
         match c {
             Command::Subscribe { kind } => {
                 if let Err(e) = kind.check() {
@@ -1316,7 +1342,10 @@ impl PubsubPlugin {
                 if ttl == 0 || ttl > wire::MAX_MESSAGE_TTL_S {
                     return cx.complete(
                         query,
-                        bad(format!("ttl is {ttl} s, it must be 1..={}", wire::MAX_MESSAGE_TTL_S)),
+                        bad(format!(
+                            "ttl is {ttl} s, it must be 1..={}",
+                            wire::MAX_MESSAGE_TTL_S
+                        )),
                     );
                 }
                 let topic = kind.key();

@@ -145,9 +145,8 @@ pub fn run_pubsub_scenario(
         fanout: sc.fanout,
         ..PubsubConfig::default()
     };
-    let plugin = |b: kad_core::NodeBuilder| {
-        b.plugin(Box::new(PubsubPlugin::new(pcfg.clone(), None)))
-    };
+    let plugin =
+        |b: kad_core::NodeBuilder| b.plugin(Box::new(PubsubPlugin::new(pcfg.clone(), None)));
     let nodes = grow_network(
         &mut sim,
         sc.nodes,
@@ -214,9 +213,10 @@ pub fn run_pubsub_scenario(
                             if waiting.remove(&(idx, id)).is_some() && r.is_ok() {
                                 subscribed.insert(idx, ());
                             } else if idx == publisher && publishes.remove(&id).is_some() {
-                                match r.ok().and_then(|b| {
-                                    serde_json::from_slice::<PublishOutcome>(&b).ok()
-                                }) {
+                                match r
+                                    .ok()
+                                    .and_then(|b| serde_json::from_slice::<PublishOutcome>(&b).ok())
+                                {
                                     Some(o) => stored.push(o.stored_on),
                                     None => publish_failed += 1,
                                 }
@@ -292,8 +292,13 @@ pub fn run_pubsub_scenario(
     // One step past the last reading: kills scheduled after it happen then.
     for seq in 1..=final_seq + 1 {
         let at = start + sc.interval * (seq as u32 - 1);
-        while kills.last().is_some_and(|(t, _)| *t <= at || seq > final_seq) {
-            let Some((t, victim)) = kills.pop() else { break };
+        while kills
+            .last()
+            .is_some_and(|(t, _)| *t <= at || seq > final_seq)
+        {
+            let Some((t, victim)) = kills.pop() else {
+                break;
+            };
             run_until!(t);
             sim.kill(victim);
             killed += 1;

@@ -422,6 +422,12 @@ mod tests {
         assert_eq!(s.key(), item::mutable_target(&k, b"x"));
         let n = TopicKind::Named { name: "a".into() };
         assert_eq!(n.key(), topic_key("a"));
-        assert!(TopicKind::Named { name: String::new() }.check().is_err());
+        assert!(
+            TopicKind::Named {
+                name: String::new()
+            }
+            .check()
+            .is_err()
+        );
     }
 }

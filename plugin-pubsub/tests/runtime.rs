@@ -72,16 +72,26 @@ async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest
     let pk = public_key(&seed);
     let mut subs = Vec::new();
     for d in &net.nodes[8..11] {
-        let s = Pubsub::new(d.clone()).subscribe_sensor(pk, b"t").await.unwrap();
+        let s = Pubsub::new(d.clone())
+            .subscribe_sensor(pk, b"t")
+            .await
+            .unwrap();
         assert!(s.outcome.rendezvous >= 3, "{:?}", s.outcome);
         assert_eq!(s.outcome.latest_seq, None);
         subs.push(s);
     }
     let publisher = Pubsub::new(net.nodes[11].clone());
     for seq in 1..=10 {
-        let o = publisher.publish(reading(&seed, b"t", seq, &format!("r{seq}"))).await.unwrap();
+        let o = publisher
+            .publish(reading(&seed, b"t", seq, &format!("r{seq}")))
+            .await
+            .unwrap();
         assert!(o.stored_on >= 3, "{o:?}");
-        assert_eq!(o.lookup, seq == 1, "only the first publish looks the rendezvous up");
+        assert_eq!(
+            o.lookup,
+            seq == 1,
+            "only the first publish looks the rendezvous up"
+        );
     }
     for s in &mut subs {
         for seq in 1..=10 {
@@ -91,10 +101,16 @@ async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest
     }
     let st = Pubsub::new(net.nodes[8].clone()).stats().await.unwrap();
     assert_eq!(st.delivered, 10);
-    assert!(st.duplicates > 0, "several pushers: copies are dropped, {st:?}");
+    assert!(
+        st.duplicates > 0,
+        "several pushers: copies are dropped, {st:?}"
+    );
 
     // A late subscriber gets the latest reading at once, and only it.
-    let mut late = Pubsub::new(net.nodes[7].clone()).subscribe_sensor(pk, b"t").await.unwrap();
+    let mut late = Pubsub::new(net.nodes[7].clone())
+        .subscribe_sensor(pk, b"t")
+        .await
+        .unwrap();
     assert_eq!(late.outcome.latest_seq, Some(10));
     assert_eq!(next_reading(&mut late).await, Some((10, "r10".into())));
     assert!(nothing_more(&mut late).await);
@@ -108,7 +124,10 @@ async fn forged_and_replayed_readings_are_refused() {
     let subscriber = Pubsub::new(net.nodes[4].clone());
     let mut sub = subscriber.subscribe_sensor(pk, b"").await.unwrap();
     let publisher = Pubsub::new(net.nodes[5].clone());
-    publisher.publish(reading(&seed, b"", 5, "five")).await.unwrap();
+    publisher
+        .publish(reading(&seed, b"", 5, "five"))
+        .await
+        .unwrap();
     assert_eq!(next_reading(&mut sub).await, Some((5, "five".into())));
 
     // Replayed: an older reading, and the same one again.
@@ -126,7 +145,13 @@ async fn forged_and_replayed_readings_are_refused() {
     assert!(r.is_err(), "the publisher's own check refuses it: {r:?}");
     // Sent straight to a rendezvous node and to the subscriber, past the publisher's checks.
     let rendezvous = net.nodes[0].contact().clone();
-    let params = Bytes::from(serde_json::to_vec(&PublishParams { item: forged.clone(), live: None }).unwrap());
+    let params = Bytes::from(
+        serde_json::to_vec(&PublishParams {
+            item: forged.clone(),
+            live: None,
+        })
+        .unwrap(),
+    );
     let r = net.nodes[5].call(rendezvous, wire::PUBLISH, params).await;
     assert!(
         matches!(&r, Err(DhtError::Query(QueryError::Remote(e))) if e.message.contains("bad signature")),
@@ -143,15 +168,31 @@ async fn forged_and_replayed_readings_are_refused() {
         )
     };
     let to_sub = net.nodes[4].contact().clone();
-    net.nodes[5].call(to_sub.clone(), wire::NOTIFY, notify(forged)).await.unwrap();
+    net.nodes[5]
+        .call(to_sub.clone(), wire::NOTIFY, notify(forged))
+        .await
+        .unwrap();
     // A replayed older reading pushed straight to the subscriber.
-    net.nodes[5].call(to_sub, wire::NOTIFY, notify(reading(&seed, b"", 3, "three"))).await.unwrap();
-    assert!(nothing_more(&mut sub).await, "a forged or replayed reading was delivered");
+    net.nodes[5]
+        .call(
+            to_sub,
+            wire::NOTIFY,
+            notify(reading(&seed, b"", 3, "three")),
+        )
+        .await
+        .unwrap();
+    assert!(
+        nothing_more(&mut sub).await,
+        "a forged or replayed reading was delivered"
+    );
     let st = subscriber.stats().await.unwrap();
     assert_eq!(st.rejected, 1, "{st:?}");
     assert!(st.duplicates >= 1, "{st:?}");
     // The genuine next reading still arrives.
-    publisher.publish(reading(&seed, b"", 6, "six")).await.unwrap();
+    publisher
+        .publish(reading(&seed, b"", 6, "six"))
+        .await
+        .unwrap();
     assert_eq!(next_reading(&mut sub).await, Some((6, "six".into())));
 }
 
@@ -189,7 +230,10 @@ async fn named_topics_deliver_each_message_once_and_recent_ones_to_late_subscrib
     }
     assert_eq!(n, 2);
     // Bad input names the field and the limit.
-    let e = poster.post("weather/oslo", &"x".repeat(5000), 60).await.unwrap_err();
+    let e = poster
+        .post("weather/oslo", &"x".repeat(5000), 60)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("the limit is 4096"), "{e}");
     let e = poster.post("", "x", 60).await.unwrap_err();
     assert!(e.to_string().contains("topic name"), "{e}");
@@ -202,11 +246,16 @@ async fn subscriber_limits_are_enforced() {
     let net = network(6, cfg).await;
     let pk = public_key(&[5u8; 32]);
     for d in &net.nodes[3..5] {
-        let s = Pubsub::new(d.clone()).subscribe_sensor(pk, b"").await.unwrap();
+        let s = Pubsub::new(d.clone())
+            .subscribe_sensor(pk, b"")
+            .await
+            .unwrap();
         assert_eq!(s.outcome.rendezvous, 5, "{:?}", s.outcome);
     }
     // A third subscriber is refused by every rendezvous node (each holds 2 already).
-    let r = Pubsub::new(net.nodes[5].clone()).subscribe_sensor(pk, b"").await;
+    let r = Pubsub::new(net.nodes[5].clone())
+        .subscribe_sensor(pk, b"")
+        .await;
     match r {
         Ok(s) => assert!(s.outcome.rendezvous <= 2, "{:?}", s.outcome),
         Err(e) => assert!(e.to_string().contains("subscription"), "{e}"),

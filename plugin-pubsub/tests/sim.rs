@@ -26,7 +26,10 @@ fn every_subscriber_gets_every_reading_in_order_and_fast() {
     assert_eq!(r.out_of_order, 0);
     // Publisher -> rendezvous -> subscriber: two one-way hops once the rendezvous are known.
     assert!(r.latency_rtt_p50 <= 3.0, "{r:?}");
-    assert!(r.late_subscriber_ms.is_some(), "the late subscriber never got the latest reading");
+    assert!(
+        r.late_subscriber_ms.is_some(),
+        "the late subscriber never got the latest reading"
+    );
     assert_eq!(r.publish_failed, 0);
 }
 

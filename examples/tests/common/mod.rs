@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -109,3 +109,77 @@ pub(crate) fn kad_json(args: &[&str]) -> (i32, Value) {
     let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
     (out.status.code().unwrap_or(-1), v)
 }
+
+/// A `kad` process printing JSON lines, killed (by its PID) when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) lines: mpsc::Receiver<Value>,
+}
+
+impl Proc {
+    pub(crate) fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(KAD)
+            .args(args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kad");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line matching `want`, within `limit`.
+    pub(crate) fn next_where(&self, limit: Duration, want: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if want(&v) => return v,
+                Ok(v) => assert_ne!(v["ok"], false, "{v}"),
+                Err(_) => panic!("no matching line within {limit:?}"),
+            }
+        }
+    }
+
+    /// Every line until the process exits (or `limit` passes).
+    pub(crate) fn rest(&self, limit: Duration) -> Vec<Value> {
+        let end = Instant::now() + limit;
+        let mut out = Vec::new();
+        while let Ok(v) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            out.push(v);
+        }
+        out
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` node processes, the first one starting the network and the others joining through it.
+pub(crate) fn network(n: usize) -> Vec<NodeProc> {
+    let first = NodeProc::start(&[]);
+    let boot = first.addr.clone();
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(NodeProc::start(&["--bootstrap", &boot]));
+    }
+    nodes
+}
+
+pub(crate) mod chromium;
