@@ -8,8 +8,9 @@
 //! - **Rendezvous.** A subscriber looks up the k closest nodes to the topic key
 //!   (`pubsub.FIND`, which also returns the latest reading) and registers at all of them
 //!   (`pubsub.SUBSCRIBE`, with an expiry it renews every third of it). The
-//!   [`fanout`](PubsubConfig::fanout) closest push; the others hold the subscription as standbys
-//!   and are promoted when a pusher stops answering.
+//!   first [`fanout`](PubsubConfig::fanout) in the subscriber's own ranking of them push (the
+//!   ranking differs per subscriber, spreading the load); the others hold the subscription as
+//!   standbys and take over from pushers the publisher saw die.
 //! - **Publishing.** A publisher sends each reading to the k closest nodes (`pubsub.PUBLISH`),
 //!   remembering them between readings, so a reading reaches subscribers in two one-way hops.
 //!   Each rendezvous node keeps the latest valid reading and pushes it (`pubsub.NOTIFY`) to its

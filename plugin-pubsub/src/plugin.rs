@@ -9,6 +9,7 @@ use kad_core::{
     Contact, Key, LookupStats, NodeId, Plugin, PluginCx, PluginResponse, QueryError, QueryId,
     Reply, RequestId, RpcError, native::NativeIdentity,
 };
+use kad_plugin_bep44::item;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 
@@ -258,9 +259,11 @@ struct MySub {
 }
 
 enum Pending {
+    /// A push; `again` holds the params for one resend after a timeout.
     Notify {
         topic: Key,
         sub: NodeId,
+        again: Option<Bytes>,
     },
     Subscribe {
         topic: Key,
@@ -813,6 +816,7 @@ impl PubsubPlugin {
                 Pending::Notify {
                     topic: key,
                     sub: *id,
+                    again: Some(notify.clone()),
                 },
             );
             self.stats.notifies_sent += 1;
@@ -821,7 +825,14 @@ impl PubsubPlugin {
         pushed
     }
 
-    fn on_notify_response(&mut self, topic: Key, sub: NodeId, r: &PluginResponse) {
+    fn on_notify_response(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        sub: NodeId,
+        again: Option<Bytes>,
+        r: &PluginResponse,
+    ) {
         let drop_after = self.config.drop_after_failures;
         let Some(t) = self.topics.get_mut(&topic) else {
             return;
@@ -829,6 +840,21 @@ impl PubsubPlugin {
         let Some(s) = t.subs.get_mut(&sub) else {
             return;
         };
+        if let (PluginResponse::Timeout, Some(params)) = (r, again) {
+            // One resend: a lost datagram should not cost a reading (the engine does not
+            // retry plugin requests). Still in flight, so `in_flight` stays.
+            let rid = cx.send_request(s.contact.clone(), wire::NOTIFY, params);
+            self.pending.insert(
+                rid,
+                Pending::Notify {
+                    topic,
+                    sub,
+                    again: None,
+                },
+            );
+            self.stats.notifies_sent += 1;
+            return;
+        }
         s.in_flight = s.in_flight.saturating_sub(1);
         let remove = match r {
             PluginResponse::Ok { .. } => {
@@ -980,30 +1006,21 @@ impl PubsubPlugin {
             return;
         }
         s.renew_at = cx.now() + self.config.subscription_ttl / 3;
-        // Keep the pushers that are still among the closest (stable pushers: no duplicate
-        // pushes from old ones), then fill up to `fanout` in order of distance.
+        // The subscriber's own order of the rendezvous nodes: by distance to a hash of the topic
+        // and its id. The same for every renewal while the set holds (stable pushers), but
+        // different for each subscriber, so the pushing is spread over the whole rendezvous set
+        // instead of falling on its `fanout` closest nodes.
+        let mix = NodeId(item::sha1(&[topic.0, cx.local().id.0].concat()));
+        let mut ranked = closest.to_vec();
+        ranked.sort_by_key(|c| c.id.distance(&mix));
         let old_pushers = std::mem::take(&mut s.pushers);
-        let mut push: Vec<bool> = closest
-            .iter()
-            .map(|c| old_pushers.contains(&c.id))
-            .collect();
-        let mut n = push.iter().filter(|p| **p).count();
-        for p in push.iter_mut() {
-            if n >= fanout {
-                break;
-            }
-            if !*p {
-                *p = true;
-                n += 1;
-            }
-        }
-        // Old pushers no longer among the closest stop pushing.
+        // Old pushers no longer in the set stop pushing.
         let demoted: Vec<NodeId> = old_pushers
             .iter()
-            .filter(|id| !closest.iter().any(|c| c.id == **id))
+            .filter(|id| !ranked.iter().any(|c| c.id == **id))
             .copied()
             .collect();
-        let old_candidates = std::mem::replace(&mut s.candidates, closest.to_vec());
+        let old_candidates = std::mem::replace(&mut s.candidates, ranked.clone());
         s.registered.clear();
         s.failed.clear();
         for id in demoted {
@@ -1011,8 +1028,8 @@ impl PubsubPlugin {
                 self.send_subscribe(cx, topic, c.clone(), false);
             }
         }
-        for (c, p) in closest.iter().zip(push) {
-            self.send_subscribe(cx, topic, c.clone(), p);
+        for (i, c) in ranked.into_iter().enumerate() {
+            self.send_subscribe(cx, topic, c, i < fanout);
         }
     }
 
@@ -1119,6 +1136,13 @@ impl PubsubPlugin {
         });
         match cached {
             Some((contacts, live, refresh)) => {
+                // Only nodes this reading goes to count as live: a node left out (by a
+                // refreshed lookup) does not push it, so standbys must.
+                let live = live.map(|l| {
+                    l.into_iter()
+                        .filter(|id| contacts.iter().any(|c| c.id == *id))
+                        .collect()
+                });
                 let params = o.payload.params(live);
                 for c in contacts {
                     let holder = c.id;
@@ -1160,7 +1184,19 @@ impl PubsubPlugin {
             refresh: false,
             refreshing: false,
         });
+        // Nodes that accepted the last reading stay (up to k/2 of them beyond the lookup's
+        // result): a lookup that missed a live rendezvous node, say for a lost answer, must not
+        // silence it; the pushers it serves would otherwise wait for a repair.
+        let keep: Vec<Contact> = h
+            .contacts
+            .iter()
+            .filter(|c| !closest.iter().any(|n| n.id == c.id))
+            .filter(|c| h.live.as_ref().is_some_and(|l| l.contains(&c.id)))
+            .take(closest.len().div_ceil(2))
+            .cloned()
+            .collect();
         h.contacts = closest.to_vec();
+        h.contacts.extend(keep);
         h.at = now;
         h.refresh = false;
         h.refreshing = false;
@@ -1234,9 +1270,10 @@ impl PubsubPlugin {
                 h.refresh = true;
             }
         }
-        if !o.dead.is_empty() && !o.acked.is_empty() {
+        if (!o.dead.is_empty() || o.outcome.lookup) && !o.acked.is_empty() {
             // Repair round: the same reading, with who is live now, so standbys push it to
-            // the subscribers of the dead pushers.
+            // the subscribers of the dead pushers (and, after a lookup, of pushers the lookup
+            // did not reach).
             let params = o.payload.params(Some(live));
             for c in &o.acked {
                 let rid = cx.send_request(c.clone(), o.payload.method(), params.clone());
@@ -1430,7 +1467,9 @@ impl Plugin for PubsubPlugin {
 
     fn on_response(&mut self, cx: &mut PluginCx<'_>, id: RequestId, response: PluginResponse) {
         match self.pending.remove(&id) {
-            Some(Pending::Notify { topic, sub }) => self.on_notify_response(topic, sub, &response),
+            Some(Pending::Notify { topic, sub, again }) => {
+                self.on_notify_response(cx, topic, sub, again, &response)
+            }
             Some(Pending::Subscribe {
                 topic,
                 holder,

@@ -276,9 +276,11 @@ pub struct SubscribeParams {
     /// The subscriber's latest seq, so the answer carries the latest item only if newer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
-    /// The rendezvous nodes the subscriber registers at, closest first. A node pushes while
-    /// fewer than its fanout of the nodes ranked above it are live (as the publisher last saw
-    /// them), so a standby takes over from dead pushers without waiting for a renewal.
+    /// The rendezvous nodes the subscriber registers at, in its own order (by XOR distance to
+    /// SHA-1(topic ‖ subscriber id): each subscriber is pushed to by other nodes). A node
+    /// pushes while fewer than its fanout of the nodes ranked above it are live (as the
+    /// publisher last saw them), so a standby takes over from dead pushers without waiting for
+    /// a renewal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranked: Vec<NodeId>,
 }

@@ -50,3 +50,16 @@ fn same_seed_same_run() {
     assert_eq!(a.digest, b.digest);
     assert_eq!(a.delivered, b.delivered);
 }
+
+#[test]
+fn lost_datagrams_and_jitter_lose_no_reading() {
+    // 5% of all messages lost, each direction; up to 20 ms of jitter. Lost pushes are sent
+    // again, lost publishes repaired by standbys.
+    let mut sc = scenario(0.0, 4);
+    sc.link.loss = 0.05;
+    sc.link.jitter = Duration::from_millis(20);
+    let r = run_pubsub_scenario(&sc, |_, _, _| {});
+    assert!(r.network.lost > 0);
+    assert!(r.delivery_rate >= 0.999, "{r:?}");
+    assert_eq!(r.out_of_order, 0);
+}
