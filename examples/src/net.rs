@@ -509,10 +509,15 @@ async fn print_stats(dht: &Dht, transports: &Transports, json: bool, event: &str
         json!({"sent": u.sent, "received": u.received, "queue_full": u.queue_full,
                "send_errors": u.send_errors, "recv_errors": u.recv_errors, "oversize": u.oversize})
     });
+    let pubsub = kad_plugin_pubsub::Pubsub::new(dht.clone())
+        .stats()
+        .await
+        .ok()
+        .and_then(|s| serde_json::to_value(s).ok());
     emit(
         json,
         &json!({"event": event, "routing_table": table, "stats": stats, "udp": udp,
-                "transports": transports.stats_json(), "peak_rss_mb": rss}),
+                "transports": transports.stats_json(), "pubsub": pubsub, "peak_rss_mb": rss}),
         || {
             format!(
                 "{event}: {table} contacts, {} in / {} out, dropped: {} malformed, {} bad signature, {} id mismatch, {} stale, {} replay, {} wrong recipient, {} unknown txn, {} wrong peer; peak RSS {rss} MB",
