@@ -193,7 +193,7 @@ enum HeadError {
 
 async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(head)) => head,
+        Ok(Ok(head)) => Some(head),
         Ok(Err(HeadError::TooLarge)) => {
             let _ = respond(
                 &mut stream,
@@ -205,21 +205,11 @@ async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
             .await;
             return;
         }
-        Ok(Err(HeadError::Malformed)) => {
-            let _ = respond(
-                &mut stream,
-                "400 Bad Request",
-                TEXT,
-                b"bad request\n",
-                false,
-            )
-            .await;
-            return;
-        }
+        Ok(Err(HeadError::Malformed)) => None,
         // Idle for too long, or gone.
         Ok(Err(HeadError::Closed)) | Err(_) => return,
     };
-    let Some(req) = parse_head(&head) else {
+    let Some(req) = head.as_deref().and_then(parse_head) else {
         let _ = respond(
             &mut stream,
             "400 Bad Request",

@@ -101,6 +101,8 @@ pub struct PubsubStats {
     pub refused: u64,
     /// Requests refused by a limit (rate, topics, subscribers).
     pub limited: u64,
+    /// Requests whose params did not parse or break a size rule, answered with an error.
+    pub malformed: u64,
     /// Pushes sent.
     pub notifies_sent: u64,
     /// Pushes that got no answer.
@@ -1066,7 +1068,9 @@ impl PubsubPlugin {
             }
         }
         if promote {
-            let s = self.mine.get(&topic).expect("checked above");
+            let Some(s) = self.mine.get(&topic) else {
+                return;
+            };
             let next = s
                 .candidates
                 .iter()
@@ -1452,7 +1456,7 @@ impl Plugin for PubsubPlugin {
         if limited {
             self.schedule_sweep(cx.now());
         }
-        match method {
+        let reply = match method {
             wire::FIND => self.on_find(cx, params),
             wire::SUBSCRIBE => self.on_subscribe(cx, from, params),
             wire::PUBLISH => self.on_publish(cx, params),
@@ -1462,7 +1466,11 @@ impl Plugin for PubsubPlugin {
                 RpcError::METHOD_NOT_FOUND,
                 format!("method not found: {other}"),
             ),
+        };
+        if matches!(&reply, Reply::Error(e) if e.code == RpcError::INVALID_PARAMS) {
+            self.stats.malformed += 1;
         }
+        reply
     }
 
     fn on_response(&mut self, cx: &mut PluginCx<'_>, id: RequestId, response: PluginResponse) {

@@ -261,3 +261,61 @@ async fn subscriber_limits_are_enforced() {
         Err(e) => assert!(e.to_string().contains("subscription"), "{e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_peers_is_answered_with_errors_and_counted() {
+    let net = network(2, PubsubConfig::default()).await;
+    let target = net.nodes[0].contact().clone();
+    // xorshift64: reproducible junk without another dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let methods = [
+        wire::FIND,
+        wire::SUBSCRIBE,
+        wire::PUBLISH,
+        wire::POST,
+        wire::NOTIFY,
+    ];
+    let mut sent = 0u64;
+    for i in 0..60 {
+        let len = next() % 300;
+        let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 {
+            // Valid JSON of the wrong shape, half of the time.
+            junk = format!("{{\"topic\": {}, \"ttl\": -1}}", next() as u32).into_bytes();
+        }
+        let m = methods[i % methods.len()];
+        let r = net.nodes[1]
+            .call(target.clone(), m, Bytes::from(junk))
+            .await;
+        assert!(r.is_err(), "{m}: {r:?}");
+        sent += 1;
+    }
+    // An oversized rendezvous list is refused, naming the limit.
+    let pk = public_key(&[9u8; 32]);
+    let kind = kad_plugin_pubsub::TopicKind::Sensor {
+        k: pk,
+        salt: Bytes::new(),
+    };
+    let big = serde_json::json!({
+        "topic": kind.key(), "kind": kind, "ttl": 60, "push": true,
+        "ranked": vec![net.nodes[0].id(); 100],
+    });
+    let r = net.nodes[1]
+        .call(target, wire::SUBSCRIBE, Bytes::from(big.to_string()))
+        .await;
+    match r {
+        Err(DhtError::Query(QueryError::Remote(e))) => {
+            assert!(e.message.contains("the limit is"), "{e:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let st = Pubsub::new(net.nodes[0].clone()).stats().await.unwrap();
+    assert_eq!(st.malformed, sent + 1, "{st:?}");
+    assert_eq!(st.topics, 0, "{st:?}");
+}

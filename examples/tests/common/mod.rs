@@ -10,6 +10,20 @@ use serde_json::Value;
 
 pub(crate) const KAD: &str = env!("CARGO_BIN_EXE_kad");
 
+/// The JSON lines `child` prints on stdout, read on a thread of their own.
+fn json_lines(child: &mut Child) -> mpsc::Receiver<Value> {
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    lines
+}
+
 /// A node process, killed (by its PID) when dropped.
 pub(crate) struct NodeProc {
     pub(crate) child: Child,
@@ -43,15 +57,7 @@ impl NodeProc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start kad node");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let lines = json_lines(&mut child);
         let mut p = Self {
             child,
             lines,
@@ -125,15 +131,7 @@ impl Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start kad");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+        let lines = json_lines(&mut child);
         Self { child, lines }
     }
 
