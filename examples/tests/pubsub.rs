@@ -162,7 +162,10 @@ fn named_topic_messages_reach_every_subscriber_once() {
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["ok"], true, "{v}");
-        assert!(v["n"].as_u64().unwrap() >= 4, "{v}");
+        // Every rendezvous node the publisher found took it (a fresh client may find fewer
+        // than all five).
+        assert!(v["n"].as_u64().unwrap() >= 2, "{v}");
+        assert_eq!(v["n"], v["asked"], "{v}");
     }
     for s in &subs {
         let lines = s.rest(Duration::from_secs(30));

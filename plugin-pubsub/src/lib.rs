@@ -16,7 +16,8 @@
 //!   Each rendezvous node keeps the latest valid reading and pushes it (`pubsub.NOTIFY`) to its
 //!   subscribers.
 //! - **Subscribers verify everything**: signature, key, salt and a seq higher than the last one
-//!   delivered. Each reading is delivered once, in seq order, however many nodes push it.
+//!   delivered. Each reading is delivered at most once and in increasing seq order, however
+//!   many nodes push it (one overtaken by a newer reading is skipped, not delivered late).
 //! - **Named topics** (key = RIPEMD-160(SHA-256("kad-topic:" ‖ name))): messages signed by the
 //!   publisher's node key, with a TTL, deduplicated by the subscriber; rendezvous nodes hand the
 //!   recent unexpired ones to new subscribers.

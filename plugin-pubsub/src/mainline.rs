@@ -42,10 +42,14 @@ impl PollConfig {
 
     /// The interval after `interval` when a poll brought nothing new.
     pub fn next_interval(&self, interval: Duration) -> Duration {
-        interval.mul_f64(self.backoff.max(1.0)).clamp(
-            self.min_interval.max(Self::FLOOR),
-            self.max_interval.max(Self::FLOOR),
-        )
+        let lo = self.min_interval.max(Self::FLOOR);
+        let hi = self.max_interval.max(lo);
+        let factor = if self.backoff.is_finite() {
+            self.backoff.clamp(1.0, 10.0)
+        } else {
+            1.5
+        };
+        interval.min(hi).mul_f64(factor).clamp(lo, hi)
     }
 }
 

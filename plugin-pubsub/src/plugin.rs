@@ -53,7 +53,8 @@ pub struct PubsubConfig {
     pub sender_burst: f64,
     /// Recent messages kept per named topic (handed to new subscribers).
     pub max_recent_messages: usize,
-    /// Pushes awaiting an answer, over all subscribers.
+    /// Pushes awaiting an answer, over all subscribers: keep it well below the engine's
+    /// `max_in_flight` (4,096), whose overflow would read as unanswered pushes.
     pub max_pending_notifies: usize,
     /// Pushes awaiting an answer per subscriber; more are skipped (the subscriber is slow).
     pub max_notifies_in_flight: u16,
@@ -78,7 +79,7 @@ impl Default for PubsubConfig {
             sender_rate: 20.0,
             sender_burst: 100.0,
             max_recent_messages: 16,
-            max_pending_notifies: 100_000,
+            max_pending_notifies: 2048,
             max_notifies_in_flight: 16,
             drop_after_failures: 3,
             holder_cache: Duration::from_secs(30),
@@ -132,7 +133,8 @@ pub enum Command {
         /// What to subscribe to.
         kind: TopicKind,
     },
-    /// Forget a subscription (rendezvous nodes drop it at their next push or renewal).
+    /// Forget a subscription: its rendezvous nodes are told (`SUBSCRIBE` with ttl 0); one that
+    /// misses it drops the subscription at its next push (answered -32010) or when it expires.
     Unsubscribe {
         /// The topic key.
         topic: Key,
@@ -218,6 +220,10 @@ struct Sub {
     expires: Instant,
     push: bool,
     ranked: Vec<NodeId>,
+    /// The newest reading pushed to it (a repair round never pushes it again).
+    last_seq: Option<i64>,
+    /// The last message pushed to it.
+    last_message: Option<[u8; 20]>,
     failures: u8,
     in_flight: u16,
 }
@@ -258,6 +264,13 @@ struct MySub {
     cmd: Option<QueryId>,
     lookup: Option<QueryId>,
     renew_at: Instant,
+}
+
+/// What a push carries, to push it to each subscriber once.
+#[derive(Clone, Copy)]
+enum Pushed {
+    Seq(i64),
+    Message([u8; 20]),
 }
 
 enum Pending {
@@ -364,14 +377,45 @@ pub struct PubsubPlugin {
     holders: BTreeMap<Key, Holders>,
     buckets: BTreeMap<NodeId, Bucket>,
     next_sweep: Option<Instant>,
+    /// The address the request being handled came from (set by the request filter).
+    observed: Option<(NodeId, kad_core::PeerAddr)>,
+    /// Pushes awaiting an answer.
+    notifies_pending: usize,
     stats: PubsubStats,
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Bytes of recent messages (JSON, at worst) in one `SUBSCRIBE` answer.
+const MAX_RECENT_BYTES: usize = 32 * 1024;
+/// Longest `live` list a node takes (a rendezvous set with its extras is at most 1.5 k).
+const MAX_LIVE: usize = 256;
 const MAX_BUCKETS: usize = 100_000;
 const MAX_HOLDER_CACHE: usize = 1024;
 /// Retry delay of a subscription whose lookup found nobody.
 const RETRY_EMPTY: Duration = Duration::from_secs(2);
+
+/// Where to push to a subscriber: its advertised addresses on the host its request came from,
+/// or that observed address itself when it advertises none there.
+fn push_contact(from: &Contact, observed: Option<&(NodeId, kad_core::PeerAddr)>) -> Contact {
+    let Some((id, seen)) = observed.filter(|(id, _)| *id == from.id) else {
+        return from.clone();
+    };
+    let seen_ip = seen.socket_addr().map(|a| a.ip());
+    let same_host: Vec<kad_core::PeerAddr> = from
+        .addrs
+        .iter()
+        .filter(|a| a.socket_addr().map(|a| a.ip()) == seen_ip && seen_ip.is_some())
+        .cloned()
+        .collect();
+    if same_host.is_empty() {
+        Contact::new(*id, seen.clone())
+    } else {
+        Contact {
+            id: *id,
+            addrs: same_host.into(),
+        }
+    }
+}
 
 fn rpc_err(code: i64, msg: impl Into<String>) -> Reply {
     Reply::Error(RpcError::new(code, msg))
@@ -399,6 +443,8 @@ impl PubsubPlugin {
             holders: BTreeMap::new(),
             buckets: BTreeMap::new(),
             next_sweep: None,
+            observed: None,
+            notifies_pending: 0,
             stats: PubsubStats::default(),
         }
     }
@@ -540,6 +586,7 @@ impl PubsubPlugin {
         let ttl = Duration::from_secs(u64::from(p.ttl)).min(self.config.max_subscription_ttl);
         let max_recent = self.config.max_recent_messages;
         let now_ms = cx.unix_ms();
+        let contact = push_contact(from, self.observed.as_ref());
         let topic = match self.topic_entry(now, p.topic) {
             Ok(t) => t,
             Err(r) => return r,
@@ -565,18 +612,21 @@ impl PubsubPlugin {
             );
         }
         let sub = topic.subs.entry(from.id).or_insert(Sub {
-            contact: from.clone(),
+            contact: contact.clone(),
             expires: now,
             push: p.push,
             ranked: Vec::new(),
             failures: 0,
             in_flight: 0,
+            last_seq: None,
+            last_message: None,
         });
-        sub.contact = from.clone();
+        // `failures` stays: only an answered push clears it, so a renewal cannot keep pushes
+        // flowing to a host that never answers.
+        sub.contact = contact;
         sub.expires = now + ttl;
         sub.push = p.push;
         sub.ranked = p.ranked;
-        sub.failures = 0;
         topic.touched = now;
         let mut r = SubscribeResult {
             ttl: ttl.as_secs() as u32,
@@ -592,8 +642,19 @@ impl PubsubPlugin {
             .iter()
             .filter(|m| m.expires_ms() > now_ms)
             .collect();
-        let skip = live.len().saturating_sub(max_recent);
-        r.recent = live.into_iter().skip(skip).cloned().collect();
+        // Newest first while the answer stays well inside one datagram.
+        let mut budget = MAX_RECENT_BYTES;
+        let mut recent: Vec<TopicMessage> = Vec::new();
+        for m in live.into_iter().rev().take(max_recent) {
+            let size = m.data.len() * 6 + 512; // JSON escaping at worst, plus the fields
+            if size > budget {
+                break;
+            }
+            budget -= size;
+            recent.push(m.clone());
+        }
+        recent.reverse();
+        r.recent = recent;
         if !known {
             *self.per_subscriber.entry(from.id).or_insert(0) += 1;
         }
@@ -638,12 +699,13 @@ impl PubsubPlugin {
                     // The same reading again: a repair round with a new view of who is live.
                     let pushed = match p.live {
                         Some(live) => {
+                            let seq = p.item.seq;
                             let notify = json(&NotifyParams {
                                 topic: key,
                                 item: Some(p.item),
                                 message: None,
                             });
-                            self.repair(cx, key, live, notify)
+                            self.repair(cx, key, live, notify, Pushed::Seq(seq))
                         }
                         None => 0,
                     };
@@ -665,16 +727,17 @@ impl PubsubPlugin {
         topic.sensor = Some((p.item.k, p.item.salt.clone()));
         topic.latest = Some(p.item.clone());
         topic.touched = now;
-        if let Some(live) = p.live {
+        if let Some(live) = p.live.filter(|l| l.len() <= MAX_LIVE) {
             topic.live = Some(live.into_iter().collect());
         }
         self.stats.accepted += 1;
+        let seq = p.item.seq;
         let notify = json(&NotifyParams {
             topic: key,
             item: Some(p.item),
             message: None,
         });
-        let pushed = self.push_all(cx, key, notify);
+        let pushed = self.push_all(cx, key, notify, Pushed::Seq(seq));
         Reply::Result(json(&PublishResult { pushed }))
     }
 
@@ -705,7 +768,7 @@ impl PubsubPlugin {
                             item: None,
                             message: Some(p.message),
                         });
-                        self.repair(cx, key, live, notify)
+                        self.repair(cx, key, live, notify, Pushed::Message(id))
                     }
                     None => 0,
                 };
@@ -718,7 +781,7 @@ impl PubsubPlugin {
         };
         topic.recent.retain(|m| m.expires_ms() > now_ms);
         topic.recent.push_back(p.message.clone());
-        if let Some(live) = p.live {
+        if let Some(live) = p.live.filter(|l| l.len() <= MAX_LIVE) {
             topic.live = Some(live.into_iter().collect());
         }
         while topic.recent.len() > max_recent {
@@ -731,7 +794,7 @@ impl PubsubPlugin {
             item: None,
             message: Some(p.message),
         });
-        let pushed = self.push_all(cx, key, notify);
+        let pushed = self.push_all(cx, key, notify, Pushed::Message(id));
         Reply::Result(json(&PublishResult { pushed }))
     }
 
@@ -751,39 +814,30 @@ impl PubsubPlugin {
     }
 
     /// A repair round: with the publisher's new view `live`, pushes `notify` to the subscribers
-    /// this node is now on duty for and was not before.
+    /// this node is now on duty for and has not pushed it to.
     fn repair(
         &mut self,
         cx: &mut PluginCx<'_>,
         key: Key,
         live: Vec<NodeId>,
         notify: Bytes,
+        what: Pushed,
     ) -> usize {
-        let me = cx.local().id;
-        let fanout = self.config.fanout;
-        let Some(topic) = self.topics.get_mut(&key) else {
+        if live.len() > MAX_LIVE {
             return 0;
-        };
-        let new: BTreeSet<NodeId> = live.into_iter().collect();
-        let old = topic.live.replace(new.clone());
-        let targets: BTreeSet<NodeId> = topic
-            .subs
-            .iter()
-            .filter(|(_, s)| {
-                Self::on_duty(s, &me, Some(&new), fanout)
-                    && !Self::on_duty(s, &me, old.as_ref(), fanout)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        self.push_to(cx, key, notify, |id, _| targets.contains(id))
+        }
+        if let Some(topic) = self.topics.get_mut(&key) {
+            topic.live = Some(live.into_iter().collect());
+        }
+        self.push_all(cx, key, notify, what)
     }
 
     /// Pushes `notify` to every live subscriber of `key` this node is on duty for.
-    fn push_all(&mut self, cx: &mut PluginCx<'_>, key: Key, notify: Bytes) -> usize {
+    fn push_all(&mut self, cx: &mut PluginCx<'_>, key: Key, notify: Bytes, what: Pushed) -> usize {
         let me = cx.local().id;
         let fanout = self.config.fanout;
         let live = self.topics.get(&key).and_then(|t| t.live.clone());
-        self.push_to(cx, key, notify, |_, s| {
+        self.push_to(cx, key, notify, what, |_, s| {
             Self::on_duty(s, &me, live.as_ref(), fanout)
         })
     }
@@ -793,6 +847,7 @@ impl PubsubPlugin {
         cx: &mut PluginCx<'_>,
         key: Key,
         notify: Bytes,
+        what: Pushed,
         pick: impl Fn(&NodeId, &Sub) -> bool,
     ) -> usize {
         let now = cx.now();
@@ -805,13 +860,27 @@ impl PubsubPlugin {
             if sub.expires <= now || !pick(id, sub) {
                 continue;
             }
+            // Each reading or message goes to a subscriber once from this node, however many
+            // repair rounds (which anyone can send) ask for it.
+            let sent = match what {
+                Pushed::Seq(seq) => sub.last_seq.is_some_and(|l| l >= seq),
+                Pushed::Message(m) => sub.last_message == Some(m),
+            };
+            if sent {
+                continue;
+            }
             if sub.in_flight >= max_in_flight
-                || self.pending.len() >= self.config.max_pending_notifies
+                || self.notifies_pending >= self.config.max_pending_notifies
             {
                 self.stats.notifies_skipped += 1;
                 continue;
             }
+            match what {
+                Pushed::Seq(seq) => sub.last_seq = Some(seq),
+                Pushed::Message(m) => sub.last_message = Some(m),
+            }
             sub.in_flight += 1;
+            self.notifies_pending += 1;
             let rid = cx.send_request(sub.contact.clone(), wire::NOTIFY, notify.clone());
             self.pending.insert(
                 rid,
@@ -836,13 +905,18 @@ impl PubsubPlugin {
         r: &PluginResponse,
     ) {
         let drop_after = self.config.drop_after_failures;
-        let Some(t) = self.topics.get_mut(&topic) else {
+        let s = self
+            .topics
+            .get_mut(&topic)
+            .and_then(|t| t.subs.get_mut(&sub));
+        let resend = matches!(r, PluginResponse::Timeout) && again.is_some() && s.is_some();
+        if !resend {
+            self.notifies_pending = self.notifies_pending.saturating_sub(1);
+        }
+        let Some(s) = s else {
             return;
         };
-        let Some(s) = t.subs.get_mut(&sub) else {
-            return;
-        };
-        if let (PluginResponse::Timeout, Some(params)) = (r, again) {
+        if let (true, Some(params)) = (resend, again) {
             // One resend: a lost datagram should not cost a reading (the engine does not
             // retry plugin requests). Still in flight, so `in_flight` stays.
             let rid = cx.send_request(s.contact.clone(), wire::NOTIFY, params);
@@ -1003,11 +1077,19 @@ impl PubsubPlugin {
         if closest.is_empty() {
             s.renew_at = cx.now() + RETRY_EMPTY;
             if let Some(cmd) = s.cmd.take() {
+                // The subscribe failed: nothing is left running behind the caller's back
+                // (a renewal that finds nobody keeps the subscription and tries again).
+                if s.registered.is_empty() {
+                    self.mine.remove(&topic);
+                }
                 cx.complete(cmd, Err(QueryError::NoPeers));
             }
             return;
         }
-        s.renew_at = cx.now() + self.config.subscription_ttl / 3;
+        // Renewals spread over 80-100% of a third of the ttl: subscribers that started together
+        // do not all renew in the same instant (and trip the nodes' rate limits together).
+        let jitter = 0.8 + 0.2 * (cx.rng().next_u32() as f64 / f64::from(u32::MAX));
+        s.renew_at = cx.now() + (self.config.subscription_ttl / 3).mul_f64(jitter);
         // The subscriber's own order of the rendezvous nodes: by distance to a hash of the topic
         // and its id. The same for every renewal while the set holds (stable pushers), but
         // different for each subscriber, so the pushing is spread over the whole rendezvous set
@@ -1052,6 +1134,11 @@ impl PubsubPlugin {
             PluginResponse::Ok { result, from, .. } => {
                 s.registered.insert(holder);
                 if let Ok(res) = serde_json::from_slice::<SubscribeResult>(&result) {
+                    // A node may grant less than asked: renew before its grant runs out.
+                    if res.ttl > 0 {
+                        let due = cx.now() + Duration::from_secs(u64::from(res.ttl)) / 3;
+                        s.renew_at = s.renew_at.min(due);
+                    }
                     if let Some(item) = res.latest {
                         self.deliver_item(cx, topic, item, from.id);
                     }
@@ -1092,6 +1179,7 @@ impl PubsubPlugin {
                     latest_seq: s.last_seq,
                 };
                 if out.rendezvous == 0 {
+                    self.mine.remove(&topic);
                     cx.complete(
                         cmd,
                         Err(QueryError::Remote(RpcError::new(
@@ -1274,7 +1362,7 @@ impl PubsubPlugin {
                 h.refresh = true;
             }
         }
-        if (!o.dead.is_empty() || o.outcome.lookup) && !o.acked.is_empty() {
+        if (o.acked.len() < o.outcome.asked || o.outcome.lookup) && !o.acked.is_empty() {
             // Repair round: the same reading, with who is live now, so standbys push it to
             // the subscribers of the dead pushers (and, after a lookup, of pushers the lookup
             // did not reach).
@@ -1366,7 +1454,7 @@ impl PubsubPlugin {
                         bad("this node has no signing identity for posts".into()),
                     );
                 };
-                let kind = TopicKind::Named { name };
+                let kind = TopicKind::Named { name: name.clone() };
                 if let Err(e) = kind.check() {
                     return cx.complete(query, bad(e.to_owned()));
                 }
@@ -1391,7 +1479,7 @@ impl PubsubPlugin {
                 }
                 let topic = kind.key();
                 let nonce = cx.rng().next_u64();
-                let m = TopicMessage::sign(&identity, topic, cx.unix_ms(), ttl, nonce, data);
+                let m = TopicMessage::sign(&identity, &name, cx.unix_ms(), ttl, nonce, data);
                 self.start_op(cx, query, topic, Payload::Message(m));
             }
             Command::Stats => cx.complete(query, Ok(json(&self.stats()))),
@@ -1439,6 +1527,18 @@ impl PubsubPlugin {
 impl Plugin for PubsubPlugin {
     fn namespace(&self) -> &'static str {
         NAMESPACE
+    }
+
+    fn allow(
+        &mut self,
+        from: &kad_core::PeerAddr,
+        sender: &Contact,
+        _request: &kad_core::Request,
+    ) -> bool {
+        // Remembered for `on_subscribe`: pushes go to the host a subscription came from, never
+        // to an address a subscriber merely claims (no reflection onto a third party).
+        self.observed = Some((sender.id, from.clone()));
+        true
     }
 
     fn on_request(

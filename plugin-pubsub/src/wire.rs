@@ -112,9 +112,12 @@ fn decode_bstr(v: &[u8]) -> Option<&[u8]> {
 /// A message of a named topic, signed by its publisher's node key (secp256k1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMessage {
-    /// The topic key.
+    /// The topic key: [`topic_key`] of `name`.
     pub topic: Key,
-    /// The publisher's compressed secp256k1 public key (its node id is the hash of it).
+    /// The topic's name (signed: a message cannot be posted under another topic's key).
+    pub name: String,
+    /// The publisher's compressed secp256k1 public key, 33 bytes (its node id is the hash of
+    /// it).
     #[serde(with = "hex_bytes")]
     pub from: Bytes,
     /// Publisher's wall clock at sending, ms since the Unix epoch.
@@ -131,30 +134,53 @@ pub struct TopicMessage {
 }
 
 impl TopicMessage {
-    /// `"kad-pubsub-msg/1" ‖ topic ‖ ts (8, BE) ‖ ttl (4, BE) ‖ nonce (8, BE) ‖ data`.
-    pub fn signing_bytes(topic: &Key, ts: u64, ttl: u32, nonce: u64, data: &str) -> Vec<u8> {
-        let mut b = Vec::with_capacity(56 + data.len());
-        b.extend_from_slice(b"kad-pubsub-msg/1");
+    /// `"kad-pubsub-msg/2" ‖ topic ‖ ts (8, BE) ‖ ttl (4, BE) ‖ nonce (8, BE) ‖ name length
+    /// (2, BE) ‖ name ‖ data`.
+    pub fn signing_bytes(
+        topic: &Key,
+        name: &str,
+        ts: u64,
+        ttl: u32,
+        nonce: u64,
+        data: &str,
+    ) -> Vec<u8> {
+        let mut b = Vec::with_capacity(58 + name.len() + data.len());
+        b.extend_from_slice(b"kad-pubsub-msg/2");
         b.extend_from_slice(&topic.0);
         b.extend_from_slice(&ts.to_be_bytes());
         b.extend_from_slice(&ttl.to_be_bytes());
         b.extend_from_slice(&nonce.to_be_bytes());
+        b.extend_from_slice(&(name.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        b.extend_from_slice(name.as_bytes());
         b.extend_from_slice(data.as_bytes());
         b
     }
 
-    /// Signs a message with a node identity.
+    fn own_signing_bytes(&self) -> Vec<u8> {
+        Self::signing_bytes(
+            &self.topic,
+            &self.name,
+            self.ts,
+            self.ttl,
+            self.nonce,
+            &self.data,
+        )
+    }
+
+    /// Signs a message for the topic `name` with a node identity.
     pub fn sign(
         identity: &native::NativeIdentity,
-        topic: Key,
+        name: &str,
         ts: u64,
         ttl: u32,
         nonce: u64,
         data: String,
     ) -> Self {
-        let sig = identity.sign_bytes(&Self::signing_bytes(&topic, ts, ttl, nonce, &data));
+        let topic = topic_key(name);
+        let sig = identity.sign_bytes(&Self::signing_bytes(&topic, name, ts, ttl, nonce, &data));
         Self {
             topic,
+            name: name.to_owned(),
             from: Bytes::copy_from_slice(&identity.public_key_bytes()),
             ts,
             ttl,
@@ -164,9 +190,14 @@ impl TopicMessage {
         }
     }
 
-    /// The message id used for deduplication: SHA-1 of the signature.
+    /// The message id used for deduplication: SHA-1 of the signed bytes, the key and the
+    /// signature (the signature alone does not identify a message: with key recovery, one
+    /// signature verifies other messages under other keys).
     pub fn id(&self) -> [u8; 20] {
-        item::sha1(&self.sig)
+        let mut b = self.own_signing_bytes();
+        b.extend_from_slice(&self.from);
+        b.extend_from_slice(&self.sig);
+        item::sha1(&b)
     }
 
     /// The publisher's node id.
@@ -179,10 +210,19 @@ impl TopicMessage {
         self.ts.saturating_add(u64::from(self.ttl) * 1000)
     }
 
-    /// Checks sizes, time and signature against the wall clock `now_ms`.
+    /// Checks sizes, topic, time and signature against the wall clock `now_ms`.
     pub fn check(&self, now_ms: u64) -> Result<(), &'static str> {
         if self.data.len() > MAX_MESSAGE_DATA {
             return Err("data longer than 4096 bytes");
+        }
+        if self.name.is_empty() || self.name.len() > MAX_TOPIC_NAME {
+            return Err("topic name must be 1..=256 bytes");
+        }
+        if topic_key(&self.name) != self.topic {
+            return Err("topic is not the key of name");
+        }
+        if self.from.len() != 33 {
+            return Err("from must be a 33-byte compressed key");
         }
         if self.ttl == 0 || self.ttl > MAX_MESSAGE_TTL_S {
             return Err("ttl must be 1..=86400 s");
@@ -193,8 +233,7 @@ impl TopicMessage {
         if self.expires_ms() <= now_ms {
             return Err("expired");
         }
-        let msg = Self::signing_bytes(&self.topic, self.ts, self.ttl, self.nonce, &self.data);
-        if !native::verify_signature(&self.from, &msg, &self.sig) {
+        if !native::verify_signature(&self.from, &self.own_signing_bytes(), &self.sig) {
             return Err("bad signature");
         }
         Ok(())
@@ -401,8 +440,7 @@ mod tests {
     #[test]
     fn messages_verify_and_expire() {
         let id = native::NativeIdentity::from_secret(&[9; 32]).unwrap();
-        let topic = topic_key("weather");
-        let m = TopicMessage::sign(&id, topic, 1_000_000, 10, 1, "hi".into());
+        let m = TopicMessage::sign(&id, "weather", 1_000_000, 10, 1, "hi".into());
         assert!(m.check(1_000_500).is_ok());
         assert_eq!(m.publisher(), id.id());
         assert_eq!(m.check(1_011_000), Err("expired"));
@@ -410,6 +448,10 @@ mod tests {
         let mut t = m.clone();
         t.data = "ho".into();
         assert_eq!(t.check(1_000_500), Err("bad signature"));
+        // Posted under another topic's key (a sensor's, say): refused before the signature.
+        let mut other = m.clone();
+        other.topic = sensor_key(&[1; 32], b"");
+        assert_eq!(other.check(1_000_500), Err("topic is not the key of name"));
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<TopicMessage>(&json).unwrap(), m);
     }

@@ -319,3 +319,104 @@ async fn garbage_from_peers_is_answered_with_errors_and_counted() {
     assert_eq!(st.malformed, sent + 1, "{st:?}");
     assert_eq!(st.topics, 0, "{st:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_rounds_cannot_be_replayed_into_floods() {
+    let net = network(6, PubsubConfig::default()).await;
+    let seed = [6u8; 32];
+    let mut sub = Pubsub::new(net.nodes[4].clone())
+        .subscribe_sensor(public_key(&seed), b"")
+        .await
+        .unwrap();
+    let it = reading(&seed, b"", 1, "one");
+    Pubsub::new(net.nodes[5].clone())
+        .publish(it.clone())
+        .await
+        .unwrap();
+    assert_eq!(next_reading(&mut sub).await, Some((1, "one".into())));
+    // Anyone may resend the reading with any `live` list; each node pushes it to a subscriber
+    // at most once.
+    let mut pushed = 0;
+    for (i, d) in net.nodes[..4].iter().enumerate() {
+        for live in [
+            vec![],
+            vec![d.id()],
+            net.nodes.iter().map(|n| n.id()).collect(),
+        ] {
+            let params = PublishParams {
+                item: it.clone(),
+                live: Some(live),
+            };
+            let r = net.nodes[5]
+                .call(
+                    d.contact().clone(),
+                    wire::PUBLISH,
+                    Bytes::from(serde_json::to_vec(&params).unwrap()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("node {i}: {e}"));
+            let v: serde_json::Value = serde_json::from_slice(&r).unwrap();
+            pushed += v["pushed"].as_u64().unwrap();
+        }
+    }
+    // Nodes that had not pushed it (standbys) may push it once now; nothing more.
+    assert!(pushed <= 4, "{pushed} repeat pushes");
+    assert!(nothing_more(&mut sub).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_go_to_the_subscribers_own_host_not_to_a_claimed_address() {
+    let net = network(4, PubsubConfig::default()).await;
+    // A node that claims the address of node 1 as its own.
+    let id = Arc::new(NativeIdentity::from_secret(&[0xee; 32]).unwrap());
+    let b = Node::builder(Config::default())
+        .id(id.id())
+        .addrs(vec![net.nodes[1].contact().addrs[0].clone()])
+        .plugin(Box::new(PubsubPlugin::new(PubsubConfig::default(), None)));
+    let liar = Dht::spawn(b, vec![Arc::new(net._net.transport(4096))]).unwrap();
+    liar.bootstrap(vec![net.nodes[0].contact().addrs[0].clone()])
+        .await
+        .unwrap();
+    let seed = [8u8; 32];
+    let mut sub = Pubsub::new(liar.clone())
+        .subscribe_sensor(public_key(&seed), b"")
+        .await
+        .unwrap();
+    Pubsub::new(net.nodes[3].clone())
+        .publish(reading(&seed, b"", 1, "x"))
+        .await
+        .unwrap();
+    // The reading reaches the liar where it really is; node 1 receives no push.
+    assert_eq!(next_reading(&mut sub).await, Some((1, "x".into())));
+    let victim = Pubsub::new(net.nodes[1].clone()).stats().await.unwrap();
+    assert_eq!(
+        victim.rejected + victim.duplicates + victim.delivered,
+        0,
+        "{victim:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_recent_messages_still_fit_a_subscribe_answer() {
+    let net = network(4, PubsubConfig::default()).await;
+    let poster = Pubsub::new(net.nodes[3].clone());
+    for i in 0..16 {
+        poster
+            .post("big", &format!("{i}{}", "\"".repeat(4000)), 600)
+            .await
+            .unwrap();
+    }
+    let mut late = Pubsub::new(net.nodes[2].clone())
+        .subscribe_topic("big")
+        .await
+        .unwrap();
+    assert!(late.outcome.rendezvous >= 2, "{:?}", late.outcome);
+    // The newest recent messages arrive (as many as fit), the last one among them.
+    let mut last = None;
+    while let Ok(Some(Delivery::Message(m))) =
+        tokio::time::timeout(Duration::from_millis(800), late.next()).await
+    {
+        last = Some(m.message.data);
+    }
+    assert!(last.is_some_and(|d| d.starts_with("15")));
+}

@@ -169,13 +169,16 @@ impl Drop for Proc {
     }
 }
 
-/// `n` node processes, the first one starting the network and the others joining through it.
+/// `n` node processes, the first one starting the network and the others joining through it
+/// (each has finished joining when this returns).
 pub(crate) fn network(n: usize) -> Vec<NodeProc> {
     let first = NodeProc::start(&[]);
     let boot = first.addr.clone();
     let mut nodes = vec![first];
     for _ in 1..n {
-        nodes.push(NodeProc::start(&["--bootstrap", &boot]));
+        let mut p = NodeProc::start(&["--bootstrap", &boot]);
+        p.next_event("bootstrapped");
+        nodes.push(p);
     }
     nodes
 }
