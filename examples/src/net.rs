@@ -54,17 +54,31 @@ pub(crate) fn fresh_identity() -> Result<NativeIdentity> {
 
 /// Loads the key at `path`, or creates it (mode 0600) when the file does not exist.
 pub(crate) fn load_or_create_key(path: &Path) -> Result<(NativeIdentity, bool)> {
+    let (secret, created) = load_or_create_secret(path, "a secp256k1 secret key", || {
+        Ok(fresh_identity()?.secret_bytes())
+    })?;
+    let id = NativeIdentity::from_secret(&secret)
+        .with_context(|| format!("--key-file {}", path.display()))?;
+    Ok((id, created))
+}
+
+/// Reads the 32-byte secret (64 hex digits) in the key file at `path`, warning when others may
+/// read it; when the file does not exist, writes `fresh()` there with mode 0600. `what` names
+/// the kind of key in errors. Returns the secret and whether it was created.
+pub(crate) fn load_or_create_secret(
+    path: &Path,
+    what: &str,
+    fresh: impl FnOnce() -> Result<[u8; 32]>,
+) -> Result<([u8; 32], bool)> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let mut secret = [0u8; 32];
             hex::decode_to_slice(text.trim(), &mut secret).with_context(|| {
                 format!(
-                    "--key-file {}: expected 64 hex digits (a secp256k1 secret key)",
+                    "--key-file {}: expected 64 hex digits ({what})",
                     path.display()
                 )
             })?;
-            let id = NativeIdentity::from_secret(&secret)
-                .with_context(|| format!("--key-file {}", path.display()))?;
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt as _;
@@ -78,10 +92,10 @@ pub(crate) fn load_or_create_key(path: &Path) -> Result<(NativeIdentity, bool)> 
                     }
                 }
             }
-            Ok((id, false))
+            Ok((secret, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = fresh_identity()?;
+            let secret = fresh()?;
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
@@ -92,9 +106,9 @@ pub(crate) fn load_or_create_key(path: &Path) -> Result<(NativeIdentity, bool)> 
             let mut f = opts
                 .open(path)
                 .with_context(|| format!("--key-file {}: cannot create it", path.display()))?;
-            writeln!(f, "{}", hex::encode(id.secret_bytes()))
+            writeln!(f, "{}", hex::encode(secret))
                 .with_context(|| format!("--key-file {}: cannot write it", path.display()))?;
-            Ok((id, true))
+            Ok((secret, true))
         }
         Err(e) => Err(e).with_context(|| format!("--key-file {}: cannot read it", path.display())),
     }

@@ -206,33 +206,11 @@ fn parse_salt(s: &str) -> Result<Bytes> {
 
 /// Reads the sensor seed from `path`, creating it (mode 0600) when missing.
 fn load_or_create_seed(path: &Path) -> Result<([u8; 32], bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut seed = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut seed).with_context(|| {
-                format!(
-                    "--key-file {}: expected 64 hex characters (an ed25519 seed)",
-                    path.display()
-                )
-            })?;
-            Ok((seed, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).context("drawing a key")?;
-            let mut o = std::fs::OpenOptions::new();
-            o.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-            let mut f = o
-                .open(path)
-                .with_context(|| format!("--key-file {}: cannot create", path.display()))?;
-            std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(seed)).as_bytes())
-                .with_context(|| format!("--key-file {}: cannot write", path.display()))?;
-            Ok((seed, true))
-        }
-        Err(e) => Err(e).with_context(|| format!("--key-file {}: cannot read", path.display())),
-    }
+    net::load_or_create_secret(path, "an ed25519 seed", || {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).context("drawing a key")?;
+        Ok(seed)
+    })
 }
 
 /// Parses a public key given as 64 hex characters or base58.
@@ -309,13 +287,7 @@ fn mainline_bootstrap(net: &NetOpts) -> Option<String> {
 }
 
 fn within(net: &NetOpts) -> Result<Duration> {
-    if !(net.timeout > 0.0 && net.timeout <= 3600.0) {
-        bail!(
-            "--timeout = {} is out of range: it must be between 0 and 3600 seconds",
-            net.timeout
-        );
-    }
-    Ok(Duration::from_secs_f64(net.timeout))
+    net::timeout(&net.client_args())
 }
 
 pub(crate) async fn sensor(cmd: SensorCommand) -> Result<()> {
