@@ -324,6 +324,7 @@ fn signed_pings(
                 sender: contact.clone(),
                 recipient: Some(to),
                 read_only: true,
+                observed: None,
                 body: Body::Request(Request::Ping),
             };
             let mut cx = CodecCx {

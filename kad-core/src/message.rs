@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::addr::Contact;
+use crate::addr::{Contact, PeerAddr};
 use crate::id::{Key, NodeId};
 use crate::record::Record;
 
@@ -32,6 +32,12 @@ pub struct Message {
     /// Set by a node that only asks and must not be added to routing tables (read-only mode).
     #[serde(default)]
     pub read_only: bool,
+    /// In responses and errors: the address the responder saw the request come from (the
+    /// requester's address as the network outside its NAT sees it). Native `kad.seen`, Mainline
+    /// `ip` (BEP42). The engine fills it in its answers and reports it to plugins
+    /// ([`Plugin::on_observed`](crate::Plugin::on_observed)).
+    #[serde(default)]
+    pub observed: Option<PeerAddr>,
     /// What the message says.
     pub body: Body,
 }

@@ -367,6 +367,8 @@ struct OutMeta<'a> {
     nonce: Hex<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ro: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seen: Option<&'a PeerAddr>,
 }
 
 #[derive(Serialize)]
@@ -442,6 +444,8 @@ struct InMeta<'a> {
     nonce: Cow<'a, str>,
     #[serde(default)]
     ro: bool,
+    #[serde(default)]
+    seen: Option<PeerAddr>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +570,11 @@ impl NativeCodec {
                 ts: cx.unix_ms,
                 nonce: Hex(&nonce),
                 ro: msg.read_only,
+                // Only answers say where they see the requester.
+                seen: match msg.body {
+                    Body::Request(_) => None,
+                    _ => msg.observed.as_ref(),
+                },
             },
         };
         let mut buf = Vec::with_capacity(512);
@@ -746,6 +755,10 @@ impl Codec for NativeCodec {
             sender: Contact::with_addrs(id, m.kad.from.addrs),
             recipient: m.kad.to,
             read_only: m.kad.ro,
+            observed: match body {
+                Body::Request(_) => None,
+                _ => m.kad.seen,
+            },
             body,
         })
     }

@@ -430,6 +430,7 @@ impl NodeBuilder {
             next_replicate: now + self.config.replicate_interval,
             own_records: BTreeMap::new(),
             replicate_queue: VecDeque::new(),
+            sent_to: RecentAddrs::new(now),
             config: self.config,
         })
     }
@@ -477,6 +478,48 @@ pub struct Node {
     own_records: BTreeMap<Key, (Instant, Record)>,
     /// Keys waiting for re-replication, drained a few per maintenance tick.
     replicate_queue: VecDeque<Key>,
+    /// Addresses this node sent to lately (a NAT lets their packets in: reachability checks
+    /// ignore them).
+    sent_to: RecentAddrs,
+}
+
+/// The socket addresses a node sent to within the last 5 to 10 minutes, in two generations of
+/// at most [`RecentAddrs::CAP`] each (a full generation rotates early, so memory stays bounded).
+#[derive(Debug)]
+pub(crate) struct RecentAddrs {
+    current: rustc_hash::FxHashSet<std::net::SocketAddr>,
+    previous: rustc_hash::FxHashSet<std::net::SocketAddr>,
+    rotated: Instant,
+}
+
+impl RecentAddrs {
+    const CAP: usize = 1 << 14;
+    /// Longer than the UDP timeouts of common NATs (Linux conntrack: 30 s, 120 s once replied).
+    const WINDOW: Duration = Duration::from_secs(300);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            current: Default::default(),
+            previous: Default::default(),
+            rotated: now,
+        }
+    }
+
+    fn note(&mut self, now: Instant, to: &PeerAddr) {
+        let Some(sa) = to.socket_addr() else { return };
+        if now.saturating_duration_since(self.rotated) >= Self::WINDOW
+            || self.current.len() >= Self::CAP
+        {
+            self.previous = std::mem::take(&mut self.current);
+            self.rotated = now;
+        }
+        self.current.insert(sa);
+    }
+
+    pub(crate) fn contains(&self, now: Instant, addr: std::net::SocketAddr) -> bool {
+        let age = now.saturating_duration_since(self.rotated);
+        self.current.contains(&addr) || (age < Self::WINDOW && self.previous.contains(&addr))
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -513,6 +556,44 @@ impl Node {
     /// This node's contact (id and advertised addresses).
     pub fn contact(&self) -> &Contact {
         &self.local
+    }
+
+    /// Replaces the addresses this node advertises in its contact (every message carries them):
+    /// a NAT plugin sets the mapped or observed external addresses here. Addresses already
+    /// advertised keep their place; an unchanged list does nothing. A node that already has
+    /// contacts runs a self-lookup so that its neighbours hear the new addresses.
+    pub fn set_addrs(&mut self, now: Instant, addrs: Vec<PeerAddr>) {
+        let now = self.advance(now);
+        if *addrs == *self.local.addrs {
+            return;
+        }
+        self.local = Contact::with_addrs(self.local.id, addrs);
+        self.announce(now);
+    }
+
+    /// Switches read-only (client) mode at run time ([`Config::read_only`]): a read-only node
+    /// marks its messages so that others don't add it to their tables. Leaving read-only mode
+    /// runs a self-lookup so that the closest nodes add this node at once.
+    pub fn set_read_only(&mut self, now: Instant, read_only: bool) {
+        let now = self.advance(now);
+        if read_only == self.config.read_only {
+            return;
+        }
+        self.config.read_only = read_only;
+        if !read_only {
+            self.announce(now);
+        }
+    }
+
+    fn announce(&mut self, now: Instant) {
+        if self.routing.is_empty() || self.config.read_only {
+            return;
+        }
+        let me = self.local.id;
+        let lookup = self.make_lookup(now, me);
+        if let Ok(qid) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
+            self.step_query(now, qid);
+        }
     }
     /// The identity.
     pub fn identity(&self) -> &Arc<dyn Identity> {
@@ -1003,10 +1084,12 @@ impl Node {
             sender: self.local.clone(),
             recipient: expected,
             read_only: self.config.read_only,
+            observed: None,
             body: Body::Request(req),
         };
         self.stats.requests_out += 1;
         self.stats.messages_out += 1;
+        self.sent_to.note(now, &to);
         self.outputs.push_back(Output::Send { to, msg });
         true
     }
@@ -1030,9 +1113,13 @@ impl Node {
             sender: self.local.clone(),
             recipient: Some(recipient),
             read_only: self.config.read_only,
+            // Tell the requester where we see it (its address outside its NAT).
+            observed: matches!(to, PeerAddr::Udp(_) | PeerAddr::Quic(_)).then(|| to.clone()),
             body,
         };
         self.stats.messages_out += 1;
+        let now = self.now;
+        self.sent_to.note(now, &to);
         self.outputs.push_back(Output::Send { to, msg });
     }
 
@@ -1063,10 +1150,20 @@ impl Node {
                 self.handle_request(now, from, msg.txn, msg.sender, learn, req)
             }
             Body::Response(rsp) => {
-                self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Ok(rsp))
+                let seen = msg.observed;
+                self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, seen, Ok(rsp))
             }
             Body::Error(err) => {
-                self.handle_response(now, from, msg.txn, msg.sender, msg.read_only, Err(err))
+                let seen = msg.observed;
+                self.handle_response(
+                    now,
+                    from,
+                    msg.txn,
+                    msg.sender,
+                    msg.read_only,
+                    seen,
+                    Err(err),
+                )
             }
         }
     }
@@ -1276,6 +1373,8 @@ impl Node {
                 now,
                 unix_ms,
                 local: &self.local,
+                read_only: self.config.read_only,
+                sent_to: &self.sent_to,
                 rng: &mut self.rng,
                 routing: &self.routing,
                 store: &*self.store,
@@ -1356,6 +1455,8 @@ impl Node {
                     name,
                     data,
                 }),
+                Action::SetAddrs(addrs) => self.set_addrs(now, addrs),
+                Action::SetReadOnly(ro) => self.set_read_only(now, ro),
             }
         }
     }
@@ -1367,6 +1468,7 @@ impl Node {
         txn: TxnId,
         sender: Contact,
         read_only: bool,
+        observed: Option<PeerAddr>,
         rsp: Result<Response, RpcError>,
     ) {
         let key = (txn, from);
@@ -1396,6 +1498,12 @@ impl Node {
         if !read_only {
             self.observe_sender(now, &from, sender.clone());
             self.routing.record_rtt(&sender.id, rtt);
+        }
+        if let Some(seen) = observed {
+            // Only answers to our own requests count: an unsolicited "you are at X" is noise.
+            for idx in 0..self.plugins.len() {
+                self.with_plugin(now, idx, |p, cx| p.on_observed(cx, &sender, &from, &seen));
+            }
         }
         match pending.kind {
             PendingKind::Lookup { query, peer } => {
@@ -2061,6 +2169,7 @@ mod tests {
             sender: peer.clone(),
             recipient: None,
             read_only: false,
+            observed: None,
             body,
         };
         a.handle_input(
@@ -2093,6 +2202,7 @@ mod tests {
             sender: from.clone(),
             recipient: Some(msg.sender.id),
             read_only: false,
+            observed: None,
             body,
         }
     }
@@ -2367,6 +2477,7 @@ mod tests {
                 sender: peer.clone(),
                 recipient,
                 read_only: false,
+                observed: None,
                 body: Body::Request(Request::Ping),
             };
             deliver(&mut a, t0, 42, msg);
@@ -2409,6 +2520,7 @@ mod tests {
                 sender: c.clone(),
                 recipient: Some(a.id()),
                 read_only: false,
+                observed: None,
                 body,
             };
             deliver(a, now, from, msg);

@@ -77,6 +77,8 @@ pub(crate) enum Action {
         name: String,
         data: Bytes,
     },
+    SetAddrs(Vec<PeerAddr>),
+    SetReadOnly(bool),
     Complete {
         query: QueryId,
         result: Result<Bytes, QueryError>,
@@ -88,6 +90,8 @@ pub struct PluginCx<'a> {
     pub(crate) now: Instant,
     pub(crate) unix_ms: u64,
     pub(crate) local: &'a Contact,
+    pub(crate) read_only: bool,
+    pub(crate) sent_to: &'a crate::node::RecentAddrs,
     pub(crate) rng: &'a mut ChaCha8Rng,
     pub(crate) routing: &'a RoutingTable,
     pub(crate) store: &'a dyn RecordStore,
@@ -109,6 +113,25 @@ impl PluginCx<'_> {
     /// This node's contact.
     pub fn local(&self) -> &Contact {
         self.local
+    }
+    /// Whether the node runs read-only (client mode: others don't add it to their tables).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+    /// Whether this node sent anything to `addr` (IP and port) within the last 5 minutes or so.
+    /// A NAT lets packets from such an address in, so they prove nothing about reachability.
+    pub fn sent_to_recently(&self, addr: std::net::SocketAddr) -> bool {
+        self.sent_to.contains(self.now, addr)
+    }
+    /// Replaces the addresses this node advertises, once the hook returns
+    /// ([`Node::set_addrs`](crate::Node::set_addrs)).
+    pub fn set_local_addrs(&mut self, addrs: Vec<PeerAddr>) {
+        self.actions.push(Action::SetAddrs(addrs));
+    }
+    /// Enters or leaves read-only (client) mode, once the hook returns
+    /// ([`Node::set_read_only`](crate::Node::set_read_only)).
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.actions.push(Action::SetReadOnly(read_only));
     }
     /// The engine's seeded RNG.
     pub fn rng(&mut self) -> &mut ChaCha8Rng {
@@ -254,6 +277,18 @@ pub trait Plugin: Send + 'static {
                 format!("plugin {} takes no commands", self.namespace()),
             ))),
         );
+    }
+
+    /// An answer to one of this node's requests said where the responder sees us: `observed`
+    /// is our address outside any NAT, as reported by `responder`, which answered from `from`.
+    /// Unauthenticated on unsigned networks: count votes from distinct sources, never trust one.
+    fn on_observed(
+        &mut self,
+        _cx: &mut PluginCx<'_>,
+        _responder: &Contact,
+        _from: &PeerAddr,
+        _observed: &PeerAddr,
+    ) {
     }
 
     /// Called when [`next_timeout`](Self::next_timeout) has passed.

@@ -91,6 +91,7 @@ fn msg(from: &Party, to: Option<NodeId>, txn: &[u8], body: Body) -> Message {
         sender: from.contact.clone(),
         recipient: to,
         read_only: false,
+        observed: None,
         body,
     }
 }

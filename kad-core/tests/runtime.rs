@@ -182,6 +182,7 @@ async fn bad_input_is_dropped_and_counted() {
         sender: Contact::new(NodeId::from_bytes([0xEE; 20]), attacker.local_addr()),
         recipient: Some(nodes[0].id()),
         read_only: false,
+        observed: None,
         body: Body::Response(Response::Nodes { nodes: vec![] }),
     };
     attacker
@@ -194,6 +195,7 @@ async fn bad_input_is_dropped_and_counted() {
         sender: Contact::new(NodeId::from_bytes([0xEE; 20]), attacker.local_addr()),
         recipient: Some(NodeId::from_bytes([0x99; 20])),
         read_only: false,
+        observed: None,
         body: Body::Request(Request::Ping),
     };
     attacker

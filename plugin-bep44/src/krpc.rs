@@ -586,6 +586,7 @@ impl Codec for KrpcCodec {
                     // KRPC does not name the recipient: a query that reached us is for us.
                     recipient: Some(cx.local_id),
                     read_only,
+                    observed: None,
                     body: Body::Request(req),
                 })
             }
@@ -599,12 +600,11 @@ impl Codec for KrpcCodec {
                 ) else {
                     return Err(malformed("no r.id"));
                 };
-                if let (Some(ip), Some(s)) = (
-                    top.get(b"ip")
-                        .and_then(Val::bytes)
-                        .and_then(parse_compact_addr),
-                    src,
-                ) {
+                let seen = top
+                    .get(b"ip")
+                    .and_then(Val::bytes)
+                    .and_then(parse_compact_addr);
+                if let (Some(ip), Some(s)) = (seen, src) {
                     self.shared.ip_reports.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut v) = self.shared.voter.lock() {
                         v.vote(s.ip(), ip.ip());
@@ -638,6 +638,7 @@ impl Codec for KrpcCodec {
                     sender: contact(id),
                     recipient: Some(cx.local_id),
                     read_only: ro || (!secure && self.shared.limits.enforce_bep42),
+                    observed: seen.map(PeerAddr::Udp),
                     body: Body::Response(body),
                 })
             }
@@ -662,6 +663,7 @@ impl Codec for KrpcCodec {
                     sender: contact(expected.unwrap_or(NodeId::from_bytes([0; 20]))),
                     recipient: Some(cx.local_id),
                     read_only: true,
+                    observed: None,
                     body: Body::Error(RpcError::new(code, message)),
                 })
             }
@@ -712,6 +714,7 @@ mod tests {
             sender: Contact::with_addrs(sender, Vec::new()),
             recipient: None,
             read_only: false,
+            observed: None,
             body,
         }
     }
@@ -798,6 +801,7 @@ mod tests {
             sender: Contact::with_addrs(local, Vec::new()),
             recipient: Some(m.sender.id),
             read_only: false,
+            observed: None,
             body: Body::Response(Response::Nodes {
                 nodes: vec![v4.clone(), v6.clone()],
             }),

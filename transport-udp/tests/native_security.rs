@@ -88,6 +88,7 @@ impl Raw {
             sender: self.contact(),
             recipient: to,
             read_only: false,
+            observed: None,
             body,
         };
         let mut cx = CodecCx {

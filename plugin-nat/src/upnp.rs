@@ -1,0 +1,398 @@
+//! UPnP IGD port mapping with igd-next: find the gateway, read its external IP, map each
+//! listening port, renew at half-life, remove on shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use igd_next::aio::Gateway;
+use igd_next::aio::tokio::Tokio;
+use igd_next::{AddAnyPortError, AddPortError, PortMappingProtocol, SearchOptions};
+use kad_core::PeerAddr;
+use serde::{Deserialize, Serialize};
+
+/// Settings of the UPnP port mapper.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpnpConfig {
+    /// How long the SSDP search waits for a gateway. Default 3 s.
+    pub search_timeout: Duration,
+    /// Time limit of each call to the gateway (SOAP over HTTP). Default 5 s.
+    pub request_timeout: Duration,
+    /// Lease asked for each mapping, renewed at half of it. Default 1 h.
+    pub lease: Duration,
+    /// First wait after a failure; doubled on each failure in a row up to `max_backoff`.
+    /// Default 5 s.
+    pub backoff: Duration,
+    /// Longest wait between attempts. Default 5 min.
+    pub max_backoff: Duration,
+    /// Description of our mappings on the gateway (`upnpc -l` shows it). Default `kad`.
+    pub description: String,
+    /// Where to send the SSDP search. Default the standard multicast group
+    /// 239.255.255.250:1900.
+    pub broadcast: SocketAddr,
+}
+
+impl Default for UpnpConfig {
+    fn default() -> Self {
+        Self {
+            search_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(3600),
+            backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+            description: "kad".into(),
+            broadcast: SocketAddr::from(([239, 255, 255, 250], 1900)),
+        }
+    }
+}
+
+/// The transport protocol of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// For `udp://` and `quic://` addresses.
+    Udp,
+    /// For `ws://` addresses.
+    Tcp,
+}
+
+impl Protocol {
+    fn igd(self) -> PortMappingProtocol {
+        match self {
+            Self::Udp => PortMappingProtocol::UDP,
+            Self::Tcp => PortMappingProtocol::TCP,
+        }
+    }
+}
+
+/// One port mapping on the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mapping {
+    /// UDP or TCP.
+    pub protocol: Protocol,
+    /// The listening address it forwards to (LAN side).
+    pub internal: SocketAddr,
+    /// The external address peers use.
+    pub external: SocketAddr,
+    /// The address to advertise (scheme of the listening address, external IP and port).
+    pub advertised: PeerAddr,
+    /// The lease asked for, seconds (0 = the gateway only grants permanent ones).
+    pub lease_secs: u32,
+    /// When it was last added or renewed (Unix ms).
+    pub renewed_at_ms: u64,
+}
+
+/// What one attempt found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UpnpState {
+    /// The gateway's control address, once found.
+    pub gateway: Option<SocketAddr>,
+    /// Its external IP.
+    pub external_ip: Option<IpAddr>,
+    /// Our mappings.
+    pub mappings: Vec<Mapping>,
+    /// The last failure, in words.
+    pub last_error: Option<String>,
+}
+
+/// A listening address to map.
+#[derive(Debug, Clone)]
+struct Want {
+    protocol: Protocol,
+    listen: PeerAddr,
+    port: u16,
+}
+
+/// Keeps mappings on one gateway. Drive it with [`PortMapper::refresh`].
+pub struct PortMapper {
+    cfg: UpnpConfig,
+    wants: Vec<Want>,
+    gateway: Option<Gateway<Tokio>>,
+    local_ip: Option<IpAddr>,
+    /// The state after the last attempt.
+    pub state: UpnpState,
+}
+
+impl std::fmt::Debug for PortMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortMapper")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    kad_core::SystemClock::now_ms()
+}
+
+/// Which mapping a listening address needs: UDP for `udp://` and `quic://`, TCP for `ws://`
+/// (a `wss://` or host-named address, none).
+pub fn wanted(addr: &PeerAddr) -> Option<(Protocol, SocketAddr)> {
+    match addr {
+        PeerAddr::Udp(s) | PeerAddr::Quic(s) => Some((Protocol::Udp, *s)),
+        PeerAddr::Ws(u) => {
+            let rest = u.strip_prefix("ws://")?;
+            let host = rest.split('/').next()?;
+            host.parse::<SocketAddr>().ok().map(|s| (Protocol::Tcp, s))
+        }
+        _ => None,
+    }
+}
+
+fn external_addr(listen: &PeerAddr, ext: SocketAddr) -> PeerAddr {
+    match listen {
+        PeerAddr::Quic(_) => PeerAddr::Quic(ext),
+        PeerAddr::Ws(u) => {
+            let path = u
+                .strip_prefix("ws://")
+                .and_then(|r| r.find('/').map(|i| &r[i..]))
+                .unwrap_or("");
+            PeerAddr::Ws(format!("ws://{ext}{path}").into())
+        }
+        _ => PeerAddr::Udp(ext),
+    }
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
+    }
+}
+
+impl PortMapper {
+    /// A mapper for these listening addresses (those that need no mapping are skipped).
+    pub fn new(cfg: UpnpConfig, listen: &[PeerAddr]) -> Self {
+        let wants = listen
+            .iter()
+            .filter_map(|a| {
+                let (protocol, s) = wanted(a)?;
+                Some(Want {
+                    protocol,
+                    listen: a.clone(),
+                    port: s.port(),
+                })
+            })
+            .collect();
+        Self {
+            cfg,
+            wants,
+            gateway: None,
+            local_ip: None,
+            state: UpnpState::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &UpnpConfig {
+        &self.cfg
+    }
+
+    /// Finds the gateway if needed, then adds or renews every mapping. On failure the gateway
+    /// is forgotten (searched again next time) and the error is kept in the state.
+    pub async fn refresh(&mut self) -> Result<(), String> {
+        let r = self.try_refresh().await;
+        match &r {
+            Ok(()) => self.state.last_error = None,
+            Err(e) => {
+                self.state.last_error = Some(e.clone());
+                self.gateway = None;
+                self.state.gateway = None;
+                self.state.mappings.clear();
+            }
+        }
+        r
+    }
+
+    async fn try_refresh(&mut self) -> Result<(), String> {
+        if self.gateway.is_none() {
+            let opts = SearchOptions {
+                timeout: Some(self.cfg.search_timeout),
+                broadcast_address: self.cfg.broadcast,
+                ..Default::default()
+            };
+            let gw = timed(
+                self.cfg.search_timeout + Duration::from_secs(1),
+                "gateway search",
+                igd_next::aio::tokio::search_gateway(opts),
+            )
+            .await?;
+            // The LAN address the gateway sees us at: what its mappings must point to.
+            let probe = tokio::net::UdpSocket::bind(match gw.addr {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+            })
+            .await
+            .map_err(|e| format!("local address: {e}"))?;
+            probe
+                .connect(gw.addr)
+                .await
+                .map_err(|e| format!("local address: {e}"))?;
+            self.local_ip = Some(
+                probe
+                    .local_addr()
+                    .map_err(|e| format!("local address: {e}"))?
+                    .ip(),
+            );
+            self.state.gateway = Some(gw.addr);
+            self.gateway = Some(gw);
+        }
+        let Some(gw) = self.gateway.clone() else {
+            return Err("no gateway".into());
+        };
+        let limit = self.cfg.request_timeout;
+        let ext_ip = timed(limit, "external IP", gw.get_external_ip()).await?;
+        self.state.external_ip = Some(ext_ip);
+        let lease = u32::try_from(self.cfg.lease.as_secs()).unwrap_or(u32::MAX);
+        let Some(local_ip) = self.local_ip else {
+            return Err("no local address".into());
+        };
+        let mut out = Vec::new();
+        for w in self.wants.clone() {
+            let internal = SocketAddr::new(local_ip, w.port);
+            // Keep the external port we had; else ask for the same port as inside.
+            let prev = self
+                .state
+                .mappings
+                .iter()
+                .find(|m| m.protocol == w.protocol && m.internal.port() == w.port)
+                .map(|m| m.external.port());
+            let (port, lease) = self
+                .add(&gw, w.protocol, prev.unwrap_or(w.port), internal, lease)
+                .await?;
+            let external = SocketAddr::new(ext_ip, port);
+            out.push(Mapping {
+                protocol: w.protocol,
+                internal,
+                external,
+                advertised: external_addr(&w.listen, external),
+                lease_secs: lease,
+                renewed_at_ms: now_ms(),
+            });
+        }
+        self.state.mappings = out;
+        Ok(())
+    }
+
+    /// Adds (or renews) a mapping on `port`, falling back to a port the gateway picks when that
+    /// one is taken, and to a permanent lease when only those are allowed.
+    async fn add(
+        &self,
+        gw: &Gateway<Tokio>,
+        proto: Protocol,
+        port: u16,
+        internal: SocketAddr,
+        lease: u32,
+    ) -> Result<(u16, u32), String> {
+        let limit = self.cfg.request_timeout;
+        let desc = &self.cfg.description;
+        let first =
+            tokio::time::timeout(limit, gw.add_port(proto.igd(), port, internal, lease, desc))
+                .await
+                .map_err(|_| format!("add {proto:?} port {port}: no answer within {limit:?}"))?;
+        match first {
+            Ok(()) => Ok((port, lease)),
+            Err(AddPortError::OnlyPermanentLeasesSupported) if lease != 0 => {
+                timed(
+                    limit,
+                    "add port (permanent lease)",
+                    gw.add_port(proto.igd(), port, internal, 0, desc),
+                )
+                .await?;
+                Ok((port, 0))
+            }
+            Err(AddPortError::PortInUse) => {
+                tracing::info!(
+                    port,
+                    ?proto,
+                    "UPnP: external port taken by another host, asking for another"
+                );
+                let r = tokio::time::timeout(
+                    limit,
+                    gw.add_any_port(proto.igd(), internal, lease, desc),
+                )
+                .await
+                .map_err(|_| format!("add any {proto:?} port: no answer within {limit:?}"))?;
+                match r {
+                    Ok(p) => Ok((p, lease)),
+                    Err(AddAnyPortError::OnlyPermanentLeasesSupported) => timed(
+                        limit,
+                        "add any port (permanent lease)",
+                        gw.add_any_port(proto.igd(), internal, 0, desc),
+                    )
+                    .await
+                    .map(|p| (p, 0)),
+                    Err(e) => Err(format!("add any {proto:?} port: {e}")),
+                }
+            }
+            Err(e) => Err(format!("add {proto:?} port {port}: {e}")),
+        }
+    }
+
+    /// When the mappings must be renewed: at half of the granted lease (permanent ones are
+    /// still checked at half of the asked lease, in case the gateway rebooted).
+    pub fn renew_in(&self) -> Duration {
+        let secs = self
+            .state
+            .mappings
+            .iter()
+            .map(|m| {
+                if m.lease_secs == 0 {
+                    self.cfg.lease.as_secs()
+                } else {
+                    u64::from(m.lease_secs)
+                }
+            })
+            .min()
+            .unwrap_or(self.cfg.lease.as_secs());
+        Duration::from_secs(secs / 2).max(Duration::from_secs(1))
+    }
+
+    /// Removes every mapping of ours (best effort, each call bounded in time).
+    pub async fn remove_all(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(gw) = self.gateway.clone() {
+            for m in std::mem::take(&mut self.state.mappings) {
+                if let Err(e) = timed(
+                    self.cfg.request_timeout,
+                    "remove mapping",
+                    gw.remove_port(m.protocol.igd(), m.external.port()),
+                )
+                .await
+                {
+                    errors.push(format!("{}: {e}", m.external));
+                }
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_addresses_need_which_mapping() {
+        let u: PeerAddr = "udp://192.168.1.5:4000".parse().unwrap();
+        let q: PeerAddr = "quic://192.168.1.5:4001".parse().unwrap();
+        let w: PeerAddr = "ws://192.168.1.5:4002/kad".parse().unwrap();
+        assert_eq!(wanted(&u).unwrap().0, Protocol::Udp);
+        assert_eq!(wanted(&q).unwrap().0, Protocol::Udp);
+        assert_eq!(
+            wanted(&w).unwrap(),
+            (Protocol::Tcp, "192.168.1.5:4002".parse().unwrap())
+        );
+        let ext: SocketAddr = "45.45.45.1:5002".parse().unwrap();
+        assert_eq!(
+            external_addr(&w, ext).to_string(),
+            "ws://45.45.45.1:5002/kad"
+        );
+        assert_eq!(external_addr(&q, ext).to_string(), "quic://45.45.45.1:5002");
+    }
+}
