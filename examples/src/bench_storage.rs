@@ -145,6 +145,7 @@ async fn network(kind: &str, n: usize, store: &str) -> Result<Net> {
             validator: Some(Arc::new(ContentValidator)),
             storage_plugin: true,
             pubsub: None,
+            nat: None,
         };
         let t = transport(kind, &identity).await?;
         nodes.push(spawn_on(

@@ -14,6 +14,7 @@ mod bench_pubsub;
 mod bench_storage;
 mod bench_transports;
 mod mainline;
+mod nat;
 mod net;
 mod sensor;
 mod storage;
@@ -48,6 +49,11 @@ enum Command {
     /// and serves until Ctrl-C or --for SECONDS, then prints its counters (messages, drops by
     /// reason, routing table size, peak memory).
     Node(net::NodeArgs),
+    /// NAT traversal: `kad nat status` reports the UPnP gateway, its external IP and port
+    /// mappings and, with --bootstrap, the external address peers see and whether they can
+    /// reach it.
+    #[command(subcommand)]
+    Nat(nat::NatCommand),
     /// Ping a node at an address and print its id and the round-trip time.
     Ping(net::PingArgs),
     /// Find the k nodes closest to an id: prints them with hops, RPCs and elapsed time.
@@ -170,6 +176,7 @@ fn main() -> std::process::ExitCode {
         Command::Sensor(c) => c.json(),
         Command::Pubsub(c) => c.json(),
         Command::Node(a) => a.json,
+        Command::Nat(c) => c.json(),
         Command::Ping(a) => a.client.json,
         Command::Lookup(a) => a.client.json,
         Command::Put(a) => a.client.json,
@@ -221,6 +228,7 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
     rt.block_on(async move {
         match cmd {
             Command::Node(a) => net::node(a).await.map(|()| None),
+            Command::Nat(c) => nat::run(c).await.map(|()| None),
             Command::Ping(a) => net::ping(a).await.map(|()| None),
             Command::Lookup(a) => net::lookup(a).await.map(|()| None),
             Command::Put(a) => net::put(a).await.map(|()| None),

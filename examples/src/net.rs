@@ -161,6 +161,9 @@ pub(crate) struct Setup {
     pub(crate) storage_plugin: bool,
     /// The pub/sub plugin's settings (default: `PubsubConfig::default()`).
     pub(crate) pubsub: Option<kad_plugin_pubsub::PubsubConfig>,
+    /// The NAT plugin's settings (default: `NatConfig::default()`, which sends no probes for
+    /// others: only nodes that run `kad_plugin_nat::Nat` beside them turn `serve_probes` on).
+    pub(crate) nat: Option<kad_plugin_nat::NatConfig>,
 }
 
 /// The largest record value a node takes when its largest message is `max_message_len` bytes.
@@ -202,6 +205,10 @@ pub(crate) fn spawn_on(
     builder = builder.plugin(Box::new(kad_plugin_pubsub::PubsubPlugin::new(
         setup.pubsub.unwrap_or_default(),
         Some(identity_for_posts),
+    )));
+    // Every native node votes on its external address and can check its reachability.
+    builder = builder.plugin(Box::new(kad_plugin_nat::NatPlugin::new(
+        setup.nat.unwrap_or_default(),
     )));
     if setup.storage_plugin {
         builder = builder.plugin(Box::new(kad_plugin_storage::StoragePlugin::new(
@@ -369,7 +376,10 @@ pub(crate) struct NodeArgs {
     stats_every: f64,
     #[command(flatten)]
     store: crate::storage::StoreArgs,
-    /// Print one JSON object per line (events: listening, bootstrapped, stats, stopped).
+    #[command(flatten)]
+    nat: crate::nat::NatArgs,
+    /// Print one JSON object per line (events: listening, bootstrapped, nat, stats,
+    /// nat_stopped, stopped).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -410,17 +420,25 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
         None => (fresh_identity()?, false),
     };
     let identity = Arc::new(identity);
-    let store = a.store.open(identity.id())?;
+    let upnp = a.nat.upnp_config()?;
+    let mut store = a.store.open(identity.id())?;
     let transports = transports::listen(&listen, &identity, &a.tls).await?;
     let mut config = native_config();
     config.transport_preference = prefer;
+    let setup = std::mem::take(&mut store.setup);
     let dht = spawn_on(
         transports.all.clone(),
         advertise,
-        identity,
+        identity.clone(),
         config,
-        store.setup,
+        Setup {
+            nat: Some(a.nat.plugin_config()),
+            ..setup
+        },
     )?;
+    // Sends the probes other nodes' checks ask for and, with --upnp, keeps the mappings.
+    let nat = kad_plugin_nat::Nat::spawn(dht.clone(), identity, upnp);
+    crate::nat::print_changes(&nat, a.json);
     let c = dht.contact().clone();
     let bound = transports.bound();
     // A warm restart: the contacts saved last time go back into the table, and join the
@@ -473,12 +491,17 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
             }
         });
     }
+    // Ctrl-C (SIGINT) stops cleanly, --for or not: mappings removed, table saved, counters out.
     let stop = async {
-        match a.for_secs {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
+        let limit = async {
+            match a.for_secs {
+                Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            () = limit => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
     };
     tokio::pin!(stop);
@@ -509,6 +532,7 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
             eprintln!("warning: saving the routing table: {e:#}");
         }
     }
+    crate::nat::stop(nat, a.json).await;
     print_stats(&dht, &transports, a.json, "stopped").await;
     dht.shutdown().await;
     Ok(())
@@ -528,10 +552,16 @@ async fn print_stats(dht: &Dht, transports: &Transports, json: bool, event: &str
         .await
         .ok()
         .and_then(|s| serde_json::to_value(s).ok());
+    let nat = dht
+        .command("nat", bytes::Bytes::from_static(b"{\"op\":\"status\"}"))
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     emit(
         json,
         &json!({"event": event, "routing_table": table, "stats": stats, "udp": udp,
-                "transports": transports.stats_json(), "pubsub": pubsub, "peak_rss_mb": rss}),
+                "transports": transports.stats_json(), "pubsub": pubsub, "nat": nat,
+                "peak_rss_mb": rss}),
         || {
             format!(
                 "{event}: {table} contacts, {} in / {} out, dropped: {} malformed, {} bad signature, {} id mismatch, {} stale, {} replay, {} wrong recipient, {} unknown txn, {} wrong peer; peak RSS {rss} MB",

@@ -99,6 +99,7 @@ impl StoreArgs {
                     validator,
                     storage_plugin: true,
                     pubsub: None,
+                    nat: None,
                 },
                 routing: None,
                 opened: json!(null),
@@ -119,6 +120,7 @@ impl StoreArgs {
                 validator,
                 storage_plugin: true,
                 pubsub: None,
+                nat: None,
             },
             routing: Some(routing),
         })

@@ -67,7 +67,9 @@ use tracing::{info, warn};
 pub use plugin::{
     CHECK, DIAL, NatConfig, NatPlugin, NatStats, NatStatus, PROBE, ProbeOrder, Reachability,
 };
-pub use upnp::{Mapping, PortMapper, Protocol, UpnpConfig, UpnpState};
+pub use upnp::{
+    GatewayEntry, Mapping, PortMapper, Protocol, Survey, UpnpConfig, UpnpState, survey,
+};
 pub use vote::AddrVote;
 
 /// Everything [`Nat`] knows: the plugin's status and the UPnP state.

@@ -373,6 +373,84 @@ impl PortMapper {
     }
 }
 
+/// One entry of the gateway's port mapping table, as `survey` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayEntry {
+    /// UDP or TCP.
+    pub protocol: Protocol,
+    /// External port.
+    pub external_port: u16,
+    /// The LAN host it forwards to.
+    pub internal_client: String,
+    /// The LAN port.
+    pub internal_port: u16,
+    /// Its description (ours start with the configured description, `kad` by default).
+    pub description: String,
+    /// Seconds left of its lease, as the gateway reports it (0: permanent).
+    pub lease_secs: u32,
+}
+
+/// What [`survey`] found on the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Survey {
+    /// The gateway's control address.
+    pub gateway: SocketAddr,
+    /// Its external IP.
+    pub external_ip: IpAddr,
+    /// The port mapping table (at most 1024 entries are read).
+    pub entries: Vec<GatewayEntry>,
+}
+
+/// Finds the gateway and reads its external IP and port mapping table (for `kad nat status`).
+pub async fn survey(cfg: &UpnpConfig) -> Result<Survey, String> {
+    let opts = SearchOptions {
+        timeout: Some(cfg.search_timeout),
+        broadcast_address: cfg.broadcast,
+        ..Default::default()
+    };
+    let gw = timed(
+        cfg.search_timeout + Duration::from_secs(1),
+        "gateway search",
+        igd_next::aio::tokio::search_gateway(opts),
+    )
+    .await?;
+    let external_ip = timed(cfg.request_timeout, "external IP", gw.get_external_ip()).await?;
+    let mut entries = Vec::new();
+    for i in 0..1024 {
+        let e =
+            match tokio::time::timeout(cfg.request_timeout, gw.get_generic_port_mapping_entry(i))
+                .await
+            {
+                Ok(Ok(e)) => e,
+                // The end of the table (713 SpecifiedArrayIndexInvalid), or a gateway that does not
+                // list its table.
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    return Err(format!(
+                        "mapping entry {i}: no answer within {:?}",
+                        cfg.request_timeout
+                    ));
+                }
+            };
+        entries.push(GatewayEntry {
+            protocol: match e.protocol {
+                PortMappingProtocol::UDP => Protocol::Udp,
+                PortMappingProtocol::TCP => Protocol::Tcp,
+            },
+            external_port: e.external_port,
+            internal_client: e.internal_client,
+            internal_port: e.internal_port,
+            description: e.port_mapping_description,
+            lease_secs: e.lease_duration,
+        });
+    }
+    Ok(Survey {
+        gateway: gw.addr,
+        external_ip,
+        entries,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use serde_json::Value;
 pub(crate) const KAD: &str = env!("CARGO_BIN_EXE_kad");
 
 /// The JSON lines `child` prints on stdout, read on a thread of their own.
-fn json_lines(child: &mut Child) -> mpsc::Receiver<Value> {
+pub(crate) fn json_lines(child: &mut Child) -> mpsc::Receiver<Value> {
     let out = child.stdout.take().expect("stdout piped");
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
