@@ -30,6 +30,9 @@ pub struct QueryId(pub u64);
 /// An input to the engine.
 #[derive(Debug)]
 #[non_exhaustive]
+// Inputs are handed over once and consumed at once: boxing the typed message would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// Bytes received from a peer; the engine decodes them with its codec.
     Datagram {
