@@ -239,7 +239,13 @@ pub(crate) async fn run(cmd: NatCommand) -> Result<()> {
                 ..Default::default()
             },
         )?;
-        let nat = Nat::spawn(dht.clone(), identity, a.upnp.then(|| cfg.clone()));
+        let mut upnp = cfg.clone();
+        upnp.listen = transports
+            .all
+            .iter()
+            .filter_map(|t| t.listen_addr())
+            .collect();
+        let nat = Nat::spawn(dht.clone(), identity, a.upnp.then_some(upnp));
         let joined = dht.bootstrap(seeds).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.timeout);
         let mut rx = nat.watch();

@@ -423,6 +423,15 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     let upnp = a.nat.upnp_config()?;
     let mut store = a.store.open(identity.id())?;
     let transports = transports::listen(&listen, &identity, &a.tls).await?;
+    // Map the ports the transports listen on (not the --advertise ones).
+    let upnp = upnp.map(|mut c| {
+        c.listen = transports
+            .all
+            .iter()
+            .filter_map(|t| t.listen_addr())
+            .collect();
+        c
+    });
     let mut config = native_config();
     config.transport_preference = prefer;
     let setup = std::mem::take(&mut store.setup);

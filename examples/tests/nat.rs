@@ -44,6 +44,11 @@ impl Topology {
             return None;
         }
         let prefix = format!("kn{}", std::process::id() % 100_000);
+        // Leftovers of a crashed run with the same PID would make `up` refuse.
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["down", &prefix])
+            .status();
         let out = Command::new("bash")
             .arg(script())
             .args(["up", &prefix])
@@ -237,7 +242,7 @@ fn behind_a_real_upnp_gateway() {
     let mut wan = Vec::new();
     for (i, ip) in peers.iter().enumerate() {
         let listen = format!("udp://{ip}:4000");
-        let mut args = vec!["node", "--listen", &listen, "--for", "240"];
+        let mut args = vec!["node", "--listen", &listen, "--for", "600"];
         if i > 0 {
             args.extend(["--bootstrap", &seed]);
         }
@@ -288,6 +293,10 @@ fn behind_a_real_upnp_gateway() {
     let v = l1.until(Duration::from_secs(30), "unreachable verdict", |v| {
         v["event"] == "nat" && reach(v) == ("unreachable", "client")
     });
+    eprintln!(
+        "behind the NAT, no mapping: client {:?} after start",
+        t0.elapsed()
+    );
     let external = format!("udp://{gw}:4100");
     assert_eq!(v["status"]["external"], external.as_str(), "{v}");
     assert!(v["status"]["voters"].as_u64().unwrap() >= 3, "{v}");
@@ -329,6 +338,7 @@ fn behind_a_real_upnp_gateway() {
     });
     let l2_id = listening["id"].as_str().unwrap().to_owned();
     let mapped_addr = format!("udp://{gw}:4200");
+    let l2_start = Instant::now();
     let v = l2.until(Duration::from_secs(20), "the mapping", |v| {
         v["event"] == "nat"
             && v["gateway"]["mappings"]
@@ -337,6 +347,7 @@ fn behind_a_real_upnp_gateway() {
     });
     assert_eq!(v["gateway"]["external_ip"], gw.as_str(), "{v}");
     let mapped_at = Instant::now();
+    eprintln!("UPnP mapping {:?} after start", l2_start.elapsed());
     let listed = t.upnpc_list();
     let ours = listed
         .iter()
@@ -348,6 +359,11 @@ fn behind_a_real_upnp_gateway() {
     let v = l2.until(Duration::from_secs(30), "reachable verdict", |v| {
         v["event"] == "nat" && reach(v) == ("reachable", "server")
     });
+    eprintln!(
+        "mapped: reachable {:?} after the mapping; proof {}",
+        mapped_at.elapsed(),
+        v["status"]["proof"]
+    );
     assert_eq!(v["status"]["checked"], mapped_addr.as_str(), "{v}");
     assert_eq!(v["status"]["advertised"][0], mapped_addr.as_str(), "{v}");
     // A peer in the WAN reaches it through the mapped port.
@@ -393,12 +409,17 @@ fn behind_a_real_upnp_gateway() {
     eprintln!("gateway gone: reported after {:?}: {v}", gone.elapsed());
     // ... and comes back: the node maps again on its own.
     t.igd("start-igd");
+    let back = Instant::now();
     l2.until(Duration::from_secs(40), "the mapping again", |v| {
         v["event"] == "nat"
             && v["gateway"]["mappings"]
                 .as_array()
                 .is_some_and(|m| m.iter().any(|m| m["advertised"] == mapped_addr.as_str()))
     });
+    eprintln!(
+        "mapped again {:?} after the gateway came back",
+        back.elapsed()
+    );
     assert!(t.upnpc_list().iter().any(|(p, ..)| *p == 4200));
 
     // 4. Stopping removes the mapping.

@@ -490,8 +490,11 @@ pub struct Node {
 /// at most [`RecentAddrs::CAP`] each (a full generation rotates early, so memory stays bounded).
 #[derive(Debug)]
 pub(crate) struct RecentAddrs {
-    current: rustc_hash::FxHashSet<std::net::SocketAddr>,
-    previous: rustc_hash::FxHashSet<std::net::SocketAddr>,
+    // Keyed by addresses peers choose: std's randomly keyed hasher, not Fx.
+    current: std::collections::HashSet<std::net::SocketAddr>,
+    previous: std::collections::HashSet<std::net::SocketAddr>,
+    current_ips: std::collections::HashSet<std::net::IpAddr>,
+    previous_ips: std::collections::HashSet<std::net::IpAddr>,
     rotated: Instant,
 }
 
@@ -504,6 +507,8 @@ impl RecentAddrs {
         Self {
             current: Default::default(),
             previous: Default::default(),
+            current_ips: Default::default(),
+            previous_ips: Default::default(),
             rotated: now,
         }
     }
@@ -514,9 +519,16 @@ impl RecentAddrs {
             || self.current.len() >= Self::CAP
         {
             self.previous = std::mem::take(&mut self.current);
+            self.previous_ips = std::mem::take(&mut self.current_ips);
             self.rotated = now;
         }
         self.current.insert(sa);
+        self.current_ips.insert(sa.ip());
+    }
+
+    pub(crate) fn contains_ip(&self, now: Instant, ip: std::net::IpAddr) -> bool {
+        let age = now.saturating_duration_since(self.rotated);
+        self.current_ips.contains(&ip) || (age < Self::WINDOW && self.previous_ips.contains(&ip))
     }
 
     pub(crate) fn contains(&self, now: Instant, addr: std::net::SocketAddr) -> bool {

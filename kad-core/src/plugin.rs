@@ -123,6 +123,11 @@ impl PluginCx<'_> {
     pub fn sent_to_recently(&self, addr: std::net::SocketAddr) -> bool {
         self.sent_to.contains(self.now, addr)
     }
+    /// Whether this node sent anything to any port of `ip` within the last 5 minutes or so (an
+    /// address-restricted NAT lets packets from every port of such an IP in).
+    pub fn sent_to_ip_recently(&self, ip: std::net::IpAddr) -> bool {
+        self.sent_to.contains_ip(self.now, ip)
+    }
     /// Replaces the addresses this node advertises, once the hook returns
     /// ([`Node::set_addrs`](crate::Node::set_addrs)).
     pub fn set_local_addrs(&mut self, addrs: Vec<PeerAddr>) {

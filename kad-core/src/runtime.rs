@@ -209,7 +209,8 @@ impl Dht {
         })
     }
 
-    /// This node's contact.
+    /// This node's contact as it was at spawn (a NAT plugin may advertise other addresses
+    /// since: see the plugin's status).
     pub fn contact(&self) -> &Contact {
         &self.contact
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Body, Config, Contact, Input, Message, Node, NodeId, Output, PeerAddr, Plugin, PluginCx,
-    Reply, Request, StaticIdentity,
+    Body, Config, Contact, Input, Message, Node, NodeId, Output, PeerAddr, Plugin, PluginCx, Reply,
+    Request, StaticIdentity,
 };
 
 #[derive(Default)]
@@ -89,19 +89,44 @@ fn answers_carry_the_observed_address_and_plugins_steer_the_node() {
     assert_eq!(out.len(), 1);
     let (to, req) = out.into_iter().next().unwrap();
     assert_eq!(to, b_addr);
-    assert_eq!(req.observed, None, "requests say nothing about the recipient");
+    assert_eq!(
+        req.observed, None,
+        "requests say nothing about the recipient"
+    );
     assert!(!req.read_only);
-    b.handle_input(now, Input::Message { from: a_outside.clone(), msg: req });
+    b.handle_input(
+        now,
+        Input::Message {
+            from: a_outside.clone(),
+            msg: req,
+        },
+    );
     let (to, rsp) = sends(&mut b).into_iter().next().unwrap();
     assert_eq!(to, a_outside);
-    assert_eq!(rsp.observed.as_ref(), Some(&a_outside), "the answer says where B saw A");
+    assert_eq!(
+        rsp.observed.as_ref(),
+        Some(&a_outside),
+        "the answer says where B saw A"
+    );
 
     // The same answer, unsolicited (a replay), is not heard by plugins; the real one is.
     let mut forged = rsp.clone();
     forged.txn = kad_core::TxnId::from_bytes(vec![9, 9, 9, 9]);
-    a.handle_input(now, Input::Message { from: b_addr.clone(), msg: forged });
+    a.handle_input(
+        now,
+        Input::Message {
+            from: b_addr.clone(),
+            msg: forged,
+        },
+    );
     assert!(seen.lock().unwrap().observed.is_empty());
-    a.handle_input(now, Input::Message { from: b_addr.clone(), msg: rsp });
+    a.handle_input(
+        now,
+        Input::Message {
+            from: b_addr.clone(),
+            msg: rsp,
+        },
+    );
     {
         let s = seen.lock().unwrap();
         assert_eq!(s.observed, vec![(b_addr.clone(), a_outside.clone())]);
@@ -117,12 +142,15 @@ fn answers_carry_the_observed_address_and_plugins_steer_the_node() {
     assert!(req.read_only);
 
     // ... and advertises its outside address instead.
-    a.command(now, "probe", Bytes::from(a_outside.to_string())).unwrap();
+    a.command(now, "probe", Bytes::from(a_outside.to_string()))
+        .unwrap();
     sends(&mut a);
     assert_eq!(&*a.contact().addrs, std::slice::from_ref(&a_outside));
-    a.command(now, "probe", Bytes::from_static(b"server")).unwrap();
+    a.command(now, "probe", Bytes::from_static(b"server"))
+        .unwrap();
     sends(&mut a);
-    a.ping(now + Duration::from_millis(1), b_addr.clone()).unwrap();
+    a.ping(now + Duration::from_millis(1), b_addr.clone())
+        .unwrap();
     let (_, req) = sends(&mut a).into_iter().last().unwrap();
     assert!(!req.read_only);
     assert_eq!(&*req.sender.addrs, std::slice::from_ref(&a_outside));

@@ -70,7 +70,7 @@ pub use plugin::{
 pub use upnp::{
     GatewayEntry, Mapping, PortMapper, Protocol, Survey, UpnpConfig, UpnpState, survey,
 };
-pub use vote::AddrVote;
+pub use vote::{AddrVote, is_global};
 
 /// Everything [`Nat`] knows: the plugin's status and the UPnP state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -104,9 +104,13 @@ impl Nat {
         let tx = Arc::new(tx);
         let (stop, stop_rx) = mpsc::channel(1);
         tokio::spawn(probe_task(dht.clone(), identity, tx.clone()));
-        let listen = dht.contact().addrs.to_vec();
         match upnp {
             Some(cfg) => {
+                let listen = if cfg.listen.is_empty() {
+                    dht.contact().addrs.to_vec()
+                } else {
+                    cfg.listen.clone()
+                };
                 tokio::spawn(upnp_task(dht.clone(), cfg, listen, tx, stop_rx));
             }
             None => {
@@ -317,8 +321,7 @@ async fn upnp_task(
             Ok(()) => {
                 failures = 0;
                 let now: Vec<PeerAddr> = mapper
-                    .state
-                    .mappings
+                    .live_mappings()
                     .iter()
                     .map(|m| m.advertised.clone())
                     .collect();

@@ -13,7 +13,7 @@ use kad_core::{
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use crate::vote::AddrVote;
+use crate::vote::{AddrVote, is_global};
 
 /// Method names (PROTOCOL.md section 5.3).
 pub const CHECK: &str = "nat.CHECK";
@@ -127,6 +127,10 @@ pub struct NatStatus {
     pub checked: Option<PeerAddr>,
     /// When the last check ended (Unix ms).
     pub checked_at_ms: Option<u64>,
+    /// What proved the last positive verdict: `stranger_ip` (a probe from an IP we never sent
+    /// to: proof behind any NAT) or `new_port` (a fresh port of an IP we talk to: proof behind
+    /// port-restricted and symmetric NATs, not behind address-restricted ones).
+    pub proof: Option<String>,
     /// Counters.
     pub stats: NatStats,
 }
@@ -175,7 +179,7 @@ struct Check {
     deadline: Instant,
     requests: Vec<RequestId>,
     accepted: usize,
-    proved: bool,
+    proof: Option<&'static str>,
 }
 
 /// Per-IP and global token buckets, bounded.
@@ -235,8 +239,14 @@ pub struct NatPlugin {
     cfg: NatConfig,
     listen: Option<Vec<PeerAddr>>,
     mapped: Vec<PeerAddr>,
-    vote: AddrVote,
+    vote4: AddrVote,
+    vote6: AddrVote,
     external: Option<SocketAddr>,
+    /// Helpers that accepted checks which brought no probe, since the last verdict.
+    misses: usize,
+    /// Checks in a row that no helper accepted (backs the retry off).
+    unhelped: u32,
+    proof: Option<&'static str>,
     reach: Reachability,
     we_set_ro: bool,
     check: Option<Check>,
@@ -253,7 +263,11 @@ impl NatPlugin {
     /// A plugin with `cfg`.
     pub fn new(cfg: NatConfig) -> Self {
         Self {
-            vote: AddrVote::new(cfg.max_voters, cfg.min_votes),
+            vote4: AddrVote::new(cfg.max_voters, cfg.min_votes),
+            vote6: AddrVote::new(cfg.max_voters, cfg.min_votes),
+            misses: 0,
+            unhelped: 0,
+            proof: None,
             cfg,
             listen: None,
             mapped: Vec::new(),
@@ -290,10 +304,20 @@ impl NatPlugin {
             .is_some_and(|e| self.listen().contains(&PeerAddr::Udp(e)))
     }
 
-    /// The address a check is about: a mapped UDP address, else the voted one behind a NAT.
-    fn candidate(&self) -> Option<PeerAddr> {
+    /// Mapped addresses that can work: on the IP peers see us at (behind a second NAT, or a
+    /// carrier-grade one, the gateway's "external" IP is not ours on the internet).
+    fn usable_mapped(&self) -> impl Iterator<Item = &PeerAddr> {
         self.mapped
             .iter()
+            .filter(|a| match (a.socket_addr(), self.external) {
+                (Some(m), Some(e)) => m.ip() == e.ip(),
+                _ => true,
+            })
+    }
+
+    /// The address a check is about: a mapped UDP address, else the voted one behind a NAT.
+    fn candidate(&self) -> Option<PeerAddr> {
+        self.usable_mapped()
             .find(|a| matches!(a, PeerAddr::Udp(_)))
             .cloned()
             .or_else(|| {
@@ -310,7 +334,7 @@ impl NatPlugin {
                 out.push(a);
             }
         };
-        for a in &self.mapped {
+        for a in self.usable_mapped() {
             push(a.clone());
         }
         // A port-preserving NAT: the observed address may work without a mapping, and costs
@@ -330,11 +354,12 @@ impl NatPlugin {
             reachability: self.reach,
             mode: if read_only { "client" } else { "server" }.into(),
             external: self.external.map(PeerAddr::Udp),
-            voters: self.vote.voters(),
+            voters: self.vote4.voters() + self.vote6.voters(),
             mapped: self.mapped.clone(),
             advertised: advertised.to_vec(),
             checked: self.checked.clone(),
             checked_at_ms: self.checked_at_ms,
+            proof: self.proof.map(str::to_owned),
             stats: self.stats.clone(),
         }
     }
@@ -348,7 +373,9 @@ impl NatPlugin {
         }
         let mut read_only = cx.read_only();
         match self.reach {
-            Reachability::Reachable | Reachability::Direct if read_only && self.we_set_ro => {
+            Reachability::Reachable | Reachability::Direct | Reachability::Unknown
+                if read_only && self.we_set_ro =>
+            {
                 cx.set_read_only(false);
                 self.we_set_ro = false;
                 read_only = false;
@@ -388,20 +415,20 @@ impl NatPlugin {
         let mut ips = Vec::new();
         let mut helpers = Vec::new();
         for c in cx.closest(&NodeId::from_bytes(target), 4 * cx.k()) {
-            let Some(ip) = c.addrs.iter().find_map(|a| a.socket_addr()).map(|s| s.ip()) else {
-                continue;
-            };
-            if Some(ip) == ours || ips.contains(&ip) {
+            // Over UDP whatever the transport preference: the helper must see our UDP source.
+            let Some(udp) = udp_only(&c) else { continue };
+            let ip = udp.addrs[0].socket_addr().map(|s| s.ip());
+            if ip == ours || ips.contains(&ip) {
                 continue;
             }
             ips.push(ip);
-            helpers.push(c);
+            helpers.push(udp);
             if helpers.len() >= self.cfg.check_helpers {
                 break;
             }
         }
         if helpers.is_empty() {
-            self.next_check = Some(cx.now() + self.cfg.retry_unknown);
+            self.next_check = Some(cx.now() + self.unknown_wait());
             return;
         }
         let nonce = format!("{:016x}", cx.rng().next_u64());
@@ -422,7 +449,7 @@ impl NatPlugin {
             deadline: cx.now() + self.cfg.probe_timeout,
             requests,
             accepted: 0,
-            proved: false,
+            proof: None,
         });
         self.next_check = None;
     }
@@ -431,12 +458,24 @@ impl NatPlugin {
         let Some(check) = self.check.take() else {
             return;
         };
-        let (reach, again) = if check.proved {
+        self.misses += check.accepted;
+        let (reach, again) = if check.proof.is_some() {
+            self.misses = 0;
+            self.unhelped = 0;
+            self.proof = check.proof;
             (Reachability::Reachable, self.cfg.recheck_reachable)
-        } else if check.accepted > 0 {
+        } else if self.misses >= 2 {
+            // Two helpers (in one check or two) probed and nothing came: one lost datagram or
+            // one helper that says yes and does nothing is not enough.
+            self.misses = 0;
+            self.unhelped = 0;
+            self.proof = None;
             (Reachability::Unreachable, self.cfg.recheck_unreachable)
+        } else if check.accepted > 0 {
+            (self.reach, Duration::from_millis(500))
         } else {
-            (self.reach, self.cfg.retry_unknown)
+            self.unhelped = self.unhelped.saturating_add(1);
+            (self.reach, self.unknown_wait())
         };
         if reach != self.reach || self.checked.as_ref() != Some(&check.addr) {
             self.dirty = true;
@@ -445,6 +484,31 @@ impl NatPlugin {
         self.checked = Some(check.addr);
         self.checked_at_ms = Some(cx.unix_ms());
         self.next_check = Some(cx.now() + again);
+    }
+
+    /// The wait before retrying a check no helper took: `retry_unknown`, doubling up to 10 min
+    /// (a network whose peers don't speak `nat.*`, such as Mainline, is not asked forever).
+    fn unknown_wait(&self) -> Duration {
+        self.cfg
+            .retry_unknown
+            .saturating_mul(1 << self.unhelped.min(5))
+            .min(Duration::from_secs(600))
+    }
+
+    /// Whether probes may go to `target`: never port 0, multicast, broadcast or unspecified;
+    /// private and loopback targets only when this node itself is on such a network.
+    fn dialable(&self, target: SocketAddr) -> bool {
+        let ip = target.ip();
+        let special = match ip {
+            IpAddr::V4(v) => v.is_multicast() || v.is_broadcast() || v.is_unspecified(),
+            IpAddr::V6(v) => v.is_multicast() || v.is_unspecified(),
+        };
+        let we_are_global = self
+            .listen()
+            .iter()
+            .filter_map(PeerAddr::socket_addr)
+            .any(|a| is_global(a.ip()));
+        target.port() != 0 && !special && (is_global(ip) || !we_are_global)
     }
 
     /// Re-evaluates after the external address or the mappings changed.
@@ -459,7 +523,13 @@ impl NatPlugin {
                 self.reach = Reachability::Unknown;
             }
             self.check = None;
+            self.misses = 0;
+            self.unhelped = 0;
             self.next_check = Some(cx.now());
+        } else {
+            self.reach = Reachability::Unknown;
+            self.check = None;
+            self.next_check = None;
         }
     }
 
@@ -496,7 +566,7 @@ impl NatPlugin {
         let (Some(src), PeerAddr::Udp(target)) = (src, &p.addr) else {
             return self.refuse("nat.CHECK: only UDP addresses are checked");
         };
-        if target.ip() != src.ip() || p.nonce.len() > 32 {
+        if target.ip() != src.ip() || p.nonce.len() > 32 || !self.dialable(*target) {
             // Never a tool to aim packets at someone else.
             return self.refuse("nat.CHECK: addr must have the IP you send from");
         }
@@ -508,7 +578,7 @@ impl NatPlugin {
         if !self
             .limiter
             .as_mut()
-            .is_some_and(|l| l.allow(now, src.ip(), &cfg, true))
+            .is_some_and(|l| l.allow(now, limit_key(src.ip()), &cfg, true))
         {
             return self.refuse("nat.CHECK: rate limited");
         }
@@ -534,6 +604,7 @@ impl NatPlugin {
                         .all(|a| a.ip() != src.ip())
             })
             .collect();
+        let others: Vec<Contact> = others.iter().filter_map(udp_only).collect();
         if !others.is_empty() {
             let i = cx.rng().random_range(0..others.len());
             let params = serde_json::to_vec(&DialParams {
@@ -557,13 +628,16 @@ impl NatPlugin {
         if !self.cfg.serve_probes || src.is_none() || p.nonce.len() > 32 {
             return self.refuse("nat.DIAL: this node sends no probes");
         }
+        if !self.dialable(target) {
+            return self.refuse("nat.DIAL: not an address probes go to");
+        }
         let now = cx.now();
         let cfg = self.cfg.clone();
         // Limited per target: a liar can aim one small probe per interval at an address.
         if !self
             .limiter
             .as_mut()
-            .is_some_and(|l| l.allow(now, target.ip(), &cfg, true))
+            .is_some_and(|l| l.allow(now, limit_key(target.ip()), &cfg, true))
         {
             return self.refuse("nat.DIAL: rate limited");
         }
@@ -595,13 +669,36 @@ impl NatPlugin {
         match src {
             Some(s) if !cx.sent_to_recently(s) => {
                 self.stats.probes_proving += 1;
-                check.proved = true;
+                check.proof = Some(if cx.sent_to_ip_recently(s.ip()) {
+                    "new_port"
+                } else {
+                    "stranger_ip"
+                });
                 self.finish_check(cx);
                 self.settle(cx);
             }
             _ => self.stats.probes_inconclusive += 1,
         }
-        Self::ok()
+        // No answer: the prober's throwaway socket is gone by now.
+        Reply::Drop
+    }
+}
+
+/// The contact with its UDP address only (requests to it then go over UDP).
+fn udp_only(c: &Contact) -> Option<Contact> {
+    let a = c.addrs.iter().find(|a| matches!(a, PeerAddr::Udp(_)))?;
+    Some(Contact::new(c.id, a.clone()))
+}
+
+/// The rate-limit key of an IP: itself for IPv4, its /64 for IPv6 (one host gets a whole /64).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v) => {
+            let mut o = v.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
     }
 }
 
@@ -663,8 +760,12 @@ impl Plugin for NatPlugin {
         let (PeerAddr::Udp(seen), Some(voter)) = (observed, from.socket_addr()) else {
             return;
         };
-        self.vote.vote(voter.ip(), *seen);
-        let winner = self.vote.winner();
+        // One vote per family: IPv6 peers see our IPv6 address, which says nothing about IPv4.
+        match seen {
+            SocketAddr::V4(_) => self.vote4.vote(voter.ip(), *seen),
+            SocketAddr::V6(_) => self.vote6.vote(voter.ip(), *seen),
+        }
+        let winner = self.vote4.winner().or_else(|| self.vote6.winner());
         if winner.is_some() && winner != self.external {
             self.external = winner;
             self.addresses_changed(cx);
@@ -692,11 +793,8 @@ impl Plugin for NatPlugin {
             Command::Status => {}
             Command::Mapped { addrs } => {
                 if addrs != self.mapped {
-                    self.mapped = addrs;
+                    self.mapped = addrs.into_iter().take(16).collect();
                     self.addresses_changed(cx);
-                    if self.mapped.is_empty() && self.external.is_none() {
-                        self.reach = Reachability::Unknown;
-                    }
                 }
                 self.settle(cx);
             }

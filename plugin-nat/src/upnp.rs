@@ -30,6 +30,10 @@ pub struct UpnpConfig {
     /// Where to send the SSDP search. Default the standard multicast group
     /// 239.255.255.250:1900.
     pub broadcast: SocketAddr,
+    /// The addresses the node's transports listen on, whose ports are mapped. Empty (the
+    /// default): the node's contact addresses at spawn, which are the same unless the node was
+    /// told to advertise others.
+    pub listen: Vec<PeerAddr>,
 }
 
 impl Default for UpnpConfig {
@@ -42,6 +46,7 @@ impl Default for UpnpConfig {
             max_backoff: Duration::from_secs(300),
             description: "kad".into(),
             broadcast: SocketAddr::from(([239, 255, 255, 250], 1900)),
+            listen: Vec::new(),
         }
     }
 }
@@ -109,6 +114,11 @@ pub struct PortMapper {
     wants: Vec<Want>,
     gateway: Option<Gateway<Tokio>>,
     local_ip: Option<IpAddr>,
+    /// External port held for each (protocol, internal port): kept across failures, so a
+    /// renewal after an outage asks for the same port and the advertised address stays put.
+    held: Vec<((Protocol, u16), u16)>,
+    /// Mappings made before the gateway stopped answering (it may still hold them).
+    stale: Vec<Mapping>,
     /// The state after the last attempt.
     pub state: UpnpState,
 }
@@ -168,22 +178,32 @@ async fn timed<T, E: std::fmt::Display>(
 impl PortMapper {
     /// A mapper for these listening addresses (those that need no mapping are skipped).
     pub fn new(cfg: UpnpConfig, listen: &[PeerAddr]) -> Self {
-        let wants = listen
-            .iter()
-            .filter_map(|a| {
-                let (protocol, s) = wanted(a)?;
-                Some(Want {
-                    protocol,
-                    listen: a.clone(),
-                    port: s.port(),
-                })
-            })
-            .collect();
+        let mut wants: Vec<Want> = Vec::new();
+        for a in listen {
+            let Some((protocol, s)) = wanted(a) else {
+                continue;
+            };
+            // udp://0.0.0.0:P and udp://[::]:P (or udp:// and quic:// on one port) need one
+            // mapping.
+            if wants
+                .iter()
+                .any(|w| w.protocol == protocol && w.port == s.port())
+            {
+                continue;
+            }
+            wants.push(Want {
+                protocol,
+                listen: a.clone(),
+                port: s.port(),
+            });
+        }
         Self {
             cfg,
             wants,
             gateway: None,
             local_ip: None,
+            held: Vec::new(),
+            stale: Vec::new(),
             state: UpnpState::default(),
         }
     }
@@ -200,10 +220,18 @@ impl PortMapper {
         match &r {
             Ok(()) => self.state.last_error = None,
             Err(e) => {
+                // The gateway is searched again next time; the mappings it may still hold are
+                // remembered (removed at shutdown if it answers again, else they expire).
                 self.state.last_error = Some(e.clone());
                 self.gateway = None;
                 self.state.gateway = None;
-                self.state.mappings.clear();
+                let mut all = std::mem::take(&mut self.state.mappings);
+                all.append(&mut self.stale);
+                for m in all {
+                    self.stale
+                        .retain(|s| !(s.protocol == m.protocol && s.external == m.external));
+                    self.stale.push(m);
+                }
             }
         }
         r
@@ -252,21 +280,25 @@ impl PortMapper {
         let Some(local_ip) = self.local_ip else {
             return Err("no local address".into());
         };
-        let mut out = Vec::new();
         for w in self.wants.clone() {
             let internal = SocketAddr::new(local_ip, w.port);
-            // Keep the external port we had; else ask for the same port as inside.
-            let prev = self
-                .state
-                .mappings
-                .iter()
-                .find(|m| m.protocol == w.protocol && m.internal.port() == w.port)
-                .map(|m| m.external.port());
+            // Keep the external port we had; else ask for the same port as inside (a NAT that
+            // keeps source ports then shows peers the mapped address on our outgoing traffic).
+            let key = (w.protocol, w.port);
+            let prev = self.held.iter().find(|(k, _)| *k == key).map(|(_, p)| *p);
             let (port, lease) = self
                 .add(&gw, w.protocol, prev.unwrap_or(w.port), internal, lease)
                 .await?;
+            self.held.retain(|(k, _)| *k != key);
+            self.held.push((key, port));
             let external = SocketAddr::new(ext_ip, port);
-            out.push(Mapping {
+            // Recorded as soon as it exists, so a failure further on cannot orphan it.
+            self.state
+                .mappings
+                .retain(|m| !(m.protocol == w.protocol && m.internal.port() == w.port));
+            self.stale
+                .retain(|m| !(m.protocol == w.protocol && m.external.port() == port));
+            self.state.mappings.push(Mapping {
                 protocol: w.protocol,
                 internal,
                 external,
@@ -275,7 +307,6 @@ impl PortMapper {
                 renewed_at_ms: now_ms(),
             });
         }
-        self.state.mappings = out;
         Ok(())
     }
 
@@ -353,11 +384,35 @@ impl PortMapper {
         Duration::from_secs(secs / 2).max(Duration::from_secs(1))
     }
 
-    /// Removes every mapping of ours (best effort, each call bounded in time).
+    /// The mappings in force after the last attempt: none while the gateway does not answer.
+    pub fn live_mappings(&self) -> &[Mapping] {
+        &self.state.mappings
+    }
+
+    /// Removes every mapping of ours (best effort, each call bounded in time). If the gateway
+    /// stopped answering, it is searched for once more first.
     pub async fn remove_all(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
+        if self.gateway.is_none() && !self.stale.is_empty() {
+            let opts = SearchOptions {
+                timeout: Some(self.cfg.search_timeout),
+                broadcast_address: self.cfg.broadcast,
+                ..Default::default()
+            };
+            if let Ok(gw) = timed(
+                self.cfg.search_timeout + Duration::from_secs(1),
+                "gateway search",
+                igd_next::aio::tokio::search_gateway(opts),
+            )
+            .await
+            {
+                self.gateway = Some(gw);
+            }
+        }
         if let Some(gw) = self.gateway.clone() {
-            for m in std::mem::take(&mut self.state.mappings) {
+            let mut all = std::mem::take(&mut self.state.mappings);
+            all.append(&mut self.stale);
+            for m in all {
                 if let Err(e) = timed(
                     self.cfg.request_timeout,
                     "remove mapping",

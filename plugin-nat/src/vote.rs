@@ -37,19 +37,56 @@ impl AddrVote {
     }
 
     /// The address more than half of the voters agree on, once at least `min_votes` voted.
+    /// When some voters have global IPs, only they count: peers on our own LAN see our LAN
+    /// address, which says nothing about the NAT.
     pub fn winner(&self) -> Option<SocketAddr> {
-        if self.votes.len() < self.min_votes {
+        let global = self.votes.iter().any(|(v, _)| is_global(*v));
+        let votes: Vec<SocketAddr> = self
+            .votes
+            .iter()
+            .filter(|(v, _)| !global || is_global(*v))
+            .map(|(_, s)| *s)
+            .collect();
+        if votes.len() < self.min_votes {
             return None;
         }
         let mut tally: Vec<(SocketAddr, usize)> = Vec::new();
-        for (_, seen) in &self.votes {
+        for seen in &votes {
             match tally.iter_mut().find(|(a, _)| a == seen) {
                 Some((_, n)) => *n += 1,
                 None => tally.push((*seen, 1)),
             }
         }
         let (addr, n) = tally.into_iter().max_by_key(|(a, n)| (*n, *a))?;
-        (n * 2 > self.votes.len() && n >= self.min_votes).then_some(addr)
+        (n * 2 > votes.len() && n >= self.min_votes).then_some(addr)
+    }
+}
+
+/// Whether `ip` is routable on the internet: not loopback, private, link-local, shared
+/// (100.64/10, carrier-grade NAT), unique-local, documentation, multicast or unspecified.
+pub fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            !(v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_multicast()
+                || v.is_broadcast()
+                || v.is_unspecified()
+                || v.is_documentation()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0)
+        }
+        IpAddr::V6(v) => {
+            let s = v.segments();
+            !(v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
+        }
     }
 }
 
@@ -82,6 +119,30 @@ mod tests {
         v.vote(ip("1.0.0.5"), sa("9.9.9.9:1"));
         v.vote(ip("1.0.0.6"), sa("9.9.9.9:1"));
         assert_eq!(v.winner(), None, "3 against 3 is no majority");
+    }
+
+    #[test]
+    fn lan_voters_do_not_outvote_the_internet() {
+        let mut v = AddrVote::new(16, 3);
+        for i in 2..8u8 {
+            v.vote(IpAddr::from([192, 168, 1, i]), sa("192.168.1.10:4000"));
+        }
+        assert_eq!(
+            v.winner(),
+            Some(sa("192.168.1.10:4000")),
+            "a LAN-only network"
+        );
+        for i in 2..5u8 {
+            v.vote(IpAddr::from([45, 0, 0, i]), sa("45.45.45.1:4000"));
+        }
+        assert_eq!(
+            v.winner(),
+            Some(sa("45.45.45.1:4000")),
+            "global voters decide"
+        );
+        assert!(!is_global(ip("100.64.1.1")) && !is_global(ip("10.1.1.1")));
+        assert!(is_global(ip("45.45.45.1")) && is_global(ip("2a00::1")));
+        assert!(!is_global(ip("fd00::1")) && !is_global(ip("fe80::1")));
     }
 
     #[test]

@@ -118,6 +118,8 @@ async fn votes_checks_and_client_mode() {
     .await;
     assert_eq!(st.mode, "server");
     assert!(st.stats.probes_proving >= 1, "{st:?}");
+    // The probe came from 127.0.0.1, an IP this node never sent to.
+    assert_eq!(st.proof.as_deref(), Some("stranger_ip"));
 
     // Helpers: probes were sent by others, each from a fresh port.
     let mut served = 0;
@@ -137,6 +139,18 @@ async fn votes_checks_and_client_mode() {
         matches!(&r, Err(DhtError::Query(QueryError::Remote(e))) if e.code == RpcError::REFUSED),
         "{r:?}"
     );
+    // ... nor at multicast (SSDP here), nor at port 0, through nat.DIAL.
+    for addr in ["udp://239.255.255.250:1900", "udp://127.0.0.5:0"] {
+        let dial = serde_json::json!({"id": helper.id, "addr": addr, "nonce": "02"});
+        let r = me
+            .dht
+            .call(helper.clone(), "nat.DIAL", Bytes::from(dial.to_string()))
+            .await;
+        assert!(
+            matches!(&r, Err(DhtError::Query(QueryError::Remote(e))) if e.code == RpcError::REFUSED),
+            "{addr}: {r:?}"
+        );
+    }
     // Garbage parameters: an error, counted.
     let r = me
         .dht
@@ -161,5 +175,5 @@ async fn votes_checks_and_client_mode() {
     }
     assert!(refused >= 6, "only {refused} of 10 refused");
     let hs = peers[1].nat.report().await.status.unwrap().stats;
-    assert!(hs.malformed >= 1 && hs.refused >= 7, "{hs:?}");
+    assert!(hs.malformed >= 1 && hs.refused >= 9, "{hs:?}");
 }
