@@ -209,6 +209,14 @@ fn reach(v: &Value) -> (&str, &str) {
     )
 }
 
+/// A `nat` line whose gateway state holds a mapping advertised as `addr`.
+fn has_mapping(v: &Value, addr: &str) -> bool {
+    v["event"] == "nat"
+        && v["gateway"]["mappings"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["advertised"] == addr))
+}
+
 /// `kad ping` from the WAN namespace: the id that answered, if any.
 fn ping_from_wan(t: &Topology, addr: &str) -> Option<String> {
     let out = Command::new("ip")
@@ -340,10 +348,7 @@ fn behind_a_real_upnp_gateway() {
     let mapped_addr = format!("udp://{gw}:4200");
     let l2_start = Instant::now();
     let v = l2.until(Duration::from_secs(20), "the mapping", |v| {
-        v["event"] == "nat"
-            && v["gateway"]["mappings"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["advertised"] == mapped_addr.as_str()))
+        has_mapping(v, &mapped_addr)
     });
     assert_eq!(v["gateway"]["external_ip"], gw.as_str(), "{v}");
     let mapped_at = Instant::now();
@@ -411,10 +416,7 @@ fn behind_a_real_upnp_gateway() {
     t.igd("start-igd");
     let back = Instant::now();
     l2.until(Duration::from_secs(40), "the mapping again", |v| {
-        v["event"] == "nat"
-            && v["gateway"]["mappings"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["advertised"] == mapped_addr.as_str()))
+        has_mapping(v, &mapped_addr)
     });
     eprintln!(
         "mapped again {:?} after the gateway came back",

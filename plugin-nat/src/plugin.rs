@@ -533,6 +533,14 @@ impl NatPlugin {
         }
     }
 
+    /// One more probe for `ip` (its /64 for IPv6), within the per-IP and global limits.
+    fn admit(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let cfg = &self.cfg;
+        self.limiter
+            .as_mut()
+            .is_some_and(|l| l.allow(now, limit_key(ip), cfg, true))
+    }
+
     fn refuse(&mut self, why: &str) -> Reply {
         self.stats.refused += 1;
         Reply::Error(RpcError::new(RpcError::REFUSED, why))
@@ -573,13 +581,7 @@ impl NatPlugin {
         if !self.cfg.serve_probes {
             return self.refuse("nat.CHECK: this node sends no probes");
         }
-        let now = cx.now();
-        let cfg = self.cfg.clone();
-        if !self
-            .limiter
-            .as_mut()
-            .is_some_and(|l| l.allow(now, limit_key(src.ip()), &cfg, true))
-        {
+        if !self.admit(cx.now(), src.ip()) {
             return self.refuse("nat.CHECK: rate limited");
         }
         self.stats.checks_served += 1;
@@ -631,14 +633,8 @@ impl NatPlugin {
         if !self.dialable(target) {
             return self.refuse("nat.DIAL: not an address probes go to");
         }
-        let now = cx.now();
-        let cfg = self.cfg.clone();
         // Limited per target: a liar can aim one small probe per interval at an address.
-        if !self
-            .limiter
-            .as_mut()
-            .is_some_and(|l| l.allow(now, limit_key(target.ip()), &cfg, true))
-        {
+        if !self.admit(cx.now(), target.ip()) {
             return self.refuse("nat.DIAL: rate limited");
         }
         self.stats.dials_served += 1;
