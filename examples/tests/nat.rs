@@ -323,6 +323,31 @@ fn behind_a_real_upnp_gateway() {
         "l1 stops cleanly: {rest:?}"
     );
 
+    // `kad nat status --bootstrap` finds the same with a short-lived node.
+    let l3_listen = format!("udp://{lan_ip}:4300");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.ns("lan"), KAD, "nat", "status"])
+        .args([
+            "--bootstrap",
+            &seed,
+            "--listen",
+            &l3_listen,
+            "--upnp-timeout",
+            "1",
+        ])
+        .args(["--timeout", "20", "--json"])
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&out.stdout).expect("kad nat status prints JSON");
+    assert_eq!(st["gateway"]["found"], false, "{st}");
+    assert_eq!(st["joined"], true, "{st}");
+    assert_eq!(st["node"]["status"]["reachability"], "unreachable", "{st}");
+    assert_eq!(
+        st["node"]["status"]["external"],
+        format!("udp://{gw}:4300").as_str(),
+        "{st}"
+    );
+
     // 2. The gateway is back: map, renew, reach, serve.
     t.igd("start-igd");
     let l2_listen = format!("udp://{lan_ip}:4200");
