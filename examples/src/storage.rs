@@ -146,7 +146,7 @@ pub(crate) async fn save_routing(dht: &Dht, routing: &RoutingFile) -> Result<usi
 }
 
 /// A progress bar on stderr (hidden with --json or when stderr is not a terminal).
-fn bar(json: bool, what: &str) -> ProgressBar {
+pub(crate) fn bar(json: bool, what: &str) -> ProgressBar {
     if json {
         return ProgressBar::hidden();
     }
@@ -162,7 +162,7 @@ fn bar(json: bool, what: &str) -> ProgressBar {
     pb
 }
 
-fn progress(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
+pub(crate) fn progress(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
     move |done, total| {
         if pb.length() != Some(total) {
             pb.set_length(total);
