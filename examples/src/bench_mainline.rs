@@ -617,30 +617,12 @@ fn net_ours(a: NetArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let nodes = rt.block_on(async {
-        let mut nodes: Vec<Mainline> = Vec::new();
-        for i in 0..a.nodes {
-            let mut cfg = MainlineConfig::default();
-            cfg.bind = "127.0.0.1:0".parse()?;
-            cfg.limits.per_ip_rate = 0;
-            if a.server_only {
-                cfg.limits.reply_budget = 0;
-            }
-            if i > 0 {
-                cfg.bootstrap = vec![nodes[0].local_addr()];
-            }
-            let n = Mainline::spawn(cfg).await?;
-            if i > 0 {
-                n.bootstrap().await?;
-            }
-            nodes.push(n);
+    let nodes = rt.block_on(crate::mainline::local_network(a.nodes, |cfg| {
+        cfg.limits.per_ip_rate = 0;
+        if a.server_only {
+            cfg.limits.reply_budget = 0;
         }
-        // A second round of lookups so that early nodes learn the late ones.
-        for n in nodes.iter().skip(1) {
-            n.bootstrap().await?;
-        }
-        anyhow::Ok(nodes)
-    })?;
+    }))?;
     println!("{}", json!({"port": nodes[0].local_addr().port()}));
     // The runtime runs the nodes only inside block_on: stdin is read on another thread.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();

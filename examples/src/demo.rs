@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kad_core::{Dht, PeerAddr, SystemClock};
-use kad_plugin_bep44::{Mainline, MainlineConfig, MutableItem, item};
+use kad_plugin_bep44::{MutableItem, item};
 use kad_plugin_pubsub::{Delivery, Pubsub};
 use kad_plugin_storage::{GetOptions, Protection, PutOptions, combine_shares};
 use serde_json::{Value, json};
@@ -368,22 +368,7 @@ async fn file(a: &DemoArgs, nodes: &[Dht]) -> Result<Step> {
 
 async fn mainline(a: &DemoArgs) -> Result<Step> {
     let t0 = Instant::now();
-    let mut nodes: Vec<Mainline> = Vec::new();
-    for i in 0..a.mainline_nodes {
-        let mut cfg = MainlineConfig::default();
-        cfg.bind = "127.0.0.1:0".parse()?;
-        if i > 0 {
-            cfg.bootstrap = vec![nodes[0].local_addr()];
-        }
-        let n = Mainline::spawn(cfg).await?;
-        if i > 0 {
-            n.bootstrap().await?;
-        }
-        nodes.push(n);
-    }
-    for n in nodes.iter().skip(1) {
-        n.bootstrap().await?;
-    }
+    let nodes = crate::mainline::local_network(a.mainline_nodes, |_| {}).await?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
     let v = item::bencode_bytes(b"hello from kad demo");

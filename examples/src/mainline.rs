@@ -449,3 +449,29 @@ pub(crate) async fn read_only_node(bootstrap: Option<String>, bind: IpAddr) -> R
     }
     Ok(node)
 }
+
+/// `n` Mainline-mode nodes on 127.0.0.1, all joined through the first (a second round of lookups
+/// lets the early nodes learn the late ones). `tune` adjusts each node's settings.
+pub(crate) async fn local_network(
+    n: usize,
+    tune: impl Fn(&mut MainlineConfig),
+) -> Result<Vec<Mainline>> {
+    let mut nodes: Vec<Mainline> = Vec::new();
+    for i in 0..n {
+        let mut cfg = MainlineConfig::default();
+        cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        tune(&mut cfg);
+        if i > 0 {
+            cfg.bootstrap = vec![nodes[0].local_addr()];
+        }
+        let node = Mainline::spawn(cfg).await?;
+        if i > 0 {
+            node.bootstrap().await?;
+        }
+        nodes.push(node);
+    }
+    for node in nodes.iter().skip(1) {
+        node.bootstrap().await?;
+    }
+    Ok(nodes)
+}

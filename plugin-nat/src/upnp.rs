@@ -175,6 +175,21 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
+/// Finds the gateway by SSDP, within `search_timeout` (plus a second of slack).
+async fn find_gateway(cfg: &UpnpConfig) -> Result<Gateway<Tokio>, String> {
+    let opts = SearchOptions {
+        timeout: Some(cfg.search_timeout),
+        broadcast_address: cfg.broadcast,
+        ..Default::default()
+    };
+    timed(
+        cfg.search_timeout + Duration::from_secs(1),
+        "gateway search",
+        igd_next::aio::tokio::search_gateway(opts),
+    )
+    .await
+}
+
 impl PortMapper {
     /// A mapper for these listening addresses (those that need no mapping are skipped).
     pub fn new(cfg: UpnpConfig, listen: &[PeerAddr]) -> Self {
@@ -239,17 +254,7 @@ impl PortMapper {
 
     async fn try_refresh(&mut self) -> Result<(), String> {
         if self.gateway.is_none() {
-            let opts = SearchOptions {
-                timeout: Some(self.cfg.search_timeout),
-                broadcast_address: self.cfg.broadcast,
-                ..Default::default()
-            };
-            let gw = timed(
-                self.cfg.search_timeout + Duration::from_secs(1),
-                "gateway search",
-                igd_next::aio::tokio::search_gateway(opts),
-            )
-            .await?;
+            let gw = find_gateway(&self.cfg).await?;
             // The LAN address the gateway sees us at: what its mappings must point to.
             let probe = tokio::net::UdpSocket::bind(match gw.addr {
                 SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -394,18 +399,7 @@ impl PortMapper {
     pub async fn remove_all(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         if self.gateway.is_none() && !self.stale.is_empty() {
-            let opts = SearchOptions {
-                timeout: Some(self.cfg.search_timeout),
-                broadcast_address: self.cfg.broadcast,
-                ..Default::default()
-            };
-            if let Ok(gw) = timed(
-                self.cfg.search_timeout + Duration::from_secs(1),
-                "gateway search",
-                igd_next::aio::tokio::search_gateway(opts),
-            )
-            .await
-            {
+            if let Ok(gw) = find_gateway(&self.cfg).await {
                 self.gateway = Some(gw);
             }
         }
@@ -458,17 +452,7 @@ pub struct Survey {
 
 /// Finds the gateway and reads its external IP and port mapping table (for `kad nat status`).
 pub async fn survey(cfg: &UpnpConfig) -> Result<Survey, String> {
-    let opts = SearchOptions {
-        timeout: Some(cfg.search_timeout),
-        broadcast_address: cfg.broadcast,
-        ..Default::default()
-    };
-    let gw = timed(
-        cfg.search_timeout + Duration::from_secs(1),
-        "gateway search",
-        igd_next::aio::tokio::search_gateway(opts),
-    )
-    .await?;
+    let gw = find_gateway(cfg).await?;
     let external_ip = timed(cfg.request_timeout, "external IP", gw.get_external_ip()).await?;
     let mut entries = Vec::new();
     for i in 0..1024 {
