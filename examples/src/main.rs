@@ -15,6 +15,7 @@ mod bench_storage;
 mod bench_transports;
 mod demo;
 mod mainline;
+mod metrics;
 mod nat;
 mod net;
 mod sensor;

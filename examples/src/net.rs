@@ -374,11 +374,18 @@ pub(crate) struct NodeArgs {
     /// Print a stats line every this many seconds (0: only when stopping).
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     stats_every: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
+    /// free one, printed in the `metrics` line): requests in and out by method, drops by reason,
+    /// query latency histograms, routing-table and store size, pub/sub subscriptions, NAT
+    /// mappings and reachability, memory. Bind to 127.0.0.1 unless the scraper is elsewhere:
+    /// the endpoint has no authentication.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     store: crate::storage::StoreArgs,
     #[command(flatten)]
     nat: crate::nat::NatArgs,
-    /// Print one JSON object per line (events: listening, bootstrapped, nat, stats,
+    /// Print one JSON object per line (events: listening, metrics, bootstrapped, nat, stats,
     /// nat_stopped, stopped).
     #[arg(long)]
     pub(crate) json: bool,
@@ -448,6 +455,16 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     // Sends the probes other nodes' checks ask for and, with --upnp, keeps the mappings.
     let nat = kad_plugin_nat::Nat::spawn(dht.clone(), identity, upnp);
     crate::nat::print_changes(&nat, a.json);
+    let mut metrics_url = None;
+    if let Some(bind) = a.metrics {
+        let sources = crate::metrics::Sources {
+            dht: dht.clone(),
+            nat: Some(nat.watch()),
+            udp: transports.udp().cloned(),
+        };
+        let addr = crate::metrics::serve(bind, sources).await?;
+        metrics_url = Some(format!("http://{addr}/metrics"));
+    }
     let c = dht.contact().clone();
     let bound = transports.bound();
     // A warm restart: the contacts saved last time go back into the table, and join the
@@ -475,6 +492,11 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
                 "store": store.opened, "restored_contacts": restored, "records": a.store.records}),
         || format!("listening: id {} at {}", c.id, bound.join(", ")),
     );
+    if let Some(url) = metrics_url {
+        emit(a.json, &json!({"event": "metrics", "url": url}), || {
+            format!("metrics: {url}")
+        });
+    }
     if !seeds.is_empty() {
         let d = dht.clone();
         let json = a.json;

@@ -36,7 +36,7 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; more are refused.
 const MAX_CONNECTIONS: usize = 64;
 /// How long a request head may take to arrive.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to accept one write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The interval of the event stream's keepalive comments.
@@ -171,9 +171,9 @@ pub(crate) async fn serve(
 
 /// The parts of a request the server uses.
 #[derive(Debug, PartialEq)]
-struct Request {
-    method: String,
-    path: String,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
     /// `after=N` of the query string.
     after: Option<u64>,
     /// The `Last-Event-ID` header, if a number.
@@ -182,7 +182,7 @@ struct Request {
 
 /// Why a request head could not be read.
 #[derive(Debug, PartialEq)]
-enum HeadError {
+pub(crate) enum HeadError {
     /// Larger than [`MAX_HEAD`].
     TooLarge,
     /// Not a request line and headers.
@@ -268,7 +268,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
 
 /// Reads up to the end of the request head (the empty line), at most [`MAX_HEAD`] bytes.
 /// Whatever follows the head (a body) is ignored.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let chunk_len = chunk.len();
@@ -299,7 +299,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Parses a request head (without its empty line); `None` when it is not one.
-fn parse_head(head: &[u8]) -> Option<Request> {
+pub(crate) fn parse_head(head: &[u8]) -> Option<Request> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let mut parts = lines.next()?.split_ascii_whitespace();
@@ -415,7 +415,7 @@ const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
 
-async fn respond<W: AsyncWrite + Unpin>(
+pub(crate) async fn respond<W: AsyncWrite + Unpin>(
     w: &mut W,
     status: &str,
     content_type: &str,

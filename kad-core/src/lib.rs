@@ -127,7 +127,7 @@ pub use record::{
     Rejected, StoreError, StoreLimits,
 };
 pub use routing::{Entry, InsertOutcome, Liveness, RoutingParams, RoutingSnapshot, RoutingTable};
-pub use stats::Stats;
+pub use stats::{Histogram, LATENCY_BUCKETS_US, MAX_METHODS, Stats};
 pub use transport::{Transport, TransportError};
 
 #[cfg(feature = "tokio")]

@@ -204,6 +204,20 @@ pub enum QueryResult {
     Command(Result<Bytes, QueryError>),
 }
 
+impl QueryResult {
+    /// Whether the query succeeded (refreshes and plugin lookups always do).
+    pub fn is_ok(&self) -> bool {
+        match self {
+            Self::FindNode(r) | Self::Bootstrap(r) => r.is_ok(),
+            Self::Get(r) => r.is_ok(),
+            Self::Put(r) => r.is_ok(),
+            Self::Ping(r) => r.is_ok(),
+            Self::Call(r) | Self::Command(r) => r.is_ok(),
+            Self::Refresh(_) | Self::PluginLookup(_) => true,
+        }
+    }
+}
+
 /// A user command that could not start. The message names the field and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -289,6 +303,23 @@ enum QueryKind {
     Command {
         plugin: usize,
     },
+}
+
+impl QueryKind {
+    /// The name latencies are kept under in [`Stats::query_latency`].
+    fn name(&self) -> &'static str {
+        match self {
+            Self::FindNode => "find_node",
+            Self::Bootstrap { .. } => "bootstrap",
+            Self::Refresh => "refresh",
+            Self::Get { .. } => "get",
+            Self::Put { .. } => "put",
+            Self::Ping => "ping",
+            Self::Call => "call",
+            Self::PluginLookup { .. } => "plugin_lookup",
+            Self::Command { .. } => "command",
+        }
+    }
 }
 
 struct Query {
@@ -1094,6 +1125,7 @@ impl Node {
                 expected,
             },
         );
+        crate::stats::count_method(&mut self.stats.rpc_out, req.method());
         let msg = Message {
             txn,
             sender: self.local.clone(),
@@ -1222,6 +1254,19 @@ impl Node {
             }
         }
         self.stats.requests_in += 1;
+        let method = match &req {
+            Request::Custom { method, .. }
+                if !self.plugins.iter().any(|p| {
+                    method
+                        .strip_prefix(p.namespace())
+                        .is_some_and(|m| m.starts_with('.'))
+                }) =>
+            {
+                "unknown"
+            }
+            r => r.method(),
+        };
+        crate::stats::count_method(&mut self.stats.rpc_in, method);
         let sender_id = sender.id;
         let k = self.config.k;
         let body = match req {
@@ -2135,9 +2180,14 @@ impl Node {
         self.finish(now, qid, QueryResult::Put(r));
     }
 
-    fn finish(&mut self, _now: Instant, qid: QueryId, result: QueryResult) {
-        if self.queries.remove(&qid).is_some() {
+    fn finish(&mut self, now: Instant, qid: QueryId, result: QueryResult) {
+        if let Some(q) = self.queries.remove(&qid) {
             self.stats.queries_done += 1;
+            self.stats
+                .query_latency
+                .entry(q.kind.name())
+                .or_default()
+                .record(now.saturating_duration_since(q.started));
             self.starved.retain(|q| *q != qid);
             self.emit(Event::QueryDone { id: qid, result });
         }

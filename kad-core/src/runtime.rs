@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
-use tracing::{debug, info, trace};
+use tracing::{Instrument as _, Span, debug, debug_span, info, info_span, trace};
 
 use crate::addr::{Contact, PeerAddr};
 use crate::config::ConfigError;
@@ -160,6 +160,8 @@ impl Dht {
         }
         let node = builder.build(now())?;
         let contact = node.contact().clone();
+        // Everything this node logs (its readers, its actor, its queries) is inside this span.
+        let span = info_span!("node", id = %contact.id);
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
         let inbox = Arc::new(Shared {
@@ -170,21 +172,24 @@ impl Dht {
         for (via, t) in transports.iter().enumerate() {
             let t = t.clone();
             let shared = inbox.clone();
-            readers.push(tokio::spawn(async move {
-                loop {
-                    match t.recv().await {
-                        Ok((from, data)) => {
-                            // A full inbox drops (and counts), like a socket buffer: the engine
-                            // never blocks a reader.
-                            if shared.lock().push(from, data, via) {
-                                shared.notify.notify_one();
+            readers.push(tokio::spawn(
+                async move {
+                    loop {
+                        match t.recv().await {
+                            Ok((from, data)) => {
+                                // A full inbox drops (and counts), like a socket buffer: the engine
+                                // never blocks a reader.
+                                if shared.lock().push(from, data, via) {
+                                    shared.notify.notify_one();
+                                }
                             }
+                            Err(crate::transport::TransportError::Closed) => break,
+                            Err(e) => trace!(error = %e, "transport receive error"),
                         }
-                        Err(crate::transport::TransportError::Closed) => break,
-                        Err(e) => trace!(error = %e, "transport receive error"),
                     }
                 }
-            }));
+                .instrument(span.clone()),
+            ));
         }
         let actor = Actor {
             node,
@@ -195,13 +200,16 @@ impl Dht {
             waiting: HashMap::new(),
             via: HashMap::new(),
         };
-        tokio::spawn(async move {
-            actor.run().await;
-            for r in readers {
-                r.abort();
+        tokio::spawn(
+            async move {
+                actor.run().await;
+                for r in readers {
+                    r.abort();
+                }
             }
-        });
-        info!(id = %contact.id, addrs = ?contact.addrs, "node started");
+            .instrument(span.clone()),
+        );
+        span.in_scope(|| info!(addrs = ?contact.addrs, "node started"));
         Ok(Self {
             tx,
             events,
@@ -357,7 +365,15 @@ struct Actor {
     rx: mpsc::Receiver<Command>,
     inbox: Arc<Shared>,
     events: broadcast::Sender<Event>,
-    waiting: HashMap<QueryId, oneshot::Sender<Result<QueryResult, CommandError>>>,
+    /// Callers waiting for their query, with the query's tracing span and start time.
+    waiting: HashMap<
+        QueryId,
+        (
+            oneshot::Sender<Result<QueryResult, CommandError>>,
+            Span,
+            Instant,
+        ),
+    >,
     /// Which transport each peer last reached us through, so answers leave from the address
     /// the peer wrote to (bounded: cleared when it reaches `VIA_CAP`).
     via: HashMap<PeerAddr, usize>,
@@ -547,19 +563,50 @@ impl Actor {
     fn command(&mut self, cmd: Command) {
         let t = now();
         let n = &mut self.node;
-        let (r, tx) = match cmd {
-            Command::Bootstrap(seeds, tx) => (n.bootstrap(t, &seeds), tx),
-            Command::FindNode(target, tx) => (n.find_node(t, target), tx),
-            Command::Get(key, quorum, tx) => (n.get(t, key, quorum), tx),
-            Command::Put(key, value, tx) => (n.put(t, key, value), tx),
-            Command::PutRecord(record, tx) => (n.put_record(t, record), tx),
-            Command::Ping(addr, tx) => (n.ping(t, addr), tx),
-            Command::Call(to, method, params, tx) => (n.call(t, &to, &method, params), tx),
-            Command::ToPlugin(ns, input, tx) => (n.command(t, &ns, input), tx),
+        let (r, tx, span) = match cmd {
+            Command::Bootstrap(seeds, tx) => (
+                n.bootstrap(t, &seeds),
+                tx,
+                debug_span!("query", kind = "bootstrap", seeds = seeds.len()),
+            ),
+            Command::FindNode(target, tx) => (
+                n.find_node(t, target),
+                tx,
+                debug_span!("query", kind = "find_node", %target),
+            ),
+            Command::Get(key, quorum, tx) => (
+                n.get(t, key, quorum),
+                tx,
+                debug_span!("query", kind = "get", %key, quorum),
+            ),
+            Command::Put(key, value, tx) => (
+                n.put(t, key, value),
+                tx,
+                debug_span!("query", kind = "put", %key),
+            ),
+            Command::PutRecord(record, tx) => {
+                let span = debug_span!("query", kind = "put", key = %record.key);
+                (n.put_record(t, record), tx, span)
+            }
+            Command::Ping(addr, tx) => {
+                let span = debug_span!("query", kind = "ping", peer = %addr);
+                (n.ping(t, addr), tx, span)
+            }
+            Command::Call(to, method, params, tx) => {
+                let span = debug_span!("query", kind = "call", peer = %to.id, %method);
+                (n.call(t, &to, &method, params), tx, span)
+            }
+            Command::ToPlugin(ns, input, tx) => {
+                let span = debug_span!("query", kind = "command", plugin = %ns);
+                (n.command(t, &ns, input), tx, span)
+            }
             Command::AddContact(c) => return n.add_contact(t, c),
             Command::Stats(tx) => {
                 let mut stats = n.stats().clone();
                 stats.dropped_overload = self.inbox.lock().dropped;
+                stats.routing_table_size = n.routing_table().len() as u64;
+                stats.records_held = n.store().len() as u64;
+                stats.store_bytes = n.store().size_bytes() as u64;
                 return drop(tx.send(stats));
             }
             Command::Snapshot(tx) => return drop(tx.send(n.snapshot())),
@@ -567,9 +614,11 @@ impl Actor {
         };
         match r {
             Ok(id) => {
-                self.waiting.insert(id, tx);
+                span.in_scope(|| debug!(query = id.0, "query started"));
+                self.waiting.insert(id, (tx, span, t));
             }
             Err(e) => {
+                span.in_scope(|| debug!(error = %e, "query refused"));
                 let _ = tx.send(Err(e));
             }
         }
@@ -605,7 +654,15 @@ impl Actor {
                 }
                 Output::Event(ev) => {
                     if let Event::QueryDone { id, result } = &ev {
-                        if let Some(tx) = self.waiting.remove(id) {
+                        if let Some((tx, span, started)) = self.waiting.remove(id) {
+                            span.in_scope(|| {
+                                debug!(
+                                    query = id.0,
+                                    ms = now().duration_since(started).as_secs_f64() * 1e3,
+                                    ok = result.is_ok(),
+                                    "query done"
+                                );
+                            });
                             let _ = tx.send(Ok(result.clone()));
                         }
                     }
