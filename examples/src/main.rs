@@ -29,6 +29,14 @@ mod web;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// What to log on stderr: a level (error, warn, info, debug, trace) or per-crate directives
+    /// in tracing's EnvFilter syntax, e.g. `info,kad_core=debug,kad_plugin_nat=trace`. `info`
+    /// shows nodes starting and NAT changes; `debug` every query (inside a
+    /// `node{id=..}:query{kind=.. key=..}` span, with its duration) and refused input; `trace`
+    /// every datagram dropped and why. Default: the RUST_LOG variable, else `warn` (nothing
+    /// with --json unless --log or RUST_LOG is given).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,9 +200,22 @@ fn main() -> std::process::ExitCode {
         Command::Get(a) => a.client.json,
         Command::Bench(b) => b.json(),
     };
-    if !json || std::env::var_os("RUST_LOG").is_some() {
+    if !json || cli.log.is_some() || std::env::var_os("RUST_LOG").is_some() {
+        let filter = match &cli.log {
+            Some(f) => match tracing_subscriber::EnvFilter::try_new(f) {
+                Ok(filter) => filter,
+                Err(e) => {
+                    eprintln!(
+                        "error: --log {f:?} is not a level (error, warn, info, debug, trace) or a list of directives like info,kad_core=debug: {e}"
+                    );
+                    std::process::exit(2);
+                }
+            },
+            None => tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        };
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .try_init();
     }

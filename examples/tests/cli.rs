@@ -78,6 +78,34 @@ fn bad_arguments_name_the_flag_and_the_limit() {
     let (code, _, err) = kad(&["sim", "--nodes", "1"]);
     assert_eq!(code, 2);
     assert!(err.contains("--nodes = 1"), "{err}");
+    let (code, _, err) = kad(&["sim", "--nodes", "10", "--log", "info,=="]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--log \"info,==\" is not a level"), "{err}");
+}
+
+#[test]
+fn log_flag_shows_node_and_query_spans() {
+    let (code, out, err) = kad(&[
+        "node",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--for",
+        "0.5",
+        "--log",
+        "kad_core=debug",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Each line inside a node names it; each query line names its kind.
+    let started = err
+        .lines()
+        .find(|l| l.contains("node started"))
+        .unwrap_or_else(|| panic!("no 'node started' line in {err}"));
+    assert!(started.contains("node") && started.contains("id"), "{started}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("query") && l.contains("kind") && l.contains("query done")),
+        "{err}"
+    );
 }
 
 #[test]
