@@ -24,9 +24,23 @@ pub(crate) struct DemoArgs {
     /// Mainline-mode nodes (BitTorrent DHT wire format, their own network on 127.0.0.1).
     #[arg(long, default_value_t = 6, value_name = "N")]
     mainline_nodes: usize,
-    /// Sensor readings published.
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    readings: u32,
+    /// Sensor readings published (default 10; 45 with --web).
+    #[arg(long, value_name = "N")]
+    readings: Option<u32>,
+    /// Pause between readings, in ms (default 100; 1000 with --web, so the chart can be watched).
+    #[arg(long, value_name = "MS")]
+    interval_ms: Option<u64>,
+    /// Serve the live sensor page (a chart of the readings one subscriber receives, with their
+    /// latencies) at http://ADDR/, e.g. 127.0.0.1:8080; open it in a browser while the demo
+    /// runs. The page stops with the demo.
+    #[arg(long, value_name = "ADDR")]
+    web: Option<std::net::SocketAddr>,
+    /// Do the BEP44 step on the real BitTorrent Mainline DHT instead of local Mainline-mode
+    /// nodes: two nodes join through the public bootstrap routers (router.bittorrent.com and
+    /// others), one puts a mutable item signed with a fresh key, the other gets it. Needs
+    /// internet access (UDP); never used by the tests.
+    #[arg(long)]
+    live: bool,
     /// Subscribers of the sensor.
     #[arg(long, default_value_t = 5, value_name = "N")]
     subscribers: usize,
@@ -63,8 +77,15 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
             a.mainline_nodes
         );
     }
-    if !(1..=1000).contains(&a.readings) {
-        bail!("--readings = {} is out of range: 1 to 1000", a.readings);
+    let readings = a.readings.unwrap_or(if a.web.is_some() { 45 } else { 10 });
+    if !(1..=1000).contains(&readings) {
+        bail!("--readings = {readings} is out of range: 1 to 1000");
+    }
+    let interval = a
+        .interval_ms
+        .unwrap_or(if a.web.is_some() { 1000 } else { 100 });
+    if interval > 60_000 {
+        bail!("--interval-ms = {interval} is out of range: 0 to 60000");
     }
     if a.subscribers == 0 || a.subscribers + 2 > a.nodes {
         bail!(
@@ -136,13 +157,17 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
     });
 
     // 2. A sensor and its subscribers.
-    steps.push(sensor(&a, &nodes).await?);
+    steps.push(sensor(&a, &nodes, readings, Duration::from_millis(interval)).await?);
 
     // 3. A file: encrypted, key split into shares, fetched back through other nodes.
     steps.push(file(&a, &nodes).await?);
 
     // 4. BEP44 among Mainline-mode nodes.
-    steps.push(mainline(&a).await?);
+    steps.push(if a.live {
+        live_mainline(&a).await?
+    } else {
+        mainline(&a).await?
+    });
 
     for n in &nodes {
         n.shutdown().await;
@@ -183,8 +208,24 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-async fn sensor(a: &DemoArgs, nodes: &[Dht]) -> Result<Step> {
+async fn sensor(a: &DemoArgs, nodes: &[Dht], readings: u32, interval: Duration) -> Result<Step> {
     let t0 = Instant::now();
+    // The live page shows what the first subscriber receives.
+    let web = match a.web {
+        Some(addr) => {
+            let (bound, feed) =
+                crate::web::serve(addr, "kad demo: temperature sensor".into()).await?;
+            let url = format!("http://{bound}/");
+            emit(a.json, &json!({"step": "web", "url": url}), || {
+                format!(
+                    "2. sensor: live chart at {url} (open it now; one reading every {} ms)",
+                    interval.as_millis()
+                )
+            });
+            Some(feed)
+        }
+        None => None,
+    };
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
     let pubkey = item::public_key(&seed);
@@ -206,12 +247,22 @@ async fn sensor(a: &DemoArgs, nodes: &[Dht]) -> Result<Step> {
     for (i, mut s) in subs.into_iter().enumerate() {
         let tx = tx.clone();
         let sent = sent.clone();
+        let web = web.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(d) = s.next().await {
                 if let Delivery::Reading(r) = d {
                     let at = sent.lock().ok().and_then(|m| m.get(&r.item.seq).copied());
                     if let Some(at) = at {
-                        let _ = tx.send((i, r.item.seq, ms(at.elapsed())));
+                        let latency = ms(at.elapsed());
+                        if let (0, Some(feed)) = (i, &web) {
+                            feed.send(crate::web::WebReading {
+                                seq: r.item.seq,
+                                value: celsius(&r.item.value_text()).unwrap_or_default(),
+                                latency_ms: Some(latency),
+                                received_ms: SystemClock::now_ms(),
+                            });
+                        }
+                        let _ = tx.send((i, r.item.seq, latency));
                     }
                 }
             }
@@ -220,7 +271,7 @@ async fn sensor(a: &DemoArgs, nodes: &[Dht]) -> Result<Step> {
     drop(tx);
     let mut latencies = Vec::new();
     let mut delivered = 0usize;
-    for i in 0..a.readings {
+    for i in 0..readings {
         let seq = SystemClock::now_ms() as i64 + i64::from(i);
         let temp = 20.0 + f64::from(i % 7) * 0.3;
         let v = item::bencode_bytes(format!("{{\"celsius\":{temp:.1}}}").as_bytes());
@@ -256,12 +307,12 @@ async fn sensor(a: &DemoArgs, nodes: &[Dht]) -> Result<Step> {
             },
         );
         latencies.extend(got);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(interval).await;
     }
     for t in tasks {
         t.abort();
     }
-    let expected = a.readings as usize * a.subscribers;
+    let expected = readings as usize * a.subscribers;
     let p50 = pct(&mut latencies, 0.5);
     let p99 = pct(&mut latencies, 0.99);
     Ok(Step {
@@ -405,6 +456,64 @@ async fn mainline(a: &DemoArgs) -> Result<Step> {
         detail: format!(
             "{} nodes, BEP44 put {put_ms:.1} ms (stored on {}), get {get_ms:.1} ms",
             a.mainline_nodes, put.stored_on
+        ),
+    })
+}
+
+/// The temperature in a reading's value text (`{"celsius":21.5}`).
+fn celsius(text: &str) -> Option<String> {
+    let j: Value = serde_json::from_str(text).ok()?;
+    Some(j["celsius"].as_f64()?.to_string())
+}
+
+/// `--live`: the BEP44 step on the public Mainline DHT (two fresh read-only nodes).
+async fn live_mainline(a: &DemoArgs) -> Result<Step> {
+    let t0 = Instant::now();
+    let any = std::net::IpAddr::from([0, 0, 0, 0]);
+    let work = async {
+        let (putter, getter) = tokio::try_join!(
+            crate::mainline::read_only_node(None, any),
+            crate::mainline::read_only_node(None, any)
+        )?;
+        let joined = ms(t0.elapsed());
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+        let v = item::bencode_bytes(b"hello from kad demo --live");
+        let it = MutableItem::sign(&seed, b"kad-demo", 1, &v)?;
+        let tp = Instant::now();
+        let put = putter.put_mutable(&it, None).await?;
+        let put_ms = ms(tp.elapsed());
+        let tg = Instant::now();
+        let got = getter.get_mutable(it.pubkey, b"kad-demo", None).await;
+        let get_ms = ms(tg.elapsed());
+        let ok = matches!(&got, Ok(g) if g.v == it.v);
+        putter.shutdown().await;
+        getter.shutdown().await;
+        anyhow::Ok((joined, put.stored_on, put_ms, get_ms, ok))
+    };
+    let (joined, stored_on, put_ms, get_ms, ok) =
+        match tokio::time::timeout(Duration::from_secs(90), work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => bail!("--live: the public Mainline DHT step failed: {e:#}"),
+            Err(_) => bail!("--live: the public Mainline DHT step took over 90 s"),
+        };
+    emit(
+        a.json,
+        &json!({"step": "mainline", "live": true, "joined_ms": joined, "stored_on": stored_on,
+                "put_ms": put_ms, "get_ms": get_ms, "found": ok}),
+        || {
+            format!(
+                "4. mainline (live): joined the public DHT in {joined:.0} ms; BEP44 put stored on {stored_on} nodes in {put_ms:.0} ms; get from another node {} in {get_ms:.0} ms",
+                if ok { "found it" } else { "did NOT find it" }
+            )
+        },
+    );
+    Ok(Step {
+        name: "mainline",
+        ok,
+        ms: ms(t0.elapsed()),
+        detail: format!(
+            "public DHT: joined {joined:.0} ms, BEP44 put {put_ms:.0} ms (stored on {stored_on}), get {get_ms:.0} ms"
         ),
     })
 }

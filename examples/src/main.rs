@@ -58,6 +58,10 @@ enum Command {
     /// stores an encrypted file whose key is split into shares and fetches it back through
     /// another node, puts and gets a BEP44 item among the Mainline-mode nodes, then prints a
     /// summary table and stops everything it started. Nothing leaves the machine.
+    ///
+    /// `--web 127.0.0.1:8080` also serves the live chart of the sensor's readings (paced one per
+    /// second, about a minute); `--live` does the BEP44 step on the public Mainline DHT instead
+    /// (opt-in: it needs internet access).
     Demo(demo::DemoArgs),
     /// Run a node of the native network: signed JSON-RPC 2.0 over UDP, QUIC and WebSocket.
     ///
