@@ -292,6 +292,8 @@ enum QueryKind {
         storing: Option<(usize, usize, usize)>,
         /// The first error a storing node answered with, reported when nobody stored.
         refused: Option<RpcError>,
+        /// Finish once this many stored (0: once all answered).
+        quorum: usize,
     },
     Ping,
     Call,
@@ -951,6 +953,19 @@ impl Node {
     /// Publishes `value` under `key` as this node's record (republished before it expires).
     /// Finishes with [`QueryResult::Put`], saying how many nodes stored it.
     pub fn put(&mut self, now: Instant, key: Key, value: Bytes) -> Result<QueryId, CommandError> {
+        self.put_quorum(now, key, value, 0)
+    }
+
+    /// Like [`put`](Self::put), finishing as soon as `quorum` nodes have stored the record
+    /// (0: when every one of the k closest has answered). The other STOREs still go out; their
+    /// answers are not waited for. The outcome's `stored` is the count at that moment.
+    pub fn put_quorum(
+        &mut self,
+        now: Instant,
+        key: Key,
+        value: Bytes,
+        quorum: usize,
+    ) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         let unix = self.unix_ms(now);
         let record = Record::new(
@@ -960,13 +975,24 @@ impl Node {
             unix,
             self.config.record_ttl.as_millis() as u64,
         );
-        let qid = self.put_record(now, record.clone())?;
+        let qid = self.put_record_quorum(now, record.clone(), quorum)?;
         self.own_records.insert(key, (now, record));
         Ok(qid)
     }
 
     /// Stores `record` as given at the k closest nodes to its key (no republish bookkeeping).
     pub fn put_record(&mut self, now: Instant, record: Record) -> Result<QueryId, CommandError> {
+        self.put_record_quorum(now, record, 0)
+    }
+
+    /// Like [`put_record`](Self::put_record), finishing once `quorum` nodes stored it (see
+    /// [`put_quorum`](Self::put_quorum)).
+    pub fn put_record_quorum(
+        &mut self,
+        now: Instant,
+        record: Record,
+        quorum: usize,
+    ) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         if record.value.len() > self.config.max_value_len {
             return Err(CommandError::ValueTooLarge {
@@ -989,6 +1015,7 @@ impl Node {
                 record,
                 storing: None,
                 refused: None,
+                quorum,
             },
             Some(lookup),
         )?;
@@ -1697,11 +1724,12 @@ impl Node {
                     QueryKind::Put {
                         storing: Some((outstanding, stored, _)),
                         refused,
+                        quorum,
                         ..
                     },
                 ..
             }) => {
-                *outstanding -= 1;
+                *outstanding = outstanding.saturating_sub(1);
                 match err {
                     None => *stored += 1,
                     // A node's own answer says more than a timeout.
@@ -1714,7 +1742,7 @@ impl Node {
                     }
                     Some(_) => {}
                 }
-                *outstanding == 0
+                *outstanding == 0 || (*quorum > 0 && *stored >= *quorum)
             }
             _ => false,
         };
@@ -2105,7 +2133,18 @@ impl Node {
                     *outstanding = sent;
                 }
                 debug!(key = %record.key, targets = total, "put: storing at the closest nodes");
-                if sent == 0 {
+                let quorum_met = matches!(
+                    self.queries.get(&qid),
+                    Some(Query {
+                        kind: QueryKind::Put {
+                            storing: Some((_, stored, _)),
+                            quorum,
+                            ..
+                        },
+                        ..
+                    }) if *quorum > 0 && stored >= quorum
+                );
+                if sent == 0 || quorum_met {
                     self.finish_put(now, qid);
                 }
             }
@@ -2152,6 +2191,7 @@ impl Node {
             record,
             storing,
             refused,
+            ..
         } = &q.kind
         else {
             return;

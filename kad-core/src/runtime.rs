@@ -66,6 +66,7 @@ enum Command {
     Put(
         Key,
         Bytes,
+        usize,
         oneshot::Sender<Result<QueryResult, CommandError>>,
     ),
     PutRecord(Record, oneshot::Sender<Result<QueryResult, CommandError>>),
@@ -276,7 +277,22 @@ impl Dht {
 
     /// Publishes `value` under `key` at the k closest nodes (and republishes it before expiry).
     pub async fn put(&self, key: Key, value: Bytes) -> Result<PutOutcome, DhtError> {
-        match self.query(|tx| Command::Put(key, value, tx)).await? {
+        self.put_quorum(key, value, 0).await
+    }
+
+    /// Like [`put`](Self::put), returning as soon as `quorum` nodes stored the value (0: once
+    /// all of the k closest answered); the other STOREs still go out. libp2p-kad's
+    /// `Quorum::One` is `quorum` 1.
+    pub async fn put_quorum(
+        &self,
+        key: Key,
+        value: Bytes,
+        quorum: usize,
+    ) -> Result<PutOutcome, DhtError> {
+        match self
+            .query(|tx| Command::Put(key, value, quorum, tx))
+            .await?
+        {
             QueryResult::Put(r) => Ok(r?),
             _ => Err(DhtError::Shutdown),
         }
@@ -579,10 +595,10 @@ impl Actor {
                 tx,
                 debug_span!("query", kind = "get", %key, quorum),
             ),
-            Command::Put(key, value, tx) => (
-                n.put(t, key, value),
+            Command::Put(key, value, quorum, tx) => (
+                n.put_quorum(t, key, value, quorum),
                 tx,
-                debug_span!("query", kind = "put", %key),
+                debug_span!("query", kind = "put", %key, quorum),
             ),
             Command::PutRecord(record, tx) => {
                 let span = debug_span!("query", kind = "put", key = %record.key);

@@ -251,3 +251,46 @@ async fn a_node_listens_on_several_transports_and_answers_on_the_one_asked() {
     .unwrap();
     assert_eq!(stored, (NodeId::from_bytes([3; 20]), b.id()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn put_quorum_returns_at_the_first_stores_and_the_rest_still_go_out() {
+    let net = MemoryNetwork::new();
+    let nodes = network(&net, 30).await;
+    let held = |nodes: &[Dht]| {
+        let nodes = nodes.to_vec();
+        async move {
+            let mut n = 0;
+            for d in &nodes {
+                n += d.stats().await.unwrap().records_held;
+            }
+            n
+        }
+    };
+    // Quorum 0 waits for every one of the k = 20 closest.
+    let all = nodes[3]
+        .put(NodeId::from_bytes([0x55; 20]), Bytes::from_static(b"all"))
+        .await
+        .unwrap();
+    assert!(all.stored >= 20 && all.stored == all.tried, "{all:?}");
+    // Quorum 1 returns once one stored; the other STOREs are still sent and kept.
+    let one = nodes[4]
+        .put_quorum(
+            NodeId::from_bytes([0xaa; 20]),
+            Bytes::from_static(b"one"),
+            1,
+        )
+        .await
+        .unwrap();
+    assert!(one.stored >= 1 && one.stored <= one.tried, "{one:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(held(&nodes).await >= all.stored as u64 + 20);
+    let got = nodes[29].get(NodeId::from_bytes([0xaa; 20])).await.unwrap();
+    assert_eq!(&got.record.value[..], b"one");
+    // The latency histogram has both puts.
+    let h = &nodes[4].stats().await.unwrap().query_latency["put"];
+    assert_eq!(h.count, 1);
+    assert_eq!(
+        nodes[3].stats().await.unwrap().query_latency["put"].count,
+        1
+    );
+}
