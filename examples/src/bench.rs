@@ -66,6 +66,15 @@ pub(crate) enum BenchCommand {
     /// (Helper of `bench transports`) an echo server on one transport.
     #[command(hide = true)]
     TransportServer(crate::bench_transports::ServerArgs),
+    /// Every benchmark above in one run, each figure beside its alternative as a ratio with
+    /// its target and the command that reproduces it: raw crypto and loopback UDP, 100-node
+    /// networks of ours (UDP, QUIC) and of libp2p-kad over QUIC (--libp2p), the mainline
+    /// crate, transports, storage, pub/sub, and simulated lookups at 10 to 100,000 nodes.
+    ///
+    /// Prints one JSON object with --json; --plot FILE.svg draws the latency distributions
+    /// and hops against network size. About half an hour with the defaults; --quick takes a
+    /// few minutes.
+    All(crate::bench_all::AllArgs),
 }
 
 impl BenchCommand {
@@ -76,6 +85,7 @@ impl BenchCommand {
             Self::Transports(a) => a.json,
             Self::Storage(a) => a.json,
             Self::Pubsub(a) => a.json,
+            Self::All(a) => a.json,
             Self::MainlineNet(_)
             | Self::MainlineCrateClient(_)
             | Self::UdpEcho
@@ -101,6 +111,16 @@ pub(crate) struct NativeArgs {
     /// Source addresses in 127.0.0.0/8 used by the flood (0 skips the flood).
     #[arg(long, default_value_t = 20_000)]
     flood_sources: u32,
+    /// The network's transport: udp or quic (every node listens on that one only).
+    #[arg(long, default_value = "udp", value_name = "KIND")]
+    transport: String,
+    /// Stores a put waits for: 0 every one of the k closest, 1 the first (libp2p-kad's
+    /// Quorum::One), and so on.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    quorum: usize,
+    /// Only the network part (3): no raw crypto, PING rate or flood. Adds every latency sample.
+    #[arg(long)]
+    network_only: bool,
     /// Print exactly one JSON object.
     #[arg(long)]
     json: bool,
@@ -116,6 +136,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::MainlineCrateClient(a) => crate::bench_mainline::crate_client(a),
         BenchCommand::UdpEcho => crate::bench_mainline::echo(),
         BenchCommand::Transports(a) => crate::bench_transports::run(a),
+        BenchCommand::All(a) => crate::bench_all::run(a),
         BenchCommand::TransportServer(a) => crate::bench_transports::server(a),
     }
 }
@@ -169,7 +190,34 @@ fn native(a: NativeArgs) -> Result<()> {
             a.flood_sources
         );
     }
+    if !matches!(a.transport.as_str(), "udp" | "quic") {
+        bail!("--transport = {:?}: it must be udp or quic", a.transport);
+    }
+    if a.quorum > 20 {
+        bail!("--quorum = {} is out of range: 0 to 20 (k)", a.quorum);
+    }
     let t0 = Instant::now();
+    let params = NetParams {
+        nodes: a.nodes,
+        ops: a.ops,
+        joins: a.joins,
+        transport: a.transport.clone(),
+        quorum: a.quorum,
+        samples: a.network_only,
+    };
+    if a.network_only {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let network = rt.block_on(network(params))?;
+        let report = json!({"bench": "native", "network": network,
+                            "wall_s": round(t0.elapsed().as_secs_f64(), 1)});
+        emit(a.json, &report, || {
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        });
+        return Ok(());
+    }
     let crypto = raw_crypto(a.secs);
     let pair_rate = crypto["sign_verify_pairs_per_s"].as_f64().unwrap_or(0.0);
     let ping = ping_rate(a.secs, pair_rate)?;
@@ -177,7 +225,7 @@ fn native(a: NativeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let network = rt.block_on(network(a.nodes, a.ops, a.joins))?;
+    let network = rt.block_on(network(params))?;
     drop(rt);
     let flood = if a.flood_sources > 0 {
         flood(a.flood_sources)?
@@ -199,7 +247,7 @@ fn native(a: NativeArgs) -> Result<()> {
 }
 
 /// Raw k256 rates on one thread: sign, verify, and sign+verify pairs (what a node does per PING).
-fn raw_crypto(secs: f64) -> serde_json::Value {
+pub(crate) fn raw_crypto(secs: f64) -> serde_json::Value {
     let key = k256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).expect("valid key");
     let vk = *key.verifying_key();
     // A message the size of a signed PING.
@@ -343,7 +391,7 @@ fn signed_pings(
 }
 
 /// PINGs answered per second by a `kad node` process, closed loop with a window of requests.
-fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> {
+pub(crate) fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> {
     let node = NodeProc::start(&[])?;
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -415,16 +463,43 @@ fn self_cpu() -> f64 {
     cpu_s("self")
 }
 
-async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::Value> {
+/// What the network part of `bench native` builds and does.
+pub(crate) struct NetParams {
+    pub(crate) nodes: usize,
+    pub(crate) ops: usize,
+    pub(crate) joins: usize,
+    /// `udp` or `quic`.
+    pub(crate) transport: String,
+    /// Stores a put waits for (0: all).
+    pub(crate) quorum: usize,
+    /// Whether to add every latency sample to the report.
+    pub(crate) samples: bool,
+}
+
+async fn network(p: NetParams) -> Result<serde_json::Value> {
+    let NetParams {
+        nodes, ops, joins, ..
+    } = p;
+    let rss_baseline = rss_mb("self");
     let mut dhts = Vec::with_capacity(nodes);
     let t_build = Instant::now();
     for _ in 0..nodes {
-        let (dht, _udp) = spawn_native(
-            "127.0.0.1:0".parse()?,
-            Arc::new(fresh_identity()?),
-            native_config(),
-        )
-        .await?;
+        let identity = Arc::new(fresh_identity()?);
+        let dht = if p.transport == "quic" {
+            let listen = ["quic://127.0.0.1:0".parse::<PeerAddr>()?];
+            let t = crate::transports::listen(&listen, &identity, &Default::default()).await?;
+            crate::net::spawn_on(
+                t.all.clone(),
+                Vec::new(),
+                identity,
+                native_config(),
+                crate::net::Setup::default(),
+            )?
+        } else {
+            spawn_native("127.0.0.1:0".parse()?, identity, native_config())
+                .await?
+                .0
+        };
         dhts.push(dht);
     }
     let seed = dhts[0].contact().addrs[0].clone();
@@ -444,6 +519,7 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         d.find_node(d.contact().id).await?;
     }
     let formed_s = t_build.elapsed().as_secs_f64();
+    let rss_formed = rss_mb("self");
     let mut table = Vec::new();
     for d in &dhts {
         table.push(d.snapshot().await?.contacts.len() as f64);
@@ -466,7 +542,9 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
     for (i, k) in keys.iter().enumerate() {
         let d = &dhts[rng.random_range(0..nodes)];
         let t1 = Instant::now();
-        let o = d.put(*k, values[i].clone().into_bytes().into()).await?;
+        let o = d
+            .put_quorum(*k, values[i].clone().into_bytes().into(), p.quorum)
+            .await?;
         put_ms.push(ms(t1.elapsed()));
         stored.push(o.stored as f64);
         put_rpcs.push(f64::from(o.stats.rpcs) + o.tried as f64);
@@ -489,6 +567,10 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
         get_ms.push(ms(t1.elapsed()));
     }
     let get_cpu = (self_cpu() - cpu0) / ops as f64;
+    let rss_after = rss_mb("self");
+    // Let the STOREs a quorum put did not wait for finish before the fresh processes start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let samples = p.samples.then(|| json!({"put_ms": put_ms.clone(), "get_ms": get_ms.clone()}));
     // Fresh processes: start, join through one node, get one record, exit.
     let exe = std::env::current_exe()?;
     let (mut join_get_ms, mut process_ms) = (Vec::new(), Vec::new());
@@ -521,6 +603,13 @@ async fn network(nodes: usize, ops: usize, joins: usize) -> Result<serde_json::V
     }
     Ok(json!({
         "nodes": nodes,
+        "transport": p.transport,
+        "quorum": p.quorum,
+        "rss_baseline_mb": round(rss_baseline, 1),
+        "rss_formed_mb": round(rss_formed, 1),
+        "rss_mb": round(rss_after, 1),
+        "rss_mb_per_node": round(rss_after / nodes as f64, 2),
+        "samples": samples,
         "formed_s": round(formed_s, 2),
         "routing_table_mean": round(table.iter().sum::<f64>() / nodes as f64, 1),
         "puts": ops,

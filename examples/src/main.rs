@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
+mod bench_all;
 mod bench_mainline;
 mod bench_pubsub;
 mod bench_storage;
@@ -18,6 +19,7 @@ mod mainline;
 mod metrics;
 mod nat;
 mod net;
+mod plot;
 mod sensor;
 mod storage;
 mod transports;
