@@ -289,12 +289,28 @@ pub(crate) fn run(a: AllArgs) -> Result<()> {
     if let Some(l) = &libp2p {
         let c = format!("{quic_one_cmd}; {libp2p_cmd}");
         for (what, key, target) in [
-            ("put latency p50, first store (libp2p Quorum::One)", "put_ms_p50", Some(0.5)),
+            (
+                "put latency p50, first store (libp2p Quorum::One)",
+                "put_ms_p50",
+                Some(0.5),
+            ),
             ("get latency p50", "get_ms_p50", Some(1.0)),
-            ("CPU per put (whole process: every node, both ends)", "put_cpu_ms_per_op", Some(0.5)),
+            (
+                "CPU per put (whole process: every node, both ends)",
+                "put_cpu_ms_per_op",
+                Some(0.5),
+            ),
             ("CPU per get", "get_cpu_ms_per_op", Some(0.5)),
-            ("memory per node (process RSS / nodes)", "rss_mb_per_node", Some(0.25)),
-            ("a fresh node: join + get, p50", "join_plus_get_ms_p50", None),
+            (
+                "memory per node (process RSS / nodes)",
+                "rss_mb_per_node",
+                Some(0.25),
+            ),
+            (
+                "a fresh node: join + get, p50",
+                "join_plus_get_ms_p50",
+                None,
+            ),
         ] {
             ratios.push(Ratio {
                 what: format!("{n} nodes over QUIC, ours against libp2p-kad: {what}"),
@@ -323,7 +339,12 @@ pub(crate) fn run(a: AllArgs) -> Result<()> {
         ("long_running", "long-running node"),
         ("fresh_process", "fresh process"),
     ] {
-        for op in ["put_mutable", "get_mutable", "put_immutable", "get_immutable"] {
+        for op in [
+            "put_mutable",
+            "get_mutable",
+            "put_immutable",
+            "get_immutable",
+        ] {
             ratios.push(Ratio {
                 what: format!("Mainline {op} p50, {label}: ours against the mainline crate"),
                 ours: f(&lat["ours"][mode][op]["p50_ms"]),
@@ -383,7 +404,9 @@ fn table(r: &Value) -> String {
     for x in r["ratios"].as_array().into_iter().flatten() {
         t += &format!(
             "{:>8} {:>12} {:>6}  {} ({} {} against {})\n          {}\n",
-            x["ratio"].as_f64().map_or("-".into(), |v| format!("{v:.3}")),
+            x["ratio"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.3}")),
             x["target"].as_str().unwrap_or("-"),
             match x["met"].as_bool() {
                 Some(true) => "yes",
@@ -401,7 +424,11 @@ fn table(r: &Value) -> String {
     for s in r["sim"].as_array().into_iter().flatten() {
         t += &format!(
             "  {:>6} nodes: hops p50 {} p90 {}, {} RPCs, {} ms p50, success {}\n",
-            s["nodes"], s["hops_p50"], s["hops_p90"], s["rpcs_p50"], s["latency_ms_p50"],
+            s["nodes"],
+            s["hops_p50"],
+            s["hops_p90"],
+            s["rpcs_p50"],
+            s["latency_ms_p50"],
             s["success_rate"]
         );
     }

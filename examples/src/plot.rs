@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-const W: f64 = 1260.0;
-const H: f64 = 430.0;
+const W: f64 = 1300.0;
+const H: f64 = 500.0;
 const PANEL_W: f64 = 360.0;
 const PANEL_H: f64 = 290.0;
 const TOP: f64 = 60.0;
@@ -68,10 +68,22 @@ fn latency(label: &str, r: &Value, op: &str) -> Option<Series> {
 pub(crate) fn svg(report: &Value) -> String {
     let native = &report["native"];
     let nets = [
-        ("ours, UDP, all stores", &native["ours_udp_all_stores"]["result"]),
-        ("ours, UDP, first store", &native["ours_udp_first_store"]["result"]),
-        ("ours, QUIC, first store", &native["ours_quic_first_store"]["result"]),
-        ("libp2p-kad, QUIC, Quorum::One", &native["libp2p_kad_quic"]["result"]),
+        (
+            "ours, UDP, all stores",
+            &native["ours_udp_all_stores"]["result"],
+        ),
+        (
+            "ours, UDP, first store",
+            &native["ours_udp_first_store"]["result"],
+        ),
+        (
+            "ours, QUIC, first store",
+            &native["ours_quic_first_store"]["result"],
+        ),
+        (
+            "libp2p-kad, QUIC, Quorum::One",
+            &native["libp2p_kad_quic"]["result"],
+        ),
     ];
     let nodes = nets
         .iter()
@@ -208,7 +220,9 @@ fn panel(
         }
         v
     } else {
-        (0..=4).map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0).collect()
+        (0..=4)
+            .map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0)
+            .collect()
     };
     for t in ticks {
         let x = sx(t);
@@ -219,8 +233,11 @@ fn panel(
             num(t)
         );
     }
-    for i in 0..=4 {
-        let v = y0 + (y1 - y0) * f64::from(i) / 4.0;
+    // y ticks: whole numbers on a small whole range (hops), else quarters.
+    let whole = y1 <= 12.0 && y1 == y1.round() && y1 - y0 > 1.0;
+    let steps = if whole { (y1 - y0) as u32 } else { 4 };
+    for i in 0..=steps {
+        let v = y0 + (y1 - y0) * f64::from(i) / f64::from(steps);
         let y = sy(v);
         let _ = writeln!(
             out,
@@ -287,8 +304,10 @@ fn num(v: f64) -> String {
         format!("{v:.0}")
     } else if v >= 1.0 {
         format!("{v:.1}")
-    } else {
+    } else if v >= 0.01 {
         format!("{v:.2}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -322,6 +341,9 @@ mod tests {
         assert_eq!(s.matches("<polyline").count(), 7, "{s}");
         assert!(s.contains("libp2p-kad, QUIC, Quorum::One (p50, p90 only)"));
         assert!(s.contains("100-node loopback networks"));
-        assert_eq!(cdf(&[3.0, 1.0, 2.0, f64::NAN]), [(1.0, 1.0 / 3.0), (2.0, 2.0 / 3.0), (3.0, 1.0)]);
+        assert_eq!(
+            cdf(&[3.0, 1.0, 2.0, f64::NAN]),
+            [(1.0, 1.0 / 3.0), (2.0, 2.0 / 3.0), (3.0, 1.0)]
+        );
     }
 }
