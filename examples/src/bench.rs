@@ -570,7 +570,9 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
     let rss_after = rss_mb("self");
     // Let the STOREs a quorum put did not wait for finish before the fresh processes start.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let samples = p.samples.then(|| json!({"put_ms": put_ms.clone(), "get_ms": get_ms.clone()}));
+    let samples = p
+        .samples
+        .then(|| json!({"put_ms": put_ms.clone(), "get_ms": get_ms.clone()}));
     // Fresh processes: start, join through one node, get one record, exit.
     let exe = std::env::current_exe()?;
     let (mut join_get_ms, mut process_ms) = (Vec::new(), Vec::new());

@@ -100,7 +100,10 @@ fn log_flag_shows_node_and_query_spans() {
         .lines()
         .find(|l| l.contains("node started"))
         .unwrap_or_else(|| panic!("no 'node started' line in {err}"));
-    assert!(started.contains("node") && started.contains("id"), "{started}");
+    assert!(
+        started.contains("node") && started.contains("id"),
+        "{started}"
+    );
     assert!(
         err.lines()
             .any(|l| l.contains("query") && l.contains("kind") && l.contains("query done")),
