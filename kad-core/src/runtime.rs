@@ -375,6 +375,13 @@ impl Dht {
     }
 }
 
+/// A caller waiting for its query: where to answer, the query's span, when it started.
+type Waiting = (
+    oneshot::Sender<Result<QueryResult, CommandError>>,
+    Span,
+    Instant,
+);
+
 struct Actor {
     node: crate::node::Node,
     transports: Vec<Arc<dyn Transport>>,
@@ -382,14 +389,7 @@ struct Actor {
     inbox: Arc<Shared>,
     events: broadcast::Sender<Event>,
     /// Callers waiting for their query, with the query's tracing span and start time.
-    waiting: HashMap<
-        QueryId,
-        (
-            oneshot::Sender<Result<QueryResult, CommandError>>,
-            Span,
-            Instant,
-        ),
-    >,
+    waiting: HashMap<QueryId, Waiting>,
     /// Which transport each peer last reached us through, so answers leave from the address
     /// the peer wrote to (bounded: cleared when it reaches `VIA_CAP`).
     via: HashMap<PeerAddr, usize>,
@@ -570,7 +570,9 @@ impl Actor {
             t.close().await;
         }
         debug!(id = %self.node.id(), "node stopped");
-        self.waiting.clear();
+        // Everything the node holds (its record store's files, say) is released before
+        // `shutdown` returns, so a store can be reopened at once.
+        drop(self);
         if let Some(tx) = done {
             let _ = tx.send(());
         }
