@@ -24,7 +24,7 @@ use kad_core::{
 };
 use serde_json::json;
 
-use crate::net::{emit, fresh_identity, ms, native_config, spawn_native};
+use crate::net::{emit, fresh_identity, ms, native_config};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
@@ -485,21 +485,15 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
     let t_build = Instant::now();
     for _ in 0..nodes {
         let identity = Arc::new(fresh_identity()?);
-        let dht = if p.transport == "quic" {
-            let listen = ["quic://127.0.0.1:0".parse::<PeerAddr>()?];
-            let t = crate::transports::listen(&listen, &identity, &Default::default()).await?;
-            crate::net::spawn_on(
-                t.all.clone(),
-                Vec::new(),
-                identity,
-                native_config(),
-                crate::net::Setup::default(),
-            )?
-        } else {
-            spawn_native("127.0.0.1:0".parse()?, identity, native_config())
-                .await?
-                .0
-        };
+        let listen = [format!("{}://127.0.0.1:0", p.transport).parse::<PeerAddr>()?];
+        let t = crate::transports::listen(&listen, &identity, &Default::default()).await?;
+        let dht = crate::net::spawn_on(
+            t.all.clone(),
+            Vec::new(),
+            identity,
+            native_config(),
+            crate::net::Setup::default(),
+        )?;
         dhts.push(dht);
     }
     let seed = dhts[0].contact().addrs[0].clone();

@@ -42,9 +42,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
-use crate::web::{HeadError, READ_TIMEOUT, parse_head, read_head, respond};
+use crate::web::{TEXT, accept, read_get, respond};
 
 /// Scrapes served at once; more get a 503.
 const MAX_SCRAPERS: usize = 8;
@@ -65,62 +64,17 @@ pub(crate) async fn serve(bind: SocketAddr, sources: Sources) -> anyhow::Result<
         .await
         .with_context(|| format!("--metrics {bind}: cannot listen"))?;
     let addr = listener.local_addr().context("--metrics: local address")?;
-    let limit = Arc::new(Semaphore::new(MAX_SCRAPERS));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            };
-            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                let _ = stream.try_write(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                continue;
-            };
-            let sources = sources.clone();
-            tokio::spawn(async move {
-                handle(stream, &sources).await;
-                drop(permit);
-            });
-        }
+    accept(listener, MAX_SCRAPERS, move |stream| {
+        let sources = sources.clone();
+        async move { handle(stream, &sources).await }
     });
     Ok(addr)
 }
 
 async fn handle(mut stream: TcpStream, sources: &Sources) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(HeadError::TooLarge)) => {
-            let _ = respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                TEXT,
-                b"",
-                false,
-            )
-            .await;
-            return;
-        }
-        _ => return,
-    };
-    let Some(req) = parse_head(&head) else {
-        let _ = respond(
-            &mut stream,
-            "400 Bad Request",
-            TEXT,
-            b"bad request\n",
-            false,
-        )
-        .await;
+    let Some((req, head_only)) = read_get(&mut stream).await else {
         return;
     };
-    let head_only = req.method == "HEAD";
-    if req.method != "GET" && !head_only {
-        let _ = respond(&mut stream, "405 Method Not Allowed", TEXT, b"", false).await;
-        return;
-    }
     match req.path.as_str() {
         "/metrics" => match scrape(sources).await {
             Ok(body) => {

@@ -17,7 +17,6 @@ use kad_core::{
     Config, Contact, Dht, DhtError, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, NodeId,
     PeerAddr, QueryError, Transport,
 };
-use kad_transport_udp::UdpTransport;
 use serde_json::json;
 
 use crate::transports::{self, TlsArgs, Transports, parse_addrs, parse_preference};
@@ -124,32 +123,6 @@ pub(crate) fn native_config() -> Config {
     let mut c = Config::default();
     c.max_value_len = MAX_NATIVE_VALUE;
     c
-}
-
-/// Spawns a native node (signed JSON-RPC over UDP) on `listen`.
-pub(crate) async fn spawn_native(
-    listen: SocketAddr,
-    identity: Arc<NativeIdentity>,
-    config: Config,
-) -> Result<(Dht, Arc<UdpTransport>)> {
-    spawn_native_advertising(listen, Vec::new(), identity, config).await
-}
-
-/// Like [`spawn_native`], advertising `advertise` (when not empty) instead of the bound address.
-pub(crate) async fn spawn_native_advertising(
-    listen: SocketAddr,
-    advertise: Vec<PeerAddr>,
-    identity: Arc<NativeIdentity>,
-    config: Config,
-) -> Result<(Dht, Arc<UdpTransport>)> {
-    let udp = Arc::new(
-        UdpTransport::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on udp://{listen}"))?,
-    );
-    let transports: Vec<Arc<dyn Transport>> = vec![udp.clone()];
-    let dht = spawn_on(transports, advertise, identity, config, Setup::default())?;
-    Ok((dht, udp))
 }
 
 /// What a node keeps and accepts: its record store, its validator and whether it serves

@@ -109,7 +109,6 @@ pub(crate) fn svg(report: &Value) -> String {
             &format!("{op} latency: share of operations done by x ms"),
             "ms (log scale)",
             "share",
-            true,
             (0.0, 1.0),
             &series,
         );
@@ -149,7 +148,6 @@ pub(crate) fn svg(report: &Value) -> String {
         "lookup hops against network size (simulated, ours)",
         "nodes (log scale)",
         "hops",
-        true,
         (0.0, top),
         &hops,
     );
@@ -157,22 +155,20 @@ pub(crate) fn svg(report: &Value) -> String {
     out
 }
 
-/// Draws one panel at `left`: axes, ticks, the series and a legend.
-#[allow(clippy::too_many_arguments)]
+/// Draws one panel at `left`: axes, a log-scale x axis, ticks, the series and a legend.
 fn panel(
     out: &mut String,
     left: f64,
     title: &str,
     x_label: &str,
     y_label: &str,
-    log_x: bool,
     (y0, y1): (f64, f64),
     series: &[Series],
 ) {
     let xs: Vec<f64> = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
-        .filter(|x| x.is_finite() && (!log_x || *x > 0.0))
+        .filter(|x| x.is_finite() && *x > 0.0)
         .collect();
     let (mut x0, mut x1) = xs
         .iter()
@@ -182,21 +178,12 @@ fn panel(
     if !x0.is_finite() {
         (x0, x1) = (1.0, 10.0);
     }
-    if log_x {
-        x0 = 10f64.powf(x0.log10().floor());
-        x1 = 10f64.powf(x1.log10().ceil());
-        if x1 <= x0 {
-            x1 = x0 * 10.0;
-        }
+    x0 = 10f64.powf(x0.log10().floor());
+    x1 = 10f64.powf(x1.log10().ceil());
+    if x1 <= x0 {
+        x1 = x0 * 10.0;
     }
-    let sx = |x: f64| {
-        let t = if log_x {
-            (x.log10() - x0.log10()) / (x1.log10() - x0.log10())
-        } else {
-            (x - x0) / (x1 - x0)
-        };
-        left + t * PANEL_W
-    };
+    let sx = |x: f64| left + (x.log10() - x0.log10()) / (x1.log10() - x0.log10()) * PANEL_W;
     let sy = |y: f64| TOP + PANEL_H - (y - y0) / (y1 - y0) * PANEL_H;
     let bottom = TOP + PANEL_H;
     let _ = writeln!(
@@ -210,20 +197,13 @@ fn panel(
         out,
         r##"<rect x="{left}" y="{TOP}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#444"/>"##
     );
-    // x ticks: the powers of ten (log) or five even steps.
-    let ticks: Vec<f64> = if log_x {
-        let mut v = Vec::new();
-        let mut t = x0;
-        while t <= x1 * 1.0001 {
-            v.push(t);
-            t *= 10.0;
-        }
-        v
-    } else {
-        (0..=4)
-            .map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0)
-            .collect()
-    };
+    // x ticks: the powers of ten.
+    let mut ticks = Vec::new();
+    let mut t = x0;
+    while t <= x1 * 1.0001 {
+        ticks.push(t);
+        t *= 10.0;
+    }
     for t in ticks {
         let x = sx(t);
         let _ = writeln!(
@@ -265,7 +245,7 @@ fn panel(
         let pts: Vec<String> = s
             .points
             .iter()
-            .filter(|(x, _)| x.is_finite() && (!log_x || *x > 0.0))
+            .filter(|(x, _)| x.is_finite() && *x > 0.0)
             .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
             .collect();
         let dash = if s.dashed {

@@ -36,7 +36,7 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; more are refused.
 const MAX_CONNECTIONS: usize = 64;
 /// How long a request head may take to arrive.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to accept one write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The interval of the event stream's keepalive comments.
@@ -137,8 +137,44 @@ pub(crate) async fn serve(
         events,
     });
     let page: Arc<str> = PAGE.replace("{{TITLE}}", &html_escape(&title)).into();
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let server = Arc::clone(&shared);
+    accept(listener, MAX_CONNECTIONS, move |stream| {
+        let (shared, page) = (Arc::clone(&server), Arc::clone(&page));
+        async move { handle(stream, &shared, &page).await }
+    });
+    Ok((addr, WebFeed { shared }))
+}
+
+/// The parts of a request the server uses.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    /// `after=N` of the query string.
+    after: Option<u64>,
+    /// The `Last-Event-ID` header, if a number.
+    last_event_id: Option<u64>,
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, PartialEq)]
+enum HeadError {
+    /// Larger than [`MAX_HEAD`].
+    TooLarge,
+    /// Not a request line and headers.
+    Malformed,
+    /// The connection closed or failed first.
+    Closed,
+}
+
+/// Accepts connections on `listener` in a task of its own, serving each with `serve` in a task
+/// of its own, at most `max` at once (more get an immediate 503 and are closed).
+pub(crate) fn accept<F, Fut>(listener: TcpListener, max: usize, serve: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max));
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -158,80 +194,53 @@ pub(crate) async fn serve(
                 );
                 continue;
             };
-            let (shared, page) = (Arc::clone(&server), Arc::clone(&page));
+            let _ = stream.set_nodelay(true);
+            let work = serve(stream);
             tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                handle(stream, &shared, &page).await;
+                work.await;
                 drop(permit);
             });
         }
     });
-    Ok((addr, WebFeed { shared }))
 }
 
-/// The parts of a request the server uses.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Request {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    /// `after=N` of the query string.
-    after: Option<u64>,
-    /// The `Last-Event-ID` header, if a number.
-    last_event_id: Option<u64>,
-}
-
-/// Why a request head could not be read.
-#[derive(Debug, PartialEq)]
-pub(crate) enum HeadError {
-    /// Larger than [`MAX_HEAD`].
-    TooLarge,
-    /// Not a request line and headers.
-    Malformed,
-    /// The connection closed or failed first.
-    Closed,
-}
-
-async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+/// Reads a request head within [`READ_TIMEOUT`] and returns it with whether it is a HEAD
+/// request. Anything but a GET or HEAD is answered here (431, 400, 405) and gives `None`, as
+/// does a client that sends nothing in time or goes away.
+pub(crate) async fn read_get(stream: &mut TcpStream) -> Option<(Request, bool)> {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(stream)).await {
         Ok(Ok(head)) => Some(head),
         Ok(Err(HeadError::TooLarge)) => {
             let _ = respond(
-                &mut stream,
+                stream,
                 "431 Request Header Fields Too Large",
                 TEXT,
                 b"",
                 false,
             )
             .await;
-            return;
+            return None;
         }
         Ok(Err(HeadError::Malformed)) => None,
         // Idle for too long, or gone.
-        Ok(Err(HeadError::Closed)) | Err(_) => return,
+        Ok(Err(HeadError::Closed)) | Err(_) => return None,
     };
     let Some(req) = head.as_deref().and_then(parse_head) else {
-        let _ = respond(
-            &mut stream,
-            "400 Bad Request",
-            TEXT,
-            b"bad request\n",
-            false,
-        )
-        .await;
-        return;
+        let _ = respond(stream, "400 Bad Request", TEXT, b"bad request\n", false).await;
+        return None;
     };
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
-        let _ = respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            TEXT,
-            b"only GET\n",
-            false,
-        )
-        .await;
-        return;
+        let _ = respond(stream, "405 Method Not Allowed", TEXT, b"only GET\n", false).await;
+        return None;
     }
+    Some((req, head_only))
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
+    let Some((req, head_only)) = read_get(&mut stream).await else {
+        return;
+    };
     match req.path.as_str() {
         "/" | "/index.html" => {
             let _ = respond(&mut stream, "200 OK", HTML, page.as_bytes(), head_only).await;
@@ -268,7 +277,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
 
 /// Reads up to the end of the request head (the empty line), at most [`MAX_HEAD`] bytes.
 /// Whatever follows the head (a body) is ignored.
-pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let chunk_len = chunk.len();
@@ -299,7 +308,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Parses a request head (without its empty line); `None` when it is not one.
-pub(crate) fn parse_head(head: &[u8]) -> Option<Request> {
+fn parse_head(head: &[u8]) -> Option<Request> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let mut parts = lines.next()?.split_ascii_whitespace();
@@ -410,7 +419,7 @@ fn push_event(out: &mut String, e: &Entry) {
     out.push_str("\n\n");
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";

@@ -281,7 +281,10 @@ async fn put_quorum_returns_at_the_first_stores_and_the_rest_still_go_out() {
         )
         .await
         .unwrap();
-    assert!(one.stored >= 1 && one.stored <= one.tried, "{one:?}");
+    // It finished at the first store (its own, or the first answer): the other 19 or 20 STOREs
+    // were still in flight.
+    assert_eq!(one.stored, 1, "{one:?}");
+    assert!(one.tried >= 20, "{one:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(held(&nodes).await >= all.stored as u64 + 20);
     let got = nodes[29].get(NodeId::from_bytes([0xaa; 20])).await.unwrap();
