@@ -354,6 +354,14 @@ pub(crate) struct NodeArgs {
     /// the endpoint has no authentication.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Datagrams per second accepted from one source IP this node has not sent to, counted
+    /// before anything is parsed or verified; over it they are dropped and counted
+    /// (`dropped_rate_limited`). 0: no limit (for benchmarks from one address). See LIMITS.md.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    per_ip_rate: u32,
+    /// Burst allowed above --per-ip-rate, in datagrams.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    per_ip_burst: u32,
     #[command(flatten)]
     store: crate::storage::StoreArgs,
     #[command(flatten)]
@@ -414,6 +422,8 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     });
     let mut config = native_config();
     config.transport_preference = prefer;
+    config.per_ip_rate = a.per_ip_rate;
+    config.per_ip_burst = a.per_ip_burst;
     let setup = std::mem::take(&mut store.setup);
     let dht = spawn_on(
         transports.all.clone(),

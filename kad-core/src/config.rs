@@ -135,6 +135,20 @@ pub struct Config {
     /// expected, and replace the old id in the routing table. Default false (signed networks
     /// drop such responses); the Mainline plugin turns it on, because deployed nodes change ids.
     pub accept_id_change: bool,
+    /// Never send a reply larger than its request to a UDP address that has not yet answered one
+    /// of our requests: such a reply waits for a PING to that address to come back (one extra
+    /// round trip, once per peer), so a forged source address cannot aim large answers at a
+    /// victim. Default true; the Mainline plugin turns it off (deployed Mainline nodes expect
+    /// immediate answers, and KRPC has its own per-IP limits and reply budget). See
+    /// [LIMITS.md](https://example.invalid/kad/LIMITS.md) and the `amplify` notes in PROTOCOL.md.
+    pub amplification_guard: bool,
+    /// Datagrams per second the tokio runtime accepts from one source IP this node has not sent
+    /// to recently, counted before anything is parsed or verified (0: no limit). All ports of
+    /// one IP share it. Over it, datagrams are dropped and counted in
+    /// [`Stats::dropped_rate_limited`](crate::Stats::dropped_rate_limited). Default 1000.
+    pub per_ip_rate: u32,
+    /// Burst allowed above [`per_ip_rate`](Self::per_ip_rate), in datagrams. Default 2000.
+    pub per_ip_burst: u32,
     /// Answer peers' requests. Default true. Mainline read-only nodes (BEP43) answer nothing;
     /// unanswered requests are counted in `Stats::ignored_read_only`.
     pub answer_requests: bool,
@@ -184,6 +198,9 @@ impl Default for Config {
             read_only: false,
             answer_requests: true,
             accept_id_change: false,
+            amplification_guard: true,
+            per_ip_rate: 1000,
+            per_ip_burst: 2000,
             bootstrap_refresh: 0,
             rng_seed: None,
             store_limits: StoreLimits::default(),

@@ -87,6 +87,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod addr;
+mod amplify;
 mod codec;
 mod config;
 mod id;

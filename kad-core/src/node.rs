@@ -259,13 +259,33 @@ pub enum CommandError {
 }
 
 enum PendingKind {
-    Lookup { query: QueryId, peer: NodeId },
-    Store { query: QueryId },
-    Ping { query: QueryId },
-    BootstrapPing { query: QueryId },
-    EvictPing { peer: NodeId },
-    Call { query: QueryId },
-    Plugin { plugin: usize, id: RequestId },
+    Lookup {
+        query: QueryId,
+        peer: NodeId,
+    },
+    Store {
+        query: QueryId,
+    },
+    Ping {
+        query: QueryId,
+    },
+    BootstrapPing {
+        query: QueryId,
+    },
+    EvictPing {
+        peer: NodeId,
+    },
+    Call {
+        query: QueryId,
+    },
+    Plugin {
+        plugin: usize,
+        id: RequestId,
+    },
+    /// A PING proving `addr` before deferred replies go to it.
+    Prove {
+        addr: PeerAddr,
+    },
 }
 
 struct Pending {
@@ -467,6 +487,9 @@ impl NodeBuilder {
             own_records: BTreeMap::new(),
             replicate_queue: VecDeque::new(),
             sent_to: RecentAddrs::new(now),
+            guard: Default::default(),
+            request_len: 0,
+            encoded: None,
             config: self.config,
         })
     }
@@ -517,6 +540,13 @@ pub struct Node {
     /// Addresses this node sent to lately (a NAT lets their packets in: reachability checks
     /// ignore them).
     sent_to: RecentAddrs,
+    /// Anti-amplification: proven addresses and deferred replies.
+    guard: crate::amplify::Guard,
+    /// Length of the datagram being handled (0 outside datagram input): the size a reply to an
+    /// unproven address may reach.
+    request_len: usize,
+    /// A reply already encoded to measure it, handed out by `encode_to` instead of signing twice.
+    encoded: Option<(Message, PeerAddr, Bytes)>,
 }
 
 /// The socket addresses a node sent to within the last 5 to 10 minutes, in two generations of
@@ -697,6 +727,13 @@ impl Node {
     }
 
     fn encode_for(&mut self, to: Option<&PeerAddr>, msg: &Message) -> Result<Bytes, EncodeError> {
+        if let Some((m, a, _)) = &self.encoded {
+            if Some(a) == to && m == msg {
+                if let Some((_, _, b)) = self.encoded.take() {
+                    return Ok(b);
+                }
+            }
+        }
         let mut cx = CodecCx {
             unix_ms: self.config.wall_clock.unix_ms(self.now),
             local_id: self.local.id,
@@ -763,7 +800,11 @@ impl Node {
         let now = self.advance(now);
         match input {
             Input::Datagram { from, data } => match self.decode(now, &from, &data) {
-                Ok(msg) => self.handle_message(now, from, msg),
+                Ok(msg) => {
+                    self.request_len = data.len();
+                    self.handle_message(now, from, msg);
+                    self.request_len = 0;
+                }
                 Err(e) => {
                     match e {
                         DecodeError::Auth(_) => self.stats.dropped_auth += 1,
@@ -1137,6 +1178,10 @@ impl Node {
                 break;
             }
         }
+        if !matches!(kind, PendingKind::Prove { .. }) {
+            let patience = self.hard_timeout() * 2;
+            self.guard.asked(now, &to, patience);
+        }
         let deadline = (
             now + self.hard_timeout() + self.size_allowance(&req),
             self.seq,
@@ -1191,10 +1236,59 @@ impl Node {
             observed: matches!(to, PeerAddr::Udp(_) | PeerAddr::Quic(_)).then(|| to.clone()),
             body,
         };
-        self.stats.messages_out += 1;
         let now = self.now;
+        if self.config.amplification_guard
+            && self.request_len > 0
+            && crate::amplify::guarded(&to)
+            && !self.guard.trusted(now, &to, self.hard_timeout() * 2)
+        {
+            // Measure it: the codec decides the size. The bytes are kept for `encode_to`.
+            if let Ok(bytes) = self.encode_to(&to, &msg) {
+                if bytes.len() > self.request_len {
+                    self.defer_reply(now, to, msg);
+                    return;
+                }
+                self.encoded = Some((msg.clone(), to.clone(), bytes));
+            }
+        }
+        self.send_reply(now, to, msg);
+    }
+
+    fn send_reply(&mut self, now: Instant, to: PeerAddr, msg: Message) {
+        self.stats.messages_out += 1;
         self.sent_to.note(now, &to);
         self.outputs.push_back(Output::Send { to, msg });
+    }
+
+    /// Holds a reply too large for an unproven address, and PINGs the address (once).
+    fn defer_reply(&mut self, now: Instant, to: PeerAddr, msg: Message) {
+        self.stats.replies_deferred += 1;
+        match self.guard.defer(&to, msg) {
+            crate::amplify::Defer::Ping => {
+                let kind = PendingKind::Prove { addr: to.clone() };
+                if self.send_request(now, to.clone(), None, Request::Ping, kind) {
+                    self.stats.proving_pings += 1;
+                } else {
+                    let n = self.guard.take(&to).len() as u64;
+                    self.stats.replies_deferred_dropped += n;
+                }
+            }
+            crate::amplify::Defer::Queued => {}
+            crate::amplify::Defer::Full => self.stats.replies_deferred_dropped += 1,
+        }
+    }
+
+    /// `from` answered one of our requests: it receives what is sent to it.
+    fn address_proven(&mut self, now: Instant, from: &PeerAddr) {
+        if !crate::amplify::guarded(from) {
+            return;
+        }
+        self.guard.proven(from);
+        for mut msg in self.guard.take(from) {
+            // Re-stamped when encoded; still answers the requester's transaction.
+            msg.read_only = self.config.read_only;
+            self.send_reply(now, from.clone(), msg);
+        }
     }
 
     fn emit(&mut self, e: Event) {
@@ -1582,6 +1676,7 @@ impl Node {
         let rtt = now.saturating_duration_since(pending.sent_at);
         self.rtt.sample(rtt);
         let from = key.1;
+        self.address_proven(now, &from);
         if !read_only {
             self.observe_sender(now, &from, sender.clone());
             self.routing.record_rtt(&sender.id, rtt);
@@ -1628,6 +1723,8 @@ impl Node {
                 }
             }
             PendingKind::EvictPing { peer } => self.routing.on_ping_ok(&peer),
+            // The deferred replies went out when the answer proved the address.
+            PendingKind::Prove { .. } => {}
             PendingKind::Call { query } => {
                 let r = match rsp {
                     Ok(Response::Custom { result, .. }) => Ok(result),
@@ -1827,6 +1924,10 @@ impl Node {
                 }
             }
             PendingKind::EvictPing { .. } => {}
+            PendingKind::Prove { addr } => {
+                let n = self.guard.take(&addr).len() as u64;
+                self.stats.replies_deferred_dropped += n;
+            }
             PendingKind::Call { query } => {
                 self.finish(now, query, QueryResult::Call(Err(QueryError::Timeout)))
             }

@@ -165,8 +165,9 @@ impl Dht {
         let span = info_span!("node", id = %contact.id);
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(1024);
+        let limit = (node.config().per_ip_rate, node.config().per_ip_burst);
         let inbox = Arc::new(Shared {
-            inbox: Mutex::new(Inbox::default()),
+            inbox: Mutex::new(Inbox::new(limit.0, limit.1)),
             notify: Notify::new(),
         });
         let mut readers = Vec::new();
@@ -180,7 +181,7 @@ impl Dht {
                             Ok((from, data)) => {
                                 // A full inbox drops (and counts), like a socket buffer: the engine
                                 // never blocks a reader.
-                                if shared.lock().push(from, data, via) {
+                                if shared.lock().push(from, data, via, now()) {
                                     shared.notify.notify_one();
                                 }
                             }
@@ -401,6 +402,9 @@ struct Actor {
 const INBOX: usize = 4096;
 /// Datagrams queued per source address; beyond this that address's new ones are dropped.
 const PER_SOURCE: usize = 32;
+/// Bytes queued in the strangers' lane and in the known peers' lane: a flood of near-64 KiB
+/// datagrams (or of large STOREs) is bounded in memory as well as in count.
+const LANE_BYTES: [usize; 2] = [64 << 20, 32 << 20];
 /// Most addresses remembered as "talked to recently" (their datagrams are served first).
 const KNOWN_CAP: usize = 65_536;
 /// Most received datagrams the actor handles before it looks at commands and timers again.
@@ -429,6 +433,9 @@ impl Shared {
 /// in its table it pinged) go first. Everyone else shares the rest round-robin by source
 /// address, at most [`PER_SOURCE`] queued each, so a flood from a few addresses cannot starve
 /// the others, and memory stays bounded ([`INBOX`] datagrams in all).
+///
+/// Before queueing, a datagram from a stranger passes its source IP's token bucket
+/// (`Config::per_ip_rate`): a flood is dropped before anything parses or verifies it.
 #[derive(Default)]
 struct Inbox {
     lanes: [Lane; 2],
@@ -436,26 +443,92 @@ struct Inbox {
     known: HashSet<PeerAddr>,
     dropped: u64,
     pops: u64,
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<std::net::IpAddr, (f64, Instant)>,
+    rate_limited: u64,
+}
+
+/// Most source IPs with a token bucket; when full, idle ones are forgotten (a forgotten bucket
+/// is a full one, which is what an idle source has anyway).
+const BUCKETS_CAP: usize = 65_536;
+
+/// The key a stranger's datagrams are queued (and shared fairly) under: its IP, whatever the
+/// port, so one host cannot take many shares by using many ports.
+fn share_key(from: &PeerAddr) -> PeerAddr {
+    match from {
+        PeerAddr::Udp(sa) => PeerAddr::Udp(std::net::SocketAddr::new(sa.ip(), 0)),
+        PeerAddr::Quic(sa) => PeerAddr::Quic(std::net::SocketAddr::new(sa.ip(), 0)),
+        other => other.clone(),
+    }
 }
 
 #[derive(Default)]
 struct Lane {
-    queues: HashMap<PeerAddr, VecDeque<(Bytes, usize)>>,
+    queues: HashMap<PeerAddr, VecDeque<(PeerAddr, Bytes, usize)>>,
     ring: VecDeque<PeerAddr>,
     total: usize,
+    bytes: usize,
 }
 
 impl Inbox {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            ..Self::default()
+        }
+    }
+
+    /// Takes a token from `ip`'s bucket; false when it is empty.
+    fn admit(&mut self, ip: std::net::IpAddr, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        if self.buckets.len() >= BUCKETS_CAP && !self.buckets.contains_key(&ip) {
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, t)| {
+                *tokens + now.saturating_duration_since(*t).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= BUCKETS_CAP {
+                self.buckets.clear();
+            }
+        }
+        let (tokens, t) = self.buckets.entry(ip).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.saturating_duration_since(*t).as_secs_f64() * self.rate).min(self.burst);
+        *t = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
     /// Queues a datagram; false (and counted) when dropped.
-    fn push(&mut self, from: PeerAddr, data: Bytes, via: usize) -> bool {
+    fn push(&mut self, from: PeerAddr, data: Bytes, via: usize, now: Instant) -> bool {
+        let stranger = !self.known.contains(&from);
+        if stranger {
+            if let Some(sa) = from.socket_addr() {
+                if !self.admit(sa.ip(), now) {
+                    self.rate_limited += 1;
+                    return false;
+                }
+            }
+        }
         // Each lane has half the room, so a flood of strangers cannot crowd out the answers
         // to our own requests.
-        let lane = &mut self.lanes[usize::from(!self.known.contains(&from))];
-        if lane.total >= INBOX / 2 {
+        let key = if stranger {
+            share_key(&from)
+        } else {
+            from.clone()
+        };
+        let lane = &mut self.lanes[usize::from(stranger)];
+        if lane.total >= INBOX / 2 || lane.bytes + data.len() > LANE_BYTES[usize::from(stranger)] {
             self.dropped += 1;
             return false;
         }
-        let q = match lane.queues.entry(from) {
+        let q = match lane.queues.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 lane.ring.push_back(e.key().clone());
@@ -466,7 +539,8 @@ impl Inbox {
             self.dropped += 1;
             return false;
         }
-        q.push_back((data, via));
+        lane.bytes += data.len();
+        q.push_back((from, data, via));
         lane.total += 1;
         self.total += 1;
         true
@@ -479,20 +553,21 @@ impl Inbox {
         let order = if self.pops % 4 == 0 { [1, 0] } else { [0, 1] };
         for i in order {
             let lane = &mut self.lanes[i];
-            while let Some(from) = lane.ring.pop_front() {
-                let Some(q) = lane.queues.get_mut(&from) else {
+            while let Some(key) = lane.ring.pop_front() {
+                let Some(q) = lane.queues.get_mut(&key) else {
                     continue;
                 };
-                let Some((data, via)) = q.pop_front() else {
-                    lane.queues.remove(&from);
+                let Some((from, data, via)) = q.pop_front() else {
+                    lane.queues.remove(&key);
                     continue;
                 };
                 if q.is_empty() {
-                    lane.queues.remove(&from);
+                    lane.queues.remove(&key);
                 } else {
-                    lane.ring.push_back(from.clone());
+                    lane.ring.push_back(key);
                 }
                 lane.total -= 1;
+                lane.bytes -= data.len();
                 self.total -= 1;
                 return Some((from, data, via));
             }
@@ -621,7 +696,10 @@ impl Actor {
             Command::AddContact(c) => return n.add_contact(t, c),
             Command::Stats(tx) => {
                 let mut stats = n.stats().clone();
-                stats.dropped_overload = self.inbox.lock().dropped;
+                let inbox = self.inbox.lock();
+                stats.dropped_overload = inbox.dropped;
+                stats.dropped_rate_limited += inbox.rate_limited;
+                drop(inbox);
                 stats.routing_table_size = n.routing_table().len() as u64;
                 stats.records_held = n.store().len() as u64;
                 stats.store_bytes = n.store().size_bytes() as u64;
@@ -646,9 +724,13 @@ impl Actor {
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
-                    if matches!(msg.body, crate::message::Body::Request(_)) {
+                    if matches!(msg.body, crate::message::Body::Request(_))
+                        && msg.recipient.is_some()
+                    {
                         // We asked: its answers go first. (Answering a stranger's request does
-                        // not make it a known peer, or a flood of valid requests would.)
+                        // not make it a known peer, or a flood of valid requests would; nor does
+                        // a PING without recipient, which is what proves a stranger's address
+                        // before a large answer, see `Config::amplification_guard`.)
                         self.inbox.lock().talked_to(&to);
                     }
                     let bytes = match self.node.encode_to(&to, &msg) {

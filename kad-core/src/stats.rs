@@ -103,6 +103,13 @@ pub struct Stats {
     pub dropped_overload: u64,
     /// Dropped before parsing: the source exceeded its rate limit in the codec.
     pub dropped_rate_limited: u64,
+    /// Replies held back because they were larger than the request and went to a UDP address
+    /// not yet proven (see [`Config::amplification_guard`](crate::Config::amplification_guard)).
+    pub replies_deferred: u64,
+    /// Deferred replies dropped: no room, or the address never answered the proving PING.
+    pub replies_deferred_dropped: u64,
+    /// PINGs sent to prove an address before answering it in full.
+    pub proving_pings: u64,
     /// Requests not answered because the node is read-only (`Config::answer_requests` false).
     pub ignored_read_only: u64,
     /// Responses accepted from the address asked although they carry another id

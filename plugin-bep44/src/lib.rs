@@ -288,6 +288,9 @@ impl Mainline {
         config.read_only = cfg.read_only;
         config.answer_requests = !cfg.read_only;
         config.accept_id_change = true;
+        config.amplification_guard = false;
+        // The KRPC codec limits each IP itself (`KrpcLimits::per_ip_rate`), before parsing too.
+        config.per_ip_rate = 0;
         config.rng_seed = Some(seed);
         let shared = Shared::new(cfg.limits.clone());
         let builder = Node::builder(config)
