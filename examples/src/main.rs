@@ -21,6 +21,7 @@ mod nat;
 mod net;
 mod plot;
 mod sensor;
+mod sim_churn;
 mod storage;
 mod transports;
 mod web;
@@ -53,7 +54,9 @@ enum Command {
     /// {"ok":false,"error":"..."} on stdout).
     ///
     /// `kad sim pubsub` runs the pub/sub scenario instead: one sensor, many subscribers, optional
-    /// churn of the rendezvous nodes (see `kad sim pubsub --help`).
+    /// churn of the rendezvous nodes (see `kad sim pubsub --help`). `kad sim churn` runs a day
+    /// of churn and checks that records put at the start stay retrievable and that per-node
+    /// memory stays flat (see `kad sim churn --help`).
     Sim(SimArgs),
     /// A tour on 127.0.0.1 in about half a minute: starts a local network (30 native nodes over
     /// UDP, QUIC and WebSocket, 6 Mainline-mode nodes), publishes sensor readings to subscribers,
@@ -156,6 +159,15 @@ enum SimScenario {
     /// --churn of the k rendezvous nodes (closest first: the pushers) while readings flow, each
     /// replaced by a newcomer. Same arguments, same result (digest).
     Pubsub(bench_pubsub::SimPubsubArgs),
+    /// A day of churn: are the records put at the start still retrievable, and does per-node
+    /// memory stay flat?
+    ///
+    /// Builds --nodes nodes; --owners of them put --records records and stay for the whole run
+    /// (republishing every --republish-h); every hour --churn-per-hour of the nodes leave
+    /// without notice and as many join. Each hour a sample of keys is fetched (the curve) and
+    /// per-node state is summarised with the process's RSS; at the end --readers nodes fetch
+    /// every key. Same arguments, same result (digest; not wall_s or the RSS figures).
+    Churn(sim_churn::SimChurnArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -193,6 +205,7 @@ fn main() -> std::process::ExitCode {
         Command::Mainline(_) => true,
         Command::Sim(a) => match &a.scenario {
             Some(SimScenario::Pubsub(p)) => p.json,
+            Some(SimScenario::Churn(c)) => c.json,
             None => a.json,
         },
         Command::Sensor(c) => c.json(),
@@ -230,6 +243,10 @@ fn main() -> std::process::ExitCode {
             scenario: Some(SimScenario::Pubsub(p)),
             ..
         }) => bench_pubsub::sim(p).map(|()| None),
+        Command::Sim(SimArgs {
+            scenario: Some(SimScenario::Churn(c)),
+            ..
+        }) => sim_churn::run(c).map(|()| None),
         Command::Sim(a) => sim(a).map(|()| None),
         Command::Bench(b) => bench::run(b).map(|()| None),
         cmd => async_main(cmd),

@@ -81,7 +81,7 @@
 //! ## Feature flags
 //!
 //! - `tokio` (default): the async runtime ([`Dht`]) and the in-memory transport.
-//! - `sim`: the deterministic simulator ([`sim`]).
+//! - `sim`: the deterministic simulator ([`sim`]) and its long-run churn scenario ([`sim_churn`]).
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -107,6 +107,8 @@ pub mod conformance;
 mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
+pub mod sim_churn;
 
 pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, TransportKind};
 pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
