@@ -362,6 +362,11 @@ pub(crate) struct NodeArgs {
     /// Burst allowed above --per-ip-rate, in datagrams.
     #[arg(long, default_value_t = 2000, value_name = "N")]
     per_ip_burst: u32,
+    /// Answer unproven UDP addresses at once even when the answer is larger than the request
+    /// (turns off the anti-amplification guard, PROTOCOL.md section 9). Only for benchmarks
+    /// from raw clients that do not answer the proving PING; never on a public address.
+    #[arg(long)]
+    no_amplification_guard: bool,
     #[command(flatten)]
     store: crate::storage::StoreArgs,
     #[command(flatten)]
@@ -424,6 +429,7 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     config.transport_preference = prefer;
     config.per_ip_rate = a.per_ip_rate;
     config.per_ip_burst = a.per_ip_burst;
+    config.amplification_guard = !a.no_amplification_guard;
     let setup = std::mem::take(&mut store.setup);
     let dht = spawn_on(
         transports.all.clone(),
