@@ -72,12 +72,7 @@ pub(crate) fn sim(a: SimPubsubArgs) -> Result<()> {
             a.nodes - 2
         );
     }
-    if !(1..=256).contains(&a.k) {
-        bail!(
-            "--k = {} is out of range: it must be between 1 and 256",
-            a.k
-        );
-    }
+    check_range("k", a.k, 1, 256)?;
     if !(1..=a.k).contains(&a.fanout) {
         bail!(
             "--fanout = {} is out of range: it must be between 1 and --k",

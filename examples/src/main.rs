@@ -295,8 +295,14 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
     })
 }
 
-fn check_range(field: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
-    if !(lo..=hi).contains(&v) || v.is_nan() {
+/// Refuses `--field = v` outside `lo..=hi` (NaN included), naming the flag and the limits.
+fn check_range<T: PartialOrd + Copy + std::fmt::Display>(
+    field: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<()> {
+    if !(lo..=hi).contains(&v) {
         bail!("--{field} = {v} is out of range: it must be between {lo} and {hi}");
     }
     Ok(())
@@ -309,18 +315,8 @@ fn sim(a: SimArgs) -> Result<()> {
             a.nodes
         );
     }
-    if !(1..=256).contains(&a.k) {
-        bail!(
-            "--k = {} is out of range: it must be between 1 and 256",
-            a.k
-        );
-    }
-    if !(1..=64).contains(&a.alpha) {
-        bail!(
-            "--alpha = {} is out of range: it must be between 1 and 64",
-            a.alpha
-        );
-    }
+    check_range("k", a.k, 1, 256)?;
+    check_range("alpha", a.alpha, 1, 64)?;
     check_range("loss", a.loss, 0.0, 0.95)?;
     check_range("churn", a.churn, 0.0, 0.9)?;
     check_range("latency-ms", a.latency_ms, 0.0, 60_000.0)?;

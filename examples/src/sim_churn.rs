@@ -84,24 +84,9 @@ fn round1(x: f64) -> f64 {
 }
 
 pub(crate) fn run(a: SimChurnArgs) -> Result<()> {
-    if !(10..=100_000).contains(&a.nodes) {
-        bail!(
-            "--nodes = {} is out of range: it must be between 10 and 100000",
-            a.nodes
-        );
-    }
-    if !(1..=100_000).contains(&a.records) {
-        bail!(
-            "--records = {} is out of range: it must be between 1 and 100000",
-            a.records
-        );
-    }
-    if !(1..=168).contains(&a.hours) {
-        bail!(
-            "--hours = {} is out of range: it must be between 1 and 168",
-            a.hours
-        );
-    }
+    check_range("nodes", a.nodes, 10, 100_000)?;
+    check_range("records", a.records, 1, 100_000)?;
+    check_range("hours", a.hours, 1, 168)?;
     check_range("churn-per-hour", a.churn_per_hour, 0.0, 1.0)?;
     if a.owners == 0 || a.owners > a.nodes - 10 {
         bail!(
@@ -110,12 +95,7 @@ pub(crate) fn run(a: SimChurnArgs) -> Result<()> {
             a.nodes - 10
         );
     }
-    if !(1..=256).contains(&a.k) {
-        bail!(
-            "--k = {} is out of range: it must be between 1 and 256",
-            a.k
-        );
-    }
+    check_range("k", a.k, 1, 256)?;
     check_range("ttl-h", a.ttl_h, 0.1, 1000.0)?;
     check_range("replicate-h", a.replicate_h, 0.05, 1000.0)?;
     check_range("republish-h", a.republish_h, 0.05, 1000.0)?;
@@ -126,12 +106,7 @@ pub(crate) fn run(a: SimChurnArgs) -> Result<()> {
             a.records
         );
     }
-    if !(1..=100).contains(&a.readers) {
-        bail!(
-            "--readers = {} is out of range: it must be between 1 and 100",
-            a.readers
-        );
-    }
+    check_range("readers", a.readers, 1, 100)?;
     check_range("rtt-ms", a.rtt_ms, 0.0, 10_000.0)?;
     check_range("loss", a.loss, 0.0, 0.5)?;
 

@@ -1,18 +1,8 @@
 //! The `kad` binary as a user runs it.
 
-use std::process::Command;
+mod common;
 
-fn kad(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kad"))
-        .args(args)
-        .output()
-        .expect("run kad");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::kad;
 
 #[test]
 fn sim_json_is_one_object_with_every_field_and_is_reproducible() {

@@ -1,7 +1,7 @@
 //! A `kad node` process under a flood on loopback: thousands of source addresses in 127.0.0.0/8
 //! send garbage, near-64 KiB datagrams, valid signed queries from unproven addresses, forged
-//! answers and bursts far over the per-IP rate, while honest nodes keep reading records through
-//! it. Checks: honest gets succeed (>= 99%), the per-IP limiter drops before parsing, no source
+//! answers and bursts far over the per-IP rate, while honest nodes run lookups through it.
+//! Checks: honest lookups succeed (>= 99%), the per-IP limiter drops before parsing, no source
 //! ever receives more bytes than it sent (no amplification), and the node's peak RSS stays under
 //! the cap documented in LIMITS.md.
 #![allow(clippy::disallowed_methods)] // tests read the OS clock
@@ -100,26 +100,23 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
         }
         v
     });
-    // (Records too: the flood includes FIND_VALUEs for one of them.)
-    let keys: Vec<NodeId> = rt.block_on(async {
-        let mut keys = Vec::new();
-        for i in 0..20u32 {
-            let value = Bytes::from(format!("honest record {i}"));
-            let key = content_key(&value);
-            let put = honest[0].put(key, value).await.unwrap();
-            assert!(put.stored > 0);
-            keys.push(key);
-        }
-        keys
+    // A record the flood's FIND_VALUEs ask for: a value answer is the largest one a forged
+    // source could aim at a victim.
+    let key0 = rt.block_on(async {
+        let value = Bytes::from_static(b"honest record");
+        let key = content_key(&value);
+        assert!(honest[0].put(key, value).await.unwrap().stored > 0);
+        key
     });
     let rss_before = vm_hwm_mb(pid);
 
-    // The flood, on two threads, while the honest nodes read.
+    // The flood, on two threads, while the honest nodes look up.
     // Flood threads finished, and source addresses bound so far.
     let stop = Arc::new(AtomicU64::new(0));
     let bound = Arc::new(AtomicU64::new(0));
     let sent_bytes = Arc::new(AtomicU64::new(0));
     let datagrams = Arc::new(AtomicU64::new(0));
+    // (bytes sent, bytes received back, source) of the source that received the most.
     let worst = Arc::new(std::sync::Mutex::new((0usize, 0usize, String::new())));
     let sources = 3000u32;
     let flooders: Vec<_> = (0..2u32)
@@ -132,7 +129,6 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
                 datagrams.clone(),
                 worst.clone(),
             );
-            let key0 = keys[0];
             std::thread::spawn(move || {
                 let mut socks = Vec::new();
                 for i in (t..sources).step_by(2) {
@@ -203,7 +199,8 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
                 }
                 let mut w = worst.lock().unwrap();
                 for (s, sent, got) in &socks {
-                    if *got > w.1 || (*got > 0 && *got * w.0.max(1) > w.1 * *sent) {
+                    // Kept for the report: the source that got the most bytes back.
+                    if *got > w.1 {
                         *w = (*sent, *got, s.local_addr().unwrap().to_string());
                     }
                     assert!(
@@ -217,8 +214,8 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
         })
         .collect();
 
-    // Honest reads during the flood: from when 200 sources are flooding until every flood
-    // thread is done (at least 200 gets).
+    // Honest lookups during the flood: from when 200 sources are flooding until every flood
+    // thread is done.
     while bound.load(Ordering::Relaxed) < 200 {
         std::thread::sleep(Duration::from_millis(5));
     }

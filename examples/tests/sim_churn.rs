@@ -1,18 +1,8 @@
 //! `kad sim churn` as a user runs it: one JSON object, reproducible, clear errors.
 
-use std::process::Command;
+mod common;
 
-fn kad(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kad"))
-        .args(args)
-        .output()
-        .expect("run kad");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::kad;
 
 const TINY: [&str; 15] = [
     "sim",

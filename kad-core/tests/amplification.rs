@@ -9,20 +9,48 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kad_core::{
     Body, Config, Contact, Event, Input, NativeCodec, NativeIdentity, Node, NodeId, Output,
-    PeerAddr, QueryResult, Request,
+    PeerAddr, QueryId, QueryResult, Request,
 };
 
 fn node(secret: u8, port: u16, now: Instant) -> Node {
+    node_with(secret, port, now, Config::default())
+}
+
+fn node_with(secret: u8, port: u16, now: Instant, config: Config) -> Node {
     let mut s = [0u8; 32];
     s[31] = secret;
     let id = Arc::new(NativeIdentity::from_secret(&s).unwrap());
     let addr = PeerAddr::Udp(format!("127.0.0.1:{port}").parse().unwrap());
-    Node::builder(Config::default())
+    Node::builder(config)
         .identity(id.clone())
         .codec(Box::new(NativeCodec::new(id)))
         .addrs(vec![addr])
         .build(now)
         .unwrap()
+}
+
+/// Gives `b` `count` contacts (so its FIND_NODE answers carry 20 of them, far larger than a
+/// request), each at the address `at(i)`.
+fn with_contacts(b: &mut Node, now: Instant, count: u8, at: impl Fn(u8) -> PeerAddr) {
+    for i in 0..count {
+        let mut id = [0u8; 20];
+        id[0] = i;
+        id[19] = 7;
+        b.add_contact(
+            now,
+            Contact::with_addrs(NodeId::from_bytes(id), vec![at(i)]),
+        );
+    }
+}
+
+/// Starts a lookup on `a` whose only contact is `b`: the query and its signed FIND_NODE to `b`.
+fn find_node_request(a: &mut Node, b: &Node, now: Instant) -> (QueryId, Bytes) {
+    a.add_contact(now, b.contact().clone());
+    let q = a.find_node(now, NodeId::from_bytes([9; 20])).unwrap();
+    let (sent, _) = drain(a);
+    assert_eq!(sent.len(), 1, "one request, to b");
+    assert_eq!(sent[0].0, addr(b));
+    (q, sent[0].1.clone())
 }
 
 /// Drains `n`'s outputs: encoded datagrams with their destinations, and events.
@@ -50,24 +78,10 @@ fn a_large_answer_to_an_unproven_address_waits_for_a_ping_round_trip() {
     let now = Instant::now();
     let mut a = node(1, 4001, now);
     let mut b = node(2, 4002, now);
-    // B knows 20 contacts, so its FIND_NODE answer is far larger than the request.
-    for i in 0..40u8 {
-        let mut id = [0u8; 20];
-        id[0] = i;
-        id[19] = 7;
-        let c = Contact::with_addrs(
-            NodeId::from_bytes(id),
-            vec![PeerAddr::Udp(
-                format!("127.0.0.{}:{}", i + 10, 5000).parse().unwrap(),
-            )],
-        );
-        b.add_contact(now, c);
-    }
-    a.add_contact(now, b.contact().clone());
-    let q = a.find_node(now, NodeId::from_bytes([9; 20])).unwrap();
-    let (sent, _) = drain(&mut a);
-    let (to, req, _) = sent.into_iter().next().unwrap();
-    assert_eq!(to, addr(&b));
+    with_contacts(&mut b, now, 40, |i| {
+        PeerAddr::Udp(format!("127.0.0.{}:5000", i + 10).parse().unwrap())
+    });
+    let (q, req) = find_node_request(&mut a, &b, now);
     b.handle_input(
         now,
         Input::Datagram {
@@ -159,18 +173,9 @@ fn a_forged_source_gets_one_small_ping_and_the_held_answer_is_dropped() {
     let now = Instant::now();
     let mut a = node(1, 4001, now);
     let mut b = node(2, 4002, now);
-    for i in 0..20u8 {
-        let mut id = [0u8; 20];
-        id[0] = i;
-        b.add_contact(
-            now,
-            Contact::with_addrs(NodeId::from_bytes(id), vec![addr(&a)]),
-        );
-    }
-    a.add_contact(now, b.contact().clone());
-    let _ = a.find_node(now, NodeId::from_bytes([9; 20])).unwrap();
-    let (sent, _) = drain(&mut a);
-    let req = sent[0].1.clone();
+    let a_addr = addr(&a);
+    with_contacts(&mut b, now, 20, |_| a_addr.clone());
+    let (_, req) = find_node_request(&mut a, &b, now);
     // The request arrives "from" a victim that never asked anything.
     let victim = PeerAddr::Udp("127.9.9.9:6881".parse().unwrap());
     let mut bytes_to_victim = 0;
@@ -210,33 +215,17 @@ fn a_forged_source_gets_one_small_ping_and_the_held_answer_is_dropped() {
 fn the_guard_can_be_turned_off() {
     let now = Instant::now();
     let mut a = node(1, 4001, now);
-    let mut s = [0u8; 32];
-    s[31] = 2;
-    let id = Arc::new(NativeIdentity::from_secret(&s).unwrap());
     let mut cfg = Config::default();
     cfg.amplification_guard = false;
-    let mut b = Node::builder(cfg)
-        .identity(id.clone())
-        .codec(Box::new(NativeCodec::new(id)))
-        .addrs(vec![PeerAddr::Udp("127.0.0.1:4002".parse().unwrap())])
-        .build(now)
-        .unwrap();
-    for i in 0..20u8 {
-        let mut nid = [0u8; 20];
-        nid[0] = i;
-        b.add_contact(
-            now,
-            Contact::with_addrs(NodeId::from_bytes(nid), vec![addr(&a)]),
-        );
-    }
-    a.add_contact(now, b.contact().clone());
-    let _ = a.find_node(now, NodeId::from_bytes([9; 20])).unwrap();
-    let (sent, _) = drain(&mut a);
+    let mut b = node_with(2, 4002, now, cfg);
+    let a_addr = addr(&a);
+    with_contacts(&mut b, now, 20, |_| a_addr.clone());
+    let (_, req) = find_node_request(&mut a, &b, now);
     b.handle_input(
         now,
         Input::Datagram {
             from: addr(&a),
-            data: sent[0].1.clone(),
+            data: req,
         },
     );
     let (sent, _) = drain(&mut b);

@@ -108,6 +108,16 @@ impl Drop for NodeProc {
     }
 }
 
+/// Runs `kad ARGS` to the end: exit code, stdout, stderr.
+pub(crate) fn kad(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(KAD).args(args).output().expect("run kad");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub(crate) fn kad_json(args: &[&str]) -> (i32, Value) {
     let out = Command::new(KAD).args(args).arg("--json").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
