@@ -374,13 +374,19 @@ pub async fn connection_limit(h: &dyn Harness) {
     let Some(server) = h.bind_with_connection_limit(2).await else {
         let b = h.bind().await;
         let mut seen = HashSet::new();
+        // All kept open until the end: a closed socket's port can be handed to the next bind,
+        // and two sources on one address would look like one.
+        let mut clients = Vec::new();
         for i in 0..50u8 {
             let c = h.bind().await;
             let from = deliver(h, &c, &b, &b.local_addr(), pattern(50, i), "source").await;
             seen.insert(from);
-            c.close().await;
+            clients.push(c);
         }
         assert_eq!(seen.len(), 50, "{}: 50 distinct sources", h.name());
+        for c in clients {
+            c.close().await;
+        }
         b.close().await;
         return;
     };
