@@ -22,6 +22,7 @@ mod net;
 mod plot;
 mod sensor;
 mod sim_churn;
+mod sim_sybil;
 mod storage;
 mod transports;
 mod web;
@@ -56,7 +57,8 @@ enum Command {
     /// `kad sim pubsub` runs the pub/sub scenario instead: one sensor, many subscribers, optional
     /// churn of the rendezvous nodes (see `kad sim pubsub --help`). `kad sim churn` runs a day
     /// of churn and checks that records put at the start stay retrievable and that per-node
-    /// memory stays flat (see `kad sim churn --help`).
+    /// memory stays flat (see `kad sim churn --help`). `kad sim sybil` measures lookups and gets
+    /// against colluding adversaries with and without each defence (see `kad sim sybil --help`).
     Sim(SimArgs),
     /// A tour on 127.0.0.1 in about half a minute: starts a local network (30 native nodes over
     /// UDP, QUIC and WebSocket, 6 Mainline-mode nodes), publishes sensor readings to subscribers,
@@ -168,6 +170,15 @@ enum SimScenario {
     /// per-node state is summarised with the process's RSS; at the end --readers nodes fetch
     /// every key. Same arguments, same result (digest; not wall_s or the RSS figures).
     Churn(sim_churn::SimChurnArgs),
+    /// Sybil and eclipse attacks: a share of the nodes collude (they name only each other, drop
+    /// every record and never return a value); how many lookups and gets still succeed, with
+    /// and without each defence?
+    ///
+    /// Grows the same --nodes network once per --defences setting (none, disjoint lookup paths,
+    /// per-subnet limits in buckets and lookups, both), with --adversaries of the nodes in
+    /// --adversary-subnets shared subnets; honest nodes put --records records, then run
+    /// --lookups FIND_NODE lookups and fetch every record. Same arguments, same result (digest).
+    Sybil(sim_sybil::SimSybilArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -206,6 +217,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(a) => match &a.scenario {
             Some(SimScenario::Pubsub(p)) => p.json,
             Some(SimScenario::Churn(c)) => c.json,
+            Some(SimScenario::Sybil(c)) => c.json,
             None => a.json,
         },
         Command::Sensor(c) => c.json(),
@@ -247,6 +259,10 @@ fn main() -> std::process::ExitCode {
             scenario: Some(SimScenario::Churn(c)),
             ..
         }) => sim_churn::run(c).map(|()| None),
+        Command::Sim(SimArgs {
+            scenario: Some(SimScenario::Sybil(c)),
+            ..
+        }) => sim_sybil::run(c).map(|()| None),
         Command::Sim(a) => sim(a).map(|()| None),
         Command::Bench(b) => bench::run(b).map(|()| None),
         cmd => async_main(cmd),

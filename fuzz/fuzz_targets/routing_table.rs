@@ -324,6 +324,7 @@ fuzz_target!(|input: Input| {
             replacement_cache: cache,
             liveness_window: Duration::from_secs(window),
             max_failures,
+            subnet_limit: 0,
         },
     );
     let mut model = Model {
@@ -405,6 +406,7 @@ fuzz_target!(|input: Input| {
                         replacement_cache: cache,
                         liveness_window: Duration::from_secs(window),
                         max_failures,
+                        subnet_limit: 0,
                     },
                 );
                 assert_eq!(fresh.restore(at(now), &snap), rt.len());

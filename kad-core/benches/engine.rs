@@ -15,6 +15,7 @@ fn params() -> RoutingParams {
         replacement_cache: 8,
         liveness_window: Duration::from_secs(900),
         max_failures: 2,
+        subnet_limit: 2,
     }
 }
 

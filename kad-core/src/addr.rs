@@ -83,6 +83,75 @@ impl PeerAddr {
             _ => None,
         }
     }
+
+    /// A `mem://` address inside simulated subnet `subnet` (1 or more): `mem://N` where the high
+    /// 32 bits of N are the subnet and the low 32 bits the endpoint. The simulator uses it to
+    /// place Sybil nodes in a few shared subnets.
+    pub fn mem_in_subnet(subnet: u32, endpoint: u32) -> Self {
+        Self::Mem(u64::from(subnet) << 32 | u64::from(endpoint))
+    }
+
+    /// The network this address belongs to, for the per-subnet limits of buckets and lookups
+    /// ([`Config::subnet_limit`](crate::Config::subnet_limit)): the /24 of a public IPv4 address,
+    /// the /64 of a public IPv6 address (IPv4-mapped IPv6 counts as IPv4), or the simulated subnet
+    /// of a `mem://` address made by [`mem_in_subnet`](Self::mem_in_subnet).
+    ///
+    /// `None`, never limited: loopback, private (RFC 1918, unique local), shared (RFC 6598),
+    /// link-local and unspecified addresses (a LAN or a test on 127.0.0.0/8 may hold any number
+    /// of nodes), WebSocket URLs (host names say nothing about the network) and plain `mem://N`
+    /// with N below 2^32.
+    pub fn subnet(&self) -> Option<Subnet> {
+        match self {
+            Self::Udp(a) | Self::Quic(a) => ip_subnet(a.ip()),
+            Self::Ws(_) => None,
+            Self::Mem(n) => {
+                let s = (n >> 32) as u32;
+                (s != 0).then_some(Subnet::Sim(s))
+            }
+        }
+    }
+}
+
+/// A network prefix that per-subnet limits count by: see [`PeerAddr::subnet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Subnet {
+    /// An IPv4 /24: the first three bytes.
+    V4([u8; 3]),
+    /// An IPv6 /64: the first eight bytes.
+    V6([u8; 8]),
+    /// A simulated subnet (`mem://` addresses).
+    Sim(u32),
+}
+
+fn ip_subnet(ip: std::net::IpAddr) -> Option<Subnet> {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let shared = o[0] == 100 && (o[1] & 0xC0) == 64; // 100.64.0.0/10, RFC 6598
+            if v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || shared
+            {
+                return None;
+            }
+            Some(Subnet::V4([o[0], o[1], o[2]]))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let unique_local = (o[0] & 0xFE) == 0xFC; // fc00::/7
+            let link_local = o[0] == 0xFE && (o[1] & 0xC0) == 0x80; // fe80::/10
+            if v6.is_loopback() || v6.is_unspecified() || unique_local || link_local {
+                return None;
+            }
+            let mut p = [0u8; 8];
+            p.copy_from_slice(&o[..8]);
+            Some(Subnet::V6(p))
+        }
+    }
 }
 
 /// Why a string is not a valid [`PeerAddr`].
@@ -260,5 +329,44 @@ mod tests {
             TransportKind::Udp
         );
         assert_eq!(c.addr_for(&[TransportKind::Quic]), None);
+    }
+
+    #[test]
+    fn subnets() {
+        let sub = |s: &str| s.parse::<PeerAddr>().unwrap().subnet();
+        assert_eq!(sub("udp://1.2.3.4:5"), Some(Subnet::V4([1, 2, 3])));
+        assert_eq!(sub("quic://1.2.3.250:6"), sub("udp://1.2.3.4:5"));
+        assert_ne!(sub("udp://1.2.4.4:5"), sub("udp://1.2.3.4:5"));
+        assert_eq!(sub("udp://[::ffff:1.2.3.9]:5"), Some(Subnet::V4([1, 2, 3])));
+        assert_eq!(
+            sub("udp://[2001:db8:1:2:3::1]:5"),
+            sub("udp://[2001:db8:1:2:ffff::9]:7")
+        );
+        assert_ne!(
+            sub("udp://[2001:db8:1:2::1]:5"),
+            sub("udp://[2001:db8:1:3::1]:5")
+        );
+        for exempt in [
+            "udp://127.0.0.1:1",
+            "udp://127.2.3.4:1",
+            "udp://10.1.2.3:1",
+            "udp://192.168.1.1:1",
+            "udp://172.16.0.1:1",
+            "udp://100.64.0.1:1",
+            "udp://169.254.0.1:1",
+            "udp://0.0.0.0:1",
+            "udp://[::1]:1",
+            "udp://[fd00::1]:1",
+            "udp://[fe80::1]:1",
+            "ws://1.2.3.4:5/kad",
+            "mem://7",
+        ] {
+            assert_eq!(sub(exempt), None, "{exempt}");
+        }
+        assert_eq!(PeerAddr::mem_in_subnet(9, 3).subnet(), Some(Subnet::Sim(9)));
+        assert_eq!(
+            PeerAddr::mem_in_subnet(9, 3).to_string(),
+            "mem://38654705667"
+        );
     }
 }

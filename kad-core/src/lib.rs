@@ -81,7 +81,8 @@
 //! ## Feature flags
 //!
 //! - `tokio` (default): the async runtime ([`Dht`]) and the in-memory transport.
-//! - `sim`: the deterministic simulator ([`sim`]) and its long-run churn scenario ([`sim_churn`]).
+//! - `sim`: the deterministic simulator ([`sim`]), its long-run churn scenario ([`sim_churn`])
+//!   and its Sybil and eclipse scenario ([`sim_sybil`]).
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -109,8 +110,10 @@ mod runtime;
 pub mod sim;
 #[cfg(feature = "sim")]
 pub mod sim_churn;
+#[cfg(feature = "sim")]
+pub mod sim_sybil;
 
-pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, TransportKind};
+pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, Subnet, TransportKind};
 pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
 pub use config::{Config, ConfigError, SystemClock, VirtualClock, WallClock};
 pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};

@@ -5,11 +5,19 @@
 //! instead of waiting (libtorrent's idea). After `alpha` answers in a row bring nothing closer,
 //! the lookup is *stalled* and asks every remaining candidate among the k closest at once. It
 //! finishes when the k closest candidates that have not failed have all answered.
+//!
+//! Against colluding nodes (Sybils that name only each other), a lookup can run several
+//! *disjoint paths* (S/Kademlia): each path is such a search with its own candidates, no node
+//! belongs to two paths, and an answer only feeds the path of the node that gave it. Nodes that
+//! name only each other then capture the paths that reached them, not the whole lookup. A lookup
+//! can also admit at most a few candidates per subnet ([`PeerAddr::subnet`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::addr::Contact;
+use rustc_hash::FxHashMap;
+
+use crate::addr::{Contact, PeerAddr, Subnet};
 use crate::id::{Distance, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,9 +55,9 @@ pub struct LookupStats {
     pub hops: u32,
 }
 
-/// An iterative lookup towards `target`.
+/// One path of a lookup: the iterative search itself.
 #[derive(Debug)]
-pub struct Lookup {
+struct Path {
     target: NodeId,
     local: NodeId,
     k: usize,
@@ -63,12 +71,12 @@ pub struct Lookup {
     stalled: bool,
     skip_silent_head: bool,
     wait_for_slow: bool,
+    subnet_limit: usize,
     stats: LookupStats,
 }
 
-impl Lookup {
-    /// A lookup seeded with `seeds` (usually the k closest contacts in our routing table).
-    pub fn new(
+impl Path {
+    fn new(
         local: NodeId,
         target: NodeId,
         k: usize,
@@ -90,6 +98,7 @@ impl Lookup {
             stalled: false,
             skip_silent_head: false,
             wait_for_slow: false,
+            subnet_limit: 0,
             stats: LookupStats::default(),
         };
         for c in seeds {
@@ -99,41 +108,6 @@ impl Lookup {
         l
     }
 
-    /// Answers in a row that bring nothing closer before the lookup asks all of the k closest
-    /// at once (default 1: latency first; `alpha` saves requests).
-    pub fn with_patience(mut self, patience: usize) -> Self {
-        self.patience = patience.max(1);
-        self
-    }
-
-    /// When set, a candidate in the head that stays silent past the soft deadline of its last
-    /// attempt stops holding the lookup open (as silent candidates outside the head already
-    /// do): the search widens past it and a late answer still counts. For networks full of
-    /// departed nodes (Mainline). Default off.
-    pub fn with_skip_silent_head(mut self, skip: bool) -> Self {
-        self.skip_silent_head = skip;
-        self
-    }
-
-    /// When set, a candidate among the k closest that is slow to answer still holds the lookup
-    /// open until it answers or fails for good (the search widens past it all the same). For
-    /// the lookup before a STORE: the record belongs on the k closest, busy ones included, not
-    /// on the k quickest. Default off (latency first).
-    pub fn with_wait_for_slow(mut self, wait: bool) -> Self {
-        self.wait_for_slow = wait;
-        self
-    }
-
-    /// The lookup's target.
-    pub fn target(&self) -> NodeId {
-        self.target
-    }
-
-    /// Counters so far.
-    pub fn stats(&self) -> &LookupStats {
-        &self.stats
-    }
-
     fn add(&mut self, c: Contact, depth: u8) -> bool {
         if c.id == self.local {
             return false;
@@ -141,6 +115,18 @@ impl Lookup {
         let d = c.id.distance(&self.target);
         if self.candidates.contains_key(&d) {
             return false;
+        }
+        if self.subnet_limit > 0 {
+            if let Some(net) = c.primary_addr().and_then(PeerAddr::subnet) {
+                let same = self
+                    .candidates
+                    .values()
+                    .filter(|x| x.contact.primary_addr().and_then(PeerAddr::subnet) == Some(net))
+                    .count();
+                if same >= self.subnet_limit {
+                    return false;
+                }
+            }
         }
         if self.candidates.len() >= self.cap {
             // Full: a newcomer must be closer than the farthest candidate; it evicts the farthest
@@ -175,19 +161,7 @@ impl Lookup {
         true
     }
 
-    /// Contacts to ask now, given the soft timeout for new requests and how many requests the
-    /// node has room for. Each returned contact is marked as waiting.
-    ///
-    /// The `alpha` closest candidates are the head of the result: when one of them stays silent
-    /// past its soft deadline it is asked again at once (up to `max_attempts`, each wait a
-    /// little longer), so one lost packet costs a soft timeout, not a hard one. Other candidates
-    /// get two attempts, the second after a hard timeout.
-    pub fn next(&mut self, now: Instant, soft_timeout: Duration, room: usize) -> Vec<Contact> {
-        self.next_with(now, |_| soft_timeout, room)
-    }
-
-    /// Like [`next`](Self::next), with a soft timeout per contact (from its own measured RTT).
-    pub fn next_with(
+    fn next_with(
         &mut self,
         now: Instant,
         soft_for: impl Fn(&Contact) -> Duration,
@@ -247,20 +221,29 @@ impl Lookup {
         out
     }
 
-    /// The candidate `id` answered, naming `nodes`.
-    pub fn on_success(&mut self, id: &NodeId, nodes: &[Contact]) {
+    /// The candidate `id` answered, naming `nodes`; those `admit` accepts become candidates.
+    /// Returns the ids added.
+    fn on_success(
+        &mut self,
+        id: &NodeId,
+        nodes: &[Contact],
+        mut admit: impl FnMut(&Contact) -> bool,
+    ) -> Vec<NodeId> {
         let d = id.distance(&self.target);
+        let mut added = Vec::new();
         let Some(cand) = self.candidates.get_mut(&d) else {
-            return;
+            return added;
         };
         if cand.state == State::Succeeded {
-            return;
+            return added;
         }
         cand.state = State::Succeeded;
         let depth = cand.depth.saturating_add(1);
         self.stats.responses += 1;
         for n in nodes {
-            self.add(n.clone(), depth);
+            if admit(n) && self.add(n.clone(), depth) {
+                added.push(n.id);
+            }
         }
         let closest = self
             .candidates
@@ -277,12 +260,13 @@ impl Lookup {
                 self.stalled = true;
             }
         }
+        added
     }
 
     /// A request to `id` failed (hard timeout). Once none of its requests is outstanding, the
     /// candidate is retried if it has attempts left (`max_attempts` in the head of the result,
     /// two elsewhere), else given up.
-    pub fn on_failure(&mut self, id: &NodeId) {
+    fn on_failure(&mut self, id: &NodeId) {
         let d = id.distance(&self.target);
         let rank = self
             .candidates
@@ -313,7 +297,7 @@ impl Lookup {
     }
 
     /// Gives up on `id` at once (no address usable, or the request could not be sent).
-    pub fn give_up(&mut self, id: &NodeId) {
+    fn give_up(&mut self, id: &NodeId) {
         let d = id.distance(&self.target);
         if let Some(cand) = self.candidates.get_mut(&d) {
             if cand.state != State::Succeeded {
@@ -325,7 +309,7 @@ impl Lookup {
 
     /// Whether the lookup is done at `now`: the k closest candidates that have neither failed nor
     /// been skipped (silent past their soft deadline outside the head) have all answered.
-    pub fn is_finished(&self, now: Instant) -> bool {
+    fn is_finished(&self, now: Instant) -> bool {
         let mut rank = 0;
         for c in self.candidates.values() {
             if rank >= self.k {
@@ -350,14 +334,14 @@ impl Lookup {
     }
 
     /// Whether any request of this lookup is still waiting for an answer.
-    pub fn has_waiting(&self) -> bool {
+    fn has_waiting(&self) -> bool {
         self.candidates
             .values()
             .any(|c| matches!(c.state, State::Waiting { .. }))
     }
 
     /// The earliest soft deadline after `now`, when the lookup may widen.
-    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.candidates
             .values()
             .take(self.k * 2)
@@ -369,7 +353,7 @@ impl Lookup {
     }
 
     /// The k closest candidates that answered, closest first.
-    pub fn closest_succeeded(&self) -> Vec<Contact> {
+    fn closest_succeeded(&self) -> Vec<Contact> {
         self.candidates
             .values()
             .filter(|c| c.state == State::Succeeded)
@@ -378,14 +362,351 @@ impl Lookup {
             .collect()
     }
 
-    /// Finishes the lookup: its counters, with `hops` filled in.
-    pub fn finish_stats(&self) -> LookupStats {
-        let mut s = self.stats.clone();
-        s.hops = self
+    /// The path length of candidate `id` (0 for a seed or an unknown id).
+    fn depth_of(&self, id: &NodeId) -> u8 {
+        self.candidates
+            .get(&id.distance(&self.target))
+            .map_or(0, |c| c.depth)
+    }
+
+    /// The closest candidate that answered: its distance and path length.
+    fn first_succeeded(&self) -> Option<(Distance, u32)> {
+        self.candidates
+            .iter()
+            .find(|(_, c)| c.state == State::Succeeded)
+            .map(|(d, c)| (*d, u32::from(c.depth) + 1))
+    }
+}
+
+/// Counts `c` against a lookup-wide subnet limit; false if its subnet is full. (A candidate
+/// counted but then not added still counts: the limit errs on the strict side.)
+fn admit_subnet(limit: usize, per_subnet: &mut FxHashMap<Subnet, usize>, c: &Contact) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let Some(net) = c.primary_addr().and_then(PeerAddr::subnet) else {
+        return true;
+    };
+    let n = per_subnet.entry(net).or_insert(0);
+    if *n >= limit {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+/// An iterative lookup towards `target`: one path, or several disjoint ones.
+#[derive(Debug)]
+pub struct Lookup {
+    target: NodeId,
+    k: usize,
+    alpha: usize,
+    paths: Vec<Path>,
+    /// Which path each candidate belongs to (only with several paths).
+    owner: FxHashMap<NodeId, usize>,
+    /// With several paths: the per-subnet limit, counted over the whole lookup, and the
+    /// candidates admitted per subnet so far.
+    subnet_limit: usize,
+    per_subnet: FxHashMap<Subnet, usize>,
+}
+
+impl Lookup {
+    /// A lookup seeded with `seeds` (usually the k closest contacts in our routing table).
+    pub fn new(
+        local: NodeId,
+        target: NodeId,
+        k: usize,
+        alpha: usize,
+        max_attempts: u8,
+        seeds: Vec<Contact>,
+    ) -> Self {
+        Self {
+            target,
+            k,
+            alpha,
+            paths: vec![Path::new(local, target, k, alpha, max_attempts, seeds)],
+            owner: FxHashMap::default(),
+            subnet_limit: 0,
+            per_subnet: FxHashMap::default(),
+        }
+    }
+
+    /// Splits the lookup into `paths` disjoint paths (S/Kademlia; 1 or less: one path). The
+    /// seeds are dealt out closest first, one to each path in turn (while some path has no
+    /// candidate, as when joining through fewer nodes than paths, the nodes named in answers
+    /// are dealt out the same way); each path asks `alpha` candidates at a time and ends on its
+    /// own k closest; the lookup ends when every path has. A node belongs to the first path
+    /// that learned of it: other paths ignore it when it is named to them. Call before the
+    /// first [`next`](Self::next); the other settings carry over, and a subnet limit then
+    /// counts over all paths together.
+    pub fn with_disjoint_paths(mut self, paths: usize) -> Self {
+        let n = paths.clamp(1, 255);
+        if n == self.paths.len() {
+            return self;
+        }
+        let first = self.paths.swap_remove(0);
+        let seeds: Vec<Contact> = first
             .candidates
             .values()
-            .find(|c| c.state == State::Succeeded)
-            .map_or(0, |c| u32::from(c.depth) + 1);
+            .map(|c| c.contact.clone())
+            .collect();
+        let alpha = self.alpha;
+        let mut split: Vec<Path> = (0..n)
+            .map(|_| {
+                let mut p = Path::new(
+                    first.local,
+                    first.target,
+                    first.k,
+                    alpha,
+                    first.max_attempts,
+                    Vec::new(),
+                );
+                p.patience = first.patience;
+                p.skip_silent_head = first.skip_silent_head;
+                p.wait_for_slow = first.wait_for_slow;
+                // One path keeps its own limit; several share one count (below).
+                p.subnet_limit = if n == 1 { first.subnet_limit } else { 0 };
+                p
+            })
+            .collect();
+        self.owner.clear();
+        self.per_subnet.clear();
+        self.subnet_limit = if n == 1 { 0 } else { first.subnet_limit };
+        for (i, c) in seeds.into_iter().enumerate() {
+            let p = i % n;
+            let id = c.id;
+            if n == 1 {
+                split[p].add(c, 0);
+            } else if self.admit_subnet(&c) && split[p].add(c, 0) {
+                self.owner.insert(id, p);
+            }
+        }
+        for p in &mut split {
+            p.best = p.candidates.keys().next().copied();
+        }
+        self.paths = split;
+        self
+    }
+
+    /// Admits at most `limit` candidates of one subnet ([`PeerAddr::subnet`]) in the whole
+    /// lookup, all paths together (0: no limit). Seeds already admitted stay; call before
+    /// [`with_disjoint_paths`](Self::with_disjoint_paths) to have the seeds counted too.
+    pub fn with_subnet_limit(mut self, limit: usize) -> Self {
+        if self.paths.len() == 1 {
+            self.paths[0].subnet_limit = limit;
+        } else {
+            self.subnet_limit = limit;
+        }
+        self
+    }
+
+    fn admit_subnet(&mut self, c: &Contact) -> bool {
+        admit_subnet(self.subnet_limit, &mut self.per_subnet, c)
+    }
+
+    /// Answers in a row that bring nothing closer before the lookup asks all of the k closest
+    /// at once (default 1: latency first; `alpha` saves requests).
+    pub fn with_patience(mut self, patience: usize) -> Self {
+        for p in &mut self.paths {
+            p.patience = patience.max(1);
+        }
+        self
+    }
+
+    /// When set, a candidate in the head that stays silent past the soft deadline of its last
+    /// attempt stops holding the lookup open (as silent candidates outside the head already
+    /// do): the search widens past it and a late answer still counts. For networks full of
+    /// departed nodes (Mainline). Default off.
+    pub fn with_skip_silent_head(mut self, skip: bool) -> Self {
+        for p in &mut self.paths {
+            p.skip_silent_head = skip;
+        }
+        self
+    }
+
+    /// When set, a candidate among the k closest that is slow to answer still holds the lookup
+    /// open until it answers or fails for good (the search widens past it all the same). For
+    /// the lookup before a STORE: the record belongs on the k closest, busy ones included, not
+    /// on the k quickest. Default off (latency first).
+    pub fn with_wait_for_slow(mut self, wait: bool) -> Self {
+        for p in &mut self.paths {
+            p.wait_for_slow = wait;
+        }
+        self
+    }
+
+    /// The lookup's target.
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+
+    /// Counters so far (all paths).
+    pub fn stats(&self) -> LookupStats {
+        let mut s = LookupStats::default();
+        for p in &self.paths {
+            s.rpcs += p.stats.rpcs;
+            s.responses += p.stats.responses;
+            s.failures += p.stats.failures;
+        }
+        s
+    }
+
+    /// Number of disjoint paths.
+    pub fn paths(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Contacts to ask now, given the soft timeout for new requests and how many requests the
+    /// node has room for. Each returned contact is marked as waiting.
+    ///
+    /// The `alpha` closest candidates are the head of the result: when one of them stays silent
+    /// past its soft deadline it is asked again at once (up to `max_attempts`, each wait a
+    /// little longer), so one lost packet costs a soft timeout, not a hard one. Other candidates
+    /// get two attempts, the second after a hard timeout.
+    pub fn next(&mut self, now: Instant, soft_timeout: Duration, room: usize) -> Vec<Contact> {
+        self.next_with(now, |_| soft_timeout, room)
+    }
+
+    /// Like [`next`](Self::next), with a soft timeout per contact (from its own measured RTT).
+    pub fn next_with(
+        &mut self,
+        now: Instant,
+        soft_for: impl Fn(&Contact) -> Duration,
+        room: usize,
+    ) -> Vec<Contact> {
+        let mut out = Vec::new();
+        for p in &mut self.paths {
+            let left = room.saturating_sub(out.len());
+            if left == 0 {
+                break;
+            }
+            out.extend(p.next_with(now, &soft_for, left));
+        }
+        out
+    }
+
+    fn path_of(&self, id: &NodeId) -> Option<usize> {
+        if self.paths.len() == 1 {
+            Some(0)
+        } else {
+            self.owner.get(id).copied()
+        }
+    }
+
+    /// The candidate `id` answered, naming `nodes`. With several paths, only nodes that no other
+    /// path holds join the answering node's path.
+    pub fn on_success(&mut self, id: &NodeId, nodes: &[Contact]) {
+        let Some(p) = self.path_of(id) else { return };
+        if self.paths.len() == 1 {
+            self.paths[0].on_success(id, nodes, |_| true);
+            return;
+        }
+        let empty: Vec<usize> = (0..self.paths.len())
+            .filter(|&q| q != p && self.paths[q].candidates.is_empty())
+            .collect();
+        if empty.is_empty() {
+            let owner = &self.owner;
+            let (limit, per_subnet) = (self.subnet_limit, &mut self.per_subnet);
+            let added = self.paths[p].on_success(id, nodes, |c| match owner.get(&c.id) {
+                Some(q) => *q == p,
+                None => admit_subnet(limit, per_subnet, c),
+            });
+            for a in added {
+                self.owner.insert(a, p);
+            }
+            return;
+        }
+        // Some paths have no candidate yet (fewer seeds than paths, as when joining through
+        // one node): the nodes named are dealt out, closest first, between the answering path
+        // and the empty ones, as the seeds were.
+        let mut fresh: Vec<&Contact> = nodes
+            .iter()
+            .filter(|c| self.owner.get(&c.id).is_none_or(|q| *q == p))
+            .collect();
+        fresh.sort_by_key(|c| c.id.distance(&self.target));
+        fresh.dedup_by_key(|c| c.id);
+        fresh.retain(|c| self.owner.contains_key(&c.id) || self.admit_subnet(c));
+        let mut share = vec![p];
+        share.extend(&empty);
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        for (i, c) in fresh.into_iter().enumerate() {
+            match share[i % share.len()] {
+                q if q == p => mine.push(c.clone()),
+                q => theirs.push((q, c.clone())),
+            }
+        }
+        let depth = self.paths[p].depth_of(id);
+        for a in self.paths[p].on_success(id, &mine, |_| true) {
+            self.owner.insert(a, p);
+        }
+        for (q, c) in theirs {
+            let cid = c.id;
+            if self.paths[q].add(c, depth.saturating_add(1)) {
+                self.owner.insert(cid, q);
+            }
+        }
+    }
+
+    /// A request to `id` failed (hard timeout). Once none of its requests is outstanding, the
+    /// candidate is retried if it has attempts left (`max_attempts` in the head of the result,
+    /// two elsewhere), else given up.
+    pub fn on_failure(&mut self, id: &NodeId) {
+        if let Some(p) = self.path_of(id) {
+            self.paths[p].on_failure(id);
+        }
+    }
+
+    /// Gives up on `id` at once (no address usable, or the request could not be sent).
+    pub fn give_up(&mut self, id: &NodeId) {
+        if let Some(p) = self.path_of(id) {
+            self.paths[p].give_up(id);
+        }
+    }
+
+    /// Whether the lookup is done at `now`: on every path, the k closest candidates that have
+    /// neither failed nor been skipped (silent past their soft deadline outside the head) have
+    /// all answered.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        self.paths.iter().all(|p| p.is_finished(now))
+    }
+
+    /// Whether any request of this lookup is still waiting for an answer.
+    pub fn has_waiting(&self) -> bool {
+        self.paths.iter().any(Path::has_waiting)
+    }
+
+    /// The earliest soft deadline after `now`, when the lookup may widen.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.paths.iter().filter_map(|p| p.next_deadline(now)).min()
+    }
+
+    /// The k closest candidates that answered, closest first (over all paths).
+    pub fn closest_succeeded(&self) -> Vec<Contact> {
+        if self.paths.len() == 1 {
+            return self.paths[0].closest_succeeded();
+        }
+        let mut all: Vec<Contact> = self
+            .paths
+            .iter()
+            .flat_map(Path::closest_succeeded)
+            .collect();
+        all.sort_by_key(|c| c.id.distance(&self.target));
+        all.dedup_by_key(|c| c.id);
+        all.truncate(self.k);
+        all
+    }
+
+    /// Finishes the lookup: its counters, with `hops` filled in (the path length to the closest
+    /// node that answered).
+    pub fn finish_stats(&self) -> LookupStats {
+        let mut s = self.stats();
+        s.hops = self
+            .paths
+            .iter()
+            .filter_map(Path::first_succeeded)
+            .min()
+            .map_or(0, |(_, h)| h);
         s
     }
 }
@@ -621,24 +942,147 @@ mod tests {
             vec![c(0x40), c(0x50), c(0x60)],
         );
         // The farthest is not in flight: a closer newcomer evicts it.
-        assert!(l.add(c(0x30), 1));
-        assert_eq!(l.candidates.len(), 3);
-        assert!(!l.candidates.values().any(|x| x.contact == c(0x60)));
+        assert!(l.paths[0].add(c(0x30), 1));
+        assert_eq!(l.paths[0].candidates.len(), 3);
+        assert!(!l.paths[0].candidates.values().any(|x| x.contact == c(0x60)));
         // A newcomer farther than everything is refused.
-        assert!(!l.add(c(0x70), 1));
+        assert!(!l.paths[0].add(c(0x70), 1));
         // Every candidate in flight: a closer newcomer still gets in (the set grows past the cap).
         let soon = Instant::now() + Duration::from_secs(1);
-        for cand in l.candidates.values_mut() {
+        for cand in l.paths[0].candidates.values_mut() {
             cand.state = State::Waiting {
                 soft_deadline: soon,
             };
         }
-        assert!(l.add(c(0x01), 2));
-        assert_eq!(l.candidates.len(), 4);
+        assert!(l.paths[0].add(c(0x01), 2));
+        assert_eq!(l.paths[0].candidates.len(), 4);
         assert_eq!(
-            l.candidates.values().next().map(|x| x.contact.clone()),
+            l.paths[0]
+                .candidates
+                .values()
+                .next()
+                .map(|x| x.contact.clone()),
             Some(c(0x01))
         );
+    }
+
+    /// Two disjoint paths: seeds are dealt out closest first, a node named to both stays on the
+    /// path that learned of it first, and the lookup ends only when both paths have.
+    #[test]
+    fn disjoint_paths_never_share_a_node() {
+        let now = Instant::now();
+        let soft = Duration::from_millis(10);
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            2,
+            1,
+            1,
+            vec![c(0x40), c(0x50), c(0x60), c(0x70)],
+        )
+        .with_disjoint_paths(2);
+        assert_eq!(l.paths(), 2);
+        let on =
+            |l: &Lookup, p: usize, x: u8| l.paths[p].candidates.values().any(|k| k.contact == c(x));
+        assert!(on(&l, 0, 0x40) && on(&l, 0, 0x60) && on(&l, 1, 0x50) && on(&l, 1, 0x70));
+        // alpha 1: one request per path.
+        assert_eq!(l.next(now, soft, 10), vec![c(0x40), c(0x50)]);
+        // Path 0's node names a path-1 node and a new one: only the new one joins path 0.
+        l.on_success(&c(0x40).id, &[c(0x50), c(0x10)]);
+        assert!(on(&l, 0, 0x10) && !on(&l, 0, 0x50));
+        // Path 1's node names the new one too: path 1 ignores it.
+        l.on_success(&c(0x50).id, &[c(0x10), c(0x20)]);
+        assert!(!on(&l, 1, 0x10) && on(&l, 1, 0x20));
+        assert_eq!(l.next(now, soft, 10), vec![c(0x10), c(0x20)]);
+        l.on_success(&c(0x10).id, &[]);
+        assert!(!l.is_finished(now), "path 1 has not finished");
+        l.on_success(&c(0x20).id, &[]);
+        assert!(l.is_finished(now));
+        // The result merges the paths, closest first; hops come from the closest node's path.
+        assert_eq!(l.closest_succeeded(), vec![c(0x10), c(0x20)]);
+        assert_eq!(l.finish_stats().hops, 2);
+        assert_eq!(l.finish_stats().rpcs, 4);
+    }
+
+    /// With a subnet limit, a path admits at most that many candidates of one /24.
+    #[test]
+    fn subnet_limit_per_lookup() {
+        let at = |b: u8, ip: &str| {
+            let mut a = [0u8; 20];
+            a[0] = b;
+            Contact::new(NodeId(a), format!("udp://{ip}:1").parse().unwrap())
+        };
+        let now = Instant::now();
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            8,
+            1,
+            1,
+            vec![at(0x40, "1.1.1.1")],
+        )
+        .with_subnet_limit(2);
+        assert_eq!(l.next(now, Duration::from_millis(10), 10).len(), 1);
+        l.on_success(
+            &at(0x40, "1.1.1.1").id,
+            &[
+                at(0x01, "9.9.9.1"),
+                at(0x02, "9.9.9.2"),
+                at(0x03, "9.9.9.3"),
+                at(0x04, "9.9.8.4"),
+                at(0x05, "127.0.0.1"),
+                at(0x06, "127.0.0.1"),
+                at(0x07, "127.0.0.1"),
+            ],
+        );
+        let ids: Vec<u8> = l.paths[0]
+            .candidates
+            .values()
+            .map(|x| x.contact.id.0[0])
+            .collect();
+        assert_eq!(ids, vec![0x01, 0x02, 0x04, 0x05, 0x06, 0x07, 0x40]);
+    }
+
+    /// With several paths the subnet limit counts over the whole lookup, and a path left
+    /// without seeds gets its share of the first answer.
+    #[test]
+    fn disjoint_paths_share_one_subnet_limit_and_deal_out_the_first_answer() {
+        let at = |b: u8, ip: &str| {
+            let mut a = [0u8; 20];
+            a[0] = b;
+            Contact::new(NodeId(a), format!("udp://{ip}:1").parse().unwrap())
+        };
+        let now = Instant::now();
+        let seed = at(0x40, "1.1.1.1");
+        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 8, 1, 1, vec![seed.clone()])
+            .with_subnet_limit(2)
+            .with_disjoint_paths(3);
+        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![seed.clone()]);
+        l.on_success(
+            &seed.id,
+            &[
+                at(0x01, "9.9.9.1"),
+                at(0x02, "9.9.9.2"),
+                at(0x03, "9.9.9.3"),
+                at(0x04, "8.8.8.4"),
+                at(0x05, "7.7.7.5"),
+                at(0x06, "6.6.6.6"),
+            ],
+        );
+        let ids = |l: &Lookup, p: usize| -> Vec<u8> {
+            l.paths[p]
+                .candidates
+                .values()
+                .map(|x| x.contact.id.0[0])
+                .collect()
+        };
+        // 9.9.9.0/24 is admitted twice in all; the rest is dealt out closest first over the
+        // answering path (0) and the two empty ones.
+        assert_eq!(ids(&l, 0), vec![0x01, 0x05, 0x40]);
+        assert_eq!(ids(&l, 1), vec![0x02, 0x06]);
+        assert_eq!(ids(&l, 2), vec![0x04]);
+        // Every path now asks its own.
+        assert_eq!(l.next(now, Duration::from_millis(10), 10).len(), 3);
     }
 
     #[test]

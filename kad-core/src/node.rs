@@ -453,6 +453,7 @@ impl NodeBuilder {
             replacement_cache: self.config.replacement_cache,
             liveness_window: self.config.liveness_window,
             max_failures: self.config.max_failures,
+            subnet_limit: self.config.subnet_limit,
         };
         let store = self
             .store
@@ -879,6 +880,8 @@ impl Node {
         )
         .with_patience(self.config.lookup_patience)
         .with_skip_silent_head(self.config.lookup_skip_silent_head)
+        .with_subnet_limit(self.config.subnet_limit)
+        .with_disjoint_paths(self.config.disjoint_paths)
     }
 
     /// Adds a contact to the routing table as unverified (it becomes good once it answers).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::Contact;
+use crate::addr::{Contact, PeerAddr};
 use crate::id::{Distance, ID_BITS, NodeId};
 
 /// How alive a contact looks, from the last time it was heard from.
@@ -57,6 +57,10 @@ pub struct RoutingParams {
     pub liveness_window: Duration,
     /// Failures in a row that make a contact [`Liveness::Bad`].
     pub max_failures: u8,
+    /// Most contacts of one subnet ([`PeerAddr::subnet`](crate::PeerAddr::subnet)) in one
+    /// bucket; 0: no limit. A contact over it is ignored (kept neither in the bucket nor in its
+    /// replacement cache).
+    pub subnet_limit: usize,
 }
 
 /// What [`RoutingTable::insert`] did.
@@ -73,7 +77,8 @@ pub enum InsertOutcome {
         /// The questionable contact to ping.
         ping: Option<Contact>,
     },
-    /// Not inserted (our own id, or an unverified contact for a full bucket).
+    /// Not inserted (our own id, an unverified contact for a full bucket, or a contact whose
+    /// subnet already has `subnet_limit` contacts in the bucket).
     Ignored,
 }
 
@@ -159,6 +164,18 @@ impl RoutingTable {
                 bucket.last_active = Some(now);
             }
             return InsertOutcome::Updated;
+        }
+        if self.params.subnet_limit > 0 {
+            if let Some(net) = contact.primary_addr().and_then(PeerAddr::subnet) {
+                let same = bucket
+                    .entries
+                    .iter()
+                    .filter(|e| e.contact.primary_addr().and_then(PeerAddr::subnet) == Some(net))
+                    .count();
+                if same >= self.params.subnet_limit {
+                    return InsertOutcome::Ignored;
+                }
+            }
         }
         let entry = Entry {
             contact,
@@ -471,7 +488,6 @@ impl RoutingTable {
 #[allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
 mod tests {
     use super::*;
-    use crate::addr::PeerAddr;
     use proptest::prelude::*;
 
     fn params(k: usize) -> RoutingParams {
@@ -480,6 +496,75 @@ mod tests {
             replacement_cache: 3,
             liveness_window: Duration::from_secs(900),
             max_failures: 2,
+            subnet_limit: 2,
+        }
+    }
+
+    /// At most `subnet_limit` contacts of one /24 per bucket, replacement cache included;
+    /// other subnets and exempt (loopback) addresses are not affected.
+    #[test]
+    fn subnet_limit_per_bucket() {
+        let now = Instant::now();
+        let mut t = RoutingTable::new(NodeId::ZERO, params(8));
+        // Ids 0x80.. all fall in bucket 159.
+        let at = |b: u8, addr: &str| {
+            let mut id = [0u8; 20];
+            id[0] = 0x80 | b;
+            Contact::new(NodeId(id), addr.parse().unwrap())
+        };
+        assert_eq!(
+            t.insert(now, at(1, "udp://1.2.3.4:1"), true),
+            InsertOutcome::Inserted
+        );
+        assert_eq!(
+            t.insert(now, at(2, "udp://1.2.3.5:1"), true),
+            InsertOutcome::Inserted
+        );
+        // A third from 1.2.3.0/24 is refused; the ones already in are still refreshed.
+        assert_eq!(
+            t.insert(now, at(3, "udp://1.2.3.6:1"), true),
+            InsertOutcome::Ignored
+        );
+        assert_eq!(
+            t.insert(now, at(1, "udp://1.2.3.4:1"), true),
+            InsertOutcome::Updated
+        );
+        assert_eq!(
+            t.insert(now, at(4, "udp://1.2.4.6:1"), true),
+            InsertOutcome::Inserted
+        );
+        for i in 5..10 {
+            assert_eq!(
+                t.insert(now, at(i, "udp://127.0.0.1:1"), true),
+                InsertOutcome::Inserted
+            );
+        }
+        // The bucket is full: the limit also keeps the subnet out of the replacement cache.
+        assert_eq!(
+            t.insert(now, at(10, "udp://1.2.3.7:1"), true),
+            InsertOutcome::Ignored
+        );
+        assert!(matches!(
+            t.insert(now, at(11, "udp://5.6.7.8:1"), true),
+            InsertOutcome::Pending { .. }
+        ));
+        assert_eq!(t.len(), 8);
+        // Once one of the two is gone (its replacement takes the slot), another of its subnet
+        // may wait in the replacement cache.
+        assert!(t.remove(&at(2, "udp://1.2.3.5:1").id).is_some());
+        assert!(matches!(
+            t.insert(now, at(3, "udp://1.2.3.6:1"), true),
+            InsertOutcome::Pending { .. }
+        ));
+        // Off: no limit.
+        let mut p = params(8);
+        p.subnet_limit = 0;
+        let mut t = RoutingTable::new(NodeId::ZERO, p);
+        for i in 1..6 {
+            assert_eq!(
+                t.insert(now, at(i, "udp://1.2.3.4:1"), true),
+                InsertOutcome::Inserted
+            );
         }
     }
 

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::addr::{Contact, PeerAddr};
 use crate::config::{Config, VirtualClock};
 use crate::id::NodeId;
-use crate::message::{Body, Message};
+use crate::message::{Body, Message, Request, Response};
 use crate::node::{Event, Input, Node, NodeBuilder, Output, QueryId, QueryResult};
 
 /// The link model between simulated nodes.
@@ -89,6 +89,8 @@ impl Ord for Ev {
 }
 
 struct SimNode {
+    addr: PeerAddr,
+    adversary: bool,
     retries: u8,
     joined_at: Instant,
     node: Option<Node>,
@@ -108,6 +110,8 @@ pub struct SimStats {
     pub to_dead: u64,
     /// Messages cut by a partition.
     pub partitioned: u64,
+    /// Requests answered by adversarial nodes with lies (see [`Sim::plan_adversaries`]).
+    pub adversary_answers: u64,
 }
 
 /// Many nodes on one thread with a virtual clock.
@@ -126,6 +130,12 @@ pub struct Sim {
     digest: DefaultHasher,
     stats: SimStats,
     epoch_ms: u64,
+    /// Subnet of each node index to come (0 or missing: a plain `mem://INDEX`).
+    subnet_plan: Vec<u32>,
+    /// Whether each node index to come is adversarial.
+    adversary_plan: Vec<bool>,
+    /// The live adversarial nodes, as contacts.
+    adversaries: Vec<Contact>,
 }
 
 impl Sim {
@@ -149,6 +159,9 @@ impl Sim {
             digest: DefaultHasher::new(),
             stats: SimStats::default(),
             epoch_ms: 1_700_000_000_000,
+            subnet_plan: Vec::new(),
+            adversary_plan: Vec::new(),
+            adversaries: Vec::new(),
         }
     }
 
@@ -187,8 +200,29 @@ impl Sim {
         self.nodes.is_empty()
     }
 
+    /// Places the nodes to come in simulated subnets: node `i` gets the address
+    /// [`PeerAddr::mem_in_subnet(subnets[i], i)`](PeerAddr::mem_in_subnet) (a 0 or missing entry:
+    /// plain `mem://i`), so per-subnet limits ([`Config::subnet_limit`]) see them.
+    pub fn plan_subnets(&mut self, subnets: Vec<u32>) {
+        self.subnet_plan = subnets;
+    }
+
+    /// Makes the nodes to come at the indices where `adversarial[i]` is true colluding
+    /// adversaries (an eclipse attack): they answer every FIND_NODE and FIND_VALUE with the
+    /// closest live adversaries to the target (as many as their `k`) and never with a value, and
+    /// acknowledge every STORE without keeping the record. Everything else (PINGs, their own
+    /// lookups, joining) they do as honest nodes, so they enter routing tables like anyone.
+    pub fn plan_adversaries(&mut self, adversarial: Vec<bool>) {
+        self.adversary_plan = adversarial;
+    }
+
+    /// Whether the node at `idx` is adversarial.
+    pub fn is_adversary(&self, idx: usize) -> bool {
+        self.nodes.get(idx).is_some_and(|n| n.adversary)
+    }
+
     /// Adds a node with `config` (its RNG seed, wall clock and id are set by the simulator).
-    /// Returns its index; its address is `mem://INDEX`.
+    /// Returns its index; its address is `mem://INDEX` (see [`plan_subnets`](Self::plan_subnets)).
     pub fn add_node(&mut self, config: Config) -> usize {
         self.add_node_with(config, |b| b)
     }
@@ -209,15 +243,21 @@ impl Sim {
             epoch_ms: self.epoch_ms,
         });
         let id = NodeId::random(&mut self.rng);
-        let node = build(
-            Node::builder(config)
-                .id(id)
-                .addrs(vec![PeerAddr::Mem(idx as u64)]),
-        )
-        .build(self.now)
-        .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
+        let addr = match self.subnet_plan.get(idx) {
+            Some(&net) if net != 0 => PeerAddr::mem_in_subnet(net, idx as u32),
+            _ => PeerAddr::Mem(idx as u64),
+        };
+        let adversary = self.adversary_plan.get(idx).copied().unwrap_or(false);
+        let node = build(Node::builder(config).id(id).addrs(vec![addr.clone()]))
+            .build(self.now)
+            .unwrap_or_else(|e| panic!("invalid simulated node config: {e}"));
         self.live_ids.insert(id, idx);
+        if adversary {
+            self.adversaries.push(node.contact().clone());
+        }
         self.nodes.push(SimNode {
+            addr,
+            adversary,
             retries: 0,
             joined_at: self.now,
             node: Some(node),
@@ -255,6 +295,11 @@ impl Sim {
         self.live_ids.contains_key(id)
     }
 
+    /// The index of the live node with id `id`.
+    pub fn index_of_id(&self, id: &NodeId) -> Option<usize> {
+        self.live_ids.get(id).copied()
+    }
+
     /// Whether the node at `idx` is alive.
     pub fn is_alive(&self, idx: usize) -> bool {
         self.node(idx).is_some()
@@ -283,6 +328,9 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(idx) {
             if let Some(node) = n.node.take() {
                 self.live_ids.remove(&node.id());
+                if n.adversary {
+                    self.adversaries.retain(|c| c.id != node.id());
+                }
             }
             n.wake = None;
         }
@@ -350,14 +398,14 @@ impl Sim {
     }
 
     fn transmit(&mut self, from_idx: usize, to: PeerAddr, msg: Message) {
-        let PeerAddr::Mem(j) = to else { return };
-        let j = j as usize;
+        let PeerAddr::Mem(a) = to else { return };
+        let j = (a & 0xFFFF_FFFF) as usize;
         if self.link.loss > 0.0 && self.rng.random_bool(self.link.loss.clamp(0.0, 1.0)) {
             self.stats.lost += 1;
             return;
         }
         match self.nodes.get(j) {
-            Some(n) if n.node.is_some() => {
+            Some(n) if n.node.is_some() && n.addr == to => {
                 if n.group != self.nodes[from_idx].group {
                     self.stats.partitioned += 1;
                     return;
@@ -380,7 +428,7 @@ impl Sim {
             at,
             EvKind::Deliver {
                 to: j as u32,
-                from: PeerAddr::Mem(from_idx as u64),
+                from: self.nodes[from_idx].addr.clone(),
                 msg,
             },
         );
@@ -397,10 +445,10 @@ impl Sim {
         match ev.kind {
             EvKind::Deliver { to, from, msg } => {
                 let to = to as usize;
-                let Some(node) = self.nodes[to].node.as_mut() else {
+                if self.nodes[to].node.is_none() {
                     self.stats.to_dead += 1;
                     return true;
-                };
+                }
                 self.stats.delivered += 1;
                 let tag = match &msg.body {
                     Body::Request(r) => r.method().len() as u8,
@@ -415,6 +463,18 @@ impl Sim {
                     tag,
                 )
                     .hash(&mut self.digest);
+                if self.nodes[to].adversary {
+                    if let Some(lie) = self.adversary_answer(to, &from, &msg) {
+                        self.stats.adversary_answers += 1;
+                        if let Some(j) = self.index_of(&from) {
+                            self.transmit(to, self.nodes[j].addr.clone(), lie);
+                        }
+                        return true;
+                    }
+                }
+                let Some(node) = self.nodes[to].node.as_mut() else {
+                    return true;
+                };
                 node.handle_input(self.now, Input::Message { from, msg });
                 self.drain(to);
             }
@@ -433,6 +493,50 @@ impl Sim {
             }
         }
         true
+    }
+
+    /// The node index behind a simulated address.
+    fn index_of(&self, a: &PeerAddr) -> Option<usize> {
+        let PeerAddr::Mem(a) = a else { return None };
+        let j = (a & 0xFFFF_FFFF) as usize;
+        (self.nodes.get(j)?.addr == PeerAddr::Mem(*a)).then_some(j)
+    }
+
+    /// What adversarial node `idx` answers to `msg` instead of the truth, if it lies about it.
+    fn adversary_answer(&self, idx: usize, from: &PeerAddr, msg: &Message) -> Option<Message> {
+        let Body::Request(req) = &msg.body else {
+            return None;
+        };
+        let node = self.nodes[idx].node.as_ref()?;
+        let closest = |target: &NodeId| {
+            let mut v: Vec<Contact> = self
+                .adversaries
+                .iter()
+                .filter(|c| c.id != node.id())
+                .cloned()
+                .collect();
+            v.sort_by_key(|c| c.id.distance(target));
+            v.truncate(node.config().k);
+            v
+        };
+        let body = match req {
+            Request::FindNode { target } => Response::Nodes {
+                nodes: closest(target),
+            },
+            Request::FindValue { key } => Response::Nodes {
+                nodes: closest(key),
+            },
+            Request::Store { .. } => Response::Stored,
+            _ => return None,
+        };
+        Some(Message {
+            txn: msg.txn.clone(),
+            sender: node.contact().clone(),
+            recipient: Some(msg.sender.id),
+            read_only: false,
+            observed: Some(from.clone()),
+            body: Body::Response(body),
+        })
     }
 
     /// When the earliest scheduled event happens, if any (drive with [`step`](Self::step) and
@@ -573,6 +677,21 @@ pub fn grow_network(
     count: usize,
     config: &Config,
     join_spacing: Duration,
+    build: impl FnMut(usize, NodeBuilder) -> NodeBuilder,
+    progress: impl FnMut(usize),
+) -> Vec<usize> {
+    grow_network_with_seeds(sim, count, config, join_spacing, 1, build, progress)
+}
+
+/// Like [`grow_network`], each node joining through `seeds` distinct random earlier nodes (as
+/// many as there are, at least 1): a deployment's list of bootstrap nodes. With one seed, a
+/// node that joins through an adversary learns only what the adversary tells it.
+pub fn grow_network_with_seeds(
+    sim: &mut Sim,
+    count: usize,
+    config: &Config,
+    join_spacing: Duration,
+    seeds: usize,
     mut build: impl FnMut(usize, NodeBuilder) -> NodeBuilder,
     mut progress: impl FnMut(usize),
 ) -> Vec<usize> {
@@ -585,9 +704,15 @@ pub fn grow_network(
         retry_failed_bootstraps(sim, &contacts, k);
         let idx = sim.add_node_with(config.clone(), |b| build(i, b));
         if !contacts.is_empty() {
-            let j = sim.rng().random_range(0..contacts.len());
-            let seed = contacts[j].clone();
-            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
+            let mut chosen: Vec<Contact> = Vec::new();
+            let want = seeds.clamp(1, contacts.len());
+            while chosen.len() < want {
+                let j = sim.rng().random_range(0..contacts.len());
+                if !chosen.iter().any(|c| c.id == contacts[j].id) {
+                    chosen.push(contacts[j].clone());
+                }
+            }
+            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, chosen));
         }
         if let Some(n) = sim.node(idx) {
             contacts.push(n.contact().clone());
