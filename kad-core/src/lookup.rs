@@ -1054,10 +1054,20 @@ mod tests {
         };
         let now = Instant::now();
         let seed = at(0x40, "1.1.1.1");
-        let mut l = Lookup::new(NodeId([0xff; 20]), NodeId::ZERO, 8, 1, 1, vec![seed.clone()])
-            .with_subnet_limit(2)
-            .with_disjoint_paths(3);
-        assert_eq!(l.next(now, Duration::from_millis(10), 10), vec![seed.clone()]);
+        let mut l = Lookup::new(
+            NodeId([0xff; 20]),
+            NodeId::ZERO,
+            8,
+            1,
+            1,
+            vec![seed.clone()],
+        )
+        .with_subnet_limit(2)
+        .with_disjoint_paths(3);
+        assert_eq!(
+            l.next(now, Duration::from_millis(10), 10),
+            vec![seed.clone()]
+        );
         l.on_success(
             &seed.id,
             &[
