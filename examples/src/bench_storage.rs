@@ -146,6 +146,7 @@ async fn network(kind: &str, n: usize, store: &str) -> Result<Net> {
             storage_plugin: true,
             pubsub: None,
             nat: None,
+            id_work: 0,
         };
         let t = transport(kind, &identity).await?;
         nodes.push(spawn_on(

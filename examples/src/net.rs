@@ -51,13 +51,34 @@ pub(crate) fn fresh_identity() -> Result<NativeIdentity> {
     }
 }
 
-/// Loads the key at `path`, or creates it (mode 0600) when the file does not exist.
-pub(crate) fn load_or_create_key(path: &Path) -> Result<(NativeIdentity, bool)> {
+/// A fresh identity whose id carries at least `bits` of work (`kad_core::native::id_work`):
+/// about `2^bits` key generations from an OS-seeded generator.
+pub(crate) fn fresh_identity_with_work(bits: u32) -> Result<NativeIdentity> {
+    if bits == 0 {
+        return fresh_identity();
+    }
+    // The thread RNG: a CSPRNG seeded from the OS.
+    Ok(NativeIdentity::generate_with_work(&mut rand::rng(), bits))
+}
+
+/// Loads the key at `path`, or creates it (mode 0600) when the file does not exist. A created
+/// key has `bits` of work; a loaded key with less is an error naming the file and both numbers.
+pub(crate) fn load_or_create_key_with_work(
+    path: &Path,
+    bits: u32,
+) -> Result<(NativeIdentity, bool)> {
     let (secret, created) = load_or_create_secret(path, "a secp256k1 secret key", || {
-        Ok(fresh_identity()?.secret_bytes())
+        Ok(fresh_identity_with_work(bits)?.secret_bytes())
     })?;
     let id = NativeIdentity::from_secret(&secret)
         .with_context(|| format!("--key-file {}", path.display()))?;
+    let work = kad_core::native::id_work(&id.id());
+    if work < bits {
+        anyhow::bail!(
+            "--key-file {}: its id has {work} bits of work, less than --id-work = {bits}; use a new key file",
+            path.display()
+        );
+    }
     Ok((id, created))
 }
 
@@ -137,6 +158,8 @@ pub(crate) struct Setup {
     /// The NAT plugin's settings (default: `NatConfig::default()`, which sends no probes for
     /// others: only nodes that run `kad_plugin_nat::Nat` beside them turn `serve_probes` on).
     pub(crate) nat: Option<kad_plugin_nat::NatConfig>,
+    /// Bits of work required in peers' ids (`NativeCodec::min_id_work`); 0: none.
+    pub(crate) id_work: u32,
 }
 
 /// The largest record value a node takes when its largest message is `max_message_len` bytes.
@@ -164,7 +187,11 @@ pub(crate) fn spawn_on(
     let identity_for_posts = identity.clone();
     let mut builder = Node::builder(config)
         .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity).max_len(max_message)));
+        .codec(Box::new(
+            NativeCodec::new(identity)
+                .max_len(max_message)
+                .min_id_work(setup.id_work),
+        ));
     if !advertise.is_empty() {
         builder = builder.addrs(advertise);
     }
@@ -207,6 +234,10 @@ pub(crate) struct ClientArgs {
     /// Key file of the client's identity (created with mode 0600 if missing); a fresh key by default.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// For networks whose nodes run with --id-work BITS: the client's identity gets that much
+    /// work (about 2^BITS key generations) and it ignores contacts with less. 0 to 32.
+    #[arg(long, default_value_t = 0, value_name = "BITS")]
+    pub id_work: u32,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub timeout: f64,
@@ -223,9 +254,10 @@ pub(crate) async fn client(
     targets: &[PeerAddr],
     validator: Option<Arc<dyn kad_core::RecordValidator>>,
 ) -> Result<(Dht, usize)> {
+    crate::check_range("id-work", a.id_work, 0, 32)?;
     let identity = Arc::new(match &a.key_file {
-        Some(p) => load_or_create_key(p)?.0,
-        None => fresh_identity()?,
+        Some(p) => load_or_create_key_with_work(p, a.id_work)?.0,
+        None => fresh_identity_with_work(a.id_work)?,
     });
     let mut config = native_config();
     config.read_only = true;
@@ -240,6 +272,7 @@ pub(crate) async fn client(
         .unwrap_or(kad_core::MAX_DATAGRAM);
     let setup = Setup {
         validator,
+        id_work: a.id_work,
         ..Setup::default()
     };
     Ok((
@@ -376,6 +409,13 @@ pub(crate) struct NodeArgs {
     /// 1 to 16.
     #[arg(long, default_value_t = 1, value_name = "N")]
     disjoint_paths: usize,
+    /// Sybil defence (id cost, S/Kademlia's static puzzle): require BITS leading zero bits in
+    /// SHA-256 of every peer's id, dropping messages from weaker ids and contacts with weaker
+    /// ids; this node's own key is created with that much work (about 2^BITS key generations:
+    /// 16 bits takes seconds, each extra bit doubles it). Every node and client of the network
+    /// must use the same value. 0 (off) to 32.
+    #[arg(long, default_value_t = 0, value_name = "BITS")]
+    id_work: u32,
     #[command(flatten)]
     store: crate::storage::StoreArgs,
     #[command(flatten)]
@@ -389,6 +429,7 @@ pub(crate) struct NodeArgs {
 pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     crate::check_range("subnet-limit", a.subnet_limit, 0, 256)?;
     crate::check_range("disjoint-paths", a.disjoint_paths, 1, 16)?;
+    crate::check_range("id-work", a.id_work, 0, 32)?;
     let listen = parse_addrs("--listen", &a.listen)?;
     let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
     let advertise = parse_addrs("--advertise", &a.advertise)?;
@@ -420,8 +461,8 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
             .with_context(|| format!("--data-dir {}: cannot create it", d.display()))?;
     }
     let (identity, created) = match a.store.key_file(a.key_file.clone()) {
-        Some(p) => load_or_create_key(&p)?,
-        None => (fresh_identity()?, false),
+        Some(p) => load_or_create_key_with_work(&p, a.id_work)?,
+        None => (fresh_identity_with_work(a.id_work)?, false),
     };
     let identity = Arc::new(identity);
     let upnp = a.nat.upnp_config()?;
@@ -443,7 +484,8 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     config.amplification_guard = !a.no_amplification_guard;
     config.subnet_limit = a.subnet_limit;
     config.disjoint_paths = a.disjoint_paths;
-    let setup = std::mem::take(&mut store.setup);
+    let mut setup = std::mem::take(&mut store.setup);
+    setup.id_work = a.id_work;
     let dht = spawn_on(
         transports.all.clone(),
         advertise,

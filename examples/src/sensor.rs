@@ -75,6 +75,7 @@ impl NetOpts {
             prefer: "udp,quic,ws".into(),
             tls: TlsArgs::default(),
             key_file: self.node_key_file.clone(),
+            id_work: 0,
             timeout: self.timeout,
             json: self.json,
         }

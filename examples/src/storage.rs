@@ -100,6 +100,7 @@ impl StoreArgs {
                     storage_plugin: true,
                     pubsub: None,
                     nat: None,
+                    id_work: 0,
                 },
                 routing: None,
                 opened: json!(null),
@@ -121,6 +122,7 @@ impl StoreArgs {
                 storage_plugin: true,
                 pubsub: None,
                 nat: None,
+                id_work: 0,
             },
             routing: Some(routing),
         })

@@ -85,6 +85,91 @@ fn twenty_four_node_processes_put_get_and_lookup() {
     assert_eq!(pong["id"].as_str(), Some(nodes[20].id.as_str()));
 }
 
+/// Leading zero bits of SHA-256(id): the work in an id (`kad_core::native::id_work`).
+fn id_work(id_hex: &str) -> u32 {
+    let id = kad_core::NodeId::from_bytes(hex::decode(id_hex).unwrap().try_into().unwrap());
+    kad_core::native::id_work(&id)
+}
+
+/// The id cost on real processes: nodes with --id-work 8 get keys with 8 bits of work and find
+/// each other; a client with the same --id-work looks them up, a client without it is ignored,
+/// and a key file with too little work is refused, naming both numbers.
+#[test]
+fn id_work_admits_only_identities_with_enough_work() {
+    let mut nodes: Vec<NodeProc> = vec![NodeProc::start(&["--id-work", "8"])];
+    for i in 1..6 {
+        let seed = nodes[i - 1].addr.clone();
+        let mut p = NodeProc::start(&["--id-work", "8", "--bootstrap", &seed]);
+        p.next_event("bootstrapped");
+        nodes.push(p);
+    }
+    for n in &nodes {
+        assert!(id_work(&n.id) >= 8, "node id {} has too little work", n.id);
+    }
+    let target = nodes[4].id.clone();
+    let (code, found) = kad_json(&[
+        "lookup",
+        "--id-work",
+        "8",
+        "--bootstrap",
+        &nodes[0].addr,
+        &target,
+    ]);
+    assert_eq!(code, 0, "{found}");
+    assert_eq!(found["closest"][0]["id"].as_str(), Some(target.as_str()));
+    assert_eq!(
+        found["closest"].as_array().unwrap().len(),
+        6,
+        "all six nodes: {found}"
+    );
+    // Without work the client's requests are dropped: nobody answers it.
+    let (code, lost) = kad_json(&[
+        "lookup",
+        "--timeout",
+        "3",
+        "--bootstrap",
+        &nodes[0].addr,
+        &target,
+    ]);
+    assert_ne!(code, 0, "{lost}");
+    assert_eq!(lost["ok"], false, "{lost}");
+    // A key file whose id has less work than asked.
+    let dir = std::env::temp_dir().join(format!("kad-idwork-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weak.key");
+    let weak = loop {
+        let mut s = [0u8; 32];
+        getrandom::fill(&mut s).unwrap();
+        if let Ok(id) = kad_core::NativeIdentity::from_secret(&s) {
+            if kad_core::native::id_work(&id.id()) < 8 {
+                break s;
+            }
+        }
+    };
+    std::fs::write(&path, format!("{}\n", hex::encode(weak))).unwrap();
+    let out = Command::new(KAD)
+        .args([
+            "node",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--for",
+            "1",
+            "--id-work",
+            "8",
+        ])
+        .arg("--key-file")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bits of work, less than --id-work = 8"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn key_file_is_created_private_and_reused() {
     let dir = std::env::temp_dir().join(format!("kad-key-test-{}", std::process::id()));

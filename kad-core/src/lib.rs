@@ -120,7 +120,7 @@ pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};
 pub use lookup::{Lookup, LookupStats};
 pub use message::{Body, Message, Request, Response, RpcError, TxnId};
 pub use native::{
-    InvalidKey, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, content_key,
+    InvalidKey, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, content_key, id_work,
     max_native_value_for, node_id_from_public_key, verify_signature,
 };
 pub use node::{

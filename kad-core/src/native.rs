@@ -77,6 +77,26 @@ pub fn node_id_from_public_key(public_key: &[u8]) -> NodeId {
     NodeId::from_bytes(id)
 }
 
+/// The work in a node id (the id cost, S/Kademlia's static puzzle): the number of leading zero
+/// bits of SHA-256(id). A random key pair's id has `b` bits of work with probability `2^-b`, so
+/// an identity with `b` bits costs about `2^b` key generations
+/// ([`NativeIdentity::generate_with_work`]), and verifying one costs one hash. A network whose
+/// nodes require `b` bits ([`NativeCodec::min_id_work`]) makes each Sybil identity `2^b` times
+/// dearer, and an id chosen near a target (`p` bits of prefix) `2^(b + p)`.
+pub fn id_work(id: &NodeId) -> u32 {
+    let h = Sha256::digest(id.as_bytes());
+    let mut bits = 0;
+    for byte in h {
+        if byte == 0 {
+            bits += 8;
+        } else {
+            bits += byte.leading_zeros();
+            break;
+        }
+    }
+    bits
+}
+
 /// Content key of a value on the native network: RIPEMD-160(SHA-256(value)).
 pub fn content_key(value: &[u8]) -> Key {
     node_id_from_public_key(value)
@@ -114,6 +134,19 @@ impl NativeIdentity {
             let mut secret = [0u8; 32];
             rng.fill_bytes(&mut secret);
             if let Ok(id) = Self::from_secret(&secret) {
+                return id;
+            }
+        }
+    }
+
+    /// A fresh identity whose id carries at least `bits` bits of work ([`id_work`]): about
+    /// `2^bits` key generations (each some tens of microseconds; `bits` = 16 takes seconds).
+    /// `bits` is capped at 40.
+    pub fn generate_with_work<R: rand::Rng + ?Sized>(rng: &mut R, bits: u32) -> Self {
+        let bits = bits.min(40);
+        loop {
+            let id = Self::generate(rng);
+            if id_work(&id.id) >= bits {
                 return id;
             }
         }
@@ -241,6 +274,7 @@ pub struct NativeCodec {
     max_len: usize,
     replay: ReplayCache,
     keys: FxHashMap<[u8; 33], (VerifyingKey, NodeId)>,
+    min_id_work: u32,
 }
 
 impl fmt::Debug for NativeCodec {
@@ -270,7 +304,18 @@ impl NativeCodec {
             max_len: MAX_DATAGRAM,
             replay: ReplayCache::new(Self::DEFAULT_REPLAY_CAPACITY),
             keys: FxHashMap::default(),
+            min_id_work: 0,
         }
+    }
+
+    /// Requires `bits` bits of work ([`id_work`]) in every peer's id: a message from a weaker
+    /// id is dropped before its signature is checked (counted in `Stats::dropped_auth`), and
+    /// contacts with weaker ids are removed from the node lists of answers. Every node and
+    /// client of such a network needs an identity from
+    /// [`NativeIdentity::generate_with_work`] with at least `bits`. Default 0 (no id cost).
+    pub fn min_id_work(mut self, bits: u32) -> Self {
+        self.min_id_work = bits;
+        self
     }
 
     /// Sets the largest datagram produced or accepted (at most [`MAX_DATAGRAM`] is sensible).
@@ -713,6 +758,15 @@ impl Codec for NativeCodec {
         if id != m.kad.from.id {
             return Err(DecodeError::IdMismatch);
         }
+        if self.min_id_work > 0 {
+            let work = id_work(&id);
+            if work < self.min_id_work {
+                return Err(DecodeError::Auth(format!(
+                    "sender id has {work} bits of work, {} required",
+                    self.min_id_work
+                )));
+            }
+        }
         let skew = m.kad.ts as i128 - cx.unix_ms as i128;
         if skew.unsigned_abs() > u128::from(cx.max_skew_ms) {
             return Err(DecodeError::Stale {
@@ -742,7 +796,19 @@ impl Codec for NativeCodec {
         }
         let body = match (m.method, m.result, m.error) {
             (Some(method), None, None) => Body::Request(request(method, m.params)?),
-            (None, Some(result), None) => Body::Response(response(result)?),
+            (None, Some(result), None) => {
+                let mut r = response(result)?;
+                if self.min_id_work > 0 {
+                    let min = self.min_id_work;
+                    if let Response::Nodes { nodes }
+                    | Response::Value { nodes, .. }
+                    | Response::Custom { nodes, .. } = &mut r
+                    {
+                        nodes.retain(|c| id_work(&c.id) >= min);
+                    }
+                }
+                Body::Response(r)
+            }
             (None, None, Some(e)) => Body::Error(e),
             _ => {
                 return Err(malformed(

@@ -723,3 +723,90 @@ fn only_one_signed_form_is_accepted() {
             .is_ok()
     );
 }
+
+fn party_with(identity: NativeIdentity, port: u16, min_work: u32) -> Party {
+    let identity = Arc::new(identity);
+    let contact = Contact::new(
+        identity.id(),
+        format!("udp://127.0.0.1:{port}").parse().unwrap(),
+    );
+    Party {
+        codec: NativeCodec::new(identity.clone()).min_id_work(min_work),
+        identity,
+        contact,
+    }
+}
+
+/// The id cost: a node that requires 8 bits of work drops messages from weaker ids (as an
+/// authentication failure, before the signature check) and strips weaker contacts from the
+/// answers it receives; identities made with `generate_with_work` get through.
+#[test]
+fn id_work_is_required_of_senders_and_of_the_contacts_they_name() {
+    let mut rng = CountRng(7);
+    let strong = NativeIdentity::generate_with_work(&mut rng, 8);
+    assert!(native::id_work(&strong.id()) >= 8);
+    // A weak identity: the first one generated with less than 8 bits.
+    let weak = loop {
+        let id = NativeIdentity::generate(&mut rng);
+        if native::id_work(&id.id()) < 8 {
+            break id;
+        }
+    };
+    let mut judge = party_with(NativeIdentity::generate_with_work(&mut rng, 8), 7000, 8);
+    let mut s = party_with(strong, 7001, 0);
+    let mut w = party_with(weak, 7002, 0);
+    let to = Some(judge.identity.id());
+    let ping = msg(&w, to, b"t1", Body::Request(Request::Ping));
+    match send(&mut w, &mut judge, &ping, T0, T0) {
+        Err(DecodeError::Auth(why)) => assert!(why.contains("8 required"), "{why}"),
+        other => panic!("weak sender accepted: {other:?}"),
+    }
+    let ping = msg(&s, to, b"t2", Body::Request(Request::Ping));
+    assert!(send(&mut s, &mut judge, &ping, T0, T0).is_ok());
+    // An answer naming a weak and a strong contact: only the strong one is kept.
+    let nodes = vec![w.contact.clone(), s.contact.clone(), judge.contact.clone()];
+    let answer = msg(
+        &s,
+        to,
+        b"t3",
+        Body::Response(Response::Nodes {
+            nodes: nodes.clone(),
+        }),
+    );
+    let got = send(&mut s, &mut judge, &answer, T0, T0).unwrap();
+    match got.body {
+        Body::Response(Response::Nodes { nodes: kept }) => {
+            assert_eq!(kept, vec![s.contact.clone(), judge.contact.clone()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A node without the requirement takes everything.
+    let answer = msg(
+        &s,
+        Some(w.identity.id()),
+        b"t4",
+        Body::Response(Response::Nodes { nodes }),
+    );
+    let got = send(&mut s, &mut w, &answer, T0, T0).unwrap();
+    assert!(matches!(got.body, Body::Response(Response::Nodes { nodes }) if nodes.len() == 3));
+}
+
+/// `id_work` counts leading zero bits of SHA-256(id), across byte boundaries.
+#[test]
+fn id_work_counts_leading_zero_bits_of_the_hash() {
+    let mut rng = CountRng(99);
+    let mut seen = [false; 12];
+    for _ in 0..4000 {
+        let id = NativeIdentity::generate(&mut rng).id();
+        let w = native::id_work(&id) as usize;
+        if w < seen.len() {
+            seen[w] = true;
+        }
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(id.as_bytes());
+        let bits: String = h.iter().map(|b| format!("{b:08b}")).collect();
+        assert_eq!(w, bits.chars().take_while(|c| *c == '0').count());
+    }
+    // With 4000 ids every count from 0 to 7 turns up.
+    assert!(seen[..8].iter().all(|s| *s), "{seen:?}");
+}
