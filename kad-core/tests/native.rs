@@ -810,3 +810,31 @@ fn id_work_counts_leading_zero_bits_of_the_hash() {
     // With 4000 ids every count from 0 to 7 turns up.
     assert!(seen[..8].iter().all(|s| *s), "{seen:?}");
 }
+
+/// PROTOCOL.md section 1's id-work examples.
+#[test]
+fn protocol_md_id_work_examples() {
+    let one = NativeIdentity::from_secret(&hex32(SECRET_A)).unwrap();
+    assert_eq!(native::id_work(&one.id()), 0);
+    let first = (1u32..)
+        .map(|n| {
+            let mut s = [0u8; 32];
+            s[28..].copy_from_slice(&n.to_be_bytes());
+            (n, NativeIdentity::from_secret(&s).unwrap())
+        })
+        .find(|(_, id)| native::id_work(&id.id()) >= 8)
+        .unwrap();
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(first.1.id().as_bytes());
+    println!(
+        "WORK8 {} {} {}",
+        first.0,
+        first.1.id(),
+        hex::encode(&h[..2])
+    );
+    let doc = include_str!("../../PROTOCOL.md");
+    assert!(
+        doc.contains(&format!("is {} (id `{}`", first.0, first.1.id())),
+        "PROTOCOL.md section 1"
+    );
+}
