@@ -1,7 +1,8 @@
 //! `engine_inputs`: the sans-IO engine (`kad_core::Node`) under arbitrary inputs.
 //!
-//! The input is decoded with `arbitrary` into a small configuration (k, alpha, in-flight and
-//! query limits, store quotas, ...) and a sequence of steps: requests from a handful of peers
+//! The input is decoded with `arbitrary` into a small configuration (k, alpha, disjoint lookup
+//! paths, subnet limit, in-flight and query limits, store quotas, ...) and a sequence of steps:
+//! requests from a handful of peers
 //! (some in the same buckets), answers to the requests the node sent (right or wrong
 //! transaction, address, id), the same as JSON datagrams through the codec, raw datagrams,
 //! commands (`find_node`, `get`, `put`, `put_record`, `ping`, `call`, `bootstrap`,
@@ -83,6 +84,8 @@ enum AddrPick {
     Mem(u8),
     Udp(u8),
     Ws(u8),
+    /// A public IPv4 address in one of two /24s (the subnet limit applies).
+    Public(u8),
 }
 
 impl AddrPick {
@@ -90,6 +93,7 @@ impl AddrPick {
         match self {
             Self::Mem(i) => PeerAddr::Mem(u64::from(i % 32)),
             Self::Udp(i) => PeerAddr::Udp(([10, 0, 0, i % 16], 4000).into()),
+            Self::Public(i) => PeerAddr::Udp(([198, 51, i & 1, i % 16], 4000).into()),
             Self::Ws(i) => format!("ws://h{}.example/kad", i % 4)
                 .parse()
                 .expect("valid ws uri"),
@@ -197,6 +201,10 @@ enum Step {
 
 #[derive(Arbitrary, Debug)]
 struct Setup {
+    /// Lookup paths: `% 3 + 1`, at most k.
+    disjoint_paths: u8,
+    /// Per-subnet limit: `% 3` (0 = off).
+    subnet_limit: u8,
     k: u8,
     alpha: u8,
     max_in_flight: u8,
@@ -759,6 +767,8 @@ fn build(s: &Setup) -> (Node, StoreLimits) {
     cfg.max_attempts = s.max_attempts % 5 + 1;
     cfg.lookup_patience = usize::from(s.patience % 3) + 1;
     cfg.lookup_skip_silent_head = s.skip_silent_head;
+    cfg.disjoint_paths = (usize::from(s.disjoint_paths % 3) + 1).min(cfg.k);
+    cfg.subnet_limit = usize::from(s.subnet_limit % 3);
     cfg.bootstrap_refresh = usize::from(s.bootstrap_refresh % 3);
     cfg.accept_id_change = s.accept_id_change;
     cfg.accept_requesters = s.accept_requesters;

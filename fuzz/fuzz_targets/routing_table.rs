@@ -61,6 +61,8 @@ struct Input {
     window_secs: u16,
     max_failures: u8,
     refresh_secs: u16,
+    /// Per-subnet limit of a bucket: `% 3` (0 = off).
+    subnet_limit: u8,
     ops: Vec<Op>,
 }
 
@@ -87,7 +89,33 @@ struct Model {
     cache: usize,
     window: u64,
     max_failures: u8,
+    subnet_limit: usize,
     buckets: BTreeMap<usize, MBucket>,
+}
+
+/// Subnet of a contact's first address (the library's own classification).
+fn m_subnet(c: &Contact) -> Option<kad_core::Subnet> {
+    c.primary_addr().and_then(PeerAddr::subnet)
+}
+
+/// Whether one more contact of `net` fits in `entries` (the one at `skip` not counted).
+fn m_fits(
+    entries: &[MEntry],
+    limit: usize,
+    net: Option<kad_core::Subnet>,
+    skip: Option<usize>,
+) -> bool {
+    match net {
+        Some(net) if limit > 0 => {
+            let same = entries
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| Some(*i) != skip && m_subnet(&e.contact) == Some(net))
+                .count();
+            same < limit
+        }
+        _ => true,
+    }
 }
 
 /// Bucket of `id` seen from `local`: 159 minus the length of their common prefix.
@@ -123,15 +151,21 @@ impl Model {
             return InsertOutcome::Ignored;
         };
         let (k, cache, max_failures, window) = (self.k, self.cache, self.max_failures, self.window);
+        let limit = self.subnet_limit;
         let bucket = self.buckets.entry(b).or_default();
-        if let Some(e) = bucket
+        if let Some(pos) = bucket
             .entries
-            .iter_mut()
-            .find(|e| e.contact.id == contact.id)
+            .iter()
+            .position(|e| e.contact.id == contact.id)
         {
             if verified {
+                // A new address whose subnet is full in this bucket is not taken.
+                let net = m_subnet(&contact);
+                let keep_old = net != m_subnet(&bucket.entries[pos].contact)
+                    && !m_fits(&bucket.entries, limit, net, Some(pos));
+                let e = &mut bucket.entries[pos];
                 *e = MEntry {
-                    contact,
+                    contact: if keep_old { e.contact.clone() } else { contact },
                     last_seen: now,
                     failures: 0,
                     srtt_us: e.srtt_us,
@@ -140,6 +174,10 @@ impl Model {
                 bucket.last_active = Some(now);
             }
             return InsertOutcome::Updated;
+        }
+        // The subnet limit: at most `subnet_limit` entries of one subnet per bucket.
+        if !m_fits(&bucket.entries, limit, m_subnet(&contact), None) {
+            return InsertOutcome::Ignored;
         }
         let entry = MEntry {
             contact,
@@ -198,6 +236,7 @@ impl Model {
 
     fn failure(&mut self, id: &NodeId) -> bool {
         let max_failures = self.max_failures;
+        let limit = self.subnet_limit;
         let Some(bucket) = bucket_of(&self.local, id).and_then(|b| self.buckets.get_mut(&b)) else {
             return false;
         };
@@ -213,9 +252,18 @@ impl Model {
         if e.failures < max_failures {
             return false;
         }
-        match bucket.cache.pop() {
-            Some(fresh) => {
-                bucket.entries[pos] = fresh;
+        // The freshest replacement whose subnet has room (the failed entry leaving).
+        let pick = (0..bucket.cache.len()).rev().find(|&i| {
+            m_fits(
+                &bucket.entries,
+                limit,
+                m_subnet(&bucket.cache[i].contact),
+                Some(pos),
+            )
+        });
+        match pick {
+            Some(i) => {
+                bucket.entries[pos] = bucket.cache.remove(i);
                 true
             }
             None => false,
@@ -231,11 +279,21 @@ impl Model {
     }
 
     fn remove(&mut self, id: &NodeId) -> Option<MEntry> {
+        let limit = self.subnet_limit;
         let bucket = self.buckets.get_mut(&bucket_of(&self.local, id)?)?;
         bucket.cache.retain(|r| r.contact.id != *id);
         let pos = bucket.entries.iter().position(|e| e.contact.id == *id)?;
         let e = bucket.entries.swap_remove(pos);
-        if let Some(fresh) = bucket.cache.pop() {
+        let pick = (0..bucket.cache.len()).rev().find(|&i| {
+            m_fits(
+                &bucket.entries,
+                limit,
+                m_subnet(&bucket.cache[i].contact),
+                None,
+            )
+        });
+        if let Some(i) = pick {
+            let fresh = bucket.cache.remove(i);
             bucket.entries.push(fresh);
         }
         Some(e)
@@ -317,6 +375,7 @@ fuzz_target!(|input: Input| {
     let window = u64::from(input.window_secs % 3600) + 1;
     let max_failures = input.max_failures % 4 + 1;
     let refresh = Duration::from_secs(u64::from(input.refresh_secs % 3600) + 1);
+    let subnet_limit = usize::from(input.subnet_limit % 3);
     let mut rt = RoutingTable::new(
         local,
         RoutingParams {
@@ -324,7 +383,7 @@ fuzz_target!(|input: Input| {
             replacement_cache: cache,
             liveness_window: Duration::from_secs(window),
             max_failures,
-            subnet_limit: 0,
+            subnet_limit,
         },
     );
     let mut model = Model {
@@ -333,6 +392,7 @@ fuzz_target!(|input: Input| {
         cache,
         window: window * 1000,
         max_failures,
+        subnet_limit,
         buckets: BTreeMap::new(),
     };
     let mut ids = Ids(Vec::new());
@@ -344,7 +404,14 @@ fuzz_target!(|input: Input| {
         match *op {
             Op::Insert { id, addr, verified } => {
                 let id = ids.pick(&local, id);
-                let c = Contact::new(id, PeerAddr::Mem(u64::from(addr)));
+                // Half the addresses are public IPv4 ones in four /24s (the subnet limit
+                // applies), half in-memory endpoints (never limited).
+                let a = if addr & 0x80 != 0 {
+                    PeerAddr::Udp(([203, 0, (addr >> 4) & 3, addr], 6881).into())
+                } else {
+                    PeerAddr::Mem(u64::from(addr))
+                };
+                let c = Contact::new(id, a);
                 let got = rt.insert(at(now), c.clone(), verified);
                 let want = model.insert(now, c, verified);
                 assert_eq!(got, want, "insert {id:?} verified={verified}");
@@ -406,7 +473,7 @@ fuzz_target!(|input: Input| {
                         replacement_cache: cache,
                         liveness_window: Duration::from_secs(window),
                         max_failures,
-                        subnet_limit: 0,
+                        subnet_limit,
                     },
                 );
                 assert_eq!(fresh.restore(at(now), &snap), rt.len());

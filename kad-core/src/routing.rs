@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{Contact, PeerAddr};
+use crate::addr::{Contact, PeerAddr, Subnet};
 use crate::id::{Distance, ID_BITS, NodeId};
 
 /// How alive a contact looks, from the last time it was heard from.
@@ -91,6 +91,31 @@ pub struct RoutingSnapshot {
     pub contacts: Vec<Contact>,
 }
 
+/// The subnet of a contact's primary address (`None`: never limited).
+fn addr_subnet(c: &Contact) -> Option<Subnet> {
+    c.primary_addr().and_then(PeerAddr::subnet)
+}
+
+/// Whether a contact of subnet `net` may join `entries` (leaving out the one at `skip`) under
+/// the per-subnet `limit` (0: no limit).
+fn fits(entries: &[Entry], limit: usize, net: Option<Subnet>, skip: Option<usize>) -> bool {
+    let Some(net) = net else { return true };
+    limit == 0
+        || entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| Some(*i) != skip && addr_subnet(&e.contact) == Some(net))
+            .count()
+            < limit
+}
+
+/// The freshest replacement that may take a slot in the bucket (the one at `skip` leaving).
+fn promotable(b: &Bucket, limit: usize, skip: Option<usize>) -> Option<usize> {
+    b.replacements
+        .iter()
+        .rposition(|r| fits(&b.entries, limit, addr_subnet(&r.contact), skip))
+}
+
 /// k-buckets around a local id.
 #[derive(Debug)]
 pub struct RoutingTable {
@@ -150,14 +175,23 @@ impl RoutingTable {
         let cache = self.params.replacement_cache;
         let max_failures = self.params.max_failures;
         let window = self.params.liveness_window;
+        let limit = self.params.subnet_limit;
         let bucket = self.buckets.entry(idx as u8).or_default();
-        if let Some(e) = bucket
+        if let Some(pos) = bucket
             .entries
-            .iter_mut()
-            .find(|e| e.contact.id == contact.id)
+            .iter()
+            .position(|e| e.contact.id == contact.id)
         {
             if verified {
-                e.contact = contact;
+                // A known contact heard from a new address keeps its old one if the new one's
+                // subnet is already at its limit in this bucket.
+                let net = addr_subnet(&contact);
+                let keep_old = net != addr_subnet(&bucket.entries[pos].contact)
+                    && !fits(&bucket.entries, limit, net, Some(pos));
+                let e = &mut bucket.entries[pos];
+                if !keep_old {
+                    e.contact = contact;
+                }
                 e.last_seen = now;
                 e.failures = 0;
                 e.verified = true;
@@ -165,17 +199,8 @@ impl RoutingTable {
             }
             return InsertOutcome::Updated;
         }
-        if self.params.subnet_limit > 0 {
-            if let Some(net) = contact.primary_addr().and_then(PeerAddr::subnet) {
-                let same = bucket
-                    .entries
-                    .iter()
-                    .filter(|e| e.contact.primary_addr().and_then(PeerAddr::subnet) == Some(net))
-                    .count();
-                if same >= self.params.subnet_limit {
-                    return InsertOutcome::Ignored;
-                }
-            }
+        if !fits(&bucket.entries, limit, addr_subnet(&contact), None) {
+            return InsertOutcome::Ignored;
         }
         let entry = Entry {
             contact,
@@ -258,12 +283,13 @@ impl RoutingTable {
         if bucket.entries[pos].failures < max_failures {
             return false;
         }
-        // Replace it by the freshest replacement. Without one it stays, marked bad: excluded from
-        // `closest`, first to go when a new contact arrives, and a last resort for lookups when
-        // nothing better is known (a lossy link must not empty the table).
-        match bucket.replacements.pop() {
-            Some(rep) => {
-                bucket.entries[pos] = rep;
+        // Replace it by the freshest replacement (that its subnet's limit lets in). Without one
+        // it stays, marked bad: excluded from `closest`, first to go when a new contact
+        // arrives, and a last resort for lookups when nothing better is known (a lossy link
+        // must not empty the table).
+        match promotable(bucket, self.params.subnet_limit, Some(pos)) {
+            Some(i) => {
+                bucket.entries[pos] = bucket.replacements.remove(i);
                 true
             }
             None => false,
@@ -308,7 +334,8 @@ impl RoutingTable {
         bucket.replacements.retain(|r| r.contact.id != *id);
         let pos = bucket.entries.iter().position(|e| e.contact.id == *id)?;
         let e = bucket.entries.swap_remove(pos);
-        if let Some(rep) = bucket.replacements.pop() {
+        if let Some(i) = promotable(bucket, self.params.subnet_limit, None) {
+            let rep = bucket.replacements.remove(i);
             bucket.entries.push(rep);
         } else {
             self.len -= 1;
@@ -467,6 +494,19 @@ impl RoutingTable {
             if b.replacements.len() > self.params.replacement_cache {
                 return Err(format!("bucket {idx} cache holds {}", b.replacements.len()));
             }
+            if self.params.subnet_limit > 0 {
+                for e in &b.entries {
+                    let net = addr_subnet(&e.contact);
+                    let same = b
+                        .entries
+                        .iter()
+                        .filter(|x| addr_subnet(&x.contact) == net)
+                        .count();
+                    if net.is_some() && same > self.params.subnet_limit {
+                        return Err(format!("bucket {idx} holds {same} of subnet {net:?}"));
+                    }
+                }
+            }
             for e in &b.entries {
                 if !seen.insert(e.contact.id) {
                     return Err(format!("duplicate {:?}", e.contact.id));
@@ -566,6 +606,57 @@ mod tests {
                 InsertOutcome::Inserted
             );
         }
+    }
+
+    /// Found by the `routing_table` fuzz target: a replacement promoted when an entry fails
+    /// (or is removed) must not take its subnet past the limit. The freshest replacement that
+    /// fits is promoted; if none fits, the bad entry stays.
+    #[test]
+    fn promoted_replacements_respect_the_subnet_limit() {
+        let now = Instant::now();
+        let mut p = params(3);
+        p.replacement_cache = 4;
+        let mut t = RoutingTable::new(NodeId::ZERO, p);
+        let at = |b: u8, addr: &str| {
+            let mut id = [0u8; 20];
+            id[0] = 0x80 | b;
+            Contact::new(NodeId(id), addr.parse().unwrap())
+        };
+        let (a, b, c) = (
+            at(1, "udp://1.2.3.1:1"),
+            at(2, "udp://5.5.5.5:1"),
+            at(3, "udp://6.6.6.6:1"),
+        );
+        for x in [&a, &b, &c] {
+            assert_eq!(t.insert(now, x.clone(), true), InsertOutcome::Inserted);
+        }
+        // Two more of 1.2.3.0/24 wait as replacements (one of it in the bucket so far).
+        let (d, e) = (at(4, "udp://1.2.3.4:1"), at(5, "udp://1.2.3.5:1"));
+        for x in [&d, &e] {
+            assert!(matches!(
+                t.insert(now, x.clone(), true),
+                InsertOutcome::Pending { .. }
+            ));
+        }
+        // b fails for good: the freshest replacement, e, takes its slot (2 of the subnet).
+        assert!(!t.on_failure(&b.id));
+        assert!(t.on_failure(&b.id));
+        assert!(t.get(&e.id).is_some());
+        // c fails for good: d would be a third of the subnet, so c stays, marked bad.
+        assert!(!t.on_failure(&c.id));
+        assert!(!t.on_failure(&c.id));
+        assert!(t.get(&d.id).is_none() && t.get(&c.id).is_some());
+        // Removing a makes room: d is promoted.
+        assert!(t.remove(&a.id).is_some());
+        assert!(t.get(&d.id).is_some());
+        t.check_invariants().unwrap();
+        // A known contact heard from an address in a full subnet keeps its old address.
+        assert_eq!(
+            t.insert(now, at(3, "udp://1.2.3.9:1"), true),
+            InsertOutcome::Updated
+        );
+        assert_eq!(t.get(&c.id).unwrap().contact, c);
+        t.check_invariants().unwrap();
     }
 
     fn contact(id: NodeId) -> Contact {
