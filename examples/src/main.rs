@@ -312,6 +312,16 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
 }
 
 /// Refuses `--field = v` outside `lo..=hi` (NaN included), naming the flag and the limits.
+/// A progress bar on stderr for the simulator commands (hidden with --json).
+fn progress_bar(hidden: bool, len: u64, template: &str) -> Result<indicatif::ProgressBar> {
+    if hidden {
+        return Ok(indicatif::ProgressBar::hidden());
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(indicatif::ProgressStyle::with_template(template).context("progress template")?);
+    Ok(b)
+}
+
 fn check_range<T: PartialOrd + Copy + std::fmt::Display>(
     field: &str,
     v: T,
@@ -352,18 +362,11 @@ fn sim(a: SimArgs) -> Result<()> {
         sc.link = link;
         sc
     };
-    let bar = if a.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new((a.nodes + a.lookups) as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} joins+lookups ({eta})",
-            )
-            .context("progress template")?,
-        );
-        b
-    };
+    let bar = progress_bar(
+        a.json,
+        (a.nodes + a.lookups) as u64,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} joins+lookups ({eta})",
+    )?;
     let t0 = Instant::now();
     let r = run_lookup_scenario(&sc, |done, total| {
         bar.set_length(total as u64);

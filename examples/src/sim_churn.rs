@@ -129,18 +129,11 @@ pub(crate) fn run(a: SimChurnArgs) -> Result<()> {
     sc.link = link;
     sc.seed = a.seed;
 
-    let bar = if a.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(a.nodes as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
-            )
-            .context("progress template")?,
-        );
-        b
-    };
+    let bar = crate::progress_bar(
+        a.json,
+        a.nodes as u64,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+    )?;
     let mut rss: Vec<RssSample> = Vec::new();
     let t0 = Instant::now();
     let r = run_churn_scenario(&sc, |p| match p {

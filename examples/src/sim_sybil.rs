@@ -117,18 +117,11 @@ pub(crate) fn run(a: SimSybilArgs) -> Result<()> {
     sc.link = link;
     sc.seed = a.seed;
 
-    let bar = if a.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(1);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
-            )
-            .context("progress template")?,
-        );
-        b
-    };
+    let bar = crate::progress_bar(
+        a.json,
+        1,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+    )?;
     let t0 = Instant::now();
     let r = run_sybil_scenario(&sc, |d, done, total| {
         bar.set_message(d.name());

@@ -807,6 +807,13 @@ mod tests {
         }
     }
 
+    /// A contact whose id starts with `b`, at `udp://IP:1`.
+    fn at(b: u8, ip: &str) -> Contact {
+        let mut a = [0u8; 20];
+        a[0] = b;
+        Contact::new(NodeId(a), format!("udp://{ip}:1").parse().unwrap())
+    }
+
     fn c(b: u8) -> Contact {
         let mut a = [0u8; 20];
         a[0] = b;
@@ -1007,11 +1014,6 @@ mod tests {
     /// With a subnet limit, a path admits at most that many candidates of one /24.
     #[test]
     fn subnet_limit_per_lookup() {
-        let at = |b: u8, ip: &str| {
-            let mut a = [0u8; 20];
-            a[0] = b;
-            Contact::new(NodeId(a), format!("udp://{ip}:1").parse().unwrap())
-        };
         let now = Instant::now();
         let mut l = Lookup::new(
             NodeId([0xff; 20]),
@@ -1047,11 +1049,6 @@ mod tests {
     /// without seeds gets its share of the first answer.
     #[test]
     fn disjoint_paths_share_one_subnet_limit_and_deal_out_the_first_answer() {
-        let at = |b: u8, ip: &str| {
-            let mut a = [0u8; 20];
-            a[0] = b;
-            Contact::new(NodeId(a), format!("udp://{ip}:1").parse().unwrap())
-        };
         let now = Instant::now();
         let seed = at(0x40, "1.1.1.1");
         let mut l = Lookup::new(
