@@ -37,6 +37,12 @@ pub(crate) struct SimSybilArgs {
     /// Lookup parallelism. 1 to 64.
     #[arg(long, default_value_t = 3)]
     alpha: usize,
+    /// Targeted eclipse: the adversaries take ids sharing their first 20 bits with one of the
+    /// first records' keys (k around each key, as grinding about 2^20 key pairs an id would
+    /// give; an id cost of b bits makes that 2^(20+b)), instead of random ids. The report adds
+    /// the gets of those keys.
+    #[arg(long)]
+    targeted: bool,
     /// Distinct random earlier nodes each node joins through, as a deployment's list of
     /// bootstrap nodes. With 1, a node whose only seed is an adversary is eclipsed from the
     /// start. 1 to 16.
@@ -112,6 +118,7 @@ pub(crate) fn run(a: SimSybilArgs) -> Result<()> {
     sc.disjoint_paths = a.paths;
     sc.subnet_limit = a.subnet_limit;
     sc.defences = defences;
+    sc.targeted = a.targeted;
     let mut link = LinkModel::default();
     link.latency = Duration::from_secs_f64(a.rtt_ms / 2000.0);
     sc.link = link;
@@ -140,13 +147,18 @@ pub(crate) fn run(a: SimSybilArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
+    let targeted = if r.targeted {
+        ", with ids chosen around record keys"
+    } else {
+        ""
+    };
     let subnets = if r.adversary_subnets == 0 {
         "each in its own subnet".to_string()
     } else {
         format!("in {} shared subnets", r.adversary_subnets)
     };
     println!(
-        "{} nodes, {} adversaries {subnets}; each joined through {} nodes; k={}, alpha={}, seed {}",
+        "{} nodes, {} adversaries {subnets}{targeted}; each joined through {} nodes; k={}, alpha={}, seed {}",
         r.nodes, r.adversaries, r.bootstrap_seeds, r.k, r.alpha, r.seed
     );
     println!();
@@ -179,6 +191,17 @@ pub(crate) fn run(a: SimSybilArgs) -> Result<()> {
             run.latency_ms_p50,
             run.unfinished
         );
+    }
+    if r.targeted {
+        println!();
+        for run in &r.runs {
+            println!(
+                "{:<15} gets of the {} surrounded keys: {:.1}%",
+                run.defence.name(),
+                run.targeted_gets,
+                run.targeted_get_success * 100.0
+            );
+        }
     }
     println!();
     println!(

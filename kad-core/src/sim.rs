@@ -134,6 +134,8 @@ pub struct Sim {
     subnet_plan: Vec<u32>,
     /// Whether each node index to come is adversarial.
     adversary_plan: Vec<bool>,
+    /// Ids chosen for node indices to come (`None` or missing: random).
+    id_plan: Vec<Option<NodeId>>,
     /// The live adversarial nodes, as contacts.
     adversaries: Vec<Contact>,
 }
@@ -161,6 +163,7 @@ impl Sim {
             epoch_ms: 1_700_000_000_000,
             subnet_plan: Vec::new(),
             adversary_plan: Vec::new(),
+            id_plan: Vec::new(),
             adversaries: Vec::new(),
         }
     }
@@ -216,6 +219,13 @@ impl Sim {
         self.adversary_plan = adversarial;
     }
 
+    /// Gives the nodes to come chosen ids: node `i` gets `ids[i]` when it is `Some` (random
+    /// otherwise). For attackers that grind ids next to a target. The random draw still happens,
+    /// so planning ids does not move any other random choice.
+    pub fn plan_ids(&mut self, ids: Vec<Option<NodeId>>) {
+        self.id_plan = ids;
+    }
+
     /// Whether the node at `idx` is adversarial.
     pub fn is_adversary(&self, idx: usize) -> bool {
         self.nodes.get(idx).is_some_and(|n| n.adversary)
@@ -242,7 +252,10 @@ impl Sim {
             base: self.base,
             epoch_ms: self.epoch_ms,
         });
-        let id = NodeId::random(&mut self.rng);
+        let mut id = NodeId::random(&mut self.rng);
+        if let Some(Some(planned)) = self.id_plan.get(idx) {
+            id = *planned;
+        }
         let addr = match self.subnet_plan.get(idx) {
             Some(&net) if net != 0 => PeerAddr::mem_in_subnet(net, idx as u32),
             _ => PeerAddr::Mem(idx as u64),

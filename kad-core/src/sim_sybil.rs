@@ -42,6 +42,8 @@ use crate::sim::{LinkModel, Sim, SimStats, grow_network_with_seeds};
 
 /// Longest the lookups and gets may take to finish, virtual time.
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+/// Bits of prefix a targeted adversary's id shares with the key it surrounds.
+pub const TARGET_PREFIX_BITS: u32 = 20;
 /// First subnet number of honest nodes (adversaries use 1..=adversary_subnets, or their own
 /// from `SPREAD_BASE`).
 const HONEST_BASE: u32 = 1 << 24;
@@ -115,6 +117,11 @@ pub struct SybilScenario {
     pub subnet_limit: usize,
     /// The settings to run, each on a network of its own.
     pub defences: Vec<Defence>,
+    /// Targeted eclipse: instead of random ids, the adversaries take ids that share the first
+    /// [`TARGET_PREFIX_BITS`] bits with one of the first `adversaries / k` record keys (k of
+    /// them around each), as an attacker grinding key pairs would (about 2^20 key generations
+    /// an id; with an id cost of `b` bits, 2^(20 + b)). They then are those keys' closest nodes.
+    pub targeted: bool,
     /// The link model.
     pub link: LinkModel,
     /// The simulation seed.
@@ -135,6 +142,7 @@ impl Default for SybilScenario {
             disjoint_paths: 4,
             subnet_limit: 2,
             defences: Defence::ALL.to_vec(),
+            targeted: false,
             link: LinkModel::default(),
             seed: 1,
         }
@@ -159,6 +167,10 @@ pub struct DefenceReport {
     pub gets: usize,
     /// Fraction that returned the record's value.
     pub get_success: f64,
+    /// With `targeted`: gets of the keys the adversaries surround.
+    pub targeted_gets: usize,
+    /// With `targeted`: fraction of those that returned the value.
+    pub targeted_get_success: f64,
     /// Mean number of honest nodes that kept each record (acknowledgements from adversaries,
     /// which drop it, not counted).
     pub put_honest_holders_mean: f64,
@@ -189,6 +201,8 @@ pub struct SybilReport {
     pub adversaries: usize,
     /// Subnets the adversaries share (0: one each).
     pub adversary_subnets: u32,
+    /// Whether the adversaries chose ids around record keys.
+    pub targeted: bool,
     /// Bucket size.
     pub k: usize,
     /// Lookup parallelism.
@@ -223,6 +237,7 @@ pub fn run_sybil_scenario(
         nodes: sc.nodes,
         adversaries,
         adversary_subnets: sc.adversary_subnets,
+        targeted: sc.targeted,
         k: sc.k,
         alpha: sc.alpha,
         bootstrap_seeds: sc.bootstrap_seeds,
@@ -273,6 +288,37 @@ fn run_one(
         .collect();
     sim.plan_subnets(subnets);
     sim.plan_adversaries(bad.clone());
+    // Targeted: the record keys are drawn up front, and the adversaries surround the first ones.
+    let planned_keys: Vec<NodeId> = if sc.targeted {
+        (0..sc.records)
+            .map(|_| NodeId::random(&mut plan_rng))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let targeted_keys = if planned_keys.is_empty() {
+        0
+    } else {
+        (adversaries / sc.k.max(1)).clamp(1, planned_keys.len())
+    };
+    let keys_at_start = &planned_keys;
+    if targeted_keys > 0 {
+        let mut ids = vec![None; sc.nodes];
+        for (j, &i) in order.iter().take(adversaries).enumerate() {
+            let key = keys_at_start[j % targeted_keys];
+            let mut id = NodeId::random(&mut plan_rng).0;
+            // Keep the key's first TARGET_PREFIX_BITS bits, the rest random.
+            let whole = (TARGET_PREFIX_BITS / 8) as usize;
+            id[..whole].copy_from_slice(&key.0[..whole]);
+            let rest = TARGET_PREFIX_BITS % 8;
+            if rest > 0 {
+                let mask = 0xFFu8 << (8 - rest);
+                id[whole] = (key.0[whole] & mask) | (id[whole] & !mask);
+            }
+            ids[i] = Some(NodeId(id));
+        }
+        sim.plan_ids(ids);
+    }
 
     let cfg = Config {
         k: sc.k,
@@ -297,7 +343,10 @@ fn run_one(
         .filter_map(|&i| sim.node(i).map(|n| (i, n.id())))
         .collect();
     let mut pending: FxHashMap<(usize, QueryId), Pending> = FxHashMap::default();
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        targeted_keys,
+        ..Tally::default()
+    };
     let spacing = Duration::from_millis(20);
 
     // Puts by honest owners.
@@ -305,12 +354,15 @@ fn run_one(
     let mut owners = Vec::with_capacity(sc.records);
     for r in 0..sc.records {
         let owner = honest[sim.rng().random_range(0..honest.len())];
-        let key = NodeId::random(sim.rng());
+        let key = match planned_keys.get(r) {
+            Some(k) => *k,
+            None => NodeId::random(sim.rng()),
+        };
+        keys.push(key);
         let value = Bytes::from(format!("sybil-record-{r}"));
         if let Some(Ok(q)) = sim.command(owner, |n, now| n.put(now, key, value)) {
             pending.insert((owner, q), Pending::Put);
         }
-        keys.push(key);
         owners.push(owner);
         sim.run_for(spacing);
         tally.take(&mut sim, &mut pending, &honest_ids);
@@ -390,6 +442,8 @@ fn run_one(
         lookup_success: ratio(tally.lookup_ok, lookups),
         gets,
         get_success: ratio(tally.get_ok, gets),
+        targeted_gets: tally.targeted_gets,
+        targeted_get_success: ratio(tally.targeted_ok, tally.targeted_gets),
         put_honest_holders_mean: ratio(holders.iter().sum(), holders.len()),
         adversaries_in_tables: ratio(bad_entries, entries),
         honest_unknown: ratio(unknown, honest_ids.len()),
@@ -411,6 +465,10 @@ struct Tally {
     lookup_ok: usize,
     gets: usize,
     get_ok: usize,
+    /// Records `0..targeted_keys` are the ones the adversaries surround.
+    targeted_keys: usize,
+    targeted_gets: usize,
+    targeted_ok: usize,
     rpcs: Vec<u32>,
     lat_us: Vec<u64>,
 }
@@ -450,8 +508,11 @@ impl Tally {
                 (Pending::Get(r), QueryResult::Get(g)) => {
                     self.gets += 1;
                     let want = format!("sybil-record-{r}");
-                    if g.is_ok_and(|g| g.record.value == want.as_bytes()) {
-                        self.get_ok += 1;
+                    let ok = g.is_ok_and(|g| g.record.value == want.as_bytes());
+                    self.get_ok += usize::from(ok);
+                    if r < self.targeted_keys {
+                        self.targeted_gets += 1;
+                        self.targeted_ok += usize::from(ok);
                     }
                 }
                 _ => {}

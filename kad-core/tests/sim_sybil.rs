@@ -98,3 +98,29 @@ fn deterministic_and_harmless_without_adversaries() {
     let digests = |r: &SybilReport| r.runs.iter().map(|x| x.digest.clone()).collect::<Vec<_>>();
     assert_eq!(digests(&a), digests(&b));
 }
+
+/// Targeted eclipse: adversaries that grind ids around a few record keys (as without an id
+/// cost) become those keys' closest nodes and swallow them; disjoint paths cannot help (the
+/// adversaries are the true closest), the subnet limit can when they share subnets. With an
+/// id cost they are back to random ids: the other tests.
+#[test]
+fn targeted_ids_swallow_their_keys_unless_the_subnet_limit_applies() {
+    let mut sc = scenario(
+        300,
+        3,
+        4,
+        &[Defence::None, Defence::DisjointPaths, Defence::SubnetLimit],
+    );
+    sc.targeted = true;
+    let r = run_sybil_scenario(&sc, |_, _, _| {});
+    println!("{}", serde_json::to_string(&r).unwrap());
+    assert!(r.targeted);
+    for d in [Defence::None, Defence::DisjointPaths] {
+        let x = run(&r, d);
+        assert_eq!(x.targeted_gets, 3, "{d:?}: {x:?}");
+        assert_eq!(x.targeted_get_success, 0.0, "{d:?}: {x:?}");
+    }
+    let x = run(&r, Defence::SubnetLimit);
+    assert_eq!(x.targeted_get_success, 1.0, "{x:?}");
+    assert!(x.get_success >= 0.99, "{x:?}");
+}
