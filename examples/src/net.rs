@@ -401,8 +401,10 @@ pub(crate) struct NodeArgs {
     #[arg(long)]
     no_amplification_guard: bool,
     /// Sybil defence: most contacts of one public /24 (IPv4) or /64 (IPv6) per bucket and per
-    /// lookup; loopback and private addresses are never limited. 0: no limit. 0 to 256.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// lookup; loopback and private addresses are never limited. 2 is a good value on an open
+    /// network; leave it at 0 (no limit) when many of the network's nodes share a public /24.
+    /// 0 to 256.
+    #[arg(long, default_value_t = 0, value_name = "N")]
     subnet_limit: usize,
     /// Sybil and eclipse defence (S/Kademlia): disjoint paths per lookup, each asking --alpha
     /// at a time; 1 is an ordinary lookup. About 2 to 4 times the requests (see `kad sim sybil`).

@@ -103,7 +103,9 @@ pub struct Config {
     /// Sybil defence: most contacts from one subnet ([`PeerAddr::subnet`](crate::PeerAddr::subnet):
     /// a public IPv4 /24 or IPv6 /64) in one bucket, and most candidates from one subnet in one
     /// lookup; a contact over it is ignored. Loopback, private and link-local addresses are never
-    /// limited. 0: no limit. Default 2.
+    /// limited. 0: no limit. Default 0, because a network whose nodes share one public /24 would
+    /// be capped: turn it on (2) for a node on an open network (`kad sim sybil` measures it).
+    /// The Mainline plugin uses 2, as libtorrent restricts its routing table and lookups.
     pub subnet_limit: usize,
     /// Sybil and eclipse defence (S/Kademlia): a lookup runs this many paths that never share a
     /// node; a node's answer only feeds its own path, so colluding nodes that name only each
@@ -188,7 +190,7 @@ impl Default for Config {
             max_attempts: 5,
             lookup_patience: 1,
             lookup_skip_silent_head: false,
-            subnet_limit: 2,
+            subnet_limit: 0,
             disjoint_paths: 1,
             max_in_flight: 4096,
             max_queries: 1024,

@@ -289,6 +289,8 @@ impl Mainline {
         config.answer_requests = !cfg.read_only;
         config.accept_id_change = true;
         config.amplification_guard = false;
+        // The public DHT: at most 2 contacts of one /24 (or /64) per bucket and per lookup.
+        config.subnet_limit = 2;
         // The KRPC codec limits each IP itself (`KrpcLimits::per_ip_rate`), before parsing too.
         config.per_ip_rate = 0;
         config.rng_seed = Some(seed);
