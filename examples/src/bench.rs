@@ -75,6 +75,14 @@ pub(crate) enum BenchCommand {
     /// and hops against network size. About half an hour with the defaults; --quick takes a
     /// few minutes.
     All(crate::bench_all::AllArgs),
+    /// Lossy links with real processes: `kad node` processes in two network namespaces (UDP and
+    /// QUIC), each namespace dropping that share of the datagrams it receives (nftables), puts
+    /// through one namespace and gets through the other, at each rate of --rates: nodes
+    /// joined, put `stored`, gets found and their latency, and the simulator's lookup success
+    /// at the same loss and size. Needs root (it creates and removes the namespaces).
+    ///
+    /// Prints one JSON object with --json. About a minute per rate with the defaults.
+    Loss(crate::bench_loss::LossBenchArgs),
 }
 
 impl BenchCommand {
@@ -86,6 +94,7 @@ impl BenchCommand {
             Self::Storage(a) => a.json,
             Self::Pubsub(a) => a.json,
             Self::All(a) => a.json,
+            Self::Loss(a) => a.json,
             Self::MainlineNet(_)
             | Self::MainlineCrateClient(_)
             | Self::UdpEcho
@@ -137,6 +146,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::UdpEcho => crate::bench_mainline::echo(),
         BenchCommand::Transports(a) => crate::bench_transports::run(a),
         BenchCommand::All(a) => crate::bench_all::run(a),
+        BenchCommand::Loss(a) => crate::bench_loss::run(a),
         BenchCommand::TransportServer(a) => crate::bench_transports::server(a),
     }
 }

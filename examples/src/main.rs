@@ -10,6 +10,7 @@ use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
 mod bench_all;
+mod bench_loss;
 mod bench_mainline;
 mod bench_pubsub;
 mod bench_storage;

@@ -305,11 +305,26 @@ pub(crate) async fn joined_with(
     }
     let (dht, max_message) = client(a, &seeds, validator).await?;
     let t0 = Instant::now();
-    let r = tokio::time::timeout(timeout(a)?, dht.bootstrap(seeds)).await;
-    match r {
-        Ok(Ok(_)) => Ok((dht, t0.elapsed(), max_message)),
-        Ok(Err(e)) => bail!("bootstrap failed: {e}"),
-        Err(_) => bail!("bootstrap timed out after {} s", a.timeout),
+    let limit = timeout(a)?;
+    // Every seed is pinged (each PING sent up to four times); a join that still found nobody is
+    // tried again, 1 s, 2 s, 4 s... later, until --timeout.
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let left = limit.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, dht.bootstrap(seeds.clone())).await {
+            Ok(Ok(_)) => return Ok((dht, t0.elapsed(), max_message)),
+            Ok(Err(e)) if t0.elapsed() + wait >= limit => {
+                bail!(
+                    "bootstrap failed: {e} (tried for {:.1} s)",
+                    t0.elapsed().as_secs_f64()
+                )
+            }
+            Ok(Err(_)) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
+            Err(_) => bail!("bootstrap timed out after {} s", a.timeout),
+        }
     }
 }
 

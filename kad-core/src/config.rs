@@ -169,6 +169,19 @@ pub struct Config {
     /// After the bootstrap lookup, refresh this many of the farthest non-full buckets with a
     /// lookup of a random id in each. Default 0.
     pub bootstrap_refresh: usize,
+    /// Times a PING, STORE, call or plugin request is sent again when its answer does not come
+    /// within the adaptive timeout, which doubles with each retransmission (up to
+    /// [`request_timeout`](Self::request_timeout)). Lookup requests are not retransmitted: a
+    /// lookup asks again or asks another node itself ([`max_attempts`](Self::max_attempts)).
+    /// Default 3 (four sends: a round trip at 10% loss each way then fails once in 750). The
+    /// Mainline plugin uses 1.
+    pub retransmits: u8,
+    /// A node whose routing table is empty (its join failed, or every contact went silent)
+    /// joins again through its bootstrap addresses and the contacts it last knew, after this
+    /// delay, doubling up to [`rejoin_max`](Self::rejoin_max) while it stays alone. Default 1 s.
+    pub rejoin_min: Duration,
+    /// Longest wait between two joins of a node that stays alone. Default 60 s.
+    pub rejoin_max: Duration,
     /// Seed of the engine's ChaCha RNG (transaction ids, refresh targets). `None`: the tokio
     /// runtime draws one from the OS; a hand-driven engine derives one from its id.
     pub rng_seed: Option<[u8; 32]>,
@@ -218,6 +231,9 @@ impl Default for Config {
             per_ip_rate: 1000,
             per_ip_burst: 2000,
             bootstrap_refresh: 0,
+            retransmits: 3,
+            rejoin_min: Duration::from_secs(1),
+            rejoin_max: Duration::from_secs(60),
             rng_seed: None,
             store_limits: StoreLimits::default(),
             wall_clock: Arc::new(SystemClock),
@@ -298,6 +314,16 @@ impl Config {
         }
         if self.max_failures == 0 {
             return bad("max_failures", "0".into(), "at least 1");
+        }
+        if self.retransmits > 8 {
+            return bad("retransmits", self.retransmits.to_string(), "0..=8");
+        }
+        if self.rejoin_min.is_zero() || self.rejoin_min > self.rejoin_max {
+            return bad(
+                "rejoin_min",
+                format!("{:?}", self.rejoin_min),
+                "more than 0 and at most rejoin_max",
+            );
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight", "0".into(), "at least 1");

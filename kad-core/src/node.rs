@@ -109,7 +109,8 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueryError {
-    /// The routing table was empty and no seed answered.
+    /// No peer answered: the routing table was empty and no seed answered, or every node a
+    /// lookup asked stayed silent.
     #[error("no peers to ask")]
     NoPeers,
     /// No valid value was found under the key.
@@ -293,6 +294,22 @@ struct Pending {
     sent_at: Instant,
     deadline: (Instant, u64),
     expected: Option<NodeId>,
+    /// What to send again when the answer does not come in time (kept only while retransmits
+    /// remain).
+    resend: Option<Request>,
+    /// How many times it was sent.
+    sends: u8,
+}
+
+impl PendingKind {
+    /// Requests sent once and given up at their deadline: lookup requests (the lookup asks again
+    /// or asks another node itself) and eviction pings (a silent stalest contact is what they
+    /// detect). Every other request is retransmitted, so that one lost datagram never fails a
+    /// join, a store, a ping, a call, a plugin's request or the proof that releases deferred
+    /// replies.
+    fn retransmitted(&self) -> bool {
+        !matches!(self, Self::Lookup { .. } | Self::EvictPing { .. })
+    }
 }
 
 enum QueryKind {
@@ -300,6 +317,8 @@ enum QueryKind {
     Bootstrap {
         pings: usize,
         refresh_left: usize,
+        /// Further lookups of our own id while the last one found fewer than k nodes.
+        rounds_left: u8,
     },
     Refresh,
     Get {
@@ -491,6 +510,10 @@ impl NodeBuilder {
             guard: Default::default(),
             request_len: 0,
             encoded: None,
+            join_addrs: Vec::new(),
+            last_known: Vec::new(),
+            rejoin_at: None,
+            rejoin_wait: self.config.rejoin_min,
             config: self.config,
         })
     }
@@ -548,7 +571,22 @@ pub struct Node {
     request_len: usize,
     /// A reply already encoded to measure it, handed out by `encode_to` instead of signing twice.
     encoded: Option<(Message, PeerAddr, Bytes)>,
+    /// Where to join again when the routing table is empty: the bootstrap addresses given,
+    /// then the addresses of the contacts last known (see [`Node::rejoin`]).
+    join_addrs: Vec<PeerAddr>,
+    last_known: Vec<PeerAddr>,
+    /// When the next join of a lonely node starts, and the wait after that one.
+    rejoin_at: Option<Instant>,
+    rejoin_wait: Duration,
 }
+
+/// Lookups of its own id a join makes at most: another one while the last found fewer than k
+/// nodes (a lossy link cuts a lookup short of the node's neighbourhood, which then never learns
+/// of it, and lookups for keys near it miss it).
+const BOOTSTRAP_ROUNDS: u8 = 3;
+
+/// Most bootstrap addresses, and most last-known contact addresses, a node keeps to join again.
+const REJOIN_ADDRS: usize = 16;
 
 /// The socket addresses a node sent to within the last 5 to 10 minutes, in two generations of
 /// at most [`RecentAddrs::CAP`] each (a full generation rotates early, so memory stays bounded).
@@ -785,6 +823,7 @@ impl Node {
             }
         };
         min(self.deadlines.keys().next().map(|k| k.0));
+        min(self.rejoin_at);
         for q in self.queries.values() {
             if let Some(l) = &q.lookup {
                 min(l.next_deadline(self.now));
@@ -903,11 +942,27 @@ impl Node {
         if seeds.is_empty() && self.routing.is_empty() {
             return Err(CommandError::NoSeeds);
         }
+        for a in seeds {
+            if !self.join_addrs.contains(a) && self.join_addrs.len() < REJOIN_ADDRS {
+                self.join_addrs.push(a.clone());
+            }
+        }
+        self.start_bootstrap(now, seeds)
+    }
+
+    /// Pings `seeds`, then looks up our own id (the lookup starts at the first answer, or once
+    /// every ping failed after its retransmissions).
+    fn start_bootstrap(
+        &mut self,
+        now: Instant,
+        seeds: &[PeerAddr],
+    ) -> Result<QueryId, CommandError> {
         let qid = self.new_query(
             now,
             QueryKind::Bootstrap {
                 pings: 0,
                 refresh_left: self.config.bootstrap_refresh,
+                rounds_left: BOOTSTRAP_ROUNDS - 1,
             },
             None,
         )?;
@@ -944,6 +999,11 @@ impl Node {
     ) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         for c in seeds {
+            if let Some(a) = c.addr_for(&self.config.transport_preference) {
+                if !self.join_addrs.contains(a) && self.join_addrs.len() < REJOIN_ADDRS {
+                    self.join_addrs.push(a.clone());
+                }
+            }
             self.routing.insert(now, c, false);
         }
         let qid = self.new_query(
@@ -951,6 +1011,7 @@ impl Node {
             QueryKind::Bootstrap {
                 pings: 0,
                 refresh_left: self.config.bootstrap_refresh,
+                rounds_left: BOOTSTRAP_ROUNDS - 1,
             },
             None,
         )?;
@@ -1181,16 +1242,8 @@ impl Node {
                 break;
             }
         }
-        if !matches!(kind, PendingKind::Prove { .. }) {
-            let patience = self.hard_timeout() * 2;
-            self.guard.asked(now, &to, patience);
-        }
-        let deadline = (
-            now + self.hard_timeout() + self.size_allowance(&req),
-            self.seq,
-        );
-        self.seq += 1;
-        self.deadlines.insert(deadline, (txn.clone(), to.clone()));
+        let resend = (kind.retransmitted() && self.config.retransmits > 0).then(|| req.clone());
+        let deadline = self.request_deadline(now, &req, 0);
         self.in_flight.insert(
             (txn.clone(), to.clone()),
             Pending {
@@ -1198,9 +1251,50 @@ impl Node {
                 sent_at: now,
                 deadline,
                 expected,
+                resend,
+                sends: 1,
             },
         );
         crate::stats::count_method(&mut self.stats.rpc_out, req.method());
+        self.stats.requests_out += 1;
+        self.transmit_request(now, to, txn, expected, req);
+        true
+    }
+
+    /// The hard deadline of a request's `attempt`-th retransmission (0: the first send): the
+    /// adaptive timeout doubled per retransmission, at most [`Config::request_timeout`], plus
+    /// the size allowance. Registers it in `deadlines` against the request's key later.
+    fn request_deadline(&mut self, now: Instant, req: &Request, attempt: u8) -> (Instant, u64) {
+        let base = self.hard_timeout();
+        let backoff = (base * (1u32 << attempt.min(8))).min(self.config.request_timeout.max(base));
+        let deadline = (now + backoff + self.size_allowance(req), self.seq);
+        self.seq += 1;
+        deadline
+    }
+
+    /// Hands one request datagram out (first send or retransmission), registering its deadline.
+    fn transmit_request(
+        &mut self,
+        now: Instant,
+        to: PeerAddr,
+        txn: TxnId,
+        expected: Option<NodeId>,
+        req: Request,
+    ) {
+        let proving = matches!(
+            self.in_flight.get(&(txn.clone(), to.clone())),
+            Some(Pending {
+                kind: PendingKind::Prove { .. },
+                ..
+            })
+        );
+        if let Some(p) = self.in_flight.get(&(txn.clone(), to.clone())) {
+            self.deadlines.insert(p.deadline, (txn.clone(), to.clone()));
+        }
+        if !proving {
+            let patience = self.hard_timeout() * 2;
+            self.guard.asked(now, &to, patience);
+        }
         let msg = Message {
             txn,
             sender: self.local.clone(),
@@ -1209,11 +1303,35 @@ impl Node {
             observed: None,
             body: Body::Request(req),
         };
-        self.stats.requests_out += 1;
         self.stats.messages_out += 1;
         self.sent_to.note(now, &to);
         self.outputs.push_back(Output::Send { to, msg });
-        true
+    }
+
+    /// A request's deadline passed: sends it again with a doubled timeout while retransmits
+    /// remain (same transaction id, so a late answer to an earlier copy still counts). Returns
+    /// the pending entry when it is given up.
+    fn retransmit(
+        &mut self,
+        now: Instant,
+        key: (TxnId, PeerAddr),
+        mut p: Pending,
+    ) -> Option<Pending> {
+        let Some(req) = p.resend.take() else {
+            return Some(p);
+        };
+        p.deadline = self.request_deadline(now, &req, p.sends);
+        p.sent_at = now;
+        p.sends += 1;
+        if p.sends <= self.config.retransmits {
+            p.resend = Some(req.clone());
+        }
+        let expected = p.expected;
+        trace!(peer = %key.1, sends = p.sends, "retransmitting a request");
+        self.in_flight.insert(key.clone(), p);
+        self.stats.retransmits += 1;
+        self.transmit_request(now, key.1, key.0, expected, req);
+        None
     }
 
     fn send_to_contact(
@@ -1677,7 +1795,10 @@ impl Node {
         self.deadlines.remove(&pending.deadline);
         self.stats.responses_in += 1;
         let rtt = now.saturating_duration_since(pending.sent_at);
-        self.rtt.sample(rtt);
+        // Karn: an answer to a retransmitted request may answer any copy; it says nothing of the RTT.
+        if pending.sends == 1 {
+            self.rtt.sample(rtt);
+        }
         let from = key.1;
         self.address_proven(now, &from);
         if !read_only {
@@ -1865,6 +1986,9 @@ impl Node {
             let Some(p) = self.in_flight.remove(&key) else {
                 continue;
             };
+            let Some(p) = self.retransmit(now, key, p) else {
+                continue;
+            };
             self.stats.timeouts += 1;
             if let Some(id) = p.expected {
                 self.routing.on_failure(&id);
@@ -1891,7 +2015,82 @@ impl Node {
             self.next_maintenance = now + self.config.maintenance_interval;
             self.maintenance(now);
         }
+        if self.rejoin_at.is_some_and(|t| t <= now) {
+            self.rejoin_at = None;
+            self.rejoin(now);
+        }
+        self.watch_alone(now);
         self.feed_starved(now);
+    }
+
+    /// Schedules a join when the routing table is empty and there is somewhere to join through,
+    /// or a lookup of our own id when it holds fewer than k contacts (a join cut short by loss,
+    /// or made through a seed that had not joined yet, leaves a node on an island). The wait
+    /// doubles from [`Config::rejoin_min`] to [`Config::rejoin_max`] while the table stays thin.
+    fn watch_alone(&mut self, now: Instant) {
+        if self.routing.len() >= self.config.k {
+            self.rejoin_wait = self.config.rejoin_min;
+            self.rejoin_at = None;
+            return;
+        }
+        let somewhere =
+            !(self.routing.is_empty() && self.join_addrs.is_empty() && self.last_known.is_empty());
+        if self.rejoin_at.is_none() && somewhere {
+            self.rejoin_at = Some(now + self.rejoin_wait);
+        }
+    }
+
+    /// Joins again through the bootstrap addresses and the contacts last known when the table
+    /// is empty, or looks up our own id when it is thin; nothing while a join runs.
+    fn rejoin(&mut self, now: Instant) {
+        if self.routing.len() >= self.config.k {
+            return;
+        }
+        let joining = self.queries.values().any(|q| {
+            matches!(q.kind, QueryKind::Bootstrap { .. })
+                || (matches!(q.kind, QueryKind::Refresh)
+                    && q.lookup
+                        .as_ref()
+                        .is_some_and(|l| l.target() == self.local.id))
+        });
+        if joining {
+            return;
+        }
+        self.rejoin_wait = (self.rejoin_wait * 2).min(self.config.rejoin_max);
+        if !self.routing.is_empty() {
+            let me = self.local.id;
+            let lookup = self.make_lookup(now, me);
+            if let Ok(qid) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
+                self.step_query(now, qid);
+            }
+            return;
+        }
+        let mut addrs = self.join_addrs.clone();
+        for a in &self.last_known {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        if addrs.is_empty() {
+            return;
+        }
+        self.stats.rejoins += 1;
+        debug!(addrs = addrs.len(), "routing table empty: joining again");
+        let _ = self.start_bootstrap(now, &addrs);
+    }
+
+    /// Keeps the addresses of a few of the closest contacts, to join again through them should
+    /// the table ever empty.
+    fn remember_contacts(&mut self) {
+        let me = self.local.id;
+        let closest = self.routing.closest(&me, REJOIN_ADDRS);
+        if closest.is_empty() {
+            return;
+        }
+        self.last_known = closest
+            .iter()
+            .filter_map(|c| c.addr_for(&self.config.transport_preference).cloned())
+            .collect();
     }
 
     fn request_failed(&mut self, now: Instant, kind: PendingKind) {
@@ -1957,6 +2156,7 @@ impl Node {
         let unix = self.unix_ms(now);
         let expired = self.store.remove_expired(unix);
         self.stats.records_expired += expired as u64;
+        self.remember_contacts();
         // A thin table (fewer than k contacts) looks for more with a self-lookup.
         if self.routing.len() < self.config.k && !self.routing.is_empty() {
             let me = self.local.id;
@@ -2143,9 +2343,22 @@ impl Node {
         match &mut q.kind {
             QueryKind::FindNode => self.finish(now, qid, QueryResult::FindNode(Ok(outcome))),
             QueryKind::Refresh => self.finish(now, qid, QueryResult::Refresh(outcome)),
-            QueryKind::Bootstrap { refresh_left, .. } => {
+            QueryKind::Bootstrap {
+                refresh_left,
+                rounds_left,
+                ..
+            } => {
                 if outcome.closest.is_empty() && self.routing.is_empty() {
-                    return self.finish(now, qid, QueryResult::Bootstrap(Err(QueryError::NoPeers)));
+                    self.finish(now, qid, QueryResult::Bootstrap(Err(QueryError::NoPeers)));
+                    return self.watch_alone(now);
+                }
+                if outcome.closest.len() < self.config.k
+                    && *rounds_left > 0
+                    && self.routing.len() > outcome.closest.len()
+                {
+                    // The table knows more nodes than the lookup reached: look again from it.
+                    *rounds_left -= 1;
+                    return self.start_bootstrap_lookup(now, qid);
                 }
                 // Optionally refresh the farthest non-full buckets, each with its own lookup.
                 let mut n = *refresh_left;
@@ -2169,7 +2382,9 @@ impl Node {
                         self.step_query(now, r);
                     }
                 }
+                self.remember_contacts();
                 self.finish(now, qid, QueryResult::Bootstrap(Ok(outcome)));
+                self.watch_alone(now);
             }
             QueryKind::Get { .. } => self.finish_get(now, qid),
             QueryKind::PluginLookup { plugin, .. } => {
@@ -2185,6 +2400,11 @@ impl Node {
                 record, storing, ..
             } => {
                 let targets = outcome.closest.clone();
+                if targets.is_empty() {
+                    // Nobody answered the lookup: storing here alone is no put (the caller's
+                    // node has not joined, or lost every contact).
+                    return self.finish(now, qid, QueryResult::Put(Err(QueryError::NoPeers)));
+                }
                 let record = record.clone();
                 // Store locally too if we are among the k closest.
                 let me = self.local.id.distance(&record.key);
@@ -2273,7 +2493,15 @@ impl Node {
             .map(Lookup::finish_stats)
             .unwrap_or_default();
         let elapsed = now.saturating_duration_since(q.started);
-        let r = if found.is_empty() {
+        let alone = || {
+            q.lookup
+                .as_ref()
+                .is_none_or(|l| l.closest_succeeded().is_empty())
+        };
+        let r = if found.is_empty() && alone() {
+            // Nobody answered: "not found" would claim more than is known.
+            Err(QueryError::NoPeers)
+        } else if found.is_empty() {
             Err(QueryError::NotFound)
         } else {
             let best = self.validator.select(key, found);

@@ -115,6 +115,11 @@ pub struct Stats {
     /// Responses accepted from the address asked although they carry another id
     /// (`Config::accept_id_change`); the old id was removed from the routing table.
     pub id_changes: u64,
+    /// Requests sent again because their answer did not come in time (`Config::retransmits`).
+    pub retransmits: u64,
+    /// Joins started by the engine itself because the routing table was empty
+    /// (`Config::rejoin_min`).
+    pub rejoins: u64,
     /// Dropped: a message that claims our own id.
     pub dropped_self: u64,
     /// Dropped: a request refused by a plugin's filter.

@@ -396,3 +396,57 @@ fn plugins_send_requests_run_lookups_and_emit_events() {
     assert_eq!(find("error").as_deref(), Some(&b"-32602"[..]));
     assert_eq!(find("lookup_done").as_deref(), Some(&truth.as_bytes()[..]));
 }
+
+/// Nodes whose routing table is empty 30 virtual seconds after 10 nodes joined one bootstrap
+/// node as deployed nodes do ([`Sim::join`]: PINGs to its address, then a lookup), 100 ms
+/// apart, on a link that loses `loss` of the messages each way; summed over `runs` seeds.
+fn lonely_after_join(cfg: &Config, loss: f64, runs: u64) -> usize {
+    let mut lonely = 0;
+    for seed in 0..runs {
+        let mut link = LinkModel::default();
+        link.loss = loss;
+        let mut sim = Sim::new(seed, link, Instant::now());
+        let boot = sim.add_node(cfg.clone());
+        let boot_contact = sim.node(boot).unwrap().contact().clone();
+        for _ in 0..10 {
+            let idx = sim.add_node(cfg.clone());
+            sim.join(idx, std::slice::from_ref(&boot_contact));
+            sim.run_for(Duration::from_millis(100));
+        }
+        sim.run_for(Duration::from_secs(30));
+        let alive: Vec<usize> = sim.alive().collect();
+        lonely += alive
+            .iter()
+            .filter(|&&i| sim.node(i).is_some_and(|n| n.routing_table().is_empty()))
+            .count();
+    }
+    lonely
+}
+
+/// Joins cross the link model like every other message (pings to the seed's address, then a
+/// lookup). Sent once, a lost PING or its answer leaves a node alone for good: what real nodes
+/// did on a link losing 2 to 10% of the datagrams. Retransmissions and re-joins recover.
+#[test]
+fn a_lost_join_datagram_no_longer_leaves_a_node_alone() {
+    let mut fragile = Config::default();
+    fragile.retransmits = 0;
+    fragile.rejoin_min = Duration::from_secs(3600);
+    fragile.rejoin_max = Duration::from_secs(3600);
+    let before = lonely_after_join(&fragile, 0.1, 20);
+    assert!(
+        before > 0,
+        "single-datagram joins at 10% loss must leave some node alone (the failure reproduced)"
+    );
+    for loss in [0.1, 0.2] {
+        assert_eq!(
+            lonely_after_join(&Config::default(), loss, 20),
+            0,
+            "with retransmits and re-joins every node joins at {loss} loss"
+        );
+    }
+    // Lookups then find the true closest node as often as on a clean link.
+    let mut sc = scenario(10, 500, 1);
+    sc.link.loss = 0.1;
+    let r = run_lookup_scenario(&sc, |_, _| {});
+    assert!(r.success_rate >= 0.99, "{r:?}");
+}

@@ -283,6 +283,9 @@ impl Mainline {
         // Deployed Mainline is full of departed nodes: retry a silent node once, not four times,
         // and start from a modest RTT guess (it adapts with the first answers).
         config.max_attempts = 2;
+        // Stores, pings and calls are sent twice before a node counts as silent: once covers a
+        // lost datagram, more would wait on departed nodes.
+        config.retransmits = 1;
         config.lookup_skip_silent_head = true;
         config.initial_rtt = Duration::from_millis(100);
         config.read_only = cfg.read_only;

@@ -1,0 +1,346 @@
+//! `kad bench loss`: real `kad node` processes in two network namespaces joined by a veth pair,
+//! every datagram that enters a namespace dropped with the probability under test (nftables
+//! `numgen random` in the input hook), puts through a node of the first namespace and gets
+//! through a node of the second; beside each rate, the simulator's lookup success for the same
+//! loss and node count.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+/// `kad bench loss` flags.
+#[derive(Args, Debug)]
+pub(crate) struct LossBenchArgs {
+    /// Loss rates to measure, in percent of the datagrams entering each namespace,
+    /// comma-separated (0 to 50).
+    #[arg(
+        long,
+        default_value = "0,2,5,10,20",
+        value_delimiter = ',',
+        value_name = "PCTS"
+    )]
+    rates: Vec<u32>,
+    /// `kad node` processes in each of the two namespaces (1 to 20).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    nodes_per_ns: usize,
+    /// Values put (then got) per rate (1 to 200).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    ops: usize,
+    /// Seconds the nodes get to join before the puts start (they keep retrying meanwhile).
+    #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+    settle: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+const NET: &str = "10.213.0";
+
+/// Two namespaces and the processes started in them; torn down (processes killed by PID,
+/// namespaces deleted) when dropped.
+struct Lab {
+    a: String,
+    b: String,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Lab {
+    fn up(loss_pct: u32) -> Result<Self> {
+        let tag = format!("kl{}", std::process::id() % 100_000);
+        let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+        let _ = Command::new("ip").args(["netns", "del", &a]).output();
+        let _ = Command::new("ip").args(["netns", "del", &b]).output();
+        ip(&["netns", "add", &a]).context(
+            "kad bench loss builds network namespaces: it needs root and iproute2 (ip netns add)",
+        )?;
+        let lab = Self {
+            a: a.clone(),
+            b: b.clone(),
+            children: Vec::new(),
+        };
+        ip(&["netns", "add", &b])?;
+        ip(&[
+            "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b,
+        ])?;
+        for (ns, dev, addr) in [
+            (&a, "va", format!("{NET}.1/24")),
+            (&b, "vb", format!("{NET}.2/24")),
+        ] {
+            ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            if loss_pct > 0 {
+                let rules = format!(
+                    "table inet kadloss {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  meta l4proto udp numgen random mod 100 < {loss_pct} drop\n }}\n}}\n"
+                );
+                let mut nft = Command::new("ip")
+                    .args(["netns", "exec", ns, "nft", "-f", "-"])
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("running nft (nftables)")?;
+                std::io::Write::write_all(
+                    nft.stdin.as_mut().context("nft stdin")?,
+                    rules.as_bytes(),
+                )?;
+                drop(nft.stdin.take());
+                let out = nft.wait_with_output()?;
+                if !out.status.success() {
+                    bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+                }
+            }
+        }
+        Ok(lab)
+    }
+
+    fn ns(&self, second: bool) -> &str {
+        if second { &self.b } else { &self.a }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).output();
+    }
+}
+
+/// What one node process said last: its routing-table size, and whether it printed
+/// `bootstrap_failed`.
+#[derive(Default, Clone)]
+struct NodeState {
+    table: usize,
+    bootstrap_failed: bool,
+}
+
+fn start_node(
+    lab: &mut Lab,
+    exe: &std::path::Path,
+    second: bool,
+    port: u16,
+    boot: Option<&str>,
+    secs: f64,
+) -> Result<Arc<Mutex<NodeState>>> {
+    let host = if second { 2 } else { 1 };
+    let listen = format!("udp://{NET}.{host}:{port},quic://{NET}.{host}:{}", port + 1);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", lab.ns(second)]).arg(exe).args([
+        "node",
+        "--listen",
+        &listen,
+        "--json",
+        "--stats-every",
+        "1",
+        "--for",
+        &secs.to_string(),
+    ]);
+    if let Some(b) = boot {
+        cmd.args(["--bootstrap", b]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting kad node")?;
+    let out = child.stdout.take().context("stdout")?;
+    lab.children.push(child);
+    let state = Arc::new(Mutex::new(NodeState::default()));
+    let s = state.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let mut st = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match v["event"].as_str() {
+                Some("stats") => st.table = v["routing_table"].as_u64().unwrap_or(0) as usize,
+                Some("bootstrap_failed") => st.bootstrap_failed = true,
+                _ => {}
+            }
+        }
+    });
+    Ok(state)
+}
+
+/// Runs a one-shot client command in a namespace; its last stdout line as JSON.
+fn client(ns: &str, exe: &std::path::Path, args: &[&str]) -> Result<Value> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .context("running a kad client")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| json!({"ok": false, "error": format!("exit {:?}", out.status.code())})))
+}
+
+fn one_rate(a: &LossBenchArgs, loss: u32) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let mut lab = Lab::up(loss)?;
+    let n = a.nodes_per_ns;
+    let life = a.settle + a.ops as f64 * 70.0 + 30.0;
+    let boot = format!("udp://{NET}.1:4000");
+    let mut nodes = Vec::new();
+    for second in [false, true] {
+        for i in 0..n {
+            let port = 4000 + 2 * i as u16;
+            let first = !second && i == 0;
+            let b = (!first).then_some(boot.as_str());
+            nodes.push(start_node(&mut lab, &exe, second, port, b, life)?);
+        }
+    }
+    // Joined: a routing table that is not empty. Wait for all, or --settle.
+    let t0 = Instant::now();
+    let joined = |nodes: &[Arc<Mutex<NodeState>>]| {
+        nodes
+            .iter()
+            .filter(|s| s.lock().map(|s| s.table > 0).unwrap_or(false))
+            .count()
+    };
+    let mut all_joined_s = None;
+    while t0.elapsed() < Duration::from_secs_f64(a.settle) {
+        if joined(&nodes) == nodes.len() && all_joined_s.is_none() {
+            all_joined_s = Some(t0.elapsed().as_secs_f64());
+            // Give the last joins a moment to spread before measuring.
+            std::thread::sleep(Duration::from_secs(2));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let joined_n = joined(&nodes);
+    let failed_events = nodes
+        .iter()
+        .filter(|s| s.lock().map(|s| s.bootstrap_failed).unwrap_or(false))
+        .count();
+    let put_via = format!("udp://{NET}.1:4002");
+    let get_via = format!("udp://{NET}.2:4000");
+    let (mut stored, mut put_ok, mut found, mut get_ms) = (Vec::new(), 0, 0, Vec::new());
+    let tag = format!("{}-{loss}", std::process::id());
+    for i in 0..a.ops {
+        let value = format!("kad bench loss {tag} value {i}");
+        let p = client(
+            lab.ns(false),
+            &exe,
+            &[
+                "put",
+                &value,
+                "--bootstrap",
+                &put_via,
+                "--json",
+                "--timeout",
+                "30",
+            ],
+        )?;
+        let Some(key) = p["key"].as_str().map(str::to_owned) else {
+            stored.push(0);
+            continue;
+        };
+        put_ok += 1;
+        stored.push(p["stored"].as_u64().unwrap_or(0));
+        let g = client(
+            lab.ns(true),
+            &exe,
+            &[
+                "get",
+                &key,
+                "--bootstrap",
+                &get_via,
+                "--json",
+                "--timeout",
+                "30",
+            ],
+        )?;
+        if g["value"].as_str() == Some(value.as_str()) {
+            found += 1;
+            get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
+        }
+    }
+    drop(lab);
+    stored.sort_unstable();
+    let mut sc = kad_core::sim::LookupScenario::default();
+    sc.nodes = 2 * n;
+    sc.lookups = 500;
+    sc.link.loss = f64::from(loss) / 100.0;
+    let sim = kad_core::sim::run_lookup_scenario(&sc, |_, _| {});
+    Ok(json!({
+        "loss_pct": loss,
+        "nodes": 2 * n,
+        "joined": joined_n,
+        "all_joined_s": all_joined_s,
+        "printed_bootstrap_failed": failed_events,
+        "puts": a.ops,
+        "puts_ok": put_ok,
+        "stored_min": stored.first().copied().unwrap_or(0),
+        "stored_median": stored.get(stored.len() / 2).copied().unwrap_or(0),
+        "gets": a.ops,
+        "found": found,
+        "found_rate": found as f64 / a.ops as f64,
+        "get_ms_p50": crate::bench::pct(&mut get_ms.clone(), 0.5),
+        "get_ms_p90": crate::bench::pct(&mut get_ms, 0.9),
+        "sim_lookup_success": sim.success_rate,
+    }))
+}
+
+pub(crate) fn run(a: LossBenchArgs) -> Result<()> {
+    crate::check_range("nodes-per-ns", a.nodes_per_ns, 1, 20)?;
+    crate::check_range("ops", a.ops, 1, 200)?;
+    for &r in &a.rates {
+        crate::check_range("rates", r, 0, 50)?;
+    }
+    if !(1.0..=600.0).contains(&a.settle) {
+        bail!("--settle = {} is out of range: 1 to 600 seconds", a.settle);
+    }
+    let mut runs = Vec::new();
+    for &loss in &a.rates {
+        let r = one_rate(&a, loss)?;
+        if !a.json {
+            println!(
+                "loss {:>2}%: {}/{} nodes joined, puts {}/{} (stored median {}), gets found {}/{} (p50 {} ms), simulator lookups {:.1}%",
+                loss,
+                r["joined"],
+                r["nodes"],
+                r["puts_ok"],
+                r["puts"],
+                r["stored_median"],
+                r["found"],
+                r["gets"],
+                r["get_ms_p50"],
+                r["sim_lookup_success"].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+        runs.push(r);
+    }
+    if a.json {
+        println!("{}", json!({"bench": "loss", "runs": runs}));
+    }
+    Ok(())
+}
