@@ -840,17 +840,30 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
     let r = within(&a.client, dht.put_record(record)).await;
     dht.shutdown().await;
     let o = r?;
+    // A record on one or two nodes is lost with them: say so (the node the client joined
+    // through may not have joined the network itself).
+    let warning = (o.stored > 0 && o.stored < FEW_REPLICAS).then(|| {
+        format!(
+            "stored at {} node(s) only (k = {}): the network reached was that small",
+            o.stored,
+            native_config().k
+        )
+    });
     emit(
         a.client.json,
         &json!({"key": key.to_string(), "content_addressed": !named, "stored": o.stored,
                 "tried": o.tried, "rpcs": o.stats.rpcs, "elapsed_ms": ms(o.elapsed),
-                "join_ms": ms(join)}),
+                "join_ms": ms(join), "warning": warning}),
         || {
             format!(
-                "stored at {} of {} nodes in {:.1} ms\nkey: {key}",
+                "stored at {} of {} nodes in {:.1} ms{}\nkey: {key}",
                 o.stored,
                 o.tried,
-                ms(o.elapsed)
+                ms(o.elapsed),
+                warning
+                    .as_deref()
+                    .map(|w| format!("\nwarning: {w}"))
+                    .unwrap_or_default()
             )
         },
     );
@@ -859,6 +872,9 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Below this many storing nodes, `kad put` warns.
+const FEW_REPLICAS: usize = 3;
 
 /// `kad get` flags.
 #[derive(Args, Debug)]

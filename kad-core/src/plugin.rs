@@ -251,6 +251,15 @@ pub trait Plugin: Send + 'static {
     /// The outcome of a request sent with [`PluginCx::send_request`].
     fn on_response(&mut self, _cx: &mut PluginCx<'_>, _id: RequestId, _response: PluginResponse) {}
 
+    /// Whether the engine sends this plugin's requests again when their answer does not come
+    /// ([`Config::retransmits`](crate::Config::retransmits) times, the timeout doubling each
+    /// time) before reporting [`PluginResponse::Timeout`]. Default true. A plugin that resends
+    /// or fails over by itself, on a schedule of its own, returns false: it then hears of a
+    /// silent peer after one timeout.
+    fn retransmit_requests(&self) -> bool {
+        true
+    }
+
     /// One answer during a lookup started with [`PluginCx::start_lookup`].
     fn on_lookup_response(
         &mut self,

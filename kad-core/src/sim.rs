@@ -339,7 +339,8 @@ impl Sim {
     /// Joins node `idx` as a deployed node does: it pings the seeds' addresses (their ids are
     /// not known to it), then looks up its own id ([`Node::bootstrap`]). Every message of the
     /// join crosses the link model, so a lossy link can fail it; the engine's retransmissions
-    /// and re-joins are what recover.
+    /// and re-joins are what recover. ([`grow_network`] gives each node its seed's whole
+    /// contact instead, as a deployment's list of established bootstrap nodes would.)
     pub fn join(&mut self, idx: usize, seeds: &[Contact]) {
         let addrs: Vec<PeerAddr> = seeds
             .iter()
@@ -690,13 +691,13 @@ pub struct ScenarioReport {
     pub digest: String,
 }
 
+const MAX_BOOTSTRAP_RETRIES: u8 = 3;
+
 /// Adds `count` nodes with `config` to `sim`, one every `join_spacing` of virtual time, each
-/// joining through a random earlier node whose contact (id and address) it is given (a lookup of
-/// its own id through it; no retries but the engine's own: re-joins and lookups of its own id
-/// while its table is thin), with `build` adding plugins, a store or a validator to node `i`;
-/// then lets the joins settle for 20 virtual seconds. Events raised
-/// meanwhile are consumed. `progress(joined)` is called every 256 joins. Returns the nodes'
-/// indices.
+/// joining through a random earlier node (`build` adds plugins, a store or a validator to node
+/// `i`); then lets the joins settle for 20 virtual seconds. A node whose bootstrap found too few
+/// nodes retries through another one, as an application would. Events raised meanwhile are
+/// consumed. `progress(joined)` is called every 256 joins. Returns the nodes' indices.
 pub fn grow_network(
     sim: &mut Sim,
     count: usize,
@@ -721,11 +722,12 @@ pub fn grow_network_with_seeds(
     mut progress: impl FnMut(usize),
 ) -> Vec<usize> {
     let start = sim.now();
+    let k = config.k;
     let mut contacts: Vec<Contact> = Vec::with_capacity(count);
     let mut indices = Vec::with_capacity(count);
     for i in 0..count {
         sim.run_until(start + join_spacing * i as u32);
-        while sim.poll_event().is_some() {}
+        retry_failed_bootstraps(sim, &contacts, k);
         let idx = sim.add_node_with(config.clone(), |b| build(i, b));
         if !contacts.is_empty() {
             let mut chosen: Vec<Contact> = Vec::new();
@@ -748,9 +750,42 @@ pub fn grow_network_with_seeds(
     }
     for _ in 0..20 {
         sim.run_for(Duration::from_secs(1));
-        while sim.poll_event().is_some() {}
+        retry_failed_bootstraps(sim, &contacts, k);
     }
     indices
+}
+
+/// A bootstrap that failed or found fewer than `want` nodes (an application would try again
+/// through another seed).
+fn poor_bootstrap(
+    r: &Result<crate::node::LookupOutcome, crate::node::QueryError>,
+    want: usize,
+) -> bool {
+    r.as_ref().map_or(true, |o| o.closest.len() < want.max(1))
+}
+
+/// Retries, through a random other node, the bootstraps that finished without finding anyone.
+fn retry_failed_bootstraps(sim: &mut Sim, contacts: &[Contact], k: usize) {
+    let mut retry = Vec::new();
+    while let Some((idx, ev)) = sim.poll_event() {
+        if let Event::QueryDone {
+            result: QueryResult::Bootstrap(r),
+            ..
+        } = &ev
+        {
+            if poor_bootstrap(r, k.min(contacts.len().saturating_sub(1)))
+                && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES
+            {
+                retry.push(idx);
+            }
+        }
+    }
+    for idx in retry {
+        let seed = contacts[sim.rng().random_range(0..contacts.len())].clone();
+        if seed.id != sim.node(idx).map_or(seed.id, Node::id) {
+            let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![seed]));
+        }
+    }
 }
 
 fn percentile<T: Copy + Ord + Default>(v: &mut [T], p: f64) -> T {
@@ -816,7 +851,18 @@ pub fn run_lookup_scenario(
          live: &[usize],
          pending: &mut rustc_hash::FxHashMap<(usize, QueryId), NodeId>| {
             let mut n_done = 0;
+            let mut retry = Vec::new();
             while let Some((idx, ev)) = sim.poll_event() {
+                if let Event::QueryDone {
+                    result: QueryResult::Bootstrap(r),
+                    ..
+                } = &ev
+                {
+                    if poor_bootstrap(r, sc.k) && sim.bump_retries(idx) <= MAX_BOOTSTRAP_RETRIES {
+                        retry.push(idx);
+                    }
+                    continue;
+                }
                 let Event::QueryDone {
                     id,
                     result: QueryResult::FindNode(r),
@@ -845,6 +891,12 @@ pub fn run_lookup_scenario(
                 hops.push(o.stats.hops);
                 rpcs.push(o.stats.rpcs);
                 lat_us.push(o.elapsed.as_micros() as u64);
+            }
+            for idx in retry {
+                let seed = live[sim.rng().random_range(0..live.len())];
+                if let Some(c) = sim.node(seed).map(|n| n.contact().clone()) {
+                    let _ = sim.command(idx, |n, now| n.bootstrap_with(now, vec![c]));
+                }
             }
             n_done
         };

@@ -1658,6 +1658,12 @@ impl Plugin for PubsubPlugin {
         }
     }
 
+    /// Pushes are sent again once by the plugin itself and a silent rendezvous is failed over to
+    /// a standby at once: engine retransmissions would only delay both.
+    fn retransmit_requests(&self) -> bool {
+        false
+    }
+
     fn next_timeout(&self) -> Option<Instant> {
         let renew = self
             .mine
