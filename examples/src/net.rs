@@ -437,8 +437,9 @@ pub(crate) struct NodeArgs {
     store: crate::storage::StoreArgs,
     #[command(flatten)]
     nat: crate::nat::NatArgs,
-    /// Print one JSON object per line (events: listening, metrics, bootstrapped, nat, stats,
-    /// nat_stopped, stopped).
+    /// Print one JSON object per line (events: listening, metrics, bootstrapped, or
+    /// bootstrap_failed then joined once a later join succeeds, nat, stats, nat_stopped,
+    /// stopped).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -575,11 +576,32 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
                         )
                     },
                 ),
-                Err(e) => emit(
-                    json,
-                    &json!({"event": "bootstrap_failed", "error": e.to_string()}),
-                    || format!("bootstrap failed: {e} (still listening)"),
-                ),
+                Err(e) => {
+                    emit(
+                        json,
+                        &json!({"event": "bootstrap_failed", "error": e.to_string()}),
+                        || format!("bootstrap failed: {e} (still listening, joining again)"),
+                    );
+                    // The engine joins again by itself (Config::rejoin_min): say when it did.
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let Ok(s) = d.snapshot().await else { return };
+                        if !s.contacts.is_empty() {
+                            emit(
+                                json,
+                                &json!({"event": "joined", "routing_table": s.contacts.len(), "elapsed_ms": ms(t0.elapsed())}),
+                                || {
+                                    format!(
+                                        "joined: {} contacts after {:.1} ms",
+                                        s.contacts.len(),
+                                        ms(t0.elapsed())
+                                    )
+                                },
+                            );
+                            return;
+                        }
+                    }
+                }
             }
         });
     }
