@@ -259,6 +259,15 @@ fn put_immutable(imp: Impl, boot: u16, value: &str) -> Result<String, String> {
             let mut c = client_cmd(imp, boot, "put-immutable");
             c.args(["--value", value]);
             let v = run_json(c);
+            // Ours must store at K = 8 distinct nodes (fewer only in a smaller network): a node
+            // listed under several ids (the mainline crate pings under random ids) counts once.
+            let want = SERVERS.with(|s| s.borrow().len()).clamp(1, 8) as u64;
+            if imp == Impl::Ours && v["ok"] == true && v["asked"].as_u64() != Some(want) {
+                return Err(format!(
+                    "asked {} distinct nodes, not {want}: {v}",
+                    v["asked"]
+                ));
+            }
             if v["ok"] == true {
                 Ok(v["target"].as_str().unwrap().to_owned())
             } else {

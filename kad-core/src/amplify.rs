@@ -6,7 +6,8 @@
 //! of our own requests came from it (it saw our transaction id), and it stays so while it keeps
 //! answering. A reply to an unproven address that is larger than the request it answers is
 //! **deferred**: the node sends a PING to that address instead, and sends the deferred replies,
-//! re-encoded, when the PONG comes back. The requester sees one extra round trip, once per peer;
+//! re-encoded, when a PONG comes back (one PING per deferred reply, so a lost PING or PONG costs
+//! only the request it was sent for). The requester sees one extra round trip, once per peer;
 //! a victim of a forged source sees one PING per forged request, which is never larger than the
 //! forged request itself by more than the difference between the two nodes' own addresses.
 //!
@@ -44,14 +45,16 @@ pub(crate) struct Guard {
     asked: HashMap<PeerAddr, Instant>,
     deferred: HashMap<PeerAddr, Vec<Message>>,
     deferred_len: usize,
+    /// Proving PINGs in flight per address (at most one per deferred reply, so bounded like
+    /// `deferred`).
+    proving: HashMap<PeerAddr, u8>,
 }
 
 /// What to do with a reply that does not fit.
 pub(crate) enum Defer {
-    /// Deferred; send a proving PING to the address.
+    /// Deferred; send a proving PING to the address (one per deferred reply: a lost PING or
+    /// PONG then costs one request, which its sender asks again, never every reply held).
     Ping,
-    /// Deferred; a proving PING is already on its way.
-    Queued,
     /// No room: dropped.
     Full,
 }
@@ -101,10 +104,46 @@ impl Guard {
         if q.len() >= DEFERRED_PER_ADDR {
             return Defer::Full;
         }
-        let first = q.is_empty();
         q.push(msg);
         self.deferred_len += 1;
-        if first { Defer::Ping } else { Defer::Queued }
+        Defer::Ping
+    }
+
+    /// Whether a proving PING to `to` is in flight.
+    pub(crate) fn proving(&self, to: &PeerAddr) -> bool {
+        self.proving.contains_key(to)
+    }
+
+    /// A proving PING went to `to`.
+    pub(crate) fn proof_sent(&mut self, to: &PeerAddr) {
+        let n = self.proving.entry(to.clone()).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// A proving PING to `to` timed out; returns whether it was the last one in flight (then
+    /// the replies held for `to` are given up).
+    pub(crate) fn proof_failed(&mut self, to: &PeerAddr) -> bool {
+        match self.proving.get_mut(to) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.proving.remove(to);
+                true
+            }
+        }
+    }
+
+    /// A proving PING to `to` was answered (the address is proven; later answers or timeouts of
+    /// the others find nothing held).
+    pub(crate) fn proof_answered(&mut self, to: &PeerAddr) {
+        if let Some(n) = self.proving.get_mut(to) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.proving.remove(to);
+            }
+        }
     }
 
     /// The replies deferred for `to` (now proven, or given up on).

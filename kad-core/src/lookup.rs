@@ -263,6 +263,34 @@ impl Path {
         added
     }
 
+    /// The node asked as `asked` answered as `answered` (another id): `asked` is given up for
+    /// good (it never counts among the closest, and is not asked again if named again), and
+    /// the node becomes a candidate under the id it answered with, at its own distance, if it
+    /// is not one already (and `join`). Returns whether that candidate is new.
+    fn on_id_change(&mut self, asked: &NodeId, answered: &Contact, join: bool) -> bool {
+        let Some(old) = self.candidates.get_mut(&asked.distance(&self.target)) else {
+            return false;
+        };
+        let depth = old.depth;
+        old.state = State::Failed;
+        old.outstanding = 0;
+        let d = answered.id.distance(&self.target);
+        if !join || answered.id == self.local || self.candidates.contains_key(&d) {
+            return false;
+        }
+        self.candidates.insert(
+            d,
+            Candidate {
+                contact: answered.clone(),
+                state: State::Fresh,
+                depth,
+                attempts: 1,
+                outstanding: 0,
+            },
+        );
+        true
+    }
+
     /// A request to `id` failed (hard timeout). Once none of its requests is outstanding, the
     /// candidate is retried if it has attempts left (`max_attempts` in the head of the result,
     /// two elsewhere), else given up.
@@ -645,6 +673,19 @@ impl Lookup {
             if self.paths[q].add(c, depth.saturating_add(1)) {
                 self.owner.insert(cid, q);
             }
+        }
+    }
+
+    /// The node asked as `asked` answered with another id (unsigned networks, where nodes
+    /// change ids or are listed under ids they never had): the answer is the node's under the
+    /// id it gave, at that id's distance. Call before [`on_success`](Self::on_success) with
+    /// `answered.id`; `asked` is given up and never counts among the closest.
+    pub fn on_id_change(&mut self, asked: &NodeId, answered: &Contact) {
+        let Some(p) = self.path_of(asked) else { return };
+        // With several paths, a node another path holds stays there (paths never share one).
+        let join = self.paths.len() == 1 || self.owner.get(&answered.id).is_none_or(|q| *q == p);
+        if self.paths[p].on_id_change(asked, answered, join) && self.paths.len() > 1 {
+            self.owner.insert(answered.id, p);
         }
     }
 

@@ -1391,12 +1391,12 @@ impl Node {
                 let kind = PendingKind::Prove { addr: to.clone() };
                 if self.send_request(now, to.clone(), None, Request::Ping, kind) {
                     self.stats.proving_pings += 1;
-                } else {
+                    self.guard.proof_sent(&to);
+                } else if !self.guard.proving(&to) {
                     let n = self.guard.take(&to).len() as u64;
                     self.stats.replies_deferred_dropped += n;
                 }
             }
-            crate::amplify::Defer::Queued => {}
             crate::amplify::Defer::Full => self.stats.replies_deferred_dropped += 1,
         }
     }
@@ -1850,7 +1850,7 @@ impl Node {
             }
             PendingKind::EvictPing { peer } => self.routing.on_ping_ok(&peer),
             // The deferred replies went out when the answer proved the address.
-            PendingKind::Prove { .. } => {}
+            PendingKind::Prove { addr } => self.guard.proof_answered(&addr),
             PendingKind::Call { query } => {
                 let r = match rsp {
                     Ok(Response::Custom { result, .. }) => Ok(result),
@@ -1902,6 +1902,16 @@ impl Node {
         let mut plugin_cb = None;
         match &rsp {
             Ok(r) => {
+                // An answer under another id than the one asked (accepted with
+                // `accept_id_change`) is that node's, at its own distance: the id asked for must
+                // not count among the closest (Mainline tables list nodes under ids they never
+                // answered with, e.g. the random ids of the mainline crate's pings).
+                let peer = if sender.id == peer {
+                    peer
+                } else {
+                    lookup.on_id_change(&peer, sender);
+                    sender.id
+                };
                 lookup.on_success(&peer, r.nodes());
                 match (&mut q.kind, r) {
                     (QueryKind::Get { key, found, .. }, Response::Value { record, .. }) => {
@@ -2129,8 +2139,10 @@ impl Node {
             }
             PendingKind::EvictPing { .. } => {}
             PendingKind::Prove { addr } => {
-                let n = self.guard.take(&addr).len() as u64;
-                self.stats.replies_deferred_dropped += n;
+                if self.guard.proof_failed(&addr) {
+                    let n = self.guard.take(&addr).len() as u64;
+                    self.stats.replies_deferred_dropped += n;
+                }
             }
             PendingKind::Call { query } => {
                 self.finish(now, query, QueryResult::Call(Err(QueryError::Timeout)))

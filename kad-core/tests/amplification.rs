@@ -232,3 +232,71 @@ fn the_guard_can_be_turned_off() {
     assert!(matches!(sent[0].2, Body::Response(_)), "answered at once");
     assert_eq!(b.stats().replies_deferred, 0);
 }
+
+/// A lost proving PING costs only the request it was sent for: the requester asks again, that
+/// request gets a PING of its own, and its answer comes once that PING is answered (before, the
+/// second request waited on the lost PING and was dropped with it, which on a lossy link cost a
+/// lookup one node in five).
+#[test]
+fn a_lost_proving_ping_costs_only_its_own_request() {
+    let now = Instant::now();
+    let mut a = node(1, 4001, now);
+    let mut b = node(2, 4002, now);
+    with_contacts(&mut b, now, 40, |i| {
+        PeerAddr::Udp(format!("127.0.0.{}:5000", i + 10).parse().unwrap())
+    });
+    let (_, first) = find_node_request(&mut a, &b, now);
+    let (_, second) = find_node_request(&mut a, &b, now);
+    // First request: a PING that is lost on the way.
+    b.handle_input(
+        now,
+        Input::Datagram {
+            from: addr(&a),
+            data: first,
+        },
+    );
+    let (sent, _) = drain(&mut b);
+    assert_eq!(sent.len(), 1);
+    // Second request: a PING of its own, which A answers.
+    let t = now + Duration::from_millis(300);
+    b.handle_input(
+        t,
+        Input::Datagram {
+            from: addr(&a),
+            data: second,
+        },
+    );
+    let (sent, _) = drain(&mut b);
+    assert_eq!(sent.len(), 1, "one more PING, for the second request");
+    assert!(matches!(sent[0].2, Body::Request(Request::Ping)));
+    assert_eq!(b.stats().proving_pings, 2);
+    // The first PING times out (2.25 s, before any RTT sample): nothing held is dropped while
+    // the second one is in flight.
+    let t2 = now + Duration::from_millis(2400);
+    b.handle_input(t2, Input::Timeout);
+    let _ = drain(&mut b);
+    assert_eq!(b.stats().timeouts, 1, "the first PING timed out");
+    assert_eq!(b.stats().replies_deferred_dropped, 0);
+    a.handle_input(
+        t2,
+        Input::Datagram {
+            from: addr(&b),
+            data: sent[0].1.clone(),
+        },
+    );
+    let (pong, _) = drain(&mut a);
+    b.handle_input(
+        t2,
+        Input::Datagram {
+            from: addr(&a),
+            data: pong[0].1.clone(),
+        },
+    );
+    let (answers, _) = drain(&mut b);
+    let answered = answers
+        .iter()
+        .filter(|(to, _, body)| *to == addr(&a) && matches!(body, Body::Response(_)))
+        .count();
+    assert_eq!(answered, 2, "both held answers go out once A is proven");
+    assert_eq!(b.stats().replies_deferred_dropped, 0);
+}

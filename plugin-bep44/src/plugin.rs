@@ -2,7 +2,7 @@
 //! `sample_infohashes`, and the client side of BEP44 get/put and BEP5 peer lookups, run as
 //! kad-core plugin lookups.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,9 +196,9 @@ struct Op {
     cmd: QueryId,
     target: NodeId,
     kind: OpKind,
-    /// Write tokens by node address (ids of deployed nodes change), and whether that node
-    /// returned an item.
-    tokens: HashMap<PeerAddr, (Bytes, bool)>,
+    /// Write tokens by node address (ids of deployed nodes change), with the contact as it
+    /// answered (the id in its answer) and whether it returned an item.
+    tokens: HashMap<PeerAddr, (Contact, Bytes, bool)>,
     result: CmdResult,
     peers: BTreeSet<SocketAddr>,
 }
@@ -649,8 +649,10 @@ impl Bep44Plugin {
         if let Some(t) = r.get(b"token").and_then(Val::bytes) {
             if t.len() <= 64 {
                 if let Some(a) = from.addrs.first() {
-                    op.tokens
-                        .insert(a.clone(), (Bytes::copy_from_slice(t), had_item));
+                    op.tokens.insert(
+                        a.clone(),
+                        (from.clone(), Bytes::copy_from_slice(t), had_item),
+                    );
                 }
             }
         }
@@ -768,20 +770,24 @@ impl Bep44Plugin {
             }
             OpKind::Put { .. } | OpKind::Announce { .. } => {
                 // The K closest nodes that answered and gave a token (BEP42-valid ones only,
-                // when enforcing; valid ones first otherwise).
-                let mut chosen: Vec<&Contact> = closest
-                    .iter()
-                    .filter(|c| c.addrs.first().is_some_and(|a| op.tokens.contains_key(a)))
-                    .filter(|c| !enforce || secure(c))
+                // when enforcing; valid ones first otherwise), each node once and ranked by the
+                // id it answered with. Not by the lookup's `closest`, which ranks the ids that
+                // were asked for: routing tables hold ids their node never answered with (the
+                // mainline crate sends, besides each query, a ping under a random id, and the
+                // nodes it pings list it under that id), so one node could fill several of the
+                // K places, at distances that are not its own, and a put could land on a few
+                // nodes of one implementation only.
+                let mut chosen: Vec<&(Contact, Bytes, bool)> = op
+                    .tokens
+                    .values()
+                    .filter(|(c, ..)| !enforce || secure(c))
                     .collect();
-                chosen.sort_by_key(|c| !secure(c));
+                chosen.sort_by_key(|(c, ..)| (!secure(c), c.id.distance(&op.target)));
+                let mut ids = HashSet::new();
+                chosen.retain(|(c, ..)| ids.insert(c.id));
                 chosen.truncate(K);
                 let mut sent = 0;
-                for c in chosen {
-                    let Some((token, had_item)) = c.addrs.first().and_then(|a| op.tokens.get(a))
-                    else {
-                        continue;
-                    };
+                for (c, token, had_item) in chosen {
                     let mut p = Dict::new();
                     let method = match &op.kind {
                         OpKind::Put { v, mutable } => {
