@@ -90,7 +90,7 @@ pub struct Config {
     pub initial_rtt: Duration,
     /// Attempts a lookup makes per candidate among the `alpha` closest (the head of its result)
     /// before giving it up; the head is asked again at each soft deadline. Other candidates get
-    /// at most 2 attempts. Default 5.
+    /// at most 2 attempts (3 in the lookup before a STORE). Default 5.
     pub max_attempts: u8,
     /// Answers in a row that bring nothing closer before a lookup asks all of the k closest it
     /// knows at once. Default 1, latency first: about a round trip less per lookup than `alpha`
