@@ -15,6 +15,7 @@
 //! | `kad_rpc_requests_sent_total` | `method` | requests sent, by method |
 //! | `kad_messages_received_total`, `kad_messages_sent_total` | | every message |
 //! | `kad_rpc_responses_received_total`, `kad_rpc_timeouts_total` | | answers matched to our requests; requests that timed out |
+//! | `kad_rpc_retransmits_total`, `kad_rejoins_total` | | requests sent again for want of an answer; joins the node started itself, its table being empty |
 //! | `kad_dropped_total` | `reason` | remote input dropped, by reason (`malformed`, `bad_signature`, `replay`, `overload`, ...) |
 //! | `kad_query_duration_seconds` | `kind` | histogram of finished queries (`get`, `put`, `find_node`, `bootstrap`, `refresh`, ...) |
 //! | `kad_queries_started_total`, `kad_queries_finished_total` | | |
@@ -238,6 +239,18 @@ impl Collector for Snapshot {
             "kad_rpc_timeouts",
             "Requests that timed out.",
             s.timeouts,
+        )?;
+        counter(
+            &mut e,
+            "kad_rpc_retransmits",
+            "Requests sent again because their answer did not come in time.",
+            s.retransmits,
+        )?;
+        counter(
+            &mut e,
+            "kad_rejoins",
+            "Joins started by the node itself because its routing table was empty.",
+            s.rejoins,
         )?;
         // Every `dropped_*` counter of the engine, plus the requests not served for a reason.
         let json = serde_json::to_value(s).unwrap_or_default();

@@ -45,6 +45,8 @@ fn node_serves_prometheus_metrics_that_follow_the_traffic() {
     for family in [
         "# TYPE kad_rpc_requests_received counter",
         "# TYPE kad_dropped counter",
+        "# TYPE kad_rpc_retransmits counter",
+        "# TYPE kad_rejoins counter",
         "# TYPE kad_query_duration_seconds histogram",
         "# TYPE kad_routing_table_contacts gauge",
         "# TYPE kad_store_records gauge",
