@@ -286,11 +286,11 @@ fn one_rate(a: &LossBenchArgs, loss: u32) -> Result<Value> {
     }
     drop(lab);
     stored.sort_unstable();
-    let mut sc = kad_core::sim::LookupScenario::default();
+    let mut sc = kad_sim::LookupScenario::default();
     sc.nodes = 2 * n;
     sc.lookups = 500;
     sc.link.loss = f64::from(loss) / 100.0;
-    let sim = kad_core::sim::run_lookup_scenario(&sc, |_, _| {});
+    let sim = kad_sim::run_lookup_scenario(&sc, |_, _| {});
     Ok(json!({
         "loss_pct": loss,
         "nodes": 2 * n,

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kad_core::sim::LinkModel;
 use kad_plugin_bep44::item::{self, MutableItem};
-use kad_plugin_pubsub::sim::{PubsubScenario, run_pubsub_scenario};
 use kad_plugin_pubsub::{Delivery, Pubsub};
+use kad_sim::LinkModel;
+use kad_sim::pubsub::{PubsubScenario, run_pubsub_scenario};
 use serde_json::json;
 use tokio::sync::Mutex;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use kad_core::sim::{LinkModel, LookupScenario, run_lookup_scenario};
+use kad_sim::{LinkModel, LookupScenario, run_lookup_scenario};
 
 mod bench;
 mod bench_all;

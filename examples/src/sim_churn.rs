@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kad_core::sim::LinkModel;
-use kad_core::sim_churn::{ChurnProgress, ChurnScenario, run_churn_scenario};
+use kad_sim::LinkModel;
+use kad_sim::churn::{ChurnProgress, ChurnScenario, run_churn_scenario};
 
 use crate::check_range;
 

@@ -8,8 +8,9 @@
 //!   is seeded from [`Config::rng_seed`].
 //! - **The runtime** (feature `tokio`, default): [`Dht`], a cheap `Clone` handle to one actor task
 //!   that owns the engine and drives it over any number of [`Transport`]s.
-//! - **The simulator** (feature `sim`): [`sim::Sim`], thousands of engines on one thread with a
-//!   virtual clock and a seeded link model. Same seed, same result, bit for bit.
+//!
+//! The deterministic simulator that drives thousands of these engines on one thread lives in the
+//! `kad-sim` crate; the transport conformance suite in `kad-testkit`.
 //!
 //! ## Hooks
 //!
@@ -81,8 +82,6 @@
 //! ## Feature flags
 //!
 //! - `tokio` (default): the async runtime ([`Dht`]) and the in-memory transport.
-//! - `sim`: the deterministic simulator ([`sim`]), its long-run churn scenario ([`sim_churn`])
-//!   and its Sybil and eclipse scenario ([`sim_sybil`]).
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -106,12 +105,6 @@ mod transport;
 pub mod conformance;
 #[cfg(feature = "tokio")]
 mod runtime;
-#[cfg(feature = "sim")]
-pub mod sim;
-#[cfg(feature = "sim")]
-pub mod sim_churn;
-#[cfg(feature = "sim")]
-pub mod sim_sybil;
 
 pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, Subnet, TransportKind};
 pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};

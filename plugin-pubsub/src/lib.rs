@@ -78,5 +78,3 @@ pub use plugin::{
     PubsubStats, RATE_LIMITED, ReadingEvent, SEQ_NOT_NEWER, SubscribeOutcome,
 };
 pub use wire::{TopicKind, TopicMessage, WireItem, sensor_key, topic_key};
-#[cfg(feature = "sim")]
-pub mod sim;

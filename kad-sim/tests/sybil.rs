@@ -1,8 +1,7 @@
 //! Sybil and eclipse attacks in the simulator: colluding adversaries (they name only each other,
 //! acknowledge and drop every STORE, never return a value) against each defence.
-#![cfg(feature = "sim")]
 
-use kad_core::sim_sybil::{Defence, DefenceReport, SybilReport, SybilScenario, run_sybil_scenario};
+use kad_sim::sybil::{Defence, DefenceReport, SybilReport, SybilScenario, run_sybil_scenario};
 
 fn scenario(nodes: usize, seeds: usize, subnets: u32, defences: &[Defence]) -> SybilScenario {
     let mut sc = SybilScenario::default();

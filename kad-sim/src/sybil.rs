@@ -15,7 +15,7 @@
 //! result holds the true closest honest node to the target; a GET when it returns the value.
 //!
 //! ```
-//! use kad_core::sim_sybil::{Defence, SybilScenario, run_sybil_scenario};
+//! use kad_sim::sybil::{Defence, SybilScenario, run_sybil_scenario};
 //! let mut sc = SybilScenario::default();
 //! sc.nodes = 150;
 //! sc.lookups = 30;
@@ -35,10 +35,10 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::id::NodeId;
-use crate::node::{Event, QueryId, QueryResult};
-use crate::sim::{LinkModel, Sim, SimStats, grow_network_with_seeds};
+use crate::{LinkModel, Sim, SimStats, grow_network_with_seeds};
+use kad_core::Config;
+use kad_core::NodeId;
+use kad_core::{Event, QueryId, QueryResult};
 
 /// Longest the lookups and gets may take to finish, virtual time.
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
@@ -320,13 +320,11 @@ fn run_one(
         sim.plan_ids(ids);
     }
 
-    let cfg = Config {
-        k: sc.k,
-        alpha: sc.alpha,
-        disjoint_paths: paths,
-        subnet_limit: limit,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.k = sc.k;
+    cfg.alpha = sc.alpha;
+    cfg.disjoint_paths = paths;
+    cfg.subnet_limit = limit;
     let total = sc.nodes + sc.records * 2 + sc.lookups;
     grow_network_with_seeds(
         &mut sim,

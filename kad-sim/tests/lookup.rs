@@ -1,11 +1,10 @@
 //! Scenarios in the deterministic simulator.
 #![allow(clippy::disallowed_methods)] // tests pick an arbitrary base instant
-#![cfg(feature = "sim")]
 
 use std::time::{Duration, Instant};
 
-use kad_core::sim::{LinkModel, LookupScenario, Sim, run_lookup_scenario};
 use kad_core::{Config, Event, NodeId, QueryResult};
+use kad_sim::{LinkModel, LookupScenario, Sim, run_lookup_scenario};
 
 fn scenario(nodes: usize, lookups: usize, seed: u64) -> LookupScenario {
     let mut s = LookupScenario::default();

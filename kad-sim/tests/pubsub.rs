@@ -1,10 +1,9 @@
 //! The pub/sub scenario in the simulator, small enough for the test suite (the 10,000-node runs
 //! are `kad sim pubsub`, see the README).
-#![cfg(feature = "sim")]
 
 use std::time::Duration;
 
-use kad_plugin_pubsub::sim::{PubsubScenario, run_pubsub_scenario};
+use kad_sim::pubsub::{PubsubScenario, run_pubsub_scenario};
 
 fn scenario(churn: f64, seed: u64) -> PubsubScenario {
     let mut sc = PubsubScenario::default();

@@ -22,7 +22,7 @@
 //! after it, as in a deployment where the publisher keeps its records alive.
 //!
 //! ```
-//! use kad_core::sim_churn::{ChurnScenario, run_churn_scenario};
+//! use kad_sim::churn::{ChurnScenario, run_churn_scenario};
 //! let mut sc = ChurnScenario::default();
 //! sc.nodes = 60;
 //! sc.records = 10;
@@ -41,10 +41,10 @@ use rand::seq::SliceRandom;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::id::{Key, NodeId};
-use crate::node::{Event, Node, QueryId, QueryResult};
-use crate::sim::{LinkModel, Sim, SimStats, grow_network};
+use crate::{LinkModel, Sim, SimStats, grow_network};
+use kad_core::Config;
+use kad_core::{Event, Node, QueryId, QueryResult};
+use kad_core::{Key, NodeId};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MAX_BOOTSTRAP_RETRIES: u8 = 3;
@@ -384,7 +384,7 @@ impl Run<'_> {
         }
     }
 
-    fn random_live_contact(&mut self, not: Option<usize>) -> Option<crate::addr::Contact> {
+    fn random_live_contact(&mut self, not: Option<usize>) -> Option<kad_core::Contact> {
         let n = self.others.len() + self.owners.len();
         for _ in 0..8 {
             let i = self.sim.rng().random_range(0..n);
@@ -595,13 +595,11 @@ pub fn run_churn_scenario(
     #[allow(clippy::disallowed_methods)]
     let base = Instant::now();
     let sim = Sim::new(sc.seed, sc.link.clone(), base);
-    let cfg = Config {
-        k: sc.k,
-        record_ttl: sc.record_ttl,
-        replicate_interval: sc.replicate_interval,
-        republish_interval: sc.republish_interval,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.k = sc.k;
+    cfg.record_ttl = sc.record_ttl;
+    cfg.replicate_interval = sc.replicate_interval;
+    cfg.republish_interval = sc.republish_interval;
     let mut run = Run {
         sc,
         cfg: cfg.clone(),

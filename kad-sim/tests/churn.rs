@@ -1,7 +1,6 @@
 //! A day of churn in the simulator: records stay retrievable, per-node state stays flat.
-#![cfg(feature = "sim")]
 
-use kad_core::sim_churn::{ChurnReport, ChurnScenario, run_churn_scenario};
+use kad_sim::churn::{ChurnReport, ChurnScenario, run_churn_scenario};
 
 fn scenario(nodes: usize, records: usize, hours: u32, seed: u64) -> ChurnScenario {
     let mut sc = ChurnScenario::default();

@@ -1,12 +1,12 @@
 //! Engine micro-benchmarks: routing-table insert and `closest`, and simulated lookups.
-//! Run with `cargo bench -p kad-core --features sim`. CI compiles them but does not time them.
+//! Run with `cargo bench -p kad-sim`. CI compiles them but does not time them.
 #![allow(clippy::disallowed_methods, missing_docs)] // benches pick an arbitrary base instant
 
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use kad_core::sim::{LookupScenario, run_lookup_scenario};
 use kad_core::{Contact, NodeId, PeerAddr, RoutingParams, RoutingTable};
+use kad_sim::{LookupScenario, run_lookup_scenario};
 use rand::SeedableRng;
 
 fn params() -> RoutingParams {

@@ -1,19 +1,4 @@
-//! The deterministic simulator: many engines on one thread, a virtual clock, an event heap and a
-//! seeded link model (latency, jitter, loss, partitions), plus churn.
-//!
-//! Identical seeds and arguments give identical results, bit for bit: every random draw comes
-//! from ChaCha RNGs seeded from the simulation seed, events are ordered by `(time, sequence)`, and
-//! nothing iterates a randomly ordered map. [`Sim::digest`] is a hash of every delivery and event.
-//!
-//! ```
-//! use kad_core::sim::{LookupScenario, run_lookup_scenario};
-//! let mut sc = LookupScenario::default();
-//! sc.nodes = 200;
-//! sc.lookups = 50;
-//! let report = run_lookup_scenario(&sc, |_, _| {});
-//! assert!(report.success_rate > 0.95);
-//! assert_eq!(report.digest, run_lookup_scenario(&sc, |_, _| {}).digest);
-//! ```
+//! The simulated network: [`Sim`], its link model and the lookup scenario.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
@@ -25,11 +10,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::addr::{Contact, PeerAddr};
-use crate::config::{Config, VirtualClock};
-use crate::id::NodeId;
-use crate::message::{Body, Message, Request, Response};
-use crate::node::{Event, Input, Node, NodeBuilder, Output, QueryId, QueryResult};
+use kad_core::NodeId;
+use kad_core::{Body, Message, Request, Response};
+use kad_core::{Config, VirtualClock};
+use kad_core::{Contact, PeerAddr};
+use kad_core::{Event, Input, Node, NodeBuilder, Output, QueryId, QueryResult};
 
 /// The link model between simulated nodes.
 #[derive(Clone, Debug)]
@@ -418,6 +403,7 @@ impl Sim {
                     }
                     self.events.push_back((idx, ev));
                 }
+                _ => {}
             }
         }
         self.schedule_wake(idx);
@@ -480,6 +466,7 @@ impl Sim {
                     Body::Request(r) => r.method().len() as u8,
                     Body::Response(_) => 100,
                     Body::Error(_) => 200,
+                    _ => 255,
                 };
                 (
                     (self.now - self.base).as_nanos() as u64,
@@ -757,10 +744,7 @@ pub fn grow_network_with_seeds(
 
 /// A bootstrap that failed or found fewer than `want` nodes (an application would try again
 /// through another seed).
-fn poor_bootstrap(
-    r: &Result<crate::node::LookupOutcome, crate::node::QueryError>,
-    want: usize,
-) -> bool {
+fn poor_bootstrap(r: &Result<kad_core::LookupOutcome, kad_core::QueryError>, want: usize) -> bool {
     r.as_ref().map_or(true, |o| o.closest.len() < want.max(1))
 }
 
@@ -808,11 +792,9 @@ pub fn run_lookup_scenario(
     #[allow(clippy::disallowed_methods)]
     let base = Instant::now();
     let mut sim = Sim::new(sc.seed, sc.link.clone(), base);
-    let cfg = Config {
-        k: sc.k,
-        alpha: sc.alpha,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.k = sc.k;
+    cfg.alpha = sc.alpha;
     // Bucket refresh every 15 min would add traffic beyond the scenario's horizon only.
     let total_work = sc.nodes + sc.lookups;
     let mut done_work = 0;

@@ -1,18 +1,20 @@
-//! The pub/sub scenario behind `kad sim pubsub` (feature `sim`): one sensor, many subscribers,
+//! The pub/sub scenario behind `kad sim pubsub`: one sensor, many subscribers,
 //! a simulated network, optional churn of the rendezvous nodes. Same arguments, same result.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::{LinkModel, Sim, SimStats, grow_network};
 use bytes::Bytes;
-use kad_core::sim::{LinkModel, Sim, SimStats, grow_network};
 use kad_core::{Config, Event, NodeId, QueryId, QueryResult};
 use kad_plugin_bep44::item::{self, MutableItem};
 use rand::Rng as _;
 use serde::Serialize;
 
-use crate::plugin::{Command, NAMESPACE, PublishOutcome, PubsubConfig, PubsubPlugin, ReadingEvent};
-use crate::wire::{TopicKind, WireItem};
+use kad_plugin_pubsub::{
+    Command, NAMESPACE, PublishOutcome, PubsubConfig, PubsubPlugin, ReadingEvent,
+};
+use kad_plugin_pubsub::{TopicKind, WireItem};
 
 /// Parameters of the scenario.
 #[derive(Clone, Debug)]
@@ -48,10 +50,9 @@ impl Default for PubsubScenario {
             subscribers: 100,
             readings: 30,
             interval: Duration::from_secs(1),
-            link: {
-                let mut l = LinkModel::default();
-                l.latency = Duration::from_millis(25);
-                l
+            link: LinkModel {
+                latency: Duration::from_millis(25),
+                ..LinkModel::default()
             },
             churn: 0.0,
             k: 20,
@@ -141,10 +142,8 @@ pub fn run_pubsub_scenario(
     let mut sim = Sim::new(sc.seed, sc.link.clone(), base);
     let mut cfg = Config::default();
     cfg.k = sc.k;
-    let pcfg = PubsubConfig {
-        fanout: sc.fanout,
-        ..PubsubConfig::default()
-    };
+    let mut pcfg = PubsubConfig::default();
+    pcfg.fanout = sc.fanout;
     let plugin =
         |b: kad_core::NodeBuilder| b.plugin(Box::new(PubsubPlugin::new(pcfg.clone(), None)));
     let nodes = grow_network(
@@ -361,7 +360,7 @@ pub fn run_pubsub_scenario(
         } = ev
         {
             if asked.remove(&(idx, id)).is_some() {
-                if let Ok(st) = serde_json::from_slice::<crate::PubsubStats>(&b) {
+                if let Ok(st) = serde_json::from_slice::<kad_plugin_pubsub::PubsubStats>(&b) {
                     duplicates_dropped += st.duplicates;
                 }
             }
