@@ -101,8 +101,6 @@ mod routing;
 mod stats;
 mod transport;
 
-#[cfg(feature = "conformance")]
-pub mod conformance;
 #[cfg(feature = "tokio")]
 mod runtime;
 

@@ -64,7 +64,7 @@ pub enum TransportError {
 /// - Usable as `Arc<dyn Transport>`, so a node can run several at once.
 ///
 /// Every transport of the workspace passes the same conformance suite
-/// (`kad_core::conformance`, feature `conformance`).
+/// (`kad_testkit::conformance`).
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// The kind of addresses this transport serves.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kad_core::{
-    Body, Config, Contact, Dht, DhtError, MemoryNetwork, Message, Node, NodeId, Plugin, PluginCx,
+    Body, Contact, Dht, DhtError, MemoryNetwork, Message, Node, NodeId, Plugin, PluginCx,
     QueryError, Reply, Request, Response, Transport, TxnId,
 };
+use kad_testkit::{memory_network, seeded_config};
 
 /// A plugin with one method, `echo.ECHO`, that answers with its parameters.
 struct Echo;
@@ -35,25 +36,14 @@ impl Plugin for Echo {
     }
 }
 
-fn config(seed: u8) -> Config {
-    let mut c = Config::default();
-    c.set_rng_seed([seed; 32]);
-    c
-}
-
 async fn network(net: &MemoryNetwork, n: usize) -> Vec<Dht> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let b = Node::builder(config(i as u8 + 1))
+    memory_network(net, n, |i| {
+        Node::builder(seeded_config(i as u8 + 1))
             .id(NodeId::from_bytes([i as u8 + 1; 20]))
-            .plugin(Box::new(Echo));
-        nodes.push(Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap());
-    }
-    let seed = nodes[0].contact().addrs[0].clone();
-    for d in &nodes[1..] {
-        d.bootstrap(vec![seed.clone()]).await.unwrap();
-    }
-    nodes
+            .plugin(Box::new(Echo))
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -225,9 +215,13 @@ async fn a_node_listens_on_several_transports_and_answers_on_the_one_asked() {
     let t1 = Arc::new(net.transport(64));
     let t2 = Arc::new(net.transport(64));
     let (a1, a2) = (t1.local_addr(), t2.local_addr());
-    let a = Dht::spawn(Node::builder(config(1)), vec![t1, t2]).unwrap();
+    let a = Dht::spawn(Node::builder(seeded_config(1)), vec![t1, t2]).unwrap();
     assert_eq!(a.contact().addrs.to_vec(), vec![a1.clone(), a2.clone()]);
-    let b = Dht::spawn(Node::builder(config(2)), vec![Arc::new(net.transport(64))]).unwrap();
+    let b = Dht::spawn(
+        Node::builder(seeded_config(2)),
+        vec![Arc::new(net.transport(64))],
+    )
+    .unwrap();
     let mut events = a.events();
     for addr in [a1, a2] {
         let pong = b.ping(addr).await.unwrap();

@@ -5,47 +5,37 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kad_core::{
-    AcceptAll, Config, Dht, MemoryNetwork, Node, NodeId, Record, RecordValidator, content_key,
-};
+use kad_core::{AcceptAll, Dht, MemoryNetwork, Node, NodeId, Record, RecordValidator, content_key};
 use kad_plugin_storage::{
     BlobError, ContentValidator, GetOptions, Protection, PutOptions, StoragePlugin, TransferError,
     combine_shares, get_file, put_file,
 };
+use kad_testkit::{memory_network, seeded_config};
 
 const CHUNK: u32 = 4096;
 const REPLY: usize = 40_000;
 
-fn config(seed: u8) -> Config {
-    let mut c = Config::default();
-    c.set_rng_seed([seed; 32]);
-    c
-}
-
 /// `n` storing nodes (the first `forgers` accept any record), plus a read-only client that
 /// trusts only content-addressed values.
 async fn network(net: &MemoryNetwork, n: usize, forgers: usize) -> (Vec<Dht>, Dht) {
-    let mut nodes = Vec::new();
-    for i in 0..n {
+    let nodes = memory_network(net, n, |i| {
         let v: Arc<dyn RecordValidator> = if i < forgers {
             Arc::new(AcceptAll)
         } else {
             Arc::new(ContentValidator)
         };
-        let b = Node::builder(config(i as u8 + 1))
+        Node::builder(seeded_config(i as u8 + 1))
             .id(NodeId::from_bytes([i as u8 + 1; 20]))
             .validator(v)
-            .plugin(Box::new(StoragePlugin::new(REPLY)));
-        nodes.push(Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap());
-    }
+            .plugin(Box::new(StoragePlugin::new(REPLY)))
+    })
+    .await
+    .unwrap();
     let seed = nodes[0].contact().addrs[0].clone();
-    for d in &nodes[1..] {
-        d.bootstrap(vec![seed.clone()]).await.unwrap();
-    }
     for d in &nodes {
         let _ = d.find_node(d.id()).await;
     }
-    let mut c = config(200);
+    let mut c = seeded_config(200);
     c.read_only = true;
     let b = Node::builder(c)
         .id(NodeId::from_bytes([200; 20]))

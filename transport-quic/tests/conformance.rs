@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kad_core::conformance::{Harness, guard};
 use kad_core::{NativeIdentity, PeerAddr, Transport};
+use kad_testkit::conformance::{Harness, guard};
 use kad_transport_quic::{QuicConfig, QuicTransport};
 
 #[derive(Default)]
@@ -101,4 +101,4 @@ impl Harness for Quic {
     }
 }
 
-kad_core::conformance_tests!(quic, Quic::default());
+kad_testkit::conformance_tests!(quic, Quic::default());

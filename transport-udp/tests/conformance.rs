@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kad_core::conformance::{Harness, guard};
 use kad_core::{PeerAddr, Transport};
+use kad_testkit::conformance::{Harness, guard};
 use kad_transport_udp::{UdpConfig, UdpTransport};
 
 struct Udp;
@@ -69,4 +69,4 @@ impl Harness for Udp {
     }
 }
 
-kad_core::conformance_tests!(udp, Udp);
+kad_testkit::conformance_tests!(udp, Udp);

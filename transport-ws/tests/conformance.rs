@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kad_core::conformance::{Harness, guard};
 use kad_core::{PeerAddr, Transport};
+use kad_testkit::conformance::{Harness, guard};
 use kad_transport_ws::{WsConfig, WsTransport, tls};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -118,5 +118,5 @@ impl Harness for Ws {
     }
 }
 
-kad_core::conformance_tests!(ws, Ws { tls: false });
-kad_core::conformance_tests!(wss, Ws { tls: true });
+kad_testkit::conformance_tests!(ws, Ws { tls: false });
+kad_testkit::conformance_tests!(wss, Ws { tls: true });

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kad_core::conformance::{Harness, guard};
 use kad_core::{MemoryNetwork, PeerAddr, Transport};
+use kad_testkit::conformance::{Harness, guard};
 
 struct Mem {
     net: MemoryNetwork,
@@ -48,7 +48,7 @@ impl Harness for Mem {
     }
 }
 
-kad_core::conformance_tests!(
+kad_testkit::conformance_tests!(
     memory,
     Mem {
         net: MemoryNetwork::new()

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! // tests/conformance.rs of a transport crate (needs tokio with `rt-multi-thread` and `macros`)
-//! kad_core::conformance_tests!(my_transport_tests, MyHarness::new());
+//! kad_testkit::conformance_tests!(my_transport_tests, MyHarness::new());
 //! ```
 //!
 //! The cases, each bounded in time:
@@ -29,8 +29,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::addr::PeerAddr;
-use crate::transport::{Transport, TransportError};
+use kad_core::PeerAddr;
+use kad_core::{Transport, TransportError};
 
 /// How the suite drives one kind of transport.
 #[async_trait]
