@@ -56,7 +56,7 @@ async fn native_node(id: Arc<NativeIdentity>) -> (Dht, SocketAddr) {
     let mut config = Config::default();
     // The raw sockets here never answer a PING, so answers larger than their requests would be
     // held by the anti-amplification guard: it has tests of its own (kad-core/tests/
-    // amplification.rs, examples/tests/flood.rs); these check rejections and counting.
+    // amplification.rs, cli/tests/flood.rs); these check rejections and counting.
     config.amplification_guard = false;
     let builder = Node::builder(config)
         .identity(id.clone())

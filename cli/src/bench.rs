@@ -644,7 +644,7 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
 /// Floods a `kad node` process from many source addresses, then checks it still answers.
 fn flood(sources: u32) -> Result<serde_json::Value> {
     // The honest raw ping at the end does not answer the guard's proving PING (the guard and the
-    // per-IP limits have their own flood test: examples/tests/flood.rs).
+    // per-IP limits have their own flood test: cli/tests/flood.rs).
     let node = NodeProc::start(&["--stats-every", "0.25", "--no-amplification-guard"])?;
     let pid = node.pid();
     std::thread::sleep(Duration::from_millis(200));
