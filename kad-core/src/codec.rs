@@ -105,16 +105,18 @@ pub trait Codec: Send + 'static {
     fn decode(&mut self, bytes: &[u8], cx: &mut CodecCx<'_>) -> Result<Message, DecodeError>;
 }
 
-/// A plain, unsigned codec: serde_json of the typed [`Message`].
+/// A plain, unsigned codec: serde_json of the typed [`Message`] (feature `json`).
 ///
 /// For tests and in-process networks only: it authenticates nothing. Real networks use the
 /// signed JSON-RPC codec (native network) or KRPC (Mainline).
+#[cfg(feature = "json")]
 #[derive(Debug, Default, Clone)]
 pub struct PlainCodec {
     /// Largest message accepted or produced, in bytes (default 64 KiB).
     pub max_len: usize,
 }
 
+#[cfg(feature = "json")]
 impl PlainCodec {
     /// A codec with the default limit of 64 KiB.
     pub fn new() -> Self {
@@ -122,6 +124,7 @@ impl PlainCodec {
     }
 }
 
+#[cfg(feature = "json")]
 impl Codec for PlainCodec {
     fn encode(&mut self, msg: &Message, _cx: &mut CodecCx<'_>) -> Result<Bytes, EncodeError> {
         let v = serde_json::to_vec(msg).map_err(|e| EncodeError::Unsupported(e.to_string()))?;

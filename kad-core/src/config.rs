@@ -66,6 +66,12 @@ pub enum ConfigError {
         /// The allowed range, in words.
         limit: &'static str,
     },
+    /// The builder was given no codec, and the crate was built without the `json` feature
+    /// that provides the default one, `PlainCodec`.
+    #[error(
+        "no codec: give one with NodeBuilder::codec, or enable kad-core's `json` feature for PlainCodec"
+    )]
+    NoCodec,
 }
 
 /// Engine configuration. Construct with `Config::default()` and adjust fields or use the setters

@@ -82,6 +82,13 @@
 //! ## Feature flags
 //!
 //! - `tokio` (default): the async runtime ([`Dht`]) and the in-memory transport.
+//! - `native` (default): the native protocol, [`NativeCodec`] (signed JSON-RPC 2.0) and
+//!   [`NativeIdentity`] (secp256k1 keys); pulls in k256, sha2, ripemd, base64 and hex.
+//!   Implies `json`.
+//! - `json`: [`PlainCodec`], unsigned serde_json messages, the codec of a builder given none.
+//!
+//! With `default-features = false` the engine needs only bytes, rand, serde and tracing: a
+//! user who brings a codec of their own (KRPC does) builds no secp256k1 or JSON code.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -93,6 +100,7 @@ mod config;
 mod id;
 mod lookup;
 mod message;
+#[cfg(feature = "native")]
 pub mod native;
 mod node;
 mod plugin;
@@ -105,11 +113,14 @@ mod transport;
 mod runtime;
 
 pub use addr::{Contact, MAX_URI_LEN, ParseAddrError, PeerAddr, Subnet, TransportKind};
-pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity};
+#[cfg(feature = "json")]
+pub use codec::PlainCodec;
+pub use codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, StaticIdentity};
 pub use config::{Config, ConfigError, SystemClock, VirtualClock, WallClock};
 pub use id::{Distance, ID_BITS, ID_LEN, Key, NodeId, ParseIdError};
 pub use lookup::{Lookup, LookupStats};
 pub use message::{Body, Message, Request, Response, RpcError, TxnId};
+#[cfg(feature = "native")]
 pub use native::{
     InvalidKey, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, content_key, id_work,
     max_native_value_for, node_id_from_public_key, verify_signature,

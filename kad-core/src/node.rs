@@ -11,9 +11,7 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, trace};
 
 use crate::addr::{Contact, PeerAddr};
-use crate::codec::{
-    Codec, CodecCx, DecodeError, EncodeError, Identity, PlainCodec, StaticIdentity,
-};
+use crate::codec::{Codec, CodecCx, DecodeError, EncodeError, Identity, StaticIdentity};
 use crate::config::{Config, ConfigError};
 use crate::id::{Key, NodeId};
 use crate::lookup::{Lookup, LookupStats};
@@ -423,7 +421,8 @@ impl NodeBuilder {
         self.addrs = addrs;
         self
     }
-    /// The wire codec. Default [`PlainCodec`].
+    /// The wire codec. Default: `PlainCodec` (feature `json`); without that feature a codec
+    /// must be given, or [`build`](Self::build) fails with [`ConfigError::NoCodec`].
     pub fn codec(mut self, codec: Box<dyn Codec>) -> Self {
         self.codec = Some(codec);
         self
@@ -443,9 +442,11 @@ impl NodeBuilder {
         self.plugins.push(plugin);
         self
     }
+    #[cfg(feature = "tokio")]
     pub(crate) fn addrs_is_empty(&self) -> bool {
         self.addrs.is_empty()
     }
+    #[cfg(feature = "tokio")]
     pub(crate) fn has_identity(&self) -> bool {
         self.identity.is_some()
     }
@@ -479,10 +480,14 @@ impl NodeBuilder {
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::new(id, self.config.store_limits.clone())));
         let init = self.config.initial_rtt.as_micros() as u64;
+        let codec = match self.codec {
+            Some(c) => c,
+            None => default_codec()?,
+        };
         Ok(Node {
             local: Contact::with_addrs(id, self.addrs),
             identity,
-            codec: self.codec.unwrap_or_else(|| Box::new(PlainCodec::new())),
+            codec,
             routing: RoutingTable::new(id, params),
             store,
             validator: self.validator.unwrap_or_else(|| Arc::new(AcceptAll)),
@@ -518,6 +523,18 @@ impl NodeBuilder {
             config: self.config,
         })
     }
+}
+
+/// The codec of a builder that is given none.
+#[cfg(feature = "json")]
+fn default_codec() -> Result<Box<dyn Codec>, ConfigError> {
+    Ok(Box::new(crate::codec::PlainCodec::new()))
+}
+
+/// Without the `json` feature there is no default codec.
+#[cfg(not(feature = "json"))]
+fn default_codec() -> Result<Box<dyn Codec>, ConfigError> {
+    Err(ConfigError::NoCodec)
 }
 
 /// The Kademlia engine: a state machine with no I/O, no OS clock and no OS randomness.
