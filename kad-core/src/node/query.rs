@@ -1,0 +1,329 @@
+//! Query progress: lookups stepped forward, and gets and puts finished.
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::{
+    Event, GetOutcome, LookupOutcome, Node, PendingKind, PutOutcome, Query, QueryError, QueryId,
+    QueryKind, QueryResult,
+};
+use crate::addr::Contact;
+use crate::id::NodeId;
+use crate::lookup::Lookup;
+use crate::message::{Request, RpcError};
+use crate::record::Record;
+
+impl Node {
+    pub(super) fn step_query(&mut self, now: Instant, qid: QueryId) {
+        self.step_query_inner(now, qid, false);
+    }
+
+    /// Advances a query. While queries wait for in-flight room (`starved`), others queue behind
+    /// them instead of taking freed slots, so no query starves; `from_queue` marks the query
+    /// being served from the front of that queue.
+    pub(super) fn step_query_inner(&mut self, now: Instant, qid: QueryId, from_queue: bool) {
+        let soft = self.soft_timeout();
+        let mut room = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.in_flight.len());
+        if !from_queue && !self.starved.is_empty() {
+            room = 0;
+        }
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        // Early return of a get that has its quorum.
+        if let QueryKind::Get { quorum, found, .. } = &q.kind {
+            if *quorum > 0 && found.len() >= *quorum {
+                self.finish_get(now, qid);
+                return;
+            }
+        }
+        if let QueryKind::Put {
+            storing: Some(_), ..
+        } = &q.kind
+        {
+            return;
+        }
+        let Some(lookup) = q.lookup.as_mut() else {
+            return;
+        };
+        if lookup.is_finished(now) {
+            return self.lookup_finished(now, qid);
+        }
+        // A peer whose own RTT is known gets a soft deadline from it (twice its smoothed RTT),
+        // never longer than the network-wide one; others get the network-wide one.
+        let routing = &self.routing;
+        let min_soft = self.config.min_soft_timeout;
+        let soft_for = |c: &Contact| match routing.get(&c.id) {
+            Some(e) if e.srtt_us > 0 => (Duration::from_micros(u64::from(e.srtt_us)) * 2)
+                .clamp(min_soft, soft.max(min_soft)),
+            _ => soft,
+        };
+        let asks = lookup.next_with(now, soft_for, room);
+        let target = lookup.target();
+        if room == 0 && !self.starved.contains(&qid) {
+            self.starved.push_back(qid);
+        }
+        let req = match &q.kind {
+            QueryKind::Get { key, .. } => Request::FindValue { key: *key },
+            QueryKind::PluginLookup { method, params, .. } => Request::Custom {
+                method: method.clone(),
+                params: params.clone(),
+            },
+            _ => Request::FindNode { target },
+        };
+        let mut gave_up = false;
+        for c in asks {
+            let peer = c.id;
+            if !self.send_to_contact(
+                now,
+                &c,
+                req.clone(),
+                PendingKind::Lookup { query: qid, peer },
+            ) {
+                // No transport of ours reaches it (or no room to send).
+                gave_up = true;
+                if let Some(l) = self.queries.get_mut(&qid).and_then(|q| q.lookup.as_mut()) {
+                    l.give_up(&peer);
+                }
+            }
+        }
+        if self
+            .queries
+            .get(&qid)
+            .and_then(|q| q.lookup.as_ref())
+            .is_some_and(|l| l.is_finished(now))
+        {
+            self.lookup_finished(now, qid);
+        } else if gave_up {
+            // Candidates given up on free their slots: ask the next ones now, or a lookup whose
+            // every ask failed would wait forever (nothing in flight to answer or time out).
+            // Each round gives up at least one candidate, so this ends.
+            self.step_query_inner(now, qid, from_queue);
+        }
+    }
+
+    pub(super) fn lookup_finished(&mut self, now: Instant, qid: QueryId) {
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        let Some(lookup) = q.lookup.as_ref() else {
+            return;
+        };
+        let outcome = LookupOutcome {
+            target: lookup.target(),
+            closest: lookup.closest_succeeded(),
+            stats: lookup.finish_stats(),
+            elapsed: now.saturating_duration_since(q.started),
+        };
+        match &mut q.kind {
+            QueryKind::FindNode => self.finish(now, qid, QueryResult::FindNode(Ok(outcome))),
+            QueryKind::Refresh => self.finish(now, qid, QueryResult::Refresh(outcome)),
+            QueryKind::Bootstrap { refresh_left, .. } => {
+                if outcome.closest.is_empty() && self.routing.is_empty() {
+                    self.finish(now, qid, QueryResult::Bootstrap(Err(QueryError::NoPeers)));
+                    return self.watch_alone(now);
+                }
+                // Optionally refresh the farthest non-full buckets, each with its own lookup.
+                let mut n = *refresh_left;
+                *refresh_left = 0;
+                let sizes = self.routing.bucket_sizes();
+                let k = self.config.k;
+                let mut targets = Vec::new();
+                for idx in (0..crate::id::ID_BITS).rev() {
+                    if n == 0 {
+                        break;
+                    }
+                    let full = sizes.iter().any(|(i, e, _)| *i == idx && *e >= k);
+                    if !full {
+                        targets.push(self.local.id.random_in_bucket(idx, &mut self.rng));
+                        n -= 1;
+                    }
+                }
+                for t in targets {
+                    let lookup = self.make_lookup(now, t);
+                    if let Ok(r) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
+                        self.step_query(now, r);
+                    }
+                }
+                self.remember_contacts();
+                self.finish(now, qid, QueryResult::Bootstrap(Ok(outcome)));
+                self.watch_alone(now);
+            }
+            QueryKind::Get { .. } => self.finish_get(now, qid),
+            QueryKind::PluginLookup { plugin, .. } => {
+                let plugin = *plugin;
+                let closest = outcome.closest.clone();
+                let stats = outcome.stats.clone();
+                self.with_plugin(now, plugin, |p, cx| {
+                    p.on_lookup_done(cx, qid, &closest, &stats)
+                });
+                self.finish(now, qid, QueryResult::PluginLookup(outcome));
+            }
+            QueryKind::Put {
+                record, storing, ..
+            } => {
+                let targets = outcome.closest.clone();
+                let record = record.clone();
+                // Store locally too if we are among the k closest.
+                let me = self.local.id.distance(&record.key);
+                // A read-only node keeps nothing for others: it may leave at any time.
+                let local = !self.config.read_only
+                    && (targets.len() < self.config.k
+                        || targets
+                            .last()
+                            .is_some_and(|c| me < c.id.distance(&record.key)));
+                *storing = Some((targets.len(), 0, targets.len() + usize::from(local)));
+                let mut local_ok = false;
+                if local {
+                    let id = self.local.id;
+                    local_ok = self.store_local(now, id, record.clone());
+                }
+                if let Some(Query {
+                    kind:
+                        QueryKind::Put {
+                            storing: Some((_, stored, _)),
+                            ..
+                        },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *stored += usize::from(local_ok);
+                }
+                let mut sent = 0;
+                let total = targets.len();
+                for c in &targets {
+                    if self.send_to_contact(
+                        now,
+                        c,
+                        Request::Store {
+                            record: record.clone(),
+                        },
+                        PendingKind::Store { query: qid },
+                    ) {
+                        sent += 1;
+                    }
+                }
+                if let Some(Query {
+                    kind:
+                        QueryKind::Put {
+                            storing: Some((outstanding, _, _)),
+                            ..
+                        },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *outstanding = sent;
+                }
+                debug!(key = %record.key, targets = total, "put: storing at the closest nodes");
+                let quorum_met = matches!(
+                    self.queries.get(&qid),
+                    Some(Query {
+                        kind: QueryKind::Put {
+                            storing: Some((_, stored, _)),
+                            quorum,
+                            ..
+                        },
+                        ..
+                    }) if *quorum > 0 && stored >= quorum
+                );
+                if sent == 0 || quorum_met {
+                    self.finish_put(now, qid);
+                }
+            }
+            QueryKind::Ping | QueryKind::Call | QueryKind::Command { .. } => {}
+        }
+    }
+
+    pub(super) fn store_local(&mut self, now: Instant, from: NodeId, record: Record) -> bool {
+        self.store_inbound(now, from, record).is_ok()
+    }
+
+    pub(super) fn finish_get(&mut self, now: Instant, qid: QueryId) {
+        let Some(q) = self.queries.get(&qid) else {
+            return;
+        };
+        let QueryKind::Get { key, found, .. } = &q.kind else {
+            return;
+        };
+        let stats = q
+            .lookup
+            .as_ref()
+            .map(Lookup::finish_stats)
+            .unwrap_or_default();
+        let elapsed = now.saturating_duration_since(q.started);
+        let alone = || {
+            q.lookup
+                .as_ref()
+                .is_none_or(|l| l.closest_succeeded().is_empty())
+        };
+        let r = if found.is_empty() && alone() {
+            // Nobody answered: "not found" would claim more than is known.
+            Err(QueryError::NoPeers)
+        } else if found.is_empty() {
+            Err(QueryError::NotFound)
+        } else {
+            let best = self.validator.select(key, found);
+            Ok(GetOutcome {
+                record: found[best.min(found.len() - 1)].clone(),
+                answers: found.len(),
+                stats,
+                elapsed,
+            })
+        };
+        self.finish(now, qid, QueryResult::Get(r));
+    }
+
+    pub(super) fn finish_put(&mut self, now: Instant, qid: QueryId) {
+        let Some(q) = self.queries.get(&qid) else {
+            return;
+        };
+        let QueryKind::Put {
+            record,
+            storing,
+            refused,
+            ..
+        } = &q.kind
+        else {
+            return;
+        };
+        let (_, stored, tried) = storing.unwrap_or((0, 0, 0));
+        let stats = q
+            .lookup
+            .as_ref()
+            .map(Lookup::finish_stats)
+            .unwrap_or_default();
+        let r = if stored == 0 {
+            // Say why when a node said why (store full, record rejected).
+            Err(match refused {
+                Some(e) if e.code != RpcError::INTERNAL => QueryError::Remote(e.clone()),
+                _ => QueryError::NotStored,
+            })
+        } else {
+            Ok(PutOutcome {
+                key: record.key,
+                stored,
+                tried,
+                stats,
+                elapsed: now.saturating_duration_since(q.started),
+            })
+        };
+        self.finish(now, qid, QueryResult::Put(r));
+    }
+
+    pub(super) fn finish(&mut self, now: Instant, qid: QueryId, result: QueryResult) {
+        if let Some(q) = self.queries.remove(&qid) {
+            self.stats.queries_done += 1;
+            self.stats
+                .query_latency
+                .entry(q.kind.name())
+                .or_default()
+                .record(now.saturating_duration_since(q.started));
+            self.starved.retain(|q| *q != qid);
+            self.emit(Event::QueryDone { id: qid, result });
+        }
+    }
+}

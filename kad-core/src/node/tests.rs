@@ -1,0 +1,507 @@
+//! Unit tests of the engine.
+
+use super::*;
+use crate::message::{Body, Response};
+use crate::record::Rejected;
+
+/// The default config with a wall clock that reads `epoch_ms` at `base`.
+fn virtual_config(base: Instant, epoch_ms: u64) -> Config {
+    Config {
+        wall_clock: Arc::new(crate::config::VirtualClock { base, epoch_ms }),
+        ..Config::default()
+    }
+}
+
+fn node(b: u8, cfg: Config) -> Node {
+    Node::builder(cfg)
+        .id(NodeId([b; 20]))
+        .addrs(vec![PeerAddr::Mem(u64::from(b))])
+        .build(Instant::now())
+        .unwrap()
+}
+
+fn sends(n: &mut Node) -> Vec<(PeerAddr, Message)> {
+    let mut v = Vec::new();
+    while let Some(o) = n.poll_output() {
+        if let Output::Send { to, msg } = o {
+            v.push((to, msg));
+        }
+    }
+    v
+}
+
+/// Delivers a STORE of `rec` from `peer` (at `mem://2`) to `a` and returns the answer.
+fn store_from(a: &mut Node, now: Instant, peer: &Contact, rec: Record) -> Result<(), RpcError> {
+    let body = Body::Request(Request::Store { record: rec });
+    let msg = Message {
+        txn: TxnId::from_bytes(vec![7]),
+        sender: peer.clone(),
+        recipient: None,
+        read_only: false,
+        observed: None,
+        body,
+    };
+    a.handle_input(
+        now,
+        Input::Message {
+            from: PeerAddr::Mem(2),
+            msg,
+        },
+    );
+    match sends(a).pop().map(|(_, m)| m.body) {
+        Some(Body::Response(Response::Stored)) => Ok(()),
+        Some(Body::Error(e)) => Err(e),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn deliver(a: &mut Node, now: Instant, from: u64, msg: Message) {
+    a.handle_input(
+        now,
+        Input::Message {
+            from: PeerAddr::Mem(from),
+            msg,
+        },
+    );
+}
+
+fn answer(msg: &Message, from: &Contact, body: Body) -> Message {
+    Message {
+        txn: msg.txn.clone(),
+        sender: from.clone(),
+        recipient: Some(msg.sender.id),
+        read_only: false,
+        observed: None,
+        body,
+    }
+}
+
+#[test]
+fn a_lookup_skips_contacts_no_transport_reaches_and_asks_the_next() {
+    // This node speaks only mem://; its closest contacts to the target speak only ws://.
+    let now = Instant::now();
+    let cfg = Config {
+        transport_preference: vec![crate::addr::TransportKind::Mem],
+        ..Config::default()
+    };
+    let mut a = node(1, cfg);
+    for b in 10..17u8 {
+        let ws = format!("ws://127.0.0.1:{}/kad", 4000 + u16::from(b));
+        a.add_contact(now, Contact::new(NodeId([b; 20]), ws.parse().unwrap()));
+    }
+    a.add_contact(now, Contact::new(NodeId([40; 20]), PeerAddr::Mem(40)));
+    let _ = sends(&mut a);
+    a.find_node(now, NodeId([10; 20])).unwrap();
+    let asked: Vec<PeerAddr> = sends(&mut a).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(
+        asked,
+        vec![PeerAddr::Mem(40)],
+        "the reachable contact is asked at once"
+    );
+}
+
+#[test]
+fn a_changed_id_is_accepted_from_the_address_asked_only_when_configured() {
+    let now = Instant::now();
+    let cfg = Config {
+        accept_id_change: true,
+        ..Config::default()
+    };
+    let mut a = node(1, cfg);
+    let old = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+    a.add_contact(now, old.clone());
+    let q = a.call(now, &old, "x.Y", Bytes::new()).unwrap();
+    let (_, req) = sends(&mut a).pop().unwrap();
+    let renamed = Contact::new(NodeId([3; 20]), PeerAddr::Mem(2));
+    let empty = Body::Response(Response::Custom {
+        result: Bytes::new(),
+        nodes: vec![],
+    });
+    deliver(&mut a, now, 2, answer(&req, &renamed, empty));
+    let done = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Event(Event::QueryDone { id, result: QueryResult::Call(Ok(_)) }) if id == q));
+    assert!(done, "the answer completes the call");
+    assert_eq!((a.stats().id_changes, a.stats().dropped_wrong_peer), (1, 0));
+    assert!(
+        a.routing_table().get(&old.id).is_none(),
+        "the old id is forgotten"
+    );
+    assert!(
+        a.routing_table().get(&renamed.id).is_some(),
+        "the new one is learned"
+    );
+}
+
+#[test]
+fn responses_must_come_from_the_peer_asked() {
+    let now = Instant::now();
+    let mut a = node(1, Config::default());
+    let b = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+    let q = a.call(now, &b, "x.Y", Bytes::new()).unwrap();
+    let (to, req) = sends(&mut a).pop().unwrap();
+    assert_eq!(to, PeerAddr::Mem(2));
+    // From the right address but claiming another id.
+    let impostor = Contact::new(NodeId([3; 20]), PeerAddr::Mem(2));
+    let empty = Body::Response(Response::Custom {
+        result: Bytes::new(),
+        nodes: vec![],
+    });
+    let rsp = answer(&req, &impostor, empty.clone());
+    deliver(&mut a, now, 2, rsp);
+    assert_eq!(a.stats().dropped_wrong_peer, 1);
+    // The right id from another address.
+    let rsp = answer(&req, &b, empty);
+    deliver(&mut a, now, 9, rsp.clone());
+    assert_eq!(a.stats().dropped_unknown_txn, 1);
+    // The real answer still completes the call; a replay of it is then unknown.
+    deliver(&mut a, now, 2, rsp.clone());
+    let done = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Event(Event::QueryDone { id, result: QueryResult::Call(Ok(_)) }) if id == q));
+    assert!(done);
+    deliver(&mut a, now, 2, rsp);
+    assert_eq!(a.stats().dropped_unknown_txn, 2);
+    // Undecodable bytes are counted too.
+    a.handle_input(
+        now,
+        Input::Datagram {
+            from: PeerAddr::Mem(2),
+            data: Bytes::from_static(b"\xff\x00garbage"),
+        },
+    );
+    assert_eq!(a.stats().dropped_malformed, 1);
+}
+
+struct NoBad;
+impl RecordValidator for NoBad {
+    fn validate(&self, r: &Record) -> Result<(), Rejected> {
+        if r.value.starts_with(b"bad") {
+            Err(Rejected("value starts with bad".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn inbound_store_is_validated() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_value_len: 16,
+        ..virtual_config(now, 1_000_000)
+    };
+    let mut a = Node::builder(cfg)
+        .id(NodeId([1; 20]))
+        .addrs(vec![PeerAddr::Mem(1)])
+        .validator(Arc::new(NoBad))
+        .build(now)
+        .unwrap();
+    let peer = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+    let key = NodeId([7; 20]);
+    let store = |a: &mut Node, rec: Record| store_from(a, now, &peer, rec);
+    let day = 86_400_000;
+    assert_eq!(
+        store(
+            &mut a,
+            Record::new(key, "x".repeat(17), None, 1_000_000, day)
+        )
+        .unwrap_err()
+        .code,
+        RpcError::INVALID_PARAMS
+    );
+    assert_eq!(
+        store(&mut a, Record::new(key, "bad value", None, 1_000_000, day))
+            .unwrap_err()
+            .code,
+        RpcError::REJECTED
+    );
+    assert!(
+        store(&mut a, Record::new(key, "old", None, 0, 10))
+            .unwrap_err()
+            .message
+            .contains("expired")
+    );
+    assert!(
+        store(
+            &mut a,
+            Record::new(key, "future", None, 1_000_000 + 3_600_000, day)
+        )
+        .unwrap_err()
+        .message
+        .contains("future")
+    );
+    // A record that asks to live longer than our TTL is clipped to it.
+    store(&mut a, Record::new(key, "v2", None, 1_000_000, 10 * day)).unwrap();
+    assert_eq!(a.store().get(&key).unwrap().expires_at_ms, 1_000_000 + day);
+    // The default validator keeps the most recently published value.
+    assert!(store(&mut a, Record::new(key, "v1", None, 999_000, day)).is_err());
+    store(&mut a, Record::new(key, "v3", None, 1_000_500, day)).unwrap();
+    assert_eq!(&a.store().get(&key).unwrap().value[..], b"v3");
+    assert_eq!(a.stats().records_stored, 2);
+    assert_eq!(a.stats().records_rejected, 5);
+    // User errors name the field and the limit.
+    let e = a.put(now, key, Bytes::from(vec![0; 17])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "value is 17 bytes, larger than max_value_len = 16"
+    );
+}
+
+#[test]
+fn query_and_in_flight_limits_hold() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_queries: 2,
+        max_in_flight: 3,
+        ..Config::default()
+    };
+    let mut a = node(1, cfg);
+    for i in 2..40u8 {
+        a.add_contact(
+            now,
+            Contact::new(NodeId([i; 20]), PeerAddr::Mem(u64::from(i))),
+        );
+    }
+    let q1 = a.find_node(now, NodeId([9; 20])).unwrap();
+    let q2 = a.find_node(now, NodeId([19; 20])).unwrap();
+    assert_eq!(
+        a.find_node(now, NodeId([29; 20])).unwrap_err(),
+        CommandError::TooManyQueries { limit: 2 }
+    );
+    assert!(a.in_flight() <= 3);
+    // Time passes with no answers: both lookups end (sharing 3 in-flight slots), and the
+    // in-flight table never exceeds its limit.
+    let mut t = now;
+    let mut done = Vec::new();
+    for _ in 0..20_000 {
+        t += Duration::from_millis(50);
+        a.handle_input(t, Input::Timeout);
+        while let Some(o) = a.poll_output() {
+            if let Output::Event(Event::QueryDone {
+                id,
+                result: QueryResult::FindNode(Ok(r)),
+            }) = o
+            {
+                assert!(r.closest.is_empty());
+                done.push(id);
+            }
+        }
+        assert!(a.in_flight() <= 3);
+        if done.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 2);
+    assert!(done.contains(&q1) && done.contains(&q2));
+    assert!(a.stats().timeouts > 0);
+}
+
+#[test]
+fn held_records_are_replicated_hourly_unless_recently_restored() {
+    let t0 = Instant::now();
+    let mut a = node(1, virtual_config(t0, 1_000_000_000));
+    for i in 2..10u8 {
+        a.add_contact(
+            t0,
+            Contact::new(NodeId([i; 20]), PeerAddr::Mem(u64::from(i))),
+        );
+    }
+    let peer = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+    let store = |a: &mut Node, now: Instant, key: NodeId| {
+        let rec = Record::new(key, "v", Some(peer.id), a.unix_ms(now), 86_400_000);
+        store_from(a, now, &peer, rec).unwrap();
+    };
+    let (k1, k2) = (NodeId([0x71; 20]), NodeId([0x72; 20]));
+    store(&mut a, t0, k1);
+    store(&mut a, t0, k2);
+    // k2 is stored again half an hour later by another holder replicating it.
+    store(&mut a, t0 + Duration::from_secs(1800), k2);
+    // Drive maintenance past the hour; watch which keys our puts look up.
+    let mut looked_up = std::collections::BTreeSet::new();
+    let mut t = t0;
+    while t < t0 + Duration::from_secs(3600 + 180) {
+        t += Duration::from_secs(30);
+        a.handle_input(t, Input::Timeout);
+        for (_, m) in sends(&mut a) {
+            if let Body::Request(Request::FindNode { target }) = m.body {
+                looked_up.insert(target);
+            }
+        }
+    }
+    assert!(
+        looked_up.contains(&k1),
+        "k1, stored an hour ago, is re-replicated"
+    );
+    assert!(
+        !looked_up.contains(&k2),
+        "k2 was re-stored within the hour: another holder replicates it"
+    );
+}
+
+#[test]
+fn a_ping_without_recipient_is_answered_but_teaches_nothing() {
+    let t0 = Instant::now();
+    let mut a = node(1, Config::default());
+    let peer = Contact::new(NodeId([0x42; 20]), PeerAddr::Mem(42));
+    for (recipient, learned) in [(None, false), (Some(a.id()), true)] {
+        let msg = Message {
+            txn: TxnId::from_bytes(vec![1]),
+            sender: peer.clone(),
+            recipient,
+            read_only: false,
+            observed: None,
+            body: Body::Request(Request::Ping),
+        };
+        deliver(&mut a, t0, 42, msg);
+        let out = sends(&mut a);
+        assert!(matches!(
+            out[..],
+            [(
+                _,
+                Message {
+                    body: Body::Response(Response::Pong),
+                    ..
+                }
+            )]
+        ));
+        // A null-recipient PING may be a third party's replay: no routing-table change.
+        assert_eq!(a.routing_table().get(&peer.id).is_some(), learned);
+    }
+}
+
+#[test]
+fn a_full_bucket_pings_its_stalest_contact_before_evicting_it() {
+    let t0 = Instant::now();
+    let mut a = node(
+        1,
+        Config {
+            k: 1,
+            ..Config::default()
+        },
+    );
+    // 0x81.. and 0x82.. fall in the same bucket (159) of 0x01..: with k = 1 it holds one.
+    let old = Contact::new(NodeId([0x81; 20]), PeerAddr::Mem(81));
+    let new = Contact::new(NodeId([0x82; 20]), PeerAddr::Mem(82));
+    let ping_from = |a: &mut Node, now: Instant, c: &Contact| {
+        let PeerAddr::Mem(from) = c.addrs[0] else {
+            unreachable!()
+        };
+        let body = Body::Request(Request::Ping);
+        let msg = Message {
+            txn: TxnId::from_bytes(vec![5]),
+            sender: c.clone(),
+            recipient: Some(a.id()),
+            read_only: false,
+            observed: None,
+            body,
+        };
+        deliver(a, now, from, msg);
+        sends(a)
+    };
+    ping_from(&mut a, t0, &old);
+    assert!(a.routing_table().get(&old.id).is_some());
+    // Twenty minutes later `old` is questionable; a newcomer makes the node ping it.
+    let t1 = t0 + Duration::from_secs(20 * 60);
+    let out = ping_from(&mut a, t1, &new);
+    let pings: Vec<_> = out
+        .iter()
+        .filter(|(_, m)| matches!(m.body, Body::Request(Request::Ping)))
+        .collect();
+    assert_eq!(pings.len(), 1);
+    assert_eq!(pings[0].0, PeerAddr::Mem(81));
+    assert!(
+        a.routing_table().get(&new.id).is_none(),
+        "the newcomer waits in the replacement cache"
+    );
+    // `old` answers: it stays, the newcomer stays a replacement.
+    let pong = answer(&pings[0].1, &old, Body::Response(Response::Pong));
+    deliver(&mut a, t1, 81, pong);
+    assert!(a.routing_table().get(&old.id).is_some() && a.routing_table().get(&new.id).is_none());
+    // Later it goes silent: the next newcomer's ping times out twice (max_failures), and the
+    // freshest replacement takes its place.
+    let t2 = t1 + Duration::from_secs(20 * 60);
+    let out = ping_from(&mut a, t2, &new);
+    assert!(
+        out.iter()
+            .any(|(to, m)| *to == PeerAddr::Mem(81)
+                && matches!(m.body, Body::Request(Request::Ping)))
+    );
+    let mut t = t2;
+    for _ in 0..200 {
+        t += Duration::from_millis(100);
+        a.handle_input(t, Input::Timeout);
+        // Each further request from `new` re-offers it, which pings `old` again if needed.
+        ping_from(&mut a, t, &new);
+        if a.routing_table().get(&new.id).is_some() {
+            break;
+        }
+    }
+    assert!(a.routing_table().get(&old.id).is_none());
+    assert!(a.routing_table().get(&new.id).is_some());
+    assert!(a.stats().timeouts >= 2);
+}
+
+#[test]
+fn bootstrap_refresh_looks_up_the_farthest_non_full_buckets() {
+    let t0 = Instant::now();
+    let mut a = node(
+        1,
+        Config {
+            bootstrap_refresh: 3,
+            ..Config::default()
+        },
+    );
+    let seed = Contact::new(NodeId([0x80; 20]), PeerAddr::Mem(80));
+    a.bootstrap_with(t0, vec![seed.clone()]).unwrap();
+    let (_, req) = sends(&mut a).pop().unwrap();
+    deliver(
+        &mut a,
+        t0,
+        80,
+        answer(
+            &req,
+            &seed,
+            Body::Response(Response::Nodes { nodes: vec![] }),
+        ),
+    );
+    // The self-lookup is done; three refresh lookups start, for random ids in buckets 159,
+    // 158 and 157 (none of them full), and they ask the only contact there is.
+    // The seed answers every lookup request, naming nobody.
+    let mut done = Vec::new();
+    let mut targets = Vec::new();
+    let mut t = t0;
+    for _ in 0..20 {
+        while let Some(o) = a.poll_output() {
+            match o {
+                Output::Event(Event::QueryDone { result, .. }) => done.push(result),
+                Output::Send { msg, .. } => {
+                    if let Body::Request(Request::FindNode { target }) = msg.body {
+                        if target != a.id() {
+                            targets.push(target);
+                        }
+                        let empty = Body::Response(Response::Nodes { nodes: vec![] });
+                        deliver(&mut a, t, 80, answer(&msg, &seed, empty));
+                    }
+                }
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(100);
+        a.handle_input(t, Input::Timeout);
+    }
+    assert!(matches!(done[0], QueryResult::Bootstrap(Ok(_))), "{done:?}");
+    // (A table this thin also gets lookups of the node's own id, with backoff: not counted.)
+    let me = a.id();
+    let refreshes: Vec<_> = done
+        .iter()
+        .filter_map(|r| match r {
+            QueryResult::Refresh(o) if o.target != me => Some(o.target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refreshes.len(), 3, "{done:?}");
+    let mut buckets: Vec<_> = refreshes
+        .iter()
+        .map(|t| a.id().bucket_index(t).unwrap())
+        .collect();
+    buckets.sort_unstable();
+    assert_eq!(buckets, vec![157, 158, 159]);
+    assert_eq!(targets.len(), 3, "one request per refresh");
+}
