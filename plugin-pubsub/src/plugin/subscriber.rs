@@ -1,0 +1,284 @@
+//! The subscriber role: finding a topic's rendezvous nodes, subscribing, renewing, and taking pushes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kad_core::{Contact, Key, NodeId, PluginCx, PluginResponse, QueryError, Reply, RpcError};
+use kad_plugin_bep44::item;
+use rand::RngCore as _;
+
+use super::{
+    LookupFor, MessageEvent, NOT_SUBSCRIBED, Pending, PubsubPlugin, RETRY_EMPTY, ReadingEvent,
+    SubscribeOutcome, json, rpc_err,
+};
+use crate::wire::{
+    self, FindParams, NotifyParams, SubscribeParams, SubscribeResult, TopicKind, TopicMessage,
+    WireItem,
+};
+
+impl PubsubPlugin {
+    pub(super) fn on_notify(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        from: &Contact,
+        params: &Bytes,
+    ) -> Reply {
+        let p: NotifyParams = match serde_json::from_slice(params) {
+            Ok(p) => p,
+            Err(e) => return rpc_err(RpcError::INVALID_PARAMS, format!("pubsub.NOTIFY: {e}")),
+        };
+        if !self.mine.contains_key(&p.topic) {
+            return rpc_err(NOT_SUBSCRIBED, "not subscribed");
+        }
+        if let Some(item) = p.item {
+            self.deliver_item(cx, p.topic, item, from.id);
+        }
+        if let Some(m) = p.message {
+            self.deliver_message(cx, p.topic, m);
+        }
+        Reply::Result(Bytes::from_static(b"{}"))
+    }
+
+    pub(super) fn deliver_item(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        item: WireItem,
+        from: NodeId,
+    ) {
+        let Some(sub) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        let TopicKind::Sensor { k, salt } = &sub.kind else {
+            self.stats.rejected += 1;
+            return;
+        };
+        if item.k != *k || item.salt != *salt {
+            self.stats.rejected += 1;
+            return;
+        }
+        // A copy of what was delivered (other pushers) or older: dropped before the costlier
+        // signature check; it could not be delivered either way.
+        if sub.last_seq.is_some_and(|s| item.seq <= s) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if item.check().is_err() {
+            self.stats.rejected += 1;
+            return;
+        }
+        sub.last_seq = Some(item.seq);
+        self.stats.delivered += 1;
+        cx.emit("reading", json(&ReadingEvent { topic, item, from }));
+    }
+
+    pub(super) fn deliver_message(&mut self, cx: &mut PluginCx<'_>, topic: Key, m: TopicMessage) {
+        let now_ms = cx.unix_ms();
+        let max_seen = self.config.max_seen_messages;
+        let Some(sub) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        let TopicKind::Named { name } = &sub.kind else {
+            self.stats.rejected += 1;
+            return;
+        };
+        if m.topic != topic || m.check(now_ms).is_err() {
+            self.stats.rejected += 1;
+            return;
+        }
+        let id = m.id();
+        if !sub.seen.insert(id) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        sub.seen_order.push_back((id, m.expires_ms()));
+        while sub.seen_order.len() > max_seen {
+            if let Some((old, _)) = sub.seen_order.pop_front() {
+                sub.seen.remove(&old);
+            }
+        }
+        self.stats.delivered += 1;
+        let ev = MessageEvent {
+            name: name.clone(),
+            publisher: m.publisher(),
+            message: m,
+        };
+        cx.emit("message", json(&ev));
+    }
+
+    pub(super) fn start_subscription_lookup(&mut self, cx: &mut PluginCx<'_>, topic: Key) {
+        let q = cx.start_lookup(topic, wire::FIND, json(&FindParams { topic }));
+        self.lookups.insert(q, LookupFor::Subscribe(topic));
+        if let Some(s) = self.mine.get_mut(&topic) {
+            s.lookup = Some(q);
+            // No second renewal while this one runs.
+            s.renew_at = cx.now() + self.config.subscription_ttl / 3;
+        }
+    }
+
+    pub(super) fn send_subscribe(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        to: Contact,
+        push: bool,
+    ) {
+        let ttl = self.config.subscription_ttl.as_secs().max(1) as u32;
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        let params = SubscribeParams {
+            topic,
+            kind: s.kind.clone(),
+            ttl,
+            push,
+            seq: s.last_seq,
+            ranked: s.candidates.iter().map(|c| c.id).collect(),
+        };
+        s.outstanding += 1;
+        if push {
+            s.pushers.insert(to.id);
+        }
+        let holder = to.id;
+        let rid = cx.send_request(to, wire::SUBSCRIBE, json(&params));
+        self.pending.insert(
+            rid,
+            Pending::Subscribe {
+                topic,
+                holder,
+                push,
+            },
+        );
+    }
+
+    pub(super) fn subscription_found(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        closest: &[Contact],
+    ) {
+        let fanout = self.config.fanout;
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        s.lookup = None;
+        if closest.is_empty() {
+            s.renew_at = cx.now() + RETRY_EMPTY;
+            if let Some(cmd) = s.cmd.take() {
+                // The subscribe failed: nothing is left running behind the caller's back
+                // (a renewal that finds nobody keeps the subscription and tries again).
+                if s.registered.is_empty() {
+                    self.mine.remove(&topic);
+                }
+                cx.complete(cmd, Err(QueryError::NoPeers));
+            }
+            return;
+        }
+        // Renewals spread over 80-100% of a third of the ttl: subscribers that started together
+        // do not all renew in the same instant (and trip the nodes' rate limits together).
+        let jitter = 0.8 + 0.2 * (cx.rng().next_u32() as f64 / f64::from(u32::MAX));
+        s.renew_at = cx.now() + (self.config.subscription_ttl / 3).mul_f64(jitter);
+        // The subscriber's own order of the rendezvous nodes: by distance to a hash of the topic
+        // and its id. The same for every renewal while the set holds (stable pushers), but
+        // different for each subscriber, so the pushing is spread over the whole rendezvous set
+        // instead of falling on its `fanout` closest nodes.
+        let mix = NodeId(item::sha1(&[topic.0, cx.local().id.0].concat()));
+        let mut ranked = closest.to_vec();
+        ranked.sort_by_key(|c| c.id.distance(&mix));
+        let old_pushers = std::mem::take(&mut s.pushers);
+        // Old pushers no longer in the set stop pushing.
+        let demoted: Vec<NodeId> = old_pushers
+            .iter()
+            .filter(|id| !ranked.iter().any(|c| c.id == **id))
+            .copied()
+            .collect();
+        let old_candidates = std::mem::replace(&mut s.candidates, ranked.clone());
+        s.registered.clear();
+        s.failed.clear();
+        for id in demoted {
+            if let Some(c) = old_candidates.iter().find(|c| c.id == id) {
+                self.send_subscribe(cx, topic, c.clone(), false);
+            }
+        }
+        for (i, c) in ranked.into_iter().enumerate() {
+            self.send_subscribe(cx, topic, c, i < fanout);
+        }
+    }
+
+    pub(super) fn on_subscribe_response(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        holder: NodeId,
+        push: bool,
+        r: PluginResponse,
+    ) {
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        s.outstanding = s.outstanding.saturating_sub(1);
+        let mut promote = false;
+        match r {
+            PluginResponse::Ok { result, from, .. } => {
+                s.registered.insert(holder);
+                if let Ok(res) = serde_json::from_slice::<SubscribeResult>(&result) {
+                    // A node may grant less than asked: renew before its grant runs out.
+                    if res.ttl > 0 {
+                        let due = cx.now() + Duration::from_secs(u64::from(res.ttl)) / 3;
+                        s.renew_at = s.renew_at.min(due);
+                    }
+                    if let Some(item) = res.latest {
+                        self.deliver_item(cx, topic, item, from.id);
+                    }
+                    for m in res.recent {
+                        self.deliver_message(cx, topic, m);
+                    }
+                }
+            }
+            _ => {
+                s.failed.insert(holder);
+                if push && s.pushers.remove(&holder) {
+                    promote = true;
+                }
+            }
+        }
+        if promote {
+            let Some(s) = self.mine.get(&topic) else {
+                return;
+            };
+            let next = s
+                .candidates
+                .iter()
+                .find(|c| !s.pushers.contains(&c.id) && !s.failed.contains(&c.id))
+                .cloned();
+            if let Some(c) = next {
+                self.send_subscribe(cx, topic, c, true);
+            }
+        }
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        if s.outstanding == 0 {
+            if let Some(cmd) = s.cmd.take() {
+                let out = SubscribeOutcome {
+                    topic,
+                    rendezvous: s.registered.len(),
+                    pushers: s.pushers.intersection(&s.registered).count(),
+                    latest_seq: s.last_seq,
+                };
+                if out.rendezvous == 0 {
+                    self.mine.remove(&topic);
+                    cx.complete(
+                        cmd,
+                        Err(QueryError::Remote(RpcError::new(
+                            RpcError::REFUSED,
+                            "no rendezvous node accepted the subscription",
+                        ))),
+                    );
+                } else {
+                    cx.complete(cmd, Ok(json(&out)));
+                }
+            }
+        }
+    }
+}
