@@ -519,7 +519,8 @@ async fn subscribe(a: SubscribeArgs) -> Result<()> {
     net::emit(
         a.net.json,
         &json!({"event": "subscribed", "target": target.to_hex(), "network": "native",
-                "rendezvous": o.rendezvous, "pushers": o.pushers, "latest_seq": o.latest_seq}),
+                "rendezvous": o.rendezvous, "pushers": o.pushers, "latest_seq": o.latest_seq,
+                "asked": o.asked, "failed": o.failed}),
         || {
             format!(
                 "subscribed to {} at {} rendezvous nodes ({} pushing)",
@@ -603,7 +604,8 @@ pub(crate) async fn pubsub(cmd: PubsubCommand) -> Result<()> {
             net::emit(
                 a.net.json,
                 &json!({"event": "subscribed", "topic": a.topic, "key": sub.topic().to_hex(),
-                        "rendezvous": sub.outcome.rendezvous}),
+                        "rendezvous": sub.outcome.rendezvous, "asked": sub.outcome.asked,
+                        "failed": sub.outcome.failed}),
                 || {
                     format!(
                         "subscribed to {} at {} nodes",

@@ -24,6 +24,23 @@ pub(crate) fn json_lines(child: &mut Child) -> mpsc::Receiver<Value> {
     lines
 }
 
+/// Where a spawned process's stderr goes: nowhere, or, when `KAD_TEST_LOGS` names a directory, a
+/// file of its own there (`NAME-N.log`), to read after a failure. With `RUST_LOG` set as well,
+/// every process logs at that level (`RUST_LOG=debug KAD_TEST_LOGS=/tmp/logs cargo test ...`).
+fn stderr_sink(name: &str) -> Stdio {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("KAD_TEST_LOGS") else {
+        return Stdio::null();
+    };
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let path = std::path::Path::new(&dir).join(format!("{name}-{}-{n}.log", std::process::id()));
+    match std::fs::File::create(&path) {
+        Ok(f) => Stdio::from(f),
+        Err(e) => panic!("KAD_TEST_LOGS: cannot create {}: {e}", path.display()),
+    }
+}
+
 /// A node process, killed (by its PID) when dropped.
 pub(crate) struct NodeProc {
     pub(crate) child: Child,
@@ -54,7 +71,7 @@ impl NodeProc {
             .args(default_for)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr_sink("node"))
             .spawn()
             .expect("start kad node");
         let lines = json_lines(&mut child);
@@ -138,7 +155,7 @@ impl Proc {
             .args(args)
             .arg("--json")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr_sink(args.first().copied().unwrap_or("kad")))
             .spawn()
             .expect("start kad");
         let lines = json_lines(&mut child);

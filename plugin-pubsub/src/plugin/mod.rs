@@ -111,6 +111,12 @@ pub struct SubscribeOutcome {
     pub pushers: usize,
     /// The latest reading's seq when one was found.
     pub latest_seq: Option<i64>,
+    /// Nodes asked to register it: the closest nodes to the topic that the lookup found.
+    #[serde(default)]
+    pub asked: usize,
+    /// Of those, how many refused or did not answer.
+    #[serde(default)]
+    pub failed: usize,
 }
 
 /// The answer to [`Command::Publish`] and [`Command::Post`].

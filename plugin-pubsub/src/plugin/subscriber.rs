@@ -265,6 +265,8 @@ impl PubsubPlugin {
                     rendezvous: s.registered.len(),
                     pushers: s.pushers.intersection(&s.registered).count(),
                     latest_seq: s.last_seq,
+                    asked: s.candidates.len(),
+                    failed: s.failed.len(),
                 };
                 if out.rendezvous == 0 {
                     self.mine.remove(&topic);
