@@ -104,6 +104,8 @@ mod message;
 pub mod native;
 mod node;
 mod plugin;
+mod query;
+mod recent;
 mod record;
 mod routing;
 mod stats;

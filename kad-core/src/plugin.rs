@@ -13,7 +13,7 @@ use crate::addr::{Contact, PeerAddr};
 use crate::id::NodeId;
 use crate::lookup::LookupStats;
 use crate::message::{Request, RpcError};
-use crate::node::{QueryError, QueryId};
+use crate::query::{QueryError, QueryId};
 use crate::record::RecordStore;
 use crate::routing::RoutingTable;
 
@@ -91,7 +91,7 @@ pub struct PluginCx<'a> {
     pub(crate) unix_ms: u64,
     pub(crate) local: &'a Contact,
     pub(crate) read_only: bool,
-    pub(crate) sent_to: &'a crate::node::RecentAddrs,
+    pub(crate) sent_to: &'a crate::recent::RecentAddrs,
     pub(crate) rng: &'a mut ChaCha8Rng,
     pub(crate) routing: &'a RoutingTable,
     pub(crate) store: &'a dyn RecordStore,

@@ -20,7 +20,8 @@ use kad_core::Key;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-use crate::blob::BlobError;
+use crate::error::BlobError;
+use crate::hex::hex_array;
 
 /// Length of the Poly1305 tag appended to every sealed chunk.
 pub const TAG_LEN: usize = 16;
@@ -199,10 +200,10 @@ impl FromStr for Capability {
                  (expected kad:<40 hex manifest key>#<64 hex key>)"
                 .into())
         })?;
-        let manifest = crate::blob::hex_array::<20>(manifest)
+        let manifest = hex_array::<20>(manifest)
             .map_err(|e| bad(format!("manifest key (before '#'): {e}")))?;
-        let mut key_bytes = crate::blob::hex_array::<32>(key)
-            .map_err(|e| bad(format!("file key (after '#'): {e}")))?;
+        let mut key_bytes =
+            hex_array::<32>(key).map_err(|e| bad(format!("file key (after '#'): {e}")))?;
         let key = FileKey::from_bytes(key_bytes);
         key_bytes.zeroize();
         Ok(Self {
@@ -341,10 +342,9 @@ impl FromStr for Share {
         };
         let threshold = share_number("threshold", t)?;
         let x = share_number("x", x)?;
-        let mut y = crate::blob::hex_array::<32>(y)
-            .map_err(|e| BlobError::BadShare(format!("share value: {e}")))?;
-        let sum = crate::blob::hex_array::<4>(sum)
-            .map_err(|e| BlobError::BadShare(format!("checksum: {e}")))?;
+        let mut y =
+            hex_array::<32>(y).map_err(|e| BlobError::BadShare(format!("share value: {e}")))?;
+        let sum = hex_array::<4>(sum).map_err(|e| BlobError::BadShare(format!("checksum: {e}")))?;
         let share = Self { threshold, x, y };
         y.zeroize();
         let mut body = share.body();
@@ -468,7 +468,7 @@ pub fn combine_shares(shares: &[Share]) -> Result<FileKey, BlobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::content_key;
+    use crate::manifest::content_key;
     use proptest::prelude::*;
 
     fn k(b: u8) -> FileKey {

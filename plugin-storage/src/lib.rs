@@ -63,16 +63,21 @@
 //! # Ok(()) }
 //! ```
 
-mod blob;
 mod content;
 mod crypto;
+mod error;
+mod hex;
+mod limits;
+mod manifest;
 mod plugin;
 mod store;
 mod transfer;
 
-pub use blob::*;
 pub use content::ContentValidator;
 pub use crypto::*;
+pub use error::BlobError;
+pub use limits::*;
+pub use manifest::*;
 pub use plugin::{FETCH, FetchParams, FetchReply, MAX_FETCH_KEYS, NAMESPACE, StoragePlugin};
 pub use store::*;
 pub use transfer::{

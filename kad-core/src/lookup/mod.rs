@@ -135,7 +135,7 @@ impl Lookup {
         self
     }
 
-    /// Admits at most `limit` candidates of one subnet ([`PeerAddr::subnet`]) in the whole
+    /// Admits at most `limit` candidates of one subnet ([`PeerAddr::subnet`](crate::PeerAddr::subnet)) in the whole
     /// lookup, all paths together (0: no limit). Seeds already admitted stay; call before
     /// [`with_disjoint_paths`](Self::with_disjoint_paths) to have the seeds counted too.
     pub fn with_subnet_limit(mut self, limit: usize) -> Self {

@@ -8,12 +8,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
-use super::{Node, RecentAddrs, Rtt};
+use super::{Node, Rtt};
 use crate::addr::{Contact, PeerAddr};
 use crate::codec::{Codec, Identity, StaticIdentity};
 use crate::config::{Config, ConfigError};
 use crate::id::NodeId;
 use crate::plugin::Plugin;
+use crate::recent::RecentAddrs;
 use crate::record::{AcceptAll, MemoryStore, RecordStore, RecordValidator};
 use crate::routing::{RoutingParams, RoutingTable};
 use crate::stats::Stats;

@@ -7,12 +7,9 @@ use bytes::Bytes;
 use crate::addr::{Contact, PeerAddr};
 use crate::id::{Key, NodeId};
 use crate::lookup::LookupStats;
-use crate::message::{Message, RpcError};
+use crate::message::Message;
+use crate::query::{QueryError, QueryId};
 use crate::record::Record;
-
-/// Identifies a query (lookup, get, put, ping, call) started by a command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct QueryId(pub u64);
 
 /// An input to the engine.
 #[derive(Debug)]
@@ -35,7 +32,7 @@ pub enum Input {
         /// The message.
         msg: Message,
     },
-    /// The time returned by [`Node::poll_timeout`] has been reached.
+    /// The time returned by [`Node::poll_timeout`](crate::Node::poll_timeout) has been reached.
     Timeout,
 }
 
@@ -43,7 +40,7 @@ pub enum Input {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Output {
-    /// A message to send. Encode it with [`Node::encode`] for a byte transport.
+    /// A message to send. Encode it with [`Node::encode`](crate::Node::encode) for a byte transport.
     Send {
         /// Destination.
         to: PeerAddr,
@@ -90,28 +87,6 @@ pub enum Event {
         /// Its data.
         data: Bytes,
     },
-}
-
-/// Why a query failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum QueryError {
-    /// No peer answered: the routing table was empty and no seed answered, or every node a
-    /// lookup asked stayed silent.
-    #[error("no peers to ask")]
-    NoPeers,
-    /// No valid value was found under the key.
-    #[error("no value found under the key")]
-    NotFound,
-    /// The peer did not answer in time.
-    #[error("request timed out")]
-    Timeout,
-    /// The peer answered with an error.
-    #[error(transparent)]
-    Remote(#[from] RpcError),
-    /// Nobody accepted the record.
-    #[error("no node stored the record")]
-    NotStored,
 }
 
 /// The outcome of a lookup.
@@ -188,7 +163,7 @@ pub enum QueryResult {
     Call(Result<Bytes, QueryError>),
     /// A plugin's lookup.
     PluginLookup(LookupOutcome),
-    /// A plugin command ([`Node::command`]), as the plugin completed it.
+    /// A plugin command ([`Node::command`](crate::Node::command)), as the plugin completed it.
     Command(Result<Bytes, QueryError>),
 }
 

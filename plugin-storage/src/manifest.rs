@@ -18,151 +18,15 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::TAG_LEN;
-
-/// The `format` string of a manifest.
-pub const MANIFEST_FORMAT: &str = "kad-file/1";
-
-/// The only encryption algorithm a manifest may name (see [`seal_chunk`](crate::seal_chunk)).
-pub const ENCRYPTION_ALG: &str = "xchacha20poly1305";
-
-/// Most index blobs a manifest may list. With index blobs as large as chunks this bounds a
-/// file to `MAX_INDEX_BLOBS * (chunk_size / 20) * chunk_size` bytes: about 245 GiB with 35 KiB
-/// chunks (UDP), far more with larger ones; see [`max_file_size`].
-pub const MAX_INDEX_BLOBS: usize = 4096;
-
-/// Largest chunk size a manifest may declare: 4 MiB. A reader holds a few chunks in memory at
-/// once, so a hostile manifest must not be able to make it allocate more.
-pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
-
-/// Longest file name a manifest may carry, in bytes (UTF-8).
-pub const MAX_NAME_LEN: usize = 255;
-
-/// Largest manifest [`Manifest::from_bytes`] parses: 256 KiB. The largest valid manifest
-/// ([`MAX_INDEX_BLOBS`] index keys and a [`MAX_NAME_LEN`]-byte name) is under 180 KB.
-pub const MAX_MANIFEST_LEN: usize = 256 << 10;
+use crate::error::BlobError;
+use crate::hex::hex_array;
+use crate::limits::{
+    ENCRYPTION_ALG, MANIFEST_FORMAT, MAX_CHUNK_SIZE, MAX_INDEX_BLOBS, MAX_MANIFEST_LEN,
+    MAX_NAME_LEN,
+};
 
 /// Length of a chunk key in bytes.
 const KEY_LEN: usize = kad_core::ID_LEN;
-
-/// Everything that can go wrong building, parsing or decrypting a stored file.
-///
-/// Parse errors name the field and the limit they break.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BlobError {
-    /// The manifest is longer than [`MAX_MANIFEST_LEN`].
-    #[error("manifest is {len} bytes, the limit is {MAX_MANIFEST_LEN}")]
-    ManifestTooLarge {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// The manifest is not JSON, not an object, or has a missing, unknown or duplicate field.
-    #[error("manifest is not a valid {MANIFEST_FORMAT} JSON object: {0}")]
-    ManifestJson(String),
-    /// A manifest field has a wrong type or value.
-    #[error("manifest field `{field}`: {reason}")]
-    Manifest {
-        /// The field's name.
-        field: &'static str,
-        /// What is wrong with it, and the limit it breaks.
-        reason: String,
-    },
-    /// A chunk number past the end of the file.
-    #[error("chunk {index} does not exist: the file has {chunks} chunks")]
-    ChunkOutOfRange {
-        /// The chunk number asked for.
-        index: u64,
-        /// How many chunks the file has.
-        chunks: u64,
-    },
-    /// An index blob whose length is not a positive multiple of 20 bytes.
-    #[error("index blob is {len} bytes: it must be a positive multiple of 20 (one key per chunk)")]
-    IndexBlob {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// [`index_blobs`] was asked for blobs too small to hold a single key.
-    #[error("index blobs of at most {max_blob_len} bytes cannot hold one 20-byte chunk key")]
-    IndexBlobTooSmall {
-        /// The requested largest blob length.
-        max_blob_len: usize,
-    },
-    /// The file has more chunks than [`MAX_INDEX_BLOBS`] index blobs can list.
-    #[error(
-        "the file has {chunks} chunks but {MAX_INDEX_BLOBS} index blobs of {keys_per_blob} keys \
-         list at most {max_chunks}: the file may be at most {max_chunks} times the chunk size \
-         (use a larger chunk size or index blob size)",
-        max_chunks = *keys_per_blob * MAX_INDEX_BLOBS as u64
-    )]
-    TooManyChunks {
-        /// How many chunks the file has.
-        chunks: u64,
-        /// How many keys fit in one index blob.
-        keys_per_blob: u64,
-    },
-    /// The operating system's random number generator failed.
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(String),
-    /// A chunk failed authenticated decryption.
-    #[error(
-        "chunk {index} does not decrypt: wrong key, or the chunk is corrupt, truncated or out of \
-         place"
-    )]
-    Decrypt {
-        /// The chunk's number.
-        index: u64,
-    },
-    /// The key (or the key rebuilt from shares) does not match the manifest's key check.
-    #[error("the key or shares do not match this file (key check failed)")]
-    WrongKey,
-    /// A capability string does not parse; says which part is wrong.
-    #[error("invalid capability: {0}")]
-    BadCapability(String),
-    /// [`split_key`](crate::split_key) was given an impossible threshold or share count.
-    #[error("cannot split a key into {n} shares with threshold {threshold}: {reason}")]
-    InvalidSplit {
-        /// The requested threshold.
-        threshold: u8,
-        /// The requested number of shares.
-        n: u8,
-        /// The rule it breaks.
-        reason: &'static str,
-    },
-    /// A share string does not parse; says which field is wrong.
-    #[error("invalid share: {0}")]
-    BadShare(String),
-    /// A share string parses but its checksum does not match.
-    #[error("share is corrupt or mistyped (checksum mismatch)")]
-    ShareChecksum,
-    /// [`combine_shares`](crate::combine_shares) was given no shares.
-    #[error("no shares given")]
-    NoShares,
-    /// Fewer shares than their threshold.
-    #[error("need {need} shares, got {got}")]
-    NotEnoughShares {
-        /// The shares' threshold.
-        need: u8,
-        /// How many distinct shares were given.
-        got: usize,
-    },
-    /// Shares from different splits (different thresholds).
-    #[error("shares come from different splits: one needs {first} shares, another needs {other}")]
-    MixedThresholds {
-        /// The first share's threshold.
-        first: u8,
-        /// A different threshold found among the others.
-        other: u8,
-    },
-    /// The same share (x coordinate) was given twice.
-    #[error("share number {x} was given more than once")]
-    DuplicateShare {
-        /// The repeated x coordinate.
-        x: u8,
-    },
-    /// The index blobs do not add up to the chunks the manifest commits to.
-    #[error("the file's index does not match its manifest (wrong chunk count or root hash)")]
-    RootMismatch,
-}
 
 /// The DHT key of a chunk, index blob or manifest: `RIPEMD-160(SHA-256(bytes))` (the native
 /// network's content key, re-exported from `kad-core`).
@@ -366,21 +230,6 @@ fn kind(v: &Value) -> String {
         Value::Array(a) => format!("an array of {} items", a.len()),
         Value::Object(_) => "an object".into(),
     }
-}
-
-/// Decodes exactly `N` bytes from `2 * N` hex digits (either case).
-pub(crate) fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
-    let chars = s.chars().count();
-    if chars != 2 * N {
-        return Err(format!(
-            "expected {} hex digits, got {chars} characters",
-            2 * N
-        ));
-    }
-    let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out)
-        .map_err(|_| "not hex: expected only 0-9 and a-f".to_string())?;
-    Ok(out)
 }
 
 fn hex_field<const N: usize>(field: &'static str, v: &Value) -> Result<[u8; N], BlobError> {
