@@ -90,7 +90,6 @@
 //! With `default-features = false` the engine needs only bytes, rand, serde and tracing: a
 //! user who brings a codec of their own (KRPC does) builds no secp256k1 or JSON code.
 
-#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod addr;

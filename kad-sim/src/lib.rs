@@ -27,7 +27,6 @@
 //! - [`pubsub`]: one sensor, many subscribers, optional churn of the rendezvous nodes
 //!   (`kad sim pubsub`).
 
-#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod sim;

@@ -26,7 +26,6 @@
 //! # }
 //! ```
 
-#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod conformance;

@@ -64,7 +64,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod client;

@@ -304,8 +304,8 @@ fn one_rate(a: &LossBenchArgs, loss: u32) -> Result<Value> {
         "gets": a.ops,
         "found": found,
         "found_rate": found as f64 / a.ops as f64,
-        "get_ms_p50": crate::bench::pct(&mut get_ms.clone(), 0.5),
-        "get_ms_p90": crate::bench::pct(&mut get_ms, 0.9),
+        "get_ms_p50": crate::cmd::bench::pct(&mut get_ms.clone(), 0.5),
+        "get_ms_p90": crate::cmd::bench::pct(&mut get_ms, 0.9),
         "sim_lookup_success": sim.success_rate,
     }))
 }

@@ -214,7 +214,7 @@ async fn sensor(a: &DemoArgs, nodes: &[Dht], readings: u32, interval: Duration) 
     let web = match a.web {
         Some(addr) => {
             let (bound, feed) =
-                crate::web::serve(addr, "kad demo: temperature sensor".into()).await?;
+                crate::server::web::serve(addr, "kad demo: temperature sensor".into()).await?;
             let url = format!("http://{bound}/");
             emit(a.json, &json!({"step": "web", "url": url}), || {
                 format!(
@@ -255,7 +255,7 @@ async fn sensor(a: &DemoArgs, nodes: &[Dht], readings: u32, interval: Duration) 
                     if let Some(at) = at {
                         let latency = ms(at.elapsed());
                         if let (0, Some(feed)) = (i, &web) {
-                            feed.send(crate::web::WebReading {
+                            feed.send(crate::server::web::WebReading {
                                 seq: r.item.seq,
                                 value: celsius(&r.item.value_text()).unwrap_or_default(),
                                 latency_ms: Some(latency),
@@ -419,7 +419,7 @@ async fn file(a: &DemoArgs, nodes: &[Dht]) -> Result<Step> {
 
 async fn mainline(a: &DemoArgs) -> Result<Step> {
     let t0 = Instant::now();
-    let nodes = crate::mainline::local_network(a.mainline_nodes, |_| {}).await?;
+    let nodes = crate::cmd::mainline::local_network(a.mainline_nodes, |_| {}).await?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
     let v = item::bencode_bytes(b"hello from kad demo");
@@ -472,8 +472,8 @@ async fn live_mainline(a: &DemoArgs) -> Result<Step> {
     let any = std::net::IpAddr::from([0, 0, 0, 0]);
     let work = async {
         let (putter, getter) = tokio::try_join!(
-            crate::mainline::read_only_node(None, any),
-            crate::mainline::read_only_node(None, any)
+            crate::cmd::mainline::read_only_node(None, any),
+            crate::cmd::mainline::read_only_node(None, any)
         )?;
         let joined = ms(t0.elapsed());
         let mut seed = [0u8; 32];

@@ -14,8 +14,8 @@ use kad_sim::pubsub::{PubsubScenario, run_pubsub_scenario};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::bench::pct;
 use crate::check_range;
+use crate::cmd::bench::pct;
 use crate::net;
 
 #[derive(Args, Debug)]

@@ -124,8 +124,8 @@ fn udp_rtt(n: usize) -> Result<Value> {
     let _ = server.join();
     Ok(json!({
         "round_trips": n,
-        "rtt_us_p50": r1(crate::bench::pct(&mut rtt, 0.5)),
-        "rtt_us_p90": r1(crate::bench::pct(&mut rtt, 0.9)),
+        "rtt_us_p50": r1(crate::cmd::bench::pct(&mut rtt, 0.5)),
+        "rtt_us_p90": r1(crate::cmd::bench::pct(&mut rtt, 0.9)),
         "round_trips_per_s": per_s.round(),
     }))
 }
@@ -193,10 +193,10 @@ pub(crate) fn run(a: AllArgs) -> Result<()> {
 
     // 1. Physical limits.
     eprintln!("bench all: raw crypto, raw loopback UDP, signed PING rate");
-    let crypto = crate::bench::raw_crypto(secs);
+    let crypto = crate::cmd::bench::raw_crypto(secs);
     let udp = udp_rtt(if a.quick { 2000 } else { 20_000 })?;
     let pair_rate = f(&crypto["sign_verify_pairs_per_s"]);
-    let ping = crate::bench::ping_rate(secs, pair_rate)?;
+    let ping = crate::cmd::bench::ping_rate(secs, pair_rate)?;
 
     // 2. Native networks, ours then libp2p-kad's.
     let native = |transport: &str, quorum: usize| -> Result<(String, Value)> {

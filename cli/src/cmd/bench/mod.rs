@@ -9,6 +9,13 @@
 //! 4. a flood of garbage, forged and replayed datagrams from thousands of source addresses in
 //!    127.0.0.0/8 at a `kad node` process: its memory before and after, and its drop counters.
 
+pub(crate) mod all;
+pub(crate) mod loss;
+pub(crate) mod mainline;
+pub(crate) mod pubsub;
+pub(crate) mod storage;
+pub(crate) mod transports;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -36,13 +43,13 @@ pub(crate) enum BenchCommand {
     /// node and fresh processes), and queries served per second against the crate and a UDP echo.
     ///
     /// Prints one JSON object with --json. Takes a few minutes with the defaults.
-    Mainline(crate::bench_mainline::MainlineBenchArgs),
+    Mainline(mainline::MainlineBenchArgs),
     /// (Helper of `bench mainline`) a network of nodes in one process.
     #[command(hide = true)]
-    MainlineNet(crate::bench_mainline::NetArgs),
+    MainlineNet(mainline::NetArgs),
     /// (Helper of `bench mainline`) one operation with the `mainline` crate.
     #[command(hide = true)]
-    MainlineCrateClient(crate::bench_mainline::CrateClientArgs),
+    MainlineCrateClient(mainline::CrateClientArgs),
     /// (Helper of `bench mainline`) a UDP echo responder.
     #[command(hide = true)]
     UdpEcho,
@@ -51,21 +58,21 @@ pub(crate) enum BenchCommand {
     /// server holding 5,000 WebSocket clients.
     ///
     /// Prints one JSON object with --json. Takes a couple of minutes with the defaults.
-    Transports(crate::bench_transports::TransportsArgs),
+    Transports(transports::TransportsArgs),
     /// Storage: 1 KiB records through the redb store beside the in-memory one, then a file put
     /// and got back through 20-node loopback networks (QUIC: 100 MB plain and encrypted; UDP:
     /// 20 MB in datagram-sized chunks and 2 MB in 1 KiB chunks), every chunk verified.
     ///
     /// Prints one JSON object with --json. Takes a few minutes with the defaults.
-    Storage(crate::bench_storage::StorageArgs),
+    Storage(storage::StorageArgs),
     /// Pub/sub on loopback: rendezvous nodes, one sensor and --subscribers subscriber nodes
     /// over real UDP sockets: every reading delivered?, end-to-end latency, publish time.
     ///
     /// Prints one JSON object with --json. Takes under a minute with the defaults.
-    Pubsub(crate::bench_pubsub::BenchPubsubArgs),
+    Pubsub(pubsub::BenchPubsubArgs),
     /// (Helper of `bench transports`) an echo server on one transport.
     #[command(hide = true)]
-    TransportServer(crate::bench_transports::ServerArgs),
+    TransportServer(transports::ServerArgs),
     /// Every benchmark above in one run, each figure beside its alternative as a ratio with
     /// its target and the command that reproduces it: raw crypto and loopback UDP, 100-node
     /// networks of ours (UDP, QUIC) and of libp2p-kad over QUIC (--libp2p), the mainline
@@ -74,7 +81,7 @@ pub(crate) enum BenchCommand {
     /// Prints one JSON object with --json; --plot FILE.svg draws the latency distributions
     /// and hops against network size. About half an hour with the defaults; --quick takes a
     /// few minutes.
-    All(crate::bench_all::AllArgs),
+    All(all::AllArgs),
     /// Lossy links with real processes: `kad node` processes in two network namespaces (UDP and
     /// QUIC), each namespace dropping that share of the datagrams it receives (nftables), puts
     /// through one namespace and gets through the other, at each rate of --rates: nodes
@@ -82,7 +89,7 @@ pub(crate) enum BenchCommand {
     /// at the same loss and size. Needs root (it creates and removes the namespaces).
     ///
     /// Prints one JSON object with --json. About a minute per rate with the defaults.
-    Loss(crate::bench_loss::LossBenchArgs),
+    Loss(loss::LossBenchArgs),
 }
 
 impl BenchCommand {
@@ -138,16 +145,16 @@ pub(crate) struct NativeArgs {
 pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Native(a) => native(a),
-        BenchCommand::Mainline(a) => crate::bench_mainline::run(a),
-        BenchCommand::Storage(a) => crate::bench_storage::run(a),
-        BenchCommand::Pubsub(a) => crate::bench_pubsub::run(a),
-        BenchCommand::MainlineNet(a) => crate::bench_mainline::net(a),
-        BenchCommand::MainlineCrateClient(a) => crate::bench_mainline::crate_client(a),
-        BenchCommand::UdpEcho => crate::bench_mainline::echo(),
-        BenchCommand::Transports(a) => crate::bench_transports::run(a),
-        BenchCommand::All(a) => crate::bench_all::run(a),
-        BenchCommand::Loss(a) => crate::bench_loss::run(a),
-        BenchCommand::TransportServer(a) => crate::bench_transports::server(a),
+        BenchCommand::Mainline(a) => mainline::run(a),
+        BenchCommand::Storage(a) => storage::run(a),
+        BenchCommand::Pubsub(a) => pubsub::run(a),
+        BenchCommand::MainlineNet(a) => mainline::net(a),
+        BenchCommand::MainlineCrateClient(a) => mainline::crate_client(a),
+        BenchCommand::UdpEcho => mainline::echo(),
+        BenchCommand::Transports(a) => transports::run(a),
+        BenchCommand::All(a) => all::run(a),
+        BenchCommand::Loss(a) => loss::run(a),
+        BenchCommand::TransportServer(a) => transports::server(a),
     }
 }
 

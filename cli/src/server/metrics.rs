@@ -44,7 +44,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::web::{TEXT, accept, read_get, respond};
+use crate::server::web::{TEXT, accept, read_get, respond};
 
 /// Scrapes served at once; more get a 503.
 const MAX_SCRAPERS: usize = 8;

@@ -23,7 +23,7 @@ use kad_transport_udp::UdpTransport;
 use kad_transport_ws::{WsConfig, WsTransport};
 use serde_json::json;
 
-use crate::bench::pct;
+use crate::cmd::bench::pct;
 use crate::net::{emit, fresh_identity};
 
 /// `kad bench transports` flags.

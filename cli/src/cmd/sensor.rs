@@ -316,7 +316,7 @@ async fn publish(a: PublishArgs) -> Result<()> {
     let target = item::mutable_target(&pubkey, &salt);
     let sink = if a.net.mainline {
         Sink::Mainline(
-            crate::mainline::read_only_node(mainline_bootstrap(&a.net), a.net.bind).await?,
+            crate::cmd::mainline::read_only_node(mainline_bootstrap(&a.net), a.net.bind).await?,
         )
     } else {
         Sink::Native(native_pubsub(&a.net).await?)
@@ -439,7 +439,7 @@ async fn subscribe(a: SubscribeArgs) -> Result<()> {
     let web = match a.web {
         Some(addr) => {
             let title = format!("sensor {}", bs58::encode(pubkey).into_string());
-            let (bound, feed) = crate::web::serve(addr, title).await?;
+            let (bound, feed) = crate::server::web::serve(addr, title).await?;
             let url = format!("http://{bound}/");
             net::emit(a.net.json, &json!({"event": "web", "url": url}), || {
                 format!("live chart: {url}")
@@ -455,7 +455,7 @@ async fn subscribe(a: SubscribeArgs) -> Result<()> {
         let (value, sent) = parse_reading(item);
         let latency = sent.map(|t| now.saturating_sub(t) as f64);
         if let Some(feed) = &web {
-            feed.send(crate::web::WebReading {
+            feed.send(crate::server::web::WebReading {
                 seq: item.seq,
                 value: value.clone(),
                 latency_ms: latency,
@@ -484,7 +484,8 @@ async fn subscribe(a: SubscribeArgs) -> Result<()> {
     };
     let remaining = |d: Option<Instant>| d.map(|d| d.saturating_duration_since(Instant::now()));
     if a.net.mainline {
-        let node = crate::mainline::read_only_node(mainline_bootstrap(&a.net), a.net.bind).await?;
+        let node =
+            crate::cmd::mainline::read_only_node(mainline_bootstrap(&a.net), a.net.bind).await?;
         let mut rx = kad_plugin_pubsub::mainline::poll_sensor(
             node,
             pubkey,

@@ -82,7 +82,7 @@ impl Proc {
         self.line()
     }
     fn cpu_s(&self) -> f64 {
-        crate::bench::cpu_s(&self.child.id().to_string())
+        crate::cmd::bench::cpu_s(&self.child.id().to_string())
     }
 }
 
@@ -94,7 +94,7 @@ impl Drop for Proc {
 }
 
 fn summary(mut v: Vec<f64>, failed: usize) -> Value {
-    json!({"p50_ms": crate::bench::pct(&mut v, 0.5), "p90_ms": crate::bench::pct(&mut v, 0.9), "n": v.len(), "failed": failed})
+    json!({"p50_ms": crate::cmd::bench::pct(&mut v, 0.5), "p90_ms": crate::cmd::bench::pct(&mut v, 0.9), "n": v.len(), "failed": failed})
 }
 
 /// Latencies (ms) of one kind of operation, and how many failed.
@@ -617,7 +617,7 @@ fn net_ours(a: NetArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let nodes = rt.block_on(crate::mainline::local_network(a.nodes, |cfg| {
+    let nodes = rt.block_on(crate::cmd::mainline::local_network(a.nodes, |cfg| {
         cfg.limits.per_ip_rate = 0;
         if a.server_only {
             cfg.limits.reply_budget = 0;
