@@ -160,7 +160,8 @@ pub struct Config {
     /// round trip, once per peer), so a forged source address cannot aim large answers at a
     /// victim. Default true; the Mainline plugin turns it off (deployed Mainline nodes expect
     /// immediate answers, and KRPC has its own per-IP limits and reply budget). See
-    /// [LIMITS.md](https://example.invalid/kad/LIMITS.md) and the `amplify` notes in PROTOCOL.md.
+    /// [docs/limits.md](https://example.invalid/kad/docs/limits.md) and the `amplify` notes in
+    /// PROTOCOL.md.
     pub amplification_guard: bool,
     /// Datagrams per second the tokio runtime accepts from one source IP this node has not sent
     /// to recently, counted before anything is parsed or verified (0: no limit). All ports of
