@@ -95,3 +95,8 @@ pub async fn memory_network(
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The Rust example of the guide's architecture page (docs/architecture.md), run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/architecture.md")]
+struct ArchitectureDoctests;
