@@ -10,7 +10,8 @@
 //! *disjoint paths* (S/Kademlia): each path is such a search with its own candidates, no node
 //! belongs to two paths, and an answer only feeds the path of the node that gave it. Nodes that
 //! name only each other then capture the paths that reached them, not the whole lookup. A lookup
-//! can also admit at most a few candidates per subnet ([`PeerAddr::subnet`]).
+//! can also admit at most a few candidates per subnet
+//! ([`PeerAddr::subnet`](crate::PeerAddr::subnet)).
 
 mod path;
 
@@ -135,8 +136,9 @@ impl Lookup {
         self
     }
 
-    /// Admits at most `limit` candidates of one subnet ([`PeerAddr::subnet`]) in the whole
-    /// lookup, all paths together (0: no limit). Seeds already admitted stay; call before
+    /// Admits at most `limit` candidates of one subnet
+    /// ([`PeerAddr::subnet`](crate::PeerAddr::subnet)) in the whole lookup, all paths together
+    /// (0: no limit). Seeds already admitted stay; call before
     /// [`with_disjoint_paths`](Self::with_disjoint_paths) to have the seeds counted too.
     pub fn with_subnet_limit(mut self, limit: usize) -> Self {
         if self.paths.len() == 1 {

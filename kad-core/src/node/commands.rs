@@ -318,7 +318,8 @@ impl Node {
         Ok(qid)
     }
 
-    /// Gives a command to the plugin with this namespace ([`Plugin::on_command`]). Finishes with
+    /// Gives a command to the plugin with this namespace
+    /// ([`Plugin::on_command`](crate::Plugin::on_command)). Finishes with
     /// [`QueryResult::Command`] when the plugin completes it.
     pub fn command(
         &mut self,

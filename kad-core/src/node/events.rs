@@ -35,7 +35,7 @@ pub enum Input {
         /// The message.
         msg: Message,
     },
-    /// The time returned by [`Node::poll_timeout`] has been reached.
+    /// The time returned by [`Node::poll_timeout`](crate::Node::poll_timeout) has been reached.
     Timeout,
 }
 
@@ -43,7 +43,8 @@ pub enum Input {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Output {
-    /// A message to send. Encode it with [`Node::encode`] for a byte transport.
+    /// A message to send. Encode it with [`Node::encode`](crate::Node::encode) for a byte
+    /// transport.
     Send {
         /// Destination.
         to: PeerAddr,
@@ -188,7 +189,7 @@ pub enum QueryResult {
     Call(Result<Bytes, QueryError>),
     /// A plugin's lookup.
     PluginLookup(LookupOutcome),
-    /// A plugin command ([`Node::command`]), as the plugin completed it.
+    /// A plugin command ([`Node::command`](crate::Node::command)), as the plugin completed it.
     Command(Result<Bytes, QueryError>),
 }
 
