@@ -100,7 +100,7 @@ pub struct Config {
     pub max_attempts: u8,
     /// Answers in a row that bring nothing closer before a lookup asks all of the k closest it
     /// knows at once. Default 1, latency first: about a round trip less per lookup than `alpha`
-    /// (3), for about 60% more requests. See the README's measurements.
+    /// (3), for about 60% more requests. See the simulator's measurements in BENCHMARKS.md.
     pub lookup_patience: usize,
     /// A node among the `alpha` closest that is silent past the soft deadline of its last
     /// attempt stops holding a lookup open (a late answer still counts). Default false; the
