@@ -3,7 +3,7 @@
 //! answers and bursts far over the per-IP rate, while honest nodes run lookups through it.
 //! Checks: honest lookups succeed (>= 99%), the per-IP limiter drops before parsing, no source
 //! ever receives more bytes than it sent (no amplification), and the node's peak RSS stays under
-//! the cap documented in LIMITS.md.
+//! the cap documented in docs/limits.md.
 #![allow(clippy::disallowed_methods)] // tests read the OS clock
 
 mod common;
@@ -20,8 +20,8 @@ use kad_core::{
 };
 use kad_transport_udp::UdpTransport;
 
-/// The documented cap (LIMITS.md, "Memory bound of one node"): peak RSS of a default `kad node`
-/// under a flood.
+/// The documented cap (docs/limits.md, "Memory bound of one node"): peak RSS of a default
+/// `kad node` under a flood.
 const RSS_CAP_MB: u64 = 256;
 
 fn vm_hwm_mb(pid: u32) -> u64 {

@@ -100,7 +100,7 @@ pub struct Config {
     pub max_attempts: u8,
     /// Answers in a row that bring nothing closer before a lookup asks all of the k closest it
     /// knows at once. Default 1, latency first: about a round trip less per lookup than `alpha`
-    /// (3), for about 60% more requests. See the README's measurements.
+    /// (3), for about 60% more requests. See the simulator's measurements in BENCHMARKS.md.
     pub lookup_patience: usize,
     /// A node among the `alpha` closest that is silent past the soft deadline of its last
     /// attempt stops holding a lookup open (a late answer still counts). Default false; the
@@ -160,7 +160,8 @@ pub struct Config {
     /// round trip, once per peer), so a forged source address cannot aim large answers at a
     /// victim. Default true; the Mainline plugin turns it off (deployed Mainline nodes expect
     /// immediate answers, and KRPC has its own per-IP limits and reply budget). See
-    /// [LIMITS.md](https://example.invalid/kad/LIMITS.md) and the `amplify` notes in PROTOCOL.md.
+    /// [docs/limits.md](https://example.invalid/kad/docs/limits.md) and the `amplify` notes in
+    /// PROTOCOL.md.
     pub amplification_guard: bool,
     /// Datagrams per second the tokio runtime accepts from one source IP this node has not sent
     /// to recently, counted before anything is parsed or verified (0: no limit). All ports of

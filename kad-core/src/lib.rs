@@ -146,8 +146,3 @@ pub use transport::{MemoryNetwork, MemoryTransport};
 
 /// Re-exported so users can name the types in hook signatures.
 pub use bytes::Bytes;
-
-/// The workspace README's Rust examples, compiled as doctests so they stay correct.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

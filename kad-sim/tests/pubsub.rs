@@ -1,5 +1,5 @@
 //! The pub/sub scenario in the simulator, small enough for the test suite (the 10,000-node runs
-//! are `kad sim pubsub`, see the README).
+//! are `kad sim pubsub`, see BENCHMARKS.md).
 
 use std::time::Duration;
 

@@ -61,7 +61,8 @@ pub(crate) struct NodeArgs {
     metrics: Option<SocketAddr>,
     /// Datagrams per second accepted from one source IP this node has not sent to, counted
     /// before anything is parsed or verified; over it they are dropped and counted
-    /// (`dropped_rate_limited`). 0: no limit (for benchmarks from one address). See LIMITS.md.
+    /// (`dropped_rate_limited`). 0: no limit (for benchmarks from one address). See
+    /// docs/limits.md.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     per_ip_rate: u32,
     /// Burst allowed above --per-ip-rate, in datagrams.

@@ -40,7 +40,7 @@ pub(crate) struct AllArgs {
     /// smoke sizes and simulations up to 10,000 nodes.
     #[arg(long)]
     quick: bool,
-    /// Also run libp2p-kad: builds examples/libp2p-bench (release, outside the workspace; the
+    /// Also run libp2p-kad: builds cli/libp2p-bench (release, outside the workspace; the
     /// first build takes several minutes) with cargo, unless --libp2p-bin is given.
     #[arg(long)]
     libp2p: bool,
@@ -209,9 +209,8 @@ pub(crate) fn run(a: AllArgs) -> Result<()> {
     let (udp_one_cmd, udp_one) = native("udp", 1)?;
     let (quic_one_cmd, quic_one) = native("quic", 1)?;
     let libp2p_args = format!("--nodes {n} --ops {ops} --joins {joins} --json");
-    let libp2p_cmd = format!(
-        "cargo run --release --manifest-path examples/libp2p-bench/Cargo.toml -- {libp2p_args}"
-    );
+    let libp2p_cmd =
+        format!("cargo run --release --manifest-path cli/libp2p-bench/Cargo.toml -- {libp2p_args}");
     let libp2p = if a.libp2p || a.libp2p_bin.is_some() {
         let bin = match &a.libp2p_bin {
             Some(b) => b.clone(),
@@ -442,9 +441,9 @@ fn build_libp2p() -> Result<PathBuf> {
         .args(["build", "--release", "--manifest-path"])
         .arg(&manifest)
         .status()
-        .context("running cargo to build examples/libp2p-bench")?;
+        .context("running cargo to build cli/libp2p-bench")?;
     if !status.success() {
-        bail!("--libp2p: building examples/libp2p-bench failed ({status})");
+        bail!("--libp2p: building cli/libp2p-bench failed ({status})");
     }
     let bin = dir.join("target/release/libp2p-bench");
     if !bin.exists() {
