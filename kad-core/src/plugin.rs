@@ -72,6 +72,7 @@ pub(crate) enum Action {
         target: NodeId,
         method: String,
         params: Bytes,
+        wait_for_slow: bool,
     },
     Emit {
         name: String,
@@ -208,6 +209,29 @@ impl PluginCx<'_> {
             target,
             method: method.into(),
             params,
+            wait_for_slow: false,
+        });
+        id
+    }
+    /// Like [`start_lookup`](Self::start_lookup), for a lookup that decides where something is
+    /// placed (a subscription, a published item, a stored value): a node among the k closest
+    /// that is slow to answer holds the lookup open until it answers or fails for good, so the
+    /// result is the k closest, busy ones included, not the k quickest. Slower when nodes are
+    /// silent (each costs its hard timeouts); the search still widens past them meanwhile.
+    pub fn start_placement_lookup(
+        &mut self,
+        target: NodeId,
+        method: impl Into<String>,
+        params: Bytes,
+    ) -> QueryId {
+        let id = QueryId(*self.next_query);
+        *self.next_query += 1;
+        self.actions.push(Action::Lookup {
+            id,
+            target,
+            method: method.into(),
+            params,
+            wait_for_slow: true,
         });
         id
     }

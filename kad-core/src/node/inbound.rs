@@ -329,8 +329,11 @@ impl Node {
                     target,
                     method,
                     params,
+                    wait_for_slow,
                 } => {
-                    let lookup = self.make_lookup(now, target);
+                    let lookup = self
+                        .make_lookup(now, target)
+                        .with_wait_for_slow(wait_for_slow);
                     self.stats.queries_started += 1;
                     self.queries.insert(
                         id,

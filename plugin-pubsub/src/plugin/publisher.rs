@@ -75,6 +75,7 @@ impl PubsubPlugin {
             }
             None => {
                 o.outcome.lookup = true;
+                // Latency first: a reading goes out now, and standbys repair what it misses.
                 let q = cx.start_lookup(topic, wire::FIND, json(&FindParams { topic }));
                 self.lookups.insert(q, LookupFor::Op(op));
                 self.ops.insert(op, o);

@@ -107,7 +107,7 @@ impl PubsubPlugin {
     }
 
     pub(super) fn start_subscription_lookup(&mut self, cx: &mut PluginCx<'_>, topic: Key) {
-        let q = cx.start_lookup(topic, wire::FIND, json(&FindParams { topic }));
+        let q = cx.start_placement_lookup(topic, wire::FIND, json(&FindParams { topic }));
         self.lookups.insert(q, LookupFor::Subscribe(topic));
         if let Some(s) = self.mine.get_mut(&topic) {
             s.lookup = Some(q);
