@@ -202,16 +202,7 @@ impl PluginCx<'_> {
         method: impl Into<String>,
         params: Bytes,
     ) -> QueryId {
-        let id = QueryId(*self.next_query);
-        *self.next_query += 1;
-        self.actions.push(Action::Lookup {
-            id,
-            target,
-            method: method.into(),
-            params,
-            wait_for_slow: false,
-        });
-        id
+        self.push_lookup(target, method.into(), params, false)
     }
     /// Like [`start_lookup`](Self::start_lookup), for a lookup that decides where something is
     /// placed (a subscription, a published item, a stored value): a node among the k closest
@@ -224,14 +215,23 @@ impl PluginCx<'_> {
         method: impl Into<String>,
         params: Bytes,
     ) -> QueryId {
+        self.push_lookup(target, method.into(), params, true)
+    }
+    fn push_lookup(
+        &mut self,
+        target: NodeId,
+        method: String,
+        params: Bytes,
+        wait_for_slow: bool,
+    ) -> QueryId {
         let id = QueryId(*self.next_query);
         *self.next_query += 1;
         self.actions.push(Action::Lookup {
             id,
             target,
-            method: method.into(),
+            method,
             params,
-            wait_for_slow: true,
+            wait_for_slow,
         });
         id
     }
