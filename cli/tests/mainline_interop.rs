@@ -123,6 +123,8 @@ fn run_json(mut cmd: Command) -> Value {
     let out = cmd.stderr(Stdio::null()).output().expect("run client");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
+    // Shown with a failure (or --nocapture): every client's result, with its timing.
+    eprintln!("client {:?}: {line}", cmd.get_program());
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad client output {text:?}: {e}"))
 }
 

@@ -615,7 +615,15 @@ impl Bep44Plugin {
             OpKind::GetPeers | OpKind::Announce { .. } => "mainline.get_peers",
             _ => "mainline.get",
         };
-        let lookup = cx.start_lookup(target, method, Bytes::from(params));
+        // A put or an announce places something on the k closest nodes: its lookup waits for
+        // the slow ones among them rather than settling for the k quickest (which, under load,
+        // can be the k closest minus the busiest ones). A get takes the first answers.
+        let placement = matches!(kind, OpKind::Put { .. } | OpKind::Announce { .. });
+        let lookup = if placement {
+            cx.start_placement_lookup(target, method, Bytes::from(params))
+        } else {
+            cx.start_lookup(target, method, Bytes::from(params))
+        };
         self.ops.insert(
             lookup,
             Op {
