@@ -109,6 +109,7 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
         key
     });
     let rss_before = vm_hwm_mb(pid);
+    let kdrops_before = kernel_drops(taddr);
 
     // The flood, on two threads, while the honest nodes look up.
     // Flood threads finished, and source addresses bound so far.
@@ -226,6 +227,7 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
     let ids: Vec<NodeId> = std::iter::once(tcontact.id)
         .chain(honest.iter().map(|d| d.id()))
         .collect();
+    let mut times = Vec::new();
     let (ok, total) = rt.block_on(async {
         let (mut ok, mut total) = (0, 0);
         let mut round = 0usize;
@@ -236,20 +238,38 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
                 let others: Vec<NodeId> = ids.iter().copied().filter(|x| *x != d.id()).collect();
                 let want = others[(i + round) % others.len()];
                 async move {
+                    let t = Instant::now();
                     let o = d.find_node(want).await;
-                    o.is_ok_and(|o| o.closest.first().is_some_and(|c| c.id == want))
+                    let ok = o
+                        .as_ref()
+                        .is_ok_and(|o| o.closest.first().is_some_and(|c| c.id == want));
+                    if !ok {
+                        // Which lookup missed, and what it saw (shown with a failure).
+                        eprintln!(
+                            "lookup by honest node {i} for {want} missed: {:?}",
+                            o.map(|o| (o.closest.len(), o.stats))
+                        );
+                    }
+                    (ok, t.elapsed())
                 }
             });
-            for found in futures_util::future::join_all(lookups).await {
+            for (found, took) in futures_util::future::join_all(lookups).await {
                 total += 1;
                 ok += usize::from(found);
+                times.push(took);
             }
         }
         (ok, total)
     });
+    times.sort();
+    let p50_ms = times
+        .get(times.len() / 2)
+        .map_or(0.0, |t| t.as_secs_f64() * 1e3);
+    let max_ms = times.last().map_or(0.0, |t| t.as_secs_f64() * 1e3);
     let honest_s = t0.elapsed().as_secs_f64();
     let flooded: usize = flooders.into_iter().map(|h| h.join().unwrap()).sum();
     let rss_after = vm_hwm_mb(pid);
+    let kdrops = kernel_drops(taddr) - kdrops_before;
 
     // The node's own counters.
     std::thread::sleep(Duration::from_millis(700));
@@ -265,10 +285,10 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
     let n = |k: &str| st[k].as_u64().unwrap_or(0);
     let w = worst.lock().unwrap().clone();
     eprintln!(
-        "flood: {flooded} sources, {} datagrams, {} MB; honest lookups {ok}/{total} in {honest_s:.1} s; \
+        "flood: {flooded} sources, {} datagrams, {} MB; honest lookups {ok}/{total} in {honest_s:.1} s (p50 {p50_ms:.1} ms, max {max_ms:.0} ms); \
          peak RSS {rss_before} -> {rss_after} MB (cap {RSS_CAP_MB}); rate_limited {}, malformed {}, \
          unknown_txn {}, wrong_recipient {}, overload {}, deferred {}, proving pings {}; \
-         largest return: {} bytes to {} (sent {})",
+         dropped by the kernel (receive buffer full) {kdrops}; largest return: {} bytes to {} (sent {})",
         datagrams.load(Ordering::Relaxed),
         sent_bytes.load(Ordering::Relaxed) / 1_000_000,
         n("dropped_rate_limited"),
@@ -306,6 +326,21 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
             d.shutdown().await;
         }
     });
+}
+
+/// Datagrams the kernel dropped at the UDP socket bound to `addr` (its receive buffer was full),
+/// from the `drops` column of /proc/net/udp: drops that happen before the node reads them.
+fn kernel_drops(addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(a) = addr else { return 0 };
+    let want = format!("{:08X}:{:04X}", u32::from(*a.ip()).swap_bytes(), a.port());
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&want.as_str())).then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 fn taddr_of(c: &Contact) -> SocketAddr {

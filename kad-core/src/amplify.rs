@@ -95,6 +95,12 @@ impl Guard {
         self.proven.insert(from.clone());
     }
 
+    /// Whether a response to one of our requests came from `from` (UDP only; since the set
+    /// last started afresh).
+    pub(crate) fn is_proven(&self, from: &PeerAddr) -> bool {
+        self.proven.contains(from)
+    }
+
     /// Holds `msg` until `to` is proven.
     pub(crate) fn defer(&mut self, to: &PeerAddr, msg: Message) -> Defer {
         if self.deferred_len >= DEFERRED_CAP {

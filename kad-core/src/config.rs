@@ -164,7 +164,7 @@ pub struct Config {
     /// PROTOCOL.md.
     pub amplification_guard: bool,
     /// Datagrams per second the tokio runtime accepts from one source IP this node has not sent
-    /// to recently, counted before anything is parsed or verified (0: no limit). All ports of
+    /// a request to recently and that has not answered one of its requests, counted before anything is parsed or verified (0: no limit). All ports of
     /// one IP share it. Over it, datagrams are dropped and counted in
     /// [`Stats::dropped_rate_limited`](crate::Stats::dropped_rate_limited). Default 1000.
     pub per_ip_rate: u32,

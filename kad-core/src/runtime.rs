@@ -546,9 +546,10 @@ impl Inbox {
         true
     }
 
-    /// The next datagram: known peers first (but strangers get every fourth turn, so joining
-    /// nodes are never starved), each lane round-robin by source address.
-    fn pop(&mut self) -> Option<(PeerAddr, Bytes, usize)> {
+    /// The next datagram and whether it came from a stranger: known peers first (but
+    /// strangers get every fourth turn, so joining nodes are never starved), each lane
+    /// round-robin by source address.
+    fn pop(&mut self) -> Option<(PeerAddr, Bytes, usize, bool)> {
         self.pops += 1;
         let order = if self.pops % 4 == 0 { [1, 0] } else { [0, 1] };
         for i in order {
@@ -569,7 +570,7 @@ impl Inbox {
                 lane.total -= 1;
                 lane.bytes -= data.len();
                 self.total -= 1;
-                return Some((from, data, via));
+                return Some((from, data, via, i == 1));
             }
         }
         None
@@ -613,10 +614,22 @@ impl Actor {
             self.drain().await;
             let mut handled = 0;
             let started = now();
+            // A stranger that has answered a request of ours (a proving PING, say) is no
+            // forged source: from its next datagram on it is served with the peers we asked,
+            // so a flood of strangers cannot crowd out the honest peers that query us.
+            let mut proven: Option<PeerAddr> = None;
             while handled < BATCH && now().duration_since(started) < BATCH_TIME {
-                let Some((from, data, via)) = self.inbox.lock().pop() else {
+                let next = {
+                    let mut inbox = self.inbox.lock();
+                    if let Some(a) = proven.take() {
+                        inbox.talked_to(&a);
+                    }
+                    inbox.pop()
+                };
+                let Some((from, data, via, stranger)) = next else {
                     break;
                 };
+                let from_stranger = stranger.then(|| from.clone());
                 if self.transports.len() > 1 {
                     if self.via.len() >= VIA_CAP {
                         self.via.clear();
@@ -625,8 +638,12 @@ impl Actor {
                 }
                 self.node
                     .handle_input(now(), Input::Datagram { from, data });
+                proven = from_stranger.filter(|a| self.node.answered_us(a));
                 self.drain().await;
                 handled += 1;
+            }
+            if let Some(a) = proven {
+                self.inbox.lock().talked_to(&a);
             }
             // Deadlines are handled after what already arrived: an answer that came in time
             // while the engine was busy (say, encoding megabyte values) is not a timeout.

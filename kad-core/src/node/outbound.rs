@@ -226,6 +226,13 @@ impl Node {
         }
     }
 
+    /// Whether `from` (a UDP address) has answered one of our requests, a proving PING
+    /// included: it is no forged source, and the runtime serves its datagrams with those of
+    /// the peers we asked.
+    pub(crate) fn answered_us(&self, from: &PeerAddr) -> bool {
+        self.guard.is_proven(from)
+    }
+
     /// `from` answered one of our requests: it receives what is sent to it.
     pub(super) fn address_proven(&mut self, now: Instant, from: &PeerAddr) {
         if !crate::amplify::guarded(from) {
