@@ -181,7 +181,9 @@ pub struct Config {
     /// [`request_timeout`](Self::request_timeout)). Lookup requests are not retransmitted: a
     /// lookup asks again or asks another node itself ([`max_attempts`](Self::max_attempts)).
     /// Default 3 (four sends: a round trip at 10% loss each way then fails once in 750). The
-    /// Mainline plugin uses 1.
+    /// Mainline plugin uses 1. A joining node's PING to a bootstrap address is sent up to seven
+    /// times (unless this is 0), at a constant interval: it is the only thing the node has to
+    /// do.
     pub retransmits: u8,
     /// A node whose routing table is empty (its join failed, or every contact went silent)
     /// joins again through its bootstrap addresses and the contacts it last knew, after this

@@ -505,3 +505,43 @@ fn bootstrap_refresh_looks_up_the_farthest_non_full_buckets() {
     assert_eq!(buckets, vec![157, 158, 159]);
     assert_eq!(targets.len(), 3, "one request per refresh");
 }
+
+#[test]
+fn a_bootstrap_ping_to_a_silent_seed_is_sent_seven_times_at_a_constant_interval() {
+    let t0 = Instant::now();
+    let mut a = node(1, Config::default());
+    a.bootstrap(t0, &[PeerAddr::Mem(80)]).unwrap();
+    let mut pings = Vec::new();
+    let mut done = None;
+    let mut t = t0;
+    while t < t0 + Duration::from_secs(60) && done.is_none() {
+        while let Some(o) = a.poll_output() {
+            match o {
+                Output::Send { to, msg } => {
+                    if to == PeerAddr::Mem(80) && matches!(msg.body, Body::Request(Request::Ping)) {
+                        pings.push(t - t0);
+                    }
+                }
+                Output::Event(Event::QueryDone { result, .. }) => done = Some(result),
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(50);
+        a.handle_input(t, Input::Timeout);
+    }
+    assert_eq!(pings.len(), 7, "{pings:?}");
+    // The hard timeout before any round trip was measured (2.25 s by default), every time:
+    // no doubling.
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    for g in &gaps {
+        assert!(g.abs_diff(gaps[0]) <= Duration::from_millis(50), "{gaps:?}");
+    }
+    assert!(
+        gaps[0] >= Duration::from_secs(2) && gaps[0] <= Duration::from_millis(2300),
+        "{gaps:?}"
+    );
+    assert!(
+        matches!(done, Some(QueryResult::Bootstrap(Err(_)))),
+        "{done:?}"
+    );
+}
