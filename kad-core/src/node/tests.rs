@@ -517,10 +517,11 @@ fn a_bootstrap_ping_to_a_silent_seed_is_sent_seven_times_at_a_constant_interval(
     while t < t0 + Duration::from_secs(60) && done.is_none() {
         while let Some(o) = a.poll_output() {
             match o {
-                Output::Send { to, msg } => {
-                    if to == PeerAddr::Mem(80) && matches!(msg.body, Body::Request(Request::Ping)) {
-                        pings.push(t - t0);
-                    }
+                Output::Send { to, msg }
+                    if to == PeerAddr::Mem(80)
+                        && matches!(msg.body, Body::Request(Request::Ping)) =>
+                {
+                    pings.push(t - t0);
                 }
                 Output::Event(Event::QueryDone { result, .. }) => done = Some(result),
                 _ => {}
