@@ -614,19 +614,8 @@ impl Actor {
             self.drain().await;
             let mut handled = 0;
             let started = now();
-            // A stranger that has answered a request of ours (a proving PING, say) is no
-            // forged source: from its next datagram on it is served with the peers we asked,
-            // so a flood of strangers cannot crowd out the honest peers that query us.
-            let mut proven: Option<PeerAddr> = None;
             while handled < BATCH && now().duration_since(started) < BATCH_TIME {
-                let next = {
-                    let mut inbox = self.inbox.lock();
-                    if let Some(a) = proven.take() {
-                        inbox.talked_to(&a);
-                    }
-                    inbox.pop()
-                };
-                let Some((from, data, via, stranger)) = next else {
+                let Some((from, data, via, stranger)) = self.inbox.lock().pop() else {
                     break;
                 };
                 let from_stranger = stranger.then(|| from.clone());
@@ -638,12 +627,15 @@ impl Actor {
                 }
                 self.node
                     .handle_input(now(), Input::Datagram { from, data });
-                proven = from_stranger.filter(|a| self.node.answered_us(a));
+                // A stranger that has answered a request of ours (a proving PING, say) is no
+                // forged source: from its next datagram on it is served with the peers we
+                // asked, so a flood of strangers cannot crowd out the honest peers that query
+                // us. (Once per address: it is no stranger afterwards.)
+                if let Some(a) = from_stranger.filter(|a| self.node.answered_us(a)) {
+                    self.inbox.lock().talked_to(&a);
+                }
                 self.drain().await;
                 handled += 1;
-            }
-            if let Some(a) = proven {
-                self.inbox.lock().talked_to(&a);
             }
             // Deadlines are handled after what already arrived: an answer that came in time
             // while the engine was busy (say, encoding megabyte values) is not a timeout.
