@@ -120,12 +120,18 @@ enum Impl {
 
 /// Runs a one-shot client process and returns its JSON line.
 fn run_json(mut cmd: Command) -> Value {
-    let out = cmd.stderr(Stdio::null()).output().expect("run client");
+    let out = cmd.stderr(Stdio::piped()).output().expect("run client");
+    LAST_LOG.with(|l| *l.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned());
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     // Shown with a failure (or --nocapture): every client's result, with its timing.
     eprintln!("client {:?}: {line}", cmd.get_program());
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad client output {text:?}: {e}"))
+}
+
+thread_local! {
+    /// The log (stderr) of the last client process: our clients log how each lookup ended.
+    static LAST_LOG: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// The one identity (port and node id) every bittorrent-dht client of this test thread uses.
@@ -181,6 +187,8 @@ fn client_cmd(imp: Impl, boot: u16, op: &str) -> Command {
         Impl::Ours => {
             let mut c = Command::new(KAD);
             c.args([
+                "--log",
+                "kad_core::node=debug",
                 "mainline",
                 op,
                 "--bind",
@@ -266,8 +274,9 @@ fn put_immutable(imp: Impl, boot: u16, value: &str) -> Result<String, String> {
             let want = SERVERS.with(|s| s.borrow().len()).clamp(1, 8) as u64;
             if imp == Impl::Ours && v["ok"] == true && v["asked"].as_u64() != Some(want) {
                 return Err(format!(
-                    "asked {} distinct nodes, not {want}: {v}",
-                    v["asked"]
+                    "asked {} distinct nodes, not {want}: {v}\nthe client's log:\n{}",
+                    v["asked"],
+                    LAST_LOG.with(|l| l.borrow().clone())
                 ));
             }
             if v["ok"] == true {

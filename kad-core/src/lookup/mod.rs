@@ -249,7 +249,7 @@ impl Lookup {
             return;
         }
         let empty: Vec<usize> = (0..self.paths.len())
-            .filter(|&q| q != p && self.paths[q].candidates.is_empty())
+            .filter(|&q| q != p && self.paths[q].never_had_candidates())
             .collect();
         if empty.is_empty() {
             let owner = &self.owner;
@@ -355,6 +355,18 @@ impl Lookup {
         all.dedup_by_key(|c| c.id);
         all.truncate(self.k);
         all
+    }
+
+    /// The candidates of every path, closest first, with their states (for debug logs).
+    pub(crate) fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            if self.paths.len() > 1 {
+                out.push_str(&format!(" path {i}:"));
+            }
+            p.describe(&mut out);
+        }
+        out
     }
 
     /// Finishes the lookup: its counters, with `hops` filled in (the path length to the closest

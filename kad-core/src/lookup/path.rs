@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::addr::{Contact, PeerAddr, Subnet};
 use crate::id::{Distance, NodeId};
@@ -15,7 +15,6 @@ pub(super) enum State {
     Fresh,
     Waiting { soft_deadline: Instant },
     Succeeded,
-    Failed,
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +34,10 @@ pub(super) const TAIL_ATTEMPTS: u8 = 2;
 /// two attempts miss a live node 3.6% of the time, three 0.7%.
 pub(super) const STORE_TAIL_ATTEMPTS: u8 = 3;
 
+/// Most candidates given up on that a path remembers (times its candidate cap), so that one
+/// named again is not asked again.
+const FAILED_PER_CAP: usize = 8;
+
 /// One path of a lookup: the iterative search itself.
 #[derive(Debug)]
 pub(super) struct Path {
@@ -44,7 +47,12 @@ pub(super) struct Path {
     pub(super) alpha: usize,
     pub(super) max_attempts: u8,
     pub(super) cap: usize,
+    /// The live candidates: fresh, asked, or answered. One given up on leaves the set (its
+    /// place goes to the next closest) and is remembered in `failed`.
     pub(super) candidates: BTreeMap<Distance, Candidate>,
+    /// Ids given up on (bounded: past `FAILED_PER_CAP` times the cap, new ones are not
+    /// remembered, and could be asked again if named again).
+    pub(super) failed: FxHashSet<NodeId>,
     pub(super) best: Option<Distance>,
     pub(super) no_progress: usize,
     pub(super) patience: usize,
@@ -53,6 +61,8 @@ pub(super) struct Path {
     pub(super) wait_for_slow: bool,
     pub(super) subnet_limit: usize,
     pub(super) stats: LookupStats,
+    /// Candidates turned away or evicted because the set was full.
+    pub(super) dropped: u32,
 }
 
 impl Path {
@@ -72,6 +82,7 @@ impl Path {
             max_attempts,
             cap: k * 3,
             candidates: BTreeMap::new(),
+            failed: FxHashSet::default(),
             best: None,
             no_progress: 0,
             patience: 1,
@@ -80,6 +91,7 @@ impl Path {
             wait_for_slow: false,
             subnet_limit: 0,
             stats: LookupStats::default(),
+            dropped: 0,
         };
         for c in seeds {
             l.add(c, 0);
@@ -89,7 +101,7 @@ impl Path {
     }
 
     pub(super) fn add(&mut self, c: Contact, depth: u8) -> bool {
-        if c.id == self.local {
+        if c.id == self.local || self.failed.contains(&c.id) {
             return false;
         }
         let d = c.id.distance(&self.target);
@@ -116,6 +128,7 @@ impl Path {
                 return false;
             };
             if *far < d {
+                self.dropped += 1;
                 return false;
             }
             let victim = self
@@ -126,6 +139,7 @@ impl Path {
                 .map(|(k, _)| *k);
             if let Some(v) = victim {
                 self.candidates.remove(&v);
+                self.dropped += 1;
             }
         }
         self.candidates.insert(
@@ -156,7 +170,6 @@ impl Path {
                 break;
             }
             match cand.state {
-                State::Failed => continue,
                 State::Succeeded => {}
                 State::Waiting { soft_deadline } => {
                     if soft_deadline > now {
@@ -225,11 +238,7 @@ impl Path {
                 added.push(n.id);
             }
         }
-        let closest = self
-            .candidates
-            .iter()
-            .find(|(_, c)| c.state != State::Failed)
-            .map(|(d, _)| *d);
+        let closest = self.candidates.keys().next().copied();
         if closest.is_some() && (self.best.is_none() || closest < self.best) {
             self.best = closest;
             self.no_progress = 0;
@@ -248,12 +257,9 @@ impl Path {
     /// the node becomes a candidate under the id it answered with, at its own distance, if it
     /// is not one already (and `join`). Returns whether that candidate is new.
     pub(super) fn on_id_change(&mut self, asked: &NodeId, answered: &Contact, join: bool) -> bool {
-        let Some(old) = self.candidates.get_mut(&asked.distance(&self.target)) else {
+        let Some(depth) = self.fail(asked) else {
             return false;
         };
-        let depth = old.depth;
-        old.state = State::Failed;
-        old.outstanding = 0;
         let d = answered.id.distance(&self.target);
         if !join || answered.id == self.local || self.candidates.contains_key(&d) {
             return false;
@@ -276,11 +282,7 @@ impl Path {
     /// two elsewhere, three in a lookup before a STORE), else given up.
     pub(super) fn on_failure(&mut self, id: &NodeId) {
         let d = id.distance(&self.target);
-        let rank = self
-            .candidates
-            .range(..d)
-            .filter(|(_, c)| c.state != State::Failed)
-            .count();
+        let rank = self.candidates.range(..d).count();
         let Some(cand) = self.candidates.get_mut(&d) else {
             return;
         };
@@ -302,21 +304,33 @@ impl Path {
             };
             self.max_attempts.min(tail)
         };
-        cand.state = if cand.attempts < allowed {
-            State::Fresh
+        if cand.attempts < allowed {
+            cand.state = State::Fresh;
         } else {
-            State::Failed
-        };
+            self.fail(id);
+        }
+    }
+
+    /// Gives up on candidate `id`: it leaves the set and is not taken back if named again.
+    /// Returns its depth if it was a candidate.
+    fn fail(&mut self, id: &NodeId) -> Option<u8> {
+        let cand = self.candidates.remove(&id.distance(&self.target))?;
+        if self.failed.len() < self.cap * FAILED_PER_CAP {
+            self.failed.insert(*id);
+        }
+        Some(cand.depth)
     }
 
     /// Gives up on `id` at once (no address usable, or the request could not be sent).
     pub(super) fn give_up(&mut self, id: &NodeId) {
         let d = id.distance(&self.target);
-        if let Some(cand) = self.candidates.get_mut(&d) {
-            if cand.state != State::Succeeded {
-                cand.state = State::Failed;
-                self.stats.failures += 1;
-            }
+        if self
+            .candidates
+            .get(&d)
+            .is_some_and(|c| c.state != State::Succeeded)
+        {
+            self.fail(id);
+            self.stats.failures += 1;
         }
     }
 
@@ -329,7 +343,6 @@ impl Path {
                 break;
             }
             match c.state {
-                State::Failed => continue,
                 State::Succeeded => {}
                 State::Waiting { soft_deadline }
                     if !self.wait_for_slow
@@ -344,6 +357,11 @@ impl Path {
             rank += 1;
         }
         true
+    }
+
+    /// Whether this path has had no candidate yet (none live, none given up on).
+    pub(super) fn never_had_candidates(&self) -> bool {
+        self.candidates.is_empty() && self.failed.is_empty()
     }
 
     /// Whether any request of this lookup is still waiting for an answer.
@@ -373,6 +391,33 @@ impl Path {
             .take(self.k)
             .map(|c| c.contact.clone())
             .collect()
+    }
+
+    /// One line per candidate, closest first, for logs: id prefix, address, state, attempts.
+    pub(super) fn describe(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for c in self.candidates.values() {
+            let state = match c.state {
+                State::Fresh => "fresh",
+                State::Waiting { .. } => "waiting",
+                State::Succeeded => "answered",
+            };
+            let id = c.contact.id.to_hex();
+            let addr = c.contact.primary_addr().map(ToString::to_string);
+            let _ = write!(
+                out,
+                " {}@{} {state}x{};",
+                &id[..8],
+                addr.as_deref().unwrap_or("-"),
+                c.attempts
+            );
+        }
+        let _ = write!(
+            out,
+            " given up: {}; dropped (set full): {}",
+            self.failed.len(),
+            self.dropped
+        );
     }
 
     /// The path length of candidate `id` (0 for a seed or an unknown id).

@@ -403,3 +403,53 @@ fn retries_before_giving_up() {
     assert_eq!(l.stats().failures, 3);
     assert_eq!(l.stats().rpcs, 3);
 }
+
+/// Runs `l` to its end over a network where `silent` nodes never answer and every other node
+/// answers with `named(id)`; returns the k closest that answered.
+fn run_to_end(
+    mut l: Lookup,
+    silent: &[Contact],
+    named: impl Fn(&NodeId) -> Vec<Contact>,
+) -> Vec<Contact> {
+    let soft = Duration::from_millis(10);
+    let mut now = Instant::now();
+    let mut rounds = 0;
+    while !l.is_finished(now) {
+        rounds += 1;
+        assert!(rounds < 1_000, "lookup did not terminate");
+        for c in l.next(now, soft, 64) {
+            if silent.contains(&c) {
+                l.on_failure(&c.id);
+            } else {
+                l.on_success(&c.id, &named(&c.id));
+            }
+        }
+        now += Duration::from_millis(5);
+    }
+    l.closest_succeeded()
+}
+
+/// Candidates given up on leave the candidate set: a crowd of silent nodes close to the target
+/// (departed nodes, or ids that tables list for a node that never had them) cannot keep the
+/// lookup from taking in the live nodes named after they failed. With k = 2 the set holds 6
+/// candidates: five silent ones and a live one, `0x70`, which names two live nodes closer
+/// than itself once the silent ones have failed.
+#[test]
+fn silent_candidates_given_up_free_their_places() {
+    let target = NodeId::ZERO;
+    let silent: Vec<Contact> = (1..=5).map(c).collect();
+    let (seed, relay, near) = (c(0x80), c(0x70), [c(0x10), c(0x11)]);
+    let named = |id: &NodeId| {
+        if *id == seed.id {
+            let mut v = silent.clone();
+            v.push(relay.clone());
+            v
+        } else if *id == relay.id {
+            near.to_vec()
+        } else {
+            Vec::new()
+        }
+    };
+    let l = Lookup::new(NodeId([0xff; 20]), target, 2, 2, 1, vec![seed.clone()]);
+    assert_eq!(run_to_end(l, &silent, named), near.to_vec());
+}

@@ -113,6 +113,12 @@ impl Node {
         let Some(lookup) = q.lookup.as_ref() else {
             return;
         };
+        debug!(
+            query = qid.0,
+            target = %lookup.target(),
+            candidates = %lookup.describe(),
+            "lookup finished"
+        );
         let outcome = LookupOutcome {
             target: lookup.target(),
             closest: lookup.closest_succeeded(),
