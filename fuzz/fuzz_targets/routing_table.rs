@@ -3,11 +3,11 @@
 //! The model is the table as `routing.rs` documents it, written the plain way: per bucket
 //! (`159 - common prefix length` with the local id) an ordered list of entries and a replacement
 //! cache, liveness from `last_seen`/`failures`/`verified`, ping-before-evict (one ping per
-//! bucket at a time), replacement by the freshest cached contact after `max_failures`
+//! bucket at a time, contacts that never answered us first among the questionable ones), replacement by the freshest cached contact after `max_failures`
 //! failures, and `remove` promoting the freshest replacement. Every operation's return value is
 //! compared, and after each one the whole state (bucket sizes, every entry, `len`,
-//! `check_invariants`, stale buckets, the next refresh). `closest` and `closest_bad` are checked
-//! against a brute-force sort of the model's contacts by XOR distance.
+//! `check_invariants`, stale buckets, the next refresh). `closest`, `closest_answered` and
+//! `closest_bad` are checked against a brute-force sort of the model's contacts by XOR distance.
 
 #![no_main]
 
@@ -38,6 +38,7 @@ enum Op {
     },
     Failure(IdPick),
     PingOk(IdPick),
+    Answer(IdPick),
     Remove(IdPick),
     Rtt(IdPick, u32),
     Touch(IdPick),
@@ -47,6 +48,10 @@ enum Op {
         n: u8,
     },
     ClosestBad {
+        target: IdPick,
+        n: u8,
+    },
+    ClosestAnswered {
         target: IdPick,
         n: u8,
     },
@@ -73,6 +78,7 @@ struct MEntry {
     failures: u8,
     srtt_us: u32,
     verified: bool,
+    answered: bool,
 }
 
 #[derive(Default, Debug)]
@@ -170,6 +176,7 @@ impl Model {
                     failures: 0,
                     srtt_us: e.srtt_us,
                     verified,
+                    answered: e.answered,
                 };
                 bucket.last_active = Some(now);
             }
@@ -185,6 +192,7 @@ impl Model {
             failures: 0,
             srtt_us: 0,
             verified,
+            answered: false,
         };
         if bucket.entries.len() < k {
             bucket.entries.push(entry);
@@ -217,7 +225,7 @@ impl Model {
         if bucket.pinging.is_none() {
             // The stalest questionable entry (the first of equals).
             for e in &bucket.entries {
-                if (!e.verified || now - e.last_seen >= window)
+                if (!e.verified || !e.answered || now - e.last_seen >= window)
                     && ping
                         .as_ref()
                         .is_none_or(|p: &MEntry| e.last_seen < p.last_seen)
@@ -267,6 +275,16 @@ impl Model {
                 true
             }
             None => false,
+        }
+    }
+
+    fn answer(&mut self, id: &NodeId) {
+        if let Some(bucket) = bucket_of(&self.local, id).and_then(|b| self.buckets.get_mut(&b)) {
+            for e in bucket.entries.iter_mut().chain(bucket.cache.iter_mut()) {
+                if e.contact.id == *id {
+                    e.answered = true;
+                }
+            }
         }
     }
 
@@ -326,10 +344,16 @@ impl Model {
     /// The `n` closest contacts to `target` among those whose failures are below (or, with
     /// `bad`, at least) `max_failures`, by brute force.
     fn closest(&self, target: &NodeId, n: usize, bad: bool) -> Vec<Contact> {
-        let mut v: Vec<&MEntry> = self
-            .entries()
-            .filter(|e| (e.failures >= self.max_failures) == bad)
-            .collect();
+        self.closest_where(target, n, |e| (e.failures >= self.max_failures) == bad)
+    }
+
+    fn closest_where(
+        &self,
+        target: &NodeId,
+        n: usize,
+        keep: impl Fn(&MEntry) -> bool,
+    ) -> Vec<Contact> {
+        let mut v: Vec<&MEntry> = self.entries().filter(|e| keep(e)).collect();
         v.sort_by_key(|e| e.contact.id.distance(target));
         v.into_iter().take(n).map(|e| e.contact.clone()).collect()
     }
@@ -425,6 +449,11 @@ fuzz_target!(|input: Input| {
                 rt.on_ping_ok(&id);
                 model.ping_ok(&id);
             }
+            Op::Answer(id) => {
+                let id = ids.pick(&local, id);
+                rt.on_answer(&id);
+                model.answer(&id);
+            }
             Op::Remove(id) => {
                 let id = ids.pick(&local, id);
                 let got = rt.remove(&id).map(|e| (e.contact, e.failures, e.verified));
@@ -461,6 +490,15 @@ fuzz_target!(|input: Input| {
                 let n = usize::from(n % 40);
                 let got = rt.closest_bad(&target, n);
                 assert!(same(&got, &model.closest(&target, n, true)), "closest_bad");
+            }
+            Op::ClosestAnswered { target, n } => {
+                let target = ids.pick(&local, target);
+                let n = usize::from(n % 40);
+                let got = rt.closest_answered(&target, n);
+                let want = model.closest_where(&target, n, |e| {
+                    e.answered && e.failures < model.max_failures
+                });
+                assert!(same(&got, &want), "closest_answered({target:?}, {n})");
             }
             Op::Restore => {
                 // A fresh table restored from a snapshot holds the same contacts, unverified.
@@ -502,12 +540,19 @@ fuzz_target!(|input: Input| {
         for (got, want) in rt.iter().zip(model.entries()) {
             assert_eq!(got.contact, want.contact, "entry order after {op:?}");
             assert_eq!(
-                (got.last_seen, got.failures, got.srtt_us, got.verified),
+                (
+                    got.last_seen,
+                    got.failures,
+                    got.srtt_us,
+                    got.verified,
+                    got.answered
+                ),
                 (
                     at(want.last_seen),
                     want.failures,
                     want.srtt_us,
-                    want.verified
+                    want.verified,
+                    want.answered
                 ),
                 "entry {:?} after {op:?}",
                 want.contact.id

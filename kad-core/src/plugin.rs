@@ -151,6 +151,11 @@ impl PluginCx<'_> {
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
         self.routing.closest(target, n)
     }
+    /// Up to `n` contacts closest to `target` that have answered a request of ours: the ones
+    /// to name in an answer to another node (see [`RoutingTable::closest_answered`]).
+    pub fn closest_answered(&self, target: &NodeId, n: usize) -> Vec<Contact> {
+        self.routing.closest_answered(target, n)
+    }
     /// The record store, read-only.
     pub fn store(&self) -> &dyn RecordStore {
         self.store

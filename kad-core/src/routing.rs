@@ -36,6 +36,11 @@ pub struct Entry {
     pub srtt_us: u32,
     /// Whether it has ever been heard from directly.
     pub verified: bool,
+    /// Whether it has answered a request of ours (under this id). Only such contacts are
+    /// handed out to other nodes ([`closest_answered`](RoutingTable::closest_answered)): a
+    /// node that has only sent us requests may be a client about to leave, or an id its node
+    /// never answers to (BEP5 counts a node good once it has responded to one of our queries).
+    pub answered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +213,7 @@ impl RoutingTable {
             failures: 0,
             srtt_us: 0,
             verified,
+            answered: false,
         };
         if bucket.entries.len() < k {
             if bucket.entries.len() == bucket.entries.capacity() {
@@ -250,7 +256,11 @@ impl RoutingTable {
             bucket
                 .entries
                 .iter()
-                .filter(|e| !e.verified || now.saturating_duration_since(e.last_seen) >= window)
+                .filter(|e| {
+                    !e.verified
+                        || !e.answered
+                        || now.saturating_duration_since(e.last_seen) >= window
+                })
                 .min_by_key(|e| e.last_seen)
                 .map(|e| e.contact.clone())
         } else {
@@ -311,6 +321,24 @@ impl RoutingTable {
                 if b.pinging == Some(*id) {
                     b.pinging = None;
                 }
+            }
+        }
+    }
+
+    /// Records that `id` answered a request of ours: it may now be handed out to others. Call
+    /// after inserting it.
+    pub fn on_answer(&mut self, id: &NodeId) {
+        let Some(idx) = self.local.bucket_index(id) else {
+            return;
+        };
+        if let Some(b) = self.buckets.get_mut(&(idx as u8)) {
+            if let Some(e) = b
+                .entries
+                .iter_mut()
+                .chain(b.replacements.iter_mut())
+                .find(|e| e.contact.id == *id)
+            {
+                e.answered = true;
             }
         }
     }
@@ -384,20 +412,40 @@ impl RoutingTable {
             .collect()
     }
 
+    /// Up to `n` contacts closest to `target` that have answered a request of ours and are not
+    /// bad, sorted by distance: the contacts to hand out in answers to other nodes.
+    pub fn closest_answered(&self, target: &NodeId, n: usize) -> Vec<Contact> {
+        self.closest_where(target, n, |e| e.answered)
+            .into_iter()
+            .map(|e| e.contact.clone())
+            .collect()
+    }
+
     /// Like [`closest`](Self::closest), returning the entries.
     pub fn closest_entries(&self, target: &NodeId, n: usize) -> Vec<&Entry> {
+        self.closest_where(target, n, |_| true)
+    }
+
+    /// Up to `n` entries closest to `target` that are not bad and satisfy `keep`.
+    fn closest_where(
+        &self,
+        target: &NodeId,
+        n: usize,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Vec<&Entry> {
         if n == 0 {
             return Vec::new();
         }
         let max_failures = self.params.max_failures;
         let mut all: Vec<(Distance, &Entry)> = Vec::new();
+        let keep = |e: &Entry| e.failures < max_failures && keep(e);
         fn take<'a>(
             b: &'a Bucket,
             target: &NodeId,
-            max_failures: u8,
+            keep: &impl Fn(&Entry) -> bool,
             all: &mut Vec<(Distance, &'a Entry)>,
         ) {
-            for e in b.entries.iter().filter(|e| e.failures < max_failures) {
+            for e in b.entries.iter().filter(|e| keep(e)) {
                 all.push((e.contact.id.distance(target), e));
             }
         }
@@ -407,11 +455,11 @@ impl RoutingTable {
         let bt = self.local.bucket_index(target);
         if let Some(bt) = bt {
             if let Some(b) = self.buckets.get(&(bt as u8)) {
-                take(b, target, max_failures, &mut all);
+                take(b, target, &keep, &mut all);
             }
             if all.len() < n {
                 for (_, b) in self.buckets.range(..bt as u8) {
-                    take(b, target, max_failures, &mut all);
+                    take(b, target, &keep, &mut all);
                 }
             }
         }
@@ -421,7 +469,7 @@ impl RoutingTable {
                 if all.len() >= n {
                     break;
                 }
-                take(b, target, max_failures, &mut all);
+                take(b, target, &keep, &mut all);
             }
         }
         if all.len() > n {
@@ -742,7 +790,9 @@ mod tests {
             rt.insert(now, contact(mk(2)), true),
             InsertOutcome::Inserted
         );
-        // Both good: the newcomer is cached, nothing to ping.
+        // Both have answered us and are fresh: the newcomer is cached, nothing to ping.
+        rt.on_answer(&mk(1));
+        rt.on_answer(&mk(2));
         assert_eq!(
             rt.insert(now, contact(mk(3)), true),
             InsertOutcome::Pending { ping: None }

@@ -110,6 +110,9 @@ pub struct Stats {
     pub replies_deferred_dropped: u64,
     /// PINGs sent to prove an address before answering it in full.
     pub proving_pings: u64,
+    /// PINGs sent to new contacts that had only sent us requests: a contact is handed out to
+    /// other nodes only once it has answered one of our requests.
+    pub verify_pings: u64,
     /// Requests not answered because the node is read-only (`Config::answer_requests` false).
     pub ignored_read_only: u64,
     /// Responses accepted from the address asked although they carry another id

@@ -325,7 +325,7 @@ impl Bep44Plugin {
                         r.bytes_list(b"values", values.iter().map(Vec::as_slice));
                     }
                 }
-                Reply::WithNodes(Bytes::from(r.finish()), cx.closest(&ih, K))
+                Reply::WithNodes(Bytes::from(r.finish()), cx.closest_answered(&ih, K))
             }
             "mainline.announce_peer" => {
                 let Some(ih) = id_arg(&a, b"info_hash") else {
@@ -370,7 +370,7 @@ impl Bep44Plugin {
                         }
                     }
                 }
-                Reply::WithNodes(Bytes::from(r.finish()), cx.closest(&target, K))
+                Reply::WithNodes(Bytes::from(r.finish()), cx.closest_answered(&target, K))
             }
             "mainline.put" => {
                 let reply = self.serve_put(&a, src.ip(), now);
@@ -398,7 +398,7 @@ impl Bep44Plugin {
                 r.int(b"interval", 300)
                     .int(b"num", n as i64)
                     .bytes(b"samples", &samples);
-                Reply::WithNodes(Bytes::from(r.finish()), cx.closest(&target, K))
+                Reply::WithNodes(Bytes::from(r.finish()), cx.closest_answered(&target, K))
             }
             _ => err(code::METHOD_UNKNOWN, "method unknown"),
         }

@@ -48,12 +48,20 @@ impl Raw {
         self.send_raw(&top.finish())
     }
 
+    /// Sends `bytes`; returns the first answer (response or error). Queries the node sends us
+    /// meanwhile (it PINGs a new contact before handing it out to others) go unanswered.
     fn send_raw(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
         self.sock.send_to(bytes, self.to).unwrap();
         let mut buf = [0u8; 4096];
-        match self.sock.recv_from(&mut buf) {
-            Ok((n, _)) => Some(buf[..n].to_vec()),
-            Err(_) => None,
+        loop {
+            let n = self.sock.recv_from(&mut buf).ok()?.0;
+            let is_query = bencode::parse(&buf[..n])
+                .ok()
+                .and_then(|v| v.get(b"y").and_then(Val::bytes).map(|y| y == b"q"))
+                .unwrap_or(false);
+            if !is_query {
+                return Some(buf[..n].to_vec());
+            }
         }
     }
 }

@@ -166,6 +166,10 @@ async fn every_rejection_is_dropped_and_counted_over_udp() {
     let pong = mallory.recv(Duration::from_secs(5)).await.expect("pong");
     let m = mallory.decode(&pong);
     assert_eq!((m.sender.id, m.body), (v, Body::Response(Response::Pong)));
+    // Mallory is new to the victim, which PINGs it before it hands it out to others.
+    let verify = mallory.recv(Duration::from_secs(5)).await.expect("a PING");
+    let m = mallory.decode(&verify);
+    assert_eq!((m.sender.id, m.body), (v, Body::Request(Request::Ping)));
 
     // Replay: the very same datagram again. Dropped, counted, unanswered.
     mallory.send(vaddr, &ping).await;

@@ -55,7 +55,17 @@ impl Node {
         }
     }
 
-    pub(super) fn observe_sender(&mut self, now: Instant, from: &PeerAddr, sender: Contact) {
+    /// Adds or refreshes the sender of a message in the routing table. `answered`: the message
+    /// answers a request of ours. A sender new to the table that has only sent a request is
+    /// asked for a PING (unless a proving PING is already on its way to that address): until it
+    /// answers one, it is not handed out to other nodes.
+    pub(super) fn observe_sender(
+        &mut self,
+        now: Instant,
+        from: &PeerAddr,
+        sender: Contact,
+        answered: bool,
+    ) {
         let advertised_instead = !from.kind().source_is_dialable()
             && sender.addrs.iter().any(|a| a.kind() == from.kind());
         let contact = if advertised_instead || sender.addrs.contains(from) {
@@ -66,11 +76,25 @@ impl Node {
             addrs.extend(sender.addrs.iter().filter(|a| *a != from).cloned());
             Contact::with_addrs(sender.id, addrs)
         };
-        if let InsertOutcome::Pending { ping: Some(p) } = self.routing.insert(now, contact, true) {
-            let peer = p.id;
-            if !self.send_to_contact(now, &p, Request::Ping, PendingKind::EvictPing { peer }) {
-                self.routing.on_ping_ok(&peer);
+        let id = contact.id;
+        let verify = (!answered).then(|| contact.clone());
+        match self.routing.insert(now, contact, true) {
+            InsertOutcome::Pending { ping: Some(p) } => {
+                let peer = p.id;
+                if !self.send_to_contact(now, &p, Request::Ping, PendingKind::EvictPing { peer }) {
+                    self.routing.on_ping_ok(&peer);
+                }
             }
+            InsertOutcome::Inserted => {
+                if let Some(c) = verify.filter(|_| !self.guard.proving(from)) {
+                    self.stats.verify_pings += 1;
+                    self.send_to_contact(now, &c, Request::Ping, PendingKind::Verify);
+                }
+            }
+            _ => {}
+        }
+        if answered {
+            self.routing.on_answer(&id);
         }
     }
 
@@ -141,7 +165,7 @@ impl Node {
             self.reply(from.clone(), txn, sender_id, body);
         }
         if self.config.accept_requesters && learn {
-            self.observe_sender(now, &from, sender);
+            self.observe_sender(now, &from, sender, false);
         }
     }
 
@@ -152,9 +176,9 @@ impl Node {
         k: usize,
     ) -> Vec<Contact> {
         // Ask for k first (usually one bucket's walk); k + 1 only if the requester is among them.
-        let mut v = self.routing.closest(target, k);
+        let mut v = self.routing.closest_answered(target, k);
         if v.iter().any(|c| c.id == *requester) {
-            v = self.routing.closest(target, k + 1);
+            v = self.routing.closest_answered(target, k + 1);
             v.retain(|c| c.id != *requester);
             v.truncate(k);
         }
@@ -408,7 +432,7 @@ impl Node {
         let from = key.1;
         self.address_proven(now, &from);
         if !read_only {
-            self.observe_sender(now, &from, sender.clone());
+            self.observe_sender(now, &from, sender.clone(), true);
             self.routing.record_rtt(&sender.id, rtt);
         }
         if let Some(seen) = observed {
@@ -453,6 +477,8 @@ impl Node {
                 }
             }
             PendingKind::EvictPing { peer } => self.routing.on_ping_ok(&peer),
+            // The answer made it a contact we hand out (above).
+            PendingKind::Verify => {}
             // The deferred replies went out when the answer proved the address.
             PendingKind::Prove { addr } => self.guard.proof_answered(&addr),
             PendingKind::Call { query } => {

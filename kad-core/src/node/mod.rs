@@ -71,6 +71,8 @@ enum PendingKind {
         plugin: usize,
         id: RequestId,
     },
+    /// A PING to a new contact that has only sent us requests: its answer lets us hand it out.
+    Verify,
     /// A PING proving `addr` before deferred replies go to it.
     Prove {
         addr: PeerAddr,

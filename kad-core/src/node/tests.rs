@@ -352,17 +352,22 @@ fn a_ping_without_recipient_is_answered_but_teaches_nothing() {
         deliver(&mut a, t0, 42, msg);
         let out = sends(&mut a);
         assert!(matches!(
-            out[..],
-            [(
+            out[0],
+            (
                 _,
                 Message {
                     body: Body::Response(Response::Pong),
                     ..
                 }
-            )]
+            )
         ));
-        // A null-recipient PING may be a third party's replay: no routing-table change.
+        // A null-recipient PING may be a third party's replay: no routing-table change. A new
+        // contact is asked for a PING of its own before it is handed out.
         assert_eq!(a.routing_table().get(&peer.id).is_some(), learned);
+        assert_eq!(out.len(), 1 + usize::from(learned), "{out:?}");
+        if learned {
+            assert!(matches!(out[1].1.body, Body::Request(Request::Ping)));
+        }
     }
 }
 
@@ -545,4 +550,109 @@ fn a_bootstrap_ping_to_a_silent_seed_is_sent_seven_times_at_a_constant_interval(
         matches!(done, Some(QueryResult::Bootstrap(Err(_)))),
         "{done:?}"
     );
+}
+
+/// A request from `from` (from its first address, in memory) to `a`; returns what `a` sends.
+fn request_from(
+    a: &mut Node,
+    now: Instant,
+    from: &Contact,
+    req: Request,
+) -> Vec<(PeerAddr, Message)> {
+    let msg = Message {
+        txn: TxnId::from_bytes(vec![from.id.0[0], 1]),
+        sender: from.clone(),
+        recipient: Some(a.id()),
+        read_only: false,
+        observed: None,
+        body: Body::Request(req),
+    };
+    let PeerAddr::Mem(at) = from.addrs[0] else {
+        panic!("an in-memory contact")
+    };
+    deliver(a, now, at, msg);
+    sends(a)
+}
+
+/// The nodes named in `a`'s answer to a FIND_NODE of `asker` for `target`.
+fn named_by(a: &mut Node, now: Instant, asker: &Contact, target: NodeId) -> Vec<NodeId> {
+    request_from(a, now, asker, Request::FindNode { target })
+        .into_iter()
+        .find_map(|(_, m)| match m.body {
+            Body::Response(Response::Nodes { nodes }) => {
+                Some(nodes.into_iter().map(|c| c.id).collect())
+            }
+            _ => None,
+        })
+        .expect("an answer")
+}
+
+/// A node that has only sent us requests is not handed out (it may be a client about to
+/// leave, a forged source, or an id its node never answers to): it is PINGed, and named in
+/// answers once it has answered. One that never answers is never named.
+#[test]
+fn a_requester_is_handed_out_only_once_it_has_answered_a_ping() {
+    let now = Instant::now();
+    let mut a = node(1, Config::default());
+    let (p, q, silent) = (
+        Contact::new(NodeId([0x10; 20]), PeerAddr::Mem(0x10)),
+        Contact::new(NodeId([0x80; 20]), PeerAddr::Mem(0x80)),
+        Contact::new(NodeId([0x11; 20]), PeerAddr::Mem(0x11)),
+    );
+    for c in [&p, &silent] {
+        let out = request_from(&mut a, now, c, Request::Ping);
+        assert_eq!(out.len(), 2, "a PONG and a PING of our own: {out:?}");
+        assert!(matches!(out[1].1.body, Body::Request(Request::Ping)));
+        assert_eq!(out[1].0, c.addrs[0]);
+        if *c == p {
+            deliver(
+                &mut a,
+                now,
+                0x10,
+                answer(&out[1].1, &p, Body::Response(Response::Pong)),
+            );
+        }
+    }
+    assert_eq!(a.stats().verify_pings, 2);
+    assert!(
+        a.routing_table().get(&silent.id).is_some(),
+        "kept in the table"
+    );
+    assert_eq!(
+        named_by(&mut a, now, &q, p.id),
+        vec![p.id],
+        "only the one that answered"
+    );
+    // Asking again changes nothing: no second PING for a known contact.
+    assert!(request_from(&mut a, now, &silent, Request::Ping).len() == 1);
+    assert_eq!(named_by(&mut a, now, &q, silent.id), vec![p.id]);
+}
+
+/// Mainline: a node that pings us under an id it never answers to (the `mainline` crate does)
+/// answers our PING under its own id; the id it used is forgotten, never handed out.
+#[test]
+fn an_id_never_answered_to_is_forgotten_when_the_ping_comes_back_under_another() {
+    let now = Instant::now();
+    let cfg = Config {
+        accept_id_change: true,
+        ..Config::default()
+    };
+    let mut a = node(1, cfg);
+    let real = Contact::new(NodeId([0x10; 20]), PeerAddr::Mem(0x10));
+    let phantom = Contact::new(NodeId([0x12; 20]), PeerAddr::Mem(0x10));
+    let asker = Contact::new(NodeId([0x80; 20]), PeerAddr::Mem(0x80));
+    let out = request_from(&mut a, now, &phantom, Request::Ping);
+    let ping = &out[1].1;
+    deliver(
+        &mut a,
+        now,
+        0x10,
+        answer(ping, &real, Body::Response(Response::Pong)),
+    );
+    assert!(
+        a.routing_table().get(&phantom.id).is_none(),
+        "{:?}",
+        a.stats()
+    );
+    assert_eq!(named_by(&mut a, now, &asker, phantom.id), vec![real.id]);
 }

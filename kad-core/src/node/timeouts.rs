@@ -88,7 +88,7 @@ impl Node {
                     self.start_bootstrap_lookup(now, query);
                 }
             }
-            PendingKind::EvictPing { .. } => {}
+            PendingKind::EvictPing { .. } | PendingKind::Verify => {}
             PendingKind::Prove { addr } => {
                 if self.guard.proof_failed(&addr) {
                     let n = self.guard.take(&addr).len() as u64;

@@ -57,7 +57,7 @@ impl PubsubPlugin {
             r.latest = t.latest.clone();
             r.subscribers = t.subs.len();
         }
-        Reply::WithNodes(json(&r), cx.closest(&p.topic, cx.k()))
+        Reply::WithNodes(json(&r), cx.closest_answered(&p.topic, cx.k()))
     }
 
     pub(super) fn on_subscribe(
