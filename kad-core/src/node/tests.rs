@@ -624,7 +624,8 @@ fn a_requester_is_handed_out_only_once_it_has_answered_a_ping() {
         "only the one that answered"
     );
     // Asking again changes nothing: no second PING for a known contact.
-    assert!(request_from(&mut a, now, &silent, Request::Ping).len() == 1);
+    let out = request_from(&mut a, now, &silent, Request::Ping);
+    assert_eq!(out.len(), 1, "only the PONG: {out:?}");
     assert_eq!(named_by(&mut a, now, &q, silent.id), vec![p.id]);
 }
 
