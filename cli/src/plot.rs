@@ -1,23 +1,31 @@
-//! `kad bench all --plot FILE.svg`: the report drawn as a self-contained SVG (no plotting crate:
-//! three panels of lines, axes and labels).
+//! `kad bench all --plot FILE.svg`: the report drawn as an SVG with the `plotters` crate, in
+//! three panels:
 //!
 //! 1. put latency, as cumulative distributions (log scale), ours and libp2p-kad's;
 //! 2. get latency, the same;
-//! 3. lookup hops (p50, p90, max) and RPCs against the simulated network size, 10 to 100,000.
+//! 3. lookup hops (p50, p90, max) against the simulated network size, 10 to 100,000.
 //!
 //! A series with its samples in the report is drawn as a full distribution; one that only has
-//! its p50 and p90 (an older libp2p-bench output) as those two points.
+//! its p50 and p90 (an older libp2p-bench output) as those two points, dashed.
 
-use std::fmt::Write as _;
+use std::ops::Range;
 
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use serde_json::Value;
 
-const W: f64 = 1300.0;
-const H: f64 = 500.0;
-const PANEL_W: f64 = 360.0;
-const PANEL_H: f64 = 290.0;
-const TOP: f64 = 60.0;
-const COLORS: [&str; 5] = ["#1f77b4", "#2ca02c", "#9467bd", "#d62728", "#ff7f0e"];
+const W: u32 = 1300;
+const H: u32 = 500;
+const COLORS: [RGBColor; 5] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0xff, 0x7f, 0x0e),
+];
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn = Result<(), Box<dyn std::error::Error>>;
 
 /// One line on a panel: a label and (x, y) points in data units.
 struct Series {
@@ -66,6 +74,18 @@ fn latency(label: &str, r: &Value, op: &str) -> Option<Series> {
 
 /// The whole picture.
 pub(crate) fn svg(report: &Value) -> String {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (W, H)).into_drawing_area();
+        if let Err(e) = draw(&root, report) {
+            tracing::warn!("plot: {e}");
+        }
+        let _ = root.present();
+    }
+    out
+}
+
+fn draw(root: &Area<'_>, report: &Value) -> Drawn {
     let native = &report["native"];
     let nets = [
         (
@@ -89,29 +109,25 @@ pub(crate) fn svg(report: &Value) -> String {
         .iter()
         .find_map(|(_, r)| r["nodes"].as_u64())
         .unwrap_or(0);
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="24" font-size="16" text-anchor="middle">kad bench all: {nodes}-node loopback networks, and simulated lookups</text>
-"#,
-        W / 2.0
-    );
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        &format!("kad bench all: {nodes}-node loopback networks, and simulated lookups"),
+        ("sans-serif", 16),
+    )?;
+    let panels = root.split_evenly((1, 3));
     for (i, op) in ["put", "get"].iter().enumerate() {
         let series: Vec<Series> = nets
             .iter()
             .filter_map(|(label, r)| latency(label, r, op))
             .collect();
         panel(
-            &mut out,
-            40.0 + i as f64 * (PANEL_W + 60.0),
+            &panels[i],
             &format!("{op} latency: share of operations done by x ms"),
             "ms (log scale)",
             "share",
-            (0.0, 1.0),
+            0.0..1.0,
             &series,
-        );
+        )?;
     }
     let sim = report["sim"].as_array().cloned().unwrap_or_default();
     let pick = |key: &str| -> Vec<(f64, f64)> {
@@ -143,37 +159,30 @@ pub(crate) fn svg(report: &Value) -> String {
         .ceil()
         + 1.0;
     panel(
-        &mut out,
-        40.0 + 2.0 * (PANEL_W + 60.0),
+        &panels[2],
         "lookup hops against network size (simulated, ours)",
         "nodes (log scale)",
         "hops",
-        (0.0, top),
+        0.0..top,
         &hops,
-    );
-    out.push_str("</svg>\n");
-    out
+    )
 }
 
-/// Draws one panel at `left`: axes, a log-scale x axis, ticks, the series and a legend.
+/// Draws one panel: a log-scale x axis over whole powers of ten, the series and a legend.
 fn panel(
-    out: &mut String,
-    left: f64,
+    area: &Area<'_>,
     title: &str,
     x_label: &str,
     y_label: &str,
-    (y0, y1): (f64, f64),
+    y: Range<f64>,
     series: &[Series],
-) {
-    let xs: Vec<f64> = series
+) -> Drawn {
+    let (mut x0, mut x1) = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
         .filter(|x| x.is_finite() && *x > 0.0)
-        .collect();
-    let (mut x0, mut x1) = xs
-        .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-            (a.min(*x), b.max(*x))
+            (a.min(x), b.max(x))
         });
     if !x0.is_finite() {
         (x0, x1) = (1.0, 10.0);
@@ -183,98 +192,47 @@ fn panel(
     if x1 <= x0 {
         x1 = x0 * 10.0;
     }
-    let sx = |x: f64| left + (x.log10() - x0.log10()) / (x1.log10() - x0.log10()) * PANEL_W;
-    let sy = |y: f64| TOP + PANEL_H - (y - y0) / (y1 - y0) * PANEL_H;
-    let bottom = TOP + PANEL_H;
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"#,
-        left + PANEL_W / 2.0,
-        TOP - 12.0,
-        esc(title)
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect x="{left}" y="{TOP}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#444"/>"##
-    );
-    // x ticks: the powers of ten.
-    let mut ticks = Vec::new();
-    let mut t = x0;
-    while t <= x1 * 1.0001 {
-        ticks.push(t);
-        t *= 10.0;
-    }
-    for t in ticks {
-        let x = sx(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{bottom}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
-            bottom + 16.0,
-            num(t)
-        );
-    }
-    // y ticks: whole numbers on a small whole range (hops), else quarters.
-    let whole = y1 <= 12.0 && y1 == y1.round() && y1 - y0 > 1.0;
-    let steps = if whole { (y1 - y0) as u32 } else { 4 };
-    for i in 0..=steps {
-        let v = y0 + (y1 - y0) * f64::from(i) / f64::from(steps);
-        let y = sy(v);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
-            left + PANEL_W,
-            left - 5.0,
-            y + 4.0,
-            num(v)
-        );
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">{}</text>"#,
-        left + PANEL_W / 2.0,
-        bottom + 34.0,
-        esc(x_label),
-        left - 30.0,
-        TOP + PANEL_H / 2.0,
-        left - 30.0,
-        TOP + PANEL_H / 2.0,
-        esc(y_label)
-    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 13))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d((x0..x1).log_scale(), y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_label_formatter(&|v| num(*v))
+        .y_label_formatter(&|v| num(*v))
+        .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = s
+        let style = color.stroke_width(2);
+        let points: Vec<(f64, f64)> = s
             .points
             .iter()
+            .copied()
             .filter(|(x, _)| x.is_finite() && *x > 0.0)
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
             .collect();
-        let dash = if s.dashed {
-            r#" stroke-dasharray="5,3""#
+        let drawn = if s.dashed {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 5, 3, style))?
         } else {
-            ""
+            chart.draw_series(LineSeries::new(points.clone(), style))?
         };
-        let _ = writeln!(
-            out,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
-            pts.join(" ")
-        );
-        if s.points.len() <= 12 {
-            for p in &pts {
-                let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-                let _ = writeln!(out, r#"<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>"#);
-            }
+        drawn.label(s.label.as_str()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+        });
+        if points.len() <= 12 {
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
         }
-        let ly = bottom + 52.0 + i as f64 * 15.0;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="3"{dash}/><text x="{}" y="{ly}">{}</text>"#,
-            ly - 4.0,
-            left + 22.0,
-            ly - 4.0,
-            left + 28.0,
-            esc(&s.label)
-        );
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    Ok(())
 }
 
 fn num(v: f64) -> String {
@@ -289,12 +247,6 @@ fn num(v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -316,11 +268,23 @@ mod tests {
                     {"nodes": 1000, "hops_p50": 2, "hops_p90": 3, "hops_max": 4}],
         });
         let s = svg(&report);
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
-        // Two latency panels with two series each, and three hop series.
-        assert_eq!(s.matches("<polyline").count(), 7, "{s}");
-        assert!(s.contains("libp2p-kad, QUIC, Quorum::One (p50, p90 only)"));
+        assert!(
+            s.starts_with("<svg") && s.trim_end().ends_with("</svg>"),
+            "{s}"
+        );
+        // Two latency panels with two series each, three hop series: every legend entry.
+        for label in [
+            "ours, UDP, first store",
+            "libp2p-kad, QUIC, Quorum::One (p50, p90 only)",
+            "hops p50",
+            "hops p90",
+            "hops max",
+        ] {
+            assert!(s.contains(label), "{label} missing");
+        }
+        assert_eq!(s.matches("\nours, UDP, first store\n").count(), 2, "{s}");
         assert!(s.contains("100-node loopback networks"));
+        assert!(s.contains("<circle"), "the few-point series are marked");
         assert_eq!(
             cdf(&[3.0, 1.0, 2.0, f64::NAN]),
             [(1.0, 1.0 / 3.0), (2.0, 2.0 / 3.0), (3.0, 1.0)]

@@ -3,9 +3,9 @@
 //! `GET /metrics` reads the node's state at that moment (engine counters and gauges, the pubsub
 //! plugin's counters, the NAT report, the process's memory) and encodes it with the
 //! `prometheus-client` crate; nothing is kept between scrapes, so the endpoint costs nothing
-//! when nobody scrapes it. The HTTP side is the minimal server of the live web page (`web.rs`):
-//! request heads capped at 8 KiB, at most [`MAX_SCRAPERS`] connections at once, 10 s to send a
-//! request, `Connection: close`.
+//! when nobody scrapes it. The HTTP side is the live page's (an axum router on the server of
+//! [`super::http`]): request heads capped at 8 KiB, at most [`MAX_SCRAPERS`] connections at once,
+//! 10 s to send a request, `Connection: close`.
 //!
 //! The metrics (counters end in `_total`):
 //!
@@ -35,6 +35,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use kad_core::{Dht, LATENCY_BUCKETS_US, Stats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
@@ -42,9 +47,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::server::web::{TEXT, accept, read_get, respond};
+use super::http::{self, TEXT};
 
 /// Scrapes served at once; more get a 503.
 const MAX_SCRAPERS: usize = 8;
@@ -65,56 +70,32 @@ pub(crate) async fn serve(bind: SocketAddr, sources: Sources) -> anyhow::Result<
         .await
         .with_context(|| format!("--metrics {bind}: cannot listen"))?;
     let addr = listener.local_addr().context("--metrics: local address")?;
-    accept(listener, MAX_SCRAPERS, move |stream| {
-        let sources = sources.clone();
-        async move { handle(stream, &sources).await }
-    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .fallback(http::not_found)
+        .with_state(sources);
+    http::serve(listener, MAX_SCRAPERS, app);
     Ok(addr)
 }
 
-async fn handle(mut stream: TcpStream, sources: &Sources) {
-    let Some((req, head_only)) = read_get(&mut stream).await else {
-        return;
-    };
-    match req.path.as_str() {
-        "/metrics" => match scrape(sources).await {
-            Ok(body) => {
-                let _ = respond(
-                    &mut stream,
-                    "200 OK",
-                    PROMETHEUS,
-                    body.as_bytes(),
-                    head_only,
-                )
-                .await;
-            }
-            Err(e) => {
-                let msg = format!("the node did not answer: {e}\n");
-                let _ = respond(
-                    &mut stream,
-                    "503 Service Unavailable",
-                    TEXT,
-                    msg.as_bytes(),
-                    head_only,
-                )
-                .await;
-            }
-        },
-        "/" => {
-            let body = b"kad node metrics: GET /metrics (Prometheus text format)\n";
-            let _ = respond(&mut stream, "200 OK", TEXT, body, head_only).await;
-        }
-        _ => {
-            let _ = respond(
-                &mut stream,
-                "404 Not Found",
-                TEXT,
-                b"not found\n",
-                head_only,
-            )
-            .await;
-        }
+async fn metrics(State(sources): State<Sources>) -> Response {
+    match scrape(&sources).await {
+        Ok(body) => ([(header::CONTENT_TYPE, PROMETHEUS)], body).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, TEXT)],
+            format!("the node did not answer: {e}\n"),
+        )
+            .into_response(),
     }
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, TEXT)],
+        "kad node metrics: GET /metrics (Prometheus text format)\n",
+    )
 }
 
 /// One scrape's readings.

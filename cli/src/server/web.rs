@@ -1,51 +1,56 @@
 //! A tiny live-chart web server for sensor readings (`--web ADDR`).
 //!
-//! A hand-written, minimal HTTP/1.1 server on tokio's `TcpListener` (no web framework). Every
-//! reading given to [`WebFeed::send`] is kept in a ring of the last [`RING`] readings and pushed
-//! to every open page. Routes:
+//! An axum router on the shared HTTP/1.1 server of [`super::http`]. Every reading given to
+//! [`WebFeed::send`] is kept in a ring of the last [`RING`] readings and pushed to every open
+//! page. Routes:
 //!
 //! - `GET /`: a self-contained page (inline JS, CSS and SVG; `web_page.html`) charting the
 //!   numeric values and the latencies live;
 //! - `GET /readings`: the ring as a JSON array of [`WebReading`], oldest first; its
 //!   `X-Last-Id` header is the feed id of the last one (0 when empty);
-//! - `GET /events`: a Server-Sent Events stream, one `id: N` + `data: {WebReading}` event per
-//!   new reading and a `: keepalive` comment every 15 s. With `?after=N` (or the
+//! - `GET /events`: a Server-Sent Events stream, one event (`id` the feed id, `data` a
+//!   [`WebReading`]) per new reading and a keepalive comment every 15 s. With `?after=N` (or the
 //!   `Last-Event-ID` header a reconnecting `EventSource` sends) it first replays the readings
 //!   of the ring after feed id `N`, so a page that loaded `/readings` misses nothing;
-//! - anything else: 404 (405 for methods other than GET and HEAD).
+//! - anything else: 404 (405 for methods other than GET and HEAD on the routes above).
 //!
-//! Memory is bounded: request heads are capped at 8 KiB (431 beyond), at most 64 connections
-//! are served at once (more get an immediate 503 and are closed), a request head must arrive
-//! within 10 s, and a client that does not take what it is sent within 10 s is dropped. Every
-//! response but the event stream closes its connection (`Connection: close`).
+//! Memory is bounded: at most 64 connections at once, request heads of at most 8 KiB, 10 s for
+//! a head to arrive and for a client to take what it is sent (see [`super::http`]), and an event
+//! stream more than [`STREAM_BACKLOG`] readings behind is closed (its page reconnects and is
+//! replayed from the ring).
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast};
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+use super::http;
 
 /// How many readings the ring keeps (and `/readings` returns).
 pub(crate) const RING: usize = 1000;
-/// The largest request head (request line and headers) accepted.
-const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; more are refused.
 const MAX_CONNECTIONS: usize = 64;
-/// How long a request head may take to arrive.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to accept one write.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The interval of the event stream's keepalive comments.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Events queued for one slow event stream before it is dropped (its page then reconnects and
-/// is replayed from the ring).
+/// Events queued for one slow event stream before it is closed.
 const STREAM_BACKLOG: usize = 1024;
 /// The page, with `{{TITLE}}` placeholders.
 const PAGE: &str = include_str!("web_page.html");
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// One reading as the page receives it (also the JSON the CLI prints).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -128,215 +133,58 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("web: cannot listen on {bind}"))?;
     let addr = listener.local_addr().context("web: local address")?;
-    let (events, _) = broadcast::channel(STREAM_BACKLOG);
+    let (sender, _) = broadcast::channel(STREAM_BACKLOG);
     let shared = Arc::new(Shared {
         ring: Mutex::new(Ring {
             entries: VecDeque::with_capacity(RING),
             last_id: 0,
         }),
-        events,
+        events: sender,
     });
-    let page: Arc<str> = PAGE.replace("{{TITLE}}", &html_escape(&title)).into();
-    let server = Arc::clone(&shared);
-    accept(listener, MAX_CONNECTIONS, move |stream| {
-        let (shared, page) = (Arc::clone(&server), Arc::clone(&page));
-        async move { handle(stream, &shared, &page).await }
-    });
+    let page = Bytes::from(PAGE.replace("{{TITLE}}", &html_escape(&title)));
+    let app = Router::new()
+        .route("/", get(page_of))
+        .route("/index.html", get(page_of))
+        .route("/readings", get(readings))
+        .route("/events", get(events))
+        .fallback(http::not_found)
+        .with_state(App {
+            shared: Arc::clone(&shared),
+            page,
+        });
+    http::serve(listener, MAX_CONNECTIONS, app);
     Ok((addr, WebFeed { shared }))
 }
 
-/// The parts of a request the server uses.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Request {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    /// `after=N` of the query string.
-    after: Option<u64>,
-    /// The `Last-Event-ID` header, if a number.
-    last_event_id: Option<u64>,
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    page: Bytes,
 }
 
-/// Why a request head could not be read.
-#[derive(Debug, PartialEq)]
-enum HeadError {
-    /// Larger than [`MAX_HEAD`].
-    TooLarge,
-    /// Not a request line and headers.
-    Malformed,
-    /// The connection closed or failed first.
-    Closed,
+async fn page_of(State(app): State<App>) -> Response {
+    ([(header::CONTENT_TYPE, HTML)], app.page).into_response()
 }
 
-/// Accepts connections on `listener` in a task of its own, serving each with `serve` in a task
-/// of its own, at most `max` at once (more get an immediate 503 and are closed).
-pub(crate) fn accept<F, Fut>(listener: TcpListener, max: usize, serve: F)
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let limit = Arc::new(Semaphore::new(max));
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: do not spin.
-                    tracing::debug!("web: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                // A fresh socket's send buffer is empty: this cannot block (and may fail).
-                let _ = stream.try_write(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
-                      Retry-After: 1\r\nConnection: close\r\n\r\n",
-                );
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let work = serve(stream);
-            tokio::spawn(async move {
-                work.await;
-                drop(permit);
-            });
-        }
-    });
+async fn readings(State(app): State<App>) -> Response {
+    let (body, last_id) = readings_json(&app.shared);
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(JSON)),
+        (
+            HeaderName::from_static("x-last-id"),
+            HeaderValue::from(last_id),
+        ),
+    ];
+    (headers, body).into_response()
 }
 
-/// Reads a request head within [`READ_TIMEOUT`] and returns it with whether it is a HEAD
-/// request. Anything but a GET or HEAD is answered here (431, 400, 405) and gives `None`, as
-/// does a client that sends nothing in time or goes away.
-pub(crate) async fn read_get(stream: &mut TcpStream) -> Option<(Request, bool)> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(stream)).await {
-        Ok(Ok(head)) => Some(head),
-        Ok(Err(HeadError::TooLarge)) => {
-            let _ = respond(
-                stream,
-                "431 Request Header Fields Too Large",
-                TEXT,
-                b"",
-                false,
-            )
-            .await;
-            return None;
-        }
-        Ok(Err(HeadError::Malformed)) => None,
-        // Idle for too long, or gone.
-        Ok(Err(HeadError::Closed)) | Err(_) => return None,
-    };
-    let Some(req) = head.as_deref().and_then(parse_head) else {
-        let _ = respond(stream, "400 Bad Request", TEXT, b"bad request\n", false).await;
-        return None;
-    };
-    let head_only = req.method == "HEAD";
-    if req.method != "GET" && !head_only {
-        let _ = respond(stream, "405 Method Not Allowed", TEXT, b"only GET\n", false).await;
-        return None;
-    }
-    Some((req, head_only))
-}
-
-async fn handle(mut stream: TcpStream, shared: &Shared, page: &str) {
-    let Some((req, head_only)) = read_get(&mut stream).await else {
-        return;
-    };
-    match req.path.as_str() {
-        "/" | "/index.html" => {
-            let _ = respond(&mut stream, "200 OK", HTML, page.as_bytes(), head_only).await;
-        }
-        "/readings" => {
-            let (body, last_id) = readings_json(shared);
-            let extra = format!("X-Last-Id: {last_id}\r\n");
-            let _ = respond_with(
-                &mut stream,
-                "200 OK",
-                JSON,
-                &extra,
-                body.as_bytes(),
-                head_only,
-            )
-            .await;
-        }
-        "/events" if !head_only => events(stream, shared, req.last_event_id.or(req.after)).await,
-        "/events" => {
-            let _ = respond(&mut stream, "200 OK", EVENT_STREAM, b"", true).await;
-        }
-        _ => {
-            let _ = respond(
-                &mut stream,
-                "404 Not Found",
-                TEXT,
-                b"not found\n",
-                head_only,
-            )
-            .await;
-        }
-    }
-}
-
-/// Reads up to the end of the request head (the empty line), at most [`MAX_HEAD`] bytes.
-/// Whatever follows the head (a body) is ignored.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let chunk_len = chunk.len();
-    loop {
-        let room = MAX_HEAD - buf.len();
-        if room == 0 {
-            return Err(HeadError::TooLarge);
-        }
-        let n = match stream.read(&mut chunk[..room.min(chunk_len)]).await {
-            Ok(0) | Err(_) => return Err(HeadError::Closed),
-            Ok(n) => n,
-        };
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&buf[from..]) {
-            buf.truncate(from + end);
-            return Ok(buf);
-        }
-        if buf.first().is_some_and(|b| !b.is_ascii_alphabetic()) {
-            return Err(HeadError::Malformed);
-        }
-    }
-}
-
-/// The length of the head in `buf` (before its empty line), if `buf` holds its end.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find(|&i| buf[i..].starts_with(b"\r\n\r\n") || buf[i..].starts_with(b"\n\n"))
-}
-
-/// Parses a request head (without its empty line); `None` when it is not one.
-fn parse_head(head: &[u8]) -> Option<Request> {
-    let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let mut parts = lines.next()?.split_ascii_whitespace();
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let after = query
+/// `after=N` of a query string.
+fn after_param(query: &str) -> Option<u64> {
+    query
         .split('&')
         .find_map(|kv| kv.strip_prefix("after="))
-        .and_then(|v| v.parse().ok());
-    let mut last_event_id = None;
-    for line in lines {
-        let (name, value) = line.split_once(':')?;
-        if name.trim().eq_ignore_ascii_case("last-event-id") {
-            last_event_id = value.trim().parse().ok();
-        }
-    }
-    Some(Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        after,
-        last_event_id,
-    })
+        .and_then(|v| v.parse().ok())
 }
 
 /// The ring as a JSON array, and the feed id of its last reading.
@@ -355,117 +203,52 @@ fn readings_json(shared: &Shared) -> (String, u64) {
     (body, ring.last_id)
 }
 
-/// Streams the readings after feed id `after` still in the ring (none when `None`), then every
-/// new reading, until the client leaves or falls [`STREAM_BACKLOG`] readings behind.
-async fn events(stream: TcpStream, shared: &Shared, after: Option<u64>) {
-    let (mut rx, mut out) = {
+/// Streams the readings after the feed id given (by `Last-Event-ID`, else `?after=`) still in
+/// the ring, then every new reading, until the client leaves or falls [`STREAM_BACKLOG`]
+/// readings behind.
+async fn events(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or_else(|| query.as_deref().and_then(after_param));
+    let (rx, replay) = {
         // Subscribing under the ring's lock: each reading is in the replay or in `rx`, once.
-        let ring = shared.ring();
-        let rx = shared.events.subscribe();
-        let mut out = String::from(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
-             X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\nretry: 1000\n\n",
-        );
-        if let Some(after) = after {
-            for e in ring.entries.iter().filter(|e| e.id > after) {
-                push_event(&mut out, e);
-            }
-        }
-        (rx, out)
+        let ring = app.shared.ring();
+        let rx = app.shared.events.subscribe();
+        let replay: Vec<Entry> = match after {
+            Some(after) => ring
+                .entries
+                .iter()
+                .filter(|e| e.id > after)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        (rx, replay)
     };
-    let (mut rd, mut wr) = stream.into_split();
-    let start = tokio::time::Instant::now() + KEEPALIVE;
-    let mut keepalive = tokio::time::interval_at(start, KEEPALIVE);
-    let mut scratch = [0u8; 512];
-    loop {
-        if !out.is_empty() {
-            if write_all(&mut wr, out.as_bytes()).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        tokio::select! {
-            r = rx.recv() => match r {
-                Ok(e) => {
-                    push_event(&mut out, &e);
-                    // Batch what else is already queued.
-                    while out.len() < 64 * 1024 {
-                        match rx.try_recv() {
-                            Ok(e) => push_event(&mut out, &e),
-                            Err(broadcast::error::TryRecvError::Empty) => break,
-                            Err(_) => return,
-                        }
-                    }
-                }
-                // Too slow (or the feed is gone): close; an EventSource reconnects with
-                // Last-Event-ID and is replayed from the ring.
-                Err(_) => return,
-            },
-            _ = keepalive.tick() => out.push_str(": keepalive\n\n"),
-            // Anything the client sends is discarded; EOF or an error means it left.
-            n = rd.read(&mut scratch) => if matches!(n, Ok(0) | Err(_)) {
-                return;
-            },
-        }
-    }
+    // A page that loses the stream reconnects after a second.
+    let first = Event::default().retry(Duration::from_secs(1));
+    let replay = std::iter::once(first).chain(replay.iter().map(event_of));
+    let live = futures_util::stream::unfold(rx, |mut rx| async move {
+        // Too slow (lagged) or the feed is gone: the stream ends; an EventSource reconnects
+        // with Last-Event-ID and is replayed from the ring.
+        let e = rx.recv().await.ok()?;
+        Some((event_of(&e), rx))
+    });
+    let stream = futures_util::stream::iter(replay.collect::<Vec<_>>())
+        .chain(live)
+        .map(Ok);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
 }
 
-fn push_event(out: &mut String, e: &Entry) {
+fn event_of(e: &Entry) -> Event {
     // The JSON of a reading is one line (serde_json escapes newlines in strings).
-    out.push_str("id: ");
-    out.push_str(&e.id.to_string());
-    out.push_str("\ndata: ");
-    out.push_str(&e.json);
-    out.push_str("\n\n");
-}
-
-pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
-const HTML: &str = "text/html; charset=utf-8";
-const JSON: &str = "application/json";
-const EVENT_STREAM: &str = "text/event-stream";
-
-pub(crate) async fn respond<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-    head_only: bool,
-) -> std::io::Result<()> {
-    respond_with(w, status, content_type, "", body, head_only).await
-}
-
-/// Writes a whole response (`extra`: more header lines, each ending in CRLF) and flushes it.
-async fn respond_with<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    status: &str,
-    content_type: &str,
-    extra: &str,
-    body: &[u8],
-    head_only: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{extra}\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    let mut out = Vec::with_capacity(head.len() + body.len());
-    out.extend_from_slice(head.as_bytes());
-    if !head_only {
-        out.extend_from_slice(body);
-    }
-    write_all(w, &out).await?;
-    // Half-close, so the client sees the end even if it keeps its side open.
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, w.shutdown()).await;
-    Ok(())
-}
-
-/// Writes `bytes` within [`WRITE_TIMEOUT`].
-async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    Event::default().id(e.id.to_string()).data(&*e.json)
 }
 
 fn html_escape(s: &str) -> String {
@@ -486,42 +269,139 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[test]
-    fn parses_request_heads() {
-        let r = parse_head(b"GET /events?x=1&after=42 HTTP/1.1\r\nHost: a\r\nLast-Event-ID: 7")
-            .unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/events");
-        assert_eq!(r.after, Some(42));
-        assert_eq!(r.last_event_id, Some(7));
-        assert!(parse_head(b"GET / HTTP/1.1\r\nno colon").is_none());
-        assert!(parse_head(b"GET /").is_none());
-        assert!(parse_head(b"get / HTTP/1.1").is_none());
-        assert!(parse_head(b"GET / SPDY/3").is_none());
-        assert!(parse_head(&[0xff, 0xfe]).is_none());
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(14));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
+    fn escapes_the_title_and_reads_after() {
+        assert_eq!(html_escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
+        assert_eq!(after_param("x=1&after=42"), Some(42));
+        assert_eq!(after_param("after=x"), None);
     }
 
-    #[test]
-    fn escapes_the_title() {
-        assert_eq!(html_escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
+    fn reading(seq: i64) -> WebReading {
+        WebReading {
+            seq,
+            value: seq.to_string(),
+            latency_ms: None,
+            received_ms: 0,
+        }
+    }
+
+    /// Sends `req` (if any) and reads until the server closes.
+    async fn exchange(addr: SocketAddr, req: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
-    async fn caps_the_request_head() {
-        let big = vec![b'A'; MAX_HEAD + 10];
-        let mut r = &big[..];
-        assert_eq!(read_head(&mut r).await, Err(HeadError::TooLarge));
-        let mut r = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
-        assert_eq!(
-            read_head(&mut r).await.unwrap(),
-            b"GET / HTTP/1.1\r\nHost: x"
+    async fn serves_the_routes_and_refuses_the_rest() {
+        let (addr, feed) = serve("127.0.0.1:0".parse().unwrap(), "t<".into())
+            .await
+            .unwrap();
+        for i in 1..=3 {
+            feed.send(reading(i));
+        }
+        let r = exchange(addr, b"GET /readings HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let lower = r.to_ascii_lowercase();
+        assert!(lower.contains("x-last-id: 3\r\n"), "{r}");
+        assert!(lower.contains("cache-control: no-store\r\n"), "{r}");
+        assert!(lower.contains("x-content-type-options: nosniff\r\n"), "{r}");
+        let body = r.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(3), "{body}");
+
+        let r = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("t&lt;"), "{r}");
+        let r = exchange(addr, b"HEAD / HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200") && !r.contains("<html"), "{r}");
+        let r = exchange(addr, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        let r = exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = exchange(addr, b"\x16\x03\x01binary\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        // A head that fills the 8 KiB buffer without ending (exactly, so that nothing unread
+        // turns the close into a reset).
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.resize(http::MAX_HEAD, b'a');
+        let r = exchange(addr, &big).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_replays_after_an_id_then_follows_the_feed() {
+        let (addr, feed) = serve("127.0.0.1:0".parse().unwrap(), "t".into())
+            .await
+            .unwrap();
+        for i in 1..=3 {
+            feed.send(reading(i));
+        }
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /events?after=1 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let ids = |text: &str| -> Vec<u64> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("id:"))
+                .filter_map(|v| v.trim().parse().ok())
+                .collect()
+        };
+        let mut buf = [0u8; 4096];
+        let mut sent = false;
+        while ids(&text) != [2, 3, 4] {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("events in time")
+                .unwrap();
+            assert!(n > 0, "the stream ended: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if !sent && ids(&text) == [2, 3] {
+                feed.send(reading(4));
+                sent = true;
+            }
+            assert!(ids(&text).len() <= 3, "{text}");
+        }
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("text/event-stream"),
+            "{text}"
         );
-        let mut r = &b"\x16\x03\x01binary"[..];
-        assert_eq!(read_head(&mut r).await, Err(HeadError::Malformed));
-        let mut r = &b"GET / HTT"[..];
-        assert_eq!(read_head(&mut r).await, Err(HeadError::Closed));
+        assert!(text.contains("retry:"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn one_connection_over_the_cap_gets_a_503() {
+        let (addr, _feed) = serve("127.0.0.1:0".parse().unwrap(), "t".into())
+            .await
+            .unwrap();
+        // Connections that send nothing hold their places (up to the 10 s head timeout).
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted in order: this one is over the cap. It sends nothing, so the server's close
+        // cannot turn into a reset.
+        let r = exchange(addr, b"").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        drop(held);
+        // The places come back as the held connections close.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = exchange(addr, b"GET /readings HTTP/1.1\r\n\r\n").await;
+            if r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{r}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

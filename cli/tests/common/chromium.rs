@@ -1,66 +1,76 @@
-//! A headless Chromium driven over the Chrome DevTools Protocol (CDP), for tests of web pages.
+//! A headless Chromium driven through WebDriver (Debian's `chromedriver`, with the `fantoccini`
+//! client), for tests of web pages.
 //!
-//! [`Browser::launch`] starts `chromium` (or `chromium-browser`, `google-chrome` from `PATH`;
-//! `KAD_TEST_CHROMIUM` overrides the path) with a throwaway profile and connects to its
-//! DevTools WebSocket; [`Browser::open`] opens a page in a new tab; [`Page::eval`] evaluates
-//! JavaScript in it and returns the result as JSON. The API is blocking (the WebSocket runs on
-//! a thread of its own), for plain `#[test]` functions. Every step is bounded ([`STEP`]) and
-//! panics with a clear message when it takes longer. A missing browser is a test failure, not
-//! a skip: install Debian's `chromium` package.
+//! [`Browser::launch`] starts `chromedriver` on a free loopback port and opens a session of a
+//! headless `chromium` with a throwaway profile; [`Browser::open`] loads a page; [`Page::eval`]
+//! evaluates JavaScript in it and returns the result as JSON. The API is blocking (a runtime of
+//! its own drives the client), for plain `#[test]` functions. Every step is bounded ([`STEP`])
+//! and panics with a clear message when it takes longer. A missing browser or driver is a test
+//! failure, not a skip: install Debian's `chromium` and `chromium-driver` packages.
 //!
-//! The browser is closed, and its process killed by its PID, when the [`Browser`] is dropped.
+//! `KAD_TEST_CHROMIUM` and `KAD_TEST_CHROMEDRIVER` override where the two are looked for. The
+//! session is closed (the driver then ends the browser) and the driver killed by its PID when
+//! the [`Browser`] is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::thread::JoinHandle;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
-/// The longest any one step (launch, a CDP call, a page load) may take.
+/// The longest any one step (launch, a WebDriver call, a page load) may take.
 pub(crate) const STEP: Duration = Duration::from_secs(30);
 
 /// The browsers looked for on `PATH`, in order.
-const NAMES: &[&str] = &[
+const BROWSERS: &[&str] = &[
     "chromium",
     "chromium-browser",
     "google-chrome",
     "google-chrome-stable",
 ];
 
-/// Lines of the browser's stderr and of each page's console kept for failure messages.
+/// Lines of the driver's log (the browser's stderr included) kept for failure messages.
 const LOG_LINES: usize = 200;
 
-/// A headless Chromium with a temporary profile, closed and killed (by its PID) when dropped.
+/// A headless Chromium session behind a `chromedriver` of its own, ended when dropped.
 pub(crate) struct Browser {
-    child: Child,
-    cdp: Cdp,
-    /// The tail of the browser's stderr.
-    stderr: Arc<Mutex<VecDeque<String>>>,
-    /// Its profile directory, removed on drop (after the browser is gone).
-    profile: Option<tempfile::TempDir>,
+    rt: tokio::runtime::Runtime,
+    client: Option<Client>,
+    driver: Driver,
+    /// The driver's log file, in `dir`.
+    log: PathBuf,
+    /// The browser's profile and the driver's log, removed on drop (after both are gone).
+    dir: Option<tempfile::TempDir>,
 }
 
-/// A tab of a [`Browser`], closed when dropped.
+/// The `chromedriver` process, killed by its PID when dropped (also when a launch panics).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The page a [`Browser`] has loaded.
 pub(crate) struct Page<'b> {
     browser: &'b Browser,
-    target_id: String,
-    session_id: String,
 }
 
-/// Finds the browser binary: `KAD_TEST_CHROMIUM`, else the first of [`NAMES`] on `PATH`.
-pub(crate) fn find_chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("KAD_TEST_CHROMIUM") {
+/// `KAD_TEST_<var>`, else the first of `names` on `PATH`.
+fn find(var: &str, names: &[&str], package: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for name in NAMES {
+    for name in names {
         for dir in std::env::split_paths(&path) {
             let candidate = dir.join(name);
             if candidate.is_file() {
@@ -69,165 +79,175 @@ pub(crate) fn find_chromium() -> PathBuf {
         }
     }
     panic!(
-        "no Chromium found: none of {NAMES:?} is on PATH (and KAD_TEST_CHROMIUM is not set). \
-         The web page tests need a headless browser: install Debian's `chromium` package \
-         (`apt-get install chromium`)"
+        "none of {names:?} is on PATH (and {var} is not set). The web page tests need a \
+         headless browser and its WebDriver: install Debian's `{package}` package \
+         (`apt-get install chromium chromium-driver`)"
     );
 }
 
 impl Browser {
-    /// Launches a headless Chromium and connects to it; panics (with its stderr) when it is
-    /// missing or does not come up within [`STEP`].
+    /// Starts `chromedriver` and a headless Chromium session; panics (with the driver's log)
+    /// when either is missing or does not come up within [`STEP`].
     pub(crate) fn launch() -> Self {
-        let exe = find_chromium();
-        let profile = tempfile::Builder::new()
+        let chromium = find("KAD_TEST_CHROMIUM", BROWSERS, "chromium");
+        let chromedriver = find(
+            "KAD_TEST_CHROMEDRIVER",
+            &["chromedriver"],
+            "chromium-driver",
+        );
+        let dir = tempfile::Builder::new()
             .prefix("kad-chromium-")
             .tempdir()
             .expect("create a temporary Chromium profile directory");
-        let mut child = Command::new(&exe)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-breakpad",
-                "--disable-crash-reporter",
-                "--mute-audio",
-                "--remote-debugging-port=0",
-                "--remote-debugging-address=127.0.0.1",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); install Debian's `chromium` package",
-                    exe.display()
-                )
-            });
-
-        // Its stderr: the DevTools address, then kept (the tail) for failure messages.
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let (url_tx, url_rx) = mpsc::channel();
-        let pipe = child.stderr.take().expect("piped stderr");
-        let tail = Arc::clone(&stderr);
+        let log = dir.path().join("chromedriver.log");
+        let mut driver = Driver(
+            Command::new(&chromedriver)
+                .arg("--port=0")
+                .arg(format!("--log-path={}", log.display()))
+                .arg("--enable-chrome-logs")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start {} ({e}); install Debian's `chromium-driver` package",
+                        chromedriver.display()
+                    )
+                }),
+        );
+        // Its stdout names the port it picked.
+        let (port_tx, port_rx) = mpsc::channel();
+        let out = driver.0.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("DevTools listening on ") {
-                    let url = line[at + "DevTools listening on ".len()..]
-                        .trim()
-                        .to_owned();
-                    let _ = url_tx.send(url);
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|p| p.trim_end_matches('.').parse::<u16>().ok())
+                {
+                    let _ = port_tx.send(port);
                 }
-                push_bounded(&tail, line);
             }
         });
-        let url = match url_rx.recv_timeout(STEP) {
-            Ok(url) => url,
+        let port = match port_rx.recv_timeout(STEP) {
+            Ok(port) => port,
             Err(e) => {
-                let _ = child.kill();
-                let status = child.wait();
+                let _ = driver.0.kill();
+                let status = driver.0.wait();
                 panic!(
-                    "{} printed no `DevTools listening on ws://...` line within {STEP:?} \
-                     ({e}; exit status {status:?}); its stderr:\n{}",
-                    exe.display(),
-                    joined(&stderr)
+                    "{} named no port within {STEP:?} ({e}; exit status {status:?}); its log:\n{}",
+                    chromedriver.display(),
+                    tail(&log)
                 );
             }
         };
-        let cdp = match Cdp::connect(&url) {
-            Ok(cdp) => cdp,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "cannot connect to Chromium's DevTools at {url}: {e}; its stderr:\n{}",
-                    joined(&stderr)
-                );
-            }
-        };
-        Self {
-            child,
-            cdp,
-            stderr,
-            profile: Some(profile),
-        }
-    }
-
-    /// The browser's process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Opens `url` in a new tab and waits (up to [`STEP`]) until it has loaded.
-    pub(crate) fn open(&self, url: &str) -> Page<'_> {
-        let target = self.call("Target.createTarget", json!({ "url": "about:blank" }), None);
-        let target_id = str_field(&target, "targetId");
-        let attached = self.call(
-            "Target.attachToTarget",
-            json!({ "targetId": target_id, "flatten": true }),
-            None,
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the WebDriver client");
+        let mut caps = Capabilities::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-extensions",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-breakpad",
+                    "--disable-crash-reporter",
+                    "--mute-audio",
+                    format!("--user-data-dir={}", dir.path().join("profile").display()),
+                ],
+            }),
         );
-        let page = Page {
-            browser: self,
-            target_id,
-            session_id: str_field(&attached, "sessionId"),
-        };
-        page.call("Runtime.enable", json!({}));
-        page.call("Page.enable", json!({}));
-        page.call("Log.enable", json!({}));
-        let nav = page.call("Page.navigate", json!({ "url": url }));
-        if let Some(err) = nav.get("errorText").and_then(Value::as_str) {
-            panic!("cannot load {url}: {err}");
+        // The page's console, read back by `Page::console`.
+        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+        let mut builder = ClientBuilder::new(HttpConnector::new());
+        builder.capabilities(caps);
+        let url = format!("http://127.0.0.1:{port}");
+        let client =
+            match rt.block_on(async { tokio::time::timeout(STEP, builder.connect(&url)).await }) {
+                Ok(Ok(client)) => client,
+                failed => {
+                    drop(driver);
+                    panic!(
+                        "no Chromium session through {} within {STEP:?}: {failed:?}; its log:\n{}",
+                        chromedriver.display(),
+                        tail(&log)
+                    );
+                }
+            };
+        Self {
+            rt,
+            client: Some(client),
+            driver,
+            log,
+            dir: Some(dir),
         }
-        let loaded = if url == "about:blank" {
-            "document.readyState === 'complete'".to_owned()
-        } else {
-            "document.readyState === 'complete' && location.href !== 'about:blank'".to_owned()
-        };
-        page.wait_for(&format!("{url} loaded"), &loaded, STEP);
+    }
+
+    /// Loads `url` and waits (up to [`STEP`]) until it has loaded.
+    pub(crate) fn open(&self, url: &str) -> Page<'_> {
+        let client = self.client();
+        self.step(&format!("load {url}"), client.goto(url));
+        let page = Page { browser: self };
+        page.wait_for(
+            &format!("{url} loaded"),
+            "document.readyState === 'complete'",
+            STEP,
+        );
         page
     }
 
-    /// Sends one CDP command (to the browser, or to a page's session) and returns its result;
-    /// panics on an error or after [`STEP`].
-    fn call(&self, method: &str, params: Value, session: Option<&str>) -> Value {
-        match self.cdp.call(method, params, session, STEP) {
-            Ok(v) => v,
-            Err(e) => panic!(
-                "Chromium: {method}: {e}; the browser's stderr:\n{}",
-                joined(&self.stderr)
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("the session is open")
+    }
+
+    /// Runs one WebDriver call; panics on an error or after [`STEP`], with the driver's log.
+    fn step<T, E: fmt::Debug>(&self, what: &str, call: impl Future<Output = Result<T, E>>) -> T {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(STEP, call).await })
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => panic!(
+                "WebDriver: {what}: {e:?}; the driver's log:\n{}",
+                self.log()
+            ),
+            Err(_) => panic!(
+                "WebDriver: {what}: no answer within {STEP:?}; the driver's log:\n{}",
+                self.log()
             ),
         }
+    }
+
+    /// The tail of the driver's log (the browser's stderr included).
+    fn log(&self) -> String {
+        tail(&self.log)
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Politely first (it then ends its helper processes itself), then by its PID.
-        let _ = self
-            .cdp
-            .call("Browser.close", json!({}), None, Duration::from_secs(2));
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
+        // Closing the session ends the browser (the driver quits it); then the driver, by its
+        // PID.
+        if let Some(client) = self.client.take() {
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), client.close()).await
+            });
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.cdp.shut_down();
-        if let Some(dir) = self.profile.take() {
+        let _ = self.driver.0.kill();
+        let _ = self.driver.0.wait();
+        if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }
     }
@@ -245,18 +265,20 @@ impl Page<'_> {
 
     /// [`Page::eval`], returning the exception instead of panicking on one.
     pub(crate) fn try_eval(&self, js: &str) -> Result<Value, String> {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({ "expression": js, "returnByValue": true, "awaitPromise": true }),
-        );
-        if let Some(ex) = r.get("exceptionDetails") {
-            let what = ex["exception"]["description"]
-                .as_str()
-                .or_else(|| ex["text"].as_str())
-                .unwrap_or("an exception");
-            return Err(format!("evaluating `{js}` threw: {what}"));
+        let b = self.browser;
+        let script = format!("return ({js});");
+        let call = b.client().execute(&script, Vec::new());
+        match b
+            .rt
+            .block_on(async { tokio::time::timeout(STEP, call).await })
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("evaluating `{js}` failed: {e}")),
+            Err(_) => panic!(
+                "WebDriver: evaluating `{js}`: no answer within {STEP:?}; the driver's log:\n{}",
+                b.log()
+            ),
         }
-        Ok(r["result"].get("value").cloned().unwrap_or(Value::Null))
     }
 
     /// Evaluates `js` every 50 ms until its value is truthy (not `null`, `false`, `0` or `""`)
@@ -294,35 +316,67 @@ impl Page<'_> {
         self.eval(&js).as_str().map(str::to_owned)
     }
 
-    /// What the page logged as errors or warnings (its console's and the browser's, such as
-    /// failed requests), and its uncaught exceptions (the last [`LOG_LINES`] of all pages).
+    /// What the page logged (its console, failed requests, uncaught exceptions) since the last
+    /// call, as `LEVEL message` lines.
     pub(crate) fn console(&self) -> Vec<String> {
-        let log = self
-            .browser
-            .cdp
-            .log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        log.iter()
-            .filter(|(session, _)| session.as_deref() == Some(self.session_id.as_str()))
-            .map(|(_, line)| line.clone())
-            .collect()
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        self.browser.call(method, params, Some(&self.session_id))
+        let b = self.browser;
+        let call = b.client().issue_cmd(BrowserLog);
+        let entries = match b
+            .rt
+            .block_on(async { tokio::time::timeout(STEP, call).await })
+        {
+            Ok(Ok(v)) => v,
+            other => return vec![format!("(the console could not be read: {other:?})")],
+        };
+        let mut lines: Vec<String> = entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["level"].as_str().unwrap_or("?"),
+                    e["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        if lines.len() > LOG_LINES {
+            lines.drain(..lines.len() - LOG_LINES);
+        }
+        lines
     }
 }
 
-impl Drop for Page<'_> {
-    fn drop(&mut self) {
-        let _ = self.browser.cdp.call(
-            "Target.closeTarget",
-            json!({ "targetId": self.target_id }),
-            None,
-            Duration::from_secs(2),
-        );
+/// Chromedriver's `POST /session/{id}/se/log` for the `browser` log (not in the W3C standard,
+/// so not among the client's own commands).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
     }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
+    }
+}
+
+/// The last [`LOG_LINES`] lines of the file at `path`.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_LINES)..].join("\n")
 }
 
 /// The JavaScript truthiness of a JSON value.
@@ -333,237 +387,5 @@ fn truthy(v: &Value) -> bool {
         Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
         Value::String(s) => !s.is_empty(),
         Value::Array(_) | Value::Object(_) => true,
-    }
-}
-
-fn str_field(v: &Value, name: &str) -> String {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("Chromium: no {name:?} in {v}"))
-        .to_owned()
-}
-
-fn push_bounded(log: &Mutex<VecDeque<String>>, line: String) {
-    let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-    if log.len() >= LOG_LINES {
-        log.pop_front();
-    }
-    log.push_back(line);
-}
-
-fn joined(log: &Mutex<VecDeque<String>>) -> String {
-    let log = log.lock().unwrap_or_else(PoisonError::into_inner);
-    log.iter().cloned().collect::<Vec<_>>().join("\n")
-}
-
-/// Console lines: (the page's session id, the line).
-type ConsoleLog = Arc<Mutex<VecDeque<(Option<String>, String)>>>;
-
-/// One command for the connection's thread.
-struct Call {
-    id: u64,
-    text: String,
-    reply: mpsc::Sender<Value>,
-}
-
-/// A CDP connection: a thread with its own tokio runtime owns the WebSocket, matches replies
-/// to calls by id and records the pages' console errors and exceptions.
-struct Cdp {
-    calls: Option<tokio::sync::mpsc::UnboundedSender<Call>>,
-    thread: Option<JoinHandle<()>>,
-    next_id: AtomicU64,
-    /// (session id, line) of console errors and warnings and uncaught exceptions.
-    log: ConsoleLog,
-}
-
-impl Cdp {
-    fn connect(url: &str) -> Result<Self, String> {
-        let host = url
-            .strip_prefix("ws://")
-            .and_then(|rest| rest.split('/').next())
-            .ok_or_else(|| format!("not a ws:// URL: {url:?}"))?
-            .to_owned();
-        let (calls, mut rx) = tokio::sync::mpsc::unbounded_channel::<Call>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let log: ConsoleLog = Arc::new(Mutex::new(VecDeque::new()));
-        let events = Arc::clone(&log);
-        let url = url.to_owned();
-        let thread = std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("tokio runtime: {e}")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let connect = async {
-                    let tcp = tokio::net::TcpStream::connect(&host)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tokio_tungstenite::client_async(url.as_str(), tcp)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                let mut ws = match tokio::time::timeout(STEP, connect).await {
-                    Ok(Ok((ws, _))) => ws,
-                    Ok(Err(e)) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ =
-                            ready_tx.send(Err(format!("no WebSocket handshake within {STEP:?}")));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let mut pending: HashMap<u64, mpsc::Sender<Value>> = HashMap::new();
-                loop {
-                    tokio::select! {
-                        call = rx.recv() => {
-                            // None: the Browser is gone.
-                            let Some(call) = call else { break };
-                            if ws.send(Message::text(call.text)).await.is_err() {
-                                break;
-                            }
-                            pending.insert(call.id, call.reply);
-                        }
-                        msg = ws.next() => {
-                            let text = match msg {
-                                Some(Ok(Message::Text(t))) => t,
-                                Some(Ok(_)) => continue,
-                                Some(Err(_)) | None => break,
-                            };
-                            let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
-                            if let Some(id) = v.get("id").and_then(Value::as_u64) {
-                                if let Some(reply) = pending.remove(&id) {
-                                    let _ = reply.send(v);
-                                }
-                            } else if let Some(line) = console_line(&v) {
-                                let session = v["sessionId"].as_str().map(str::to_owned);
-                                let mut log = events.lock().unwrap_or_else(PoisonError::into_inner);
-                                if log.len() >= LOG_LINES {
-                                    log.pop_front();
-                                }
-                                log.push_back((session, line));
-                            }
-                        }
-                    }
-                }
-                // Dropping `pending` tells the callers still waiting that the connection is gone.
-            });
-        });
-        match ready_rx.recv_timeout(STEP + Duration::from_secs(5)) {
-            Ok(Ok(())) => Ok(Self {
-                calls: Some(calls),
-                thread: Some(thread),
-                next_id: AtomicU64::new(1),
-                log,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("the CDP thread did not connect: {e}")),
-        }
-    }
-
-    /// One command and its result (`Err` on a CDP error, a lost connection or a timeout).
-    fn call(
-        &self,
-        method: &str,
-        params: Value,
-        session: Option<&str>,
-        timeout: Duration,
-    ) -> Result<Value, String> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut msg = json!({ "id": id, "method": method, "params": params });
-        if let Some(s) = session {
-            msg["sessionId"] = json!(s);
-        }
-        let (reply, answer) = mpsc::channel();
-        let calls = self.calls.as_ref().ok_or("the connection is shut down")?;
-        calls
-            .send(Call {
-                id,
-                text: msg.to_string(),
-                reply,
-            })
-            .map_err(|_| "the connection to Chromium is closed".to_owned())?;
-        let v = match answer.recv_timeout(timeout) {
-            Ok(v) => v,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                return Err(format!("no answer within {timeout:?}"));
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err("the connection to Chromium was lost".to_owned());
-            }
-        };
-        if let Some(e) = v.get("error") {
-            return Err(format!("error {e}"));
-        }
-        Ok(v.get("result").cloned().unwrap_or(Value::Null))
-    }
-
-    /// Ends the connection's thread.
-    fn shut_down(&mut self) {
-        self.calls = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A line for the page's console log, from a `Runtime.consoleAPICalled` (errors and warnings)
-/// or `Runtime.exceptionThrown` event.
-fn console_line(v: &Value) -> Option<String> {
-    let p = &v["params"];
-    match v["method"].as_str()? {
-        "Runtime.exceptionThrown" => {
-            let ex = &p["exceptionDetails"];
-            let what = ex["exception"]["description"]
-                .as_str()
-                .or_else(|| ex["text"].as_str())
-                .unwrap_or("?");
-            Some(format!("uncaught: {what}"))
-        }
-        // Network failures and the like.
-        "Log.entryAdded" => {
-            let e = &p["entry"];
-            if !matches!(e["level"].as_str()?, "error" | "warning") {
-                return None;
-            }
-            let url = e["url"]
-                .as_str()
-                .map(|u| format!(" ({u})"))
-                .unwrap_or_default();
-            Some(format!(
-                "{}: {}{url}",
-                e["level"].as_str()?,
-                e["text"].as_str()?
-            ))
-        }
-        "Runtime.consoleAPICalled" => {
-            let kind = p["type"].as_str()?;
-            if !matches!(kind, "error" | "warning" | "assert") {
-                return None;
-            }
-            let args: Vec<String> = p["args"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|x| match (x.get("value"), x["description"].as_str()) {
-                            (Some(Value::String(s)), _) => s.clone(),
-                            (Some(v), _) => v.to_string(),
-                            (None, Some(d)) => d.to_owned(),
-                            (None, None) => x["type"].as_str().unwrap_or("?").to_owned(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some(format!("console.{kind}: {}", args.join(" ")))
-        }
-        _ => None,
     }
 }
