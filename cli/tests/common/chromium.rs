@@ -45,8 +45,9 @@ pub(crate) struct Browser {
     driver: Driver,
     /// The driver's log file, in `dir`.
     log: PathBuf,
-    /// The browser's profile and the driver's log, removed on drop (after both are gone).
-    dir: Option<tempfile::TempDir>,
+    /// The browser's profile and the driver's log, removed on drop. Fields drop in order: the
+    /// driver is killed (by [`Driver`]'s drop) before this folder goes.
+    _dir: tempfile::TempDir,
 }
 
 /// The `chromedriver` process, killed by its PID when dropped (also when a launch panics).
@@ -191,7 +192,7 @@ impl Browser {
             client: Some(client),
             driver,
             log,
-            dir: Some(dir),
+            _dir: dir,
         }
     }
 
@@ -238,17 +239,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Closing the session ends the browser (the driver quits it); then the driver, by its
-        // PID.
+        // Closing the session ends the browser (the driver quits it). The driver is then
+        // killed by its PID, and the folder removed, as the fields drop.
         if let Some(client) = self.client.take() {
             let _ = self.rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), client.close()).await
             });
-        }
-        let _ = self.driver.0.kill();
-        let _ = self.driver.0.wait();
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
         }
     }
 }
