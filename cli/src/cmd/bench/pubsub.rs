@@ -256,7 +256,9 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
     }
     let publisher = join(true).await?;
 
-    // Readings.
+    // Readings. The process's CPU time from the first reading to the end of the drain is the
+    // cost of delivering them: every node of the network runs in this process.
+    let cpu0 = super::cpu_s("self");
     let mut published: BTreeMap<i64, Instant> = BTreeMap::new();
     let mut publish_ms = Vec::new();
     let mut stored = Vec::new();
@@ -288,6 +290,7 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_readings = super::cpu_s("self") - cpu0;
     // A late subscriber: time until it holds the latest reading.
     let late = join(true).await?;
     let t_late = Instant::now();
@@ -341,6 +344,8 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
         "stored_on_p50": pct(&mut stored, 0.5),
         "subscribe_ms_p50": pct(&mut subscribe_ms, 0.5) * 1e3,
         "late_subscriber_ms": late_ms,
+        "cpu_ms_per_reading": (cpu_readings * 1e3 / a.readings as f64 * 100.0).round() / 100.0,
+        "cpu_us_per_delivery": (cpu_readings * 1e6 / arr.len().max(1) as f64).round(),
         "wall_s": (t_all.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         "peak_rss_mb": crate::peak_rss_mb(),
     });
