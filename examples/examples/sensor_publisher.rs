@@ -86,7 +86,7 @@ async fn main() -> Result<()> {
     };
     let node = spawn_node(true).await?;
     node.bootstrap(vec![seed]).await?;
-    let pubsub = Pubsub::new(node.clone());
+    let pubsub = Pubsub::attach(node.clone()).await?;
 
     // The sensor's key: fresh each run here; a real sensor keeps its seed in a file.
     let sensor: [u8; 32] = rand::random();

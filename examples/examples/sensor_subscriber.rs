@@ -65,7 +65,7 @@ async fn spawn_node(read_only: bool) -> Result<Dht> {
 async fn demo_sensor(seed: PeerAddr, sensor: [u8; 32], salt: String) -> Result<()> {
     let node = spawn_node(true).await?;
     node.bootstrap(vec![seed]).await?;
-    let pubsub = Pubsub::new(node);
+    let pubsub = Pubsub::attach(node).await?;
     for seq in 1.. {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let value = format!("{:.2}", 21.0 + 2.0 * (seq as f64 / 4.0).sin());
@@ -117,7 +117,7 @@ async fn main() -> Result<()> {
 
     let node = spawn_node(true).await?;
     node.bootstrap(vec![seed]).await?;
-    let pubsub = Pubsub::new(node.clone());
+    let pubsub = Pubsub::attach(node.clone()).await?;
     let mut sub = pubsub
         .subscribe_sensor(pubkey, args.salt.as_bytes())
         .await?;

@@ -130,7 +130,7 @@ pub use node::{
     CommandError, Event, GetOutcome, Input, LookupOutcome, Node, NodeBuilder, Output, PingOutcome,
     PutOutcome, QueryError, QueryId, QueryResult,
 };
-pub use plugin::{Plugin, PluginCx, PluginResponse, Reply, RequestId};
+pub use plugin::{Plugin, PluginCx, PluginData, PluginResponse, Reply, RequestId};
 pub use record::{
     AcceptAll, Eviction, IndexEntry, MemoryStore, QuotaIndex, Record, RecordStore, RecordValidator,
     Rejected, StoreError, StoreLimits,

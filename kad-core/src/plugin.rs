@@ -4,6 +4,9 @@
 //! the routing table and the record store; send requests; start lookups; emit events. The engine
 //! applies what they asked for once the hook returns.
 
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,6 +19,73 @@ use crate::message::{Request, RpcError};
 use crate::query::{QueryError, QueryId};
 use crate::record::RecordStore;
 use crate::routing::RoutingTable;
+
+/// A typed value passed in-process between a plugin and the application: a command's input
+/// ([`Plugin::on_command`]), its result ([`PluginCx::complete`]) and an event's data
+/// ([`PluginCx::emit`], [`Event::Plugin`](crate::Event::Plugin)). Nothing is serialized: the
+/// receiver downcasts to the type the plugin documents. Cloning shares the value.
+///
+/// ```
+/// use kad_core::PluginData;
+///
+/// let data = PluginData::new(42u32);
+/// assert_eq!(data.downcast_ref::<u32>(), Some(&42));
+/// assert!(data.downcast_ref::<String>().is_none());
+/// assert_eq!(format!("{data:?}"), "PluginData(u32)");
+/// ```
+#[derive(Clone)]
+pub struct PluginData {
+    value: Arc<dyn Any + Send + Sync>,
+    type_name: &'static str,
+}
+
+impl PluginData {
+    /// Wraps a value.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Self {
+            value: Arc::new(value),
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+
+    /// The value, if it is a `T`.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        self.value.downcast_ref()
+    }
+
+    /// Whether the value is a `T`.
+    pub fn is<T: Any>(&self) -> bool {
+        self.value.is::<T>()
+    }
+
+    /// The shared value, if it is a `T`; otherwise `self` back.
+    pub fn downcast<T: Any + Send + Sync>(self) -> Result<Arc<T>, Self> {
+        let type_name = self.type_name;
+        self.value
+            .downcast()
+            .map_err(|value| Self { value, type_name })
+    }
+
+    /// The name of the value's type, for messages.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+}
+
+impl fmt::Debug for PluginData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PluginData({})", self.type_name)
+    }
+}
+
+/// The same shared value (not merely an equal one).
+impl PartialEq for PluginData {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.value, &other.value)
+    }
+}
+
+impl Eq for PluginData {}
 
 /// Identifies a request a plugin sent with [`PluginCx::send_request`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,14 +145,14 @@ pub(crate) enum Action {
         wait_for_slow: bool,
     },
     Emit {
-        name: String,
-        data: Bytes,
+        name: &'static str,
+        data: PluginData,
     },
     SetAddrs(Vec<PeerAddr>),
     SetReadOnly(bool),
     Complete {
         query: QueryId,
-        result: Result<Bytes, QueryError>,
+        result: Result<PluginData, QueryError>,
     },
 }
 
@@ -243,15 +313,12 @@ impl PluginCx<'_> {
     /// Finishes a command given to [`Plugin::on_command`]: the application's
     /// [`Node::command`](crate::Node::command) (or `Dht::command`) gets `result`. Completing a
     /// query that is not a running command of this plugin does nothing.
-    pub fn complete(&mut self, query: QueryId, result: Result<Bytes, QueryError>) {
+    pub fn complete(&mut self, query: QueryId, result: Result<PluginData, QueryError>) {
         self.actions.push(Action::Complete { query, result });
     }
     /// Emits [`Event::Plugin`](crate::Event::Plugin) to the application.
-    pub fn emit(&mut self, name: impl Into<String>, data: Bytes) {
-        self.actions.push(Action::Emit {
-            name: name.into(),
-            data,
-        });
+    pub fn emit(&mut self, name: &'static str, data: PluginData) {
+        self.actions.push(Action::Emit { name, data });
     }
 }
 
@@ -309,10 +376,10 @@ pub trait Plugin: Send + 'static {
     ) {
     }
 
-    /// A command from the application ([`Node::command`](crate::Node::command)), in the plugin's
-    /// own format. The plugin finishes it, now or later, with [`PluginCx::complete`]. The default
-    /// refuses every command.
-    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, _input: Bytes) {
+    /// A command from the application ([`Node::command`](crate::Node::command)): a value of a
+    /// type the plugin documents. The plugin finishes it, now or later, with
+    /// [`PluginCx::complete`]. The default refuses every command.
+    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, _input: PluginData) {
         cx.complete(
             query,
             Err(QueryError::Remote(RpcError::new(

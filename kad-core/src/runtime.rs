@@ -17,6 +17,7 @@ use crate::node::{
     CommandError, Event, GetOutcome, Input, LookupOutcome, NodeBuilder, Output, PingOutcome,
     PutOutcome, QueryError, QueryId, QueryResult,
 };
+use crate::plugin::PluginData;
 use crate::record::Record;
 use crate::routing::RoutingSnapshot;
 use crate::stats::Stats;
@@ -79,7 +80,7 @@ enum Command {
     ),
     ToPlugin(
         String,
-        Bytes,
+        PluginData,
         oneshot::Sender<Result<QueryResult, CommandError>>,
     ),
     AddContact(Contact),
@@ -329,7 +330,11 @@ impl Dht {
 
     /// Gives a command to the local plugin with this namespace (see `Plugin::on_command`) and
     /// waits until the plugin completes it. Plugins wrap this in typed methods.
-    pub async fn command(&self, namespace: &str, input: Bytes) -> Result<Bytes, DhtError> {
+    pub async fn command(
+        &self,
+        namespace: &str,
+        input: PluginData,
+    ) -> Result<PluginData, DhtError> {
         let ns = namespace.to_owned();
         match self.query(|tx| Command::ToPlugin(ns, input, tx)).await? {
             QueryResult::Command(r) => Ok(r?),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Body, Config, Contact, Input, Message, Node, NodeId, Output, PeerAddr, Plugin, PluginCx, Reply,
-    Request, StaticIdentity,
+    Body, Config, Contact, Input, Message, Node, NodeId, Output, PeerAddr, Plugin, PluginCx,
+    PluginData, Reply, Request, StaticIdentity,
 };
 
 #[derive(Default)]
@@ -40,16 +40,16 @@ impl Plugin for Probe {
         s.sent_to_b
             .push(cx.sent_to_recently(self.1.socket_addr().unwrap()));
     }
-    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: kad_core::QueryId, input: Bytes) {
-        match &input[..] {
-            b"ro" => cx.set_read_only(true),
-            b"server" => cx.set_read_only(false),
-            other => {
-                let a: PeerAddr = std::str::from_utf8(other).unwrap().parse().unwrap();
-                cx.set_local_addrs(vec![a]);
+    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: kad_core::QueryId, input: PluginData) {
+        match input.downcast_ref::<&str>().copied() {
+            Some("ro") => cx.set_read_only(true),
+            Some("server") => cx.set_read_only(false),
+            _ => {
+                let a = input.downcast_ref::<PeerAddr>().unwrap();
+                cx.set_local_addrs(vec![a.clone()]);
             }
         }
-        cx.complete(query, Ok(Bytes::new()));
+        cx.complete(query, Ok(PluginData::new(())));
     }
 }
 
@@ -134,7 +134,7 @@ fn answers_carry_the_observed_address_and_plugins_steer_the_node() {
     }
 
     // The plugin turns the node read-only: its next request says so.
-    a.command(now, "probe", Bytes::from_static(b"ro")).unwrap();
+    a.command(now, "probe", PluginData::new("ro")).unwrap();
     sends(&mut a);
     assert!(a.config().read_only);
     a.ping(now, b_addr.clone()).unwrap();
@@ -142,12 +142,11 @@ fn answers_carry_the_observed_address_and_plugins_steer_the_node() {
     assert!(req.read_only);
 
     // ... and advertises its outside address instead.
-    a.command(now, "probe", Bytes::from(a_outside.to_string()))
+    a.command(now, "probe", PluginData::new(a_outside.clone()))
         .unwrap();
     sends(&mut a);
     assert_eq!(&*a.contact().addrs, std::slice::from_ref(&a_outside));
-    a.command(now, "probe", Bytes::from_static(b"server"))
-        .unwrap();
+    a.command(now, "probe", PluginData::new("server")).unwrap();
     sends(&mut a);
     a.ping(now + Duration::from_millis(1), b_addr.clone())
         .unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::{LinkModel, Sim, SimStats, grow_network};
 use bytes::Bytes;
-use kad_core::{Config, Event, NodeId, QueryId, QueryResult};
+use kad_core::{Config, Event, NodeId, PluginData, QueryId, QueryResult};
 use kad_plugin_bep44::item::{self, MutableItem};
 use rand::Rng as _;
 use serde::Serialize;
@@ -127,8 +127,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[(((v.len() - 1) as f64) * p).round() as usize]
 }
 
-fn cmd(c: &Command) -> Bytes {
-    Bytes::from(serde_json::to_vec(c).unwrap_or_default())
+fn cmd(c: &Command) -> PluginData {
+    PluginData::new(c.clone())
 }
 
 /// Runs the scenario. `progress(stage, done, total)` reports the network build and the readings.
@@ -214,15 +214,15 @@ pub fn run_pubsub_scenario(
                             } else if idx == publisher && publishes.remove(&id).is_some() {
                                 match r
                                     .ok()
-                                    .and_then(|b| serde_json::from_slice::<PublishOutcome>(&b).ok())
+                                    .and_then(|b| b.downcast_ref::<PublishOutcome>().cloned())
                                 {
                                     Some(o) => stored.push(o.stored_on),
                                     None => publish_failed += 1,
                                 }
                             }
                         }
-                        Event::Plugin { name, data, .. } if name == "reading" => {
-                            let Ok(r) = serde_json::from_slice::<ReadingEvent>(&data) else {
+                        Event::Plugin { data, .. } => {
+                            let Some(r) = data.downcast_ref::<ReadingEvent>() else {
                                 continue;
                             };
                             if r.topic != topic {
@@ -360,7 +360,7 @@ pub fn run_pubsub_scenario(
         } = ev
         {
             if asked.remove(&(idx, id)).is_some() {
-                if let Ok(st) = serde_json::from_slice::<kad_plugin_pubsub::PubsubStats>(&b) {
+                if let Some(st) = b.downcast_ref::<kad_plugin_pubsub::PubsubStats>() {
                     duplicates_dropped += st.duplicates;
                 }
             }

@@ -305,9 +305,11 @@ impl kad_core::Plugin for Probe {
             } => {
                 assert_eq!(&result[..], from.id.as_bytes());
                 assert!(!nodes.is_empty());
-                cx.emit("response", result);
+                cx.emit("response", kad_core::PluginData::new(result));
             }
-            kad_core::PluginResponse::Remote(e) => cx.emit("error", e.code.to_string().into()),
+            kad_core::PluginResponse::Remote(e) => {
+                cx.emit("error", kad_core::PluginData::new(e.code));
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -329,10 +331,7 @@ impl kad_core::Plugin for Probe {
         stats: &kad_core::LookupStats,
     ) {
         assert_eq!(self.answers as u32, stats.responses);
-        cx.emit(
-            "lookup_done",
-            bytes::Bytes::copy_from_slice(closest[0].id.as_bytes()),
-        );
+        cx.emit("lookup_done", kad_core::PluginData::new(closest[0].id));
     }
 }
 
@@ -388,12 +387,14 @@ fn plugins_send_requests_run_lookups_and_emit_events() {
     let find = |n: &str| {
         names
             .iter()
-            .find(|(name, _)| name == n)
+            .find(|(name, _)| *name == n)
             .map(|(_, d)| d.clone())
     };
     assert!(find("response").is_some(), "{names:?}");
-    assert_eq!(find("error").as_deref(), Some(&b"-32602"[..]));
-    assert_eq!(find("lookup_done").as_deref(), Some(&truth.as_bytes()[..]));
+    let error = find("error").unwrap();
+    assert_eq!(error.downcast_ref::<i64>(), Some(&-32602));
+    let closest = find("lookup_done").unwrap();
+    assert_eq!(closest.downcast_ref::<NodeId>(), Some(&truth));
 }
 
 /// Nodes whose routing table is empty 30 virtual seconds after 10 nodes joined one bootstrap

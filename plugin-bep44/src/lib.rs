@@ -59,7 +59,7 @@ use serde::Serialize;
 
 pub use item::MutableItem;
 pub use krpc::{KrpcCodec, KrpcLimits, Shared};
-pub use plugin::{Bep44Plugin, Found, K, StoreLimits, TOKEN_ROTATION};
+pub use plugin::{Bep44Plugin, K, StoreLimits, TOKEN_ROTATION};
 
 use plugin::{Cmd, CmdResult};
 
@@ -375,9 +375,18 @@ impl Mainline {
     }
 
     async fn run(&self, cmd: Cmd) -> Result<CmdResult, MainlineError> {
-        let input = serde_json::to_vec(&cmd).map_err(|e| MainlineError::Internal(e.to_string()))?;
-        let out = self.dht.command("mainline", Bytes::from(input)).await?;
-        serde_json::from_slice(&out).map_err(|e| MainlineError::Internal(e.to_string()))
+        let out = self
+            .dht
+            .command("mainline", kad_core::PluginData::new(cmd))
+            .await?;
+        out.downcast::<CmdResult>()
+            .map(|r| CmdResult::clone(&r))
+            .map_err(|other| {
+                MainlineError::Internal(format!(
+                    "the mainline plugin answered a {}",
+                    other.type_name()
+                ))
+            })
     }
 
     fn put_outcome(
@@ -415,7 +424,7 @@ impl Mainline {
         let target = item::immutable_target(v_bencoded);
         let r = self
             .run(Cmd::Put {
-                v: hex::encode(v_bencoded),
+                v: Bytes::copy_from_slice(v_bencoded),
                 mutable: None,
             })
             .await?;
@@ -433,14 +442,8 @@ impl Mainline {
         let started = Instant::now();
         let r = self
             .run(Cmd::Put {
-                v: hex::encode(&it.v),
-                mutable: Some((
-                    hex::encode(it.pubkey),
-                    hex::encode(&it.salt),
-                    it.seq,
-                    hex::encode(it.sig),
-                    cas,
-                )),
+                v: it.v.clone(),
+                mutable: Some((it.clone(), cas)),
             })
             .await?;
         Self::put_outcome(it.target(), r, started)
@@ -452,19 +455,12 @@ impl Mainline {
         started: Instant,
     ) -> Result<GetOutcome, MainlineError> {
         let f = r.found.ok_or(MainlineError::NotFound(target))?;
-        let bad = |what: &str| MainlineError::Internal(format!("plugin returned a bad {what}"));
         Ok(GetOutcome {
             target,
-            v: Bytes::from(hex::decode(&f.v).map_err(|_| bad("v"))?),
+            v: f.v,
             seq: f.seq.unwrap_or(0),
-            pubkey: f
-                .k
-                .as_deref()
-                .and_then(|k| hex::decode(k).ok()?.try_into().ok()),
-            sig: f
-                .sig
-                .as_deref()
-                .and_then(|k| hex::decode(k).ok()?.try_into().ok()),
+            pubkey: f.k,
+            sig: f.sig,
             values: r.values,
             rejected: r.rejected,
             answered: r.answered,
@@ -477,7 +473,7 @@ impl Mainline {
         let started = Instant::now();
         let r = self
             .run(Cmd::Get {
-                target: target.to_hex(),
+                target,
                 mutable: None,
                 seq: None,
             })
@@ -500,8 +496,8 @@ impl Mainline {
         let target = item::mutable_target(&pubkey, salt);
         let r = self
             .run(Cmd::Get {
-                target: target.to_hex(),
-                mutable: Some((hex::encode(pubkey), hex::encode(salt))),
+                target,
+                mutable: Some((pubkey, Bytes::copy_from_slice(salt))),
                 seq,
             })
             .await?;
@@ -510,11 +506,7 @@ impl Mainline {
 
     /// Peers announced for `info_hash` (BEP5 `get_peers` lookup).
     pub async fn get_peers(&self, info_hash: NodeId) -> Result<Vec<SocketAddr>, MainlineError> {
-        let r = self
-            .run(Cmd::GetPeers {
-                info_hash: info_hash.to_hex(),
-            })
-            .await?;
+        let r = self.run(Cmd::GetPeers { info_hash }).await?;
         Ok(r.peers)
     }
 
@@ -527,7 +519,7 @@ impl Mainline {
         let started = Instant::now();
         let r = self
             .run(Cmd::Announce {
-                info_hash: info_hash.to_hex(),
+                info_hash,
                 port: port.unwrap_or(self.local.port()),
                 implied_port: port.is_none(),
             })

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Contact, LookupStats, NodeId, PeerAddr, Plugin, PluginCx, PluginResponse, QueryError, QueryId,
-    Reply, RequestId, RpcError,
+    Contact, LookupStats, NodeId, PeerAddr, Plugin, PluginCx, PluginData, PluginResponse,
+    QueryError, QueryId, Reply, RequestId, RpcError,
 };
 use rand::{Rng, RngCore};
-use serde::{Deserialize, Serialize};
 
 use crate::bencode::{self, Dict, Val};
 use crate::bep42;
@@ -115,45 +114,46 @@ impl Tokens {
     }
 }
 
-/// A command from the handle to the plugin (JSON inside `Dht::command`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A command from the handle to the plugin (in a `PluginData` given to `Dht::command`).
+#[derive(Debug, Clone)]
 pub(crate) enum Cmd {
     Get {
-        target: String,
-        /// Mutable: (public key hex, salt hex).
-        mutable: Option<(String, String)>,
+        target: NodeId,
+        /// Mutable: the public key and the salt.
+        mutable: Option<([u8; 32], Bytes)>,
         seq: Option<i64>,
     },
     Put {
-        v: String,
-        /// Mutable: public key, salt, seq, signature (hex), cas.
-        mutable: Option<(String, String, i64, String, Option<i64>)>,
+        /// The bencoded value.
+        v: Bytes,
+        /// Mutable: the signed item and the cas.
+        mutable: Option<(item::MutableItem, Option<i64>)>,
     },
     GetPeers {
-        info_hash: String,
+        info_hash: NodeId,
     },
     Announce {
-        info_hash: String,
+        info_hash: NodeId,
         port: u16,
         implied_port: bool,
     },
 }
 
 /// What a `get` found.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Found {
-    /// The bencoded value, hex.
-    pub v: String,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// The bencoded value.
+    pub(crate) v: Bytes,
     /// Mutable items: the sequence number.
-    pub seq: Option<i64>,
-    /// Mutable items: the public key, hex.
-    pub k: Option<String>,
-    /// Mutable items: the signature, hex.
-    pub sig: Option<String>,
+    pub(crate) seq: Option<i64>,
+    /// Mutable items: the public key.
+    pub(crate) k: Option<[u8; 32]>,
+    /// Mutable items: the signature.
+    pub(crate) sig: Option<[u8; 64]>,
 }
 
-/// The plugin's answer to a command.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// The plugin's answer to a command (in a `PluginData`).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct CmdResult {
     pub(crate) found: Option<Found>,
     /// Nodes that answered the lookup.
@@ -171,8 +171,8 @@ pub(crate) struct CmdResult {
     pub(crate) timeouts: usize,
     /// Peers found by get_peers.
     pub(crate) peers: Vec<SocketAddr>,
-    /// The closest nodes that answered, hex ids.
-    pub(crate) closest: Vec<String>,
+    /// The closest nodes that answered.
+    pub(crate) closest: Vec<NodeId>,
 }
 
 enum OpKind {
@@ -240,10 +240,6 @@ fn err(code: i64, msg: &str) -> Reply {
 
 fn id_arg(a: &Val<'_>, key: &[u8]) -> Option<NodeId> {
     a.get(key).and_then(Val::bytes).and_then(NodeId::from_slice)
-}
-
-fn hex_arr<const N: usize>(s: &str) -> Option<[u8; N]> {
-    hex::decode(s).ok()?.try_into().ok()
 }
 
 fn source_ip(from: &Contact) -> Option<SocketAddr> {
@@ -545,22 +541,14 @@ impl Bep44Plugin {
 
     // ---- client ----
 
-    fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, cmd: Cmd) -> Result<(), String> {
-        let bad = |f: &str| format!("invalid {f}");
+    fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, cmd: Cmd) {
         let (target, kind, params) = match cmd {
             Cmd::Get {
                 target,
                 mutable,
                 seq,
             } => {
-                let target = NodeId::from_hex(&target).map_err(|_| bad("target"))?;
-                let mutable = match mutable {
-                    Some((k, salt)) => Some((
-                        hex_arr::<32>(&k).ok_or_else(|| bad("pubkey"))?,
-                        hex::decode(salt).map_err(|_| bad("salt"))?,
-                    )),
-                    None => None,
-                };
+                let mutable = mutable.map(|(k, salt)| (k, salt.to_vec()));
                 let mut p = Dict::new();
                 p.bytes(b"target", target.as_bytes());
                 if let Some(s) = seq {
@@ -576,36 +564,24 @@ impl Bep44Plugin {
                 )
             }
             Cmd::Put { v, mutable } => {
-                let v = Bytes::from(hex::decode(v).map_err(|_| bad("v"))?);
-                let (target, mutable) = match mutable {
-                    None => (item::immutable_target(&v), None),
-                    Some((k, salt, seq, sig, cas)) => {
-                        let it = item::MutableItem {
-                            pubkey: hex_arr::<32>(&k).ok_or_else(|| bad("pubkey"))?,
-                            salt: Bytes::from(hex::decode(salt).map_err(|_| bad("salt"))?),
-                            seq,
-                            v: v.clone(),
-                            sig: hex_arr::<64>(&sig).ok_or_else(|| bad("sig"))?,
-                        };
-                        (it.target(), Some((it, cas)))
-                    }
+                let target = match &mutable {
+                    None => item::immutable_target(&v),
+                    Some((it, _)) => it.target(),
                 };
                 let mut p = Dict::new();
                 p.bytes(b"target", target.as_bytes());
                 (target, OpKind::Put { v, mutable }, p.finish())
             }
-            Cmd::GetPeers { info_hash } => {
-                let ih = NodeId::from_hex(&info_hash).map_err(|_| bad("info_hash"))?;
+            Cmd::GetPeers { info_hash: ih } => {
                 let mut p = Dict::new();
                 p.bytes(b"info_hash", ih.as_bytes());
                 (ih, OpKind::GetPeers, p.finish())
             }
             Cmd::Announce {
-                info_hash,
+                info_hash: ih,
                 port,
                 implied_port,
             } => {
-                let ih = NodeId::from_hex(&info_hash).map_err(|_| bad("info_hash"))?;
                 let mut p = Dict::new();
                 p.bytes(b"info_hash", ih.as_bytes());
                 (ih, OpKind::Announce { port, implied_port }, p.finish())
@@ -635,7 +611,6 @@ impl Bep44Plugin {
                 peers: BTreeSet::new(),
             },
         );
-        Ok(())
     }
 
     fn lookup_answer(
@@ -690,7 +665,7 @@ impl Bep44Plugin {
                 if item::immutable_target(&v) == op.target {
                     op.result.values += 1;
                     op.result.found = Some(Found {
-                        v: hex::encode(&v),
+                        v: Bytes::copy_from_slice(&v),
                         seq: None,
                         k: None,
                         sig: None,
@@ -698,10 +673,7 @@ impl Bep44Plugin {
                     *finished = true;
                     let res = op.result.clone();
                     let cmd = op.cmd;
-                    cx.complete(
-                        cmd,
-                        Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
-                    );
+                    cx.complete(cmd, Ok(PluginData::new(res)));
                 } else {
                     op.result.rejected += 1;
                 }
@@ -737,15 +709,15 @@ impl Bep44Plugin {
                     Some(f) => {
                         let cur = f.seq.unwrap_or(i64::MIN);
                         // Highest seq wins; equal seq: the larger value bytes (a fixed rule).
-                        seq > cur || (seq == cur && hex::encode(&v) > f.v)
+                        seq > cur || (seq == cur && v[..] > f.v[..])
                     }
                 };
                 if better {
                     op.result.found = Some(Found {
-                        v: hex::encode(&v),
+                        v: Bytes::copy_from_slice(&v),
                         seq: Some(seq),
-                        k: Some(hex::encode(pk)),
-                        sig: Some(hex::encode(sig)),
+                        k: Some(*pk),
+                        sig: Some(sig),
                     });
                 }
             }
@@ -756,25 +728,19 @@ impl Bep44Plugin {
         let Some(mut op) = self.ops.remove(&lookup) else {
             return;
         };
-        op.result.closest = closest.iter().map(|c| c.id.to_hex()).collect();
+        op.result.closest = closest.iter().map(|c| c.id).collect();
         let enforce = self.shared.limits.enforce_bep42;
         let secure = |c: &Contact| source_ip(c).is_none_or(|s| bep42::is_secure(&c.id, s.ip()));
         match op.kind {
             OpKind::Get { finished: true, .. } => {}
             OpKind::Get { .. } => {
                 let res = op.result;
-                cx.complete(
-                    op.cmd,
-                    Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
-                );
+                cx.complete(op.cmd, Ok(PluginData::new(res)));
             }
             OpKind::GetPeers => {
                 op.result.peers = op.peers.into_iter().collect();
                 let res = op.result;
-                cx.complete(
-                    op.cmd,
-                    Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
-                );
+                cx.complete(op.cmd, Ok(PluginData::new(res)));
             }
             OpKind::Put { .. } | OpKind::Announce { .. } => {
                 // The K closest nodes that answered and gave a token (BEP42-valid ones only,
@@ -834,10 +800,7 @@ impl Bep44Plugin {
                 op.result.asked = sent;
                 if sent == 0 {
                     let res = op.result;
-                    cx.complete(
-                        op.cmd,
-                        Ok(Bytes::from(serde_json::to_vec(&res).unwrap_or_default())),
-                    );
+                    cx.complete(op.cmd, Ok(PluginData::new(res)));
                 } else {
                     self.fanouts.insert(
                         op.cmd,
@@ -867,12 +830,7 @@ impl Bep44Plugin {
         f.outstanding -= 1;
         if f.outstanding == 0 {
             if let Some(f) = self.fanouts.remove(&cmd) {
-                cx.complete(
-                    f.cmd,
-                    Ok(Bytes::from(
-                        serde_json::to_vec(&f.result).unwrap_or_default(),
-                    )),
-                );
+                cx.complete(f.cmd, Ok(PluginData::new(f.result)));
             }
         }
     }
@@ -897,18 +855,19 @@ impl Plugin for Bep44Plugin {
         self.serve(cx, from, method, params)
     }
 
-    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: Bytes) {
-        let r = serde_json::from_slice::<Cmd>(&input)
-            .map_err(|e| e.to_string())
-            .and_then(|cmd| self.command(cx, query, cmd));
-        if let Err(e) = r {
-            cx.complete(
+    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: PluginData) {
+        match input.downcast_ref::<Cmd>() {
+            Some(cmd) => self.command(cx, query, cmd.clone()),
+            None => cx.complete(
                 query,
                 Err(QueryError::Remote(RpcError::new(
                     RpcError::INVALID_PARAMS,
-                    e,
+                    format!(
+                        "mainline commands come from the Mainline handle, not a {}",
+                        input.type_name()
+                    ),
                 ))),
-            );
+            ),
         }
     }
 

@@ -55,8 +55,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kad_core::{
-    Body, Codec, CodecCx, Contact, Dht, Event, Message, NativeCodec, NativeIdentity, PeerAddr,
-    Request, SystemClock, TxnId,
+    Body, Codec, CodecCx, Contact, Dht, DhtError, Event, Message, NativeCodec, NativeIdentity,
+    PeerAddr, PluginData, Request, SystemClock, TxnId,
 };
 use rand::RngCore;
 use rand::SeedableRng;
@@ -65,8 +65,29 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 pub use plugin::{
-    CHECK, DIAL, NatConfig, NatPlugin, NatStats, NatStatus, PROBE, ProbeOrder, Reachability,
+    CHECK, DIAL, NatCommand, NatConfig, NatPlugin, NatStats, NatStatus, PROBE, ProbeOrder,
+    Reachability,
 };
+
+/// Gives `command` to the node's [`NatPlugin`] and returns the status after it.
+pub async fn command(dht: &Dht, command: NatCommand) -> Result<NatStatus, DhtError> {
+    let out = dht.command("nat", PluginData::new(command)).await?;
+    // The plugin answers every command with its status; another plugin under its name may not.
+    out.downcast_ref::<NatStatus>().cloned().ok_or_else(|| {
+        DhtError::Query(kad_core::QueryError::Remote(kad_core::RpcError::new(
+            kad_core::RpcError::INTERNAL,
+            format!(
+                "the nat plugin answered a {}, not a NatStatus",
+                out.type_name()
+            ),
+        )))
+    })
+}
+
+/// The node's NAT status now ([`NatCommand::Status`]).
+pub async fn status(dht: &Dht) -> Result<NatStatus, DhtError> {
+    command(dht, NatCommand::Status).await
+}
 pub use upnp::{
     GatewayEntry, Mapping, PortMapper, Protocol, Survey, UpnpConfig, UpnpState, survey,
 };
@@ -125,11 +146,7 @@ impl Nat {
         let me = Self { dht, report, stop };
         // The first status, without waiting for a change.
         let d = me.dht.clone();
-        tokio::spawn(async move {
-            let _ = d
-                .command("nat", Bytes::from_static(b"{\"op\":\"status\"}"))
-                .await;
-        });
+        tokio::spawn(async move { drop(status(&d).await) });
         me
     }
 
@@ -141,22 +158,15 @@ impl Nat {
     /// The report now (the plugin's status asked afresh).
     pub async fn report(&self) -> NatReport {
         let mut r = self.report.borrow().clone();
-        if let Ok(b) = self
-            .dht
-            .command("nat", Bytes::from_static(b"{\"op\":\"status\"}"))
-            .await
-        {
-            r.status = serde_json::from_slice(&b).ok();
+        if let Ok(st) = status(&self.dht).await {
+            r.status = Some(st);
         }
         r
     }
 
     /// Runs a reachability check now (the result arrives through [`watch`](Self::watch)).
     pub async fn check_now(&self) {
-        let _ = self
-            .dht
-            .command("nat", Bytes::from_static(b"{\"op\":\"check\"}"))
-            .await;
+        drop(command(&self.dht, NatCommand::Check).await);
     }
 
     /// Removes the UPnP mappings (each gateway call bounded in time); returns what failed.
@@ -169,14 +179,12 @@ impl Nat {
     }
 }
 
-fn set_status(tx: &watch::Sender<NatReport>, data: &Bytes) {
-    if let Ok(st) = serde_json::from_slice::<NatStatus>(data) {
-        tx.send_if_modified(|r| {
-            let changed = r.status.as_ref() != Some(&st);
-            r.status = Some(st);
-            changed
-        });
-    }
+fn set_status(tx: &watch::Sender<NatReport>, st: &NatStatus) {
+    tx.send_if_modified(|r| {
+        let changed = r.status.as_ref() != Some(st);
+        r.status = Some(st.clone());
+        changed
+    });
 }
 
 async fn probe_task(dht: Dht, identity: Arc<NativeIdentity>, tx: Arc<watch::Sender<NatReport>>) {
@@ -199,23 +207,18 @@ async fn probe_task(dht: Dht, identity: Arc<NativeIdentity>, tx: Arc<watch::Send
         };
         let Event::Plugin {
             namespace: "nat",
-            name,
             data,
+            ..
         } = ev
         else {
             continue;
         };
-        match name.as_str() {
-            "status" => set_status(&tx, &data),
-            "probe" => {
-                let Ok(order) = serde_json::from_slice::<ProbeOrder>(&data) else {
-                    continue;
-                };
-                if let Err(e) = send_probe(&identity, &mut codec, &mut rng, &order).await {
-                    warn!(to = %order.to, error = %e, "nat: probe not sent");
-                }
+        if let Some(st) = data.downcast_ref::<NatStatus>() {
+            set_status(&tx, st);
+        } else if let Some(order) = data.downcast_ref::<ProbeOrder>() {
+            if let Err(e) = send_probe(&identity, &mut codec, &mut rng, order).await {
+                warn!(to = %order.to, error = %e, "nat: probe not sent");
             }
-            _ => {}
         }
     }
 }
@@ -276,15 +279,8 @@ fn encode(
 }
 
 async fn tell_mapped(dht: &Dht, addrs: Vec<PeerAddr>, tx: &watch::Sender<NatReport>) {
-    let cmd = serde_json::json!({"op": "mapped", "addrs": addrs});
-    if let Ok(b) = dht
-        .command(
-            "nat",
-            Bytes::from(serde_json::to_vec(&cmd).unwrap_or_default()),
-        )
-        .await
-    {
-        set_status(tx, &b);
+    if let Ok(st) = command(dht, NatCommand::Mapped { addrs }).await {
+        set_status(tx, &st);
     }
 }
 

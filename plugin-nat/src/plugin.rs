@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Contact, NodeId, PeerAddr, Plugin, PluginCx, PluginResponse, QueryError, QueryId, Reply,
-    Request, RequestId, RpcError,
+    Contact, NodeId, PeerAddr, Plugin, PluginCx, PluginData, PluginResponse, QueryError, QueryId,
+    Reply, Request, RequestId, RpcError,
 };
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -164,11 +164,20 @@ struct ProbeParams {
     nonce: String,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Command {
+/// A command for [`NatPlugin`], given through `Dht::command("nat", PluginData::new(command))`;
+/// each answers the [`NatStatus`] after it. The [`Nat`](crate::Nat) runtime and
+/// [`status`](crate::status) build these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NatCommand {
+    /// Only the status.
     Status,
-    Mapped { addrs: Vec<PeerAddr> },
+    /// The addresses a gateway maps to this node (UPnP), advertised first and checked.
+    Mapped {
+        /// The mapped addresses.
+        addrs: Vec<PeerAddr>,
+    },
+    /// Run a reachability check now.
     Check,
 }
 
@@ -398,9 +407,7 @@ impl NatPlugin {
                 advertised = ?st.advertised,
                 "nat status"
             );
-            if let Ok(v) = serde_json::to_vec(&st) {
-                cx.emit("status", Bytes::from(v));
-            }
+            cx.emit("status", PluginData::new(st));
         }
     }
 
@@ -552,9 +559,7 @@ impl NatPlugin {
     }
 
     fn probe(&mut self, cx: &mut PluginCx<'_>, order: &ProbeOrder) {
-        if let Ok(v) = serde_json::to_vec(order) {
-            cx.emit("probe", Bytes::from(v));
-        }
+        cx.emit("probe", PluginData::new(order.clone()));
     }
 
     fn ok() -> Reply {
@@ -769,12 +774,15 @@ impl Plugin for NatPlugin {
         }
     }
 
-    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: Bytes) {
+    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: PluginData) {
         self.init(cx);
-        let cmd = match serde_json::from_slice::<Command>(&input) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("nat command: {e} (ops: status, mapped {{addrs}}, check)");
+        let cmd = match input.downcast_ref::<NatCommand>() {
+            Some(c) => c.clone(),
+            None => {
+                let msg = format!(
+                    "nat command: expected a kad_plugin_nat::NatCommand, got {}",
+                    input.type_name()
+                );
                 cx.complete(
                     query,
                     Err(QueryError::Remote(RpcError::new(
@@ -786,25 +794,22 @@ impl Plugin for NatPlugin {
             }
         };
         match cmd {
-            Command::Status => {}
-            Command::Mapped { addrs } => {
+            NatCommand::Status => {}
+            NatCommand::Mapped { addrs } => {
                 if addrs != self.mapped {
                     self.mapped = addrs.into_iter().take(16).collect();
                     self.addresses_changed(cx);
                 }
                 self.settle(cx);
             }
-            Command::Check => {
+            NatCommand::Check => {
                 self.check = None;
                 self.next_check = Some(cx.now());
             }
         }
         let adv = self.advertised();
         let st = self.status(cx.read_only(), &adv);
-        cx.complete(
-            query,
-            Ok(Bytes::from(serde_json::to_vec(&st).unwrap_or_default())),
-        );
+        cx.complete(query, Ok(PluginData::new(st)));
     }
 
     fn on_timeout(&mut self, cx: &mut PluginCx<'_>) {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kad_core::{
     Config, Dht, DhtError, NativeCodec, NativeIdentity, Node, PeerAddr, QueryError, RpcError,
 };
-use kad_plugin_nat::{Nat, NatConfig, NatPlugin, NatReport, NatStatus, Reachability};
+use kad_plugin_nat::{Nat, NatCommand, NatConfig, NatPlugin, NatReport, NatStatus, Reachability};
 use kad_transport_udp::UdpTransport;
 
 struct Peer {
@@ -34,12 +34,8 @@ async fn node(ip: [u8; 4], seed: u8) -> Peer {
     Peer { dht, nat }
 }
 
-async fn command(dht: &Dht, cmd: serde_json::Value) -> NatStatus {
-    let b = dht
-        .command("nat", Bytes::from(serde_json::to_vec(&cmd).unwrap()))
-        .await
-        .unwrap();
-    serde_json::from_slice(&b).unwrap()
+async fn command(dht: &Dht, cmd: NatCommand) -> NatStatus {
+    kad_plugin_nat::command(dht, cmd).await.unwrap()
 }
 
 /// Waits (bounded) until the report satisfies `want`.
@@ -94,7 +90,9 @@ async fn votes_checks_and_client_mode() {
     drop(dead);
     command(
         &me.dht,
-        serde_json::json!({"op": "mapped", "addrs": [dead_addr]}),
+        NatCommand::Mapped {
+            addrs: vec![dead_addr.clone()],
+        },
     )
     .await;
     let st = until(&me.nat, "unreachable", |s| {
@@ -109,7 +107,9 @@ async fn votes_checks_and_client_mode() {
     // The real port "mapped": a probe from a fresh port reaches it, back to server.
     command(
         &me.dht,
-        serde_json::json!({"op": "mapped", "addrs": [my_addr]}),
+        NatCommand::Mapped {
+            addrs: vec![my_addr.clone()],
+        },
     )
     .await;
     let st = until(&me.nat, "reachable", |s| {

@@ -3,7 +3,7 @@
 //! [`PubsubPlugin`]: crate::PubsubPlugin
 
 use bytes::Bytes;
-use kad_core::{Dht, DhtError, Event, Key};
+use kad_core::{Dht, DhtError, Event, Key, PluginData};
 use tokio::sync::broadcast;
 
 use crate::plugin::{
@@ -19,9 +19,18 @@ pub enum PubsubError {
     /// bad input).
     #[error(transparent)]
     Dht(#[from] DhtError),
-    /// The plugin answered something this version cannot read.
-    #[error("unreadable answer from the pubsub plugin: {0}")]
-    Decode(String),
+    /// The node runs no [`PubsubPlugin`](crate::PubsubPlugin).
+    #[error("the node runs no pubsub plugin: add kad_plugin_pubsub::PubsubPlugin when building it")]
+    NoPlugin,
+    /// The plugin answered a value of another type than the command's (a plugin of another
+    /// version registered under the same namespace).
+    #[error("the pubsub plugin answered a {got}, not a {expected}")]
+    UnexpectedAnswer {
+        /// The type the command answers.
+        expected: &'static str,
+        /// The type received.
+        got: &'static str,
+    },
 }
 
 /// One delivery of a [`Subscription`].
@@ -36,8 +45,9 @@ pub enum Delivery {
 
 /// A live subscription: [`next`](Self::next) yields its deliveries in order.
 ///
-/// Dropping it does not unsubscribe (other handles may share the topic); call
-/// [`Pubsub::unsubscribe`].
+/// Dropping it gives its hold on the topic back: when no other subscription of this node holds
+/// the topic, the node unsubscribes (its rendezvous nodes are told). [`Pubsub::unsubscribe`]
+/// stops the topic for every holder at once.
 #[derive(Debug)]
 pub struct Subscription {
     /// What the subscribe reported.
@@ -45,6 +55,8 @@ pub struct Subscription {
     topic: Key,
     events: broadcast::Receiver<Event>,
     lagged: u64,
+    dht: Dht,
+    released: bool,
 }
 
 impl Subscription {
@@ -65,22 +77,17 @@ impl Subscription {
             match self.events.recv().await {
                 Ok(Event::Plugin {
                     namespace: NAMESPACE,
-                    name,
                     data,
+                    ..
                 }) => {
-                    let d = match name.as_str() {
-                        "reading" => serde_json::from_slice::<ReadingEvent>(&data)
-                            .ok()
-                            .filter(|r| r.topic == self.topic)
-                            .map(Delivery::Reading),
-                        "message" => serde_json::from_slice::<MessageEvent>(&data)
-                            .ok()
-                            .filter(|m| m.message.topic == self.topic)
-                            .map(Delivery::Message),
-                        _ => None,
-                    };
-                    if let Some(d) = d {
-                        return Some(d);
+                    if let Some(r) = data.downcast_ref::<ReadingEvent>() {
+                        if r.topic == self.topic {
+                            return Some(Delivery::Reading(r.clone()));
+                        }
+                    } else if let Some(m) = data.downcast_ref::<MessageEvent>() {
+                        if m.message.topic == self.topic {
+                            return Some(Delivery::Message(m.clone()));
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -89,16 +96,62 @@ impl Subscription {
             }
         }
     }
+
+    /// Gives this subscription's hold on the topic back and waits until the node has done so
+    /// (dropping it does the same in the background).
+    pub async fn close(mut self) -> Result<(), PubsubError> {
+        self.released = true;
+        let release = Command::Release {
+            topic: self.topic,
+            holder: self.outcome.holder,
+        };
+        run::<()>(&self.dht, release).await
+    }
 }
 
-/// Pub/sub on a running node: a cheap `Clone` handle.
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left: the node is gone with it
+        };
+        let dht = self.dht.clone();
+        let release = Command::Release {
+            topic: self.topic,
+            holder: self.outcome.holder,
+        };
+        // A node already shut down has nothing to release.
+        rt.spawn(async move { drop(run::<()>(&dht, release).await) });
+    }
+}
+
+async fn run<T: Clone + Send + Sync + 'static>(dht: &Dht, c: Command) -> Result<T, PubsubError> {
+    let out = dht.command(NAMESPACE, PluginData::new(c)).await;
+    let out = match out {
+        Err(DhtError::Command(kad_core::CommandError::NoPlugin(_))) => {
+            return Err(PubsubError::NoPlugin);
+        }
+        other => other?,
+    };
+    out.downcast::<T>()
+        .map(|v| T::clone(&v))
+        .map_err(|other| PubsubError::UnexpectedAnswer {
+            expected: std::any::type_name::<T>(),
+            got: other.type_name(),
+        })
+}
+
+/// Pub/sub on a running node: a cheap `Clone` handle, from [`Pubsub::attach`] (or the `kad`
+/// crate's node builder with pub/sub on).
 ///
 /// ```no_run
 /// # async fn demo(dht: kad_core::Dht) -> Result<(), Box<dyn std::error::Error>> {
 /// use kad_plugin_bep44::item::{MutableItem, bencode_bytes, public_key};
 /// use kad_plugin_pubsub::{Delivery, Pubsub};
 ///
-/// let pubsub = Pubsub::new(dht);
+/// let pubsub = Pubsub::attach(dht).await?;
 /// let seed = [7u8; 32];
 /// let mut sub = pubsub.subscribe_sensor(public_key(&seed), b"").await?;
 /// pubsub
@@ -115,9 +168,11 @@ pub struct Pubsub {
 }
 
 impl Pubsub {
-    /// Wraps a node that was spawned with a [`PubsubPlugin`](crate::PubsubPlugin).
-    pub fn new(dht: Dht) -> Self {
-        Self { dht }
+    /// The pub/sub handle of a node spawned with a [`PubsubPlugin`](crate::PubsubPlugin);
+    /// [`PubsubError::NoPlugin`] when it has none.
+    pub async fn attach(dht: Dht) -> Result<Self, PubsubError> {
+        run::<PubsubStats>(&dht, Command::Stats).await?;
+        Ok(Self { dht })
     }
 
     /// The node.
@@ -125,11 +180,8 @@ impl Pubsub {
         &self.dht
     }
 
-    async fn run<T: serde::de::DeserializeOwned>(&self, c: &Command) -> Result<T, PubsubError> {
-        let input =
-            Bytes::from(serde_json::to_vec(c).map_err(|e| PubsubError::Decode(e.to_string()))?);
-        let out = self.dht.command(NAMESPACE, input).await?;
-        serde_json::from_slice(&out).map_err(|e| PubsubError::Decode(e.to_string()))
+    async fn run<T: Clone + Send + Sync + 'static>(&self, c: Command) -> Result<T, PubsubError> {
+        run(&self.dht, c).await
     }
 
     /// Subscribes to a topic: registers at the k closest nodes to its key (renewed in the
@@ -139,12 +191,14 @@ impl Pubsub {
         let topic = kind.key();
         // Listen before asking, so the latest reading found by the lookup is not missed.
         let events = self.dht.events();
-        let outcome = self.run(&Command::Subscribe { kind }).await?;
+        let outcome = self.run(Command::Subscribe { kind }).await?;
         Ok(Subscription {
             outcome,
             topic,
             events,
             lagged: 0,
+            dht: self.dht.clone(),
+            released: false,
         })
     }
 
@@ -171,15 +225,13 @@ impl Pubsub {
 
     /// Stops renewing a subscription and tells its rendezvous nodes.
     pub async fn unsubscribe(&self, topic: Key) -> Result<(), PubsubError> {
-        self.run::<serde_json::Value>(&Command::Unsubscribe { topic })
-            .await
-            .map(drop)
+        self.run(Command::Unsubscribe { topic }).await
     }
 
     /// Publishes a signed reading to its topic's rendezvous nodes, which push it to every
     /// subscriber. Fails when no node accepted it (e.g. its seq is not newer).
     pub async fn publish(&self, item: WireItem) -> Result<PublishOutcome, PubsubError> {
-        self.run(&Command::Publish { item }).await
+        self.run(Command::Publish { item }).await
     }
 
     /// Posts a message, signed with this node's key, to a named topic; it stays valid for
@@ -190,7 +242,7 @@ impl Pubsub {
         data: &str,
         ttl: u32,
     ) -> Result<PublishOutcome, PubsubError> {
-        self.run(&Command::Post {
+        self.run(Command::Post {
             name: name.to_owned(),
             data: data.to_owned(),
             ttl,
@@ -200,6 +252,6 @@ impl Pubsub {
 
     /// The plugin's counters.
     pub async fn stats(&self) -> Result<PubsubStats, PubsubError> {
-        self.run(&Command::Stats).await
+        self.run(Command::Stats).await
     }
 }

@@ -51,10 +51,10 @@
 //!     n.bootstrap(vec![nodes[0].contact().addrs[0].clone()]).await?;
 //! }
 //! let sensor = [42u8; 32];
-//! let subscriber = Pubsub::new(nodes[2].clone());
+//! let subscriber = Pubsub::attach(nodes[2].clone()).await?;
 //! let mut sub = subscriber.subscribe_sensor(public_key(&sensor), b"kitchen").await?;
 //!
-//! let publisher = Pubsub::new(nodes[1].clone());
+//! let publisher = Pubsub::attach(nodes[1].clone()).await?;
 //! let reading = MutableItem::sign(&sensor, b"kitchen", 1, &bencode_bytes(b"21.5"))?;
 //! let out = publisher.publish(reading.into()).await?;
 //! assert!(out.stored_on >= 1);

@@ -72,7 +72,9 @@ async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest
     let pk = public_key(&seed);
     let mut subs = Vec::new();
     for d in &net.nodes[8..11] {
-        let s = Pubsub::new(d.clone())
+        let s = Pubsub::attach(d.clone())
+            .await
+            .unwrap()
             .subscribe_sensor(pk, b"t")
             .await
             .unwrap();
@@ -80,7 +82,7 @@ async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest
         assert_eq!(s.outcome.latest_seq, None);
         subs.push(s);
     }
-    let publisher = Pubsub::new(net.nodes[11].clone());
+    let publisher = Pubsub::attach(net.nodes[11].clone()).await.unwrap();
     for seq in 1..=10 {
         let o = publisher
             .publish(reading(&seed, b"t", seq, &format!("r{seq}")))
@@ -99,7 +101,12 @@ async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest
         }
         assert!(nothing_more(s).await, "a reading was delivered twice");
     }
-    let st = Pubsub::new(net.nodes[8].clone()).stats().await.unwrap();
+    let st = Pubsub::attach(net.nodes[8].clone())
+        .await
+        .unwrap()
+        .stats()
+        .await
+        .unwrap();
     assert_eq!(st.delivered, 10);
     assert!(
         st.duplicates > 0,
@@ -107,7 +114,9 @@ async fn subscribers_get_each_reading_once_in_order_and_late_ones_get_the_latest
     );
 
     // A late subscriber gets the latest reading at once, and only it.
-    let mut late = Pubsub::new(net.nodes[7].clone())
+    let mut late = Pubsub::attach(net.nodes[7].clone())
+        .await
+        .unwrap()
         .subscribe_sensor(pk, b"t")
         .await
         .unwrap();
@@ -121,9 +130,9 @@ async fn forged_and_replayed_readings_are_refused() {
     let net = network(6, PubsubConfig::default()).await;
     let seed = [4u8; 32];
     let pk = public_key(&seed);
-    let subscriber = Pubsub::new(net.nodes[4].clone());
+    let subscriber = Pubsub::attach(net.nodes[4].clone()).await.unwrap();
     let mut sub = subscriber.subscribe_sensor(pk, b"").await.unwrap();
-    let publisher = Pubsub::new(net.nodes[5].clone());
+    let publisher = Pubsub::attach(net.nodes[5].clone()).await.unwrap();
     publisher
         .publish(reading(&seed, b"", 5, "five"))
         .await
@@ -199,9 +208,9 @@ async fn forged_and_replayed_readings_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_topics_deliver_each_message_once_and_recent_ones_to_late_subscribers() {
     let net = network(8, PubsubConfig::default()).await;
-    let a = Pubsub::new(net.nodes[6].clone());
+    let a = Pubsub::attach(net.nodes[6].clone()).await.unwrap();
     let mut sub = a.subscribe_topic("weather/oslo").await.unwrap();
-    let poster = Pubsub::new(net.nodes[7].clone());
+    let poster = Pubsub::attach(net.nodes[7].clone()).await.unwrap();
     poster.post("weather/oslo", "rain", 60).await.unwrap();
     poster.post("weather/oslo", "sun", 60).await.unwrap();
     let mut got = Vec::new();
@@ -218,7 +227,9 @@ async fn named_topics_deliver_each_message_once_and_recent_ones_to_late_subscrib
     assert_eq!(got, ["rain", "sun"]);
     assert!(nothing_more(&mut sub).await);
     // A late subscriber gets the recent messages.
-    let mut late = Pubsub::new(net.nodes[5].clone())
+    let mut late = Pubsub::attach(net.nodes[5].clone())
+        .await
+        .unwrap()
         .subscribe_topic("weather/oslo")
         .await
         .unwrap();
@@ -245,15 +256,22 @@ async fn subscriber_limits_are_enforced() {
     cfg.max_subscribers_per_topic = 2;
     let net = network(6, cfg).await;
     let pk = public_key(&[5u8; 32]);
+    // Held to the end: dropping a subscription unsubscribes.
+    let mut held = Vec::new();
     for d in &net.nodes[3..5] {
-        let s = Pubsub::new(d.clone())
+        let s = Pubsub::attach(d.clone())
+            .await
+            .unwrap()
             .subscribe_sensor(pk, b"")
             .await
             .unwrap();
         assert_eq!(s.outcome.rendezvous, 5, "{:?}", s.outcome);
+        held.push(s);
     }
     // A third subscriber is refused by every rendezvous node (each holds 2 already).
-    let r = Pubsub::new(net.nodes[5].clone())
+    let r = Pubsub::attach(net.nodes[5].clone())
+        .await
+        .unwrap()
         .subscribe_sensor(pk, b"")
         .await;
     match r {
@@ -315,7 +333,12 @@ async fn garbage_from_peers_is_answered_with_errors_and_counted() {
         }
         other => panic!("{other:?}"),
     }
-    let st = Pubsub::new(net.nodes[0].clone()).stats().await.unwrap();
+    let st = Pubsub::attach(net.nodes[0].clone())
+        .await
+        .unwrap()
+        .stats()
+        .await
+        .unwrap();
     assert_eq!(st.malformed, sent + 1, "{st:?}");
     assert_eq!(st.topics, 0, "{st:?}");
 }
@@ -324,12 +347,16 @@ async fn garbage_from_peers_is_answered_with_errors_and_counted() {
 async fn repair_rounds_cannot_be_replayed_into_floods() {
     let net = network(6, PubsubConfig::default()).await;
     let seed = [6u8; 32];
-    let mut sub = Pubsub::new(net.nodes[4].clone())
+    let mut sub = Pubsub::attach(net.nodes[4].clone())
+        .await
+        .unwrap()
         .subscribe_sensor(public_key(&seed), b"")
         .await
         .unwrap();
     let it = reading(&seed, b"", 1, "one");
-    Pubsub::new(net.nodes[5].clone())
+    Pubsub::attach(net.nodes[5].clone())
+        .await
+        .unwrap()
         .publish(it.clone())
         .await
         .unwrap();
@@ -378,17 +405,26 @@ async fn pushes_go_to_the_subscribers_own_host_not_to_a_claimed_address() {
         .await
         .unwrap();
     let seed = [8u8; 32];
-    let mut sub = Pubsub::new(liar.clone())
+    let mut sub = Pubsub::attach(liar.clone())
+        .await
+        .unwrap()
         .subscribe_sensor(public_key(&seed), b"")
         .await
         .unwrap();
-    Pubsub::new(net.nodes[3].clone())
+    Pubsub::attach(net.nodes[3].clone())
+        .await
+        .unwrap()
         .publish(reading(&seed, b"", 1, "x"))
         .await
         .unwrap();
     // The reading reaches the liar where it really is; node 1 receives no push.
     assert_eq!(next_reading(&mut sub).await, Some((1, "x".into())));
-    let victim = Pubsub::new(net.nodes[1].clone()).stats().await.unwrap();
+    let victim = Pubsub::attach(net.nodes[1].clone())
+        .await
+        .unwrap()
+        .stats()
+        .await
+        .unwrap();
     assert_eq!(
         victim.rejected + victim.duplicates + victim.delivered,
         0,
@@ -399,14 +435,16 @@ async fn pushes_go_to_the_subscribers_own_host_not_to_a_claimed_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_recent_messages_still_fit_a_subscribe_answer() {
     let net = network(4, PubsubConfig::default()).await;
-    let poster = Pubsub::new(net.nodes[3].clone());
+    let poster = Pubsub::attach(net.nodes[3].clone()).await.unwrap();
     for i in 0..16 {
         poster
             .post("big", &format!("{i}{}", "\"".repeat(4000)), 600)
             .await
             .unwrap();
     }
-    let mut late = Pubsub::new(net.nodes[2].clone())
+    let mut late = Pubsub::attach(net.nodes[2].clone())
+        .await
+        .unwrap()
         .subscribe_topic("big")
         .await
         .unwrap();
@@ -419,4 +457,68 @@ async fn large_recent_messages_still_fit_a_subscribe_answer() {
         last = Some(m.message.data);
     }
     assert!(last.is_some_and(|d| d.starts_with("15")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_subscription_of_a_topic_unsubscribes() {
+    let net = network(6, PubsubConfig::default()).await;
+    let seed = [9u8; 32];
+    let pk = public_key(&seed);
+    let sub_node = Pubsub::attach(net.nodes[4].clone()).await.unwrap();
+    let mut a = sub_node.subscribe_sensor(pk, b"").await.unwrap();
+    let mut b = sub_node.subscribe_sensor(pk, b"").await.unwrap();
+    assert_ne!(a.outcome.holder, b.outcome.holder);
+    let publisher = Pubsub::attach(net.nodes[5].clone()).await.unwrap();
+    let first = publisher
+        .publish(reading(&seed, b"", 1, "one"))
+        .await
+        .unwrap();
+    assert!(first.pushed >= 1, "{first:?}");
+    assert_eq!(next_reading(&mut a).await, Some((1, "one".into())));
+    assert_eq!(next_reading(&mut b).await, Some((1, "one".into())));
+
+    // One of two holders gone: the node stays subscribed, the other still receives.
+    drop(a);
+    publisher
+        .publish(reading(&seed, b"", 2, "two"))
+        .await
+        .unwrap();
+    assert_eq!(next_reading(&mut b).await, Some((2, "two".into())));
+    assert_eq!(sub_node.stats().await.unwrap().my_subscriptions, 1);
+
+    // The last one gone: the node unsubscribes and its rendezvous nodes stop pushing to it.
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seq = 3;
+    loop {
+        let mine = sub_node.stats().await.unwrap().my_subscriptions;
+        let out = publisher
+            .publish(reading(&seed, b"", seq, "more"))
+            .await
+            .unwrap();
+        if mine == 0 && out.pushed == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed 5 s after the drop: {mine} subscription(s), pushed to {}",
+            out.pushed
+        );
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Closing waits for the release; a node without the plugin has no pub/sub handle.
+    let c = sub_node.subscribe_sensor(pk, b"").await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(sub_node.stats().await.unwrap().my_subscriptions, 0);
+    let bare = Dht::spawn(
+        Node::builder(Config::default()).id(kad_core::NodeId::from_bytes([1; 20])),
+        vec![Arc::new(net._net.transport(4096))],
+    )
+    .unwrap();
+    assert!(matches!(
+        Pubsub::attach(bare).await,
+        Err(PubsubError::NoPlugin)
+    ));
 }

@@ -233,13 +233,14 @@ async fn sensor(a: &DemoArgs, nodes: &[Dht], readings: u32, interval: Duration) 
     // Subscribers on the last nodes, the sensor on node 1.
     let mut subs = Vec::new();
     for n in &nodes[nodes.len() - a.subscribers..] {
-        let s = Pubsub::new(n.clone())
+        let s = Pubsub::attach(n.clone())
+            .await?
             .subscribe_sensor(pubkey, salt)
             .await
             .context("subscribing")?;
         subs.push(s);
     }
-    let publisher = Pubsub::new(nodes[1].clone());
+    let publisher = Pubsub::attach(nodes[1].clone()).await?;
     let sent: Arc<std::sync::Mutex<HashMap<i64, Instant>>> = Arc::default();
     // Each subscriber reports (seq, latency) as readings arrive.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, i64, f64)>();

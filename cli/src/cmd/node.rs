@@ -319,16 +319,15 @@ async fn print_stats(dht: &Dht, transports: &Transports, json: bool, event: &str
         json!({"sent": u.sent, "received": u.received, "queue_full": u.queue_full,
                "send_errors": u.send_errors, "recv_errors": u.recv_errors, "oversize": u.oversize})
     });
-    let pubsub = kad_plugin_pubsub::Pubsub::new(dht.clone())
-        .stats()
+    let pubsub = match kad_plugin_pubsub::Pubsub::attach(dht.clone()).await {
+        Ok(p) => p.stats().await.ok(),
+        Err(_) => None,
+    }
+    .and_then(|s| serde_json::to_value(s).ok());
+    let nat = kad_plugin_nat::status(dht)
         .await
         .ok()
         .and_then(|s| serde_json::to_value(s).ok());
-    let nat = dht
-        .command("nat", bytes::Bytes::from_static(b"{\"op\":\"status\"}"))
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     emit(
         json,
         &json!({"event": event, "routing_table": table, "stats": stats, "udp": udp,

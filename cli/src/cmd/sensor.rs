@@ -269,7 +269,7 @@ fn synthetic(i: u64) -> String {
 
 async fn native_pubsub(net: &NetOpts) -> Result<Pubsub> {
     let (dht, _, _) = net::joined_with(&net.client_args(), None).await?;
-    Ok(Pubsub::new(dht))
+    Ok(Pubsub::attach(dht).await?)
 }
 
 fn mainline_bootstrap(net: &NetOpts) -> Option<String> {

@@ -111,10 +111,10 @@ struct Snapshot {
 /// Reads the node and encodes everything in the Prometheus text format.
 pub(crate) async fn scrape(sources: &Sources) -> anyhow::Result<String> {
     let stats = sources.dht.stats().await?;
-    let pubsub = kad_plugin_pubsub::Pubsub::new(sources.dht.clone())
-        .stats()
-        .await
-        .ok();
+    let pubsub = match kad_plugin_pubsub::Pubsub::attach(sources.dht.clone()).await {
+        Ok(p) => p.stats().await.ok(),
+        Err(_) => None,
+    };
     let nat = sources.nat.as_ref().map(|w| w.borrow().clone());
     let udp = sources.udp.as_ref().map(|u| {
         let s = u.stats();

@@ -324,7 +324,7 @@ impl Node {
         &mut self,
         now: Instant,
         namespace: &str,
-        input: Bytes,
+        input: crate::PluginData,
     ) -> Result<QueryId, CommandError> {
         let now = self.advance(now);
         let idx = self

@@ -8,6 +8,7 @@ use crate::addr::{Contact, PeerAddr};
 use crate::id::{Key, NodeId};
 use crate::lookup::LookupStats;
 use crate::message::Message;
+use crate::plugin::PluginData;
 use crate::query::{QueryError, QueryId};
 use crate::record::Record;
 
@@ -83,9 +84,9 @@ pub enum Event {
         /// The plugin's namespace.
         namespace: &'static str,
         /// The event's name.
-        name: String,
-        /// Its data.
-        data: Bytes,
+        name: &'static str,
+        /// Its data, of a type the plugin documents.
+        data: PluginData,
     },
 }
 
@@ -164,7 +165,7 @@ pub enum QueryResult {
     /// A plugin's lookup.
     PluginLookup(LookupOutcome),
     /// A plugin command ([`Node::command`](crate::Node::command)), as the plugin completed it.
-    Command(Result<Bytes, QueryError>),
+    Command(Result<PluginData, QueryError>),
 }
 
 impl QueryResult {
@@ -175,7 +176,8 @@ impl QueryResult {
             Self::Get(r) => r.is_ok(),
             Self::Put(r) => r.is_ok(),
             Self::Ping(r) => r.is_ok(),
-            Self::Call(r) | Self::Command(r) => r.is_ok(),
+            Self::Call(r) => r.is_ok(),
+            Self::Command(r) => r.is_ok(),
             Self::Refresh(_) | Self::PluginLookup(_) => true,
         }
     }

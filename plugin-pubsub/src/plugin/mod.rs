@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kad_core::{
-    Contact, Key, LookupStats, NodeId, Plugin, PluginCx, PluginResponse, QueryError, QueryId,
-    Reply, RequestId, RpcError, native::NativeIdentity,
+    Contact, Key, LookupStats, NodeId, Plugin, PluginCx, PluginData, PluginResponse, QueryError,
+    QueryId, Reply, RequestId, RpcError, native::NativeIdentity,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +64,11 @@ pub struct PubsubStats {
     pub my_subscriptions: usize,
 }
 
-/// A command for [`PubsubPlugin`], given through `Dht::command("pubsub", json)`. The
-/// [`Pubsub`](crate::Pubsub) handle builds these.
+/// A command for [`PubsubPlugin`], given through `Dht::command("pubsub", PluginData::new(command))`.
+/// The [`Pubsub`](crate::Pubsub) handle builds these; each answers a [`PluginData`] holding the
+/// type its variant names.
+///
+/// [`PluginData`]: kad_core::PluginData
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -75,11 +78,20 @@ pub enum Command {
         /// What to subscribe to.
         kind: TopicKind,
     },
-    /// Forget a subscription: its rendezvous nodes are told (`SUBSCRIBE` with ttl 0); one that
-    /// misses it drops the subscription at its next push (answered -32010) or when it expires.
+    /// Forget a subscription, whoever holds it: its rendezvous nodes are told (`SUBSCRIBE`
+    /// with ttl 0); one that misses it drops the subscription at its next push (answered
+    /// -32010) or when it expires. Answers `()`.
     Unsubscribe {
         /// The topic key.
         topic: Key,
+    },
+    /// Give back one holder of a subscription (what dropping a
+    /// [`Subscription`](crate::Subscription) does); the last holder out unsubscribes. Answers `()`.
+    Release {
+        /// The topic key.
+        topic: Key,
+        /// The holder, from [`SubscribeOutcome::holder`].
+        holder: u64,
     },
     /// Publish a signed reading; answers [`PublishOutcome`].
     Publish {
@@ -117,6 +129,9 @@ pub struct SubscribeOutcome {
     /// Of those, how many refused or did not answer.
     #[serde(default)]
     pub failed: usize,
+    /// This subscriber's holder number: give it back with [`Command::Release`].
+    #[serde(default)]
+    pub holder: u64,
 }
 
 /// The answer to [`Command::Publish`] and [`Command::Post`].
@@ -212,6 +227,11 @@ struct MySub {
     cmd: Option<QueryId>,
     lookup: Option<QueryId>,
     renew_at: Instant,
+    /// The application's handles on this subscription (`Command::Release` gives one back; the
+    /// last one out unsubscribes).
+    holders: BTreeSet<u64>,
+    /// The holder of the running subscribe command (`cmd`).
+    cmd_holder: u64,
 }
 
 /// What a push carries, to push it to each subscriber once.
@@ -313,6 +333,7 @@ struct Bucket {
 /// # let _ = node;
 /// ```
 pub struct PubsubPlugin {
+    next_holder: u64,
     config: PubsubConfig,
     identity: Option<Arc<NativeIdentity>>,
     topics: BTreeMap<Key, Topic>,
@@ -384,6 +405,7 @@ impl PubsubPlugin {
             topics: BTreeMap::new(),
             per_subscriber: BTreeMap::new(),
             mine: BTreeMap::new(),
+            next_holder: 1,
             pending: BTreeMap::new(),
             lookups: BTreeMap::new(),
             ops: BTreeMap::new(),
@@ -518,14 +540,17 @@ impl Plugin for PubsubPlugin {
         }
     }
 
-    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: Bytes) {
-        match serde_json::from_slice::<Command>(&input) {
-            Ok(c) => self.command(cx, query, c),
-            Err(e) => cx.complete(
+    fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: PluginData) {
+        match input.downcast_ref::<Command>() {
+            Some(c) => self.command(cx, query, c.clone()),
+            None => cx.complete(
                 query,
                 Err(QueryError::Remote(RpcError::new(
                     RpcError::INVALID_PARAMS,
-                    format!("pubsub command: {e}"),
+                    format!(
+                        "pubsub command: expected a kad_plugin_pubsub::Command, got {}",
+                        input.type_name()
+                    ),
                 ))),
             ),
         }

@@ -3,8 +3,9 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kad_core::{Contact, Key, NodeId, PluginCx, PluginResponse, QueryError, QueryId, RpcError};
+use kad_core::{
+    Contact, Key, NodeId, PluginCx, PluginData, PluginResponse, QueryError, QueryId, RpcError,
+};
 use rand::RngCore as _;
 
 use super::{
@@ -200,9 +201,31 @@ impl PubsubPlugin {
         let result = match (o.outcome.stored_on, o.first_error) {
             (0, Some(e)) => Err(QueryError::Remote(e)),
             (0, None) => Err(QueryError::Timeout),
-            _ => Ok(json(&o.outcome)),
+            _ => Ok(PluginData::new(o.outcome.clone())),
         };
         cx.complete(o.cmd, result);
+    }
+
+    /// Forgets the subscription to `topic` and tells its rendezvous nodes.
+    fn unsubscribe(&mut self, cx: &mut PluginCx<'_>, topic: Key) {
+        let Some(s) = self.mine.remove(&topic) else {
+            return;
+        };
+        if let Some(cmd) = s.cmd {
+            cx.complete(cmd, Err(QueryError::NotFound));
+        }
+        let params = json(&SubscribeParams {
+            topic,
+            kind: s.kind,
+            ttl: 0,
+            push: false,
+            seq: None,
+            ranked: Vec::new(),
+        });
+        for c in s.candidates {
+            // Fire and forget: holders that miss it drop us at the next push.
+            cx.send_request(c, wire::SUBSCRIBE, params.clone());
+        }
     }
 
     pub(super) fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, c: Command) {
@@ -232,8 +255,16 @@ impl PubsubPlugin {
                     cmd: None,
                     lookup: None,
                     renew_at: now,
+                    holders: BTreeSet::new(),
+                    cmd_holder: 0,
                 });
+                let holder = self.next_holder;
+                self.next_holder += 1;
+                s.holders.insert(holder);
+                let superseded = std::mem::replace(&mut s.cmd_holder, holder);
                 if let Some(old) = s.cmd.replace(query) {
+                    // Its caller gets an error, hence no handle to give back.
+                    s.holders.remove(&superseded);
                     cx.complete(
                         old,
                         Err(QueryError::Remote(RpcError::new(
@@ -245,25 +276,19 @@ impl PubsubPlugin {
                 self.schedule_sweep(now);
                 self.start_subscription_lookup(cx, topic);
             }
-            Command::Unsubscribe { topic } => {
-                if let Some(s) = self.mine.remove(&topic) {
-                    if let Some(cmd) = s.cmd {
-                        cx.complete(cmd, Err(QueryError::NotFound));
-                    }
-                    let params = json(&SubscribeParams {
-                        topic,
-                        kind: s.kind,
-                        ttl: 0,
-                        push: false,
-                        seq: None,
-                        ranked: Vec::new(),
-                    });
-                    for c in s.candidates {
-                        // Fire and forget: holders that miss it drop us at the next push.
-                        cx.send_request(c, wire::SUBSCRIBE, params.clone());
-                    }
+            Command::Release { topic, holder } => {
+                let last = self.mine.get_mut(&topic).is_some_and(|s| {
+                    s.holders.remove(&holder);
+                    s.holders.is_empty()
+                });
+                if last {
+                    self.unsubscribe(cx, topic);
                 }
-                cx.complete(query, Ok(Bytes::from_static(b"{}")));
+                cx.complete(query, Ok(PluginData::new(())));
+            }
+            Command::Unsubscribe { topic } => {
+                self.unsubscribe(cx, topic);
+                cx.complete(query, Ok(PluginData::new(())));
             }
             Command::Publish { item } => {
                 if let Err(e) = item.check() {
@@ -307,7 +332,7 @@ impl PubsubPlugin {
                 let m = TopicMessage::sign(&identity, &name, cx.unix_ms(), ttl, nonce, data);
                 self.start_op(cx, query, topic, Payload::Message(m));
             }
-            Command::Stats => cx.complete(query, Ok(json(&self.stats()))),
+            Command::Stats => cx.complete(query, Ok(PluginData::new(self.stats()))),
         }
     }
 

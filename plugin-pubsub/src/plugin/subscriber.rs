@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kad_core::{Contact, Key, NodeId, PluginCx, PluginResponse, QueryError, Reply, RpcError};
+use kad_core::{
+    Contact, Key, NodeId, PluginCx, PluginData, PluginResponse, QueryError, Reply, RpcError,
+};
 use kad_plugin_bep44::item;
 use rand::RngCore as _;
 
@@ -69,7 +71,10 @@ impl PubsubPlugin {
         }
         sub.last_seq = Some(item.seq);
         self.stats.delivered += 1;
-        cx.emit("reading", json(&ReadingEvent { topic, item, from }));
+        cx.emit(
+            "reading",
+            PluginData::new(ReadingEvent { topic, item, from }),
+        );
     }
 
     pub(super) fn deliver_message(&mut self, cx: &mut PluginCx<'_>, topic: Key, m: TopicMessage) {
@@ -103,7 +108,7 @@ impl PubsubPlugin {
             publisher: m.publisher(),
             message: m,
         };
-        cx.emit("message", json(&ev));
+        cx.emit("message", PluginData::new(ev));
     }
 
     pub(super) fn start_subscription_lookup(&mut self, cx: &mut PluginCx<'_>, topic: Key) {
@@ -267,6 +272,7 @@ impl PubsubPlugin {
                     latest_seq: s.last_seq,
                     asked: s.candidates.len(),
                     failed: s.failed.len(),
+                    holder: s.cmd_holder,
                 };
                 if out.rendezvous == 0 {
                     self.mine.remove(&topic);
@@ -278,7 +284,7 @@ impl PubsubPlugin {
                         ))),
                     );
                 } else {
-                    cx.complete(cmd, Ok(json(&out)));
+                    cx.complete(cmd, Ok(PluginData::new(out)));
                 }
             }
         }

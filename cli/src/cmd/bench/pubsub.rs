@@ -226,7 +226,7 @@ async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {
         async move {
             let d = spawn(ro, fanout).await?;
             d.bootstrap(vec![seed]).await?;
-            anyhow::Ok(Pubsub::new(d))
+            anyhow::Ok(Pubsub::attach(d).await?)
         }
     };
     // The sensor.
