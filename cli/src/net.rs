@@ -8,13 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kad_core::{
-    Config, Contact, Dht, DhtError, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, NodeId,
-    PeerAddr, Transport,
-};
+use kad_core::{Config, Contact, DhtError, NativeIdentity, NodeId, PeerAddr};
 use serde_json::json;
 
-use crate::transports::{self, TlsArgs, parse_addrs, parse_preference};
+use crate::transports::{TlsArgs, parse_addrs, parse_preference};
 
 /// Prints one JSON line (with --json) or a human line.
 pub(crate) fn emit(json: bool, v: &serde_json::Value, human: impl FnOnce() -> String) {
@@ -35,98 +32,49 @@ pub(crate) fn contact_json(c: &Contact) -> serde_json::Value {
     json!({ "id": c.id.to_string(), "addrs": c.addrs.iter().map(ToString::to_string).collect::<Vec<_>>() })
 }
 
-/// A fresh secret from the OS.
-pub(crate) fn fresh_identity() -> Result<NativeIdentity> {
-    loop {
-        let mut s = [0u8; 32];
-        getrandom::fill(&mut s).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
-        if let Ok(id) = NativeIdentity::from_secret(&s) {
-            return Ok(id);
+/// Turns an error of the node builder into one naming the `kad` flag at fault.
+pub(crate) fn flag_error(e: kad::BuildError) -> anyhow::Error {
+    use kad::keys::KeyFileError;
+    match e {
+        kad::BuildError::KeyFile(KeyFileError::TooLittleWork { path, has, wanted }) => {
+            anyhow::anyhow!(
+                "--key-file {}: its id has {has} bits of work, less than --id-work = {wanted}; use a new key file",
+                path.display()
+            )
         }
+        kad::BuildError::KeyFile(KeyFileError::NotHex { path, what }) => {
+            anyhow::anyhow!(
+                "--key-file {}: expected 64 hex digits ({what})",
+                path.display()
+            )
+        }
+        kad::BuildError::KeyFile(k) => anyhow::anyhow!("--{k}"),
+        kad::BuildError::Field {
+            field,
+            value,
+            reason,
+        } => anyhow::anyhow!("--{} {value}: {reason}", field.replace('_', "-")),
+        kad::BuildError::Store { dir, source } => {
+            anyhow::anyhow!("--data-dir {}: {source}", dir.display())
+        }
+        other => anyhow::Error::new(other),
     }
 }
 
-/// A fresh identity whose id carries at least `bits` of work (`kad_core::native::id_work`):
-/// about `2^bits` key generations from an OS-seeded generator.
-pub(crate) fn fresh_identity_with_work(bits: u32) -> Result<NativeIdentity> {
-    if bits == 0 {
-        return fresh_identity();
-    }
-    // The thread RNG: a CSPRNG seeded from the OS.
-    Ok(NativeIdentity::generate_with_work(&mut rand::rng(), bits))
-}
-
-/// Loads the key at `path`, or creates it (mode 0600) when the file does not exist. A created
-/// key has `bits` of work; a loaded key with less is an error naming the file and both numbers.
-pub(crate) fn load_or_create_key_with_work(
-    path: &Path,
-    bits: u32,
-) -> Result<(NativeIdentity, bool)> {
-    let (secret, created) = load_or_create_secret(path, "a secp256k1 secret key", || {
-        Ok(fresh_identity_with_work(bits)?.secret_bytes())
-    })?;
-    let id = NativeIdentity::from_secret(&secret)
-        .with_context(|| format!("--key-file {}", path.display()))?;
-    let work = kad_core::native::id_work(&id.id());
-    if work < bits {
-        anyhow::bail!(
-            "--key-file {}: its id has {work} bits of work, less than --id-work = {bits}; use a new key file",
-            path.display()
-        );
-    }
-    Ok((id, created))
-}
-
-/// Reads the 32-byte secret (64 hex digits) in the key file at `path`, warning when others may
-/// read it; when the file does not exist, writes `fresh()` there with mode 0600. `what` names
-/// the kind of key in errors. Returns the secret and whether it was created.
+/// Reads a key file, or creates it (see [`kad::keys::load_or_create_secret`]); errors name
+/// `--key-file`.
 pub(crate) fn load_or_create_secret(
     path: &Path,
-    what: &str,
-    fresh: impl FnOnce() -> Result<[u8; 32]>,
+    what: &'static str,
+    fresh: impl FnOnce() -> Result<[u8; 32], kad::keys::KeyFileError>,
 ) -> Result<([u8; 32], bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut secret = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut secret).with_context(|| {
-                format!(
-                    "--key-file {}: expected 64 hex digits ({what})",
-                    path.display()
-                )
-            })?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                if let Ok(m) = std::fs::metadata(path) {
-                    if m.permissions().mode() & 0o077 != 0 {
-                        eprintln!(
-                            "warning: --key-file {} is readable by others (mode {:o}); chmod 600 it",
-                            path.display(),
-                            m.permissions().mode() & 0o777
-                        );
-                    }
-                }
-            }
-            Ok((secret, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = fresh()?;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                opts.mode(0o600);
-            }
-            let mut f = opts
-                .open(path)
-                .with_context(|| format!("--key-file {}: cannot create it", path.display()))?;
-            writeln!(f, "{}", hex::encode(secret))
-                .with_context(|| format!("--key-file {}: cannot write it", path.display()))?;
-            Ok((secret, true))
-        }
-        Err(e) => Err(e).with_context(|| format!("--key-file {}: cannot read it", path.display())),
-    }
+    kad::keys::load_or_create_secret(path, what, fresh)
+        .map_err(|e| flag_error(kad::BuildError::KeyFile(e)))
+}
+
+/// A fresh identity from the OS random source.
+pub(crate) fn fresh_identity() -> Result<NativeIdentity> {
+    Ok(kad::keys::fresh_identity()?)
 }
 
 pub(crate) fn parse_id(field: &str, s: &str) -> Result<NodeId> {
@@ -134,83 +82,33 @@ pub(crate) fn parse_id(field: &str, s: &str) -> Result<NodeId> {
         .map_err(|_| anyhow::anyhow!("{field} {s:?}: expected 40 hex digits (a 160-bit id)"))
 }
 
-/// The configuration of a native node: record values limited to what fits one datagram.
+/// The configuration of a native node before its transports set the value limit.
 pub(crate) fn native_config() -> Config {
-    let mut c = Config::default();
-    c.max_value_len = MAX_NATIVE_VALUE;
-    c
-}
-
-/// What a node keeps and accepts: its record store, its validator and whether it serves
-/// `storage.FETCH`. The default is an in-memory store that accepts any record, no plugin.
-#[derive(Default)]
-pub(crate) struct Setup {
-    pub(crate) store: Option<Box<dyn kad_core::RecordStore>>,
-    pub(crate) validator: Option<Arc<dyn kad_core::RecordValidator>>,
-    pub(crate) storage_plugin: bool,
-    /// The pub/sub plugin's settings (default: `PubsubConfig::default()`).
-    pub(crate) pubsub: Option<kad_plugin_pubsub::PubsubConfig>,
-    /// The NAT plugin's settings (default: `NatConfig::default()`, which sends no probes for
-    /// others: only nodes that run `kad_plugin_nat::Nat` beside them turn `serve_probes` on).
-    pub(crate) nat: Option<kad_plugin_nat::NatConfig>,
-    /// Bits of work required in peers' ids (`NativeCodec::min_id_work`); 0: none.
-    pub(crate) id_work: u32,
+    Config::default()
 }
 
 /// The largest record value a node takes when its largest message is `max_message_len` bytes.
 pub(crate) use kad_core::max_native_value_for as value_limit;
 
-/// Spawns a native node on `transports` (any mix of UDP, QUIC and WebSocket), advertising
-/// `advertise` (when not empty) instead of the transports' listen addresses.
-///
-/// The codec and the value limit follow the largest message any of the transports carries: a
-/// node on QUIC or WebSocket takes values of about 750 KB (1 MiB messages), a UDP-only node
-/// 45,000 bytes.
-pub(crate) fn spawn_on(
-    transports: Vec<Arc<dyn Transport>>,
-    advertise: Vec<PeerAddr>,
-    identity: Arc<NativeIdentity>,
-    mut config: Config,
-    setup: Setup,
-) -> Result<Dht> {
-    let max_message = transports
-        .iter()
-        .map(|t| t.max_message_len())
-        .max()
-        .unwrap_or(kad_core::MAX_DATAGRAM);
-    config.max_value_len = value_limit(max_message);
-    let identity_for_posts = identity.clone();
-    let mut builder = Node::builder(config)
-        .identity(identity.clone())
-        .codec(Box::new(
-            NativeCodec::new(identity)
-                .max_len(max_message)
-                .min_id_work(setup.id_work),
-        ));
-    if !advertise.is_empty() {
-        builder = builder.addrs(advertise);
+/// A native node builder with what every node of the CLI runs: the pub/sub plugin (every
+/// native node is a rendezvous node and can subscribe and publish) and the NAT plugin (every
+/// native node votes on its external address and can check its reachability; the default
+/// settings send no probes for others).
+pub(crate) fn node_builder() -> kad::NativeNodeBuilder {
+    kad::NativeNode::builder()
+        .pubsub()
+        .nat(kad_plugin_nat::NatConfig::default(), None)
+}
+
+/// A builder listening on `addrs` (URIs, already parsed).
+pub(crate) fn listening(
+    mut b: kad::NativeNodeBuilder,
+    addrs: &[PeerAddr],
+) -> kad::NativeNodeBuilder {
+    for a in addrs {
+        b = b.listen(a);
     }
-    if let Some(store) = setup.store {
-        builder = builder.store(store);
-    }
-    if let Some(v) = setup.validator {
-        builder = builder.validator(v);
-    }
-    // Every native node is a pub/sub rendezvous node and can subscribe and publish.
-    builder = builder.plugin(Box::new(kad_plugin_pubsub::PubsubPlugin::new(
-        setup.pubsub.unwrap_or_default(),
-        Some(identity_for_posts),
-    )));
-    // Every native node votes on its external address and can check its reachability.
-    builder = builder.plugin(Box::new(kad_plugin_nat::NatPlugin::new(
-        setup.nat.unwrap_or_default(),
-    )));
-    if setup.storage_plugin {
-        builder = builder.plugin(Box::new(kad_plugin_storage::StoragePlugin::new(
-            value_limit(max_message),
-        )));
-    }
-    Ok(Dht::spawn(builder, transports)?)
+    b
 }
 
 /// Options shared by the client commands (ping, lookup, put, get).
@@ -242,38 +140,32 @@ pub(crate) struct ClientArgs {
 }
 
 /// A read-only client node with a transport for each kind of address in `targets` (ephemeral
-/// ports of the right address family; WebSocket dial-only). `validator` checks the values its
-/// lookups receive (none: any value).
+/// ports of the right address family; WebSocket dial-only), not yet joined. `validator` checks
+/// the values its lookups receive (none: any value).
 pub(crate) async fn client(
     a: &ClientArgs,
     targets: &[PeerAddr],
     validator: Option<Arc<dyn kad_core::RecordValidator>>,
-) -> Result<(Dht, usize)> {
+) -> Result<kad::NativeNode> {
     crate::check_range("id-work", a.id_work, 0, 32)?;
-    let identity = Arc::new(match &a.key_file {
-        Some(p) => load_or_create_key_with_work(p, a.id_work)?.0,
-        None => fresh_identity_with_work(a.id_work)?,
-    });
-    let mut config = native_config();
-    config.read_only = true;
-    config.transport_preference = parse_preference(&a.prefer)?;
-    let t = transports::dialers(targets, &identity, &a.tls).await?;
-    // Answers may come back through any of the client's transports: size to the smallest.
-    let max_message = t
-        .all
-        .iter()
-        .map(|t| t.max_message_len())
-        .min()
-        .unwrap_or(kad_core::MAX_DATAGRAM);
-    let setup = Setup {
-        validator,
-        id_work: a.id_work,
-        ..Setup::default()
-    };
-    Ok((
-        spawn_on(t.all, Vec::new(), identity, config, setup)?,
-        max_message,
-    ))
+    let mut b = node_builder()
+        .client()
+        .id_work(a.id_work)
+        .configure(|c| c.transport_preference = parse_preference(&a.prefer).unwrap_or_default());
+    parse_preference(&a.prefer)?;
+    if let Some(p) = &a.key_file {
+        b = b.key_file(p);
+    }
+    if let Some(v) = validator {
+        b = b.validator(v);
+    }
+    for p in &a.tls.tls_ca {
+        let pem = std::fs::read(p).with_context(|| format!("--tls-ca {}", p.display()))?;
+        b = b.trust_pem(pem);
+    }
+    // The dialers of a client reach the targets; joining is the caller's.
+    let node = b.dial(targets).build().await.map_err(flag_error)?;
+    Ok(node)
 }
 
 pub(crate) fn timeout(a: &ClientArgs) -> Result<Duration> {
@@ -291,58 +183,41 @@ pub(crate) fn timeout(a: &ClientArgs) -> Result<Duration> {
 pub(crate) async fn joined_with(
     a: &ClientArgs,
     validator: Option<Arc<dyn kad_core::RecordValidator>>,
-) -> Result<(Dht, Duration, usize)> {
+) -> Result<(kad::NativeNode, Duration, usize)> {
     let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
     if seeds.is_empty() {
         bail!(
             "--bootstrap: at least one address (udp://, quic://, ws:// or wss://) is needed to reach the network"
         );
     }
-    let (dht, max_message) = client(a, &seeds, validator).await?;
+    let node = client(a, &seeds, validator).await?;
+    let max_message = node.transports().min_message_len();
     let t0 = Instant::now();
-    let limit = timeout(a)?;
-    // Every seed is pinged (each PING sent up to four times); a join that still found nobody is
-    // tried again, 1 s, 2 s, 4 s... later, until --timeout.
-    let mut wait = Duration::from_secs(1);
-    loop {
-        let left = limit.saturating_sub(t0.elapsed());
-        match tokio::time::timeout(left, dht.bootstrap(seeds.clone())).await {
-            Ok(Ok(_)) => return Ok((dht, t0.elapsed(), max_message)),
-            Ok(Err(e)) if t0.elapsed() + wait >= limit => {
-                bail!(
-                    "bootstrap failed: {e} (tried for {:.1} s)",
-                    t0.elapsed().as_secs_f64()
-                )
+    match node.join(&seeds, timeout(a)?).await {
+        Ok(_) => Ok((node, t0.elapsed(), max_message)),
+        Err(kad::BuildError::Join { tried_for, source }) => {
+            if tried_for >= timeout(a)? {
+                bail!("bootstrap timed out after {} s", a.timeout)
             }
-            Ok(Err(_)) => {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(8));
-            }
-            Err(_) => bail!("bootstrap timed out after {} s", a.timeout),
+            bail!(
+                "bootstrap failed: {source} (tried for {:.1} s)",
+                tried_for.as_secs_f64()
+            )
         }
+        Err(e) => Err(flag_error(e)),
     }
 }
 
-pub(crate) async fn joined(a: &ClientArgs) -> Result<(Dht, Duration)> {
-    let (dht, join, _) = joined_with(a, None).await?;
-    Ok((dht, join))
+pub(crate) async fn joined(a: &ClientArgs) -> Result<(kad::NativeNode, Duration)> {
+    let (node, join, _) = joined_with(a, None).await?;
+    Ok((node, join))
 }
 
 /// The largest message every transport a client opens for `seeds` carries, known before
 /// opening them (so a value too large is refused before joining).
 pub(crate) fn client_max_message(a: &ClientArgs) -> Result<usize> {
     let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
-    Ok(seeds
-        .iter()
-        .map(|s| match s.kind() {
-            kad_core::TransportKind::Quic => {
-                kad_transport_quic::QuicConfig::default().max_message_len
-            }
-            kad_core::TransportKind::Ws => kad_transport_ws::WsConfig::default().max_message_len,
-            _ => kad_core::MAX_DATAGRAM,
-        })
-        .min()
-        .unwrap_or(kad_core::MAX_DATAGRAM))
+    Ok(kad::transports::client_max_message_len(&seeds))
 }
 
 pub(crate) async fn within<T>(

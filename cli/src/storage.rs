@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kad_core::{AcceptAll, Dht, NodeId, RecordValidator, StoreLimits};
+use kad_core::{AcceptAll, NodeId, RecordValidator, StoreLimits};
 use kad_plugin_storage::{
-    Capability, ContentValidator, FileKey, GetOptions, Protection, PutOptions, RedbStore,
-    RoutingFile, Share, TransferError, combine_shares, get_file_with, get_manifest,
+    Capability, ContentValidator, FileKey, GetOptions, Protection, PutOptions, Share,
+    TransferError, combine_shares, get_file_with, get_manifest,
 };
 use serde_json::json;
 
-use crate::net::{ClientArgs, Setup, emit, joined_with, ms, value_limit};
+use crate::net::{ClientArgs, emit, joined_with, ms, value_limit};
 
 /// `kad node` flags for what the node stores.
 #[derive(Args, Debug, Clone)]
@@ -61,21 +61,10 @@ pub(crate) fn validator(records: &str) -> Arc<dyn RecordValidator> {
     }
 }
 
-/// What `kad node` stores with: its store and validator, plus the routing file with a data dir.
-pub(crate) struct NodeStore {
-    pub(crate) setup: Setup,
-    pub(crate) routing: Option<RoutingFile>,
-    pub(crate) opened: serde_json::Value,
-}
-
 impl StoreArgs {
-    /// The key file to use: --key-file, else DIR/node.key with a data dir.
-    pub(crate) fn key_file(&self, key_file: Option<PathBuf>) -> Option<PathBuf> {
-        key_file.or_else(|| self.data_dir.as_ref().map(|d| d.join("node.key")))
-    }
-
-    /// Opens the store for the node `local`.
-    pub(crate) fn open(&self, local: NodeId) -> Result<NodeStore> {
+    /// The store settings of a `kad node`: its records on disk with --data-dir (and its key
+    /// there unless --key-file is given), in memory without; the limits; the validator.
+    pub(crate) fn apply(&self, b: kad::NativeNodeBuilder) -> Result<kad::NativeNodeBuilder> {
         if self.max_records == 0 {
             bail!("--max-records must be at least 1");
         }
@@ -90,42 +79,22 @@ impl StoreArgs {
             None => max_bytes / 4,
         };
         let limits = StoreLimits::new(self.max_records, max_bytes).publisher_bytes(per);
-        let validator = Some(validator(&self.records));
-        let Some(dir) = &self.data_dir else {
-            let store = kad_core::MemoryStore::new(local, limits);
-            return Ok(NodeStore {
-                setup: Setup {
-                    store: Some(Box::new(store)),
-                    validator,
-                    storage_plugin: true,
-                    pubsub: None,
-                    nat: None,
-                    id_work: 0,
-                },
-                routing: None,
-                opened: json!(null),
-            });
+        let b = match &self.data_dir {
+            Some(dir) => b.storage(dir),
+            None => b.storage_in_memory(),
         };
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("--data-dir {}: cannot create it", dir.display()))?;
-        let path = dir.join("records.redb");
-        let store = RedbStore::open(&path, local, limits, kad_core::SystemClock::now_ms())
-            .with_context(|| format!("--data-dir {}", dir.display()))?;
-        let s = store.open_stats();
-        let routing = store.routing();
-        Ok(NodeStore {
-            opened: json!({"path": path.display().to_string(), "loaded": s.loaded,
-                           "expired": s.expired, "evicted": s.evicted, "corrupt": s.corrupt}),
-            setup: Setup {
-                store: Some(Box::new(store)),
-                validator,
-                storage_plugin: true,
-                pubsub: None,
-                nat: None,
-                id_work: 0,
-            },
-            routing: Some(routing),
-        })
+        Ok(b.store_limits(limits).validator(validator(&self.records)))
+    }
+}
+
+/// What opening the store found, as JSON (null without a data dir).
+pub(crate) fn opened_json(node: &kad::NativeNode) -> serde_json::Value {
+    match node.store_opened() {
+        Some((dir, s)) => {
+            json!({"path": dir.join("records.redb").display().to_string(), "loaded": s.loaded,
+                   "expired": s.expired, "evicted": s.evicted, "corrupt": s.corrupt})
+        }
+        None => json!(null),
     }
 }
 
@@ -138,13 +107,6 @@ pub(crate) fn in_flight_budget(max_message: usize) -> usize {
     } else {
         usize::MAX
     }
-}
-
-/// Saves the node's routing table into its data dir.
-pub(crate) async fn save_routing(dht: &Dht, routing: &RoutingFile) -> Result<usize> {
-    let snap = dht.snapshot().await?;
-    routing.save(&snap.contacts)?;
-    Ok(snap.contacts.len())
 }
 
 /// A progress bar on stderr (hidden with --json or when stderr is not a terminal).

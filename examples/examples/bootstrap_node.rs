@@ -17,14 +17,11 @@
 //! script can read it and pass it to others as `--bootstrap`. Then `id: NODE_ID`, and on exit a
 //! summary ending in `ok: bootstrap_node served N requests`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use kad_core::{Config, Dht, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, PeerAddr};
-use kad_plugin_pubsub::{PubsubConfig, PubsubPlugin};
-use kad_transport_udp::UdpTransport;
+use kad::{NativeNode, PeerAddr};
 
 #[derive(Parser)]
 struct Args {
@@ -49,22 +46,9 @@ async fn main() -> Result<()> {
     };
 
     // A fresh identity each run. A real bootstrap node keeps its key in a file, so its id
-    // stays the same across restarts (`kad node --key-file`).
-    let identity = Arc::new(NativeIdentity::generate(&mut rand::rng()));
-    let udp = UdpTransport::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on udp://{listen}"))?;
-    let mut config = Config::default();
-    config.max_value_len = MAX_NATIVE_VALUE;
-    let builder = Node::builder(config)
-        .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity.clone())))
-        // Rendezvous for pub/sub topics; the identity signs named-topic messages.
-        .plugin(Box::new(PubsubPlugin::new(
-            PubsubConfig::default(),
-            Some(identity),
-        )));
-    let dht = Dht::spawn(builder, vec![Arc::new(udp)])?;
+    // stays the same across restarts (`.key_file(PATH)`, `kad node --key-file`). It is a
+    // rendezvous node for pub/sub topics too.
+    let dht = NativeNode::builder().udp(listen).pubsub().build().await?;
 
     // The address first, alone on its line: scripts read it.
     println!("{}", dht.contact().addrs[0]);

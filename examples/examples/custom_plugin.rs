@@ -1,6 +1,6 @@
 //! Extending the framework with a plugin: a new RPC method, `echo.UPPER`.
 //!
-//! A `kad_core::Plugin` owns a namespace (`echo`); the engine hands it every request whose
+//! A `kad::core::Plugin` owns a namespace (`echo`); the engine hands it every request whose
 //! method starts with `echo.`, and sends back whatever `Reply` it returns. Plugins never touch
 //! sockets or clocks: they see the node through `PluginCx` (its contact, time, routing table,
 //! store) and may keep state of their own, like the call counter here. On the native network
@@ -18,14 +18,9 @@
 //! error for a method the plugin does not have, and finally
 //! `ok: custom_plugin answered "HELLO, PLUGIN"`.
 
-use std::sync::Arc;
-
 use anyhow::{Result, bail, ensure};
-use kad_core::{
-    Bytes, Config, Contact, Dht, DhtError, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node,
-    Plugin, PluginCx, QueryError, Reply, RpcError,
-};
-use kad_transport_udp::UdpTransport;
+use kad::NativeNode;
+use kad::core::{Bytes, Contact, DhtError, Plugin, PluginCx, QueryError, Reply, RpcError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -74,16 +69,12 @@ impl Plugin for Echo {
 }
 
 /// A native node on 127.0.0.1 with the echo plugin registered.
-async fn spawn_node() -> Result<Dht> {
-    let identity = Arc::new(NativeIdentity::generate(&mut rand::rng()));
-    let udp = UdpTransport::bind("127.0.0.1:0".parse()?).await?;
-    let mut config = Config::default();
-    config.max_value_len = MAX_NATIVE_VALUE;
-    let builder = Node::builder(config)
-        .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity)))
-        .plugin(Box::new(Echo::default()));
-    Ok(Dht::spawn(builder, vec![Arc::new(udp)])?)
+async fn spawn_node() -> Result<NativeNode> {
+    Ok(NativeNode::builder()
+        .udp("127.0.0.1:0")
+        .plugin(Box::new(Echo::default()))
+        .build()
+        .await?)
 }
 
 #[tokio::main]

@@ -1,7 +1,7 @@
 //! Adding a transport: a hand-written UDP transport that counts its traffic, talking to a node
 //! on the stock `kad-transport-udp`.
 //!
-//! A `kad_core::Transport` moves whole messages to and from `PeerAddr`s: `send` enqueues and
+//! A `kad::core::Transport` moves whole messages to and from `PeerAddr`s: `send` enqueues and
 //! never waits, `recv` yields one message and where it came from, `close` makes `recv` return
 //! `Closed`. The engine does the rest (retries, timeouts, the codec's signatures). Here the
 //! transport wraps a `tokio::net::UdpSocket`. `TransportKind` is a closed enum, so it says
@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use anyhow::{Result, ensure};
 use async_trait::async_trait;
-use kad_core::{
-    Bytes, Config, Dht, MAX_DATAGRAM, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node,
-    PeerAddr, Transport, TransportError, TransportKind, content_key,
+use kad::NativeNode;
+use kad::core::{
+    Bytes, MAX_DATAGRAM, PeerAddr, Quorum, Transport, TransportError, TransportKind, content_key,
 };
-use kad_transport_udp::UdpTransport;
+use kad::udp::UdpTransport;
 use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, watch};
 
@@ -139,24 +139,19 @@ impl Transport for CountingUdp {
     }
 }
 
-/// A native node on `transport`, with a fresh identity.
-fn spawn_node(transport: Arc<dyn Transport>) -> Result<Dht> {
-    let identity = Arc::new(NativeIdentity::generate(&mut rand::rng()));
-    let mut config = Config::default();
-    config.max_value_len = MAX_NATIVE_VALUE;
-    let builder = Node::builder(config)
-        .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity)));
-    Ok(Dht::spawn(builder, vec![transport])?)
+/// A native node on `transport`, with a fresh identity; the value limit follows the
+/// transport's largest message.
+async fn spawn_node(transport: Arc<dyn Transport>) -> Result<NativeNode> {
+    Ok(NativeNode::builder().transport(transport).build().await?)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let localhost: SocketAddr = "127.0.0.1:0".parse()?;
 
-    let a = spawn_node(Arc::new(UdpTransport::bind(localhost).await?))?;
+    let a = spawn_node(Arc::new(UdpTransport::bind(localhost).await?)).await?;
     let custom = Arc::new(CountingUdp::bind(localhost)?);
-    let b = spawn_node(custom.clone())?;
+    let b = spawn_node(custom.clone()).await?;
     let a_addr = a.contact().addrs[0].clone();
     println!(
         "a (kad-transport-udp) at {a_addr}, b (CountingUdp) at {}",
@@ -172,7 +167,7 @@ async fn main() -> Result<()> {
     println!("b stored {key} on {} node(s)", put.stored);
 
     // Quorum 2: a's own copy is not enough, the get waits for b's answer too.
-    let got = a.get_quorum(key, 2).await?;
+    let got = a.get_quorum(key, Quorum::n(2)).await?;
     ensure!(got.record.value == value, "a read another value");
     ensure!(got.answers >= 2, "b's copy did not arrive");
     println!(

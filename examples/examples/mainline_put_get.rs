@@ -19,25 +19,20 @@
 //! refusal, and finally `ok: mainline_put_get read seq=2 "second version"`.
 
 use anyhow::{Result, bail, ensure};
-use kad_plugin_bep44::bencode;
-use kad_plugin_bep44::item::{bencode_bytes, public_key};
-use kad_plugin_bep44::{Mainline, MainlineConfig, MainlineError, MutableItem};
+use kad::item::{bencode_bytes, public_key};
+use kad::{Mainline, MainlineError, MutableItem};
 
 /// Starts `n` Mainline nodes on 127.0.0.1, all joined through the first.
 async fn local_network(n: usize) -> Result<Vec<Mainline>> {
     let mut nodes: Vec<Mainline> = Vec::new();
     for _ in 0..n {
-        let mut cfg = MainlineConfig::default();
-        cfg.bind = "127.0.0.1:0".parse()?;
         // The first node has no one to join: it starts the network. The others join through
-        // it (the public routers in `PUBLIC_ROUTERS` are for joining the live DHT).
-        if let Some(first) = nodes.first() {
-            cfg.bootstrap = vec![first.local_addr()];
-        }
-        let node = Mainline::spawn(cfg).await?;
-        if !nodes.is_empty() {
-            node.bootstrap().await?;
-        }
+        // it (`Mainline::client()` and `Mainline::server()` join the live DHT instead).
+        let node = Mainline::builder()
+            .bind("127.0.0.1:0".parse()?)
+            .bootstrap(nodes.first().map(Mainline::local_addr))
+            .build()
+            .await?;
         println!("node {} at {}", node.id(), node.local_addr());
         nodes.push(node);
     }
@@ -68,8 +63,8 @@ async fn main() -> Result<()> {
         );
 
         let got = reader.get_mutable(public_key(&seed), salt, None).await?;
-        // `v` comes back bencoded, as it was signed (`13:first version`): decode it.
-        let v = bencode::parse(&got.v)?.bytes().map(String::from_utf8_lossy);
+        // `v` is bencoded, as it was signed (`13:first version`); `value` is it decoded.
+        let v = got.value.as_deref().map(String::from_utf8_lossy);
         let v = v.unwrap_or_default();
         println!("get from another node: seq={} value={v:?}", got.seq);
         ensure!(got.seq == seq, "read seq {} after putting {seq}", got.seq);
@@ -91,7 +86,7 @@ async fn main() -> Result<()> {
         "the latest value changed"
     );
     for node in &nodes {
-        node.dht().shutdown().await;
+        node.shutdown().await;
     }
     println!(
         "ok: mainline_put_get read seq={} \"second version\"",

@@ -20,17 +20,12 @@
 //! public key in hex, what a subscriber needs), then one line per reading
 //! (`published seq=1 value=21.00 stored_on=N`), then `ok: sensor_publisher published N readings`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use clap::Parser;
-use kad_core::{
-    Config, Dht, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, PeerAddr, SystemClock,
-};
-use kad_plugin_bep44::item::{MutableItem, bencode_bytes, public_key};
-use kad_plugin_pubsub::{Pubsub, PubsubConfig, PubsubPlugin};
-use kad_transport_udp::UdpTransport;
+use kad::item::{MutableItem, bencode_bytes, public_key};
+use kad::{NativeNode, PeerAddr, core::SystemClock};
 
 #[derive(Parser)]
 struct Args {
@@ -48,20 +43,14 @@ struct Args {
     salt: String,
 }
 
-/// A native node on 127.0.0.1 with the pub/sub plugin. A read-only node is a client: it asks,
+/// A native node on 127.0.0.1 with pub/sub, joined through `seed` when given. A client asks,
 /// but others do not add it to their tables or make it a rendezvous node.
-async fn spawn_node(read_only: bool) -> Result<Dht> {
-    let identity = Arc::new(NativeIdentity::generate(&mut rand::rng()));
-    let udp = UdpTransport::bind("127.0.0.1:0".parse()?).await?;
-    let mut config = Config::default();
-    config.max_value_len = MAX_NATIVE_VALUE;
-    config.read_only = read_only;
-    let plugin = PubsubPlugin::new(PubsubConfig::default(), Some(identity.clone()));
-    let builder = Node::builder(config)
-        .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity)))
-        .plugin(Box::new(plugin));
-    Ok(Dht::spawn(builder, vec![Arc::new(udp)])?)
+async fn spawn_node(client: bool, seed: Option<PeerAddr>) -> Result<NativeNode> {
+    let mut b = NativeNode::builder().udp("127.0.0.1:0").pubsub();
+    if client {
+        b = b.client();
+    }
+    Ok(b.bootstrap(seed).build().await?)
 }
 
 #[tokio::main]
@@ -69,24 +58,19 @@ async fn main() -> Result<()> {
     let args = Args::parse();
 
     // Without --bootstrap, four full nodes in this process serve as the network.
-    let mut local: Vec<Dht> = Vec::new();
+    let mut local: Vec<NativeNode> = Vec::new();
     let seed = match args.bootstrap {
         Some(addr) => addr,
         None => {
             for _ in 0..4 {
-                let node = spawn_node(false).await?;
-                if let Some(first) = local.first() {
-                    node.bootstrap(vec![first.contact().addrs[0].clone()])
-                        .await?;
-                }
-                local.push(node);
+                let first = local.first().map(NativeNode::addr);
+                local.push(spawn_node(false, first).await?);
             }
-            local[0].contact().addrs[0].clone()
+            local[0].addr()
         }
     };
-    let node = spawn_node(true).await?;
-    node.bootstrap(vec![seed]).await?;
-    let pubsub = Pubsub::attach(node.clone()).await?;
+    let node = spawn_node(true, Some(seed)).await?;
+    let pubsub = node.pubsub()?;
 
     // The sensor's key: fresh each run here; a real sensor keeps its seed in a file.
     let sensor: [u8; 32] = rand::random();
@@ -117,7 +101,7 @@ async fn main() -> Result<()> {
     }
 
     node.shutdown().await;
-    for n in &local {
+    for n in local {
         n.shutdown().await;
     }
     println!("ok: sensor_publisher published {} readings", args.readings);

@@ -18,17 +18,12 @@
 //! `subscribed at N rendezvous node(s)`, one line per reading (`seq=3 value=21.99 latency=4ms`),
 //! then `ok: sensor_subscriber received N readings`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use kad_core::{
-    Config, Dht, MAX_NATIVE_VALUE, NativeCodec, NativeIdentity, Node, PeerAddr, SystemClock,
-};
-use kad_plugin_bep44::item::{MutableItem, bencode_bytes, public_key};
-use kad_plugin_pubsub::{Delivery, Pubsub, PubsubConfig, PubsubPlugin};
-use kad_transport_udp::UdpTransport;
+use kad::item::{MutableItem, bencode_bytes, public_key};
+use kad::{Delivery, NativeNode, PeerAddr, core::SystemClock};
 
 #[derive(Parser)]
 struct Args {
@@ -46,26 +41,20 @@ struct Args {
     count: usize,
 }
 
-/// A native node on 127.0.0.1 with the pub/sub plugin (read-only: a client, never a rendezvous).
-async fn spawn_node(read_only: bool) -> Result<Dht> {
-    let identity = Arc::new(NativeIdentity::generate(&mut rand::rng()));
-    let udp = UdpTransport::bind("127.0.0.1:0".parse()?).await?;
-    let mut config = Config::default();
-    config.max_value_len = MAX_NATIVE_VALUE;
-    config.read_only = read_only;
-    let plugin = PubsubPlugin::new(PubsubConfig::default(), Some(identity.clone()));
-    let builder = Node::builder(config)
-        .identity(identity.clone())
-        .codec(Box::new(NativeCodec::new(identity)))
-        .plugin(Box::new(plugin));
-    Ok(Dht::spawn(builder, vec![Arc::new(udp)])?)
+/// A native node on 127.0.0.1 with pub/sub, joined through `seed` when given (a client: never a
+/// rendezvous node).
+async fn spawn_node(client: bool, seed: Option<PeerAddr>) -> Result<NativeNode> {
+    let mut b = NativeNode::builder().udp("127.0.0.1:0").pubsub();
+    if client {
+        b = b.client();
+    }
+    Ok(b.bootstrap(seed).build().await?)
 }
 
 /// The demo sensor of a standalone run: a reading every 200 ms from a client of the network.
 async fn demo_sensor(seed: PeerAddr, sensor: [u8; 32], salt: String) -> Result<()> {
-    let node = spawn_node(true).await?;
-    node.bootstrap(vec![seed]).await?;
-    let pubsub = Pubsub::attach(node).await?;
+    let node = spawn_node(true, Some(seed)).await?;
+    let pubsub = node.pubsub()?;
     for seq in 1.. {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let value = format!("{:.2}", 21.0 + 2.0 * (seq as f64 / 4.0).sin());
@@ -84,7 +73,7 @@ async fn demo_sensor(seed: PeerAddr, sensor: [u8; 32], salt: String) -> Result<(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let mut local: Vec<Dht> = Vec::new();
+    let mut local: Vec<NativeNode> = Vec::new();
     let (seed, pubkey) = match (args.bootstrap, &args.pubkey) {
         (Some(addr), Some(hex_key)) => {
             let mut key = [0u8; 32];
@@ -96,14 +85,10 @@ async fn main() -> Result<()> {
         (None, None) => {
             // Standalone: four full nodes, and a sensor of our own publishing into them.
             for _ in 0..4 {
-                let node = spawn_node(false).await?;
-                if let Some(first) = local.first() {
-                    node.bootstrap(vec![first.contact().addrs[0].clone()])
-                        .await?;
-                }
-                local.push(node);
+                let first = local.first().map(NativeNode::addr);
+                local.push(spawn_node(false, first).await?);
             }
-            let seed = local[0].contact().addrs[0].clone();
+            let seed = local[0].addr();
             let sensor: [u8; 32] = rand::random();
             let (to, salt) = (seed.clone(), args.salt.clone());
             tokio::spawn(async move {
@@ -115,10 +100,9 @@ async fn main() -> Result<()> {
         }
     };
 
-    let node = spawn_node(true).await?;
-    node.bootstrap(vec![seed]).await?;
-    let pubsub = Pubsub::attach(node.clone()).await?;
-    let mut sub = pubsub
+    let node = spawn_node(true, Some(seed)).await?;
+    let mut sub = node
+        .pubsub()?
         .subscribe_sensor(pubkey, args.salt.as_bytes())
         .await?;
     println!(
@@ -147,9 +131,10 @@ async fn main() -> Result<()> {
         received += 1;
     }
 
-    pubsub.unsubscribe(sub.topic()).await?;
+    // Closing the subscription tells the rendezvous nodes (dropping it does too).
+    sub.close().await?;
     node.shutdown().await;
-    for n in &local {
+    for n in local {
         n.shutdown().await;
     }
     println!("ok: sensor_subscriber received {received} readings");

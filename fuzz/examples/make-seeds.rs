@@ -25,7 +25,7 @@ use kad_core::{
     Response, RpcError, TxnId,
 };
 use kad_plugin_bep44::bencode::{self, Dict};
-use kad_plugin_bep44::{KrpcCodec, KrpcLimits, Shared};
+use kad_plugin_bep44::{KrpcCodec, KrpcLimits, KrpcShared};
 use kad_plugin_storage::{
     Encryption, FileKey, Manifest, chunk_root, content_key, index_blobs, seal_chunk,
 };
@@ -71,7 +71,7 @@ const ABC: NodeId = NodeId::from_bytes(*b"abcdefghij0123456789");
 const MNO: NodeId = NodeId::from_bytes(*b"mnopqrstuvwxyz123456");
 
 fn krpc_encode(msg: &Message, peer: Option<&PeerAddr>) -> Vec<u8> {
-    let mut codec = KrpcCodec::new(Shared::new(KrpcLimits::default()));
+    let mut codec = KrpcCodec::new(KrpcShared::new(KrpcLimits::default()));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut cx = CodecCx {
         unix_ms: 1_763_683_200_000,

@@ -24,7 +24,7 @@ use kad_core::{
 };
 use kad_plugin_bep44::bencode::{self, Val};
 use kad_plugin_bep44::krpc::{compact_peer, parse_compact_addr, parse_nodes};
-use kad_plugin_bep44::{KrpcCodec, KrpcLimits, Shared};
+use kad_plugin_bep44::{KrpcCodec, KrpcLimits, KrpcShared};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 
@@ -60,7 +60,7 @@ fn codec(flags: u8, peer: Option<&PeerAddr>, txn: Option<&[u8]>) -> KrpcCodec {
         enforce_bep42: flags & 0x20 != 0,
         ..KrpcLimits::default()
     };
-    let mut c = KrpcCodec::new(Shared::new(limits));
+    let mut c = KrpcCodec::new(KrpcShared::new(limits));
     if let (true, Some(p), Some(t)) = (flags & 4 != 0, peer, txn) {
         let target = NodeId::from_bytes([0x54; 20]);
         let custom = |m: &str, key: &[u8]| {
@@ -200,7 +200,7 @@ fuzz_target!(|input: &[u8]| {
     // Answers never need the peer to reach a requester: encode them without one (both address
     // families wanted, no `ip`), queries with it (the codec remembers them per peer).
     let encode = |m: &Message| {
-        let mut c = KrpcCodec::new(Shared::new(KrpcLimits::default()));
+        let mut c = KrpcCodec::new(KrpcShared::new(KrpcLimits::default()));
         let to = matches!(m.body, Body::Request(_)).then_some(p).flatten();
         with_cx(to, |cx| c.encode(m, cx))
     };

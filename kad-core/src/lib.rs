@@ -104,6 +104,7 @@ pub mod native;
 mod node;
 mod plugin;
 mod query;
+mod quorum;
 mod recent;
 mod record;
 mod routing;
@@ -131,6 +132,7 @@ pub use node::{
     PutOutcome, QueryError, QueryId, QueryResult,
 };
 pub use plugin::{Plugin, PluginCx, PluginData, PluginResponse, Reply, RequestId};
+pub use quorum::Quorum;
 pub use record::{
     AcceptAll, Eviction, IndexEntry, MemoryStore, QuotaIndex, Record, RecordStore, RecordValidator,
     Rejected, StoreError, StoreLimits,

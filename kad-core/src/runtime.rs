@@ -18,6 +18,7 @@ use crate::node::{
     PutOutcome, QueryError, QueryId, QueryResult,
 };
 use crate::plugin::PluginData;
+use crate::quorum::Quorum;
 use crate::record::Record;
 use crate::routing::RoutingSnapshot;
 use crate::stats::Stats;
@@ -109,6 +110,8 @@ pub struct Dht {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     contact: Contact,
+    /// The bucket size (a quorum's k).
+    k: usize,
 }
 
 impl std::fmt::Debug for Dht {
@@ -162,6 +165,7 @@ impl Dht {
         }
         let node = builder.build(now())?;
         let contact = node.contact().clone();
+        let k = node.config().k;
         // Everything this node logs (its readers, its actor, its queries) is inside this span.
         let span = info_span!("node", id = %contact.id);
         let (tx, rx) = mpsc::channel(1024);
@@ -217,6 +221,7 @@ impl Dht {
             tx,
             events,
             contact,
+            k,
         })
     }
 
@@ -266,11 +271,13 @@ impl Dht {
 
     /// The record under `key`, returned as soon as one valid value arrives.
     pub async fn get(&self, key: Key) -> Result<GetOutcome, DhtError> {
-        self.get_quorum(key, 1).await
+        self.get_quorum(key, Quorum::One).await
     }
 
-    /// The best record under `key` once `quorum` valid values arrived (0: after the whole lookup).
-    pub async fn get_quorum(&self, key: Key, quorum: usize) -> Result<GetOutcome, DhtError> {
+    /// The best record under `key` once `quorum` valid values arrived ([`Quorum::All`]: after
+    /// the whole lookup).
+    pub async fn get_quorum(&self, key: Key, quorum: Quorum) -> Result<GetOutcome, DhtError> {
+        let quorum = quorum.engine(self.k);
         match self.query(|tx| Command::Get(key, quorum, tx)).await? {
             QueryResult::Get(r) => Ok(r?),
             _ => Err(DhtError::Shutdown),
@@ -279,18 +286,18 @@ impl Dht {
 
     /// Publishes `value` under `key` at the k closest nodes (and republishes it before expiry).
     pub async fn put(&self, key: Key, value: Bytes) -> Result<PutOutcome, DhtError> {
-        self.put_quorum(key, value, 0).await
+        self.put_quorum(key, value, Quorum::All).await
     }
 
-    /// Like [`put`](Self::put), returning as soon as `quorum` nodes stored the value (0: once
-    /// all of the k closest answered); the other STOREs still go out. libp2p-kad's
-    /// `Quorum::One` is `quorum` 1.
+    /// Like [`put`](Self::put), returning as soon as `quorum` nodes stored the value
+    /// ([`Quorum::All`]: once all of the k closest answered); the other STOREs still go out.
     pub async fn put_quorum(
         &self,
         key: Key,
         value: Bytes,
-        quorum: usize,
+        quorum: Quorum,
     ) -> Result<PutOutcome, DhtError> {
+        let quorum = quorum.engine(self.k);
         match self
             .query(|tx| Command::Put(key, value, quorum, tx))
             .await?

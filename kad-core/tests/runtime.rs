@@ -271,7 +271,7 @@ async fn put_quorum_returns_at_the_first_stores_and_the_rest_still_go_out() {
         .put_quorum(
             NodeId::from_bytes([0xaa; 20]),
             Bytes::from_static(b"one"),
-            1,
+            kad_core::Quorum::One,
         )
         .await
         .unwrap();

@@ -12,7 +12,7 @@ use rand::Rng as _;
 use serde::Serialize;
 
 use kad_plugin_pubsub::{
-    Command, NAMESPACE, PublishOutcome, PubsubConfig, PubsubPlugin, ReadingEvent,
+    NAMESPACE, PublishOutcome, PubsubCommand, PubsubConfig, PubsubPlugin, ReadingEvent,
 };
 use kad_plugin_pubsub::{TopicKind, WireItem};
 
@@ -127,7 +127,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[(((v.len() - 1) as f64) * p).round() as usize]
 }
 
-fn cmd(c: &Command) -> PluginData {
+fn cmd(c: &PubsubCommand) -> PluginData {
     PluginData::new(c.clone())
 }
 
@@ -177,7 +177,7 @@ pub fn run_pubsub_scenario(
     let is_sub: BTreeMap<usize, ()> = subs.iter().map(|&i| (i, ())).collect();
 
     let mut waiting: BTreeMap<(usize, QueryId), ()> = BTreeMap::new();
-    let sub_cmd = cmd(&Command::Subscribe { kind: kind.clone() });
+    let sub_cmd = cmd(&PubsubCommand::Subscribe { kind: kind.clone() });
     for &s in &subs {
         if let Some(Ok(q)) = sim.command(s, |n, now| n.command(now, NAMESPACE, sub_cmd.clone())) {
             waiting.insert((s, q), ());
@@ -317,7 +317,7 @@ pub fn run_pubsub_scenario(
             continue;
         };
         published_at.insert(seq, sim.now());
-        let c = cmd(&Command::Publish {
+        let c = cmd(&PubsubCommand::Publish {
             item: WireItem::from(it),
         });
         if let Some(Ok(q)) = sim.command(publisher, |n, now| n.command(now, NAMESPACE, c)) {
@@ -344,7 +344,7 @@ pub fn run_pubsub_scenario(
     let expected = (subscribed.len() * sc.readings) as u64;
     let rtt_ms = sc.link.latency.as_secs_f64() * 2e3;
     // The subscribers' own counters: copies they dropped.
-    let stats_cmd = cmd(&Command::Stats);
+    let stats_cmd = cmd(&PubsubCommand::Stats);
     let mut asked: BTreeMap<(usize, QueryId), ()> = BTreeMap::new();
     for &s in &subs {
         let c = stats_cmd.clone();

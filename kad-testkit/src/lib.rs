@@ -88,13 +88,6 @@ pub async fn memory_network(
     Ok(nodes)
 }
 
-/// The workspace README's Rust examples, compiled as doctests so they stay correct. They live
-/// here rather than in kad-core because they use crates kad-core cannot depend on (the UDP
-/// transport, the Mainline node).
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
-
 /// The Rust example of the guide's architecture page (docs/architecture.md), run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/architecture.md")]

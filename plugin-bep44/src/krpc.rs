@@ -82,7 +82,7 @@ impl Default for KrpcLimits {
 
 /// Counters and the external-address vote, shared by the codec, the plugin and the handle.
 #[derive(Debug)]
-pub struct Shared {
+pub struct KrpcShared {
     /// The limits in force.
     pub limits: KrpcLimits,
     /// Datagrams dropped by the per-IP limiter (also in `Stats::dropped_rate_limited`).
@@ -107,7 +107,7 @@ pub struct Shared {
     pub voter: Mutex<IpVoter>,
 }
 
-impl Shared {
+impl KrpcShared {
     /// Shared state with these limits.
     pub fn new(limits: KrpcLimits) -> Arc<Self> {
         Arc::new(Self {
@@ -147,7 +147,7 @@ struct Bucket {
 
 /// The KRPC codec. One per node.
 pub struct KrpcCodec {
-    shared: Arc<Shared>,
+    shared: Arc<KrpcShared>,
     out: HashMap<(Bytes, PeerAddr), Outstanding>,
     out_order: VecDeque<(u64, Bytes, PeerAddr)>,
     wants: HashMap<PeerAddr, u8>,
@@ -176,7 +176,7 @@ const MAX_DATAGRAM: usize = 65_507;
 
 impl KrpcCodec {
     /// A codec sharing counters and limits with `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<KrpcShared>) -> Self {
         Self {
             shared,
             out: HashMap::new(),
@@ -682,7 +682,7 @@ mod tests {
     }
 
     fn codec() -> KrpcCodec {
-        KrpcCodec::new(Shared::new(KrpcLimits::default()))
+        KrpcCodec::new(KrpcShared::new(KrpcLimits::default()))
     }
 
     fn with_cx<R>(
@@ -871,7 +871,7 @@ mod tests {
     fn garbage_is_dropped_and_floods_are_limited_before_parsing() {
         let local = id(b"LLLLLLLLLLLLLLLLLLLL");
         let peer = PeerAddr::Udp("127.0.0.9:7002".parse().unwrap());
-        let mut c = KrpcCodec::new(Shared::new(KrpcLimits {
+        let mut c = KrpcCodec::new(KrpcShared::new(KrpcLimits {
             per_ip_rate: 10,
             per_ip_burst: 20,
             ..Default::default()

@@ -43,6 +43,7 @@
 
 pub mod bencode;
 pub mod bep42;
+mod builder;
 pub mod item;
 pub mod krpc;
 mod plugin;
@@ -57,9 +58,10 @@ use kad_core::{Config, Contact, Dht, DhtError, Node, NodeId, PeerAddr, StaticIde
 use kad_transport_udp::UdpTransport;
 use serde::Serialize;
 
+pub use builder::MainlineBuilder;
 pub use item::MutableItem;
-pub use krpc::{KrpcCodec, KrpcLimits, Shared};
-pub use plugin::{Bep44Plugin, K, StoreLimits, TOKEN_ROTATION};
+pub use krpc::{KrpcCodec, KrpcLimits, KrpcShared};
+pub use plugin::{Bep44Plugin, ItemStoreLimits, K, TOKEN_ROTATION};
 
 use plugin::{Cmd, CmdResult};
 
@@ -88,7 +90,7 @@ pub struct MainlineConfig {
     /// Codec limits: per-IP rate, reply budget, BEP42 enforcement.
     pub limits: KrpcLimits,
     /// Server-side store bounds.
-    pub store: StoreLimits,
+    pub store: ItemStoreLimits,
     /// Upper bound of the adaptive request timeout. Default 2 s (what deployed nodes use).
     pub request_timeout: Duration,
     /// Parallel requests per lookup. Default 4.
@@ -104,7 +106,7 @@ impl Default for MainlineConfig {
             public_ip: None,
             read_only: false,
             limits: KrpcLimits::default(),
-            store: StoreLimits::default(),
+            store: ItemStoreLimits::default(),
             request_timeout: Duration::from_secs(2),
             alpha: 4,
         }
@@ -140,9 +142,30 @@ pub enum MainlineError {
         /// Their error answers (code, message).
         errors: Vec<(i64, String)>,
     },
-    /// An answer of the plugin could not be read (a bug).
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The bootstrap nodes could not be found or did not answer.
+    #[error("no bootstrap: {reason}")]
+    NoBootstrap {
+        /// What failed (names the address).
+        reason: String,
+    },
+    /// The engine refused the settings.
+    #[error(transparent)]
+    Config(#[from] kad_core::ConfigError),
+    /// The node could not start.
+    #[error(transparent)]
+    Spawn(#[from] kad_core::SpawnError),
+    /// The operating system's random source failed.
+    #[error("the OS random source failed: {0}")]
+    Random(getrandom::Error),
+    /// A peer's answer is not valid bencode.
+    #[error("unreadable answer: {0}")]
+    BadAnswer(#[from] bencode::BencodeError),
+    /// Another plugin registered under the `mainline` namespace answered.
+    #[error("the mainline plugin answered a {got}")]
+    UnexpectedAnswer {
+        /// The type received.
+        got: &'static str,
+    },
 }
 
 fn fmt_errors(errors: &[(i64, String)]) -> String {
@@ -166,7 +189,7 @@ fn fmt_errors(errors: &[(i64, String)]) -> String {
 /// The result of a put or announce.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
-pub struct PutOutcome {
+pub struct MainlinePutOutcome {
     /// The item's target (or the info-hash).
     pub target: NodeId,
     /// Nodes that acknowledged it.
@@ -184,11 +207,14 @@ pub struct PutOutcome {
 /// The result of a successful get.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
-pub struct GetOutcome {
+pub struct MainlineGetOutcome {
     /// The target.
     pub target: NodeId,
     /// The bencoded value, exactly as received (and verified).
     pub v: Bytes,
+    /// The value decoded, when `v` is a bencoded byte string (what items usually hold, e.g.
+    /// `12:Hello World!` gives `Hello World!`); `None` for an integer, list or dictionary.
+    pub value: Option<Bytes>,
     /// Mutable items: the highest valid sequence number.
     pub seq: i64,
     /// Mutable items: the public key.
@@ -248,7 +274,7 @@ pub struct MainlineStats {
 #[derive(Clone, Debug)]
 pub struct Mainline {
     dht: Dht,
-    shared: Arc<Shared>,
+    shared: Arc<KrpcShared>,
     local: SocketAddr,
     bootstrap: Vec<SocketAddr>,
 }
@@ -264,7 +290,7 @@ impl Mainline {
             })?;
         let local = udp.socket_addr();
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| MainlineError::Internal(e.to_string()))?;
+        getrandom::fill(&mut seed).map_err(MainlineError::Random)?;
         let id = match (cfg.node_id, cfg.public_ip) {
             (Some(id), _) => id,
             (None, Some(ip)) => {
@@ -275,10 +301,7 @@ impl Mainline {
             (None, None) => NodeId::from_bytes(seed[..20].try_into().unwrap_or([0; 20])),
         };
         let mut config = Config::default();
-        config
-            .set_k(K)
-            .and_then(|c| c.set_alpha(cfg.alpha))
-            .map_err(|e| MainlineError::Internal(e.to_string()))?;
+        config.set_k(K).and_then(|c| c.set_alpha(cfg.alpha))?;
         config.request_timeout = cfg.request_timeout;
         // Deployed Mainline is full of departed nodes: retry a silent node once, not four times,
         // and start from a modest RTT guess (it adapts with the first answers).
@@ -297,7 +320,7 @@ impl Mainline {
         // The KRPC codec limits each IP itself (`KrpcLimits::per_ip_rate`), before parsing too.
         config.per_ip_rate = 0;
         config.rng_seed = Some(seed);
-        let shared = Shared::new(cfg.limits.clone());
+        let shared = KrpcShared::new(cfg.limits.clone());
         let builder = Node::builder(config)
             .identity(Arc::new(StaticIdentity(id)))
             .addrs(vec![PeerAddr::Udp(local)])
@@ -306,8 +329,7 @@ impl Mainline {
                 shared.clone(),
                 cfg.store.clone(),
             )));
-        let dht = Dht::spawn(builder, vec![Arc::new(udp)])
-            .map_err(|e| MainlineError::Internal(e.to_string()))?;
+        let dht = Dht::spawn(builder, vec![Arc::new(udp)])?;
         Ok(Self {
             dht,
             shared,
@@ -381,11 +403,8 @@ impl Mainline {
             .await?;
         out.downcast::<CmdResult>()
             .map(|r| CmdResult::clone(&r))
-            .map_err(|other| {
-                MainlineError::Internal(format!(
-                    "the mainline plugin answered a {}",
-                    other.type_name()
-                ))
+            .map_err(|other| MainlineError::UnexpectedAnswer {
+                got: other.type_name(),
             })
     }
 
@@ -393,7 +412,7 @@ impl Mainline {
         target: NodeId,
         r: CmdResult,
         started: Instant,
-    ) -> Result<PutOutcome, MainlineError> {
+    ) -> Result<MainlinePutOutcome, MainlineError> {
         // A put that most answering nodes refuse with 301/302 lost a race (another writer
         // got there first): report it, even if a node that held nothing accepted it.
         let races = r
@@ -407,7 +426,7 @@ impl Mainline {
                 errors: r.errors,
             });
         }
-        Ok(PutOutcome {
+        Ok(MainlinePutOutcome {
             target,
             stored_on: r.stored_on,
             asked: r.asked,
@@ -418,7 +437,10 @@ impl Mainline {
     }
 
     /// Stores an immutable item (its bencoded value) at the K closest nodes to SHA-1(v).
-    pub async fn put_immutable(&self, v_bencoded: &[u8]) -> Result<PutOutcome, MainlineError> {
+    pub async fn put_immutable(
+        &self,
+        v_bencoded: &[u8],
+    ) -> Result<MainlinePutOutcome, MainlineError> {
         item::check_value(v_bencoded)?;
         let started = Instant::now();
         let target = item::immutable_target(v_bencoded);
@@ -437,7 +459,7 @@ impl Mainline {
         &self,
         it: &MutableItem,
         cas: Option<i64>,
-    ) -> Result<PutOutcome, MainlineError> {
+    ) -> Result<MainlinePutOutcome, MainlineError> {
         item::check_value(&it.v)?;
         let started = Instant::now();
         let r = self
@@ -453,10 +475,14 @@ impl Mainline {
         target: NodeId,
         r: CmdResult,
         started: Instant,
-    ) -> Result<GetOutcome, MainlineError> {
+    ) -> Result<MainlineGetOutcome, MainlineError> {
         let f = r.found.ok_or(MainlineError::NotFound(target))?;
-        Ok(GetOutcome {
+        let value = bencode::parse(&f.v)
+            .ok()
+            .and_then(|v| v.bytes().map(Bytes::copy_from_slice));
+        Ok(MainlineGetOutcome {
             target,
+            value,
             v: f.v,
             seq: f.seq.unwrap_or(0),
             pubkey: f.k,
@@ -469,7 +495,7 @@ impl Mainline {
     }
 
     /// Gets an immutable item: the first value that hashes to `target` (others are discarded).
-    pub async fn get_immutable(&self, target: NodeId) -> Result<GetOutcome, MainlineError> {
+    pub async fn get_immutable(&self, target: NodeId) -> Result<MainlineGetOutcome, MainlineError> {
         let started = Instant::now();
         let r = self
             .run(Cmd::Get {
@@ -488,7 +514,7 @@ impl Mainline {
         pubkey: [u8; 32],
         salt: &[u8],
         seq: Option<i64>,
-    ) -> Result<GetOutcome, MainlineError> {
+    ) -> Result<MainlineGetOutcome, MainlineError> {
         if salt.len() > item::MAX_SALT {
             return Err(item::ItemError::SaltTooLarge { len: salt.len() }.into());
         }
@@ -515,7 +541,7 @@ impl Mainline {
         &self,
         info_hash: NodeId,
         port: Option<u16>,
-    ) -> Result<PutOutcome, MainlineError> {
+    ) -> Result<MainlinePutOutcome, MainlineError> {
         let started = Instant::now();
         let r = self
             .run(Cmd::Announce {
@@ -539,7 +565,7 @@ impl Mainline {
             .dht
             .call(node, "mainline.sample_infohashes", Bytes::from(p.finish()))
             .await?;
-        let r = bencode::parse(&raw).map_err(|e| MainlineError::Internal(e.to_string()))?;
+        let r = bencode::parse(&raw)?;
         let samples = r
             .get(b"samples")
             .and_then(bencode::Val::bytes)

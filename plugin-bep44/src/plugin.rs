@@ -17,7 +17,7 @@ use rand::{Rng, RngCore};
 use crate::bencode::{self, Dict, Val};
 use crate::bep42;
 use crate::item::{self, MAX_SALT, MAX_V};
-use crate::krpc::{Shared, code, compact_peer, parse_compact_addr};
+use crate::krpc::{KrpcShared, code, compact_peer, parse_compact_addr};
 
 /// Nodes per reply and put/announce fan-out (BEP5's K).
 pub const K: usize = 8;
@@ -26,7 +26,7 @@ pub const TOKEN_ROTATION: Duration = Duration::from_secs(300);
 
 /// Bounds of the server-side stores.
 #[derive(Debug, Clone)]
-pub struct StoreLimits {
+pub struct ItemStoreLimits {
     /// Items (immutable and mutable together). Default 2,000.
     pub max_items: usize,
     /// An item not refreshed for this long is dropped. Default 2 h (BEP44).
@@ -41,7 +41,7 @@ pub struct StoreLimits {
     pub max_values_per_reply: usize,
 }
 
-impl Default for StoreLimits {
+impl Default for ItemStoreLimits {
     fn default() -> Self {
         Self {
             max_items: 2_000,
@@ -212,8 +212,8 @@ struct Fanout {
 /// The Mainline plugin (namespace `mainline`). Build one per node with [`Bep44Plugin::new`];
 /// [`Mainline::spawn`](crate::Mainline::spawn) does it for you.
 pub struct Bep44Plugin {
-    shared: Arc<Shared>,
-    limits: StoreLimits,
+    shared: Arc<KrpcShared>,
+    limits: ItemStoreLimits,
     tokens: Tokens,
     items: HashMap<NodeId, StoredItem>,
     peers: HashMap<NodeId, PeerList>,
@@ -248,7 +248,7 @@ fn source_ip(from: &Contact) -> Option<SocketAddr> {
 
 impl Bep44Plugin {
     /// A plugin sharing counters and the external-address vote with the codec.
-    pub fn new(shared: Arc<Shared>, limits: StoreLimits) -> Self {
+    pub fn new(shared: Arc<KrpcShared>, limits: ItemStoreLimits) -> Self {
         Self {
             shared,
             limits,

@@ -7,7 +7,8 @@ use kad_core::{Dht, DhtError, Event, Key, PluginData};
 use tokio::sync::broadcast;
 
 use crate::plugin::{
-    Command, MessageEvent, NAMESPACE, PublishOutcome, PubsubStats, ReadingEvent, SubscribeOutcome,
+    MessageEvent, NAMESPACE, PublishOutcome, PubsubCommand, PubsubStats, ReadingEvent,
+    SubscribeOutcome,
 };
 use crate::wire::{TopicKind, WireItem};
 
@@ -101,7 +102,7 @@ impl Subscription {
     /// (dropping it does the same in the background).
     pub async fn close(mut self) -> Result<(), PubsubError> {
         self.released = true;
-        let release = Command::Release {
+        let release = PubsubCommand::Release {
             topic: self.topic,
             holder: self.outcome.holder,
         };
@@ -118,7 +119,7 @@ impl Drop for Subscription {
             return; // no runtime left: the node is gone with it
         };
         let dht = self.dht.clone();
-        let release = Command::Release {
+        let release = PubsubCommand::Release {
             topic: self.topic,
             holder: self.outcome.holder,
         };
@@ -127,7 +128,10 @@ impl Drop for Subscription {
     }
 }
 
-async fn run<T: Clone + Send + Sync + 'static>(dht: &Dht, c: Command) -> Result<T, PubsubError> {
+async fn run<T: Clone + Send + Sync + 'static>(
+    dht: &Dht,
+    c: PubsubCommand,
+) -> Result<T, PubsubError> {
     let out = dht.command(NAMESPACE, PluginData::new(c)).await;
     let out = match out {
         Err(DhtError::Command(kad_core::CommandError::NoPlugin(_))) => {
@@ -171,7 +175,7 @@ impl Pubsub {
     /// The pub/sub handle of a node spawned with a [`PubsubPlugin`](crate::PubsubPlugin);
     /// [`PubsubError::NoPlugin`] when it has none.
     pub async fn attach(dht: Dht) -> Result<Self, PubsubError> {
-        run::<PubsubStats>(&dht, Command::Stats).await?;
+        run::<PubsubStats>(&dht, PubsubCommand::Stats).await?;
         Ok(Self { dht })
     }
 
@@ -180,7 +184,10 @@ impl Pubsub {
         &self.dht
     }
 
-    async fn run<T: Clone + Send + Sync + 'static>(&self, c: Command) -> Result<T, PubsubError> {
+    async fn run<T: Clone + Send + Sync + 'static>(
+        &self,
+        c: PubsubCommand,
+    ) -> Result<T, PubsubError> {
         run(&self.dht, c).await
     }
 
@@ -191,7 +198,7 @@ impl Pubsub {
         let topic = kind.key();
         // Listen before asking, so the latest reading found by the lookup is not missed.
         let events = self.dht.events();
-        let outcome = self.run(Command::Subscribe { kind }).await?;
+        let outcome = self.run(PubsubCommand::Subscribe { kind }).await?;
         Ok(Subscription {
             outcome,
             topic,
@@ -225,13 +232,13 @@ impl Pubsub {
 
     /// Stops renewing a subscription and tells its rendezvous nodes.
     pub async fn unsubscribe(&self, topic: Key) -> Result<(), PubsubError> {
-        self.run(Command::Unsubscribe { topic }).await
+        self.run(PubsubCommand::Unsubscribe { topic }).await
     }
 
     /// Publishes a signed reading to its topic's rendezvous nodes, which push it to every
     /// subscriber. Fails when no node accepted it (e.g. its seq is not newer).
     pub async fn publish(&self, item: WireItem) -> Result<PublishOutcome, PubsubError> {
-        self.run(Command::Publish { item }).await
+        self.run(PubsubCommand::Publish { item }).await
     }
 
     /// Posts a message, signed with this node's key, to a named topic; it stays valid for
@@ -242,7 +249,7 @@ impl Pubsub {
         data: &str,
         ttl: u32,
     ) -> Result<PublishOutcome, PubsubError> {
-        self.run(Command::Post {
+        self.run(PubsubCommand::Post {
             name: name.to_owned(),
             data: data.to_owned(),
             ttl,
@@ -252,6 +259,6 @@ impl Pubsub {
 
     /// The plugin's counters.
     pub async fn stats(&self) -> Result<PubsubStats, PubsubError> {
-        self.run(Command::Stats).await
+        self.run(PubsubCommand::Stats).await
     }
 }

@@ -73,7 +73,7 @@ pub mod wire;
 
 pub use client::{Delivery, Pubsub, PubsubError, Subscription};
 pub use plugin::{
-    Command, MessageEvent, NAMESPACE, NOT_SUBSCRIBED, PublishOutcome, PubsubConfig, PubsubPlugin,
-    PubsubStats, RATE_LIMITED, ReadingEvent, SEQ_NOT_NEWER, SubscribeOutcome,
+    MessageEvent, NAMESPACE, NOT_SUBSCRIBED, PublishOutcome, PubsubCommand, PubsubConfig,
+    PubsubPlugin, PubsubStats, RATE_LIMITED, ReadingEvent, SEQ_NOT_NEWER, SubscribeOutcome,
 };
 pub use wire::{TopicKind, TopicMessage, WireItem, sensor_key, topic_key};

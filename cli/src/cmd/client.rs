@@ -34,7 +34,7 @@ pub(crate) async fn ping(a: PingArgs) -> Result<()> {
     if !(1..=100_000).contains(&a.count) {
         bail!("--count = {} is out of range: 1 to 100000", a.count);
     }
-    let (dht, _) = client(&a.client, std::slice::from_ref(&target), None).await?;
+    let dht = client(&a.client, std::slice::from_ref(&target), None).await?;
     for seq in 0..a.count {
         let o = within(&a.client, dht.ping(target.clone())).await?;
         emit(

@@ -12,7 +12,7 @@ use kad_plugin_pubsub::{Delivery, Pubsub};
 use kad_plugin_storage::{GetOptions, Protection, PutOptions, combine_shares};
 use serde_json::{Value, json};
 
-use crate::net::{Setup, emit, fresh_identity, ms, native_config, spawn_on, value_limit};
+use crate::net::{emit, flag_error, listening, ms, node_builder, value_limit};
 
 /// `kad demo` flags.
 #[derive(Args, Debug)]
@@ -112,19 +112,13 @@ pub(crate) async fn run(a: DemoArgs) -> Result<()> {
         for l in &listen {
             *kinds.entry(l.kind().scheme()).or_insert(0) += 1;
         }
-        let identity = Arc::new(fresh_identity()?);
-        let t = crate::transports::listen(&listen, &identity, &Default::default()).await?;
-        let dht = spawn_on(
-            t.all.clone(),
-            Vec::new(),
-            identity,
-            native_config(),
-            Setup {
-                storage_plugin: true,
-                ..Default::default()
-            },
-        )?;
-        nodes.push(dht);
+        let node = listening(node_builder(), &listen)
+            .storage_in_memory()
+            .validator(Arc::new(kad_core::AcceptAll))
+            .build()
+            .await
+            .map_err(flag_error)?;
+        nodes.push(node.dht().clone());
     }
     let seed = nodes[0].contact().addrs[0].clone();
     for n in &nodes[1..] {

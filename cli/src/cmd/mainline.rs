@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use kad_core::NodeId;
 use kad_plugin_bep44::{
-    GetOutcome, Mainline, MainlineConfig, MainlineError, MutableItem, PUBLIC_ROUTERS, PutOutcome,
-    bencode, item,
+    Mainline, MainlineConfig, MainlineError, MainlineGetOutcome, MainlinePutOutcome, MutableItem,
+    PUBLIC_ROUTERS, bencode, item,
 };
 use serde_json::{Value, json};
 
@@ -293,7 +293,7 @@ fn value_json(v: &[u8]) -> (Value, Value) {
 
 fn put_json(
     op: &str,
-    r: Result<PutOutcome, MainlineError>,
+    r: Result<MainlinePutOutcome, MainlineError>,
     target: NodeId,
     extra: Value,
     elapsed: Duration,
@@ -336,7 +336,7 @@ fn merge(v: &mut Value, extra: Value) {
 
 fn get_json(
     op: &str,
-    r: Result<GetOutcome, MainlineError>,
+    r: Result<MainlineGetOutcome, MainlineError>,
     target: NodeId,
     elapsed: Duration,
 ) -> (Option<Value>, u8) {

@@ -1,14 +1,13 @@
 //! NAT traversal in the CLI: `kad node --upnp` and `kad nat status`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use kad_plugin_nat::{Nat, NatConfig, NatReport, Reachability, UpnpConfig};
 use serde_json::json;
 
-use crate::net::{emit, native_config, spawn_on};
+use crate::net::{emit, flag_error, listening};
 use crate::transports::parse_addrs;
 
 /// NAT flags of `kad node`.
@@ -222,30 +221,17 @@ pub(crate) async fn run(cmd: NatCommand) -> Result<()> {
     if !a.bootstrap.is_empty() {
         let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
         let listen = parse_addrs("--listen", std::slice::from_ref(&a.listen))?;
-        let identity = Arc::new(crate::net::fresh_identity()?);
-        let transports =
-            crate::transports::listen(&listen, &identity, &crate::transports::TlsArgs::default())
-                .await?;
         let mut nc = NatConfig::default();
         nc.serve_probes = true;
         nc.retry_unknown = Duration::from_secs(2);
-        let dht = spawn_on(
-            transports.all.clone(),
-            Vec::new(),
-            identity.clone(),
-            native_config(),
-            crate::net::Setup {
-                nat: Some(nc),
-                ..Default::default()
-            },
-        )?;
-        let mut upnp = cfg.clone();
-        upnp.listen = transports
-            .all
-            .iter()
-            .filter_map(|t| t.listen_addr())
-            .collect();
-        let nat = Nat::spawn(dht.clone(), identity, a.upnp.then_some(upnp));
+        // The NAT runtime maps the ports the transports listen on.
+        let mut node = listening(kad::NativeNode::builder().pubsub(), &listen)
+            .nat(nc, a.upnp.then(|| cfg.clone()))
+            .build()
+            .await
+            .map_err(flag_error)?;
+        let nat = node.take_nat().context("the NAT runtime")?;
+        let dht = node.dht().clone();
         let joined = dht.bootstrap(seeds).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.timeout);
         let mut rx = nat.watch();

@@ -5,19 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use kad_core::{Dht, PeerAddr};
 use serde_json::json;
 
-use crate::net::{
-    Setup, contact_json, emit, fresh_identity_with_work, load_or_create_key_with_work, ms,
-    native_config, spawn_on,
-};
-use crate::transports::{self, TlsArgs, Transports, parse_addrs, parse_preference};
+use crate::net::{contact_json, emit, flag_error, listening, ms, node_builder};
+use crate::transports::{TlsArgs, parse_addrs, parse_preference};
 
 /// `kad node` flags.
 #[derive(Args, Debug)]
@@ -132,84 +128,64 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
             a.stats_every
         );
     }
-    if let Some(d) = &a.store.data_dir {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("--data-dir {}: cannot create it", d.display()))?;
-    }
-    let (identity, created) = match a.store.key_file(a.key_file.clone()) {
-        Some(p) => load_or_create_key_with_work(&p, a.id_work)?,
-        None => (fresh_identity_with_work(a.id_work)?, false),
-    };
-    let identity = Arc::new(identity);
     let upnp = a.nat.upnp_config()?;
-    let mut store = a.store.open(identity.id())?;
-    let transports = transports::listen(&listen, &identity, &a.tls).await?;
-    // Map the ports the transports listen on (not the --advertise ones).
-    let upnp = upnp.map(|mut c| {
-        c.listen = transports
-            .all
-            .iter()
-            .filter_map(|t| t.listen_addr())
-            .collect();
-        c
-    });
-    let mut config = native_config();
-    config.transport_preference = prefer;
-    config.per_ip_rate = a.per_ip_rate;
-    config.per_ip_burst = a.per_ip_burst;
-    config.amplification_guard = !a.no_amplification_guard;
-    config.subnet_limit = a.subnet_limit;
-    config.disjoint_paths = a.disjoint_paths;
-    let mut setup = std::mem::take(&mut store.setup);
-    setup.id_work = a.id_work;
-    let dht = spawn_on(
-        transports.all.clone(),
-        advertise,
-        identity.clone(),
-        config,
-        Setup {
-            nat: Some(a.nat.plugin_config()),
-            ..setup
-        },
-    )?;
-    // Sends the probes other nodes' checks ask for and, with --upnp, keeps the mappings.
-    let nat = kad_plugin_nat::Nat::spawn(dht.clone(), identity, upnp);
-    crate::cmd::nat::print_changes(&nat, a.json);
+    let mut b = listening(node_builder(), &listen)
+        .id_work(a.id_work)
+        .advertise(&advertise)
+        .configure(|c| {
+            c.transport_preference = prefer;
+            c.per_ip_rate = a.per_ip_rate;
+            c.per_ip_burst = a.per_ip_burst;
+            c.amplification_guard = !a.no_amplification_guard;
+            c.subnet_limit = a.subnet_limit;
+            c.disjoint_paths = a.disjoint_paths;
+        })
+        // Sends the probes other nodes' checks ask for and, with --upnp, keeps the mappings of
+        // the ports the transports listen on (not the --advertise ones).
+        .nat(a.nat.plugin_config(), upnp)
+        // This command says when it joined through the saved contacts.
+        .rejoin_saved(false);
+    if let Some(p) = &a.key_file {
+        b = b.key_file(p);
+    }
+    b = a.tls.apply(b)?;
+    b = a.store.apply(b)?;
+    let mut node = b.build().await.map_err(flag_error)?;
+    let nat = node.take_nat();
+    if let Some(nat) = &nat {
+        crate::cmd::nat::print_changes(nat, a.json);
+    }
+    let dht = node.dht().clone();
     let mut metrics_url = None;
     if let Some(bind) = a.metrics {
         let sources = crate::server::metrics::Sources {
             dht: dht.clone(),
-            nat: Some(nat.watch()),
-            udp: transports.udp().cloned(),
+            nat: nat.as_ref().map(kad_plugin_nat::Nat::watch),
+            udp: node.transports().udp().first().cloned(),
         };
         let addr = crate::server::metrics::serve(bind, sources).await?;
         metrics_url = Some(format!("http://{addr}/metrics"));
     }
     let c = dht.contact().clone();
-    let bound = transports.bound();
-    // A warm restart: the contacts saved last time go back into the table, and join the
-    // network when no --bootstrap is given.
-    let mut seeds = seeds;
-    let mut restored = 0;
-    if let Some(routing) = &store.routing {
-        let saved = routing.load()?;
-        restored = saved.len();
-        if seeds.is_empty() {
-            seeds = saved
-                .iter()
-                .take(16)
-                .flat_map(|c| c.addrs.first().cloned())
-                .collect();
-        }
-        for contact in saved {
-            let _ = dht.add_contact(contact).await;
-        }
-    }
+    let bound: Vec<String> = node
+        .transports()
+        .bound()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // A warm restart: the contacts saved last time are back in the table, and the node joins
+    // through them when no --bootstrap is given.
+    let restored = node.restored_contacts();
+    let seeds = if seeds.is_empty() {
+        node.warm_seeds().to_vec()
+    } else {
+        seeds
+    };
     emit(
         a.json,
         &json!({"event": "listening", "id": c.id.to_string(), "addrs": contact_json(&c)["addrs"],
-                "bound": bound.first(), "bound_all": bound, "key_created": created,
-                "store": store.opened, "restored_contacts": restored, "records": a.store.records}),
+                "bound": bound.first(), "bound_all": bound, "key_created": node.key_created(),
+                "store": crate::storage::opened_json(&node), "restored_contacts": restored, "records": a.store.records}),
         || format!("listening: id {} at {}", c.id, bound.join(", ")),
     );
     if let Some(url) = metrics_url {
@@ -278,8 +254,6 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
     };
     tokio::pin!(stop);
     let every = (a.stats_every > 0.0).then(|| Duration::from_secs_f64(a.stats_every));
-    let mut save = tokio::time::interval(Duration::from_secs(60));
-    save.tick().await;
     loop {
         let tick = async {
             match every {
@@ -289,32 +263,26 @@ pub(crate) async fn node(a: NodeArgs) -> Result<()> {
         };
         tokio::select! {
             () = &mut stop => break,
-            () = tick => print_stats(&dht, &transports, a.json, "stats").await,
-            _ = save.tick(), if store.routing.is_some() => {
-                if let Some(r) = &store.routing {
-                    if let Err(e) = crate::storage::save_routing(&dht, r).await {
-                        eprintln!("warning: saving the routing table: {e:#}");
-                    }
-                }
-            }
+            () = tick => print_stats(&dht, node.transports(), a.json, "stats").await,
         }
     }
-    if let Some(r) = &store.routing {
-        if let Err(e) = crate::storage::save_routing(&dht, r).await {
-            eprintln!("warning: saving the routing table: {e:#}");
-        }
+    // The routing table is saved every minute by the node, and here once more.
+    if let Err(e) = node.save_routing().await {
+        eprintln!("warning: saving the routing table: {e}");
     }
-    crate::cmd::nat::stop(nat, a.json).await;
-    print_stats(&dht, &transports, a.json, "stopped").await;
-    dht.shutdown().await;
+    if let Some(nat) = nat {
+        crate::cmd::nat::stop(nat, a.json).await;
+    }
+    print_stats(&dht, node.transports(), a.json, "stopped").await;
+    node.shutdown().await;
     Ok(())
 }
 
-async fn print_stats(dht: &Dht, transports: &Transports, json: bool, event: &str) {
+async fn print_stats(dht: &Dht, transports: &kad::Transports, json: bool, event: &str) {
     let Ok(stats) = dht.stats().await else { return };
     let table = dht.snapshot().await.map(|s| s.contacts.len()).unwrap_or(0);
     let rss = crate::peak_rss_mb();
-    let udp = transports.udp().map(|u| {
+    let udp = transports.udp().first().map(|u| {
         let u = u.stats();
         json!({"sent": u.sent, "received": u.received, "queue_full": u.queue_full,
                "send_errors": u.send_errors, "recv_errors": u.recv_errors, "oversize": u.oversize})
@@ -331,7 +299,7 @@ async fn print_stats(dht: &Dht, transports: &Transports, json: bool, event: &str
     emit(
         json,
         &json!({"event": event, "routing_table": table, "stats": stats, "udp": udp,
-                "transports": transports.stats_json(), "pubsub": pubsub, "nat": nat,
+                "transports": crate::transports::stats_json(transports), "pubsub": pubsub, "nat": nat,
                 "peak_rss_mb": rss}),
         || {
             format!(

@@ -209,7 +209,7 @@ fn parse_salt(s: &str) -> Result<Bytes> {
 fn load_or_create_seed(path: &Path) -> Result<([u8; 32], bool)> {
     net::load_or_create_secret(path, "an ed25519 seed", || {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).context("drawing a key")?;
+        getrandom::fill(&mut seed).map_err(kad::keys::KeyFileError::Random)?;
         Ok(seed)
     })
 }
@@ -269,7 +269,7 @@ fn synthetic(i: u64) -> String {
 
 async fn native_pubsub(net: &NetOpts) -> Result<Pubsub> {
     let (dht, _, _) = net::joined_with(&net.client_args(), None).await?;
-    Ok(Pubsub::attach(dht).await?)
+    Ok(dht.pubsub()?.clone())
 }
 
 fn mainline_bootstrap(net: &NetOpts) -> Option<String> {

@@ -72,7 +72,7 @@ pub struct PubsubStats {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
-pub enum Command {
+pub enum PubsubCommand {
     /// Subscribe to a sensor or a named topic; answers [`SubscribeOutcome`].
     Subscribe {
         /// What to subscribe to.
@@ -111,7 +111,7 @@ pub enum Command {
     Stats,
 }
 
-/// The answer to [`Command::Subscribe`].
+/// The answer to [`PubsubCommand::Subscribe`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SubscribeOutcome {
@@ -129,12 +129,12 @@ pub struct SubscribeOutcome {
     /// Of those, how many refused or did not answer.
     #[serde(default)]
     pub failed: usize,
-    /// This subscriber's holder number: give it back with [`Command::Release`].
+    /// This subscriber's holder number: give it back with [`PubsubCommand::Release`].
     #[serde(default)]
     pub holder: u64,
 }
 
-/// The answer to [`Command::Publish`] and [`Command::Post`].
+/// The answer to [`PubsubCommand::Publish`] and [`PubsubCommand::Post`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PublishOutcome {
@@ -227,7 +227,7 @@ struct MySub {
     cmd: Option<QueryId>,
     lookup: Option<QueryId>,
     renew_at: Instant,
-    /// The application's handles on this subscription (`Command::Release` gives one back; the
+    /// The application's handles on this subscription (`PubsubCommand::Release` gives one back; the
     /// last one out unsubscribes).
     holders: BTreeSet<u64>,
     /// The holder of the running subscribe command (`cmd`).
@@ -541,14 +541,14 @@ impl Plugin for PubsubPlugin {
     }
 
     fn on_command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, input: PluginData) {
-        match input.downcast_ref::<Command>() {
+        match input.downcast_ref::<PubsubCommand>() {
             Some(c) => self.command(cx, query, c.clone()),
             None => cx.complete(
                 query,
                 Err(QueryError::Remote(RpcError::new(
                     RpcError::INVALID_PARAMS,
                     format!(
-                        "pubsub command: expected a kad_plugin_pubsub::Command, got {}",
+                        "pubsub command: expected a kad_plugin_pubsub::PubsubCommand, got {}",
                         input.type_name()
                     ),
                 ))),

@@ -9,8 +9,8 @@ use kad_core::{
 use rand::RngCore as _;
 
 use super::{
-    Command, Holders, LookupFor, MAX_HOLDER_CACHE, MySub, Op, Payload, Pending, PublishOutcome,
-    PubsubPlugin, SWEEP_EVERY, json,
+    Holders, LookupFor, MAX_HOLDER_CACHE, MySub, Op, Payload, Pending, PublishOutcome,
+    PubsubCommand, PubsubPlugin, SWEEP_EVERY, json,
 };
 use crate::wire::{self, FindParams, PublishResult, SubscribeParams, TopicKind, TopicMessage};
 
@@ -228,7 +228,7 @@ impl PubsubPlugin {
         }
     }
 
-    pub(super) fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, c: Command) {
+    pub(super) fn command(&mut self, cx: &mut PluginCx<'_>, query: QueryId, c: PubsubCommand) {
         let bad = |msg: String| {
             Err(QueryError::Remote(RpcError::new(
                 RpcError::INVALID_PARAMS,
@@ -236,7 +236,7 @@ impl PubsubPlugin {
             )))
         };
         match c {
-            Command::Subscribe { kind } => {
+            PubsubCommand::Subscribe { kind } => {
                 if let Err(e) = kind.check() {
                     return cx.complete(query, bad(e.to_owned()));
                 }
@@ -276,7 +276,7 @@ impl PubsubPlugin {
                 self.schedule_sweep(now);
                 self.start_subscription_lookup(cx, topic);
             }
-            Command::Release { topic, holder } => {
+            PubsubCommand::Release { topic, holder } => {
                 let last = self.mine.get_mut(&topic).is_some_and(|s| {
                     s.holders.remove(&holder);
                     s.holders.is_empty()
@@ -286,18 +286,18 @@ impl PubsubPlugin {
                 }
                 cx.complete(query, Ok(PluginData::new(())));
             }
-            Command::Unsubscribe { topic } => {
+            PubsubCommand::Unsubscribe { topic } => {
                 self.unsubscribe(cx, topic);
                 cx.complete(query, Ok(PluginData::new(())));
             }
-            Command::Publish { item } => {
+            PubsubCommand::Publish { item } => {
                 if let Err(e) = item.check() {
                     return cx.complete(query, bad(format!("item: {e}")));
                 }
                 let topic = item.topic();
                 self.start_op(cx, query, topic, Payload::Item(item));
             }
-            Command::Post { name, data, ttl } => {
+            PubsubCommand::Post { name, data, ttl } => {
                 let Some(identity) = self.identity.clone() else {
                     return cx.complete(
                         query,
@@ -332,7 +332,7 @@ impl PubsubPlugin {
                 let m = TopicMessage::sign(&identity, &name, cx.unix_ms(), ttl, nonce, data);
                 self.start_op(cx, query, topic, Payload::Message(m));
             }
-            Command::Stats => cx.complete(query, Ok(PluginData::new(self.stats()))),
+            PubsubCommand::Stats => cx.complete(query, Ok(PluginData::new(self.stats()))),
         }
     }
 

@@ -31,7 +31,7 @@ use kad_core::{
 };
 use serde_json::json;
 
-use crate::net::{emit, fresh_identity, ms, native_config};
+use crate::net::{emit, fresh_identity, ms};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
@@ -503,17 +503,12 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
     let mut dhts = Vec::with_capacity(nodes);
     let t_build = Instant::now();
     for _ in 0..nodes {
-        let identity = Arc::new(fresh_identity()?);
         let listen = [format!("{}://127.0.0.1:0", p.transport).parse::<PeerAddr>()?];
-        let t = crate::transports::listen(&listen, &identity, &Default::default()).await?;
-        let dht = crate::net::spawn_on(
-            t.all.clone(),
-            Vec::new(),
-            identity,
-            native_config(),
-            crate::net::Setup::default(),
-        )?;
-        dhts.push(dht);
+        let node = crate::net::listening(crate::net::node_builder(), &listen)
+            .build()
+            .await
+            .map_err(crate::net::flag_error)?;
+        dhts.push(node.dht().clone());
     }
     let seed = dhts[0].contact().addrs[0].clone();
     // Join in waves of 10 through the first node.
@@ -552,11 +547,15 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
     let (mut put_ms, mut stored, mut put_rpcs) = (Vec::new(), Vec::new(), Vec::new());
     let cpu0 = self_cpu();
     let t = Instant::now();
+    let quorum = match p.quorum {
+        0 => kad_core::Quorum::All,
+        n => kad_core::Quorum::n(n),
+    };
     for (i, k) in keys.iter().enumerate() {
         let d = &dhts[rng.random_range(0..nodes)];
         let t1 = Instant::now();
         let o = d
-            .put_quorum(*k, values[i].clone().into_bytes().into(), p.quorum)
+            .put_quorum(*k, values[i].clone().into_bytes().into(), quorum)
             .await?;
         put_ms.push(ms(t1.elapsed()));
         stored.push(o.stored as f64);

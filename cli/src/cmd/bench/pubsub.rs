@@ -1,7 +1,6 @@
 //! `kad sim pubsub` (the simulator scenario) and `kad bench pubsub` (loopback, real sockets).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,18 +190,13 @@ pub(crate) fn run(a: BenchPubsubArgs) -> Result<()> {
 }
 
 async fn spawn(read_only: bool, fanout: usize) -> Result<kad_core::Dht> {
-    let id = Arc::new(net::fresh_identity()?);
-    let mut cfg = net::native_config();
-    cfg.read_only = read_only;
-    let listen: SocketAddr = "127.0.0.1:0".parse().context("address")?;
-    let udp = Arc::new(kad_transport_udp::UdpTransport::bind(listen).await?);
     let mut pubsub = kad_plugin_pubsub::PubsubConfig::default();
     pubsub.fanout = fanout;
-    let setup = net::Setup {
-        pubsub: Some(pubsub),
-        ..Default::default()
-    };
-    net::spawn_on(vec![udp], Vec::new(), id, cfg, setup)
+    let mut b = net::node_builder().udp("127.0.0.1:0").pubsub_config(pubsub);
+    if read_only {
+        b = b.client();
+    }
+    Ok(b.build().await.map_err(net::flag_error)?.dht().clone())
 }
 
 async fn bench(a: &BenchPubsubArgs) -> Result<serde_json::Value> {

@@ -7,17 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kad_core::{
-    Dht, MemoryStore, NativeIdentity, NodeId, Record, RecordStore, StoreLimits, Transport,
-};
+use kad_core::{Dht, MemoryStore, NodeId, Record, RecordStore, StoreLimits};
 use kad_plugin_storage::{
     ContentValidator, GetOptions, Protection, PutOptions, RedbStore, get_file, put_file,
 };
-use kad_transport_quic::{QuicConfig, QuicTransport};
-use kad_transport_udp::UdpTransport;
 use serde_json::json;
 
-use crate::net::{Setup, emit, fresh_identity, native_config, spawn_on, value_limit};
+use crate::net::{emit, flag_error, value_limit};
 
 /// `kad bench storage` flags.
 #[derive(Args, Debug)]
@@ -112,50 +108,27 @@ struct Net {
     _dir: tempfile::TempDir,
 }
 
-async fn transport(kind: &str, identity: &Arc<NativeIdentity>) -> Result<Arc<dyn Transport>> {
-    let local = "127.0.0.1:0".parse().expect("an address");
-    Ok(match kind {
-        "quic" => Arc::new(QuicTransport::bind(
-            local,
-            identity.clone(),
-            QuicConfig::default(),
-        )?),
-        _ => Arc::new(UdpTransport::bind(local).await?),
-    })
+/// A builder of a node listening on one transport of `kind` on 127.0.0.1.
+fn on(kind: &str) -> kad::NativeNodeBuilder {
+    let b = crate::net::node_builder().validator(Arc::new(ContentValidator));
+    match kind {
+        "quic" => b.quic("127.0.0.1:0"),
+        _ => b.udp("127.0.0.1:0"),
+    }
 }
 
 async fn network(kind: &str, n: usize, store: &str) -> Result<Net> {
     let dir = tempfile::tempdir().context("a temporary directory for the stores")?;
     let mut nodes = Vec::new();
     for i in 0..n {
-        let identity = Arc::new(fresh_identity()?);
         let limits = StoreLimits::new(1 << 20, 64 << 30).publisher_bytes(64 << 30);
-        let s: Box<dyn RecordStore> = if store == "redb" {
-            Box::new(RedbStore::open(
-                &dir.path().join(format!("node{i}.redb")),
-                identity.id(),
-                limits,
-                kad_core::SystemClock::now_ms(),
-            )?)
+        let b = if store == "redb" {
+            on(kind).storage(dir.path().join(format!("node{i}")))
         } else {
-            Box::new(MemoryStore::new(identity.id(), limits))
+            on(kind).storage_in_memory()
         };
-        let setup = Setup {
-            store: Some(s),
-            validator: Some(Arc::new(ContentValidator)),
-            storage_plugin: true,
-            pubsub: None,
-            nat: None,
-            id_work: 0,
-        };
-        let t = transport(kind, &identity).await?;
-        nodes.push(spawn_on(
-            vec![t],
-            Vec::new(),
-            identity,
-            native_config(),
-            setup,
-        )?);
+        let node = b.store_limits(limits).build().await.map_err(flag_error)?;
+        nodes.push(node.dht().clone());
     }
     let seed = nodes[0].contact().addrs[0].clone();
     for d in &nodes[1..] {
@@ -168,16 +141,9 @@ async fn network(kind: &str, n: usize, store: &str) -> Result<Net> {
 }
 
 async fn client(kind: &str, seed: &Dht) -> Result<(Dht, usize)> {
-    let identity = Arc::new(fresh_identity()?);
-    let t = transport(kind, &identity).await?;
-    let max = t.max_message_len();
-    let mut config = native_config();
-    config.read_only = true;
-    let setup = Setup {
-        validator: Some(Arc::new(ContentValidator)),
-        ..Setup::default()
-    };
-    let dht = spawn_on(vec![t], Vec::new(), identity, config, setup)?;
+    let node = on(kind).client().build().await.map_err(flag_error)?;
+    let max = node.transports().max_message_len();
+    let dht = node.dht().clone();
     dht.bootstrap(vec![seed.contact().addrs[0].clone()]).await?;
     Ok((dht, max))
 }
