@@ -33,21 +33,19 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use kad::{Delivery, MutableItem, NativeNode, item::{bencode_bytes, public_key}};
+//! use kad::item::{bencode_bytes, public_key};
+//! use kad::{Delivery, MutableItem, NativeNode};
 //!
-//! let rendezvous = NativeNode::builder().udp("127.0.0.1:0").pubsub().build().await?;
-//! let node = |b: kad::NativeNodeBuilder| b.udp("127.0.0.1:0").bootstrap([rendezvous.addr()]).pubsub().client();
-//! let subscriber = node(NativeNode::builder()).build().await?;
-//! let sensor = node(NativeNode::builder()).build().await?;
+//! let a = NativeNode::builder().udp("127.0.0.1:0").pubsub().build().await?;
+//! let b = NativeNode::builder().udp("127.0.0.1:0").pubsub().bootstrap([a.addr()]).build().await?;
 //!
-//! let seed = [7u8; 32]; // the sensor's ed25519 key
-//! let mut sub = subscriber.pubsub()?.subscribe_sensor(public_key(&seed), b"kitchen").await?;
+//! let seed = [7u8; 32]; // the sensor's ed25519 key; its public key names the topic
+//! let mut sub = a.pubsub()?.subscribe_sensor(public_key(&seed), b"kitchen").await?;
 //! let reading = MutableItem::sign(&seed, b"kitchen", 1, &bencode_bytes(b"21.5"))?;
-//! sensor.pubsub()?.publish(reading.into()).await?;
-//! if let Some(Delivery::Reading(r)) = sub.next().await {
-//!     assert_eq!((r.item.seq, r.item.value_text()), (1, "21.5".to_owned()));
-//! }
-//! # drop(sub); sensor.shutdown().await; subscriber.shutdown().await; rendezvous.shutdown().await;
+//! b.pubsub()?.publish(reading.into()).await?; // the rendezvous nodes push it to subscribers
+//! let Some(Delivery::Reading(r)) = sub.next().await else { panic!("no reading") };
+//! assert_eq!((r.item.seq, r.item.value_text()), (1, "21.5".to_owned()));
+//! # drop(sub); b.shutdown().await; a.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -63,10 +61,11 @@
 //! let b = NativeNode::builder().udp("127.0.0.1:0").storage(dir.path().join("b"))
 //!     .bootstrap([a.addr()]).build().await?;
 //!
-//! std::fs::write(dir.path().join("report.txt"), "chunked, verified, replicated")?;
-//! let put = a.put_file(dir.path().join("report.txt")).await?; // its key is the manifest's
-//! b.get_file(put.key, dir.path().join("copy.txt")).await?;
-//! assert_eq!(std::fs::read_to_string(dir.path().join("copy.txt"))?, "chunked, verified, replicated");
+//! let (file, copy) = (dir.path().join("report.txt"), dir.path().join("copy.txt"));
+//! std::fs::write(&file, "chunked, verified, replicated")?;
+//! let put = a.put_file(&file).await?; // its key is the manifest's
+//! b.get_file(put.key, &copy).await?;
+//! assert_eq!(std::fs::read(&copy)?, std::fs::read(&file)?);
 //! # b.shutdown().await; a.shutdown().await;
 //! # Ok(()) }
 //! ```

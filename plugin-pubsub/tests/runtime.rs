@@ -522,3 +522,35 @@ async fn dropping_the_last_subscription_of_a_topic_unsubscribes() {
         Err(PubsubError::NoPlugin)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_two_node_network_the_subscriber_is_a_rendezvous_node_and_still_receives() {
+    // Each node is the other's only rendezvous node: the subscription is held by the
+    // publisher, and the publisher's reading goes to the subscriber, which delivers it to
+    // itself (no node pushes to itself).
+    let net = network(2, PubsubConfig::default()).await;
+    let seed = [11u8; 32];
+    let subscriber = Pubsub::attach(net.nodes[0].clone()).await.unwrap();
+    let publisher = Pubsub::attach(net.nodes[1].clone()).await.unwrap();
+    let mut sub = subscriber
+        .subscribe_sensor(public_key(&seed), b"")
+        .await
+        .unwrap();
+    let mut topic = subscriber.subscribe_topic("small").await.unwrap();
+    for seq in 1..=3 {
+        publisher
+            .publish(reading(&seed, b"", seq, "v"))
+            .await
+            .unwrap();
+        assert_eq!(next_reading(&mut sub).await, Some((seq, "v".into())));
+    }
+    publisher.post("small", "hello", 60).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), topic.next())
+        .await
+        .expect("the message within 5 s");
+    assert!(
+        matches!(got, Some(Delivery::Message(m)) if m.message.data == "hello"),
+        "no message"
+    );
+    assert!(nothing_more(&mut sub).await, "a reading delivered twice");
+}

@@ -262,6 +262,13 @@ impl PubsubPlugin {
             topic.live = Some(live.into_iter().collect());
         }
         self.stats.accepted += 1;
+        // A rendezvous node that is also a subscriber of the topic (in a network of fewer than
+        // k + 1 nodes, every node is both) delivers to its own application: no node pushes to
+        // itself.
+        if self.mine.contains_key(&key) {
+            let me = cx.local().id;
+            self.deliver_item(cx, key, p.item.clone(), me);
+        }
         let seq = p.item.seq;
         let notify = json(&NotifyParams {
             topic: key,
@@ -320,6 +327,10 @@ impl PubsubPlugin {
         }
         topic.touched = now;
         self.stats.accepted += 1;
+        // As for readings: a subscribed rendezvous node delivers to its own application.
+        if self.mine.contains_key(&key) {
+            self.deliver_message(cx, key, p.message.clone());
+        }
         let notify = json(&NotifyParams {
             topic: key,
             item: None,
