@@ -51,6 +51,30 @@ impl Mainline {
     }
 }
 
+/// The IPv4 addresses of bootstrap nodes given as `HOST:PORT` (e.g. [`PUBLIC_ROUTERS`]). A name
+/// that does not resolve, or names without any IPv4 address, are [`MainlineError::NoBootstrap`].
+pub async fn resolve_bootstrap<S: AsRef<str>>(
+    names: &[S],
+) -> Result<Vec<SocketAddr>, MainlineError> {
+    let mut out = Vec::new();
+    for n in names {
+        let n = n.as_ref();
+        let found = tokio::net::lookup_host(n)
+            .await
+            .map_err(|e| MainlineError::NoBootstrap {
+                reason: format!("cannot resolve {n:?} (want HOST:PORT): {e}"),
+            })?;
+        out.extend(found.filter(SocketAddr::is_ipv4));
+    }
+    if out.is_empty() && !names.is_empty() {
+        let list: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+        return Err(MainlineError::NoBootstrap {
+            reason: format!("no IPv4 address for {}", list.join(", ")),
+        });
+    }
+    Ok(out)
+}
+
 impl MainlineBuilder {
     /// Every setting at once.
     pub fn config(mut self, cfg: MainlineConfig) -> Self {
@@ -92,19 +116,7 @@ impl MainlineBuilder {
     /// [`MainlineError::NoBootstrap`].
     pub async fn build(self) -> Result<Mainline, MainlineError> {
         let mut cfg = self.cfg;
-        for n in &self.names {
-            let found = tokio::net::lookup_host(n.as_str()).await.map_err(|e| {
-                MainlineError::NoBootstrap {
-                    reason: format!("cannot resolve {n:?} (want HOST:PORT): {e}"),
-                }
-            })?;
-            cfg.bootstrap.extend(found.filter(SocketAddr::is_ipv4));
-        }
-        if cfg.bootstrap.is_empty() && !self.names.is_empty() {
-            return Err(MainlineError::NoBootstrap {
-                reason: format!("no IPv4 address for {}", self.names.join(", ")),
-            });
-        }
+        cfg.bootstrap.extend(resolve_bootstrap(&self.names).await?);
         let join = !cfg.bootstrap.is_empty();
         let read_only = cfg.read_only;
         let node = Mainline::spawn(cfg).await?;

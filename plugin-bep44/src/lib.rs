@@ -58,7 +58,7 @@ use kad_core::{Config, Contact, Dht, DhtError, Node, NodeId, PeerAddr, StaticIde
 use kad_transport_udp::UdpTransport;
 use serde::Serialize;
 
-pub use builder::MainlineBuilder;
+pub use builder::{MainlineBuilder, resolve_bootstrap};
 pub use item::MutableItem;
 pub use krpc::{KrpcCodec, KrpcLimits, KrpcShared};
 pub use plugin::{Bep44Plugin, ItemStoreLimits, K, TOKEN_ROTATION};

@@ -170,31 +170,20 @@ pub(crate) async fn run(cmd: MainlineCommand) -> u8 {
     }
 }
 
+/// The bootstrap nodes of `--bootstrap`: the public routers by default, none with `none`.
 async fn resolve(list: &Option<String>) -> Result<Vec<SocketAddr>> {
-    let names: Vec<String> = match list.as_deref() {
-        None => PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect(),
+    let names: Vec<&str> = match list.as_deref() {
+        None => PUBLIC_ROUTERS.to_vec(),
         Some("none") | Some("") => return Ok(Vec::new()),
         Some(s) => s
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(String::from)
             .collect(),
     };
-    let mut out = Vec::new();
-    for n in &names {
-        let found = tokio::net::lookup_host(n.as_str())
-            .await
-            .with_context(|| format!("--bootstrap: cannot resolve {n:?} (want HOST:PORT)"))?;
-        out.extend(found.filter(SocketAddr::is_ipv4));
-    }
-    if out.is_empty() && list.is_some() {
-        bail!(
-            "--bootstrap: no IPv4 address in {:?}",
-            list.as_deref().unwrap_or_default()
-        );
-    }
-    Ok(out)
+    kad_plugin_bep44::resolve_bootstrap(&names)
+        .await
+        .map_err(|e| anyhow::anyhow!("--bootstrap: {e}"))
 }
 
 async fn spawn(net: &NetArgs, read_only: bool) -> Result<Mainline> {
