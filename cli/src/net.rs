@@ -148,11 +148,11 @@ pub(crate) async fn client(
     validator: Option<Arc<dyn kad_core::RecordValidator>>,
 ) -> Result<kad::NativeNode> {
     crate::check_range("id-work", a.id_work, 0, 32)?;
+    let prefer = parse_preference(&a.prefer)?;
     let mut b = node_builder()
         .client()
         .id_work(a.id_work)
-        .configure(|c| c.transport_preference = parse_preference(&a.prefer).unwrap_or_default());
-    parse_preference(&a.prefer)?;
+        .configure(|c| c.transport_preference = prefer);
     if let Some(p) = &a.key_file {
         b = b.key_file(p);
     }

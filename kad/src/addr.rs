@@ -47,47 +47,35 @@ fn parse_addr(field: &'static str, s: &str) -> Result<PeerAddr, BuildError> {
     })
 }
 
-impl SocketArg for &str {
-    fn socket(&self, field: &'static str) -> Result<SocketAddr, BuildError> {
-        parse_socket(field, self)
-    }
+// Text parses; typed values are taken as they are.
+macro_rules! from_text {
+    ($($t:ty),*) => {$(
+        impl SocketArg for $t {
+            fn socket(&self, field: &'static str) -> Result<SocketAddr, BuildError> {
+                parse_socket(field, self)
+            }
+        }
+        impl AddrArg for $t {
+            fn addr(&self, field: &'static str) -> Result<PeerAddr, BuildError> {
+                parse_addr(field, self)
+            }
+        }
+    )*};
 }
-impl SocketArg for String {
-    fn socket(&self, field: &'static str) -> Result<SocketAddr, BuildError> {
-        parse_socket(field, self)
-    }
-}
-impl SocketArg for &String {
-    fn socket(&self, field: &'static str) -> Result<SocketAddr, BuildError> {
-        parse_socket(field, self)
-    }
-}
+from_text!(&str, String, &String);
+
 impl SocketArg for SocketAddr {
     fn socket(&self, _: &'static str) -> Result<SocketAddr, BuildError> {
         Ok(*self)
     }
 }
 
-impl AddrArg for &str {
-    fn addr(&self, field: &'static str) -> Result<PeerAddr, BuildError> {
-        parse_addr(field, self)
-    }
-}
-impl AddrArg for String {
-    fn addr(&self, field: &'static str) -> Result<PeerAddr, BuildError> {
-        parse_addr(field, self)
-    }
-}
-impl AddrArg for &String {
-    fn addr(&self, field: &'static str) -> Result<PeerAddr, BuildError> {
-        parse_addr(field, self)
-    }
-}
 impl AddrArg for PeerAddr {
     fn addr(&self, _: &'static str) -> Result<PeerAddr, BuildError> {
         Ok(self.clone())
     }
 }
+
 impl AddrArg for &PeerAddr {
     fn addr(&self, _: &'static str) -> Result<PeerAddr, BuildError> {
         Ok((*self).clone())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kad_core::{
     Config, Dht, DhtError, LookupOutcome, NativeCodec, NativeIdentity, Node, PeerAddr, Plugin,
-    RecordStore, RecordValidator, StoreLimits, Transport, TransportKind,
+    RecordStore, RecordValidator, StoreLimits, Transport,
 };
 
 use crate::addr::{AddrArg, SocketArg};
@@ -189,32 +189,25 @@ impl NativeNodeBuilder {
     /// Addresses to tell peers instead of the bound ones (e.g. the public address of a node
     /// listening on `0.0.0.0`, or `wss://example.org/kad` behind a reverse proxy).
     pub fn advertise<A: AddrArg>(mut self, addrs: impl IntoIterator<Item = A>) -> Self {
-        for a in addrs {
-            match a.addr("advertise") {
-                Ok(a) => self.advertise.push(a),
-                Err(e) => return self.fail(e),
+        match parse_all("advertise", addrs) {
+            Ok(v) => {
+                self.advertise.extend(v);
+                self
             }
+            Err(e) => self.fail(e),
         }
-        self
     }
 
     /// Joins the network through these nodes when built (see
     /// [`join_timeout`](Self::join_timeout)).
     pub fn bootstrap<A: AddrArg>(mut self, addrs: impl IntoIterator<Item = A>) -> Self {
-        for a in addrs {
-            match a.addr("bootstrap") {
-                Ok(a) if a.kind() == TransportKind::Mem => {
-                    return self.fail(BuildError::Field {
-                        field: "bootstrap",
-                        value: a.to_string(),
-                        reason: "mem:// addresses exist only inside one process".into(),
-                    });
-                }
-                Ok(a) => self.bootstrap.push(a),
-                Err(e) => return self.fail(e),
+        match parse_all("bootstrap", addrs) {
+            Ok(v) => {
+                self.bootstrap.extend(v);
+                self
             }
+            Err(e) => self.fail(e),
         }
-        self
     }
 
     /// How long [`build`](Self::build) keeps trying to join (each bootstrap node pinged up to
@@ -236,13 +229,13 @@ impl NativeNodeBuilder {
     /// these addresses, without joining through them (the application joins, e.g. with
     /// [`NativeNode::join`]).
     pub fn dial<A: AddrArg>(mut self, addrs: impl IntoIterator<Item = A>) -> Self {
-        for a in addrs {
-            match a.addr("dial") {
-                Ok(a) => self.dial.push(a),
-                Err(e) => return self.fail(e),
+        match parse_all("dial", addrs) {
+            Ok(v) => {
+                self.dial.extend(v);
+                self
             }
+            Err(e) => self.fail(e),
         }
-        self
     }
 
     /// Whether a node restarted from its data dir without bootstrap addresses rejoins through
@@ -419,7 +412,7 @@ impl NativeNodeBuilder {
         config.max_value_len = max_value;
         config.read_only = self.client;
 
-        let local = identity.id();
+        #[cfg_attr(not(feature = "storage"), allow(unused_mut))]
         let mut store = self.store.take();
         #[cfg_attr(not(feature = "storage"), allow(unused_mut))]
         let mut validator = self.validator.take();
@@ -439,7 +432,7 @@ impl NativeNodeBuilder {
                     let path = dir.join("records.redb");
                     let s = kad_plugin_storage::RedbStore::open(
                         &path,
-                        local,
+                        identity.id(),
                         limits,
                         kad_core::SystemClock::now_ms(),
                     )
@@ -456,10 +449,10 @@ impl NativeNodeBuilder {
                 }
             }
         }
-        if store.is_none() {
-            if let Some(l) = self.store_limits.clone() {
-                store = Some(Box::new(kad_core::MemoryStore::new(local, l)));
-            }
+        // Without a store of its own, the engine keeps records in memory within
+        // `Config::store_limits`.
+        if let Some(l) = self.store_limits.clone() {
+            config.store_limits = l;
         }
 
         let mut builder = Node::builder(config)
@@ -553,6 +546,14 @@ impl NativeNodeBuilder {
     }
 }
 
+/// Every address of `addrs`; the first bad one is an error naming `field`.
+fn parse_all<A: AddrArg>(
+    field: &'static str,
+    addrs: impl IntoIterator<Item = A>,
+) -> Result<Vec<PeerAddr>, BuildError> {
+    addrs.into_iter().map(|a| a.addr(field)).collect()
+}
+
 #[cfg(feature = "storage")]
 #[derive(Debug)]
 struct StorageState {
@@ -628,7 +629,9 @@ impl NativeNode {
         &self.identity
     }
 
-    /// The first address the node advertises (what another node bootstraps from).
+    /// The first address the node advertises (what another node bootstraps from). A node with
+    /// none (a client on a dial-only WebSocket transport) has `mem://0`, which no transport
+    /// reaches; [`contact`](Dht::contact) lists every address.
     pub fn addr(&self) -> PeerAddr {
         self.dht
             .contact()

@@ -229,3 +229,19 @@ async fn a_mainline_node_nobody_answers_is_no_bootstrap() {
         .unwrap_err();
     assert!(matches!(e, MainlineError::NoBootstrap { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn store_limits_bound_the_in_memory_store() {
+    let node = NativeNode::builder()
+        .udp("127.0.0.1:0")
+        .store_limits(kad::StoreLimits::new(2, 1 << 20))
+        .build()
+        .await
+        .unwrap();
+    // Alone in its network, the node keeps what it puts, up to its 2 records.
+    for v in ["one", "two", "three"] {
+        let _ = node.put(kad::content_key(v.as_bytes()), v.into()).await;
+    }
+    assert_eq!(node.stats().await.unwrap().records_held, 2);
+    node.shutdown().await;
+}
