@@ -27,6 +27,9 @@ pub enum DecodeError {
     /// The signature does not verify (or the public key is not a valid point).
     #[error("bad signature")]
     BadSignature,
+    /// The MAC of a version 2 message does not verify (or its key is not a valid point).
+    #[error("bad MAC")]
+    BadMac,
     /// The sender's id is not the one its public key maps to.
     #[error("sender id does not match its public key")]
     IdMismatch,

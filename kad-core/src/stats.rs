@@ -86,6 +86,9 @@ pub struct Stats {
     pub dropped_auth: u64,
     /// Dropped: the signature did not verify (or the key was not a valid point).
     pub dropped_bad_signature: u64,
+    /// Dropped: the MAC of a version 2 native message did not verify (or the key was not a
+    /// valid point).
+    pub dropped_bad_mac: u64,
     /// Dropped: the sender's id is not the hash of its public key.
     pub dropped_id_mismatch: u64,
     /// Dropped: the timestamp was outside the window (`Config::max_clock_skew`).

@@ -131,16 +131,192 @@ fn vectors() -> Vec<Vector> {
     out
 }
 
+/// `x` hears from `from` (a signed PING announcing version 2), as a node does before it MACs.
+fn introduce(x: &mut Party, from: &Party) {
+    let mut tx = NativeCodec::new(from.identity.clone());
+    let ping = msg(
+        from,
+        Some(x.identity.id()),
+        b"hi",
+        Body::Request(Request::Ping),
+    );
+    let bytes = tx
+        .encode(
+            &ping,
+            &mut cx(&mut CountRng(1 << 50), T0, from.identity.id()),
+        )
+        .unwrap();
+    x.codec
+        .decode(&bytes, &mut cx(&mut CountRng(0), T0, x.identity.id()))
+        .unwrap();
+}
+
+/// The x coordinate of the ECDH point of `secret` and `peer`'s key, computed apart from the codec.
+fn shared_x(secret: &str, peer: &Party) -> [u8; 32] {
+    let sk = k256::SecretKey::from_slice(&hex32(secret)).unwrap();
+    let pk = k256::PublicKey::from_sec1_bytes(&peer.identity.public_key_bytes()).unwrap();
+    let shared = k256::ecdh::diffie_hellman(sk.to_nonzero_scalar(), pk.as_affine());
+    (*shared.raw_secret_bytes()).into()
+}
+
+const SECRET_C: &str = "0000000000000000000000000000000000000000000000000000000000000003";
+
+/// The version 2 vectors: what each computes, as PROTOCOL.md lists it (the failure message
+/// prints the block this code computes).
+fn v2_vectors() -> Vec<(String, String)> {
+    let a = party(SECRET_A, 4000);
+    let b = party(SECRET_B, 4001);
+    let c = party(SECRET_C, 4002);
+    let pair = native::pair_key(&a.identity, &b.identity.public_key_bytes()).unwrap();
+    let mut out = vec![(
+        "pair".to_owned(),
+        format!(
+            "vector: pair\nsecret_key: {SECRET_A}\nnode_id: {}\npeer_public_key: {}\npeer_node_id: {}\nshared_x: {}\npair_key: {}\n",
+            a.identity.id(),
+            hex::encode(b.identity.public_key_bytes()),
+            b.identity.id(),
+            hex::encode(shared_x(SECRET_A, &b)),
+            hex::encode(pair)
+        ),
+    )];
+    let block = |name: &str, note_auth: &str, p: &Party, unix: u64, nonce: u64, bytes: &[u8]| {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let tail = if note_auth == "mac" { 68 } else { 132 };
+        let signed = &text[1..text.len() - tail];
+        let auth = &text[text.len() - tail + 2..text.len() - 2];
+        format!(
+            "vector: {name}\nsecret_key: {}\nunix_ms: {unix}\nnonce: {nonce:016x}\nsigned: {signed}\n{note_auth}: {auth}\ndatagram: {text}\n",
+            hex::encode(p.identity.secret_bytes()),
+        )
+    };
+    let enc = |p: &mut Party, m: &Message, unix: u64, nonce: u64| {
+        p.codec
+            .encode(m, &mut cx(&mut FixedRng(nonce), unix, p.identity.id()))
+            .unwrap()
+    };
+    // A node speaking version 2 pings an address: signed, and says it speaks version 2.
+    let mut a = a;
+    let mut b = b;
+    let ping = msg(&a, None, &[1, 2, 3, 4], Body::Request(Request::Ping));
+    let (unix, nonce) = (T0 + 3, 0x3333_3333_3333_3333);
+    let bytes = enc(&mut a, &ping, unix, nonce);
+    out.push((
+        "ping_v2".into(),
+        block("ping_v2", "signature", &a, unix, nonce, &bytes),
+    ));
+    // B has heard from A and from C; A has heard from B: they MAC.
+    introduce(&mut b, &a);
+    introduce(&mut b, &c);
+    introduce(&mut a, &b);
+    let find = msg(
+        &a,
+        Some(b.identity.id()),
+        &[0xca, 0xfe, 0x00, 0x02],
+        Body::Request(Request::FindNode {
+            target: c.identity.id(),
+        }),
+    );
+    let (unix, nonce) = (T0 + 4, 0x4444_4444_4444_4444);
+    let bytes = enc(&mut a, &find, unix, nonce);
+    out.push((
+        "find_node_v2".into(),
+        block("find_node_v2", "mac", &a, unix, nonce, &bytes),
+    ));
+    let nodes = msg(
+        &b,
+        Some(a.identity.id()),
+        &[0xca, 0xfe, 0x00, 0x02],
+        Body::Response(Response::Nodes {
+            nodes: vec![c.contact.clone()],
+        }),
+    );
+    let (unix, nonce) = (T0 + 5, 0x5555_5555_5555_5555);
+    let bytes = enc(&mut b, &nodes, unix, nonce);
+    out.push((
+        "nodes_v2".into(),
+        block("nodes_v2", "mac", &b, unix, nonce, &bytes),
+    ));
+    out
+}
+
+#[test]
+fn protocol_md_version_2_vectors_are_what_the_codec_computes() {
+    let doc = include_str!("../../PROTOCOL.md");
+    let missing: Vec<String> = v2_vectors()
+        .into_iter()
+        .filter(|(_, block)| !doc.contains(&format!("```text\n{block}```")))
+        .map(|(name, block)| format!("{name}:\n```text\n{block}```\n"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "PROTOCOL.md lacks these vectors as computed:\n{}",
+        missing.concat()
+    );
+    // Each vector stands on its own facts, too: the pairwise key is symmetric, the MAC is the
+    // documented HMAC of the documented input, and the recipient decodes the datagram.
+    let vs = vectors();
+    let get = |n: &str| vs.iter().find(|v| v.name == n).unwrap();
+    let a = party(SECRET_A, 4000);
+    let b = party(SECRET_B, 4001);
+    let pair: [u8; 32] = hex32(get("pair").get("pair_key"));
+    assert_eq!(
+        native::pair_key(&b.identity, &a.identity.public_key_bytes()),
+        Some(pair)
+    );
+    for (name, from, to) in [("find_node_v2", &a, &b), ("nodes_v2", &b, &a)] {
+        let v = get(name);
+        let tag = native::mac_tag(
+            &pair,
+            &from.identity.id(),
+            &to.identity.id(),
+            v.get("signed").as_bytes(),
+        );
+        assert_eq!(hex::encode(tag), v.get("mac"), "{name}");
+        let mut rx = NativeCodec::new(to.identity.clone());
+        let unix: u64 = v.get("unix_ms").parse().unwrap();
+        let m = rx
+            .decode(
+                v.get("datagram").as_bytes(),
+                &mut cx(&mut FixedRng(0), unix, to.identity.id()),
+            )
+            .unwrap_or_else(|e| panic!("vector {name}: {e}"));
+        assert_eq!(m.sender, from.contact);
+    }
+    let ping = get("ping_v2");
+    let mut rx = NativeCodec::new(b.identity.clone());
+    let unix: u64 = ping.get("unix_ms").parse().unwrap();
+    rx.decode(
+        ping.get("datagram").as_bytes(),
+        &mut cx(&mut FixedRng(0), unix, b.identity.id()),
+    )
+    .unwrap();
+    assert!(
+        rx.would_mac(&a.identity.id()),
+        "the ping announced version 2"
+    );
+}
+
 #[test]
 fn protocol_md_vectors_decode_and_reencode_byte_for_byte() {
     let vs = vectors();
     assert_eq!(
         vs.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-        ["ping", "find_node", "nodes"]
+        [
+            "ping",
+            "find_node",
+            "nodes",
+            "pair",
+            "ping_v2",
+            "find_node_v2",
+            "nodes_v2"
+        ]
     );
     let a = party(SECRET_A, 4000);
     let b = party(SECRET_B, 4001);
-    for v in &vs {
+    for v in vs
+        .iter()
+        .filter(|v| v.fields.get("version").map(String::as_str) == Some("1"))
+    {
         let (signer, receiver) = if v.get("secret_key") == SECRET_A {
             (&a, &b)
         } else {
@@ -182,7 +358,7 @@ fn protocol_md_vectors_decode_and_reencode_byte_for_byte() {
             .unwrap_or_else(|e| panic!("vector {}: {e}", v.name));
         assert_eq!(m.sender, signer.contact);
         // Encoding the decoded message with the same time and nonce gives the same bytes.
-        let mut tx = NativeCodec::new(signer.identity.clone());
+        let mut tx = NativeCodec::new(signer.identity.clone()).max_version(1);
         let again = tx
             .encode(
                 &m,
@@ -837,4 +1013,263 @@ fn protocol_md_id_work_examples() {
         doc.contains(&format!("is {} (id `{}`", first.0, first.1.id())),
         "PROTOCOL.md section 1"
     );
+}
+
+/// Wraps `signed` text in a version 2 envelope with the MAC of `from` to `to` under `pair`.
+fn mac_forge(pair: &[u8; 32], from: NodeId, to: NodeId, signed: &str) -> Vec<u8> {
+    let tag = native::mac_tag(pair, &from, &to, signed.as_bytes());
+    format!("[{signed},\"{}\"]", hex::encode(tag)).into_bytes()
+}
+
+/// Every rejection of version 1 has its version 2 twin, each counted under its own reason; and
+/// the MAC binds the direction and the key.
+#[test]
+fn each_version_2_rejection_has_its_own_reason() {
+    let mut a = party(SECRET_A, 4000);
+    let mut b = party(SECRET_B, 4001);
+    let c = party(SECRET_C, 4002);
+    introduce(&mut a, &b);
+    let to_b = msg(
+        &a,
+        Some(b.identity.id()),
+        b"v2",
+        Body::Request(Request::FindNode {
+            target: b.identity.id(),
+        }),
+    );
+    let enc = |a: &mut Party, rng: u64, ts: u64| {
+        a.codec
+            .encode(&to_b, &mut cx(&mut CountRng(rng), ts, a.identity.id()))
+            .unwrap()
+    };
+    let bytes = enc(&mut a, 100, T0);
+    assert!(bytes.ends_with(b"\"]") && bytes[bytes.len() - 68..].starts_with(b",\""));
+    assert!(String::from_utf8_lossy(&bytes).contains(r#""kad":{"v":2,"#));
+    let mut rx = |bytes: &[u8], now: u64| {
+        b.codec
+            .decode(bytes, &mut cx(&mut CountRng(0), now, b.identity.id()))
+    };
+    // Stale, on either side of the window; then accepted within it.
+    assert!(matches!(
+        rx(&bytes, T0 + SKEW + 1),
+        Err(DecodeError::Stale { skew_ms: -60_001 })
+    ));
+    assert!(matches!(
+        rx(&bytes, T0 - SKEW - 1),
+        Err(DecodeError::Stale { skew_ms: 60_001 })
+    ));
+    // Bad MAC: a digit of the tag, or a byte of the text; neither burns the nonce.
+    let mut flip = bytes.to_vec();
+    let at = flip.len() - 5;
+    flip[at] = if flip[at] == b'0' { b'1' } else { b'0' };
+    assert!(matches!(rx(&flip, T0), Err(DecodeError::BadMac)));
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let tampered = text.replace("udp://127.0.0.1:4000", "udp://127.0.0.1:4999");
+    assert!(matches!(
+        rx(tampered.as_bytes(), T0),
+        Err(DecodeError::BadMac)
+    ));
+    // Upper-case MAC: a second form of the same message, refused.
+    let n = text.len();
+    let upper = format!(
+        "{}{}{}",
+        &text[..n - 66],
+        text[n - 66..n - 2].to_uppercase(),
+        &text[n - 2..]
+    );
+    assert!(matches!(
+        rx(upper.as_bytes(), T0),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(rx(&bytes, T0).is_ok());
+    // Replay.
+    assert!(matches!(rx(&bytes, T0 + 5), Err(DecodeError::Replay)));
+
+    let pair = native::pair_key(&a.identity, &b.identity.public_key_bytes()).unwrap();
+    let signed = |from: &Party, id: NodeId, to: &str, v: u32, nonce: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":"02","method":"PING","params":{{}},"kad":{{"v":{v},"from":{{"id":"{id}","key":"{}","addrs":[]}},"to":{to},"ts":{T0},"nonce":"{nonce:016x}"}}}}"#,
+            hex::encode(from.identity.public_key_bytes()),
+        )
+    };
+    let to_b_json = format!("\"{}\"", b.identity.id());
+    let (ida, idb) = (a.identity.id(), b.identity.id());
+    // A correct hand-made message passes (the harness computes the MAC as documented).
+    assert!(
+        rx(
+            &mac_forge(&pair, ida, idb, &signed(&a, ida, &to_b_json, 2, 1)),
+            T0
+        )
+        .is_ok()
+    );
+    // Direction: the MAC of B-to-A (same pairwise key) does not authenticate A-to-B.
+    assert!(matches!(
+        rx(
+            &mac_forge(&pair, idb, ida, &signed(&a, ida, &to_b_json, 2, 2)),
+            T0
+        ),
+        Err(DecodeError::BadMac)
+    ));
+    // A third party C claiming to be A, with A's key, cannot compute K_AB: its own K_CB fails.
+    let pair_cb = native::pair_key(&c.identity, &b.identity.public_key_bytes()).unwrap();
+    assert!(matches!(
+        rx(
+            &mac_forge(&pair_cb, ida, idb, &signed(&a, ida, &to_b_json, 2, 3)),
+            T0
+        ),
+        Err(DecodeError::BadMac)
+    ));
+    // C's key under A's id.
+    assert!(matches!(
+        rx(
+            &mac_forge(&pair_cb, ida, idb, &signed(&c, ida, &to_b_json, 2, 4)),
+            T0
+        ),
+        Err(DecodeError::IdMismatch)
+    ));
+    // A key that is not a point: a bad MAC.
+    let bad_key = signed(&a, ida, &to_b_json, 2, 5).replace(
+        &hex::encode(a.identity.public_key_bytes()),
+        &format!("02{}", "ff".repeat(32)),
+    );
+    assert!(matches!(
+        rx(&mac_forge(&pair, ida, idb, &bad_key), T0),
+        Err(DecodeError::BadMac)
+    ));
+    // Addressed to C, or to no one (a MAC binds a recipient): wrong recipient.
+    let to_c = format!("\"{}\"", c.identity.id());
+    assert!(matches!(
+        rx(
+            &mac_forge(&pair, ida, c.identity.id(), &signed(&a, ida, &to_c, 2, 6)),
+            T0
+        ),
+        Err(DecodeError::WrongRecipient)
+    ));
+    assert!(matches!(
+        rx(
+            &mac_forge(&pair, ida, idb, &signed(&a, ida, "null", 2, 7)),
+            T0
+        ),
+        Err(DecodeError::WrongRecipient)
+    ));
+    // A MAC on a version 1 message, a signature on a version 2 one: malformed.
+    assert!(matches!(
+        rx(
+            &mac_forge(&pair, ida, idb, &signed(&a, ida, &to_b_json, 1, 8)),
+            T0
+        ),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        rx(&forge(&a, &signed(&a, ida, &to_b_json, 2, 9)), T0),
+        Err(DecodeError::Malformed(_))
+    ));
+
+    // A contact listed with a key that is not its own: the whole answer is dropped.
+    let listed = |key: &Party| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":"03","result":{{"nodes":[{{"id":"{}","addrs":["udp://127.0.0.1:4002"],"key":"{}"}}]}},"kad":{{"v":2,"from":{{"id":"{ida}","key":"{}","addrs":[]}},"to":"{idb}","ts":{T0},"nonce":"{:016x}"}}}}"#,
+            c.identity.id(),
+            hex::encode(key.identity.public_key_bytes()),
+            hex::encode(a.identity.public_key_bytes()),
+            key.identity.id().as_bytes()[0],
+        )
+    };
+    assert!(matches!(
+        rx(&mac_forge(&pair, ida, idb, &listed(&a)), T0),
+        Err(DecodeError::IdMismatch)
+    ));
+    let ok = rx(&mac_forge(&pair, ida, idb, &listed(&c)), T0).unwrap();
+    assert!(matches!(ok.body, Body::Response(Response::Nodes { ref nodes }) if nodes.len() == 1));
+    // ... and B now MACs its first message to C, learned from the list.
+    assert!(b.codec.would_mac(&c.identity.id()));
+}
+
+/// A version 1 node and a version 2 node talk: the version 2 node never sends version 2 to it,
+/// and both decode everything the other sends.
+#[test]
+fn a_version_1_node_and_a_version_2_node_understand_each_other() {
+    let mut old = party(SECRET_A, 4000);
+    old.codec = NativeCodec::new(old.identity.clone()).max_version(1);
+    let mut new = party(SECRET_B, 4001);
+    let ping = msg(
+        &old,
+        Some(new.identity.id()),
+        b"p",
+        Body::Request(Request::Ping),
+    );
+    let got = send(&mut old, &mut new, &ping, T0, T0).unwrap();
+    assert_eq!(got.body, Body::Request(Request::Ping));
+    assert!(
+        !new.codec.would_mac(&old.identity.id()),
+        "no `up`: version 1"
+    );
+    let pong = msg(
+        &new,
+        Some(old.identity.id()),
+        b"p",
+        Body::Response(Response::Pong),
+    );
+    let bytes = new
+        .codec
+        .encode(&pong, &mut cx(&mut CountRng(5), T0, new.identity.id()))
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains(r#""kad":{"v":1,"#));
+    old.codec
+        .decode(&bytes, &mut cx(&mut CountRng(0), T0, old.identity.id()))
+        .unwrap();
+    // The version 1 node learned the other speaks 2 (`up`), and still signs: it speaks only 1.
+    assert!(!old.codec.would_mac(&new.identity.id()));
+    let again = msg(
+        &old,
+        Some(new.identity.id()),
+        b"q",
+        Body::Request(Request::Ping),
+    );
+    let bytes = old
+        .codec
+        .encode(&again, &mut cx(&mut CountRng(9), T0, old.identity.id()))
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains(r#""up""#));
+    new.codec
+        .decode(&bytes, &mut cx(&mut CountRng(0), T0, new.identity.id()))
+        .unwrap();
+}
+
+/// Two version 2 nodes: the first message each way is signed, every later one carries a MAC.
+#[test]
+fn two_version_2_nodes_sign_once_then_mac() {
+    let mut a = party(SECRET_A, 4000);
+    let mut b = party(SECRET_B, 4001);
+    let mut kinds = Vec::new();
+    let mut step = |from: &mut Party, to: &mut Party, i: u8| {
+        let m = msg(
+            from,
+            Some(to.identity.id()),
+            &[i],
+            Body::Request(Request::Ping),
+        );
+        let bytes = from
+            .codec
+            .encode(
+                &m,
+                &mut cx(&mut CountRng(u64::from(i) << 8), T0, from.identity.id()),
+            )
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        kinds.push(if text.contains(r#""v":2"#) {
+            "mac"
+        } else {
+            "sig"
+        });
+        to.codec
+            .decode(&bytes, &mut cx(&mut CountRng(0), T0, to.identity.id()))
+            .unwrap();
+    };
+    for i in 0..3u8 {
+        step(&mut a, &mut b, 2 * i);
+        step(&mut b, &mut a, 2 * i + 1);
+    }
+    assert_eq!(kinds, ["sig", "mac", "mac", "mac", "mac", "mac"]);
+    assert_eq!(a.codec.known_peers(), 1);
 }

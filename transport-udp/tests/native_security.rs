@@ -77,6 +77,12 @@ impl Raw {
     async fn new(n: u8) -> Self {
         Self::new_at(n, "127.0.0.1").await
     }
+    /// A raw peer speaking at most protocol `version`.
+    async fn with_version(n: u8, version: u32) -> Self {
+        let mut raw = Self::new(n).await;
+        raw.codec = NativeCodec::new(raw.id.clone()).max_version(version);
+        raw
+    }
     /// A raw peer on its own loopback address (each IP has its own rate limit at the victim).
     async fn new_at(n: u8, ip: &str) -> Self {
         let id = identity(n);
@@ -153,11 +159,23 @@ async fn until(dht: &Dht, what: &str, f: impl Fn(&Stats) -> bool) -> Stats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_is_dropped_and_counted_over_udp() {
+    rejections(1).await;
+}
+
+/// The same cases between peers speaking version 2: after the first exchange every message
+/// carries a MAC, and each rejection is counted under its version 2 reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_version_2_rejection_is_dropped_and_counted_over_udp() {
+    rejections(2).await;
+}
+
+async fn rejections(version: u32) {
     let victim_id = identity(1);
     let (victim, vaddr) = native_node(victim_id.clone()).await;
     let v = victim_id.id();
-    let mut mallory = Raw::new(2).await;
-    let eve = Raw::new(3).await;
+    let mut mallory = Raw::with_version(2, version).await;
+    let eve = Raw::with_version(3, version).await;
+    let tail = if version == 2 { 68 } else { 132 };
     let short = Duration::from_millis(300);
 
     // An honest PING is answered with a PONG signed by the victim.
@@ -170,6 +188,13 @@ async fn every_rejection_is_dropped_and_counted_over_udp() {
     let verify = mallory.recv(Duration::from_secs(5)).await.expect("a PING");
     let m = mallory.decode(&verify);
     assert_eq!((m.sender.id, m.body), (v, Body::Request(Request::Ping)));
+
+    // From here on, a version 2 peer MACs its messages (it heard the victim speaks version 2).
+    let probe = mallory.encode(Some(v), b"p0", Body::Request(Request::Ping), 0);
+    assert_eq!(
+        String::from_utf8_lossy(&probe).contains(r#""kad":{"v":2,"#),
+        version == 2
+    );
 
     // Replay: the very same datagram again. Dropped, counted, unanswered.
     mallory.send(vaddr, &ping).await;
@@ -184,17 +209,29 @@ async fn every_rejection_is_dropped_and_counted_over_udp() {
     let at = bad.len() - 6;
     bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
     mallory.send(vaddr, &bad).await;
-    until(&victim, "bad signature", |s| s.dropped_bad_signature == 1).await;
+    if version == 2 {
+        until(&victim, "bad MAC", |s| s.dropped_bad_mac == 1).await;
+    } else {
+        until(&victim, "bad signature", |s| s.dropped_bad_signature == 1).await;
+    }
 
-    // Id not matching the key: Mallory claims Eve's id, signs with her own key.
+    // Id not matching the key: Mallory claims Eve's id, signs (or MACs) with her own key.
     let good = mallory.encode(Some(v), b"p3", Body::Request(Request::Ping), 0);
     let text = String::from_utf8(good).unwrap();
-    let signed = &text[1..text.len() - 132];
+    let signed = &text[1..text.len() - tail];
     let forged = signed.replace(&mallory.id.id().to_string(), &eve.id.id().to_string());
-    let datagram = format!(
-        "[{forged},\"{}\"]",
+    let auth = if version == 2 {
+        let pair = kad_core::native::pair_key(&mallory.id, &victim_id.public_key_bytes()).unwrap();
+        hex::encode(kad_core::native::mac_tag(
+            &pair,
+            &eve.id.id(),
+            &v,
+            forged.as_bytes(),
+        ))
+    } else {
         hex::encode(mallory.id.sign_bytes(forged.as_bytes()))
-    );
+    };
+    let datagram = format!("[{forged},\"{auth}\"]");
     mallory.send(vaddr, datagram.as_bytes()).await;
     until(&victim, "id mismatch", |s| s.dropped_id_mismatch == 1).await;
 
@@ -265,14 +302,16 @@ async fn every_rejection_is_dropped_and_counted_over_udp() {
     }
     let s = until(&victim, "malformed", |s| s.dropped_malformed == 3).await;
     // Each case was counted exactly once, under its own reason.
+    let (sig, mac) = if version == 2 { (0, 1) } else { (1, 0) };
     assert_eq!(
         (
             s.dropped_replay,
             s.dropped_bad_signature,
+            s.dropped_bad_mac,
             s.dropped_id_mismatch,
             s.dropped_stale
         ),
-        (1, 1, 1, 2)
+        (1, sig, mac, 1, 2)
     );
     assert_eq!(
         (

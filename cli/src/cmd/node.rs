@@ -303,11 +303,12 @@ async fn print_stats(dht: &Dht, transports: &kad::Transports, json: bool, event:
                 "peak_rss_mb": rss}),
         || {
             format!(
-                "{event}: {table} contacts, {} in / {} out, dropped: {} malformed, {} bad signature, {} id mismatch, {} stale, {} replay, {} wrong recipient, {} unknown txn, {} wrong peer; peak RSS {rss} MB",
+                "{event}: {table} contacts, {} in / {} out, dropped: {} malformed, {} bad signature, {} bad MAC, {} id mismatch, {} stale, {} replay, {} wrong recipient, {} unknown txn, {} wrong peer; peak RSS {rss} MB",
                 stats.messages_in,
                 stats.messages_out,
                 stats.dropped_malformed,
                 stats.dropped_bad_signature,
+                stats.dropped_bad_mac,
                 stats.dropped_id_mismatch,
                 stats.dropped_stale,
                 stats.dropped_replay,

@@ -448,6 +448,7 @@ impl Node {
                     match e {
                         DecodeError::Auth(_) => self.stats.dropped_auth += 1,
                         DecodeError::BadSignature => self.stats.dropped_bad_signature += 1,
+                        DecodeError::BadMac => self.stats.dropped_bad_mac += 1,
                         DecodeError::IdMismatch => self.stats.dropped_id_mismatch += 1,
                         DecodeError::Stale { .. } => self.stats.dropped_stale += 1,
                         DecodeError::Replay => self.stats.dropped_replay += 1,

@@ -708,7 +708,7 @@ fn flood(sources: u32) -> Result<serde_json::Value> {
     std::thread::sleep(Duration::from_millis(400));
     let st = node.stats();
     let drops = json!({
-        "malformed": st["dropped_malformed"], "bad_signature": st["dropped_bad_signature"],
+        "malformed": st["dropped_malformed"], "bad_signature": st["dropped_bad_signature"], "bad_mac": st["dropped_bad_mac"],
         "wrong_recipient": st["dropped_wrong_recipient"], "replay": st["dropped_replay"],
         "overload": st["dropped_overload"], "stale": st["dropped_stale"],
         "requests_answered": st["requests_in"],

@@ -1,11 +1,21 @@
-//! The native wire protocol: JSON-RPC 2.0 messages signed with secp256k1.
+//! The native wire protocol: JSON-RPC 2.0 messages authenticated with secp256k1 keys.
 //!
 //! `PROTOCOL.md` at the repository root is the specification; this module implements it and the
 //! test suite checks its test vectors. In short, a datagram is the JSON array
-//! `[SIGNED,"SIG"]`, where `SIGNED` is a JSON-RPC 2.0 object carrying a `kad` member (the
-//! sender's key, id, addresses, the recipient's id, a timestamp and a nonce) and `SIG` is the hex
-//! of the 64-byte ECDSA signature (RFC 6979 nonces, low-S) over SHA-256 of exactly the bytes of
-//! `SIGNED` as they appear in the datagram.
+//! `[SIGNED,"AUTH"]`, where `SIGNED` is a JSON-RPC 2.0 object carrying a `kad` member (the
+//! sender's key, id, addresses, the recipient's id, a timestamp and a nonce) and `AUTH` is one
+//! of:
+//!
+//! - version 1: the hex of the 64-byte ECDSA signature (RFC 6979 nonces, low-S) over SHA-256 of
+//!   exactly the bytes of `SIGNED` as they appear in the datagram. Any node can check it.
+//! - version 2: the hex of a 32-byte HMAC-SHA256 of those bytes under the key the two nodes share
+//!   ([`pair_key`]: static ECDH, then HKDF bound to both ids), for a recipient whose key the
+//!   sender knows. About 40 times cheaper than a signature and its check; only the recipient can
+//!   check it.
+//!
+//! A node signs (version 1) its first message to a peer, and MACs (version 2) every later one
+//! once it holds the peer's key and knows it speaks version 2: from the peer's own messages, or
+//! from the contacts of an answer, which carry their keys.
 //!
 //! ```
 //! use kad_core::{Config, NativeCodec, NativeIdentity, Node};
@@ -35,6 +45,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+mod peers;
+
+use peers::{Peers, mac_verify};
+pub use peers::{mac_tag, pair_key};
+
 use crate::addr::{Contact, PeerAddr};
 use crate::codec::{Codec, CodecCx, DecodeError, EncodeError, Identity};
 use crate::id::{Key, NodeId};
@@ -62,11 +77,15 @@ pub const MAX_WIRE_ADDRS: usize = 8;
 pub const MAX_TXN_LEN: usize = 32;
 /// Longest method name accepted.
 pub const MAX_METHOD_LEN: usize = 64;
-/// The protocol version carried in `kad.v`.
-pub const VERSION: u32 = 1;
+/// The highest protocol version this codec speaks: 2, messages with a MAC between peers that
+/// know each other's keys. Version 1 (a signature on every message) stays understood and is what
+/// a node sends before it knows the recipient's key.
+pub const VERSION: u32 = 2;
 
 /// Length of the signature trailer: `,"` + 128 hex digits + `"]`.
 const TAIL: usize = 2 + 128 + 2;
+/// Length of the MAC trailer (version 2): `,"` + 64 hex digits + `"]`.
+const MAC_TAIL: usize = 2 + 64 + 2;
 
 /// The id a public key maps to: RIPEMD-160(SHA-256(compressed SEC1 public key)).
 pub fn node_id_from_public_key(public_key: &[u8]) -> NodeId {
@@ -260,6 +279,8 @@ impl ReplayCache {
 
 /// Most public keys whose parsed form and id are cached.
 const KEY_CACHE: usize = 4096;
+/// Most peers whose keys (and pairwise keys) a codec remembers, by default.
+pub const DEFAULT_PEER_CAPACITY: usize = 4096;
 
 /// The native codec: signed JSON-RPC 2.0 (see `PROTOCOL.md`).
 ///
@@ -275,6 +296,8 @@ pub struct NativeCodec {
     replay: ReplayCache,
     keys: FxHashMap<[u8; 33], (VerifyingKey, NodeId)>,
     min_id_work: u32,
+    peers: Peers,
+    max_version: u32,
 }
 
 impl fmt::Debug for NativeCodec {
@@ -305,7 +328,35 @@ impl NativeCodec {
             replay: ReplayCache::new(Self::DEFAULT_REPLAY_CAPACITY),
             keys: FxHashMap::default(),
             min_id_work: 0,
+            peers: Peers::new(DEFAULT_PEER_CAPACITY),
+            max_version: VERSION,
         }
+    }
+
+    /// Speaks at most protocol version `version` (1 or 2; default [`VERSION`]). At 1 the codec
+    /// signs every message and announces nothing more, as a version 1 node does (mixed-network
+    /// tests, and the version 1 test vectors); it still understands version 2.
+    pub fn max_version(mut self, version: u32) -> Self {
+        self.max_version = version.clamp(1, VERSION);
+        self
+    }
+
+    /// Sets how many peers' keys and pairwise keys are remembered (default
+    /// [`DEFAULT_PEER_CAPACITY`], about 130 bytes each). A peer forgotten costs one signature on
+    /// the next message to it.
+    pub fn peer_capacity(mut self, cap: usize) -> Self {
+        self.peers.set_cap(cap);
+        self
+    }
+
+    /// How many peers' keys are known.
+    pub fn known_peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the next message to `id` would carry a MAC (version 2) rather than a signature.
+    pub fn would_mac(&self, id: &NodeId) -> bool {
+        self.max_version >= 2 && self.peers.get(id).is_some_and(|p| p.v2)
     }
 
     /// Requires `bits` bits of work ([`id_work`]) in every peer's id: a message from a weaker
@@ -388,19 +439,54 @@ enum OutResult<'a> {
         pong: bool,
     },
     Nodes {
-        nodes: &'a [Contact],
+        nodes: OutNodes<'a>,
     },
     Value {
         record: WireRecord,
-        nodes: &'a [Contact],
+        nodes: OutNodes<'a>,
     },
     Stored {
         stored: bool,
     },
     Custom {
         data: &'a RawValue,
-        nodes: &'a [Contact],
+        nodes: OutNodes<'a>,
     },
+}
+
+/// The contacts of an answer, each with its key when this node knows the contact speaks
+/// version 2 (so the requester can MAC its first message to it).
+struct OutNodes<'a> {
+    nodes: &'a [Contact],
+    peers: Option<&'a Peers>,
+}
+
+#[derive(Serialize)]
+struct OutContact<'a> {
+    id: NodeId,
+    addrs: &'a [PeerAddr],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<Hex<'a>>,
+}
+
+impl Serialize for OutNodes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.nodes.len()))?;
+        for c in self.nodes {
+            let key = self
+                .peers
+                .and_then(|p| p.get(&c.id))
+                .filter(|p| p.v2)
+                .map(|p| Hex(&p.public));
+            seq.serialize_element(&OutContact {
+                id: c.id,
+                addrs: &c.addrs,
+                key,
+            })?;
+        }
+        seq.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -410,6 +496,8 @@ struct OutMeta<'a> {
     to: Option<NodeId>,
     ts: u64,
     nonce: Hex<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    up: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ro: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -488,6 +576,8 @@ struct InMeta<'a> {
     #[serde(borrow)]
     nonce: Cow<'a, str>,
     #[serde(default)]
+    up: Option<u32>,
+    #[serde(default)]
     ro: bool,
     #[serde(default)]
     seen: Option<PeerAddr>,
@@ -499,6 +589,15 @@ struct InFrom<'a> {
     #[serde(borrow)]
     key: Cow<'a, str>,
     addrs: Vec<PeerAddr>,
+}
+
+/// A contact in an answer; `key` (version 2) is the contact's public key.
+#[derive(Deserialize)]
+struct InContact<'a> {
+    id: NodeId,
+    addrs: Arc<[PeerAddr]>,
+    #[serde(default, borrow)]
+    key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -522,8 +621,8 @@ struct InResult<'a> {
     pong: Option<bool>,
     #[serde(default)]
     stored: Option<bool>,
-    #[serde(default)]
-    nodes: Option<Vec<Contact>>,
+    #[serde(default, borrow)]
+    nodes: Option<Vec<InContact<'a>>>,
     #[serde(default)]
     record: Option<WireRecord>,
     #[serde(default, borrow)]
@@ -538,7 +637,7 @@ fn malformed(what: impl fmt::Display) -> DecodeError {
     DecodeError::Malformed(what.to_string())
 }
 
-fn check_nodes(nodes: &[Contact]) -> Result<(), DecodeError> {
+fn check_nodes(nodes: &[InContact<'_>]) -> Result<(), DecodeError> {
     if nodes.len() > MAX_WIRE_NODES {
         return Err(malformed(format_args!(
             "{} contacts, more than {MAX_WIRE_NODES}",
@@ -565,6 +664,13 @@ impl NativeCodec {
                 "the sender is not this codec's identity".into(),
             ));
         }
+        // Version 2 (a MAC) to a peer whose key we hold and that speaks it; a signature otherwise.
+        let pair = match msg.recipient {
+            Some(to) if self.max_version >= 2 => self.peers.pair_for_sending(&self.identity, &to),
+            _ => None,
+        };
+        let peers = (self.max_version >= 2).then_some(&self.peers);
+        let out_nodes = |nodes| OutNodes { nodes, peers };
         let (method, params, result, error) = match &msg.body {
             Body::Request(req) => {
                 let params = match req {
@@ -581,15 +687,17 @@ impl NativeCodec {
             Body::Response(rsp) => {
                 let result = match rsp {
                     Response::Pong => OutResult::Pong { pong: true },
-                    Response::Nodes { nodes } => OutResult::Nodes { nodes },
+                    Response::Nodes { nodes } => OutResult::Nodes {
+                        nodes: out_nodes(nodes),
+                    },
                     Response::Value { record, nodes } => OutResult::Value {
                         record: WireRecord::from_record(record),
-                        nodes,
+                        nodes: out_nodes(nodes),
                     },
                     Response::Stored => OutResult::Stored { stored: true },
                     Response::Custom { result, nodes } => OutResult::Custom {
                         data: raw(result)?,
-                        nodes,
+                        nodes: out_nodes(nodes),
                     },
                 };
                 (None, None, Some(result), None)
@@ -605,7 +713,7 @@ impl NativeCodec {
             result,
             error,
             kad: OutMeta {
-                v: VERSION,
+                v: if pair.is_some() { 2 } else { 1 },
                 from: OutFrom {
                     id: msg.sender.id,
                     key: &self.public_hex,
@@ -614,6 +722,8 @@ impl NativeCodec {
                 to: msg.recipient,
                 ts: cx.unix_ms,
                 nonce: Hex(&nonce),
+                // A signed message from a node that speaks version 2 says so.
+                up: (pair.is_none() && self.max_version >= 2).then_some(self.max_version),
                 ro: msg.read_only,
                 // Only answers say where they see the requester.
                 seen: match msg.body {
@@ -626,17 +736,28 @@ impl NativeCodec {
         buf.push(b'[');
         serde_json::to_writer(&mut buf, &out)
             .map_err(|e| EncodeError::Unsupported(e.to_string()))?;
-        if buf.len() + TAIL > self.max_len {
+        let tail = if pair.is_some() { MAC_TAIL } else { TAIL };
+        if buf.len() + tail > self.max_len {
             return Err(EncodeError::TooLarge {
-                len: buf.len() + TAIL,
+                len: buf.len() + tail,
                 max: self.max_len,
             });
         }
-        let sig = self.identity.sign_bytes(&buf[1..]);
+        let mut auth = [0u8; 64];
+        let auth: &[u8] = match (pair, msg.recipient) {
+            (Some(pair), Some(to)) => {
+                auth[..32].copy_from_slice(&mac_tag(&pair, &msg.sender.id, &to, &buf[1..]));
+                &auth[..32]
+            }
+            _ => {
+                auth = self.identity.sign_bytes(&buf[1..]);
+                &auth
+            }
+        };
         buf.extend_from_slice(b",\"");
         let at = buf.len();
-        buf.resize(at + 128, 0);
-        hex::encode_to_slice(sig, &mut buf[at..])
+        buf.resize(at + 2 * auth.len(), 0);
+        hex::encode_to_slice(auth, &mut buf[at..])
             .map_err(|e| EncodeError::Unsupported(e.to_string()))?;
         buf.extend_from_slice(b"\"]");
         if buf.len() > self.max_len {
@@ -689,22 +810,29 @@ impl Codec for NativeCodec {
                 max: self.max_len,
             });
         }
-        if len < 3 + TAIL
-            || bytes[0] != b'['
-            || &bytes[len - TAIL..len - TAIL + 2] != b",\""
-            || &bytes[len - 2..] != b"\"]"
-        {
-            return Err(malformed("not a [SIGNED,\"SIG\"] envelope"));
+        if bytes.first() != Some(&b'[') || !bytes.ends_with(b"\"]") {
+            return Err(malformed("not a [SIGNED,\"AUTH\"] envelope"));
         }
-        let signed = &bytes[1..len - TAIL];
-        let mut sig = [0u8; 64];
-        hex::decode_to_slice(&bytes[len - TAIL + 2..len - 2], &mut sig)
-            .map_err(|_| malformed("signature is not 128 hex digits"))?;
+        // The trailer's length tells the form: a MAC (64 hex digits, version 2) or a signature
+        // (128, version 1). Hex digits never contain `,"`, so at most one form matches.
+        let tail = if len >= 3 + MAC_TAIL && &bytes[len - MAC_TAIL..len - MAC_TAIL + 2] == b",\"" {
+            MAC_TAIL
+        } else if len >= 3 + TAIL && &bytes[len - TAIL..len - TAIL + 2] == b",\"" {
+            TAIL
+        } else {
+            return Err(malformed("not a [SIGNED,\"AUTH\"] envelope"));
+        };
+        let signed = &bytes[1..len - tail];
+        let auth_hex = &bytes[len - tail + 2..len - 2];
+        let mut auth = [0u8; 64];
+        let auth = &mut auth[..auth_hex.len() / 2];
+        hex::decode_to_slice(auth_hex, auth)
+            .map_err(|_| malformed("the signature or MAC is not hex"))?;
         if signed.first() != Some(&b'{') {
             return Err(malformed("the signed message is not a JSON object"));
         }
-        if !is_lower_hex(&bytes[len - TAIL + 2..len - 2]) {
-            return Err(malformed("signature is not lowercase hex"));
+        if !is_lower_hex(auth_hex) {
+            return Err(malformed("the signature or MAC is not lowercase hex"));
         }
         let m: InMsg<'_> = serde_json::from_slice(signed).map_err(malformed)?;
         match (&m.method, &m.result, &m.error) {
@@ -735,8 +863,12 @@ impl Codec for NativeCodec {
         if m.jsonrpc != "2.0" {
             return Err(malformed("jsonrpc is not \"2.0\""));
         }
-        if m.kad.v != VERSION {
-            return Err(malformed(format_args!("unsupported version {}", m.kad.v)));
+        let mac = tail == MAC_TAIL;
+        match (m.kad.v, mac) {
+            (1, false) | (2, true) => {}
+            (1, true) => return Err(malformed("a version 1 message carries a signature")),
+            (2, false) => return Err(malformed("a version 2 message carries a MAC")),
+            (v, _) => return Err(malformed(format_args!("unsupported version {v}"))),
         }
         let mut public = [0u8; 33];
         hex::decode_to_slice(m.kad.from.key.as_bytes(), &mut public)
@@ -752,8 +884,15 @@ impl Codec for NativeCodec {
         if m.kad.from.addrs.len() > MAX_WIRE_ADDRS {
             return Err(malformed("kad.from.addrs: too many addresses"));
         }
+        let bad_auth = || {
+            if mac {
+                DecodeError::BadMac
+            } else {
+                DecodeError::BadSignature
+            }
+        };
         let Some((vk, id)) = self.key(public) else {
-            return Err(DecodeError::BadSignature);
+            return Err(bad_auth());
         };
         if id != m.kad.from.id {
             return Err(DecodeError::IdMismatch);
@@ -775,29 +914,64 @@ impl Codec for NativeCodec {
         }
         match m.kad.to {
             Some(to) if to != cx.local_id => return Err(DecodeError::WrongRecipient),
-            None if m.method.as_deref() != Some("PING") => {
+            // A MAC binds a recipient: a version 2 message always names one.
+            None if mac || m.method.as_deref() != Some("PING") => {
                 return Err(DecodeError::WrongRecipient);
             }
             _ => {}
         }
-        // A nonce already seen costs no signature check (replays are a cheap flood otherwise).
+        // A nonce already seen costs no signature or MAC check (replays are a cheap flood
+        // otherwise).
         self.replay.expire(cx.unix_ms, cx.max_skew_ms);
         if self.replay.is_replay(m.kad.ts, id, nonce) {
             return Err(DecodeError::Replay);
         }
-        let sig = Signature::from_slice(&sig).map_err(|_| DecodeError::BadSignature)?;
-        vk.verify(signed, &sig)
-            .map_err(|_| DecodeError::BadSignature)?;
-        if !self
-            .replay
-            .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
-        {
-            return Err(DecodeError::Replay);
+        if mac {
+            let pair = self
+                .peers
+                .pair_for_receiving(&self.identity, &id, &public, &vk);
+            let mut tag = [0u8; 32];
+            tag.copy_from_slice(auth);
+            if !mac_verify(&pair, &id, &cx.local_id, signed, &tag) {
+                return Err(DecodeError::BadMac);
+            }
+            if !self
+                .replay
+                .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
+            {
+                return Err(DecodeError::Replay);
+            }
+            self.peers.verified_v2(id, public, pair);
+        } else {
+            let sig = Signature::from_slice(auth).map_err(|_| DecodeError::BadSignature)?;
+            vk.verify(signed, &sig)
+                .map_err(|_| DecodeError::BadSignature)?;
+            if !self
+                .replay
+                .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
+            {
+                return Err(DecodeError::Replay);
+            }
+            self.peers
+                .learn_direct(id, public, m.kad.up.is_some_and(|v| v >= 2));
         }
         let body = match (m.method, m.result, m.error) {
             (Some(method), None, None) => Body::Request(request(method, m.params)?),
             (None, Some(result), None) => {
-                let mut r = response(result)?;
+                let (mut r, keys) = response(result)?;
+                for (contact, key) in keys {
+                    if contact == cx.local_id {
+                        continue;
+                    }
+                    // A listed key must hash to the contact's id: no one can substitute a key.
+                    if self.peers.get(&contact).is_some_and(|p| p.public == key) {
+                        continue;
+                    }
+                    if node_id_from_public_key(&key) != contact {
+                        return Err(DecodeError::IdMismatch);
+                    }
+                    self.peers.learn_listed(contact, key);
+                }
                 if self.min_id_work > 0 {
                     let min = self.min_id_work;
                     if let Response::Nodes { nodes }
@@ -857,12 +1031,30 @@ fn request(method: Cow<'_, str>, params: Option<&RawValue>) -> Result<Request, D
     }))
 }
 
-fn response(result: &RawValue) -> Result<Response, DecodeError> {
+/// A response, and the keys its contacts carry (version 2), still to be checked against their ids.
+#[allow(clippy::type_complexity)]
+fn response(result: &RawValue) -> Result<(Response, Vec<(NodeId, [u8; 33])>), DecodeError> {
     let r: InResult<'_> = serde_json::from_str(result.get()).map_err(malformed)?;
     let has_nodes = r.nodes.is_some();
-    let nodes = r.nodes.unwrap_or_default();
-    check_nodes(&nodes)?;
-    Ok(if let Some(data) = r.data {
+    let wire = r.nodes.unwrap_or_default();
+    check_nodes(&wire)?;
+    let mut keys = Vec::new();
+    let mut nodes = Vec::with_capacity(wire.len());
+    for c in wire {
+        if let Some(k) = c.key {
+            let mut key = [0u8; 33];
+            if !is_lower_hex(k.as_bytes()) || hex::decode_to_slice(k.as_bytes(), &mut key).is_err()
+            {
+                return Err(malformed("a contact's key is not 66 lowercase hex digits"));
+            }
+            keys.push((c.id, key));
+        }
+        nodes.push(Contact {
+            id: c.id,
+            addrs: c.addrs,
+        });
+    }
+    let rsp = if let Some(data) = r.data {
         Response::Custom {
             result: Bytes::copy_from_slice(data.get().as_bytes()),
             nodes,
@@ -882,5 +1074,6 @@ fn response(result: &RawValue) -> Result<Response, DecodeError> {
         return Err(malformed(
             "result is none of pong, nodes, record, stored, data",
         ));
-    })
+    };
+    Ok((rsp, keys))
 }
