@@ -246,7 +246,12 @@ fn native_seeds() {
     };
     let a = Arc::new(NativeIdentity::from_secret(&secret(1)).expect("valid secret"));
     let b = Arc::new(NativeIdentity::from_secret(&secret(2)).expect("valid secret"));
-    let encode = |from: &Arc<NativeIdentity>, m: &Message, unix_ms: u64, rng: &mut dyn RngCore| {
+    // The PROTOCOL.md vectors are version 1 (no `up`); the base messages announce version 2.
+    let encode = |from: &Arc<NativeIdentity>,
+                  m: &Message,
+                  unix_ms: u64,
+                  rng: &mut dyn RngCore,
+                  version: u32| {
         let mut cx = CodecCx {
             unix_ms,
             local_id: from.id(),
@@ -255,6 +260,7 @@ fn native_seeds() {
             peer: None,
         };
         NativeCodec::new(from.clone())
+            .max_version(version)
             .encode(m, &mut cx)
             .expect("native encodes")
             .to_vec()
@@ -292,13 +298,26 @@ fn native_seeds() {
             nodes: vec![Contact::new(b.id(), udp(4001))],
         }),
     );
-    let v_ping = encode(&a, &ping, 1_763_683_200_000, &mut Fixed(0x0102030405060708));
-    let v_find = encode(&a, &find, 1_763_683_200_001, &mut Fixed(0x1111111111111111));
+    let v_ping = encode(
+        &a,
+        &ping,
+        1_763_683_200_000,
+        &mut Fixed(0x0102030405060708),
+        1,
+    );
+    let v_find = encode(
+        &a,
+        &find,
+        1_763_683_200_001,
+        &mut Fixed(0x1111111111111111),
+        1,
+    );
     let v_nodes = encode(
         &b,
         &nodes,
         1_763_683_200_002,
         &mut Fixed(0x2222222222222222),
+        1,
     );
     assert!(
         v_ping.ends_with(b"6791af\"]"),
@@ -321,11 +340,27 @@ fn native_seeds() {
         };
         write(T, &format!("mutate_{i:02}_{kind}"), 1, &[i as u8]);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
-        let d = encode(from, m, native_base::UNIX_MS, &mut rng);
+        let d = encode(from, m, native_base::UNIX_MS, &mut rng, 2);
         let signed = &d[1..d.len() - 132];
         write(T, &format!("resign_{i:02}_{kind}"), 2 | sel, signed);
         if i == 1 {
             write(T, &format!("raw_{i:02}_{kind}"), 4, &d);
+        }
+        // Version 2: the same text as a version 2 message, MAC'd by the harness (mode 3), and
+        // one whole MAC'd datagram (mode 0).
+        if let Some(to) = m.recipient {
+            let dir = if m.sender.id == a.id() { 0u8 } else { 8u8 };
+            let v2 = String::from_utf8(signed.to_vec())
+                .expect("utf-8")
+                .replacen(r#""kad":{"v":1,"#, r#""kad":{"v":2,"#, 1)
+                .replacen(r#","up":2"#, "", 1);
+            write(T, &format!("mac_{i:02}_{kind}"), 3 | dir, v2.as_bytes());
+            if i == 1 {
+                let pair = kad_core::native::pair_key(&a, &b.public_key_bytes()).expect("key");
+                let tag = kad_core::native::mac_tag(&pair, &m.sender.id, &to, v2.as_bytes());
+                let dgram = format!("[{v2},\"{}\"]", hex::encode(tag));
+                write(T, &format!("raw_mac_{i:02}_{kind}"), 4, dgram.as_bytes());
+            }
         }
     }
 }

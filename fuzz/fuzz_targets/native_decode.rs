@@ -14,10 +14,18 @@
 //!   key (bit 3: A or B) and wraps in the envelope; any timestamp is accepted. This reaches the
 //!   parser behind the signature check. Whatever decodes must re-encode with the sender's key
 //!   and decode to an equal message.
+//! - 3, MAC'd (version 2): the rest is a `SIGNED` JSON text, which the harness authenticates
+//!   with the MAC of A and B (bit 3: from A or from B, to the other; the ids in the MAC input
+//!   are those two) and wraps in the version 2 envelope: the parser behind the MAC check. What
+//!   decodes must come from the MAC's sender, satisfy the limits and round-trip as in mode 2.
+//!
+//! The base messages of mode 1 come in both forms: signed (version 1) and MAC'd (version 2, by
+//! a codec that knows the recipient). Every decoded message also re-encodes in version 2, by a
+//! codec that knows its recipient, and decodes to an equal message.
 
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
@@ -38,8 +46,12 @@ fn secret(n: u8) -> [u8; 32] {
 struct Fixture {
     a: Arc<NativeIdentity>,
     b: Arc<NativeIdentity>,
-    /// Datagrams signed at `UNIX_MS`: (bytes, recipient is A).
+    /// Datagrams signed or MAC'd at `UNIX_MS`: (bytes, recipient is A).
     base: Vec<(Vec<u8>, bool)>,
+    /// The pairwise key of A and B.
+    pair: [u8; 32],
+    /// Codecs of A (knowing B speaks version 2) and of B (knowing A): they MAC.
+    warm: [Mutex<NativeCodec>; 2],
 }
 
 fn fixture() -> &'static Fixture {
@@ -47,20 +59,35 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let a = Arc::new(NativeIdentity::from_secret(&secret(1)).expect("valid secret"));
         let b = Arc::new(NativeIdentity::from_secret(&secret(2)).expect("valid secret"));
-        let base = base_messages(&a, &b)
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let (from, to_a) = if m.sender.id == a.id() {
-                    (&a, false)
-                } else {
-                    (&b, true)
-                };
-                let bytes = encode(from, &m, i as u64).expect("base message encodes");
-                (bytes.to_vec(), to_a)
-            })
-            .collect();
-        Fixture { a, b, base }
+        let warm = [warm_codec(&a, &b), warm_codec(&b, &a)];
+        let mut base = Vec::new();
+        for (i, m) in base_messages(&a, &b).into_iter().enumerate() {
+            let (from, to_a) = if m.sender.id == a.id() {
+                (&a, false)
+            } else {
+                (&b, true)
+            };
+            let bytes = encode(from, &m, i as u64).expect("base message encodes");
+            base.push((bytes.to_vec(), to_a));
+            if m.recipient.is_some() {
+                let w = &warm[usize::from(to_a)];
+                let mut w = w.lock().expect("not poisoned");
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1000 + i as u64);
+                let mac = w
+                    .encode(&m, &mut cx(&mut rng, from.id(), 0))
+                    .expect("base message encodes");
+                assert!(mac.ends_with(b"\"]") && mac[mac.len() - 68..].starts_with(b",\""));
+                base.push((mac.to_vec(), to_a));
+            }
+        }
+        let pair = kad_core::native::pair_key(&a, &b.public_key_bytes()).expect("valid key");
+        Fixture {
+            a,
+            b,
+            base,
+            pair,
+            warm,
+        }
     })
 }
 
@@ -74,6 +101,26 @@ fn cx<'a>(rng: &'a mut rand_chacha::ChaCha8Rng, local: NodeId, skew: u64) -> Cod
     }
 }
 
+/// A codec of `me` that has heard a signed version 2 PING from `peer`, so it MACs to it.
+fn warm_codec(me: &Arc<NativeIdentity>, peer: &Arc<NativeIdentity>) -> Mutex<NativeCodec> {
+    let ping = Message {
+        txn: kad_core::TxnId::from_bytes(vec![7]),
+        sender: kad_core::Contact::new(peer.id(), "udp://127.0.0.1:9".parse().expect("addr")),
+        recipient: Some(me.id()),
+        read_only: false,
+        observed: None,
+        body: Body::Request(Request::Ping),
+    };
+    let bytes = encode(peer, &ping, 7).expect("ping encodes");
+    let mut codec = NativeCodec::new(me.clone());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    codec
+        .decode(&bytes, &mut cx(&mut rng, me.id(), 60_000))
+        .expect("the ping decodes");
+    assert!(codec.would_mac(&peer.id()));
+    Mutex::new(codec)
+}
+
 fn encode(from: &Arc<NativeIdentity>, m: &Message, nonce_seed: u64) -> Result<Bytes, String> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(nonce_seed);
     NativeCodec::new(from.clone())
@@ -81,10 +128,12 @@ fn encode(from: &Arc<NativeIdentity>, m: &Message, nonce_seed: u64) -> Result<By
         .map_err(|e| e.to_string())
 }
 
+/// Decodes as `local` (A or B) with a fresh codec (no replay history, no known peers).
 fn decode(bytes: &[u8], local: NodeId, skew: u64) -> Result<Message, kad_core::DecodeError> {
     let f = fixture();
+    let me = if local == f.b.id() { &f.b } else { &f.a };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    NativeCodec::new(f.a.clone()).decode(bytes, &mut cx(&mut rng, local, skew))
+    NativeCodec::new(me.clone()).decode(bytes, &mut cx(&mut rng, local, skew))
 }
 
 /// What a decoded message must satisfy, and its round trip through the sender's encoder.
@@ -121,6 +170,22 @@ fn check_decoded(m1: &Message, local: NodeId) {
     };
     let m2 = decode(&enc, local, 60_000).expect("a re-encoded message decodes");
     assert_eq!(&m2, m1, "round trip");
+    // And in version 2, by a codec that knows the recipient (A and B know each other).
+    if m1.recipient == Some(local) && local != m1.sender.id {
+        let w = &f.warm[usize::from(m1.sender.id == f.b.id())];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(98);
+        let enc = match w
+            .lock()
+            .expect("not poisoned")
+            .encode(m1, &mut cx(&mut rng, m1.sender.id, 0))
+        {
+            Ok(b) => b,
+            Err(e) => panic!("a decoded message does not re-encode in version 2: {e}: {m1:?}"),
+        };
+        assert!(enc[enc.len() - 68..].starts_with(b",\""), "MAC'd");
+        let m3 = decode(&enc, local, 60_000).expect("a MAC'd message decodes");
+        assert_eq!(&m3, m1, "version 2 round trip");
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -245,6 +310,29 @@ fuzz_target!(|input: &[u8]| {
                 check_decoded(&m, local);
             }
         }
-        _ => {}
+        _ => {
+            // From A to B (bit 3 clear) or from B to A, MAC'd with their pairwise key.
+            let (from, to) = if sel & 8 == 0 {
+                (&f.a, &f.b)
+            } else {
+                (&f.b, &f.a)
+            };
+            let tag = kad_core::native::mac_tag(&f.pair, &from.id(), &to.id(), rest);
+            let mut dgram = Vec::with_capacity(rest.len() + 70);
+            dgram.push(b'[');
+            dgram.extend_from_slice(rest);
+            dgram.extend_from_slice(b",\"");
+            dgram.extend_from_slice(hex::encode(tag).as_bytes());
+            dgram.extend_from_slice(b"\"]");
+            if let Ok(m) = decode(&dgram, to.id(), u64::MAX) {
+                assert_eq!(m.sender.id, from.id(), "only the MAC's sender verifies");
+                assert_eq!(
+                    m.recipient,
+                    Some(to.id()),
+                    "a MAC'd message names its recipient"
+                );
+                check_decoded(&m, to.id());
+            }
+        }
     }
 });
