@@ -255,28 +255,55 @@ fn bad_user_input_names_the_field_and_limit() {
     }
 }
 
-/// An independent implementation of PROTOCOL.md (Python, `ecdsa` package) talks to a node.
-#[test]
-fn a_python_peer_written_from_protocol_md_interoperates() {
-    let node = NodeProc::start(&[]);
+/// Runs the Python peer (`native_peer.py`, written from PROTOCOL.md alone) with `args`.
+fn python_peer(args: &[&str]) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/native_peer.py");
-    let hostport = node.addr.trim_start_matches("udp://");
     let out = Command::new("python3")
-        .args([script, hostport])
+        .arg(script)
+        .args(args)
         .output()
         .expect("python3 is needed for this test (and `pip install ecdsa`)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the Python peer failed (needs python3 with the ecdsa package and RIPEMD-160 in \
-         hashlib; .ci/run installs them):\n{stdout}\n{stderr}"
+        "the Python peer failed {args:?} (needs python3 with the ecdsa package and RIPEMD-160 \
+         in hashlib; scripts/test installs them):\n{stdout}\n{stderr}"
     );
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(v["ok"], true);
-    assert_eq!(v["node_id"].as_str(), Some(node.id.as_str()));
-    assert_eq!(v["value_round_trip"], true);
-    assert_eq!(v["tampered_and_replay_unanswered"], true);
+    assert_eq!(v["ok"], true, "{v}");
+    v
+}
+
+/// An independent implementation of PROTOCOL.md (Python, `ecdsa` package) talks to a node, in
+/// version 1 (every message signed) and in version 2 (signed first contact, then MACs both
+/// ways), and reproduces the document's test vectors.
+#[test]
+fn a_python_peer_written_from_protocol_md_interoperates() {
+    let node = NodeProc::start(&[]);
+    let hostport = node.addr.trim_start_matches("udp://");
+    let v1 = python_peer(&[hostport]);
+    assert_eq!(v1["node_id"].as_str(), Some(node.id.as_str()));
+    assert_eq!(v1["value_round_trip"], true);
+    assert_eq!(v1["tampered_and_replay_unanswered"], true);
+    // Two version 2 peers in a row: the second finds the first among the node's contacts, with
+    // its key (the Python peer checks the key against the id).
+    for round in 0..2 {
+        let v2 = python_peer(&["--version", "2", hostport]);
+        assert_eq!(v2["version"], 2);
+        assert_eq!(v2["node_id"].as_str(), Some(node.id.as_str()));
+        assert_eq!(v2["value_round_trip"], true);
+        assert_eq!(v2["tampered_and_replay_unanswered"], true);
+        assert_eq!(v2["answers_signed"], 0, "every answer MAC'd: {v2}");
+        assert!(v2["answers_mac"].as_u64() >= Some(6), "{v2}");
+        assert!(v2["requests_mac"].as_u64() >= Some(5), "{v2}");
+        if round == 1 {
+            assert!(v2["contacts_with_keys"].as_u64() >= Some(1), "{v2}");
+        }
+    }
+    let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
+    let v = python_peer(&["--vectors", vectors]);
+    assert!(v["vectors_checked"].as_u64() >= Some(7), "{v}");
 }
 
 /// A network of nodes speaking different transports: some UDP, QUIC and WebSocket at once,

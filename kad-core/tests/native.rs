@@ -171,7 +171,7 @@ fn v2_vectors() -> Vec<(String, String)> {
     let mut out = vec![(
         "pair".to_owned(),
         format!(
-            "vector: pair\nsecret_key: {SECRET_A}\nnode_id: {}\npeer_public_key: {}\npeer_node_id: {}\nshared_x: {}\npair_key: {}\n",
+            "vector: pair\nsecret_key: {SECRET_A}\nnode_id: {}\npeer_secret_key: {SECRET_B}\npeer_public_key: {}\npeer_node_id: {}\nshared_x: {}\npair_key: {}\n",
             a.identity.id(),
             hex::encode(b.identity.public_key_bytes()),
             b.identity.id(),
