@@ -79,6 +79,7 @@ fn krpc_encode(msg: &Message, peer: Option<&PeerAddr>) -> Vec<u8> {
         max_skew_ms: 0,
         rng: &mut rng,
         peer,
+        proven: None,
     };
     codec.encode(msg, &mut cx).expect("KRPC encodes").to_vec()
 }
@@ -258,6 +259,7 @@ fn native_seeds() {
             max_skew_ms: 0,
             rng,
             peer: None,
+            proven: None,
         };
         NativeCodec::new(from.clone())
             .max_version(version)

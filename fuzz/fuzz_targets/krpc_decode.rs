@@ -50,6 +50,7 @@ fn with_cx<R>(peer: Option<&PeerAddr>, f: impl FnOnce(&mut CodecCx<'_>) -> R) ->
         max_skew_ms: 60_000,
         rng: &mut rng,
         peer,
+        proven: None,
     };
     f(&mut cx)
 }

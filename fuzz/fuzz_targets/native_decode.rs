@@ -98,6 +98,7 @@ fn cx<'a>(rng: &'a mut rand_chacha::ChaCha8Rng, local: NodeId, skew: u64) -> Cod
         max_skew_ms: skew,
         rng,
         peer: None,
+        proven: None,
     }
 }
 

@@ -30,6 +30,10 @@ pub enum DecodeError {
     /// The MAC of a version 2 message does not verify (or its key is not a valid point).
     #[error("bad MAC")]
     BadMac,
+    /// A message without a signature or MAC of its own that did not come over a connection
+    /// proving its sender's id.
+    #[error("no signature or MAC, and the transport did not prove the sender")]
+    Unproven,
     /// The sender's id is not the one its public key maps to.
     #[error("sender id does not match its public key")]
     IdMismatch,
@@ -81,6 +85,12 @@ pub struct CodecCx<'a> {
     /// `None` when the engine does not know it ([`Node::encode`](crate::Node::encode)).
     /// Codecs whose wire format carries no sender address (KRPC) build contacts from it.
     pub peer: Option<&'a PeerAddr>,
+    /// The node at the other end as the transport proved it
+    /// ([`Transport::proves_peer_ids`](crate::Transport::proves_peer_ids), e.g. QUIC): decoding,
+    /// the sender's id; encoding, the recipient, to whom alone the transport will deliver.
+    /// `None` when the transport proves nothing. The native codec leaves messages on such a
+    /// link without a signature or MAC of their own.
+    pub proven: Option<NodeId>,
 }
 
 impl std::fmt::Debug for CodecCx<'_> {
@@ -90,6 +100,7 @@ impl std::fmt::Debug for CodecCx<'_> {
             .field("local_id", &self.local_id)
             .field("max_skew_ms", &self.max_skew_ms)
             .field("peer", &self.peer)
+            .field("proven", &self.proven)
             .finish_non_exhaustive()
     }
 }

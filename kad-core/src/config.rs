@@ -147,6 +147,12 @@ pub struct Config {
     /// Transports this node may use, in order of preference; a contact's address is picked by it.
     /// Default: UDP, QUIC, WebSocket, memory.
     pub transport_preference: Vec<TransportKind>,
+    /// Transport kinds whose connections prove the peer's node id (QUIC, whose TLS certificates
+    /// are bound to the node keys): the codec may send and accept messages on them without a
+    /// signature or MAC of their own. The runtime sets it from
+    /// [`Transport::proves_peer_ids`](crate::Transport::proves_peer_ids); a bare engine fed by
+    /// other means leaves it empty. Default: empty.
+    pub proven_kinds: Vec<TransportKind>,
     /// Add nodes that send us requests to the routing table. Default true.
     pub accept_requesters: bool,
     /// Read-only (client) mode: mark outgoing messages so others don't add us. Default false.
@@ -226,6 +232,7 @@ impl Default for Config {
             maintenance_interval: Duration::from_secs(60),
             max_value_len: 64 * 1024,
             max_clock_skew: Duration::from_secs(60),
+            proven_kinds: Vec::new(),
             transport_preference: vec![
                 TransportKind::Udp,
                 TransportKind::Quic,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tracing::{Instrument as _, Span, debug, debug_span, info, info_span, trace};
 
-use crate::addr::{Contact, PeerAddr};
+use crate::addr::{Contact, PeerAddr, TransportKind};
 use crate::config::ConfigError;
 use crate::id::{Key, NodeId};
 use crate::node::{
@@ -153,6 +153,21 @@ impl Dht {
             .config_mut()
             .transport_preference
             .retain(|k| transports.iter().any(|t| t.kind() == *k));
+        // Kinds whose every transport proves the peer's node id: the codec may leave messages
+        // on them unauthenticated (see `Config::proven_kinds`).
+        let mut proven: Vec<TransportKind> = transports
+            .iter()
+            .filter(|t| t.proves_peer_ids())
+            .map(|t| t.kind())
+            .collect();
+        proven.retain(|k| {
+            transports
+                .iter()
+                .filter(|t| t.kind() == *k)
+                .all(|t| t.proves_peer_ids())
+        });
+        proven.dedup();
+        builder.config_mut().proven_kinds = proven;
         if builder.config_mut().rng_seed.is_none() {
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|e| SpawnError::Seed(e.to_string()))?;
@@ -182,11 +197,11 @@ impl Dht {
             readers.push(tokio::spawn(
                 async move {
                     loop {
-                        match t.recv().await {
-                            Ok((from, data)) => {
+                        match t.recv_from_node().await {
+                            Ok((from, node, data)) => {
                                 // A full inbox drops (and counts), like a socket buffer: the engine
                                 // never blocks a reader.
-                                if shared.lock().push(from, data, via, now()) {
+                                if shared.lock().push(from, (data, node), via, now()) {
                                     shared.notify.notify_one();
                                 }
                             }
@@ -448,6 +463,9 @@ impl Shared {
 ///
 /// Before queueing, a datagram from a stranger passes its source IP's token bucket
 /// (`Config::per_ip_rate`): a flood is dropped before anything parses or verifies it.
+/// A datagram and the node id its transport proved for the sender, if it proves any.
+type Packet = (Bytes, Option<NodeId>);
+
 #[derive(Default)]
 struct Inbox {
     lanes: [Lane; 2],
@@ -477,7 +495,7 @@ fn share_key(from: &PeerAddr) -> PeerAddr {
 
 #[derive(Default)]
 struct Lane {
-    queues: HashMap<PeerAddr, VecDeque<(PeerAddr, Bytes, usize)>>,
+    queues: HashMap<PeerAddr, VecDeque<(PeerAddr, Packet, usize)>>,
     ring: VecDeque<PeerAddr>,
     total: usize,
     bytes: usize,
@@ -518,7 +536,7 @@ impl Inbox {
     }
 
     /// Queues a datagram; false (and counted) when dropped.
-    fn push(&mut self, from: PeerAddr, data: Bytes, via: usize, now: Instant) -> bool {
+    fn push(&mut self, from: PeerAddr, data: Packet, via: usize, now: Instant) -> bool {
         let stranger = !self.known.contains(&from);
         if stranger {
             if let Some(sa) = from.socket_addr() {
@@ -536,7 +554,8 @@ impl Inbox {
             from.clone()
         };
         let lane = &mut self.lanes[usize::from(stranger)];
-        if lane.total >= INBOX / 2 || lane.bytes + data.len() > LANE_BYTES[usize::from(stranger)] {
+        if lane.total >= INBOX / 2 || lane.bytes + data.0.len() > LANE_BYTES[usize::from(stranger)]
+        {
             self.dropped += 1;
             return false;
         }
@@ -551,7 +570,7 @@ impl Inbox {
             self.dropped += 1;
             return false;
         }
-        lane.bytes += data.len();
+        lane.bytes += data.0.len();
         q.push_back((from, data, via));
         lane.total += 1;
         self.total += 1;
@@ -561,7 +580,7 @@ impl Inbox {
     /// The next datagram and whether it came from a stranger: known peers first (but
     /// strangers get every fourth turn, so joining nodes are never starved), each lane
     /// round-robin by source address.
-    fn pop(&mut self) -> Option<(PeerAddr, Bytes, usize, bool)> {
+    fn pop(&mut self) -> Option<(PeerAddr, Packet, usize, bool)> {
         self.pops += 1;
         let order = if self.pops % 4 == 0 { [1, 0] } else { [0, 1] };
         for i in order {
@@ -580,7 +599,7 @@ impl Inbox {
                     lane.ring.push_back(key);
                 }
                 lane.total -= 1;
-                lane.bytes -= data.len();
+                lane.bytes -= data.0.len();
                 self.total -= 1;
                 return Some((from, data, via, i == 1));
             }
@@ -627,7 +646,7 @@ impl Actor {
             let mut handled = 0;
             let started = now();
             while handled < BATCH && now().duration_since(started) < BATCH_TIME {
-                let Some((from, data, via, stranger)) = self.inbox.lock().pop() else {
+                let Some((from, (data, node), via, stranger)) = self.inbox.lock().pop() else {
                     break;
                 };
                 let from_stranger = stranger.then(|| from.clone());
@@ -637,8 +656,11 @@ impl Actor {
                     }
                     self.via.insert(from.clone(), via);
                 }
-                self.node
-                    .handle_input(now(), Input::Datagram { from, data });
+                let input = match node {
+                    Some(node) => Input::ProvenDatagram { from, node, data },
+                    None => Input::Datagram { from, data },
+                };
+                self.node.handle_input(now(), input);
                 // A stranger that has answered a request of ours (a proving PING, say) is no
                 // forged source: from its next datagram on it is served with the peers we
                 // asked, so a flood of strangers cannot crowd out the honest peers that query

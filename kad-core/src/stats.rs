@@ -89,6 +89,9 @@ pub struct Stats {
     /// Dropped: the MAC of a version 2 native message did not verify (or the key was not a
     /// valid point).
     pub dropped_bad_mac: u64,
+    /// Dropped: a native message without signature or MAC that did not come over a connection
+    /// proving its sender (or whose sender is another node than the one the connection proved).
+    pub dropped_unproven: u64,
     /// Dropped: the sender's id is not the hash of its public key.
     pub dropped_id_mismatch: u64,
     /// Dropped: the timestamp was outside the window (`Config::max_clock_skew`).

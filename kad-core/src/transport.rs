@@ -95,6 +95,21 @@ pub trait Transport: Send + Sync + 'static {
     }
     /// Waits for the next message.
     async fn recv(&self) -> Result<(PeerAddr, Bytes), TransportError>;
+    /// Whether this transport proves the node id of every peer it carries messages to and from
+    /// (QUIC: TLS with certificates bound to the node keys). Such a transport must name the
+    /// proven sender of every message in [`recv_from_node`](Self::recv_from_node), and deliver a
+    /// [`send_to_node`](Self::send_to_node) naming a node only to a peer that proved that id.
+    /// The native codec then sends messages on it without a per-message signature or MAC.
+    /// Default: false.
+    fn proves_peer_ids(&self) -> bool {
+        false
+    }
+    /// Like [`recv`](Self::recv), with the node id the transport proved for the sender, if it
+    /// proves any. Default: `recv`, proving nothing.
+    async fn recv_from_node(&self) -> Result<(PeerAddr, Option<NodeId>, Bytes), TransportError> {
+        let (from, data) = self.recv().await?;
+        Ok((from, None, data))
+    }
     /// Closes the transport: connections are closed cleanly, pending `recv`s return `Closed`.
     /// Calling it again is harmless. Default: nothing to close.
     async fn close(&self) {}

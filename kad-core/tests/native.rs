@@ -54,6 +54,7 @@ fn cx(rng: &mut dyn RngCore, unix_ms: u64, local_id: NodeId) -> CodecCx<'_> {
         max_skew_ms: SKEW,
         rng,
         peer: None,
+        proven: None,
     }
 }
 
@@ -1272,4 +1273,85 @@ fn two_version_2_nodes_sign_once_then_mac() {
     }
     assert_eq!(kinds, ["sig", "mac", "mac", "mac", "mac", "mac"]);
     assert_eq!(a.codec.known_peers(), 1);
+}
+
+/// On a link that proves both ends (QUIC), version 2 messages carry no signature or MAC; such a
+/// message is accepted only when the transport proved its sender, and only that sender.
+#[test]
+fn a_proven_link_carries_messages_without_signature_or_mac() {
+    let mut a = party(SECRET_A, 4000);
+    let mut b = party(SECRET_B, 4001);
+    let c = party(SECRET_C, 4002);
+    introduce(&mut a, &b);
+    let m = msg(
+        &a,
+        Some(b.identity.id()),
+        b"q1",
+        Body::Request(Request::Ping),
+    );
+    let enc = |a: &mut Party, proven: Option<NodeId>, n: u64| {
+        let mut rng = CountRng(n << 32);
+        let mut cx = cx(&mut rng, T0, a.identity.id());
+        cx.proven = proven;
+        a.codec.encode(&m, &mut cx).unwrap()
+    };
+    let bytes = enc(&mut a, Some(b.identity.id()), 1);
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.ends_with(r#"}},""]"#), "{text}");
+    assert!(text.contains(r#""kad":{"v":2,"#));
+    // A link proving another recipient: a MAC, as on UDP.
+    assert!(enc(&mut a, Some(c.identity.id()), 2)[..].ends_with(b"\"]"));
+    assert!(!enc(&mut a, Some(c.identity.id()), 3)[..].ends_with(b",\"\"]"));
+    let mut rx = |bytes: &[u8], proven: Option<NodeId>| {
+        let mut rng = CountRng(0);
+        let mut cx = cx(&mut rng, T0, b.identity.id());
+        cx.proven = proven;
+        b.codec.decode(bytes, &mut cx)
+    };
+    // Not over a proving link (UDP), or over one that proved someone else: refused, counted.
+    assert!(matches!(rx(&bytes, None), Err(DecodeError::Unproven)));
+    assert!(matches!(
+        rx(&bytes, Some(c.identity.id())),
+        Err(DecodeError::Unproven)
+    ));
+    // Tampering is the link's business (TLS); the replay, stale and recipient checks still run.
+    assert!(rx(&bytes, Some(a.identity.id())).is_ok());
+    assert!(matches!(
+        rx(&bytes, Some(a.identity.id())),
+        Err(DecodeError::Replay)
+    ));
+    let late = {
+        let mut rng = CountRng(9 << 32);
+        let mut cx = cx(&mut rng, T0 - SKEW - 1, a.identity.id());
+        cx.proven = Some(b.identity.id());
+        a.codec.encode(&m, &mut cx).unwrap()
+    };
+    assert!(matches!(
+        rx(&late, Some(a.identity.id())),
+        Err(DecodeError::Stale { .. })
+    ));
+    // A peer not known to speak version 2 is signed to, proving link or not.
+    let mut fresh = party(SECRET_A, 4000);
+    let mut rng = CountRng(5);
+    let mut tx = cx(&mut rng, T0, fresh.identity.id());
+    tx.proven = Some(b.identity.id());
+    let signed = fresh.codec.encode(&m, &mut tx).unwrap();
+    assert!(String::from_utf8_lossy(&signed).contains(r#""kad":{"v":1,"#));
+    // A signature is checked unless the link proved that very sender.
+    let mut bad = signed.to_vec();
+    let at = bad.len() - 5;
+    bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+    let mut rx2 = party(SECRET_B, 4001);
+    let mut dec = |bytes: &[u8], proven: Option<NodeId>| {
+        let mut rng = CountRng(0);
+        let mut cx = cx(&mut rng, T0, rx2.identity.id());
+        cx.proven = proven;
+        rx2.codec.decode(bytes, &mut cx)
+    };
+    assert!(matches!(
+        dec(&bad, Some(c.identity.id())),
+        Err(DecodeError::BadSignature)
+    ));
+    assert!(matches!(dec(&bad, None), Err(DecodeError::BadSignature)));
+    assert!(dec(&bad, Some(fresh.identity.id())).is_ok());
 }

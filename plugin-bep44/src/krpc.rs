@@ -697,6 +697,7 @@ mod tests {
             max_skew_ms: 0,
             rng: &mut rng,
             peer,
+            proven: None,
         };
         f(&mut cx)
     }

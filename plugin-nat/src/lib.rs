@@ -274,6 +274,7 @@ fn encode(
         max_skew_ms: 60_000,
         rng,
         peer: Some(to),
+        proven: None,
     };
     codec.encode(msg, &mut cx).map_err(|e| e.to_string())
 }

@@ -14,7 +14,11 @@
 //!   secp256k1 key (see [`tls`]); both sides present one. When the engine names the node it
 //!   expects at an address (`Transport::send_to_node`), a peer that proves another id is refused
 //!   (the handshake fails, or `WrongPeer` when the cached connection proves another id).
-//!   ALPN is [`tls::ALPN`] (`kad/1`).
+//!   ALPN is [`tls::ALPN`] (`kad/1`). The transport therefore proves every peer's node id
+//!   (`Transport::proves_peer_ids`): each message is handed up with the id its sender proved
+//!   (`Transport::recv_from_node`), and a message for a named node is never written to a
+//!   connection that proved another, even one queued while the connection was being made. The
+//!   native codec sends version 2 messages on it without a signature or MAC of their own.
 //! - **Restarts**: a new connection from an address replaces the cached one, so a restarted node
 //!   that contacts its peers is reached again at once. The stateless-reset key is derived from the
 //!   node's secret key, so a node restarting with the same identity can reset stale connections of
@@ -226,7 +230,8 @@ fn bump(c: &AtomicU64) {
 struct Entry {
     /// Which connection this is (entries are replaced; a task only removes its own).
     serial: u64,
-    queue: mpsc::Sender<Bytes>,
+    /// Messages, each with the node it is for when the sender named one.
+    queue: mpsc::Sender<(Bytes, Option<NodeId>)>,
     /// The node id the peer proved, once the handshake is done.
     peer: Option<NodeId>,
 }
@@ -246,7 +251,7 @@ struct Shared {
     /// Connections open or being set up.
     live: AtomicUsize,
     serial: AtomicU64,
-    inbox: mpsc::Sender<(PeerAddr, Bytes)>,
+    inbox: mpsc::Sender<(PeerAddr, Option<NodeId>, Bytes)>,
     closing: watch::Sender<bool>,
     counters: Counters,
 }
@@ -264,7 +269,7 @@ impl Shared {
 /// every connection and the endpoint.
 pub struct QuicTransport {
     shared: Arc<Shared>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<(PeerAddr, Bytes)>>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<(PeerAddr, Option<NodeId>, Bytes)>>,
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -420,7 +425,7 @@ impl QuicTransport {
                     });
                 }
             }
-            return match e.queue.try_send(msg) {
+            return match e.queue.try_send((msg, node)) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     bump(&s.counters.queue_full);
@@ -443,7 +448,7 @@ impl QuicTransport {
             return Err(TransportError::ConnectionLimit(s.config.max_connections));
         }
         let (tx, rx) = mpsc::channel(s.config.send_queue);
-        let _ = tx.try_send(msg);
+        let _ = tx.try_send((msg, node));
         let serial = s.serial.fetch_add(1, Ordering::Relaxed);
         conns.insert(
             addr,
@@ -483,7 +488,7 @@ async fn dial(
     addr: SocketAddr,
     expected: Option<NodeId>,
     serial: u64,
-    queue: mpsc::Receiver<Bytes>,
+    queue: mpsc::Receiver<(Bytes, Option<NodeId>)>,
 ) {
     let name = tls::server_name_for(expected);
     let attempt = async {
@@ -614,19 +619,26 @@ async fn run(
     conn: Connection,
     addr: SocketAddr,
     serial: u64,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<(Bytes, Option<NodeId>)>,
 ) {
     let from = PeerAddr::Quic(addr);
-    let reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), from));
+    let proven = peer_of(&conn);
+    let reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), from, proven));
     let datagrams = shared.config.datagrams;
     loop {
-        let msg = tokio::select! {
+        let (msg, node) = tokio::select! {
             m = queue.recv() => match m {
                 Some(m) => m,
                 None => break,
             },
             _ = conn.closed() => break,
         };
+        // A message for a named node goes only to a peer that proved that id (it may have been
+        // queued while the connection was still being made, for another expectation).
+        if node.is_some() && node != proven {
+            bump(&shared.counters.wrong_peer);
+            continue;
+        }
         let fits = conn.max_datagram_size().is_some_and(|max| msg.len() <= max);
         if datagrams && fits {
             if conn.send_datagram(msg).is_ok() {
@@ -655,7 +667,8 @@ async fn run(
     shared.live.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn read_loop(shared: Arc<Shared>, conn: Connection, from: PeerAddr) {
+/// Reads a connection's streams and datagrams; `node` is the id the peer proved in the handshake.
+async fn read_loop(shared: Arc<Shared>, conn: Connection, from: PeerAddr, node: Option<NodeId>) {
     let max = shared.config.max_message_len;
     let stream_timeout = shared.config.stream_timeout;
     let mut closing = shared.closing.subscribe();
@@ -669,7 +682,7 @@ async fn read_loop(shared: Arc<Shared>, conn: Connection, from: PeerAddr) {
                     match tokio::time::timeout(stream_timeout, stream.read_to_end(max)).await {
                         Ok(Ok(data)) => {
                             bump(&shared.counters.received);
-                            let _ = shared.inbox.send((from, Bytes::from(data))).await;
+                            let _ = shared.inbox.send((from, node, Bytes::from(data))).await;
                         }
                         Ok(Err(quinn::ReadToEndError::TooLong)) => {
                             bump(&shared.counters.oversize);
@@ -689,7 +702,7 @@ async fn read_loop(shared: Arc<Shared>, conn: Connection, from: PeerAddr) {
                     continue;
                 }
                 bump(&shared.counters.received);
-                if shared.inbox.send((from.clone(), data)).await.is_err() {
+                if shared.inbox.send((from.clone(), node, data)).await.is_err() {
                     break;
                 }
             }
@@ -740,6 +753,17 @@ impl Transport for QuicTransport {
     }
 
     async fn recv(&self) -> Result<(PeerAddr, Bytes), TransportError> {
+        let (from, _, data) = self.recv_from_node().await?;
+        Ok((from, data))
+    }
+
+    /// Every peer proves its node id in the TLS handshake (its certificate is bound to its node
+    /// key), and a send naming a node goes only to a peer that proved it.
+    fn proves_peer_ids(&self) -> bool {
+        true
+    }
+
+    async fn recv_from_node(&self) -> Result<(PeerAddr, Option<NodeId>, Bytes), TransportError> {
         let mut closing = self.shared.closing.subscribe();
         let mut rx = self.rx.lock().await;
         tokio::select! {

@@ -124,3 +124,50 @@ async fn small_messages_can_travel_as_datagrams() {
     a.close().await;
     b.close().await;
 }
+
+/// Every message arrives with the node id its sender proved; a message for a named node never
+/// reaches another peer, even when it was queued while a connection with no expectation was
+/// still being made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_carry_the_proven_sender_and_reach_only_the_named_node() {
+    let (ia, ib, ic) = (identity(1), identity(2), identity(3));
+    let a = bind(&ia, QuicConfig::default());
+    let b = bind(&ib, QuicConfig::default());
+    assert!(a.proves_peer_ids());
+    // No expectation (an address whose node is unknown), then one for c, both queued at once.
+    a.send_to_node(&b.local_addr(), None, Bytes::from_static(b"anyone"))
+        .await
+        .unwrap();
+    // Refused at once if the handshake already finished, else dropped when it does.
+    match a
+        .send_to_node(&b.local_addr(), Some(ic.id()), Bytes::from_static(b"for c"))
+        .await
+    {
+        Ok(()) | Err(TransportError::WrongPeer { .. }) => {}
+        Err(e) => panic!("unexpected {e}"),
+    }
+    a.send_to_node(&b.local_addr(), Some(ib.id()), Bytes::from_static(b"for b"))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (from, node, m) = tokio::time::timeout(Duration::from_secs(10), b.recv_from_node())
+            .await
+            .expect("a message within 10 s")
+            .unwrap();
+        assert_eq!((from, node), (a.local_addr(), Some(ia.id())));
+        got.push(m);
+    }
+    // Each message has a stream of its own: their order is not kept.
+    got.sort();
+    assert_eq!(got, [&b"anyone"[..], &b"for b"[..]]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b.recv())
+            .await
+            .is_err(),
+        "the message for c reached b"
+    );
+    assert_eq!(a.stats().wrong_peer, 1);
+    a.close().await;
+    b.close().await;
+}

@@ -112,6 +112,7 @@ impl Raw {
             max_skew_ms: 60_000,
             rng: &mut self.rng,
             peer: None,
+            proven: None,
         };
         self.codec.encode(&m, &mut cx).unwrap().to_vec()
     }
@@ -122,6 +123,7 @@ impl Raw {
             max_skew_ms: 60_000,
             rng: &mut self.rng,
             peer: None,
+            proven: None,
         };
         self.codec
             .decode(bytes, &mut cx)

@@ -86,6 +86,18 @@ pub const VERSION: u32 = 2;
 const TAIL: usize = 2 + 128 + 2;
 /// Length of the MAC trailer (version 2): `,"` + 64 hex digits + `"]`.
 const MAC_TAIL: usize = 2 + 64 + 2;
+/// Length of the empty trailer of a message on a link that proves its sender (version 2): `,""]`.
+const PROVEN_TAIL: usize = 4;
+
+/// How a message is authenticated.
+enum Auth {
+    /// Version 1: an ECDSA signature.
+    Sign,
+    /// Version 2: a MAC under the pairwise key.
+    Mac([u8; 32]),
+    /// Version 2 on a link that proves both ends (QUIC): nothing of its own.
+    Link,
+}
 
 /// The id a public key maps to: RIPEMD-160(SHA-256(compressed SEC1 public key)).
 pub fn node_id_from_public_key(public_key: &[u8]) -> NodeId {
@@ -664,11 +676,21 @@ impl NativeCodec {
                 "the sender is not this codec's identity".into(),
             ));
         }
-        // Version 2 (a MAC) to a peer whose key we hold and that speaks it; a signature otherwise.
-        let pair = match msg.recipient {
-            Some(to) if self.max_version >= 2 => self.peers.pair_for_sending(&self.identity, &to),
-            _ => None,
+        // Version 2 to a peer whose key we hold and that speaks it: nothing more on a link that
+        // delivers to that peer alone, else a MAC. A signature otherwise.
+        let auth = match msg.recipient {
+            Some(to) if self.max_version >= 2 && self.peers.get(&to).is_some_and(|p| p.v2) => {
+                if cx.proven == Some(to) {
+                    Auth::Link
+                } else {
+                    self.peers
+                        .pair_for_sending(&self.identity, &to)
+                        .map_or(Auth::Sign, Auth::Mac)
+                }
+            }
+            _ => Auth::Sign,
         };
+        let signs = matches!(auth, Auth::Sign);
         let peers = (self.max_version >= 2).then_some(&self.peers);
         let out_nodes = |nodes| OutNodes { nodes, peers };
         let (method, params, result, error) = match &msg.body {
@@ -713,7 +735,7 @@ impl NativeCodec {
             result,
             error,
             kad: OutMeta {
-                v: if pair.is_some() { 2 } else { 1 },
+                v: if signs { 1 } else { 2 },
                 from: OutFrom {
                     id: msg.sender.id,
                     key: &self.public_hex,
@@ -723,7 +745,7 @@ impl NativeCodec {
                 ts: cx.unix_ms,
                 nonce: Hex(&nonce),
                 // A signed message from a node that speaks version 2 says so.
-                up: (pair.is_none() && self.max_version >= 2).then_some(self.max_version),
+                up: (signs && self.max_version >= 2).then_some(self.max_version),
                 ro: msg.read_only,
                 // Only answers say where they see the requester.
                 seen: match msg.body {
@@ -736,22 +758,27 @@ impl NativeCodec {
         buf.push(b'[');
         serde_json::to_writer(&mut buf, &out)
             .map_err(|e| EncodeError::Unsupported(e.to_string()))?;
-        let tail = if pair.is_some() { MAC_TAIL } else { TAIL };
+        let tail = match auth {
+            Auth::Sign => TAIL,
+            Auth::Mac(_) => MAC_TAIL,
+            Auth::Link => PROVEN_TAIL,
+        };
         if buf.len() + tail > self.max_len {
             return Err(EncodeError::TooLarge {
                 len: buf.len() + tail,
                 max: self.max_len,
             });
         }
-        let mut auth = [0u8; 64];
-        let auth: &[u8] = match (pair, msg.recipient) {
-            (Some(pair), Some(to)) => {
-                auth[..32].copy_from_slice(&mac_tag(&pair, &msg.sender.id, &to, &buf[1..]));
-                &auth[..32]
+        let mut bytes = [0u8; 64];
+        let auth: &[u8] = match (auth, msg.recipient) {
+            (Auth::Mac(pair), Some(to)) => {
+                bytes[..32].copy_from_slice(&mac_tag(&pair, &msg.sender.id, &to, &buf[1..]));
+                &bytes[..32]
             }
+            (Auth::Link, _) => &[],
             _ => {
-                auth = self.identity.sign_bytes(&buf[1..]);
-                &auth
+                bytes = self.identity.sign_bytes(&buf[1..]);
+                &bytes
             }
         };
         buf.extend_from_slice(b",\"");
@@ -813,9 +840,12 @@ impl Codec for NativeCodec {
         if bytes.first() != Some(&b'[') || !bytes.ends_with(b"\"]") {
             return Err(malformed("not a [SIGNED,\"AUTH\"] envelope"));
         }
-        // The trailer's length tells the form: a MAC (64 hex digits, version 2) or a signature
-        // (128, version 1). Hex digits never contain `,"`, so at most one form matches.
-        let tail = if len >= 3 + MAC_TAIL && &bytes[len - MAC_TAIL..len - MAC_TAIL + 2] == b",\"" {
+        // The trailer's length tells the form: none (version 2 on a proving link), a MAC (64 hex
+        // digits, version 2) or a signature (128, version 1). Hex digits never contain `,"`, so
+        // at most one form matches.
+        let tail = if len >= 3 + PROVEN_TAIL && bytes.ends_with(b",\"\"]") {
+            PROVEN_TAIL
+        } else if len >= 3 + MAC_TAIL && &bytes[len - MAC_TAIL..len - MAC_TAIL + 2] == b",\"" {
             MAC_TAIL
         } else if len >= 3 + TAIL && &bytes[len - TAIL..len - TAIL + 2] == b",\"" {
             TAIL
@@ -863,11 +893,11 @@ impl Codec for NativeCodec {
         if m.jsonrpc != "2.0" {
             return Err(malformed("jsonrpc is not \"2.0\""));
         }
-        let mac = tail == MAC_TAIL;
+        let mac = tail != TAIL;
         match (m.kad.v, mac) {
             (1, false) | (2, true) => {}
             (1, true) => return Err(malformed("a version 1 message carries a signature")),
-            (2, false) => return Err(malformed("a version 2 message carries a MAC")),
+            (2, false) => return Err(malformed("a version 2 message carries a signature")),
             (v, _) => return Err(malformed(format_args!("unsupported version {v}"))),
         }
         let mut public = [0u8; 33];
@@ -926,7 +956,19 @@ impl Codec for NativeCodec {
         if self.replay.is_replay(m.kad.ts, id, nonce) {
             return Err(DecodeError::Replay);
         }
-        if mac {
+        if tail == PROVEN_TAIL {
+            // No signature or MAC: only the transport's proof of the sender stands for one.
+            if cx.proven != Some(id) {
+                return Err(DecodeError::Unproven);
+            }
+            if !self
+                .replay
+                .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
+            {
+                return Err(DecodeError::Replay);
+            }
+            self.peers.learn_direct(id, public, true);
+        } else if mac {
             let pair = self
                 .peers
                 .pair_for_receiving(&self.identity, &id, &public, &vk);
@@ -943,9 +985,12 @@ impl Codec for NativeCodec {
             }
             self.peers.verified_v2(id, public, pair);
         } else {
-            let sig = Signature::from_slice(auth).map_err(|_| DecodeError::BadSignature)?;
-            vk.verify(signed, &sig)
-                .map_err(|_| DecodeError::BadSignature)?;
+            // On a link that proved this sender (QUIC) the signature adds nothing: not checked.
+            if cx.proven != Some(id) {
+                let sig = Signature::from_slice(auth).map_err(|_| DecodeError::BadSignature)?;
+                vk.verify(signed, &sig)
+                    .map_err(|_| DecodeError::BadSignature)?;
+            }
             if !self
                 .replay
                 .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)

@@ -26,6 +26,17 @@ pub enum Input {
         /// The bytes.
         data: Bytes,
     },
+    /// Bytes received over a connection whose transport proved the sender is node `node`
+    /// ([`Transport::proves_peer_ids`](crate::Transport::proves_peer_ids)); the codec may accept
+    /// them without a signature or MAC of their own.
+    ProvenDatagram {
+        /// Where they came from.
+        from: PeerAddr,
+        /// The node id the transport proved for the sender.
+        node: NodeId,
+        /// The bytes.
+        data: Bytes,
+    },
     /// An already decoded message (simulator and in-process transports).
     Message {
         /// Where it came from.

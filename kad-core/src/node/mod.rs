@@ -378,6 +378,10 @@ impl Node {
             max_skew_ms: self.config.max_clock_skew.as_millis() as u64,
             rng: &mut self.rng,
             peer: to,
+            // The transport of this kind delivers only to the node it proved.
+            proven: msg
+                .recipient
+                .filter(|_| to.is_some_and(|a| self.config.proven_kinds.contains(&a.kind()))),
         };
         self.codec.encode(msg, &mut cx)
     }
@@ -386,6 +390,7 @@ impl Node {
         &mut self,
         now: Instant,
         from: &PeerAddr,
+        proven: Option<NodeId>,
         data: &[u8],
     ) -> Result<Message, DecodeError> {
         let mut cx = CodecCx {
@@ -394,6 +399,7 @@ impl Node {
             max_skew_ms: self.config.max_clock_skew.as_millis() as u64,
             rng: &mut self.rng,
             peer: Some(from),
+            proven,
         };
         self.codec.decode(data, &mut cx)
     }
@@ -438,29 +444,37 @@ impl Node {
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         let now = self.advance(now);
         match input {
-            Input::Datagram { from, data } => match self.decode(now, &from, &data) {
-                Ok(msg) => {
-                    self.request_len = data.len();
-                    self.handle_message(now, from, msg);
-                    self.request_len = 0;
-                }
-                Err(e) => {
-                    match e {
-                        DecodeError::Auth(_) => self.stats.dropped_auth += 1,
-                        DecodeError::BadSignature => self.stats.dropped_bad_signature += 1,
-                        DecodeError::BadMac => self.stats.dropped_bad_mac += 1,
-                        DecodeError::IdMismatch => self.stats.dropped_id_mismatch += 1,
-                        DecodeError::Stale { .. } => self.stats.dropped_stale += 1,
-                        DecodeError::Replay => self.stats.dropped_replay += 1,
-                        DecodeError::WrongRecipient => self.stats.dropped_wrong_recipient += 1,
-                        DecodeError::RateLimited => self.stats.dropped_rate_limited += 1,
-                        _ => self.stats.dropped_malformed += 1,
-                    }
-                    trace!(peer = %from, error = %e, "dropped undecodable datagram");
-                }
-            },
+            Input::Datagram { from, data } => self.datagram(now, from, None, &data),
+            Input::ProvenDatagram { from, node, data } => {
+                self.datagram(now, from, Some(node), &data);
+            }
             Input::Message { from, msg } => self.handle_message(now, from, msg),
             Input::Timeout => self.handle_timeout(now),
+        }
+    }
+
+    fn datagram(&mut self, now: Instant, from: PeerAddr, proven: Option<NodeId>, data: &[u8]) {
+        match self.decode(now, &from, proven, data) {
+            Ok(msg) => {
+                self.request_len = data.len();
+                self.handle_message(now, from, msg);
+                self.request_len = 0;
+            }
+            Err(e) => {
+                match e {
+                    DecodeError::Auth(_) => self.stats.dropped_auth += 1,
+                    DecodeError::BadSignature => self.stats.dropped_bad_signature += 1,
+                    DecodeError::BadMac => self.stats.dropped_bad_mac += 1,
+                    DecodeError::Unproven => self.stats.dropped_unproven += 1,
+                    DecodeError::IdMismatch => self.stats.dropped_id_mismatch += 1,
+                    DecodeError::Stale { .. } => self.stats.dropped_stale += 1,
+                    DecodeError::Replay => self.stats.dropped_replay += 1,
+                    DecodeError::WrongRecipient => self.stats.dropped_wrong_recipient += 1,
+                    DecodeError::RateLimited => self.stats.dropped_rate_limited += 1,
+                    _ => self.stats.dropped_malformed += 1,
+                }
+                trace!(peer = %from, error = %e, "dropped undecodable datagram");
+            }
         }
     }
 

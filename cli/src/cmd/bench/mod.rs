@@ -398,6 +398,7 @@ fn signed_pings(
                 max_skew_ms: 60_000,
                 rng: &mut rng,
                 peer: None,
+                proven: None,
             };
             codec
                 .encode(&m, &mut cx)
@@ -442,6 +443,7 @@ pub(crate) fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> 
                         max_skew_ms: 60_000,
                         rng: &mut rng,
                         peer: None,
+                        proven: None,
                     };
                     if verifier.decode(&buf[..len], &mut cx).is_ok() {
                         verified += 1;
