@@ -23,8 +23,8 @@
 //! ```
 //!
 //! The builder takes the identity once ([`key_file`](NativeNodeBuilder::key_file) keeps it
-//! across restarts), speaks the native protocol (every message signed with the node's
-//! secp256k1 key), and derives the largest value from its transports (45,000 bytes on UDP,
+//! across restarts), speaks the native protocol (every message authenticated by the node's
+//! secp256k1 key: signed to strangers, MAC'd between nodes that know each other), and derives the largest value from its transports (45,000 bytes on UDP,
 //! about 750 KB on QUIC or WebSocket). A bad setting is an error of
 //! [`build`](NativeNodeBuilder::build) naming it.
 //!
