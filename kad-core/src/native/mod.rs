@@ -961,18 +961,12 @@ impl Codec for NativeCodec {
         if self.replay.is_replay(m.kad.ts, id, nonce) {
             return Err(DecodeError::Replay);
         }
-        if tail == PROVEN_TAIL {
-            // No signature or MAC: only the transport's proof of the sender stands for one.
+        // Authenticate: the link's proof of the sender, a MAC, or a signature.
+        let verified_pair = if tail == PROVEN_TAIL {
             if cx.proven != Some(id) {
                 return Err(DecodeError::Unproven);
             }
-            if !self
-                .replay
-                .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
-            {
-                return Err(DecodeError::Replay);
-            }
-            self.peers.learn_direct(id, public, true);
+            None
         } else if mac {
             let pair = self
                 .peers
@@ -982,13 +976,7 @@ impl Codec for NativeCodec {
             if !mac_verify(&pair, &id, &cx.local_id, signed, &tag) {
                 return Err(DecodeError::BadMac);
             }
-            if !self
-                .replay
-                .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
-            {
-                return Err(DecodeError::Replay);
-            }
-            self.peers.verified_v2(id, public, pair);
+            Some(pair)
         } else {
             // On a link that proved this sender (QUIC) the signature adds nothing: not checked.
             if cx.proven != Some(id) {
@@ -996,14 +984,20 @@ impl Codec for NativeCodec {
                 vk.verify(signed, &sig)
                     .map_err(|_| DecodeError::BadSignature)?;
             }
-            if !self
-                .replay
-                .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
-            {
-                return Err(DecodeError::Replay);
-            }
-            self.peers
-                .learn_direct(id, public, m.kad.up.is_some_and(|v| v >= 2));
+            None
+        };
+        if !self
+            .replay
+            .insert(id, nonce, m.kad.ts, cx.unix_ms, cx.max_skew_ms)
+        {
+            return Err(DecodeError::Replay);
+        }
+        match verified_pair {
+            Some(pair) => self.peers.verified_v2(id, public, pair),
+            // A version 2 message, or a signed one announcing version 2.
+            None => self
+                .peers
+                .learn_direct(id, public, mac || m.kad.up.is_some_and(|v| v >= 2)),
         }
         let body = match (m.method, m.result, m.error) {
             (Some(method), None, None) => Body::Request(request(method, m.params)?),

@@ -429,33 +429,31 @@ fn pings(
                 observed: None,
                 body: Body::Request(Request::Ping),
             };
-            let mut cx = CodecCx {
-                unix_ms: kad_core::SystemClock::now_ms(),
-                local_id: identity.id(),
-                max_skew_ms: 60_000,
-                rng: &mut rng,
-                peer: None,
-                proven: None,
-            };
             codec
-                .encode(&m, &mut cx)
+                .encode(&m, &mut client_cx(identity, &mut rng))
                 .map(|b| b.to_vec())
                 .unwrap_or_default()
         })
         .collect()
 }
 
-fn decode_answer(codec: &mut NativeCodec, identity: &NativeIdentity, bytes: &[u8]) -> bool {
-    let mut rng = rand::rngs::ThreadRng::default();
-    let mut cx = CodecCx {
+/// The codec context of a raw client on UDP, now.
+fn client_cx<'a>(identity: &NativeIdentity, rng: &'a mut dyn rand::RngCore) -> CodecCx<'a> {
+    CodecCx {
         unix_ms: kad_core::SystemClock::now_ms(),
         local_id: identity.id(),
         max_skew_ms: 60_000,
-        rng: &mut rng,
+        rng,
         peer: None,
         proven: None,
-    };
-    codec.decode(bytes, &mut cx).is_ok()
+    }
+}
+
+fn decode_answer(codec: &mut NativeCodec, identity: &NativeIdentity, bytes: &[u8]) -> bool {
+    let mut rng = rand::rngs::ThreadRng::default();
+    codec
+        .decode(bytes, &mut client_cx(identity, &mut rng))
+        .is_ok()
 }
 
 /// PINGs answered per second by a `kad node` process, closed loop, in two forms: signed
