@@ -506,6 +506,8 @@ pub(crate) fn ping_rate(secs: f64, pair_rate: f64) -> Result<serde_json::Value> 
     let windowed = ping_load(&node, &sock, 64, secs, &mut codec, &identity, &mut next)?;
     let serial = ping_load(&node, &sock, 1, secs, &mut codec, &identity, &mut next)?;
     Ok(json!({
+        "answered": windowed["answered"],
+        "answers_verified_sample": windowed["answers_verified_sample"],
         "pings_per_s": windowed["pings_per_s"],
         "node_cpu_us_per_ping": windowed["node_cpu_us_per_ping"],
         "round_trips_per_s": serial["pings_per_s"],
