@@ -257,6 +257,17 @@ fn apply(b: &mut Vec<u8>, m: &Mutation) {
     }
 }
 
+/// `[SIGNED,"AUTH"]`: `signed` and the hex of `auth` (a signature or a MAC).
+fn envelope(signed: &[u8], auth: &[u8]) -> Vec<u8> {
+    let mut dgram = Vec::with_capacity(signed.len() + 2 * auth.len() + 6);
+    dgram.push(b'[');
+    dgram.extend_from_slice(signed);
+    dgram.extend_from_slice(b",\"");
+    dgram.extend_from_slice(hex::encode(auth).as_bytes());
+    dgram.extend_from_slice(b"\"]");
+    dgram
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, rest)) = input.split_first() else {
         return;
@@ -299,13 +310,7 @@ fuzz_target!(|input: &[u8]| {
         }
         2 => {
             let signer = if sel & 8 == 0 { &f.a } else { &f.b };
-            let sig = signer.sign_bytes(rest);
-            let mut dgram = Vec::with_capacity(rest.len() + 134);
-            dgram.push(b'[');
-            dgram.extend_from_slice(rest);
-            dgram.extend_from_slice(b",\"");
-            dgram.extend_from_slice(hex::encode(sig).as_bytes());
-            dgram.extend_from_slice(b"\"]");
+            let dgram = envelope(rest, &signer.sign_bytes(rest));
             if let Ok(m) = decode(&dgram, local, u64::MAX) {
                 assert_eq!(m.sender.id, signer.id(), "only the signer's key verifies");
                 check_decoded(&m, local);
@@ -319,12 +324,7 @@ fuzz_target!(|input: &[u8]| {
                 (&f.b, &f.a)
             };
             let tag = kad_core::native::mac_tag(&f.pair, &from.id(), &to.id(), rest);
-            let mut dgram = Vec::with_capacity(rest.len() + 70);
-            dgram.push(b'[');
-            dgram.extend_from_slice(rest);
-            dgram.extend_from_slice(b",\"");
-            dgram.extend_from_slice(hex::encode(tag).as_bytes());
-            dgram.extend_from_slice(b"\"]");
+            let dgram = envelope(rest, &tag);
             if let Ok(m) = decode(&dgram, to.id(), u64::MAX) {
                 assert_eq!(m.sender.id, from.id(), "only the MAC's sender verifies");
                 assert_eq!(

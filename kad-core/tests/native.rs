@@ -132,6 +132,27 @@ fn vectors() -> Vec<Vector> {
     out
 }
 
+/// Encodes `m` as `p` at `ts` (nonces from `seed`), the link proving `proven` as recipient.
+fn encode_via(p: &mut Party, m: &Message, ts: u64, seed: u64, proven: Option<NodeId>) -> Bytes {
+    let mut rng = CountRng(seed);
+    let mut cx = cx(&mut rng, ts, p.identity.id());
+    cx.proven = proven;
+    p.codec.encode(m, &mut cx).unwrap()
+}
+
+/// Decodes `bytes` as `p` at `now`, the link having proved `proven` as the sender.
+fn decode_via(
+    p: &mut Party,
+    bytes: &[u8],
+    now: u64,
+    proven: Option<NodeId>,
+) -> Result<Message, DecodeError> {
+    let mut rng = CountRng(0);
+    let mut cx = cx(&mut rng, now, p.identity.id());
+    cx.proven = proven;
+    p.codec.decode(bytes, &mut cx)
+}
+
 /// `x` hears from `from` (a signed PING announcing version 2), as a node does before it MACs.
 fn introduce(x: &mut Party, from: &Party) {
     let mut tx = NativeCodec::new(from.identity.clone());
@@ -1289,69 +1310,50 @@ fn a_proven_link_carries_messages_without_signature_or_mac() {
         b"q1",
         Body::Request(Request::Ping),
     );
-    let enc = |a: &mut Party, proven: Option<NodeId>, n: u64| {
-        let mut rng = CountRng(n << 32);
-        let mut cx = cx(&mut rng, T0, a.identity.id());
-        cx.proven = proven;
-        a.codec.encode(&m, &mut cx).unwrap()
-    };
-    let bytes = enc(&mut a, Some(b.identity.id()), 1);
+    let (ida, idb, idc) = (a.identity.id(), b.identity.id(), c.identity.id());
+    let bytes = encode_via(&mut a, &m, T0, 1 << 32, Some(idb));
     let text = String::from_utf8(bytes.to_vec()).unwrap();
     assert!(text.ends_with(r#"}},""]"#), "{text}");
     assert!(text.contains(r#""kad":{"v":2,"#));
     // A link proving another recipient: a MAC, as on UDP.
-    assert!(enc(&mut a, Some(c.identity.id()), 2)[..].ends_with(b"\"]"));
-    assert!(!enc(&mut a, Some(c.identity.id()), 3)[..].ends_with(b",\"\"]"));
-    let mut rx = |bytes: &[u8], proven: Option<NodeId>| {
-        let mut rng = CountRng(0);
-        let mut cx = cx(&mut rng, T0, b.identity.id());
-        cx.proven = proven;
-        b.codec.decode(bytes, &mut cx)
-    };
+    let other = encode_via(&mut a, &m, T0, 2 << 32, Some(idc));
+    assert!(other[other.len() - 68..].starts_with(b",\""));
     // Not over a proving link (UDP), or over one that proved someone else: refused, counted.
-    assert!(matches!(rx(&bytes, None), Err(DecodeError::Unproven)));
     assert!(matches!(
-        rx(&bytes, Some(c.identity.id())),
+        decode_via(&mut b, &bytes, T0, None),
+        Err(DecodeError::Unproven)
+    ));
+    assert!(matches!(
+        decode_via(&mut b, &bytes, T0, Some(idc)),
         Err(DecodeError::Unproven)
     ));
     // Tampering is the link's business (TLS); the replay, stale and recipient checks still run.
-    assert!(rx(&bytes, Some(a.identity.id())).is_ok());
+    assert!(decode_via(&mut b, &bytes, T0, Some(ida)).is_ok());
     assert!(matches!(
-        rx(&bytes, Some(a.identity.id())),
+        decode_via(&mut b, &bytes, T0, Some(ida)),
         Err(DecodeError::Replay)
     ));
-    let late = {
-        let mut rng = CountRng(9 << 32);
-        let mut cx = cx(&mut rng, T0 - SKEW - 1, a.identity.id());
-        cx.proven = Some(b.identity.id());
-        a.codec.encode(&m, &mut cx).unwrap()
-    };
+    let late = encode_via(&mut a, &m, T0 - SKEW - 1, 9 << 32, Some(idb));
     assert!(matches!(
-        rx(&late, Some(a.identity.id())),
+        decode_via(&mut b, &late, T0, Some(ida)),
         Err(DecodeError::Stale { .. })
     ));
     // A peer not known to speak version 2 is signed to, proving link or not.
     let mut fresh = party(SECRET_A, 4000);
-    let mut rng = CountRng(5);
-    let mut tx = cx(&mut rng, T0, fresh.identity.id());
-    tx.proven = Some(b.identity.id());
-    let signed = fresh.codec.encode(&m, &mut tx).unwrap();
+    let signed = encode_via(&mut fresh, &m, T0, 5, Some(idb));
     assert!(String::from_utf8_lossy(&signed).contains(r#""kad":{"v":1,"#));
     // A signature is checked unless the link proved that very sender.
     let mut bad = signed.to_vec();
     let at = bad.len() - 5;
     bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
-    let mut rx2 = party(SECRET_B, 4001);
-    let mut dec = |bytes: &[u8], proven: Option<NodeId>| {
-        let mut rng = CountRng(0);
-        let mut cx = cx(&mut rng, T0, rx2.identity.id());
-        cx.proven = proven;
-        rx2.codec.decode(bytes, &mut cx)
-    };
+    let mut rx = party(SECRET_B, 4001);
     assert!(matches!(
-        dec(&bad, Some(c.identity.id())),
+        decode_via(&mut rx, &bad, T0, Some(idc)),
         Err(DecodeError::BadSignature)
     ));
-    assert!(matches!(dec(&bad, None), Err(DecodeError::BadSignature)));
-    assert!(dec(&bad, Some(fresh.identity.id())).is_ok());
+    assert!(matches!(
+        decode_via(&mut rx, &bad, T0, None),
+        Err(DecodeError::BadSignature)
+    ));
+    assert!(decode_via(&mut rx, &bad, T0, Some(ida)).is_ok());
 }
