@@ -189,7 +189,10 @@ pub struct Config {
     /// Default 3 (four sends: a round trip at 10% loss each way then fails once in 750). The
     /// Mainline plugin uses 1. A joining node's PING to a bootstrap address is sent up to seven
     /// times (unless this is 0), at a constant interval: it is the only thing the node has to
-    /// do.
+    /// do. A request to a contact whose own RTT is known is also sent once more, early, at that
+    /// contact's timeout ([`Entry::resend_after`](crate::Entry::resend_after), about
+    /// 1.25 to 1.5 round trips) when that comes before half the adaptive timeout; the early send
+    /// is not counted here.
     pub retransmits: u8,
     /// A node whose routing table is empty (its join failed, or every contact went silent)
     /// joins again through its bootstrap addresses and the contacts it last knew, after this

@@ -34,6 +34,10 @@ pub struct Entry {
     pub failures: u8,
     /// Smoothed round-trip time in microseconds, 0 when unknown.
     pub srtt_us: u32,
+    /// Smoothed mean deviation of the round-trip time in microseconds (Jacobson/Karels).
+    pub rttvar_us: u32,
+    /// Smallest round-trip time seen in microseconds, 0 when unknown.
+    pub min_rtt_us: u32,
     /// Whether it has ever been heard from directly.
     pub verified: bool,
     /// Whether it has answered a request of ours (under this id). Only such contacts are
@@ -41,6 +45,22 @@ pub struct Entry {
     /// node that has only sent us requests may be a client about to leave, or an id its node
     /// never answers to (BEP5 counts a node good once it has responded to one of our queries).
     pub answered: bool,
+}
+
+impl Entry {
+    /// How long to wait for this contact's answer before asking again, once an RTT sample is
+    /// in: the smoothed RTT plus four deviations (RFC 6298), kept between a quarter and half
+    /// an RTT more, and at most one and a half times the smallest RTT seen. Asking again early
+    /// costs one datagram; waiting costs round trips. One sample alone would set the deviation
+    /// to half the RTT, and the first answer from a node that had to prove our address first
+    /// took two round trips. `None` before the first sample.
+    pub fn resend_after(&self) -> Option<Duration> {
+        (self.srtt_us > 0).then(|| {
+            let (srtt, var) = (u64::from(self.srtt_us), u64::from(self.rttvar_us));
+            let min = u64::from(self.min_rtt_us.max(1));
+            Duration::from_micros((srtt + (4 * var).clamp(srtt / 4, srtt / 2)).min(min * 3 / 2))
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -212,6 +232,8 @@ impl RoutingTable {
             last_seen: now,
             failures: 0,
             srtt_us: 0,
+            rttvar_us: 0,
+            min_rtt_us: 0,
             verified,
             answered: false,
         };
@@ -343,15 +365,21 @@ impl RoutingTable {
         }
     }
 
-    /// Folds an RTT sample into the contact's smoothed RTT.
+    /// Folds an RTT sample into the contact's smoothed RTT and its deviation.
     pub fn record_rtt(&mut self, id: &NodeId, rtt: Duration) {
         if let Some(e) = self.entry_mut(id) {
             let sample = rtt.as_micros().min(u32::MAX as u128) as u32;
-            e.srtt_us = if e.srtt_us == 0 {
-                sample
+            if e.min_rtt_us == 0 || sample < e.min_rtt_us {
+                e.min_rtt_us = sample.max(1);
+            }
+            if e.srtt_us == 0 {
+                e.srtt_us = sample;
+                e.rttvar_us = sample / 2;
             } else {
-                (e.srtt_us / 8) * 7 + sample / 8
-            };
+                let err = e.srtt_us.abs_diff(sample);
+                e.rttvar_us = (e.rttvar_us / 4) * 3 + err / 4;
+                e.srtt_us = (e.srtt_us / 8) * 7 + sample / 8;
+            }
         }
     }
 

@@ -7,6 +7,8 @@
 //!   [`conformance_tests!`] in one of its test files.
 //! - [`memory_network`]: a network of [`Dht`] nodes on one [`MemoryNetwork`], joined through
 //!   the first node, for tests of plugins and applications that need no sockets.
+//! - `netlab` (feature `netlab`, Linux): network namespaces joined by a userspace link
+//!   emulator (delay, jitter, loss), for tests and benchmarks on a realistic network.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -29,6 +31,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod conformance;
+#[cfg(all(feature = "netlab", target_os = "linux"))]
+pub mod netlab;
 
 use std::sync::Arc;
 

@@ -26,6 +26,18 @@ pub(super) struct Candidate {
     pub(super) outstanding: u8,
 }
 
+/// Attempts a candidate of this rank gets: `max_attempts` in the head (the `alpha` closest),
+/// fewer in the tail.
+fn allowed(alpha: usize, max_attempts: u8, wait_for_slow: bool, rank: usize) -> u8 {
+    if rank < alpha {
+        max_attempts
+    } else if wait_for_slow {
+        max_attempts.min(STORE_TAIL_ATTEMPTS)
+    } else {
+        max_attempts.min(TAIL_ATTEMPTS)
+    }
+}
+
 /// Attempts for candidates outside the head of the lookup.
 pub(super) const TAIL_ATTEMPTS: u8 = 2;
 
@@ -178,14 +190,22 @@ impl Path {
                         if cand.attempts == 1 {
                             active += 1;
                         }
-                    } else if rank >= self.alpha
+                    } else if (rank >= self.alpha
+                        && (!self.wait_for_slow
+                            || cand.attempts >= allowed(self.alpha, self.max_attempts, true, rank)))
                         || (self.skip_silent_head && cand.attempts >= self.max_attempts)
                     {
                         // Silent past its soft deadline outside the head (or on its last attempt,
                         // with skip_silent_head): skipped (it no longer counts among the k
                         // closest, though a late answer still does).
                         continue;
-                    } else if cand.attempts < self.max_attempts && out.len() < room {
+                    } else if cand.attempts
+                        < allowed(self.alpha, self.max_attempts, self.wait_for_slow, rank)
+                        && out.len() < room
+                    {
+                        // In the head, or in the tail of a lookup that waits for the whole tail
+                        // (before a STORE): asked again at its soft deadline, not at the hard
+                        // one, so that one lost datagram costs a soft timeout.
                         cand.attempts += 1;
                         cand.outstanding += 1;
                         let wait = soft_for(&cand.contact) * u32::from(cand.attempts);
@@ -294,17 +314,7 @@ impl Path {
         if cand.outstanding > 0 {
             return;
         }
-        let allowed = if rank < self.alpha {
-            self.max_attempts
-        } else {
-            let tail = if self.wait_for_slow {
-                STORE_TAIL_ATTEMPTS
-            } else {
-                TAIL_ATTEMPTS
-            };
-            self.max_attempts.min(tail)
-        };
-        if cand.attempts < allowed {
+        if cand.attempts < allowed(self.alpha, self.max_attempts, self.wait_for_slow, rank) {
             cand.state = State::Fresh;
         } else {
             self.fail(id);

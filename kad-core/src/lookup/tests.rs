@@ -203,8 +203,15 @@ fn a_put_lookup_waits_for_slow_candidates_among_the_k_closest() {
     assert_eq!(l.next(now, soft, 10), vec![c(1)]);
     l.on_success(&c(1).id, &[]);
     assert_eq!(l.next(now, soft, 10), vec![c(2)]);
-    // c(2) is slow: the search still widens to c(3), but the lookup is not done without it.
+    // c(2) is slow: the lookup is not done without it, so it asks c(2) again at its soft
+    // deadline (a lost datagram costs a soft timeout, not a hard one).
     let later = now + Duration::from_millis(11);
+    assert_eq!(l.next(later, soft, 10), vec![c(2)]);
+    // Its attempts spent (3 in the tail of a lookup before a STORE), it is skipped: the search
+    // widens to c(3).
+    let much_later = now + Duration::from_millis(40);
+    assert_eq!(l.next(much_later, soft, 10), vec![c(2)]);
+    let later = now + Duration::from_millis(80);
     assert_eq!(l.next(later, soft, 10), vec![c(3)]);
     l.on_success(&c(3).id, &[]);
     assert!(

@@ -433,7 +433,9 @@ impl Node {
         self.address_proven(now, &from);
         if !read_only {
             self.observe_sender(now, &from, sender.clone(), true);
-            self.routing.record_rtt(&sender.id, rtt);
+            if pending.sends == 1 {
+                self.routing.record_rtt(&sender.id, rtt);
+            }
         }
         if let Some(seen) = observed {
             // Only answers to our own requests count: an unsolicited "you are at X" is noise.

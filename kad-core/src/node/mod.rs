@@ -89,6 +89,12 @@ struct Pending {
     resend: Option<Request>,
     /// How many times it was sent.
     sends: u8,
+    /// Whether the current deadline is the early one: the peer's own retransmission timeout,
+    /// after which the request is sent once more (not counted against
+    /// [`Config::retransmits`]) before the adaptive schedule takes over.
+    early: bool,
+    /// Sends not counted against the retransmissions (the early one, if it was sent).
+    bonus: u8,
 }
 
 impl PendingKind {

@@ -657,3 +657,49 @@ fn an_id_never_answered_to_is_forgotten_when_the_ping_comes_back_under_another()
     );
     assert_eq!(named_by(&mut a, now, &asker, phantom.id), vec![real.id]);
 }
+
+#[test]
+fn a_request_to_a_peer_of_known_rtt_is_sent_again_early_then_on_the_usual_schedule() {
+    let t0 = Instant::now();
+    let mut a = node(1, Config::default());
+    let b = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+    // One round trip of 80 ms measured with b.
+    a.ping(t0, PeerAddr::Mem(2)).unwrap();
+    let ping = sends(&mut a).pop().unwrap().1;
+    let t1 = t0 + Duration::from_millis(80);
+    deliver(
+        &mut a,
+        t1,
+        2,
+        answer(&ping, &b, Body::Response(Response::Pong)),
+    );
+    let srtt = a.routing.get(&b.id).map(|e| e.srtt_us);
+    assert!(
+        srtt.is_some_and(|us| (79_000..=80_000).contains(&us)),
+        "{srtt:?}"
+    );
+    sends(&mut a);
+
+    a.call(t1, &b, "x.y", Bytes::from_static(b"{}")).unwrap();
+    let mut at = Vec::new();
+    let mut t = t1;
+    while t < t1 + Duration::from_secs(30) {
+        for (to, msg) in sends(&mut a) {
+            if to == PeerAddr::Mem(2) && matches!(msg.body, Body::Request(Request::Custom { .. })) {
+                at.push(t - t1);
+            }
+        }
+        t += Duration::from_millis(5);
+        a.handle_input(t, Input::Timeout);
+    }
+    // Sent, then again at b's own timeout (1.5 round trips), then the adaptive schedule with
+    // all of its retransmissions (3 by default): five sends in all.
+    assert_eq!(at.len(), 5, "{at:?}");
+    assert!(
+        (Duration::from_millis(115)..=Duration::from_millis(130)).contains(&at[1]),
+        "{at:?}"
+    );
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[1] >= a.hard_timeout(), "{gaps:?}");
+    assert!(gaps[2] > gaps[1] && gaps[3] > gaps[2], "backoff: {gaps:?}");
+}

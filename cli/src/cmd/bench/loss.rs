@@ -132,26 +132,28 @@ impl Drop for Lab {
 /// What one node process said last: its routing-table size, and whether it printed
 /// `bootstrap_failed`.
 #[derive(Default, Clone)]
-struct NodeState {
+pub(super) struct NodeState {
     table: usize,
     bootstrap_failed: bool,
+    /// The engine counters of its last stats line.
+    pub(super) counters: Value,
 }
 
-fn start_node(
-    lab: &mut Lab,
+/// Starts `kad node --listen LISTEN` in namespace `ns` for `secs` seconds; the child joins
+/// `children` (killed by the caller). Its JSON lines are read into the returned state.
+pub(super) fn start_node(
+    children: &mut Vec<Child>,
     exe: &std::path::Path,
-    second: bool,
-    port: u16,
+    ns: &str,
+    listen: &str,
     boot: Option<&str>,
     secs: f64,
 ) -> Result<Arc<Mutex<NodeState>>> {
-    let host = if second { 2 } else { 1 };
-    let listen = format!("udp://{NET}.{host}:{port},quic://{NET}.{host}:{}", port + 1);
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", lab.ns(second)]).arg(exe).args([
+    cmd.args(["netns", "exec", ns]).arg(exe).args([
         "node",
         "--listen",
-        &listen,
+        listen,
         "--json",
         "--stats-every",
         "1",
@@ -167,7 +169,7 @@ fn start_node(
         .spawn()
         .context("starting kad node")?;
     let out = child.stdout.take().context("stdout")?;
-    lab.children.push(child);
+    children.push(child);
     let state = Arc::new(Mutex::new(NodeState::default()));
     let s = state.clone();
     std::thread::spawn(move || {
@@ -177,7 +179,10 @@ fn start_node(
             };
             let mut st = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match v["event"].as_str() {
-                Some("stats") => st.table = v["routing_table"].as_u64().unwrap_or(0) as usize,
+                Some("stats") => {
+                    st.table = v["routing_table"].as_u64().unwrap_or(0) as usize;
+                    st.counters = v["stats"].clone();
+                }
                 Some("bootstrap_failed") => st.bootstrap_failed = true,
                 _ => {}
             }
@@ -186,8 +191,34 @@ fn start_node(
     Ok(state)
 }
 
+/// Nodes whose routing table is not empty.
+pub(super) fn joined(nodes: &[Arc<Mutex<NodeState>>]) -> usize {
+    nodes
+        .iter()
+        .filter(|s| s.lock().map(|s| s.table > 0).unwrap_or(false))
+        .count()
+}
+
+/// Waits until every node has joined (then 2 s more, for the last joins to spread) or `settle`
+/// seconds from `t0`; the seconds it took all of them, if they did.
+pub(super) fn wait_joined(
+    nodes: &[Arc<Mutex<NodeState>>],
+    t0: Instant,
+    settle: f64,
+) -> Option<f64> {
+    while t0.elapsed() < Duration::from_secs_f64(settle) {
+        if joined(nodes) == nodes.len() {
+            let s = t0.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_secs(2));
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
 /// Runs a one-shot client command in a namespace; its last stdout line as JSON.
-fn client(ns: &str, exe: &std::path::Path, args: &[&str]) -> Result<Value> {
+pub(super) fn client(ns: &str, exe: &std::path::Path, args: &[&str]) -> Result<Value> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(exe)
@@ -215,27 +246,15 @@ fn one_rate(a: &LossBenchArgs, loss: u32) -> Result<Value> {
             let port = 4000 + 2 * i as u16;
             let first = !second && i == 0;
             let b = (!first).then_some(boot.as_str());
-            nodes.push(start_node(&mut lab, &exe, second, port, b, life)?);
+            let ns = lab.ns(second).to_owned();
+            let ip = format!("{NET}.{}", 1 + u8::from(second));
+            let listen = format!("udp://{ip}:{port},quic://{ip}:{}", port + 1);
+            nodes.push(start_node(&mut lab.children, &exe, &ns, &listen, b, life)?);
         }
     }
     // Joined: a routing table that is not empty. Wait for all, or --settle.
     let t0 = Instant::now();
-    let joined = |nodes: &[Arc<Mutex<NodeState>>]| {
-        nodes
-            .iter()
-            .filter(|s| s.lock().map(|s| s.table > 0).unwrap_or(false))
-            .count()
-    };
-    let mut all_joined_s = None;
-    while t0.elapsed() < Duration::from_secs_f64(a.settle) {
-        if joined(&nodes) == nodes.len() && all_joined_s.is_none() {
-            all_joined_s = Some(t0.elapsed().as_secs_f64());
-            // Give the last joins a moment to spread before measuring.
-            std::thread::sleep(Duration::from_secs(2));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let all_joined_s = wait_joined(&nodes, t0, a.settle);
     let joined_n = joined(&nodes);
     let failed_events = nodes
         .iter()

@@ -15,6 +15,7 @@ pub(crate) mod mainline;
 pub(crate) mod pubsub;
 pub(crate) mod storage;
 pub(crate) mod transports;
+pub(crate) mod wan;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -90,6 +91,16 @@ pub(crate) enum BenchCommand {
     ///
     /// Prints one JSON object with --json. About a minute per rate with the defaults.
     Loss(loss::LossBenchArgs),
+    /// Two sites a real round trip apart: `kad node` processes in two network namespaces
+    /// joined through a router namespace whose userspace link emulator delays (--rtt-ms,
+    /// --jitter-ms) and drops (--loss) the frames between them; puts at one site and gets at the
+    /// other, through fresh `kad put` / `kad get` processes, then through a long-running node at
+    /// each site: latency in milliseconds and in round trips beside the targets (put p50 <= 3,
+    /// get p50 <= 2), the nodes' counters and the link's frame counts. Needs root, iproute2 and
+    /// ethtool (it creates and removes the namespaces).
+    ///
+    /// Prints one JSON object with --json. One to two minutes with the defaults.
+    Wan(wan::WanBenchArgs),
 }
 
 impl BenchCommand {
@@ -102,6 +113,7 @@ impl BenchCommand {
             Self::Pubsub(a) => a.json,
             Self::All(a) => a.json,
             Self::Loss(a) => a.json,
+            Self::Wan(a) => a.json,
             Self::MainlineNet(_)
             | Self::MainlineCrateClient(_)
             | Self::UdpEcho
@@ -154,6 +166,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Transports(a) => transports::run(a),
         BenchCommand::All(a) => all::run(a),
         BenchCommand::Loss(a) => loss::run(a),
+        BenchCommand::Wan(a) => wan::run(a),
         BenchCommand::TransportServer(a) => transports::server(a),
     }
 }
@@ -167,7 +180,7 @@ pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     (v[i] * 1000.0).round() / 1000.0
 }
 
-fn round(x: f64, places: i32) -> f64 {
+pub(crate) fn round(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (x * f).round() / f
 }

@@ -1,0 +1,407 @@
+//! `kad bench wan`: two sites a real round trip apart. Real `kad node` processes in two network
+//! namespaces joined through a router namespace whose userspace link emulator
+//! (`kad_testkit::netlab`) delays, jitters and drops the frames between them; puts through a
+//! client at the first site, gets through a client at the second, latency in milliseconds and
+//! in round trips.
+
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use kad_testkit::netlab::{DirectionStats, LinkShape, Wan};
+use serde_json::{Value, json};
+
+use super::loss::{client, joined, start_node, wait_joined};
+use super::{pct, round};
+
+/// `kad bench wan` flags.
+#[derive(Args, Debug)]
+pub(crate) struct WanBenchArgs {
+    /// Round-trip time between the sites in milliseconds (half of it added each way; 0 to
+    /// 2000).
+    #[arg(long, default_value_t = 80.0, value_name = "MS")]
+    rtt_ms: f64,
+    /// Jitter in milliseconds: each frame's one-way delay is moved by a uniform draw in
+    /// [-J, +J] (at most half the round trip). Frames stay in order unless --reorder.
+    #[arg(long, default_value_t = 8.0, value_name = "MS")]
+    jitter_ms: f64,
+    /// Let jitter reorder frames (each frame leaves at its own time).
+    #[arg(long)]
+    reorder: bool,
+    /// Percent of the IP datagrams lost in each direction between the sites (0 to 50).
+    #[arg(long, default_value_t = 3.0, value_name = "PCT")]
+    loss: f64,
+    /// The nodes' and clients' transport: udp or quic.
+    #[arg(long, default_value = "udp", value_name = "KIND")]
+    transport: String,
+    /// `kad node` processes at each site (1 to 20).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    nodes_per_site: usize,
+    /// Values put at the first site, then got at the second (1 to 500).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    ops: usize,
+    /// Seconds the nodes get to join before the puts start (1 to 600).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    settle: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl WanBenchArgs {
+    /// Milliseconds in round trips of the link (null without delay).
+    fn rtts(&self, ms: f64) -> Value {
+        if self.rtt_ms > 0.0 {
+            Value::from(round(ms / self.rtt_ms, 2))
+        } else {
+            Value::Null
+        }
+    }
+}
+
+/// The subnet of the two sites (site i is `NET.(i+1)`).
+const NET: [u8; 3] = [10, 214, 0];
+/// The UDP port of the long-running member node of each site.
+const MEMBER_PORT: u16 = 4100;
+/// Round trips a put and a get should take at most (medians).
+const PUT_RTTS_TARGET: f64 = 3.0;
+const GET_RTTS_TARGET: f64 = 2.0;
+
+fn dir_json(d: DirectionStats) -> Value {
+    json!({"received": d.received, "forwarded": d.forwarded, "dropped": d.dropped,
+           "overflowed": d.overflowed})
+}
+
+pub(crate) fn run(a: WanBenchArgs) -> Result<()> {
+    crate::check_range("nodes-per-site", a.nodes_per_site, 1, 20)?;
+    crate::check_range("ops", a.ops, 1, 500)?;
+    if !(0.0..=2000.0).contains(&a.rtt_ms) {
+        bail!("--rtt-ms = {} is out of range: 0 to 2000", a.rtt_ms);
+    }
+    if !(0.0..=a.rtt_ms / 2.0).contains(&a.jitter_ms) {
+        bail!(
+            "--jitter-ms = {} is out of range: 0 to half of --rtt-ms ({})",
+            a.jitter_ms,
+            a.rtt_ms / 2.0
+        );
+    }
+    if !(0.0..=50.0).contains(&a.loss) {
+        bail!("--loss = {} is out of range: 0 to 50 percent", a.loss);
+    }
+    if !(1.0..=600.0).contains(&a.settle) {
+        bail!("--settle = {} is out of range: 1 to 600 seconds", a.settle);
+    }
+    let kind = match a.transport.as_str() {
+        k @ ("udp" | "quic") => k,
+        other => bail!("--transport = {other:?}: udp or quic"),
+    };
+    let exe = std::env::current_exe()?;
+    let mut shape = LinkShape::new(Duration::from_secs_f64(a.rtt_ms / 2000.0))
+        .jitter(Duration::from_secs_f64(a.jitter_ms / 1000.0))
+        .loss(a.loss / 100.0);
+    if a.reorder {
+        shape = shape.reordering();
+    }
+    let tag = format!("kw{}", std::process::id() % 100_000);
+    let wan = Wan::up(&tag, NET, shape)
+        .context("kad bench wan builds network namespaces: it needs root, iproute2 and ethtool")?;
+    let mut children: Vec<Child> = Vec::new();
+    let r = measure(&a, kind, &exe, &wan, &mut children);
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let link = wan.stats();
+    drop(wan);
+    let mut r = r?;
+    r["link"] = json!({"forward": dir_json(link.forward), "backward": dir_json(link.backward)});
+    if a.json {
+        println!("{r}");
+    } else {
+        println!(
+            "{} nodes over {kind}, {} ms round trip +-{} ms, {}% loss each way: {}/{} joined\n\
+             put p50 {} ms = {} round trips (target <= {PUT_RTTS_TARGET}), p90 {} ms; {}/{} ok, stored median {}\n\
+             get p50 {} ms = {} round trips (target <= {GET_RTTS_TARGET}), p90 {} ms; {}/{} found\n\
+             long-running nodes: put p50 {} ms = {} round trips, p90 {} ms; get p50 {} ms; {}/{} found\n\
+             measured ping between the sites: p50 {} ms",
+            r["nodes"],
+            a.rtt_ms,
+            a.jitter_ms,
+            a.loss,
+            r["joined"],
+            r["nodes"],
+            r["put_ms_p50"],
+            r["put_rtts_p50"],
+            r["put_ms_p90"],
+            r["puts_ok"],
+            r["puts"],
+            r["stored_median"],
+            r["get_ms_p50"],
+            r["get_rtts_p50"],
+            r["get_ms_p90"],
+            r["found"],
+            r["gets"],
+            r["members"]["put_ms_p50"],
+            r["members"]["put_rtts_p50"],
+            r["members"]["put_ms_p90"],
+            r["members"]["get_ms_p50"],
+            r["members"]["found"],
+            r["gets"],
+            r["ping_ms_p50"],
+        );
+    }
+    Ok(())
+}
+
+fn measure(
+    a: &WanBenchArgs,
+    kind: &str,
+    exe: &std::path::Path,
+    wan: &Wan,
+    children: &mut Vec<Child>,
+) -> Result<Value> {
+    let n = a.nodes_per_site;
+    let life = a.settle + a.ops as f64 * 60.0 + 60.0;
+    let addr = |site: usize, i: usize| format!("{kind}://{}:{}", wan.addr(site), 4000 + i);
+    let boot = addr(0, 0);
+    let mut nodes = Vec::new();
+    let t0 = Instant::now();
+    for site in 0..2 {
+        for i in 0..n {
+            let b = (site, i) != (0, 0);
+            let listen = addr(site, i);
+            nodes.push(start_node(
+                children,
+                exe,
+                wan.site(site),
+                &listen,
+                b.then_some(boot.as_str()),
+                life,
+            )?);
+        }
+    }
+    let all_joined_s = wait_joined(&nodes, t0, a.settle);
+    let joined_n = joined(&nodes);
+
+    // The round trip as the nodes see it: pings from a client at site 0 to a node at site 1.
+    let mut ping_ms = Vec::new();
+    if let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "exec", wan.site(0)])
+        .arg(exe)
+        .args([
+            "ping",
+            &addr(1, 0),
+            "--count",
+            "10",
+            "--json",
+            "--timeout",
+            "10",
+        ])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(ms) = serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| v["rtt_ms"].as_f64())
+            {
+                ping_ms.push(ms);
+            }
+        }
+    }
+
+    let prefer = if kind == "quic" {
+        "quic,udp"
+    } else {
+        "udp,quic"
+    };
+    let (put_via, get_via) = (addr(0, n.min(2) - 1), addr(1, n.min(2) - 1));
+    let (mut put_ms, mut get_ms, mut join_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut stored, mut put_ok, mut found, mut put_errors, mut get_errors) =
+        (Vec::new(), 0, 0, Vec::new(), Vec::new());
+    let tag = std::process::id();
+    for i in 0..a.ops {
+        let value = format!("kad bench wan {tag} value {i}");
+        let p = client(
+            wan.site(0),
+            exe,
+            &[
+                "put",
+                &value,
+                "--bootstrap",
+                &put_via,
+                "--prefer",
+                prefer,
+                "--json",
+                "--timeout",
+                "30",
+            ],
+        )?;
+        let Some(key) = p["key"].as_str().map(str::to_owned) else {
+            stored.push(0);
+            put_errors.push(p["error"].clone());
+            continue;
+        };
+        put_ok += 1;
+        stored.push(p["stored"].as_u64().unwrap_or(0));
+        put_ms.push(p["elapsed_ms"].as_f64().unwrap_or(0.0));
+        join_ms.push(p["join_ms"].as_f64().unwrap_or(0.0));
+        let g = client(
+            wan.site(1),
+            exe,
+            &[
+                "get",
+                &key,
+                "--bootstrap",
+                &get_via,
+                "--prefer",
+                prefer,
+                "--json",
+                "--timeout",
+                "30",
+            ],
+        )?;
+        if g["value"].as_str() == Some(value.as_str()) {
+            found += 1;
+            get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
+            join_ms.push(g["join_ms"].as_f64().unwrap_or(0.0));
+        } else {
+            get_errors.push(g["error"].clone());
+        }
+    }
+    stored.sort_unstable();
+    let members = members(a, kind, wan)?;
+    // The nodes' own counters, summed: what they dropped and why, what they sent again.
+    let mut counters = serde_json::Map::new();
+    for node in &nodes {
+        let c = node.lock().map(|s| s.counters.clone()).unwrap_or_default();
+        for (k, v) in c.as_object().into_iter().flatten() {
+            if let Some(n) = v.as_u64().filter(|_| {
+                k.starts_with("dropped_")
+                    || matches!(
+                        k.as_str(),
+                        "retransmits"
+                            | "timeouts"
+                            | "proving_pings"
+                            | "replies_deferred"
+                            | "replies_deferred_dropped"
+                            | "requests_in"
+                            | "requests_out"
+                    )
+            }) {
+                let e = counters.entry(k.clone()).or_insert(Value::from(0u64));
+                *e = Value::from(e.as_u64().unwrap_or(0) + n);
+            }
+        }
+    }
+    let (put_p50, get_p50) = (pct(&mut put_ms.clone(), 0.5), pct(&mut get_ms.clone(), 0.5));
+    Ok(json!({
+        "bench": "wan",
+        "transport": kind,
+        "rtt_ms": a.rtt_ms,
+        "jitter_ms": a.jitter_ms,
+        "reorder": a.reorder,
+        "loss_pct": a.loss,
+        "nodes": 2 * n,
+        "joined": joined_n,
+        "all_joined_s": all_joined_s,
+        "ping_ms_p50": pct(&mut ping_ms.clone(), 0.5),
+        "pings_answered": ping_ms.len(),
+        "puts": a.ops,
+        "puts_ok": put_ok,
+        "stored_min": stored.first().copied().unwrap_or(0),
+        "stored_median": stored.get(stored.len() / 2).copied().unwrap_or(0),
+        "put_ms_p50": put_p50,
+        "put_ms_p90": pct(&mut put_ms.clone(), 0.9),
+        "put_rtts_p50": a.rtts(put_p50),
+        "gets": a.ops,
+        "found": found,
+        "get_ms_p50": get_p50,
+        "get_ms_p90": pct(&mut get_ms.clone(), 0.9),
+        "get_rtts_p50": a.rtts(get_p50),
+        "join_ms_p50": pct(&mut join_ms, 0.5),
+        "members": members,
+        "node_counters": counters,
+        "targets": {"put_rtts_p50": PUT_RTTS_TARGET, "get_rtts_p50": GET_RTTS_TARGET},
+        "put_errors": put_errors,
+        "get_errors": get_errors,
+        "samples": {"put_ms": put_ms, "get_ms": get_ms, "ping_ms": ping_ms},
+    }))
+}
+
+/// Puts and gets by long-running nodes of the network, one at each site, running in this
+/// process (their sockets opened in the sites): what an application embedding a node sees,
+/// without a fresh client's join and first contacts.
+fn members(a: &WanBenchArgs, kind: &str, wan: &Wan) -> Result<Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut nodes = Vec::new();
+        for site in 0..2 {
+            let identity = Arc::new(kad::keys::fresh_identity()?);
+            let addr = wan.addr(site);
+            let socket = wan
+                .in_site(site, || std::net::UdpSocket::bind((addr, MEMBER_PORT)))?
+                .with_context(|| format!("binding {addr}:{MEMBER_PORT} in site {site}"))?;
+            let t: Arc<dyn kad_core::Transport> = if kind == "quic" {
+                Arc::new(kad::quic::QuicTransport::from_socket(
+                    socket,
+                    identity.clone(),
+                    kad::quic::QuicConfig::default(),
+                )?)
+            } else {
+                Arc::new(kad::udp::UdpTransport::from_std(
+                    socket,
+                    kad::udp::UdpConfig::default(),
+                )?)
+            };
+            let node = kad::NativeNode::builder()
+                .identity(identity)
+                .transport(t)
+                .bootstrap([format!("{kind}://{addr}:4000")])
+                .build()
+                .await?;
+            nodes.push(node);
+        }
+        // Let both meet the rest of the network (and each other) before timing anything.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (mut put_ms, mut get_ms, mut found) = (Vec::new(), Vec::new(), 0);
+        for i in 0..a.ops {
+            let value = format!("kad bench wan member {} value {i}", std::process::id());
+            let key = kad_core::content_key(value.as_bytes());
+            let t = Instant::now();
+            if nodes[0]
+                .put(key, bytes::Bytes::from(value.clone().into_bytes()))
+                .await
+                .is_ok_and(|o| o.stored > 0)
+            {
+                put_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            let t = Instant::now();
+            if let Ok(g) = nodes[1].get(key).await {
+                if g.record.value[..] == *value.as_bytes() {
+                    found += 1;
+                    get_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        for n in nodes {
+            n.shutdown().await;
+        }
+        let (put_p50, get_p50) = (pct(&mut put_ms.clone(), 0.5), pct(&mut get_ms.clone(), 0.5));
+        Ok(json!({
+            "puts_ok": put_ms.len(),
+            "put_ms_p50": put_p50,
+            "put_ms_p90": pct(&mut put_ms.clone(), 0.9),
+            "put_rtts_p50": a.rtts(put_p50),
+            "found": found,
+            "get_ms_p50": get_p50,
+            "get_ms_p90": pct(&mut get_ms.clone(), 0.9),
+            "get_rtts_p50": a.rtts(get_p50),
+            "samples": {"put_ms": put_ms, "get_ms": get_ms},
+        }))
+    })
+}

@@ -1,0 +1,60 @@
+//! Two sites a real round trip apart: `kad bench wan` builds two network namespaces joined
+//! through a router namespace whose userspace link emulator delays frames 40 ms each way
+//! (+-8 ms) and drops 3% of the IP datagrams in each direction, runs 5 `kad node` processes at
+//! each site, puts through fresh clients and a long-running node at the first site and gets at
+//! the second. Every node joins, every put is stored on every node but at most one, every get
+//! finds its value, and the link did delay and drop what crossed it. Latency is reported, not
+//! asserted (the targets are the benchmark's: BENCHMARKS.md).
+//!
+//! Needs root, iproute2 and ethtool (`scripts/test` installs them); without them it fails.
+
+mod common;
+
+use std::process::Command;
+
+use common::KAD;
+use serde_json::Value;
+
+#[test]
+fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
+    let out = Command::new(KAD)
+        .args(["bench", "wan", "--ops", "8", "--json"])
+        .output()
+        .expect("run kad bench wan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kad bench wan failed (it needs root, iproute2 and ethtool): {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));
+    assert_eq!(r["nodes"], 10, "{r}");
+    assert_eq!(r["joined"], 10, "every node joins: {r}");
+    assert_eq!(r["puts_ok"], 8, "{r}");
+    // A far node whose three lookup requests are all lost (0.06^3 at 3% each way) is left
+    // out of a put: at most one per put.
+    assert!(
+        r["stored_min"].as_u64().unwrap() >= 9,
+        "each put reaches every node but at most one: {r}"
+    );
+    assert_eq!(r["found"], 8, "every get finds its value: {r}");
+    let m = &r["members"];
+    assert_eq!(m["puts_ok"], 8, "{m}");
+    assert_eq!(m["found"], 8, "{m}");
+    // The link is real: round trips of 80 ms +-16, and datagrams lost both ways.
+    let ping = r["ping_ms_p50"].as_f64().unwrap();
+    assert!((60.0..200.0).contains(&ping), "ping p50 {ping} ms: {r}");
+    for dir in ["forward", "backward"] {
+        let d = &r["link"][dir];
+        assert!(d["forwarded"].as_u64().unwrap() > 100, "{dir}: {d}");
+        assert!(
+            d["dropped"].as_u64().unwrap() > 0,
+            "{dir}: 3% loss drops some: {d}"
+        );
+        assert_eq!(d["overflowed"], 0, "{dir}: {d}");
+    }
+    // A put crosses the link at least twice (its lookup, then its STOREs).
+    assert!(r["put_ms_p50"].as_f64().unwrap() >= 120.0, "{r}");
+}
