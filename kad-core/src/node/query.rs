@@ -1,6 +1,6 @@
 //! Query progress: lookups stepped forward, and gets and puts finished.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -53,13 +53,14 @@ impl Node {
         if lookup.is_finished(now) {
             return self.lookup_finished(now, qid);
         }
-        // A peer whose own RTT is known gets a soft deadline from it (its own retransmission
-        // timeout), never longer than the network-wide one; others get the network-wide one.
+        // A peer whose own RTT is known gets a soft deadline from it (twice its smoothed RTT),
+        // never longer than the network-wide one; others get the network-wide one.
         let routing = &self.routing;
         let min_soft = self.config.min_soft_timeout;
-        let soft_for = |c: &Contact| match routing.get(&c.id).and_then(|e| e.resend_after()) {
-            Some(rto) => rto.clamp(min_soft, soft.max(min_soft)),
-            None => soft,
+        let soft_for = |c: &Contact| match routing.get(&c.id) {
+            Some(e) if e.srtt_us > 0 => (Duration::from_micros(u64::from(e.srtt_us)) * 2)
+                .clamp(min_soft, soft.max(min_soft)),
+            _ => soft,
         };
         let asks = lookup.next_with(now, soft_for, room);
         let target = lookup.target();
