@@ -455,44 +455,41 @@ fn open_port(router: &str, dev: &str) -> Result<OwnedFd, LabError> {
                 ));
             }
             let one: libc::c_int = 1;
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_IGNORE_OUTGOING,
-                std::ptr::from_ref(&one).cast(),
-                size_of::<libc::c_int>() as u32,
-            ) != 0
-            {
-                return Err(sys("ignoring outgoing frames")(io::Error::last_os_error()));
-            }
+            setopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
+                .map_err(sys("ignoring outgoing frames"))?;
             let tv = libc::timeval {
                 tv_sec: 0,
                 tv_usec: 50_000,
             };
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                size_of::<libc::timeval>() as u32,
-            ) != 0
-            {
-                return Err(sys("setting a receive timeout")(io::Error::last_os_error()));
-            }
+            setopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+                .map_err(sys("setting a receive timeout"))?;
             let buf: libc::c_int = 4 << 20;
             for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
                 // Best effort: the defaults work, larger ones absorb bursts.
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    std::ptr::from_ref(&buf).cast(),
-                    size_of::<libc::c_int>() as u32,
-                );
+                let _ = setopt(&fd, libc::SOL_SOCKET, opt, &buf);
             }
             Ok(fd)
         }
     })?
+}
+
+/// `setsockopt` with a value of type `T`.
+fn setopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// splitmix64: a few random bits per frame, no dependency.

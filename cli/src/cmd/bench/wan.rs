@@ -220,24 +220,25 @@ fn measure(
     let (mut put_ms, mut get_ms, mut join_ms) = (Vec::new(), Vec::new(), Vec::new());
     let (mut stored, mut put_ok, mut found, mut put_errors, mut get_errors) =
         (Vec::new(), 0, 0, Vec::new(), Vec::new());
+    // One `kad put VALUE` or `kad get KEY` at a site, joining through `via`.
+    let at_site = |site: usize, verb: &str, arg: &str, via: &str| {
+        let args = [
+            verb,
+            arg,
+            "--bootstrap",
+            via,
+            "--prefer",
+            prefer,
+            "--json",
+            "--timeout",
+            "30",
+        ];
+        client(wan.site(site), exe, &args)
+    };
     let tag = std::process::id();
     for i in 0..a.ops {
         let value = format!("kad bench wan {tag} value {i}");
-        let p = client(
-            wan.site(0),
-            exe,
-            &[
-                "put",
-                &value,
-                "--bootstrap",
-                &put_via,
-                "--prefer",
-                prefer,
-                "--json",
-                "--timeout",
-                "30",
-            ],
-        )?;
+        let p = at_site(0, "put", &value, &put_via)?;
         let Some(key) = p["key"].as_str().map(str::to_owned) else {
             stored.push(0);
             put_errors.push(p["error"].clone());
@@ -247,21 +248,7 @@ fn measure(
         stored.push(p["stored"].as_u64().unwrap_or(0));
         put_ms.push(p["elapsed_ms"].as_f64().unwrap_or(0.0));
         join_ms.push(p["join_ms"].as_f64().unwrap_or(0.0));
-        let g = client(
-            wan.site(1),
-            exe,
-            &[
-                "get",
-                &key,
-                "--bootstrap",
-                &get_via,
-                "--prefer",
-                prefer,
-                "--json",
-                "--timeout",
-                "30",
-            ],
-        )?;
+        let g = at_site(1, "get", &key, &get_via)?;
         if g["value"].as_str() == Some(value.as_str()) {
             found += 1;
             get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
