@@ -47,6 +47,15 @@ pub fn base_messages(a: &NativeIdentity, b: &NativeIdentity) -> Vec<Message> {
             ib,
             Body::Request(Request::Store {
                 record: rec.clone(),
+                want_nodes: false,
+            }),
+        ),
+        msg(
+            &ca,
+            ib,
+            Body::Request(Request::Store {
+                record: rec.clone(),
+                want_nodes: true,
             }),
         ),
         msg(
@@ -75,7 +84,14 @@ pub fn base_messages(a: &NativeIdentity, b: &NativeIdentity) -> Vec<Message> {
                 nodes: vec![ca.clone()],
             }),
         ),
-        msg(&cb, ia, Body::Response(Response::Stored)),
+        msg(&cb, ia, Body::Response(Response::Stored { nodes: vec![] })),
+        msg(
+            &cb,
+            ia,
+            Body::Response(Response::Stored {
+                nodes: vec![ca.clone()],
+            }),
+        ),
         msg(
             &cb,
             ia,

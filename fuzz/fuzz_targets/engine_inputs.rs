@@ -130,8 +130,12 @@ enum ReqSpec {
     Ping,
     FindNode(IdPick),
     FindValue(IdPick),
-    Store(RecordSpec),
-    Custom { known: bool, params: Vec<u8> },
+    /// The record, and whether the STORE asks for the closest contacts.
+    Store(RecordSpec, bool),
+    Custom {
+        known: bool,
+        params: Vec<u8>,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -139,7 +143,7 @@ enum AnsSpec {
     Pong,
     Nodes(Vec<ContactSpec>),
     Value(RecordSpec, Vec<ContactSpec>),
-    Stored,
+    Stored(Vec<ContactSpec>),
     Custom(Vec<u8>, Vec<ContactSpec>),
     Error(i16),
 }
@@ -214,6 +218,7 @@ struct Setup {
     max_attempts: u8,
     patience: u8,
     skip_silent_head: bool,
+    direct_put: bool,
     bootstrap_refresh: u8,
     accept_id_change: bool,
     accept_requesters: bool,
@@ -328,8 +333,9 @@ impl Harness {
                     ReqSpec::Ping => Request::Ping,
                     ReqSpec::FindNode(t) => Request::FindNode { target: t.id() },
                     ReqSpec::FindValue(k) => Request::FindValue { key: k.id() },
-                    ReqSpec::Store(r) => Request::Store {
+                    ReqSpec::Store(r, want_nodes) => Request::Store {
                         record: self.record(r),
+                        want_nodes: *want_nodes,
                     },
                     ReqSpec::Custom { known, params } => Request::Custom {
                         method: if *known { "FIND_NODE" } else { "test.METHOD" }.into(),
@@ -382,7 +388,9 @@ impl Harness {
                         record: self.record(r),
                         nodes: nodes(self, v),
                     }),
-                    AnsSpec::Stored => Body::Response(Response::Stored),
+                    AnsSpec::Stored(v) => Body::Response(Response::Stored {
+                        nodes: nodes(self, v),
+                    }),
                     AnsSpec::Custom(b, v) => Body::Response(Response::Custom {
                         result: Bytes::copy_from_slice(b),
                         nodes: nodes(self, v),
@@ -767,6 +775,7 @@ fn build(s: &Setup) -> (Node, StoreLimits) {
     cfg.max_attempts = s.max_attempts % 5 + 1;
     cfg.lookup_patience = usize::from(s.patience % 3) + 1;
     cfg.lookup_skip_silent_head = s.skip_silent_head;
+    cfg.direct_put = s.direct_put;
     cfg.disjoint_paths = (usize::from(s.disjoint_paths % 3) + 1).min(cfg.k);
     cfg.subnet_limit = usize::from(s.subnet_limit % 3);
     cfg.bootstrap_refresh = usize::from(s.bootstrap_refresh % 3);

@@ -106,6 +106,15 @@ pub struct Config {
     /// attempt stops holding a lookup open (a late answer still counts). Default false; the
     /// Mainline plugin turns it on (deployed Mainline is full of departed nodes).
     pub lookup_skip_silent_head: bool,
+    /// A put whose routing table likely holds every node near the key (a key near the local
+    /// id, any key of a network of about `k` nodes:
+    /// [`RoutingTable::knows_neighbourhood`](crate::RoutingTable::knows_neighbourhood)) skips
+    /// its lookup: it sends its STOREs to the k
+    /// closest it knows at once, each asking its node for the closest contacts it knows, and
+    /// stores at any closer node named, until the k closest have all answered. One round trip
+    /// instead of about three. A put with a quorum, or of a value over 64 KiB, always searches
+    /// first. Default true.
+    pub direct_put: bool,
     /// Sybil defence: most contacts from one subnet ([`PeerAddr::subnet`](crate::PeerAddr::subnet):
     /// a public IPv4 /24 or IPv6 /64) in one bucket, and most candidates from one subnet in one
     /// lookup; a contact over it is ignored. Loopback, private and link-local addresses are never
@@ -221,6 +230,7 @@ impl Default for Config {
             max_attempts: 5,
             lookup_patience: 1,
             lookup_skip_silent_head: false,
+            direct_put: true,
             subnet_limit: 0,
             disjoint_paths: 1,
             max_in_flight: 4096,

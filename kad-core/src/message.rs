@@ -74,6 +74,10 @@ pub enum Request {
     Store {
         /// The record to keep.
         record: Record,
+        /// Asks the recipient to name, in its answer, the contacts it knows closest to the
+        /// record's key: a put that stores as it searches (no lookup first) learns from each
+        /// STORE where the record belongs.
+        want_nodes: bool,
     },
     /// A plugin method, named `namespace.METHOD`.
     Custom {
@@ -116,7 +120,11 @@ pub enum Response {
         nodes: Vec<Contact>,
     },
     /// Answer to `Store`: the record was kept.
-    Stored,
+    Stored {
+        /// The closest contacts the responder knows to the record's key, when the request asked
+        /// for them (`want_nodes`); else empty.
+        nodes: Vec<Contact>,
+    },
     /// Answer to a plugin method.
     Custom {
         /// The result in the codec's format.
@@ -130,7 +138,10 @@ impl Response {
     /// The contacts carried by this response, if any.
     pub fn nodes(&self) -> &[Contact] {
         match self {
-            Self::Nodes { nodes } | Self::Value { nodes, .. } | Self::Custom { nodes, .. } => nodes,
+            Self::Nodes { nodes }
+            | Self::Value { nodes, .. }
+            | Self::Custom { nodes, .. }
+            | Self::Stored { nodes } => nodes,
             _ => &[],
         }
     }

@@ -432,6 +432,26 @@ impl RoutingTable {
             .collect()
     }
 
+    /// Whether this table likely holds every node near `target`: it knows fewer than `k`
+    /// contacts in all (a network of about `k` nodes or fewer), or it knows the region of
+    /// `target` as densely as its own, that is, the `k`-th closest contact to `target` is no
+    /// farther from it (to within a factor of two) than the `k`-th closest to the local id is
+    /// from the local id. Joining and refreshing keep a node's own neighbourhood complete, so
+    /// this holds for targets near the local id and in small networks, and fails for most
+    /// targets of a large network, which a far bucket covers only sparsely. A put stores at once
+    /// where this holds, and searches first elsewhere.
+    pub fn knows_neighbourhood(&self, target: &NodeId, k: usize) -> bool {
+        let reach = |t: &NodeId| {
+            let c = self.closest(t, k);
+            (c.len() >= k).then(|| c[k - 1].id.distance(t).bucket_index())
+        };
+        match (reach(target), reach(&self.local)) {
+            (None, _) => self.len < k,
+            (Some(_), None) => false,
+            (Some(near_target), Some(near_self)) => near_target <= near_self,
+        }
+    }
+
     /// Up to `n` contacts closest to `target`, sorted by distance (then by id), bad contacts excluded.
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<Contact> {
         self.closest_entries(target, n)

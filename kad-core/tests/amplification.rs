@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kad_core::{
     Body, Config, Event, Input, NativeCodec, NativeIdentity, Node, NodeId, Output, PeerAddr,
-    QueryId, QueryResult, Request,
+    QueryId, QueryResult, Request, Response,
 };
 
 fn node(secret: u8, port: u16, now: Instant) -> Node {
@@ -252,6 +252,7 @@ fn the_guard_can_be_turned_off() {
     let (sent, _) = drain(&mut b);
     assert!(matches!(sent[0].2, Body::Response(_)), "answered at once");
     assert_eq!(b.stats().replies_deferred, 0);
+    assert_eq!(b.stats().proving_pings, 0);
 }
 
 /// A lost proving PING costs only the request it was sent for: the requester asks again, that
@@ -318,4 +319,69 @@ fn a_lost_proving_ping_costs_only_its_own_request() {
         .count();
     assert_eq!(answered, 2, "both held answers go out once A is proven");
     assert_eq!(b.stats().replies_deferred_dropped, 0);
+}
+
+#[test]
+fn a_store_answer_naming_contacts_is_trimmed_to_the_request_not_held() {
+    let now = Instant::now();
+    let mut a = node(1, 4001, now);
+    let mut b = node(2, 4002, now);
+    with_contacts(&mut b, now, 40);
+    // A's only contact is b: its put stores at once, asking b for the closest contacts it knows.
+    a.add_contact(now, b.contact().clone());
+    a.put(now, NodeId::from_bytes([9; 20]), Bytes::from_static(b"v"))
+        .unwrap();
+    let (sent, _) = drain(&mut a);
+    let [
+        (
+            to,
+            req,
+            Body::Request(Request::Store {
+                want_nodes: true, ..
+            }),
+        ),
+    ] = &sent[..]
+    else {
+        panic!("one STORE asking for contacts: {sent:?}");
+    };
+    assert_eq!(to, &addr(&b));
+    b.handle_input(
+        now,
+        Input::Datagram {
+            from: addr(&a),
+            data: req.clone(),
+        },
+    );
+    // B knows 20 contacts to name, far more than fit in the size of the request: it answers at
+    // once, with the closest that fit, instead of holding the answer for a proving PING (it
+    // still PINGs a, as any requester new to it, before a enters its table).
+    let (sent, _) = drain(&mut b);
+    let [
+        (to, answer, Body::Response(Response::Stored { nodes })),
+        rest @ ..,
+    ] = &sent[..]
+    else {
+        panic!("the answer first: {sent:?}");
+    };
+    assert!(
+        rest.iter()
+            .all(|(_, _, body)| matches!(body, Body::Request(Request::Ping))),
+        "{rest:?}"
+    );
+    assert_eq!(to, &addr(&a));
+    assert!(
+        answer.len() <= req.len(),
+        "{} > {}",
+        answer.len(),
+        req.len()
+    );
+    assert!(!nodes.is_empty() && nodes.len() < 20, "{}", nodes.len());
+    let closest = b
+        .routing_table()
+        .closest_answered(&NodeId::from_bytes([9; 20]), nodes.len());
+    let named: Vec<NodeId> = nodes.iter().map(|c| c.id).collect();
+    let expected: Vec<NodeId> = closest.iter().map(|c| c.id).collect();
+    assert_eq!(named, expected, "the closest are kept");
+    assert_eq!(b.stats().replies_deferred, 0);
+    assert_eq!(b.stats().proving_pings, 0);
 }

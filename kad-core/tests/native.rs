@@ -424,6 +424,11 @@ fn all_bodies(p: &Party) -> Vec<Body> {
         }),
         Body::Request(Request::Store {
             record: rec.clone(),
+            want_nodes: false,
+        }),
+        Body::Request(Request::Store {
+            record: rec.clone(),
+            want_nodes: true,
         }),
         Body::Request(Request::Custom {
             method: "pubsub.SUBSCRIBE".into(),
@@ -438,7 +443,10 @@ fn all_bodies(p: &Party) -> Vec<Body> {
             record: rec,
             nodes: nodes.clone(),
         }),
-        Body::Response(Response::Stored),
+        Body::Response(Response::Stored { nodes: vec![] }),
+        Body::Response(Response::Stored {
+            nodes: nodes.clone(),
+        }),
         Body::Response(Response::Custom {
             result: Bytes::from_static(br#"{"ok":true}"#),
             nodes,

@@ -539,7 +539,13 @@ impl Sim {
             Request::FindValue { key } => Response::Nodes {
                 nodes: closest(key),
             },
-            Request::Store { .. } => Response::Stored,
+            Request::Store { record, want_nodes } => Response::Stored {
+                nodes: if *want_nodes {
+                    closest(&record.key)
+                } else {
+                    Vec::new()
+                },
+            },
             _ => return None,
         };
         Some(Message {

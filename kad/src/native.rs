@@ -247,8 +247,9 @@ impl NativeNodeBuilder {
     }
 
     /// A client: it reads and writes but never serves (peers do not add it to their tables).
-    /// Without listen addresses it opens what it needs to reach its bootstrap nodes (an
-    /// ephemeral UDP socket, a QUIC endpoint, a dial-only WebSocket transport).
+    /// Without listen addresses or a [`transport`](Self::transport) of its own it opens what it
+    /// needs to reach its bootstrap nodes (an ephemeral UDP socket, a QUIC endpoint, a
+    /// dial-only WebSocket transport).
     pub fn client(mut self) -> Self {
         self.client = true;
         self
@@ -395,7 +396,11 @@ impl NativeNodeBuilder {
         }
         let (identity, key_created) = self.identity_now()?;
         let targets: Vec<PeerAddr> = self.bootstrap.iter().chain(&self.dial).cloned().collect();
-        let mut t = if self.listen.is_empty() && self.client && !targets.is_empty() {
+        let mut t = if self.listen.is_empty()
+            && self.extra.is_empty()
+            && self.client
+            && !targets.is_empty()
+        {
             transports::dialers(&targets, &identity, &self.tls).await?
         } else {
             transports::listen(&self.listen, &identity, &self.tls).await?

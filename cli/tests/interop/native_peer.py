@@ -233,6 +233,17 @@ def run(target, version):
     stored = p.call({"method": "STORE", "params": {"record": record}}, p.node_id, "0003")
     assert stored["result"] == {"stored": True}, stored
 
+    # Section 5: a STORE asking for `nodes` is answered with the contacts closest to the key
+    # (a request this large leaves room for all of them: section 9).
+    big = b"from python, asking for nodes " * 100
+    record2 = dict(record, key=hash160(big), value=base64.b64encode(big).decode())
+    named = p.call({"method": "STORE", "params": {"record": record2, "nodes": True}},
+                   p.node_id, "0009")
+    assert named["result"]["stored"] is True, named
+    for c in named["result"].get("nodes", []):
+        assert "key" not in c or hash160(bytes.fromhex(c["key"])) == c["id"], c
+    out["store_named"] = len(named["result"].get("nodes", []))
+
     value = p.call({"method": "FIND_VALUE", "params": {"key": key}}, p.node_id, "0004")
     got = value["result"]["record"]
     assert base64.b64decode(got["value"]) == b"from python", got

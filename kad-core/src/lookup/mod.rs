@@ -182,6 +182,17 @@ impl Lookup {
         self
     }
 
+    /// Asks `alpha` candidates at a time (at least 1) instead of the configured number: a put
+    /// that stores as it searches asks all of the k closest at once. Call before the first
+    /// [`next`](Self::next).
+    pub fn with_alpha(mut self, alpha: usize) -> Self {
+        self.alpha = alpha.max(1);
+        for p in &mut self.paths {
+            p.alpha = self.alpha;
+        }
+        self
+    }
+
     /// The lookup's target.
     pub fn target(&self) -> NodeId {
         self.target

@@ -443,9 +443,17 @@ struct OutMsg<'a> {
 #[serde(untagged)]
 enum OutParams<'a> {
     Empty {},
-    FindNode { target: NodeId },
-    FindValue { key: Key },
-    Store { record: WireRecord },
+    FindNode {
+        target: NodeId,
+    },
+    FindValue {
+        key: Key,
+    },
+    Store {
+        record: WireRecord,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        nodes: bool,
+    },
     Custom(&'a RawValue),
 }
 
@@ -464,6 +472,8 @@ enum OutResult<'a> {
     },
     Stored {
         stored: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nodes: Option<OutNodes<'a>>,
     },
     Custom {
         data: &'a RawValue,
@@ -630,6 +640,8 @@ struct InKey {
 #[derive(Deserialize)]
 struct InStore {
     record: WireRecord,
+    #[serde(default)]
+    nodes: bool,
 }
 
 #[derive(Deserialize)]
@@ -704,8 +716,9 @@ impl NativeCodec {
                     Request::Ping => OutParams::Empty {},
                     Request::FindNode { target } => OutParams::FindNode { target: *target },
                     Request::FindValue { key } => OutParams::FindValue { key: *key },
-                    Request::Store { record } => OutParams::Store {
+                    Request::Store { record, want_nodes } => OutParams::Store {
                         record: WireRecord::from_record(record),
+                        nodes: *want_nodes,
                     },
                     Request::Custom { params, .. } => OutParams::Custom(raw(params)?),
                 };
@@ -721,7 +734,10 @@ impl NativeCodec {
                         record: WireRecord::from_record(record),
                         nodes: out_nodes(nodes),
                     },
-                    Response::Stored => OutResult::Stored { stored: true },
+                    Response::Stored { nodes } => OutResult::Stored {
+                        stored: true,
+                        nodes: (!nodes.is_empty()).then(|| out_nodes(nodes)),
+                    },
                     Response::Custom { result, nodes } => OutResult::Custom {
                         data: raw(result)?,
                         nodes: out_nodes(nodes),
@@ -1063,10 +1079,13 @@ fn request(method: Cow<'_, str>, params: Option<&RawValue>) -> Result<Request, D
         "FIND_VALUE" => serde_json::from_str::<InKey>(text)
             .ok()
             .map(|p| Request::FindValue { key: p.key }),
-        "STORE" => serde_json::from_str::<InStore>(text)
-            .ok()
-            .and_then(|p| p.record.into_record().ok())
-            .map(|record| Request::Store { record }),
+        "STORE" => serde_json::from_str::<InStore>(text).ok().and_then(|p| {
+            let want_nodes = p.nodes;
+            p.record
+                .into_record()
+                .ok()
+                .map(|record| Request::Store { record, want_nodes })
+        }),
         _ => None,
     };
     Ok(parsed.unwrap_or_else(|| Request::Custom {
@@ -1109,7 +1128,7 @@ fn response(result: &RawValue) -> Result<(Response, Vec<(NodeId, [u8; 33])>), De
             nodes,
         }
     } else if r.stored.is_some() {
-        Response::Stored
+        Response::Stored { nodes }
     } else if r.pong.is_some() {
         Response::Pong
     } else if has_nodes {

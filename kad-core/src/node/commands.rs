@@ -5,7 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{
-    CommandError, Node, PendingKind, Query, QueryError, QueryId, QueryKind, QueryResult,
+    CommandError, DirectPut, Node, PendingKind, Query, QueryError, QueryId, QueryKind, QueryResult,
     REJOIN_ADDRS,
 };
 use crate::addr::{Contact, PeerAddr};
@@ -254,7 +254,20 @@ impl Node {
             });
         }
         // Stored at the k closest that answer, slow ones included.
-        let lookup = self.make_lookup(now, record.key).with_wait_for_slow(true);
+        let mut lookup = self.make_lookup(now, record.key).with_wait_for_slow(true);
+        // Where the table holds every node near the key, the put stores at the k closest it
+        // knows at once, each STORE asking for the closest contacts its node knows (so a node it
+        // did not know still gets the record): one round trip instead of a lookup and then the
+        // STOREs. A put with a quorum finishes early and stops searching, so it searches first;
+        // so does a large value, which a lookup's short deadlines would send again and again.
+        let direct = (quorum == 0
+            && self.config.direct_put
+            && record.value.len() <= super::outbound::SMALL_VALUE
+            && self.routing.knows_neighbourhood(&record.key, self.config.k))
+        .then(DirectPut::default);
+        if direct.is_some() {
+            lookup = lookup.with_alpha(self.config.k);
+        }
         let qid = self.new_query(
             now,
             QueryKind::Put {
@@ -262,6 +275,7 @@ impl Node {
                 storing: None,
                 refused: None,
                 quorum,
+                direct,
             },
             Some(lookup),
         )?;

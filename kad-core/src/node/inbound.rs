@@ -150,13 +150,22 @@ impl Node {
                     _ => Some(Body::Response(Response::Nodes { nodes })),
                 }
             }
-            Request::Store { record } => Some(match self.store_inbound(now, sender_id, record) {
-                Ok(()) => Body::Response(Response::Stored),
-                Err(e) => {
-                    self.stats.records_rejected += 1;
-                    Body::Error(e)
-                }
-            }),
+            Request::Store { record, want_nodes } => {
+                let key = record.key;
+                Some(match self.store_inbound(now, sender_id, record) {
+                    Ok(()) => Body::Response(Response::Stored {
+                        nodes: if want_nodes {
+                            self.closest_for(&key, &sender_id, k)
+                        } else {
+                            Vec::new()
+                        },
+                    }),
+                    Err(e) => {
+                        self.stats.records_rejected += 1;
+                        Body::Error(e)
+                    }
+                })
+            }
             Request::Custom { method, params } => {
                 self.plugin_request(now, &sender, &method, &params)
             }
@@ -560,11 +569,33 @@ impl Node {
                     (QueryKind::PluginLookup { plugin, .. }, Response::Custom { result, .. }) => {
                         plugin_cb = Some((*plugin, result.clone()));
                     }
+                    (
+                        QueryKind::Put {
+                            direct: Some(d), ..
+                        },
+                        Response::Stored { .. },
+                    ) => d.stored += 1,
                     _ => {}
                 }
             }
             // An error answer: the peer is alive but told us nothing.
-            Err(_) => lookup.on_success(&peer, &[]),
+            Err(e) => {
+                lookup.on_success(&peer, &[]);
+                // A STORE refused: a node's own answer says more than a timeout.
+                if let QueryKind::Put {
+                    refused,
+                    direct: Some(_),
+                    ..
+                } = &mut q.kind
+                {
+                    if refused
+                        .as_ref()
+                        .is_none_or(|r| r.code == RpcError::INTERNAL)
+                    {
+                        *refused = Some(e.clone());
+                    }
+                }
+            }
         }
         if let Some(record) = progress {
             self.emit(Event::GetProgress {

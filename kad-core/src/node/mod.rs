@@ -130,6 +130,8 @@ enum QueryKind {
         refused: Option<RpcError>,
         /// Finish once this many stored (0: once all answered).
         quorum: usize,
+        /// Set for a put that stores as it searches (its lookup's requests are the STOREs).
+        direct: Option<DirectPut>,
     },
     Ping,
     Call,
@@ -158,6 +160,15 @@ impl QueryKind {
             Self::Command { .. } => "command",
         }
     }
+}
+
+/// What a put that stores as it searches has done so far.
+#[derive(Default)]
+struct DirectPut {
+    /// Nodes that answered a STORE with `stored`.
+    stored: usize,
+    /// Nodes asked to store (the outcome's `tried`).
+    asked: rustc_hash::FxHashSet<NodeId>,
 }
 
 struct Query {

@@ -9,7 +9,11 @@ use tracing::trace;
 use super::{Event, Node, Output, Pending, PendingKind};
 use crate::addr::{Contact, PeerAddr};
 use crate::id::NodeId;
-use crate::message::{Body, Message, Request, TxnId};
+use crate::message::{Body, Message, Request, Response, TxnId};
+
+/// Values up to this size (64 KiB) take no longer to send, store and serve than a small
+/// message, as far as timeouts go.
+pub(super) const SMALL_VALUE: usize = 64 * 1024;
 
 /// Times a bootstrap PING is sent again (at a constant interval, the hard timeout) when
 /// retransmissions are on at all ([`Config::retransmits`](crate::Config::retransmits) > 0).
@@ -20,17 +24,17 @@ impl Node {
         (self.rtt.rto() * 3).clamp(self.config.min_request_timeout, self.config.request_timeout)
     }
 
-    /// Extra time for a request that carries or may bring back a value larger than a datagram:
+    /// Extra time for a request that carries or may bring back a value larger than [`SMALL_VALUE`]:
     /// 1 ms per KiB beyond 64 KiB (a 750 KB chunk over QUIC gets about 0.7 s more), so a busy
     /// peer storing or serving a large value is not taken for a dead one: an RTT measured on
     /// small messages says nothing about the time to decode, verify and commit a megabyte.
     pub(super) fn size_allowance(&self, req: &Request) -> Duration {
         let bytes = match req {
-            Request::Store { record } => record.value.len(),
+            Request::Store { record, .. } => record.value.len(),
             Request::FindValue { .. } | Request::Custom { .. } => self.config.max_value_len,
             Request::Ping | Request::FindNode { .. } => 0,
         };
-        Duration::from_millis((bytes.saturating_sub(64 * 1024) / 1024) as u64)
+        Duration::from_millis((bytes.saturating_sub(SMALL_VALUE) / 1024) as u64)
     }
 
     pub(super) fn soft_timeout(&self) -> Duration {
@@ -238,6 +242,10 @@ impl Node {
             // Measure it: the codec decides the size. The bytes are kept for `encode_to`.
             if let Ok(bytes) = self.encode_to(&to, &msg) {
                 if bytes.len() > self.request_len {
+                    if let Some((msg, bytes)) = self.trim_stored(&to, &msg) {
+                        self.encoded = Some((msg.clone(), to.clone(), bytes));
+                        return self.send_reply(now, to, msg);
+                    }
                     self.defer_reply(now, to, msg);
                     return;
                 }
@@ -245,6 +253,31 @@ impl Node {
             }
         }
         self.send_reply(now, to, msg);
+    }
+
+    /// A STORE's answer that names contacts, trimmed to the size of the request (the closest
+    /// contacts kept): the record is kept, and its putter hears so in one round trip even from
+    /// an address not yet proven, instead of waiting for a proof. `None` for other answers.
+    fn trim_stored(&mut self, to: &PeerAddr, msg: &Message) -> Option<(Message, Bytes)> {
+        let Body::Response(Response::Stored { nodes }) = &msg.body else {
+            return None;
+        };
+        let mut n = nodes.len();
+        while n > 0 {
+            n /= 2;
+            let trimmed = Message {
+                body: Body::Response(Response::Stored {
+                    nodes: nodes[..n].to_vec(),
+                }),
+                ..msg.clone()
+            };
+            match self.encode_to(to, &trimmed) {
+                Ok(bytes) if bytes.len() <= self.request_len => return Some((trimmed, bytes)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub(super) fn send_reply(&mut self, now: Instant, to: PeerAddr, msg: Message) {

@@ -9,6 +9,7 @@ use super::{
     QueryKind, QueryResult,
 };
 use crate::addr::Contact;
+use crate::config::Config;
 use crate::id::NodeId;
 use crate::lookup::Lookup;
 use crate::message::{Request, RpcError};
@@ -67,8 +68,22 @@ impl Node {
         if room == 0 && !self.starved.contains(&qid) {
             self.starved.push_back(qid);
         }
+        if let QueryKind::Put {
+            direct: Some(d), ..
+        } = &mut q.kind
+        {
+            d.asked.extend(asks.iter().map(|c| c.id));
+        }
         let req = match &q.kind {
             QueryKind::Get { key, .. } => Request::FindValue { key: *key },
+            QueryKind::Put {
+                record,
+                direct: Some(_),
+                ..
+            } => Request::Store {
+                record: record.clone(),
+                want_nodes: true,
+            },
             QueryKind::PluginLookup { method, params, .. } => Request::Custom {
                 method: method.clone(),
                 params: params.clone(),
@@ -170,18 +185,46 @@ impl Node {
                 self.finish(now, qid, QueryResult::PluginLookup(outcome));
             }
             QueryKind::Put {
+                record,
+                storing,
+                direct: Some(d),
+                ..
+            } => {
+                // The STOREs went out as the lookup's requests: only the local copy is left.
+                let record = record.clone();
+                let (stored, asked) = (d.stored, d.asked.len());
+                let local = Self::stores_locally(
+                    &self.config,
+                    &self.local.id,
+                    &outcome.closest,
+                    &record.key,
+                );
+                *storing = Some((0, stored, asked + usize::from(local)));
+                let local_ok = local && {
+                    let id = self.local.id;
+                    self.store_local(now, id, record.clone())
+                };
+                if let Some(Query {
+                    kind:
+                        QueryKind::Put {
+                            storing: Some((_, stored, _)),
+                            ..
+                        },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *stored += usize::from(local_ok);
+                }
+                debug!(key = %record.key, stored, asked, "put: stored as it searched");
+                self.finish_put(now, qid);
+            }
+            QueryKind::Put {
                 record, storing, ..
             } => {
                 let targets = outcome.closest.clone();
                 let record = record.clone();
-                // Store locally too if we are among the k closest.
-                let me = self.local.id.distance(&record.key);
-                // A read-only node keeps nothing for others: it may leave at any time.
-                let local = !self.config.read_only
-                    && (targets.len() < self.config.k
-                        || targets
-                            .last()
-                            .is_some_and(|c| me < c.id.distance(&record.key)));
+                let local =
+                    Self::stores_locally(&self.config, &self.local.id, &targets, &record.key);
                 *storing = Some((targets.len(), 0, targets.len() + usize::from(local)));
                 let mut local_ok = false;
                 if local {
@@ -207,6 +250,7 @@ impl Node {
                         c,
                         Request::Store {
                             record: record.clone(),
+                            want_nodes: false,
                         },
                         PendingKind::Store { query: qid },
                     ) {
@@ -242,6 +286,15 @@ impl Node {
             }
             QueryKind::Ping | QueryKind::Call | QueryKind::Command { .. } => {}
         }
+    }
+
+    /// Whether this node keeps a copy of a record it puts: when it is among the k closest to
+    /// the key (`closest`: the k closest that answered), unless it is read-only (it keeps
+    /// nothing for others: it may leave at any time).
+    fn stores_locally(config: &Config, me: &NodeId, closest: &[Contact], key: &NodeId) -> bool {
+        let me = me.distance(key);
+        !config.read_only
+            && (closest.len() < config.k || closest.last().is_some_and(|c| me < c.id.distance(key)))
     }
 
     pub(super) fn store_local(&mut self, now: Instant, from: NodeId, record: Record) -> bool {

@@ -32,7 +32,10 @@ fn sends(n: &mut Node) -> Vec<(PeerAddr, Message)> {
 
 /// Delivers a STORE of `rec` from `peer` (at `mem://2`) to `a` and returns the answer.
 fn store_from(a: &mut Node, now: Instant, peer: &Contact, rec: Record) -> Result<(), RpcError> {
-    let body = Body::Request(Request::Store { record: rec });
+    let body = Body::Request(Request::Store {
+        record: rec,
+        want_nodes: false,
+    });
     let msg = Message {
         txn: TxnId::from_bytes(vec![7]),
         sender: peer.clone(),
@@ -49,7 +52,7 @@ fn store_from(a: &mut Node, now: Instant, peer: &Contact, rec: Record) -> Result
         },
     );
     match sends(a).pop().map(|(_, m)| m.body) {
-        Some(Body::Response(Response::Stored)) => Ok(()),
+        Some(Body::Response(Response::Stored { .. })) => Ok(()),
         Some(Body::Error(e)) => Err(e),
         other => panic!("unexpected answer {other:?}"),
     }
@@ -313,15 +316,22 @@ fn held_records_are_replicated_hourly_unless_recently_restored() {
     store(&mut a, t0, k2);
     // k2 is stored again half an hour later by another holder replicating it.
     store(&mut a, t0 + Duration::from_secs(1800), k2);
-    // Drive maintenance past the hour; watch which keys our puts look up.
+    // Drive maintenance past the hour; watch which keys our puts look up or store at once (a
+    // table of 8 contacts knows every node).
     let mut looked_up = std::collections::BTreeSet::new();
     let mut t = t0;
     while t < t0 + Duration::from_secs(3600 + 180) {
         t += Duration::from_secs(30);
         a.handle_input(t, Input::Timeout);
         for (_, m) in sends(&mut a) {
-            if let Body::Request(Request::FindNode { target }) = m.body {
-                looked_up.insert(target);
+            match m.body {
+                Body::Request(Request::FindNode { target }) => {
+                    looked_up.insert(target);
+                }
+                Body::Request(Request::Store { record, .. }) => {
+                    looked_up.insert(record.key);
+                }
+                _ => {}
             }
         }
     }
@@ -702,4 +712,140 @@ fn a_request_to_a_peer_of_known_rtt_is_sent_again_early_then_on_the_usual_schedu
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps[1] >= a.hard_timeout(), "{gaps:?}");
     assert!(gaps[2] > gaps[1] && gaps[3] > gaps[2], "backoff: {gaps:?}");
+}
+
+/// What a node sent, and the puts it finished.
+type SendsAndPuts = (
+    Vec<(PeerAddr, Message)>,
+    Vec<Result<PutOutcome, QueryError>>,
+);
+
+/// Outputs of `a` until now: the messages sent and the puts finished.
+fn sends_and_puts(a: &mut Node) -> SendsAndPuts {
+    let (mut sent, mut puts) = (Vec::new(), Vec::new());
+    while let Some(o) = a.poll_output() {
+        match o {
+            Output::Send { to, msg } => sent.push((to, msg)),
+            Output::Event(Event::QueryDone {
+                result: QueryResult::Put(r),
+                ..
+            }) => puts.push(r),
+            _ => {}
+        }
+    }
+    (sent, puts)
+}
+
+#[test]
+fn a_put_that_knows_the_neighbourhood_stores_at_once_and_at_every_closer_node_named() {
+    let now = Instant::now();
+    let mut a = node(1, Config::default());
+    let peers: Vec<Contact> = (2..6u8)
+        .map(|b| Contact::new(NodeId([b; 20]), PeerAddr::Mem(u64::from(b))))
+        .collect();
+    for c in &peers {
+        a.add_contact(now, c.clone());
+    }
+    let _ = sends(&mut a);
+    a.put(now, NodeId([9; 20]), Bytes::from_static(b"v"))
+        .unwrap();
+    let (sent, _) = sends_and_puts(&mut a);
+    // Four known nodes, fewer than k: every one is asked to store at once, nothing is looked up
+    // first, and each STORE asks for the closest contacts its node knows.
+    let mut asked: Vec<PeerAddr> = sent.iter().map(|(to, _)| to.clone()).collect();
+    asked.sort_by_key(|a| a.to_string());
+    assert_eq!(asked, (2..6).map(PeerAddr::Mem).collect::<Vec<_>>());
+    assert!(sent.iter().all(|(_, m)| matches!(
+        m.body,
+        Body::Request(Request::Store {
+            want_nodes: true,
+            ..
+        })
+    )));
+    // The first storer names a node this one did not know: it gets the record too.
+    let new = Contact::new(NodeId([8; 20]), PeerAddr::Mem(8));
+    let (to, first) = &sent[0];
+    let PeerAddr::Mem(n) = to else { unreachable!() };
+    let who = peers
+        .iter()
+        .find(|c| c.id == NodeId([*n as u8; 20]))
+        .unwrap();
+    let body = Body::Response(Response::Stored {
+        nodes: vec![new.clone()],
+    });
+    deliver(&mut a, now, *n, answer(first, who, body));
+    let (more, puts) = sends_and_puts(&mut a);
+    assert!(puts.is_empty(), "three STOREs are unanswered");
+    assert_eq!(more.len(), 1, "{more:?}");
+    assert_eq!(more[0].0, PeerAddr::Mem(8));
+    assert!(matches!(
+        more[0].1.body,
+        Body::Request(Request::Store {
+            want_nodes: true,
+            ..
+        })
+    ));
+    let rest = sent[1..]
+        .iter()
+        .chain(&more)
+        .map(|(to, m)| (to.clone(), m.clone()));
+    let mut puts = Vec::new();
+    for (to, m) in rest.collect::<Vec<_>>() {
+        let PeerAddr::Mem(n) = to else { unreachable!() };
+        let from = Contact::new(NodeId([n as u8; 20]), to.clone());
+        let body = Body::Response(Response::Stored { nodes: vec![] });
+        deliver(&mut a, now, n, answer(&m, &from, body));
+        puts.extend(sends_and_puts(&mut a).1);
+    }
+    // Five nodes stored it, and this one (among the k closest of a network of six).
+    let [Ok(out)] = &puts[..] else {
+        panic!("{puts:?}")
+    };
+    assert_eq!((out.stored, out.tried), (6, 6), "{out:?}");
+    assert!(a.store.get(&NodeId([9; 20])).is_some());
+}
+
+#[test]
+fn a_put_looks_up_first_where_the_table_may_not_know_every_close_node() {
+    let now = Instant::now();
+    // The table knows 20 nodes near its own id, and 20 spread over the far half of the id
+    // space, where the key is: nodes near the key may be missing from it.
+    let mut a = node(1, Config::default());
+    for b in 0..20u8 {
+        let mut near = [1; 20];
+        near[19] = 2 + b;
+        a.add_contact(
+            now,
+            Contact::new(NodeId(near), PeerAddr::Mem(200 + u64::from(b))),
+        );
+        let far = NodeId([0x80 | (b * 6); 20]);
+        a.add_contact(now, Contact::new(far, PeerAddr::Mem(100 + u64::from(b))));
+    }
+    assert_eq!(a.routing.len(), 40);
+    assert!(a.routing.knows_neighbourhood(&NodeId([1; 20]), 20));
+    let _ = sends(&mut a);
+    a.put(now, NodeId([0xff; 20]), Bytes::from_static(b"v"))
+        .unwrap();
+    let sent = sends(&mut a);
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter()
+            .all(|(_, m)| matches!(m.body, Body::Request(Request::FindNode { .. }))),
+        "{sent:?}"
+    );
+    // Where the table does know the neighbourhood, the setting turns the shortcut off.
+    let cfg = Config {
+        direct_put: false,
+        ..Config::default()
+    };
+    let mut b = node(1, cfg);
+    b.add_contact(now, Contact::new(NodeId([2; 20]), PeerAddr::Mem(2)));
+    let _ = sends(&mut b);
+    b.put(now, NodeId([9; 20]), Bytes::from_static(b"v"))
+        .unwrap();
+    let sent = sends(&mut b);
+    assert!(
+        matches!(&sent[..], [(_, m)] if matches!(m.body, Body::Request(Request::FindNode { .. }))),
+        "{sent:?}"
+    );
 }

@@ -125,6 +125,8 @@ pub(crate) fn run(a: WanBenchArgs) -> Result<()> {
              put p50 {} ms = {} round trips (target <= {PUT_RTTS_TARGET}), p90 {} ms; {}/{} ok, stored median {}\n\
              get p50 {} ms = {} round trips (target <= {GET_RTTS_TARGET}), p90 {} ms; {}/{} found\n\
              long-running nodes: put p50 {} ms = {} round trips, p90 {} ms; get p50 {} ms; {}/{} found\n\
+             gets across the link (values at the first site only): p50 {} ms = {} round trips (target <= {GET_RTTS_TARGET}), {}/{} found; \
+             a long-running client's p50 {} ms = {} round trips, {}/{} found\n\
              measured ping between the sites: p50 {} ms",
             r["nodes"],
             a.rtt_ms,
@@ -149,6 +151,14 @@ pub(crate) fn run(a: WanBenchArgs) -> Result<()> {
             r["members"]["get_ms_p50"],
             r["members"]["found"],
             r["gets"],
+            r["far_get"]["get_ms_p50"],
+            r["far_get"]["get_rtts_p50"],
+            r["far_get"]["found"],
+            r["far_get"]["gets"],
+            r["far_get"]["member"]["get_ms_p50"],
+            r["far_get"]["member"]["get_rtts_p50"],
+            r["far_get"]["member"]["found"],
+            r["far_get"]["gets"],
             r["ping_ms_p50"],
         );
     }
@@ -236,6 +246,7 @@ fn measure(
         client(wan.site(site), exe, &args)
     };
     let tag = std::process::id();
+    let mut fetched = Vec::new();
     for i in 0..a.ops {
         let value = format!("kad bench wan {tag} value {i}");
         let p = at_site(0, "put", &value, &put_via)?;
@@ -251,6 +262,7 @@ fn measure(
         let g = at_site(1, "get", &key, &get_via)?;
         if g["value"].as_str() == Some(value.as_str()) {
             found += 1;
+            fetched.push((key, value));
             get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
             join_ms.push(g["join_ms"].as_f64().unwrap_or(0.0));
         } else {
@@ -259,6 +271,13 @@ fn measure(
     }
     stored.sort_unstable();
     let members = members(a, kind, wan)?;
+    // Gets that must cross the link: the second site's nodes stop (killed by their PIDs), so the
+    // values put above live at the first site only.
+    for c in children.iter_mut().skip(n).take(n) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let far = far_gets(a, kind, wan, &fetched, &put_via)?;
     // The nodes' own counters, summed: what they dropped and why, what they sent again.
     let mut counters = serde_json::Map::new();
     for node in &nodes {
@@ -309,6 +328,7 @@ fn measure(
         "get_rtts_p50": a.rtts(get_p50),
         "join_ms_p50": pct(&mut join_ms, 0.5),
         "members": members,
+        "far_get": far,
         "node_counters": counters,
         "targets": {"put_rtts_p50": PUT_RTTS_TARGET, "get_rtts_p50": GET_RTTS_TARGET},
         "put_errors": put_errors,
@@ -391,4 +411,102 @@ fn members(a: &WanBenchArgs, kind: &str, wan: &Wan) -> Result<Value> {
             "samples": {"put_ms": put_ms, "get_ms": get_ms},
         }))
     })
+}
+
+/// Gets from the second site of values that live at the first site only (its own nodes
+/// stopped): through fresh `kad get` clients joining through a node at the first site, then
+/// through one long-running read-only node at the second site (in this process).
+fn far_gets(
+    a: &WanBenchArgs,
+    kind: &str,
+    wan: &Wan,
+    values: &[(String, String)],
+    via: &str,
+) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let prefer = if kind == "quic" {
+        "quic,udp"
+    } else {
+        "udp,quic"
+    };
+    let (mut get_ms, mut errors) = (Vec::new(), Vec::new());
+    for (key, value) in values {
+        let args = [
+            "get",
+            key,
+            "--bootstrap",
+            via,
+            "--prefer",
+            prefer,
+            "--json",
+            "--timeout",
+            "30",
+        ];
+        let g = client(wan.site(1), &exe, &args)?;
+        if g["value"].as_str() == Some(value.as_str()) {
+            get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
+        } else {
+            errors.push(g["error"].clone());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let member_ms = rt.block_on(async {
+        let identity = Arc::new(kad::keys::fresh_identity()?);
+        let addr = wan.addr(1);
+        let socket = wan
+            .in_site(1, || std::net::UdpSocket::bind((addr, MEMBER_PORT + 1)))?
+            .with_context(|| format!("binding {addr}:{} in site 1", MEMBER_PORT + 1))?;
+        let t: Arc<dyn kad_core::Transport> = if kind == "quic" {
+            Arc::new(kad::quic::QuicTransport::from_socket(
+                socket,
+                identity.clone(),
+                kad::quic::QuicConfig::default(),
+            )?)
+        } else {
+            Arc::new(kad::udp::UdpTransport::from_std(
+                socket,
+                kad::udp::UdpConfig::default(),
+            )?)
+        };
+        let node = kad::NativeNode::builder()
+            .identity(identity)
+            .transport(t)
+            .client()
+            .bootstrap([via])
+            .build()
+            .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut ms = Vec::new();
+        for (key, value) in values {
+            let key: kad_core::Key = key.parse()?;
+            let t = Instant::now();
+            if let Ok(g) = node.get(key).await {
+                if g.record.value[..] == *value.as_bytes() {
+                    ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        node.shutdown().await;
+        anyhow::Ok(ms)
+    })?;
+    let p50 = pct(&mut get_ms.clone(), 0.5);
+    let member_p50 = pct(&mut member_ms.clone(), 0.5);
+    Ok(json!({
+        "gets": values.len(),
+        "found": get_ms.len(),
+        "get_ms_p50": p50,
+        "get_ms_p90": pct(&mut get_ms.clone(), 0.9),
+        "get_rtts_p50": a.rtts(p50),
+        "errors": errors,
+        "member": {
+            "found": member_ms.len(),
+            "get_ms_p50": member_p50,
+            "get_ms_p90": pct(&mut member_ms.clone(), 0.9),
+            "get_rtts_p50": a.rtts(member_p50),
+        },
+        "samples": {"get_ms": get_ms, "member_get_ms": member_ms},
+    }))
 }
