@@ -98,6 +98,12 @@ fn addr(n: &Node) -> PeerAddr {
     n.contact().addrs[0].clone()
 }
 
+/// Delivers `data` to `to` as a datagram from `from`'s address.
+fn datagram(to: &mut Node, from: &Node, data: Bytes, now: Instant) {
+    let from = addr(from);
+    to.handle_input(now, Input::Datagram { from, data });
+}
+
 #[test]
 fn a_large_answer_to_an_unproven_address_waits_for_a_ping_round_trip() {
     let now = Instant::now();
@@ -105,13 +111,7 @@ fn a_large_answer_to_an_unproven_address_waits_for_a_ping_round_trip() {
     let mut b = node(2, 4002, now);
     with_contacts(&mut b, now, 40);
     let (q, req) = find_node_request(&mut a, &b, now);
-    b.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&a),
-            data: req.clone(),
-        },
-    );
+    datagram(&mut b, &a, req.clone(), now);
     // B does not answer yet: it sends a PING, no larger than the request.
     let (sent, _) = drain(&mut b);
     assert_eq!(sent.len(), 1, "one PING, no answer: {sent:?}");
@@ -127,22 +127,10 @@ fn a_large_answer_to_an_unproven_address_waits_for_a_ping_round_trip() {
     assert_eq!(b.stats().replies_deferred, 1);
     assert_eq!(b.stats().proving_pings, 1);
     // A answers the PING in full (it is waiting on B), which proves A's address to B ...
-    a.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&b),
-            data: ping.clone(),
-        },
-    );
+    datagram(&mut a, &b, ping.clone(), now);
     let (sent, _) = drain(&mut a);
     assert_eq!(sent.len(), 1);
-    b.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&a),
-            data: sent[0].1.clone(),
-        },
-    );
+    datagram(&mut b, &a, sent[0].1.clone(), now);
     // ... and B sends the held answer: 20 contacts, larger than the request.
     let (sent, _) = drain(&mut b);
     assert_eq!(sent.len(), 1);
@@ -152,13 +140,7 @@ fn a_large_answer_to_an_unproven_address_waits_for_a_ping_round_trip() {
         panic!("{body:?}")
     };
     assert_eq!(r.nodes().len(), 20);
-    a.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&b),
-            data: answer.clone(),
-        },
-    );
+    datagram(&mut a, &b, answer.clone(), now);
     // Later answers to A are immediate.
     let (more, _) = drain(&mut a);
     let (b_addr, a_addr) = (addr(&b), addr(&a));
@@ -242,13 +224,7 @@ fn the_guard_can_be_turned_off() {
     let mut b = node_with(2, 4002, now, cfg);
     with_contacts(&mut b, now, 20);
     let (_, req) = find_node_request(&mut a, &b, now);
-    b.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&a),
-            data: req,
-        },
-    );
+    datagram(&mut b, &a, req, now);
     let (sent, _) = drain(&mut b);
     assert!(matches!(sent[0].2, Body::Response(_)), "answered at once");
     assert_eq!(b.stats().replies_deferred, 0);
@@ -268,13 +244,7 @@ fn a_lost_proving_ping_costs_only_its_own_request() {
     let (_, first) = find_node_request(&mut a, &b, now);
     let (_, second) = find_node_request(&mut a, &b, now);
     // First request: a PING that is lost on the way.
-    b.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&a),
-            data: first,
-        },
-    );
+    datagram(&mut b, &a, first, now);
     let (sent, _) = drain(&mut b);
     assert_eq!(sent.len(), 1);
     // Second request: a PING of its own, which A answers.
@@ -345,13 +315,7 @@ fn a_store_answer_naming_contacts_is_trimmed_to_the_request_not_held() {
         panic!("one STORE asking for contacts: {sent:?}");
     };
     assert_eq!(to, &addr(&b));
-    b.handle_input(
-        now,
-        Input::Datagram {
-            from: addr(&a),
-            data: req.clone(),
-        },
-    );
+    datagram(&mut b, &a, req.clone(), now);
     // B knows 20 contacts to name, far more than fit in the size of the request: it answers at
     // once, with the closest that fit, instead of holding the answer for a proving PING (it
     // still PINGs a, as any requester new to it, before a enters its table).

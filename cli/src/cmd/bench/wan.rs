@@ -221,29 +221,12 @@ fn measure(
         }
     }
 
-    let prefer = if kind == "quic" {
-        "quic,udp"
-    } else {
-        "udp,quic"
-    };
     let (put_via, get_via) = (addr(0, n.min(2) - 1), addr(1, n.min(2) - 1));
     let (mut put_ms, mut get_ms, mut join_ms) = (Vec::new(), Vec::new(), Vec::new());
     let (mut stored, mut put_ok, mut found, mut put_errors, mut get_errors) =
         (Vec::new(), 0, 0, Vec::new(), Vec::new());
-    // One `kad put VALUE` or `kad get KEY` at a site, joining through `via`.
     let at_site = |site: usize, verb: &str, arg: &str, via: &str| {
-        let args = [
-            verb,
-            arg,
-            "--bootstrap",
-            via,
-            "--prefer",
-            prefer,
-            "--json",
-            "--timeout",
-            "30",
-        ];
-        client(wan.site(site), exe, &args)
+        at_site(wan, exe, kind, site, verb, arg, via)
     };
     let tag = std::process::id();
     let mut fetched = Vec::new();
@@ -348,29 +331,8 @@ fn members(a: &WanBenchArgs, kind: &str, wan: &Wan) -> Result<Value> {
     rt.block_on(async {
         let mut nodes = Vec::new();
         for site in 0..2 {
-            let identity = Arc::new(kad::keys::fresh_identity()?);
-            let addr = wan.addr(site);
-            let socket = wan
-                .in_site(site, || std::net::UdpSocket::bind((addr, MEMBER_PORT)))?
-                .with_context(|| format!("binding {addr}:{MEMBER_PORT} in site {site}"))?;
-            let t: Arc<dyn kad_core::Transport> = if kind == "quic" {
-                Arc::new(kad::quic::QuicTransport::from_socket(
-                    socket,
-                    identity.clone(),
-                    kad::quic::QuicConfig::default(),
-                )?)
-            } else {
-                Arc::new(kad::udp::UdpTransport::from_std(
-                    socket,
-                    kad::udp::UdpConfig::default(),
-                )?)
-            };
-            let node = kad::NativeNode::builder()
-                .identity(identity)
-                .transport(t)
-                .bootstrap([format!("{kind}://{addr}:4000")])
-                .build()
-                .await?;
+            let boot = format!("{kind}://{}:4000", wan.addr(site));
+            let node = site_node(kind, wan, site, MEMBER_PORT, &boot, false).await?;
             nodes.push(node);
         }
         // Let both meet the rest of the network (and each other) before timing anything.
@@ -424,25 +386,9 @@ fn far_gets(
     via: &str,
 ) -> Result<Value> {
     let exe = std::env::current_exe()?;
-    let prefer = if kind == "quic" {
-        "quic,udp"
-    } else {
-        "udp,quic"
-    };
     let (mut get_ms, mut errors) = (Vec::new(), Vec::new());
     for (key, value) in values {
-        let args = [
-            "get",
-            key,
-            "--bootstrap",
-            via,
-            "--prefer",
-            prefer,
-            "--json",
-            "--timeout",
-            "30",
-        ];
-        let g = client(wan.site(1), &exe, &args)?;
+        let g = at_site(wan, &exe, kind, 1, "get", key, via)?;
         if g["value"].as_str() == Some(value.as_str()) {
             get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
         } else {
@@ -454,30 +400,7 @@ fn far_gets(
         .enable_all()
         .build()?;
     let member_ms = rt.block_on(async {
-        let identity = Arc::new(kad::keys::fresh_identity()?);
-        let addr = wan.addr(1);
-        let socket = wan
-            .in_site(1, || std::net::UdpSocket::bind((addr, MEMBER_PORT + 1)))?
-            .with_context(|| format!("binding {addr}:{} in site 1", MEMBER_PORT + 1))?;
-        let t: Arc<dyn kad_core::Transport> = if kind == "quic" {
-            Arc::new(kad::quic::QuicTransport::from_socket(
-                socket,
-                identity.clone(),
-                kad::quic::QuicConfig::default(),
-            )?)
-        } else {
-            Arc::new(kad::udp::UdpTransport::from_std(
-                socket,
-                kad::udp::UdpConfig::default(),
-            )?)
-        };
-        let node = kad::NativeNode::builder()
-            .identity(identity)
-            .transport(t)
-            .client()
-            .bootstrap([via])
-            .build()
-            .await?;
+        let node = site_node(kind, wan, 1, MEMBER_PORT + 1, via, true).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut ms = Vec::new();
         for (key, value) in values {
@@ -509,4 +432,70 @@ fn far_gets(
         },
         "samples": {"get_ms": get_ms, "member_get_ms": member_ms},
     }))
+}
+
+/// A node of this process at `site` (its socket opened there, on `port`), joining through
+/// `boot`; a read-only client if `client`.
+async fn site_node(
+    kind: &str,
+    wan: &Wan,
+    site: usize,
+    port: u16,
+    boot: &str,
+    client: bool,
+) -> Result<kad::NativeNode> {
+    let identity = Arc::new(kad::keys::fresh_identity()?);
+    let addr = wan.addr(site);
+    let socket = wan
+        .in_site(site, || std::net::UdpSocket::bind((addr, port)))?
+        .with_context(|| format!("binding {addr}:{port} in site {site}"))?;
+    let t: Arc<dyn kad_core::Transport> = if kind == "quic" {
+        Arc::new(kad::quic::QuicTransport::from_socket(
+            socket,
+            identity.clone(),
+            kad::quic::QuicConfig::default(),
+        )?)
+    } else {
+        Arc::new(kad::udp::UdpTransport::from_std(
+            socket,
+            kad::udp::UdpConfig::default(),
+        )?)
+    };
+    let mut b = kad::NativeNode::builder()
+        .identity(identity)
+        .transport(t)
+        .bootstrap([boot]);
+    if client {
+        b = b.client();
+    }
+    Ok(b.build().await?)
+}
+
+/// One `kad put VALUE` or `kad get KEY` at `site`, joining through `via`; its JSON line.
+fn at_site(
+    wan: &Wan,
+    exe: &std::path::Path,
+    kind: &str,
+    site: usize,
+    verb: &str,
+    arg: &str,
+    via: &str,
+) -> Result<Value> {
+    let prefer = if kind == "quic" {
+        "quic,udp"
+    } else {
+        "udp,quic"
+    };
+    let args = [
+        verb,
+        arg,
+        "--bootstrap",
+        via,
+        "--prefer",
+        prefer,
+        "--json",
+        "--timeout",
+        "30",
+    ];
+    client(wan.site(site), exe, &args)
 }
