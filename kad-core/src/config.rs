@@ -110,10 +110,11 @@ pub struct Config {
     /// id, any key of a network of about `k` nodes:
     /// [`RoutingTable::knows_neighbourhood`](crate::RoutingTable::knows_neighbourhood)) skips
     /// its lookup: it sends its STOREs to the k
-    /// closest it knows at once, each asking its node for the closest contacts it knows, and
-    /// stores at any closer node named, until the k closest have all answered. One round trip
-    /// instead of about three. A put with a quorum, or of a value over 64 KiB, always searches
-    /// first. Default true.
+    /// closest it knows at once, each asking its node for the closest contacts it knows, until
+    /// the k closest have all answered; a closer node named there gets the record too (a record
+    /// over 512 bytes only once it has answered a FIND_NODE and is among the k closest).
+    /// One round trip instead of about three. A put with a quorum, of a value over 64 KiB, or
+    /// with disjoint paths always searches first. Default true.
     pub direct_put: bool,
     /// Sybil defence: most contacts from one subnet ([`PeerAddr::subnet`](crate::PeerAddr::subnet):
     /// a public IPv4 /24 or IPv6 /64) in one bucket, and most candidates from one subnet in one

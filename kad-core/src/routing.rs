@@ -441,6 +441,9 @@ impl RoutingTable {
     /// targets of a large network, which a far bucket covers only sparsely. A put stores at once
     /// where this holds, and searches first elsewhere.
     pub fn knows_neighbourhood(&self, target: &NodeId, k: usize) -> bool {
+        if k == 0 {
+            return false;
+        }
         let reach = |t: &NodeId| {
             let c = self.closest(t, k);
             (c.len() >= k).then(|| c[k - 1].id.distance(t).bucket_index())

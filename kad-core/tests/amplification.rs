@@ -297,8 +297,17 @@ fn a_store_answer_naming_contacts_is_trimmed_to_the_request_not_held() {
     let mut a = node(1, 4001, now);
     let mut b = node(2, 4002, now);
     with_contacts(&mut b, now, 40);
-    // A's only contact is b: its put stores at once, asking b for the closest contacts it knows.
-    a.add_contact(now, b.contact().clone());
+    // A's only contact is b, which has answered a PING of a's: a's put stores at once, asking
+    // b for the closest contacts it knows.
+    a.ping(now, addr(&b)).unwrap();
+    let (sent, _) = drain(&mut a);
+    datagram(&mut b, &a, sent[0].1.clone(), now);
+    let (sent, _) = drain(&mut b);
+    let pong = sent
+        .iter()
+        .find(|(to, _, body)| to == &addr(&a) && matches!(body, Body::Response(Response::Pong)));
+    datagram(&mut a, &b, pong.expect("b answers the PING").1.clone(), now);
+    let _ = drain(&mut a);
     a.put(now, NodeId::from_bytes([9; 20]), Bytes::from_static(b"v"))
         .unwrap();
     let (sent, _) = drain(&mut a);

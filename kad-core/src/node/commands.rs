@@ -260,11 +260,13 @@ impl Node {
         // did not know still gets the record): one round trip instead of a lookup and then the
         // STOREs. A put with a quorum finishes early and stops searching, so it searches first;
         // so does a large value, which a lookup's short deadlines would send again and again.
+        // With disjoint paths each path would store at its own k closest.
         let direct = (quorum == 0
             && self.config.direct_put
+            && self.config.disjoint_paths <= 1
             && record.value.len() <= super::outbound::SMALL_VALUE
             && self.routing.knows_neighbourhood(&record.key, self.config.k))
-        .then(DirectPut::default);
+        .then(Box::<DirectPut>::default);
         if direct.is_some() {
             lookup = lookup.with_alpha(self.config.k);
         }

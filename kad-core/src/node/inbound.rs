@@ -574,7 +574,10 @@ impl Node {
                             direct: Some(d), ..
                         },
                         Response::Stored { .. },
-                    ) => d.stored += 1,
+                    ) => {
+                        d.stored.insert(peer);
+                        d.answered.insert(peer);
+                    }
                     _ => {}
                 }
             }
@@ -584,10 +587,11 @@ impl Node {
                 // A STORE refused: a node's own answer says more than a timeout.
                 if let QueryKind::Put {
                     refused,
-                    direct: Some(_),
+                    direct: Some(d),
                     ..
                 } = &mut q.kind
                 {
+                    d.answered.insert(peer);
                     if refused
                         .as_ref()
                         .is_none_or(|r| r.code == RpcError::INTERNAL)

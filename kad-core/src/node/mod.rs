@@ -131,7 +131,7 @@ enum QueryKind {
         /// Finish once this many stored (0: once all answered).
         quorum: usize,
         /// Set for a put that stores as it searches (its lookup's requests are the STOREs).
-        direct: Option<DirectPut>,
+        direct: Option<Box<DirectPut>>,
     },
     Ping,
     Call,
@@ -165,8 +165,11 @@ impl QueryKind {
 /// What a put that stores as it searches has done so far.
 #[derive(Default)]
 struct DirectPut {
-    /// Nodes that answered a STORE with `stored`.
-    stored: usize,
+    /// Nodes that answered a STORE with `stored` (a node asked again and answering twice
+    /// counts once).
+    stored: rustc_hash::FxHashSet<NodeId>,
+    /// Nodes that answered a STORE at all, stored or refused.
+    answered: rustc_hash::FxHashSet<NodeId>,
     /// Nodes asked to store (the outcome's `tried`).
     asked: rustc_hash::FxHashSet<NodeId>,
 }

@@ -15,6 +15,11 @@ use crate::lookup::Lookup;
 use crate::message::{Request, RpcError};
 use crate::record::Record;
 
+/// Values up to this size (bytes) go in a put's STOREs to any candidate, even one first heard of
+/// in another node's answer: such a STORE is no more than about twice a FIND_NODE, which a
+/// lookup sends to the same candidates. Larger ones go only to nodes that have answered us.
+pub(super) const DIRECT_STORE_ANY: usize = 512;
+
 impl Node {
     pub(super) fn step_query(&mut self, now: Instant, qid: QueryId) {
         self.step_query_inner(now, qid, false);
@@ -68,22 +73,34 @@ impl Node {
         if room == 0 && !self.starved.contains(&qid) {
             self.starved.push_back(qid);
         }
-        if let QueryKind::Put {
-            direct: Some(d), ..
-        } = &mut q.kind
-        {
-            d.asked.extend(asks.iter().map(|c| c.id));
-        }
-        let req = match &q.kind {
-            QueryKind::Get { key, .. } => Request::FindValue { key: *key },
+        // A put that stores as it searches sends a record larger than `DIRECT_STORE_ANY` only
+        // to nodes that have answered us (a contact named by another node gets a FIND_NODE
+        // first, and the record once the lookup ends, if it is among the k closest): no node
+        // can aim our large records at a third party by naming it. A smaller record goes to
+        // any candidate, as a FIND_NODE would.
+        let routing = &self.routing;
+        let store = match &mut q.kind {
             QueryKind::Put {
                 record,
-                direct: Some(_),
+                direct: Some(d),
                 ..
-            } => Request::Store {
-                record: record.clone(),
-                want_nodes: true,
-            },
+            } => {
+                let small = record.value.len() <= DIRECT_STORE_ANY;
+                let known = |c: &Contact| small || routing.get(&c.id).is_some_and(|e| e.answered);
+                d.asked
+                    .extend(asks.iter().filter(|c| known(c)).map(|c| c.id));
+                Some((
+                    Request::Store {
+                        record: record.clone(),
+                        want_nodes: true,
+                    },
+                    asks.iter().map(known).collect::<Vec<bool>>(),
+                ))
+            }
+            _ => None,
+        };
+        let req = match &q.kind {
+            QueryKind::Get { key, .. } => Request::FindValue { key: *key },
             QueryKind::PluginLookup { method, params, .. } => Request::Custom {
                 method: method.clone(),
                 params: params.clone(),
@@ -91,14 +108,13 @@ impl Node {
             _ => Request::FindNode { target },
         };
         let mut gave_up = false;
-        for c in asks {
+        for (i, c) in asks.into_iter().enumerate() {
             let peer = c.id;
-            if !self.send_to_contact(
-                now,
-                &c,
-                req.clone(),
-                PendingKind::Lookup { query: qid, peer },
-            ) {
+            let req = match &store {
+                Some((store, known)) if known[i] => store.clone(),
+                _ => req.clone(),
+            };
+            if !self.send_to_contact(now, &c, req, PendingKind::Lookup { query: qid, peer }) {
                 // No transport of ours reaches it (or no room to send).
                 gave_up = true;
                 if let Some(l) = self.queries.get_mut(&qid).and_then(|q| q.lookup.as_mut()) {
@@ -190,33 +206,54 @@ impl Node {
                 direct: Some(d),
                 ..
             } => {
-                // The STOREs went out as the lookup's requests: only the local copy is left.
+                // Most STOREs went out as the lookup's requests. Left: the local copy, and the
+                // k closest that were asked with a FIND_NODE (named by others, unknown to us
+                // until they answered).
                 let record = record.clone();
-                let (stored, asked) = (d.stored, d.asked.len());
+                let (stored, asked) = (d.stored.len(), d.asked.len());
+                let targets: Vec<Contact> = outcome
+                    .closest
+                    .iter()
+                    .filter(|c| !d.answered.contains(&c.id))
+                    .cloned()
+                    .collect();
                 let local = Self::stores_locally(
                     &self.config,
                     &self.local.id,
                     &outcome.closest,
                     &record.key,
                 );
-                *storing = Some((0, stored, asked + usize::from(local)));
+                *storing = Some((0, stored, asked + targets.len() + usize::from(local)));
                 let local_ok = local && {
                     let id = self.local.id;
                     self.store_local(now, id, record.clone())
                 };
+                let mut sent = 0;
+                for c in &targets {
+                    let req = Request::Store {
+                        record: record.clone(),
+                        want_nodes: false,
+                    };
+                    if self.send_to_contact(now, c, req, PendingKind::Store { query: qid }) {
+                        sent += 1;
+                    }
+                }
                 if let Some(Query {
                     kind:
                         QueryKind::Put {
-                            storing: Some((_, stored, _)),
+                            storing: Some((outstanding, stored, _)),
                             ..
                         },
                     ..
                 }) = self.queries.get_mut(&qid)
                 {
                     *stored += usize::from(local_ok);
+                    *outstanding = sent;
                 }
-                debug!(key = %record.key, stored, asked, "put: stored as it searched");
-                self.finish_put(now, qid);
+                debug!(key = %record.key, stored, asked, rest = sent, "put: stored as it searched");
+                if sent == 0 {
+                    self.finish_put(now, qid);
+                }
             }
             QueryKind::Put {
                 record, storing, ..

@@ -745,10 +745,14 @@ fn a_put_that_knows_the_neighbourhood_stores_at_once_and_at_every_closer_node_na
         .collect();
     for c in &peers {
         a.add_contact(now, c.clone());
+        // Each has answered a request of ours before.
+        a.routing.on_answer(&c.id);
     }
     let _ = sends(&mut a);
-    a.put(now, NodeId([9; 20]), Bytes::from_static(b"v"))
-        .unwrap();
+    let key = NodeId([9; 20]);
+    // A record larger than a lookup's request.
+    let value = Bytes::from(vec![7u8; query::DIRECT_STORE_ANY + 1]);
+    a.put(now, key, value).unwrap();
     let (sent, _) = sends_and_puts(&mut a);
     // Four known nodes, fewer than k: every one is asked to store at once, nothing is looked up
     // first, and each STORE asks for the closest contacts its node knows.
@@ -762,7 +766,8 @@ fn a_put_that_knows_the_neighbourhood_stores_at_once_and_at_every_closer_node_na
             ..
         })
     )));
-    // The first storer names a node this one did not know: it gets the record too.
+    // The first storer names a node this one never heard from: it is asked a FIND_NODE, not
+    // sent the record (a name in an answer must not aim our large records at an address).
     let new = Contact::new(NodeId([8; 20]), PeerAddr::Mem(8));
     let (to, first) = &sent[0];
     let PeerAddr::Mem(n) = to else { unreachable!() };
@@ -776,33 +781,65 @@ fn a_put_that_knows_the_neighbourhood_stores_at_once_and_at_every_closer_node_na
     deliver(&mut a, now, *n, answer(first, who, body));
     let (more, puts) = sends_and_puts(&mut a);
     assert!(puts.is_empty(), "three STOREs are unanswered");
-    assert_eq!(more.len(), 1, "{more:?}");
-    assert_eq!(more[0].0, PeerAddr::Mem(8));
+    let [(to, find)] = &more[..] else {
+        panic!("{more:?}")
+    };
+    assert_eq!(to, &PeerAddr::Mem(8));
+    assert!(matches!(find.body, Body::Request(Request::FindNode { target }) if target == key));
+    let mut rest: Vec<(PeerAddr, Message)> = sent[1..].to_vec();
+    rest.push((PeerAddr::Mem(8), find.clone()));
+    // The other three are slow: past their soft deadline each is asked again, and each then
+    // answers both STOREs (a node storing twice counts once).
+    let mut t = now;
+    while rest.len() < 8 && t < now + Duration::from_secs(10) {
+        t += Duration::from_millis(50);
+        a.handle_input(t, Input::Timeout);
+        rest.extend(sends_and_puts(&mut a).0);
+    }
+    assert!(rest.len() >= 7, "{rest:?}");
+    let mut last = Vec::new();
+    for (to, m) in rest {
+        let PeerAddr::Mem(n) = to else { unreachable!() };
+        let from = Contact::new(NodeId([n as u8; 20]), to.clone());
+        let body = if n == 8 {
+            Body::Response(Response::Nodes { nodes: vec![] })
+        } else {
+            Body::Response(Response::Stored { nodes: vec![] })
+        };
+        deliver(&mut a, t, n, answer(&m, &from, body));
+        let (sent, puts) = sends_and_puts(&mut a);
+        assert!(puts.is_empty(), "{puts:?}");
+        last.extend(sent);
+    }
+    // The lookup is over: the new node is among the k closest, and now gets the record.
+    let [(to, store)] = &last[..] else {
+        panic!("{last:?}")
+    };
+    assert_eq!(to, &PeerAddr::Mem(8));
     assert!(matches!(
-        more[0].1.body,
+        store.body,
         Body::Request(Request::Store {
-            want_nodes: true,
+            want_nodes: false,
             ..
         })
     ));
-    let rest = sent[1..]
-        .iter()
-        .chain(&more)
-        .map(|(to, m)| (to.clone(), m.clone()));
-    let mut puts = Vec::new();
-    for (to, m) in rest.collect::<Vec<_>>() {
-        let PeerAddr::Mem(n) = to else { unreachable!() };
-        let from = Contact::new(NodeId([n as u8; 20]), to.clone());
-        let body = Body::Response(Response::Stored { nodes: vec![] });
-        deliver(&mut a, now, n, answer(&m, &from, body));
-        puts.extend(sends_and_puts(&mut a).1);
-    }
+    deliver(
+        &mut a,
+        t,
+        8,
+        answer(
+            store,
+            &new,
+            Body::Response(Response::Stored { nodes: vec![] }),
+        ),
+    );
+    let (_, puts) = sends_and_puts(&mut a);
     // Five nodes stored it, and this one (among the k closest of a network of six).
     let [Ok(out)] = &puts[..] else {
         panic!("{puts:?}")
     };
     assert_eq!((out.stored, out.tried), (6, 6), "{out:?}");
-    assert!(a.store.get(&NodeId([9; 20])).is_some());
+    assert!(a.store.get(&key).is_some());
 }
 
 #[test]
@@ -840,6 +877,7 @@ fn a_put_looks_up_first_where_the_table_may_not_know_every_close_node() {
     };
     let mut b = node(1, cfg);
     b.add_contact(now, Contact::new(NodeId([2; 20]), PeerAddr::Mem(2)));
+    b.routing.on_answer(&NodeId([2; 20]));
     let _ = sends(&mut b);
     b.put(now, NodeId([9; 20]), Bytes::from_static(b"v"))
         .unwrap();
@@ -847,5 +885,29 @@ fn a_put_looks_up_first_where_the_table_may_not_know_every_close_node() {
     assert!(
         matches!(&sent[..], [(_, m)] if matches!(m.body, Body::Request(Request::FindNode { .. }))),
         "{sent:?}"
+    );
+}
+
+#[test]
+fn a_small_record_goes_to_a_node_named_in_an_answer_at_once() {
+    let now = Instant::now();
+    let mut a = node(1, Config::default());
+    let b = Contact::new(NodeId([2; 20]), PeerAddr::Mem(2));
+    a.add_contact(now, b.clone());
+    a.routing.on_answer(&b.id);
+    let _ = sends(&mut a);
+    let small = Bytes::from(vec![7u8; query::DIRECT_STORE_ANY]);
+    a.put(now, NodeId([9; 20]), small).unwrap();
+    let (sent, _) = sends_and_puts(&mut a);
+    let [(_, first)] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    let new = Contact::new(NodeId([8; 20]), PeerAddr::Mem(8));
+    let body = Body::Response(Response::Stored { nodes: vec![new] });
+    deliver(&mut a, now, 2, answer(first, &b, body));
+    let (more, _) = sends_and_puts(&mut a);
+    assert!(
+        matches!(&more[..], [(PeerAddr::Mem(8), m)] if matches!(m.body, Body::Request(Request::Store { want_nodes: true, .. }))),
+        "{more:?}"
     );
 }
