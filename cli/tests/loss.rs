@@ -8,33 +8,25 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::KAD;
+use common::kad;
 use serde_json::Value;
 
 #[test]
 fn netns_at_10_percent_loss_every_node_joins_and_every_get_finds_its_value() {
-    let out = Command::new(KAD)
-        .args([
-            "bench",
-            "loss",
-            "--rates",
-            "10",
-            "--nodes-per-ns",
-            "5",
-            "--ops",
-            "10",
-            "--json",
-        ])
-        .output()
-        .expect("run kad bench loss");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text, stderr) = kad(&[
+        "bench",
+        "loss",
+        "--rates",
+        "10",
+        "--nodes-per-ns",
+        "5",
+        "--ops",
+        "10",
+        "--json",
+    ]);
     assert!(
-        out.status.success(),
-        "kad bench loss failed (it needs root, iproute2 and nftables): {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
+        code == 0,
+        "kad bench loss failed (it needs root, iproute2 and nftables): {text}{stderr}"
     );
     let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));

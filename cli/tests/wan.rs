@@ -11,23 +11,15 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::KAD;
+use common::kad;
 use serde_json::Value;
 
 #[test]
 fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
-    let out = Command::new(KAD)
-        .args(["bench", "wan", "--ops", "8", "--json"])
-        .output()
-        .expect("run kad bench wan");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text, stderr) = kad(&["bench", "wan", "--ops", "8", "--json"]);
     assert!(
-        out.status.success(),
-        "kad bench wan failed (it needs root, iproute2 and ethtool): {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
+        code == 0,
+        "kad bench wan failed (it needs root, iproute2 and ethtool): {text}{stderr}"
     );
     let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));

@@ -203,18 +203,21 @@ impl Node {
             QueryKind::Put {
                 record,
                 storing,
-                direct: Some(d),
+                direct,
                 ..
             } => {
-                // Most STOREs went out as the lookup's requests. Left: the local copy, and the
-                // k closest that were asked with a FIND_NODE (named by others, unknown to us
-                // until they answered).
+                // Store at the k closest that answered, and here if this node is among them. A
+                // put that stored as it searched has sent most of its STOREs already: left are
+                // the k closest it asked a FIND_NODE (named by others, unknown to us until they
+                // answered).
                 let record = record.clone();
-                let (stored, asked) = (d.stored.len(), d.asked.len());
+                let (stored, asked) = direct
+                    .as_ref()
+                    .map_or((0, 0), |d| (d.stored.len(), d.asked.len()));
                 let targets: Vec<Contact> = outcome
                     .closest
                     .iter()
-                    .filter(|c| !d.answered.contains(&c.id))
+                    .filter(|c| direct.as_ref().is_none_or(|d| !d.answered.contains(&c.id)))
                     .cloned()
                     .collect();
                 let local = Self::stores_locally(
@@ -238,86 +241,24 @@ impl Node {
                         sent += 1;
                     }
                 }
-                if let Some(Query {
-                    kind:
-                        QueryKind::Put {
-                            storing: Some((outstanding, stored, _)),
-                            ..
-                        },
-                    ..
-                }) = self.queries.get_mut(&qid)
-                {
-                    *stored += usize::from(local_ok);
-                    *outstanding = sent;
-                }
-                debug!(key = %record.key, stored, asked, rest = sent, "put: stored as it searched");
-                if sent == 0 {
-                    self.finish_put(now, qid);
-                }
-            }
-            QueryKind::Put {
-                record, storing, ..
-            } => {
-                let targets = outcome.closest.clone();
-                let record = record.clone();
-                let local =
-                    Self::stores_locally(&self.config, &self.local.id, &targets, &record.key);
-                *storing = Some((targets.len(), 0, targets.len() + usize::from(local)));
-                let mut local_ok = false;
-                if local {
-                    let id = self.local.id;
-                    local_ok = self.store_local(now, id, record.clone());
-                }
-                if let Some(Query {
-                    kind:
-                        QueryKind::Put {
-                            storing: Some((_, stored, _)),
-                            ..
-                        },
-                    ..
-                }) = self.queries.get_mut(&qid)
-                {
-                    *stored += usize::from(local_ok);
-                }
-                let mut sent = 0;
-                let total = targets.len();
-                for c in &targets {
-                    if self.send_to_contact(
-                        now,
-                        c,
-                        Request::Store {
-                            record: record.clone(),
-                            want_nodes: false,
-                        },
-                        PendingKind::Store { query: qid },
-                    ) {
-                        sent += 1;
-                    }
-                }
-                if let Some(Query {
-                    kind:
-                        QueryKind::Put {
-                            storing: Some((outstanding, _, _)),
-                            ..
-                        },
-                    ..
-                }) = self.queries.get_mut(&qid)
-                {
-                    *outstanding = sent;
-                }
-                debug!(key = %record.key, targets = total, "put: storing at the closest nodes");
-                let quorum_met = matches!(
-                    self.queries.get(&qid),
+                let done = match self.queries.get_mut(&qid) {
                     Some(Query {
-                        kind: QueryKind::Put {
-                            storing: Some((_, stored, _)),
-                            quorum,
-                            ..
-                        },
+                        kind:
+                            QueryKind::Put {
+                                storing: Some((outstanding, stored, _)),
+                                quorum,
+                                ..
+                            },
                         ..
-                    }) if *quorum > 0 && stored >= quorum
-                );
-                if sent == 0 || quorum_met {
+                    }) => {
+                        *stored += usize::from(local_ok);
+                        *outstanding = sent;
+                        sent == 0 || (*quorum > 0 && *stored >= *quorum)
+                    }
+                    _ => false,
+                };
+                debug!(key = %record.key, stored, asked, sent, "put: storing at the closest nodes");
+                if done {
                     self.finish_put(now, qid);
                 }
             }

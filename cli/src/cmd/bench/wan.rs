@@ -253,14 +253,19 @@ fn measure(
         }
     }
     stored.sort_unstable();
-    let members = members(a, kind, wan)?;
+    // The in-process nodes of the members and far gets run here.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let members = members(&rt, a, kind, wan)?;
     // Gets that must cross the link: the second site's nodes stop (killed by their PIDs), so the
     // values put above live at the first site only.
     for c in children.iter_mut().skip(n).take(n) {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let far = far_gets(a, kind, wan, &fetched, &put_via)?;
+    let far = far_gets(&rt, a, kind, wan, &fetched, &put_via)?;
     // The nodes' own counters, summed: what they dropped and why, what they sent again.
     let mut counters = serde_json::Map::new();
     for node in &nodes {
@@ -323,11 +328,7 @@ fn measure(
 /// Puts and gets by long-running nodes of the network, one at each site, running in this
 /// process (their sockets opened in the sites): what an application embedding a node sees,
 /// without a fresh client's join and first contacts.
-fn members(a: &WanBenchArgs, kind: &str, wan: &Wan) -> Result<Value> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+fn members(rt: &tokio::runtime::Runtime, a: &WanBenchArgs, kind: &str, wan: &Wan) -> Result<Value> {
     rt.block_on(async {
         let mut nodes = Vec::new();
         for site in 0..2 {
@@ -379,6 +380,7 @@ fn members(a: &WanBenchArgs, kind: &str, wan: &Wan) -> Result<Value> {
 /// stopped): through fresh `kad get` clients joining through a node at the first site, then
 /// through one long-running read-only node at the second site (in this process).
 fn far_gets(
+    rt: &tokio::runtime::Runtime,
     a: &WanBenchArgs,
     kind: &str,
     wan: &Wan,
@@ -395,10 +397,6 @@ fn far_gets(
             errors.push(g["error"].clone());
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let member_ms = rt.block_on(async {
         let node = site_node(kind, wan, 1, MEMBER_PORT + 1, via, true).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
