@@ -62,11 +62,14 @@ pub(crate) enum Defer {
 impl Guard {
     /// Whether replies to `to` may be larger than the request.
     pub(crate) fn trusted(&self, now: Instant, to: &PeerAddr, patience: Duration) -> bool {
-        self.proven.contains(to)
-            || self
-                .asked
-                .get(to)
-                .is_some_and(|t| now.saturating_duration_since(*t) < patience)
+        self.proven.contains(to) || self.awaiting(now, to, patience)
+    }
+
+    /// Whether a request of ours went to `to` less than `patience` ago (UDP only).
+    pub(crate) fn awaiting(&self, now: Instant, to: &PeerAddr, patience: Duration) -> bool {
+        self.asked
+            .get(to)
+            .is_some_and(|t| now.saturating_duration_since(*t) < patience)
     }
 
     /// A (non-proving) request of ours went to `to`.

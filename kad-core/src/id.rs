@@ -103,12 +103,19 @@ impl NodeId {
 
     /// The id as 40 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(ID_LEN * 2);
-        for b in self.0 {
-            s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-            s.push(char::from_digit((b & 0xf) as u32, 16).unwrap_or('0'));
+        self.hex_str(&mut [0u8; ID_LEN * 2]).to_owned()
+    }
+
+    /// Writes the 40 lowercase hex digits into `buf` (no allocation on the hot paths: logs,
+    /// every message's JSON).
+    fn hex_str<'b>(&self, buf: &'b mut [u8; ID_LEN * 2]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
         }
-        s
+        // ASCII digits only: always UTF-8.
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 }
 
@@ -135,13 +142,13 @@ pub enum ParseIdError {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex_str(&mut [0u8; ID_LEN * 2]))
     }
 }
 
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", &self.to_hex()[..12])
+        write!(f, "NodeId({})", &self.hex_str(&mut [0u8; ID_LEN * 2])[..12])
     }
 }
 
@@ -154,7 +161,7 @@ impl FromStr for NodeId {
 
 impl Serialize for NodeId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(self.hex_str(&mut [0u8; ID_LEN * 2]))
     }
 }
 

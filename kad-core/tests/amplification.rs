@@ -124,6 +124,12 @@ fn a_large_answer_to_an_unproven_address_waits_for_a_ping_round_trip() {
         ping.len(),
         req.len()
     );
+    // It names A, whose key came with the request: MAC'd (64 hex digits), not signed (128).
+    let text = std::str::from_utf8(ping).unwrap();
+    let to_a = format!("\"to\":\"{}\"", a.contact().id.to_hex());
+    assert!(text.contains(&to_a), "the PING names the requester: {text}");
+    let auth = text.rsplit(",\"").next().unwrap();
+    assert_eq!(auth.len(), 64 + 2, "the PING is MAC'd: {text}");
     assert_eq!(b.stats().replies_deferred, 1);
     assert_eq!(b.stats().proving_pings, 1);
     // A answers the PING in full (it is waiting on B), which proves A's address to B ...
@@ -357,4 +363,49 @@ fn a_store_answer_naming_contacts_is_trimmed_to_the_request_not_held() {
     assert_eq!(named, expected, "the closest are kept");
     assert_eq!(b.stats().replies_deferred, 0);
     assert_eq!(b.stats().proving_pings, 0);
+}
+
+/// A requester new to the table is PINGed before it is handed out, unless a request of ours to
+/// its address is already out: that request's answer verifies it just as well, so the PING
+/// would only cost both nodes a round trip.
+#[test]
+fn a_requester_we_are_waiting_on_gets_no_verifying_ping() {
+    for waiting in [false, true] {
+        let now = Instant::now();
+        let mut a = node(1, 4001, now);
+        let mut b = node(2, 4002, now);
+        if waiting {
+            // A asks B's address (a bare PING, B not in A's table); the answer is still out.
+            a.ping(now, addr(&b)).unwrap();
+            let (sent, _) = drain(&mut a);
+            assert_eq!(sent.len(), 1);
+        }
+        // B, which knows A, sends A a request naming it.
+        b.add_contact(now, a.contact().clone());
+        b.find_node(now, NodeId::from_bytes([9; 20])).unwrap();
+        let (sent, _) = drain(&mut b);
+        assert_eq!(sent.len(), 1, "one request, to a");
+        datagram(&mut a, &b, sent[0].1.clone(), now);
+        let (sent, _) = drain(&mut a);
+        let pings = sent
+            .iter()
+            .filter(|(_, _, body)| matches!(body, Body::Request(Request::Ping)))
+            .count();
+        assert!(
+            sent.iter()
+                .any(|(_, _, body)| matches!(body, Body::Response(_))),
+            "a answers: {sent:?}"
+        );
+        assert!(
+            a.routing_table().get(&b.contact().id).is_some(),
+            "b is in a's table"
+        );
+        if waiting {
+            assert_eq!(pings, 0, "no PING: {sent:?}");
+            assert_eq!(a.stats().verify_pings, 0);
+        } else {
+            assert_eq!(pings, 1, "a verifying PING: {sent:?}");
+            assert_eq!(a.stats().verify_pings, 1);
+        }
+    }
 }

@@ -420,6 +420,13 @@ struct Hex<'a>(&'a [u8]);
 
 impl Serialize for Hex<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Keys, nonces and transaction ids fit on the stack; anything longer allocates.
+        let mut buf = [0u8; 2 * 33];
+        if let Some(out) = buf.get_mut(..2 * self.0.len()) {
+            if hex::encode_to_slice(self.0, out).is_ok() {
+                return s.serialize_str(std::str::from_utf8(out).unwrap_or_default());
+            }
+        }
         s.serialize_str(&hex::encode(self.0))
     }
 }

@@ -57,8 +57,8 @@ impl Node {
 
     /// Adds or refreshes the sender of a message in the routing table. `answered`: the message
     /// answers a request of ours. A sender new to the table that has only sent a request is
-    /// asked for a PING (unless a proving PING is already on its way to that address): until it
-    /// answers one, it is not handed out to other nodes.
+    /// asked for a PING (unless a proving PING or another request of ours is already on its way
+    /// to that address): until it answers one, it is not handed out to other nodes.
     pub(super) fn observe_sender(
         &mut self,
         now: Instant,
@@ -86,7 +86,10 @@ impl Node {
                 }
             }
             InsertOutcome::Inserted => {
-                if let Some(c) = verify.filter(|_| !self.guard.proving(from)) {
+                // No PING when one is on its way to that address, or when a request of ours
+                // is: its answer verifies the contact as well.
+                let awaiting = self.guard.awaiting(now, from, self.hard_timeout());
+                if let Some(c) = verify.filter(|_| !self.guard.proving(from) && !awaiting) {
                     self.stats.verify_pings += 1;
                     self.send_to_contact(now, &c, Request::Ping, PendingKind::Verify);
                 }

@@ -289,10 +289,13 @@ impl Node {
     /// Holds a reply too large for an unproven address, and PINGs the address (once).
     pub(super) fn defer_reply(&mut self, now: Instant, to: PeerAddr, msg: Message) {
         self.stats.replies_deferred += 1;
+        // The PING names the requester: a node whose key we hold gets it MAC'd, not signed,
+        // and only that node can answer it.
+        let requester = msg.recipient;
         match self.guard.defer(&to, msg) {
             crate::amplify::Defer::Ping => {
                 let kind = PendingKind::Prove { addr: to.clone() };
-                if self.send_request(now, to.clone(), None, Request::Ping, kind) {
+                if self.send_request(now, to.clone(), requester, Request::Ping, kind) {
                     self.stats.proving_pings += 1;
                     self.guard.proof_sent(&to);
                 } else if !self.guard.proving(&to) {
