@@ -189,8 +189,11 @@ pub struct Config {
     /// Answer peers' requests. Default true. Mainline read-only nodes (BEP43) answer nothing;
     /// unanswered requests are counted in `Stats::ignored_read_only`.
     pub answer_requests: bool,
-    /// After the bootstrap lookup, refresh this many of the farthest non-full buckets with a
-    /// lookup of a random id in each. Default 0.
+    /// After the bootstrap lookup, refresh up to this many of the farthest non-full buckets, down
+    /// to the bucket of the closest contact, with a lookup of a random id in each (Kademlia's
+    /// join: the node fills its table and enters other nodes' tables across the id space, so
+    /// its later lookups take fewer hops and meet fewer strangers). Default 0; the `kad`
+    /// crate's nodes use 16, its clients 0.
     pub bootstrap_refresh: usize,
     /// Times a PING, STORE, call or plugin request is sent again when its answer does not come
     /// within the adaptive timeout, which doubles with each retransmission (up to

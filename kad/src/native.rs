@@ -15,6 +15,9 @@ use crate::error::BuildError;
 use crate::keys::{fresh_identity_with_work, load_or_create_identity};
 use crate::transports::{self, Transports, WsTls};
 
+/// Buckets a node refreshes after joining ([`Config::bootstrap_refresh`]).
+const BOOTSTRAP_REFRESH: usize = 16;
+
 /// Builds a [`NativeNode`]. Every setting has a default; [`build`](Self::build) checks them
 /// all and names the one at fault.
 ///
@@ -83,7 +86,11 @@ impl Default for NativeNodeBuilder {
             bootstrap: Vec::new(),
             dial: Vec::new(),
             client: false,
-            config: Config::default(),
+            config: {
+                let mut c = Config::default();
+                c.bootstrap_refresh = BOOTSTRAP_REFRESH;
+                c
+            },
             tls: WsTls::default(),
             extra: Vec::new(),
             plugins: Vec::new(),
@@ -257,6 +264,9 @@ impl NativeNodeBuilder {
 
     /// The engine's settings (k, alpha, timeouts, limits, defences). The value limit and
     /// `read_only` are set by the builder from the transports and [`client`](Self::client).
+    /// The builder starts from [`Config::default`] with
+    /// [`bootstrap_refresh`](Config::bootstrap_refresh) 16 (a node fills its table across the
+    /// id space when it joins; a client never refreshes).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -416,6 +426,9 @@ impl NativeNodeBuilder {
         let mut config = self.config;
         config.max_value_len = max_value;
         config.read_only = self.client;
+        if self.client {
+            config.bootstrap_refresh = 0;
+        }
 
         #[cfg_attr(not(feature = "storage"), allow(unused_mut))]
         let mut store = self.store.take();

@@ -164,13 +164,21 @@ impl Node {
                     self.finish(now, qid, QueryResult::Bootstrap(Err(QueryError::NoPeers)));
                     return self.watch_alone(now);
                 }
-                // Optionally refresh the farthest non-full buckets, each with its own lookup.
+                // Optionally refresh the farthest non-full buckets, each with its own lookup,
+                // down to the bucket of the closest contact (Kademlia's join: nearer than that
+                // no node is known to exist, and the self-lookup has just searched there).
                 let mut n = *refresh_left;
                 *refresh_left = 0;
                 let sizes = self.routing.bucket_sizes();
                 let k = self.config.k;
+                let nearest = sizes
+                    .iter()
+                    .filter(|(_, entries, _)| *entries > 0)
+                    .map(|(idx, ..)| *idx)
+                    .min()
+                    .unwrap_or(0);
                 let mut targets = Vec::new();
-                for idx in (0..crate::id::ID_BITS).rev() {
+                for idx in (nearest..crate::id::ID_BITS).rev() {
                     if n == 0 {
                         break;
                     }

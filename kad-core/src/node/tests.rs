@@ -453,72 +453,89 @@ fn a_full_bucket_pings_its_stalest_contact_before_evicting_it() {
     assert!(a.stats().timeouts >= 2);
 }
 
+/// Refresh lookups after a bootstrap go to the farthest non-full buckets, down to the bucket
+/// of the closest contact: nearer than that no node is known to exist.
 #[test]
 fn bootstrap_refresh_looks_up_the_farthest_non_full_buckets() {
-    let t0 = Instant::now();
-    let mut a = node(
-        1,
-        Config {
-            bootstrap_refresh: 3,
-            ..Config::default()
-        },
-    );
-    let seed = Contact::new(NodeId([0x80; 20]), PeerAddr::Mem(80));
-    a.bootstrap_with(t0, vec![seed.clone()]).unwrap();
-    let (_, req) = sends(&mut a).pop().unwrap();
-    deliver(
-        &mut a,
-        t0,
-        80,
-        answer(
-            &req,
-            &seed,
-            Body::Response(Response::Nodes { nodes: vec![] }),
-        ),
-    );
-    // The self-lookup is done; three refresh lookups start, for random ids in buckets 159,
-    // 158 and 157 (none of them full), and they ask the only contact there is.
-    // The seed answers every lookup request, naming nobody.
-    let mut done = Vec::new();
-    let mut targets = Vec::new();
-    let mut t = t0;
-    for _ in 0..20 {
-        while let Some(o) = a.poll_output() {
-            match o {
-                Output::Event(Event::QueryDone { result, .. }) => done.push(result),
-                Output::Send { msg, .. } => {
-                    if let Body::Request(Request::FindNode { target }) = msg.body {
-                        if target != a.id() {
-                            targets.push(target);
+    // The seed is in bucket 159; `near` (named by the seed) differs from us in the last bits
+    // only, bucket 1. With `near`: buckets 159, 158 and 157; with only the seed: 159 alone.
+    for with_near in [true, false] {
+        let t0 = Instant::now();
+        let mut a = node(
+            1,
+            Config {
+                bootstrap_refresh: 3,
+                ..Config::default()
+            },
+        );
+        let seed = Contact::new(NodeId([0x80; 20]), PeerAddr::Mem(80));
+        let mut near_id = [1u8; 20];
+        near_id[19] = 3;
+        let near = Contact::new(NodeId(near_id), PeerAddr::Mem(81));
+        let named = if with_near {
+            vec![near.clone()]
+        } else {
+            vec![]
+        };
+        a.bootstrap_with(t0, vec![seed.clone()]).unwrap();
+        let (_, req) = sends(&mut a).pop().unwrap();
+        let body = Body::Response(Response::Nodes {
+            nodes: named.clone(),
+        });
+        deliver(&mut a, t0, 80, answer(&req, &seed, body));
+        // Every contact answers every lookup request, naming `named` (the seed's answer).
+        let mut done = Vec::new();
+        let mut targets = Vec::new();
+        let mut t = t0;
+        for _ in 0..20 {
+            while let Some(o) = a.poll_output() {
+                match o {
+                    Output::Event(Event::QueryDone { result, .. }) => done.push(result),
+                    Output::Send { to, msg } => {
+                        if let Body::Request(Request::FindNode { target }) = msg.body {
+                            if target != a.id() && to == seed.addrs[0] {
+                                targets.push(target);
+                            }
+                            let (from, at) = if to == seed.addrs[0] {
+                                (&seed, 80)
+                            } else {
+                                (&near, 81)
+                            };
+                            let body = Body::Response(Response::Nodes {
+                                nodes: named.clone(),
+                            });
+                            deliver(&mut a, t, at, answer(&msg, from, body));
                         }
-                        let empty = Body::Response(Response::Nodes { nodes: vec![] });
-                        deliver(&mut a, t, 80, answer(&msg, &seed, empty));
                     }
+                    _ => {}
                 }
-                _ => {}
             }
+            t += Duration::from_millis(100);
+            a.handle_input(t, Input::Timeout);
         }
-        t += Duration::from_millis(100);
-        a.handle_input(t, Input::Timeout);
+        assert!(matches!(done[0], QueryResult::Bootstrap(Ok(_))), "{done:?}");
+        // (A table this thin also gets lookups of the node's own id, with backoff: not counted.)
+        let me = a.id();
+        let mut buckets: Vec<_> = done
+            .iter()
+            .filter_map(|r| match r {
+                QueryResult::Refresh(o) if o.target != me => a.id().bucket_index(&o.target),
+                _ => None,
+            })
+            .collect();
+        buckets.sort_unstable();
+        let want = if with_near {
+            vec![157, 158, 159]
+        } else {
+            vec![159]
+        };
+        assert_eq!(buckets, want, "{done:?}");
+        assert_eq!(
+            targets.len(),
+            want.len(),
+            "one request to the seed per refresh"
+        );
     }
-    assert!(matches!(done[0], QueryResult::Bootstrap(Ok(_))), "{done:?}");
-    // (A table this thin also gets lookups of the node's own id, with backoff: not counted.)
-    let me = a.id();
-    let refreshes: Vec<_> = done
-        .iter()
-        .filter_map(|r| match r {
-            QueryResult::Refresh(o) if o.target != me => Some(o.target),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(refreshes.len(), 3, "{done:?}");
-    let mut buckets: Vec<_> = refreshes
-        .iter()
-        .map(|t| a.id().bucket_index(t).unwrap())
-        .collect();
-    buckets.sort_unstable();
-    assert_eq!(buckets, vec![157, 158, 159]);
-    assert_eq!(targets.len(), 3, "one request per refresh");
 }
 
 #[test]
