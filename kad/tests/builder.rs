@@ -245,3 +245,60 @@ async fn store_limits_bound_the_in_memory_store() {
     assert_eq!(node.stats().await.unwrap().records_held, 2);
     node.shutdown().await;
 }
+
+/// A node that joins refreshes its farthest non-full buckets (Kademlia's join); a client that
+/// joins the same way only looks itself up. Both are counted in the engine's query latencies.
+#[tokio::test]
+async fn a_node_refreshes_its_buckets_when_it_joins_and_a_client_does_not() {
+    let first = NativeNode::builder()
+        .udp("127.0.0.1:0")
+        .build()
+        .await
+        .unwrap();
+    let seed = first.dht().contact().addrs[0].clone();
+    let mut nodes = vec![first];
+    for _ in 0..11 {
+        let n = NativeNode::builder()
+            .udp("127.0.0.1:0")
+            .bootstrap([seed.clone()])
+            .build()
+            .await
+            .unwrap();
+        nodes.push(n);
+    }
+    let node = NativeNode::builder()
+        .udp("127.0.0.1:0")
+        .bootstrap([seed.clone()])
+        .build()
+        .await
+        .unwrap();
+    let client = NativeNode::builder()
+        .client()
+        .bootstrap([seed])
+        .build()
+        .await
+        .unwrap();
+    // Refreshes start when the join's self-lookup ends; on loopback they end within
+    // milliseconds. Wait (at most 10 s) until neither has a query running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (node_stats, client_stats) = loop {
+        let (n, c) = (
+            node.dht().stats().await.unwrap(),
+            client.dht().stats().await.unwrap(),
+        );
+        let idle = |s: &kad::core::Stats| s.queries_done >= s.queries_started;
+        if (idle(&n) && idle(&c)) || std::time::Instant::now() > deadline {
+            break (n, c);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refreshes = |s: &kad::core::Stats| s.query_latency.get("refresh").map_or(0, |h| h.count);
+    // With 12 nodes no bucket is full: at least the farthest one (159) is refreshed.
+    assert!(refreshes(&node_stats) >= 1, "{node_stats:?}");
+    assert_eq!(refreshes(&client_stats), 0, "{client_stats:?}");
+    client.shutdown().await;
+    node.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
