@@ -860,6 +860,56 @@ fn a_put_that_knows_the_neighbourhood_stores_at_once_and_at_every_closer_node_na
 }
 
 #[test]
+fn a_put_that_stores_at_once_asks_a_silent_node_again_at_its_own_timeout() {
+    let now = Instant::now();
+    let mut a = node(1, Config::default());
+    let rtt = Duration::from_millis(80);
+    for b in 2..6u8 {
+        let c = Contact::new(NodeId([b; 20]), PeerAddr::Mem(u64::from(b)));
+        a.add_contact(now, c.clone());
+        a.routing.on_answer(&c.id);
+        // A steady 80 ms round trip to each.
+        for _ in 0..8 {
+            a.routing.record_rtt(&c.id, rtt);
+        }
+    }
+    let rto = a
+        .routing
+        .get(&NodeId([2; 20]))
+        .unwrap()
+        .resend_after()
+        .unwrap();
+    assert!(rto > rtt && rto <= rtt * 3 / 2, "{rto:?}");
+    let _ = sends(&mut a);
+    a.put(now, NodeId([9; 20]), Bytes::from_static(b"v"))
+        .unwrap();
+    let (first, _) = sends_and_puts(&mut a);
+    assert_eq!(first.len(), 4, "{first:?}");
+    // Every STORE is lost: each node is asked again at its retransmission timeout (1.25 to 1.5
+    // of its RTT), not at twice its RTT, so that one lost datagram costs about 2.4 round trips.
+    let mut t = now;
+    let mut again = Vec::new();
+    while again.is_empty() && t < now + rtt * 4 {
+        t += Duration::from_millis(2);
+        a.handle_input(t, Input::Timeout);
+        again = sends_and_puts(&mut a).0;
+    }
+    let waited = t - now;
+    assert!(
+        waited >= rto && waited < rtt * 2,
+        "asked again after {waited:?}"
+    );
+    assert_eq!(again.len(), 4, "{again:?}");
+    assert!(again.iter().all(|(_, m)| matches!(
+        m.body,
+        Body::Request(Request::Store {
+            want_nodes: true,
+            ..
+        })
+    )));
+}
+
+#[test]
 fn a_put_looks_up_first_where_the_table_may_not_know_every_close_node() {
     let now = Instant::now();
     // The table knows 20 nodes near its own id, and 20 spread over the far half of the id
