@@ -19,6 +19,8 @@
 //!   (`Transport::recv_from_node`), and a message for a named node is never written to a
 //!   connection that proved another, even one queued while the connection was being made. The
 //!   native codec sends version 2 messages on it without a signature or MAC of their own.
+//!   There is no TLS session resumption: every connection runs a full handshake, and an
+//!   endpoint keeps no session state per peer.
 //! - **Restarts**: a new connection from an address replaces the cached one, so a restarted node
 //!   that contacts its peers is reached again at once. The stateless-reset key is derived from the
 //!   node's secret key, so a node restarting with the same identity can reset stale connections of

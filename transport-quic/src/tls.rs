@@ -260,12 +260,18 @@ pub(crate) fn configs(
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(vec![creds.cert.clone()], key())?;
     server.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: every connection proves both node keys afresh, and an endpoint
+    // keeps no session state per peer (rustls would keep up to 256 sessions on each side, each
+    // with the peer's certificate).
+    server.send_tls13_tickets = 0;
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![creds.cert.clone()], key())?;
     client.alpn_protocols = vec![ALPN.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
     Ok((server, client))
 }
 
