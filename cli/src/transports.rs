@@ -103,7 +103,8 @@ pub(crate) fn stats_json(t: &kad::Transports) -> serde_json::Value {
             json!({"sent": s.sent, "received": s.received, "connections": q.connections(),
                    "dialed": s.dialed, "accepted": s.accepted, "refused_limit": s.refused_limit,
                    "failed": s.failed, "wrong_peer": s.wrong_peer, "queue_full": s.queue_full,
-                   "oversize": s.oversize, "stream_errors": s.stream_errors}),
+                   "oversize": s.oversize, "stream_errors": s.stream_errors,
+                   "dead_peers": s.dead_peers}),
         );
     }
     for w in t.ws() {

@@ -388,3 +388,50 @@ fn mixed_transport_network_bridges_websocket_udp_and_quic_only_peers() {
     let (code, pong) = kad_json(&["ping", nodes[2].addr_of("quic"), "--prefer", "quic,udp"]);
     assert_eq!((code, pong["id"].as_str()), (0, Some(nodes[2].id.as_str())));
 }
+
+/// A QUIC peer killed with -9 and restarted on its port with its key is reached again within
+/// seconds, by a node whose connection to the old process went silent: the liveness timeout (3 s)
+/// closes that connection and the next request dials the new process. The restarted node
+/// contacts nobody itself, and the pings are too small to draw a stateless reset, so without
+/// liveness the stale connection lasts until the 30 s idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_peer_killed_and_restarted_on_its_port_is_reached_again() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("b.key");
+    let key = key.to_str().unwrap();
+    let mut b = NodeProc::start_on("quic://127.0.0.1:0", &["--key-file", key]);
+    let b_addr = b.addr.clone();
+    let a = kad::NativeNode::builder()
+        .quic("127.0.0.1:0")
+        .bootstrap([b_addr.as_str()])
+        .build()
+        .await
+        .unwrap();
+    let at: kad::PeerAddr = b_addr.parse().unwrap();
+    let first = a.dht().ping(at.clone()).await.unwrap();
+    assert_eq!(first.contact.id.to_string(), b.id);
+
+    // kill -9 (the process closes nothing), then the same key on the same port, no bootstrap.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let again = NodeProc::start_on(&b_addr, &["--key-file", key]);
+    assert_eq!(again.id, b.id);
+    let t0 = Instant::now();
+    let mut reached = None;
+    while t0.elapsed() < Duration::from_secs(25) {
+        if let Ok(p) = a.dht().ping(at.clone()).await {
+            reached = Some((t0.elapsed(), p));
+            break;
+        }
+    }
+    let quic = a.transports().quic()[0].stats();
+    let (after, p) = reached.unwrap_or_else(|| panic!("not reached within 25 s: {quic:?}"));
+    assert_eq!(p.contact.id.to_string(), again.id);
+    assert!(quic.dead_peers >= 1, "{quic:?}");
+    assert!(
+        after < Duration::from_secs(15),
+        "reached after {after:?}, as if only the idle timeout ended the connection: {quic:?}"
+    );
+    a.shutdown().await;
+}

@@ -22,11 +22,14 @@
 //!   There is no TLS session resumption: every connection runs a full handshake, and an
 //!   endpoint keeps no session state per peer.
 //! - **Restarts**: a new connection from an address replaces the cached one, so a restarted node
-//!   that contacts its peers is reached again at once. The stateless-reset key is derived from the
-//!   node's secret key, so a node restarting with the same identity can reset stale connections of
-//!   its previous run. But in a kill -9 test, a peer sending only small messages was not reset
-//!   within 3 s (likely because quinn answers only packets large enough to allow a smaller reset),
-//!   so after a crash a stale connection may last until the idle timeout.
+//!   that contacts its peers is reached again at once. A peer that sends nothing at all, not
+//!   even an acknowledgement, for [`QuicConfig::liveness_timeout`] (default 3 s) after a message
+//!   was sent to it is taken for dead: the connection is closed (counted in
+//!   [`QuicStats::dead_peers`]) and the next message dials again, reaching the peer if it
+//!   restarted on its port. The stateless-reset key is derived from the node's secret key, so a
+//!   node restarting with the same identity can also reset stale connections of its previous
+//!   run, but only when they send it packets large enough to allow a smaller reset: small
+//!   messages draw none, and the liveness timeout is what ends those connections.
 //! - **Bounds**: at most [`QuicConfig::max_connections`] connections (default 10,000; more are
 //!   refused and counted); a queue of [`QuicConfig::send_queue`] messages per connection (a full
 //!   queue fails the send with `QueueFull`, never blocking the engine); per connection at most
@@ -56,7 +59,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,6 +106,11 @@ pub struct QuicConfig {
     /// Largest UDP payload path-MTU discovery may try (default 1452, right for the internet;
     /// loopback and jumbo-frame networks go faster with more, up to 65,527).
     pub max_udp_payload: u16,
+    /// A connection whose peer sends nothing at all (not even an acknowledgement) for this
+    /// long after we sent it a message is closed as dead, so that the next message dials again
+    /// (default 3 s; `None`: only the idle timeout ends it). A live peer acknowledges within
+    /// about a round trip; one that crashed, or restarted and lost the connection, never does.
+    pub liveness_timeout: Option<Duration>,
 }
 
 impl Default for QuicConfig {
@@ -116,6 +124,7 @@ impl Default for QuicConfig {
             send_queue: 1024,
             datagrams: false,
             max_udp_payload: 1452,
+            liveness_timeout: Some(Duration::from_secs(3)),
         }
     }
 }
@@ -159,6 +168,11 @@ impl QuicConfig {
     /// Sets [`max_udp_payload`](Self::max_udp_payload).
     pub fn max_udp_payload(mut self, n: u16) -> Self {
         self.max_udp_payload = n;
+        self
+    }
+    /// Sets [`liveness_timeout`](Self::liveness_timeout).
+    pub fn liveness_timeout(mut self, d: Option<Duration>) -> Self {
+        self.liveness_timeout = d;
         self
     }
 }
@@ -207,6 +221,9 @@ pub struct QuicStats {
     pub oversize: u64,
     /// Incoming streams that stalled past `stream_timeout` or failed, dropped.
     pub stream_errors: u64,
+    /// Connections closed because the peer sent nothing for `liveness_timeout` after we sent to
+    /// it.
+    pub dead_peers: u64,
 }
 
 #[derive(Default)]
@@ -222,6 +239,7 @@ struct Counters {
     queue_full: AtomicU64,
     oversize: AtomicU64,
     stream_errors: AtomicU64,
+    dead_peers: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -404,6 +422,7 @@ impl QuicTransport {
             queue_full: l(&c.queue_full),
             oversize: l(&c.oversize),
             stream_errors: l(&c.stream_errors),
+            dead_peers: l(&c.dead_peers),
         }
     }
 
@@ -626,6 +645,16 @@ async fn run(
     let from = PeerAddr::Quic(addr);
     let proven = peer_of(&conn);
     let reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), from, proven));
+    let live = Arc::new(Liveness::default());
+    let watchdog = shared.config.liveness_timeout.map(|t| {
+        tokio::spawn(watch_liveness(
+            shared.clone(),
+            conn.clone(),
+            live.clone(),
+            t,
+        ))
+    });
+    let armed = watchdog.is_some();
     let datagrams = shared.config.datagrams;
     loop {
         let (msg, node) = tokio::select! {
@@ -646,6 +675,9 @@ async fn run(
             if conn.send_datagram(msg).is_ok() {
                 bump(&shared.counters.sent);
                 bump(&shared.counters.datagrams_sent);
+                if armed {
+                    live.sent(&conn);
+                }
             }
             continue;
         }
@@ -656,6 +688,9 @@ async fn run(
                 break;
             }
         };
+        if armed {
+            live.sent(&conn);
+        }
         if stream.write_chunk(msg).await.is_err() || stream.finish().is_err() {
             break;
         }
@@ -666,7 +701,63 @@ async fn run(
     remove_entry(&shared, addr, serial);
     drop(queue);
     let _ = reader.await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     shared.live.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// What the liveness watchdog of a connection waits on.
+#[derive(Default)]
+struct Liveness {
+    /// Whether a send is being watched.
+    watching: AtomicBool,
+    /// The connection's count of received datagrams when that send was made.
+    heard: AtomicU64,
+    /// Wakes the watchdog.
+    wake: tokio::sync::Notify,
+}
+
+impl Liveness {
+    /// A message is about to be sent: unless an earlier send is being watched, the watchdog
+    /// waits for the peer to send anything after this one.
+    fn sent(&self, conn: &Connection) {
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            self.heard
+                .store(conn.stats().udp_rx.datagrams, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Closes `conn` when its peer sends nothing at all for `timeout` after a message was sent on
+/// it. Asleep while no send is watched; while one is, it looks at the connection's count of
+/// received datagrams four times per `timeout`.
+async fn watch_liveness(
+    shared: Arc<Shared>,
+    conn: Connection,
+    live: Arc<Liveness>,
+    timeout: Duration,
+) {
+    let tick = (timeout / 4).max(Duration::from_millis(1));
+    loop {
+        live.wake.notified().await;
+        let since = tokio::time::Instant::now();
+        let heard = live.heard.load(Ordering::Acquire);
+        loop {
+            tokio::time::sleep(tick).await;
+            if conn.stats().udp_rx.datagrams > heard {
+                live.watching.store(false, Ordering::Release);
+                break;
+            }
+            if since.elapsed() >= timeout {
+                bump(&shared.counters.dead_peers);
+                debug!(peer = %conn.remote_address(), "quic peer silent: connection closed");
+                conn.close(VarInt::from_u32(3), b"peer silent");
+                return;
+            }
+        }
+    }
 }
 
 /// Reads a connection's streams and datagrams; `node` is the id the peer proved in the handshake.

@@ -137,6 +137,8 @@ pub(super) struct NodeState {
     bootstrap_failed: bool,
     /// The engine counters of its last stats line.
     pub(super) counters: Value,
+    /// The transport counters of its last stats line, by local address.
+    pub(super) transports: Value,
 }
 
 /// Starts `kad node --listen LISTEN` in namespace `ns` for `secs` seconds; the child joins
@@ -182,6 +184,7 @@ pub(super) fn start_node(
                 Some("stats") => {
                     st.table = v["routing_table"].as_u64().unwrap_or(0) as usize;
                     st.counters = v["stats"].clone();
+                    st.transports = v["transports"].clone();
                 }
                 Some("bootstrap_failed") => st.bootstrap_failed = true,
                 _ => {}

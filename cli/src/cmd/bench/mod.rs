@@ -620,6 +620,7 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
     } = p;
     let rss_baseline = rss_mb("self");
     let mut dhts = Vec::with_capacity(nodes);
+    let mut quics = Vec::new();
     let t_build = Instant::now();
     for _ in 0..nodes {
         let listen = [format!("{}://127.0.0.1:0", p.transport).parse::<PeerAddr>()?];
@@ -628,6 +629,7 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
             .await
             .map_err(crate::net::flag_error)?;
         dhts.push(node.dht().clone());
+        quics.extend(node.transports().quic().iter().cloned());
     }
     let seed = dhts[0].contact().addrs[0].clone();
     // Join in waves of 10 through the first node.
@@ -699,6 +701,10 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
     }
     let get_cpu = (self_cpu() - cpu0) / ops as f64;
     let rss_after = rss_mb("self");
+    // QUIC: connection ends open, and connections closed because a peer fell silent (none
+    // should be: every node is alive).
+    let quic_connections: usize = quics.iter().map(|q| q.connections()).sum();
+    let quic_dead_peers: u64 = quics.iter().map(|q| q.stats().dead_peers).sum();
     // Let the STOREs a quorum put did not wait for finish before the fresh processes start.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let samples = p
@@ -742,6 +748,9 @@ async fn network(p: NetParams) -> Result<serde_json::Value> {
         "rss_formed_mb": round(rss_formed, 1),
         "rss_mb": round(rss_after, 1),
         "rss_mb_per_node": round(rss_after / nodes as f64, 2),
+        "quic_connections_per_node": (p.transport == "quic")
+            .then(|| round(quic_connections as f64 / nodes as f64, 1)),
+        "quic_dead_peers": (p.transport == "quic").then_some(quic_dead_peers),
         "samples": samples,
         "formed_s": round(formed_s, 2),
         "routing_table_mean": round(table.iter().sum::<f64>() / nodes as f64, 1),

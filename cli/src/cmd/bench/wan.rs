@@ -288,6 +288,24 @@ fn measure(
                 *e = Value::from(e.as_u64().unwrap_or(0) + n);
             }
         }
+        // QUIC connections: opened, failed, and closed because the peer fell silent.
+        let t = node
+            .lock()
+            .map(|s| s.transports.clone())
+            .unwrap_or_default();
+        for quic in t
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|v| v.get("dead_peers").is_some())
+        {
+            for k in ["dialed", "accepted", "failed", "dead_peers"] {
+                let e = counters
+                    .entry(format!("quic_{k}"))
+                    .or_insert(Value::from(0u64));
+                *e = Value::from(e.as_u64().unwrap_or(0) + quic[k].as_u64().unwrap_or(0));
+            }
+        }
     }
     let (put_p50, get_p50) = (pct(&mut put_ms.clone(), 0.5), pct(&mut get_ms.clone(), 0.5));
     Ok(json!({
