@@ -1,9 +1,10 @@
 //! A `kad node` process under a flood on loopback: thousands of source addresses in 127.0.0.0/8
 //! send garbage, near-64 KiB datagrams, valid signed queries from unproven addresses, forged
 //! answers and bursts far over the per-IP rate, while honest nodes run lookups through it.
-//! Checks: honest lookups succeed (>= 99%), the per-IP limiter drops before parsing, no source
-//! ever receives more bytes than it sent (no amplification), and the node's peak RSS stays under
-//! the cap documented in docs/limits.md.
+//! Checks: honest lookups succeed (>= 99%), no flood source is ever handed out to the honest
+//! nodes, the per-IP limiter drops before parsing, no source ever receives more bytes than it
+//! sent (no amplification), and the node's peak RSS stays under the cap documented in
+//! docs/limits.md.
 #![allow(clippy::disallowed_methods)] // tests read the OS clock
 
 mod common;
@@ -228,6 +229,7 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
         .chain(honest.iter().map(|d| d.id()))
         .collect();
     let mut times = Vec::new();
+    let mut unanswered = 0u64;
     let (ok, total) = rt.block_on(async {
         let (mut ok, mut total) = (0, 0);
         let mut round = 0usize;
@@ -243,6 +245,11 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
                     let ok = o
                         .as_ref()
                         .is_ok_and(|o| o.closest.first().is_some_and(|c| c.id == want));
+                    // Requests this lookup sent that were never answered: a contact handed out
+                    // that does not answer (a flood source) costs one each.
+                    let silent = o
+                        .as_ref()
+                        .map_or(0, |o| o.stats.rpcs.saturating_sub(o.stats.responses));
                     if !ok {
                         // Which lookup missed, and what it saw (shown with a failure).
                         eprintln!(
@@ -250,10 +257,11 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
                             o.map(|o| (o.closest.len(), o.stats))
                         );
                     }
-                    (ok, t.elapsed())
+                    (ok, t.elapsed(), silent)
                 }
             });
-            for (found, took) in futures_util::future::join_all(lookups).await {
+            for (found, took, silent) in futures_util::future::join_all(lookups).await {
+                unanswered += u64::from(silent);
                 total += 1;
                 ok += usize::from(found);
                 times.push(took);
@@ -285,7 +293,7 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
     let n = |k: &str| st[k].as_u64().unwrap_or(0);
     let w = worst.lock().unwrap().clone();
     eprintln!(
-        "flood: {flooded} sources, {} datagrams, {} MB; honest lookups {ok}/{total} in {honest_s:.1} s (p50 {p50_ms:.1} ms, max {max_ms:.0} ms); \
+        "flood: {flooded} sources, {} datagrams, {} MB; honest lookups {ok}/{total} in {honest_s:.1} s (p50 {p50_ms:.1} ms, max {max_ms:.0} ms, requests unanswered {unanswered}); \
          peak RSS {rss_before} -> {rss_after} MB (cap {RSS_CAP_MB}); rate_limited {}, malformed {}, \
          unknown_txn {}, wrong_recipient {}, overload {}, deferred {}, proving pings {}; \
          dropped by the kernel (receive buffer full) {kdrops}; largest return: {} bytes to {} (sent {})",
@@ -307,6 +315,14 @@ fn a_node_under_a_flood_stays_bounded_answers_honest_peers_and_never_amplifies()
         "only {flooded} source addresses could be bound"
     );
     assert!(ok * 100 >= total * 99, "honest lookups: {ok} of {total}");
+    // No flood source was handed out: a lookup asks every contact it is handed, and a flood
+    // source never answers. With every requester handed out, 120 lookups sent 1,647 requests
+    // that went unanswered; as built, 3,210 lookups sent none (one run each).
+    assert!(
+        unanswered * 10 <= total as u64,
+        "honest lookups sent {unanswered} requests nobody answered ({total} lookups): flood \
+         sources were handed out"
+    );
     assert!(
         n("dropped_rate_limited") > 0,
         "the per-IP limit never engaged: {st}"

@@ -19,7 +19,8 @@ pub enum Liveness {
     Good,
     /// Not heard from for longer than the liveness window (or never verified).
     Questionable,
-    /// Failed to answer `max_failures` requests in a row: first to be replaced.
+    /// Failed to answer `max_failures` requests in a row, or sent us requests and failed the
+    /// first one we sent it without ever answering: first to be replaced.
     Bad,
 }
 
@@ -72,7 +73,7 @@ struct Bucket {
 }
 
 /// Parameters of a [`RoutingTable`] (taken from [`Config`](crate::Config)).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct RoutingParams {
     /// Contacts per bucket.
     pub k: usize,
@@ -86,6 +87,16 @@ pub struct RoutingParams {
     /// bucket; 0: no limit. A contact over it is ignored (kept neither in the bucket nor in its
     /// replacement cache).
     pub subnet_limit: usize,
+}
+
+impl RoutingParams {
+    /// Whether `e` is bad: it failed `max_failures` requests in a row, or it sent us requests
+    /// but failed the first request we sent it (every retransmission included) without ever
+    /// having answered one. Such a requester may have forged its source address, or be a client
+    /// that left: it must not hold a slot that a node that answers could take.
+    fn is_bad(&self, e: &Entry) -> bool {
+        e.failures >= self.max_failures || (e.failures > 0 && e.verified && !e.answered)
+    }
 }
 
 /// What [`RoutingTable::insert`] did.
@@ -134,11 +145,14 @@ fn fits(entries: &[Entry], limit: usize, net: Option<Subnet>, skip: Option<usize
             < limit
 }
 
-/// The freshest replacement that may take a slot in the bucket (the one at `skip` leaving).
+/// The replacement that may take a slot in the bucket (the one at `skip` leaving): the freshest
+/// that has answered a request of ours, else the freshest.
 fn promotable(b: &Bucket, limit: usize, skip: Option<usize>) -> Option<usize> {
+    let fit = |r: &Entry| fits(&b.entries, limit, addr_subnet(&r.contact), skip);
     b.replacements
         .iter()
-        .rposition(|r| fits(&b.entries, limit, addr_subnet(&r.contact), skip))
+        .rposition(|r| r.answered && fit(r))
+        .or_else(|| b.replacements.iter().rposition(fit))
 }
 
 /// k-buckets around a local id.
@@ -178,7 +192,7 @@ impl RoutingTable {
 
     /// Liveness of an entry at `now`.
     pub fn liveness(&self, e: &Entry, now: Instant) -> Liveness {
-        if e.failures >= self.params.max_failures {
+        if self.params.is_bad(e) {
             Liveness::Bad
         } else if e.verified
             && now.saturating_duration_since(e.last_seen) < self.params.liveness_window
@@ -198,9 +212,9 @@ impl RoutingTable {
         };
         let k = self.params.k;
         let cache = self.params.replacement_cache;
-        let max_failures = self.params.max_failures;
         let window = self.params.liveness_window;
         let limit = self.params.subnet_limit;
+        let params = self.params;
         let bucket = self.buckets.entry(idx as u8).or_default();
         if let Some(pos) = bucket
             .entries
@@ -254,11 +268,7 @@ impl RoutingTable {
             return InsertOutcome::Ignored;
         }
         // Full: replace a bad contact outright.
-        if let Some(pos) = bucket
-            .entries
-            .iter()
-            .position(|e| e.failures >= max_failures)
-        {
+        if let Some(pos) = bucket.entries.iter().position(|e| params.is_bad(e)) {
             bucket.entries[pos] = entry;
             bucket.last_active = Some(now);
             return InsertOutcome::Inserted;
@@ -294,13 +304,14 @@ impl RoutingTable {
         InsertOutcome::Pending { ping }
     }
 
-    /// Records that `id` failed to answer a request. After `max_failures` in a row it is bad, and
+    /// Records that `id` failed to answer a request. After `max_failures` in a row (one, for a
+    /// requester that never answered) it is bad, and
     /// the freshest replacement takes its place if there is one. Returns true if it was replaced.
     pub fn on_failure(&mut self, id: &NodeId) -> bool {
         let Some(idx) = self.local.bucket_index(id) else {
             return false;
         };
-        let max_failures = self.params.max_failures;
+        let params = self.params;
         let Some(bucket) = self.buckets.get_mut(&(idx as u8)) else {
             return false;
         };
@@ -312,7 +323,7 @@ impl RoutingTable {
             return false;
         };
         bucket.entries[pos].failures = bucket.entries[pos].failures.saturating_add(1);
-        if bucket.entries[pos].failures < max_failures {
+        if !params.is_bad(&bucket.entries[pos]) {
             return false;
         }
         // Replace it by the freshest replacement (that its subnet's limit lets in). Without one
@@ -330,8 +341,7 @@ impl RoutingTable {
 
     /// Up to `n` bad contacts closest to `target` (fallback seeds when good ones run short).
     pub fn closest_bad(&self, target: &NodeId, n: usize) -> Vec<Contact> {
-        let max_failures = self.params.max_failures;
-        let mut v: Vec<&Entry> = self.iter().filter(|e| e.failures >= max_failures).collect();
+        let mut v: Vec<&Entry> = self.iter().filter(|e| self.params.is_bad(e)).collect();
         v.sort_by_key(|e| e.contact.id.distance(target));
         v.into_iter().take(n).map(|e| e.contact.clone()).collect()
     }
@@ -363,6 +373,43 @@ impl RoutingTable {
                 e.answered = true;
             }
         }
+    }
+
+    /// Moves `id`, a replacement that has answered a request of ours, into its bucket in place
+    /// of a contact that never has (a requester whose source may be forged, or a client that
+    /// left): the bad one first, else the stalest. Such a contact is never handed out, and it
+    /// must not keep out one that can be. Returns whether it moved.
+    pub fn promote_answered(&mut self, id: &NodeId) -> bool {
+        let Some(idx) = self.local.bucket_index(id) else {
+            return false;
+        };
+        let params = self.params;
+        let Some(b) = self.buckets.get_mut(&(idx as u8)) else {
+            return false;
+        };
+        let Some(r) = b
+            .replacements
+            .iter()
+            .position(|r| r.contact.id == *id && r.answered)
+        else {
+            return false;
+        };
+        let net = addr_subnet(&b.replacements[r].contact);
+        let Some(pos) = b
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| !e.answered && fits(&b.entries, params.subnet_limit, net, Some(*i)))
+            .min_by_key(|(_, e)| (!params.is_bad(e), e.last_seen))
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        if b.pinging == Some(b.entries[pos].contact.id) {
+            b.pinging = None;
+        }
+        b.entries[pos] = b.replacements.remove(r);
+        true
     }
 
     /// Folds an RTT sample into the contact's smoothed RTT and its deviation.
@@ -487,9 +534,8 @@ impl RoutingTable {
         if n == 0 {
             return Vec::new();
         }
-        let max_failures = self.params.max_failures;
         let mut all: Vec<(Distance, &Entry)> = Vec::new();
-        let keep = |e: &Entry| e.failures < max_failures && keep(e);
+        let keep = |e: &Entry| !self.params.is_bad(e) && keep(e);
         fn take<'a>(
             b: &'a Bucket,
             target: &NodeId,
@@ -728,6 +774,7 @@ mod tests {
         );
         for x in [&a, &b, &c] {
             assert_eq!(t.insert(now, x.clone(), true), InsertOutcome::Inserted);
+            t.on_answer(&x.id);
         }
         // Two more of 1.2.3.0/24 wait as replacements (one of it in the bucket so far).
         let (d, e) = (at(4, "udp://1.2.3.4:1"), at(5, "udp://1.2.3.5:1"));
@@ -817,11 +864,60 @@ mod tests {
                 prop_assert!(w[0].id.distance(&target) < w[1].id.distance(&target));
             }
             // closest() really returns the nearest non-bad contacts.
-            let mut all: Vec<NodeId> = rt.iter().filter(|e| e.failures < 2).map(|e| e.contact.id).collect();
+            let mut all: Vec<NodeId> = rt.iter().filter(|e| !rt.params.is_bad(e)).map(|e| e.contact.id).collect();
             all.sort_by_key(|id| id.distance(&target));
             all.truncate(n);
             prop_assert_eq!(all, closest.iter().map(|c| c.id).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_requester_that_never_answered_is_bad_after_one_failure() {
+        let now = Instant::now();
+        let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
+        let mk = |b: u8| {
+            let mut a = [0u8; 20];
+            a[0] = 0x80 | b;
+            NodeId(a)
+        };
+        // Two requesters fill the bucket; one of them answers a request of ours.
+        for b in [1, 2] {
+            rt.insert(now, contact(mk(b)), true);
+        }
+        rt.on_answer(&mk(2));
+        // A newcomer waits as a replacement.
+        assert!(matches!(
+            rt.insert(now, contact(mk(3)), true),
+            InsertOutcome::Pending { .. }
+        ));
+        // The one that answered once tolerates a failure; the one that never did is bad at its
+        // first, and the replacement takes its slot at once.
+        assert!(!rt.on_failure(&mk(2)));
+        assert_ne!(rt.liveness(rt.get(&mk(2)).unwrap(), now), Liveness::Bad);
+        assert!(rt.on_failure(&mk(1)));
+        assert!(rt.get(&mk(1)).is_none() && rt.get(&mk(3)).is_some());
+        // A bucket of requesters that never answered: a replacement that answers takes the
+        // stalest one's slot at once, with no failure to wait for.
+        let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
+        rt.insert(now, contact(mk(5)), true);
+        rt.insert(now + Duration::from_secs(1), contact(mk(6)), true);
+        rt.insert(now, contact(mk(7)), true);
+        assert!(!rt.promote_answered(&mk(7)), "it has not answered yet");
+        rt.on_answer(&mk(7));
+        assert!(rt.promote_answered(&mk(7)));
+        assert!(rt.get(&mk(5)).is_none() && rt.get(&mk(6)).is_some() && rt.get(&mk(7)).is_some());
+        // Once every slot holds a contact that answered, nothing is displaced.
+        rt.on_answer(&mk(6));
+        rt.insert(now, contact(mk(8)), true);
+        rt.on_answer(&mk(8));
+        assert!(!rt.promote_answered(&mk(8)));
+        rt.check_invariants().unwrap();
+        // A contact only named by others (never heard from) keeps the usual tolerance.
+        let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
+        rt.insert(now, contact(mk(4)), false);
+        assert!(!rt.on_failure(&mk(4)));
+        assert_ne!(rt.liveness(rt.get(&mk(4)).unwrap(), now), Liveness::Bad);
+        rt.check_invariants().unwrap();
     }
 
     #[test]

@@ -411,3 +411,140 @@ async fn the_client_api_announces_finds_peers_and_samples() {
         n.shutdown().await;
     }
 }
+
+/// An honest peer on `bind`: it asks `to` a find_node, then answers every query it gets (the
+/// server's verifying ping) for `secs` seconds. Returns its id.
+fn honest_peer(
+    to: SocketAddr,
+    bind: &'static str,
+    secs: u64,
+) -> (NodeId, std::thread::JoinHandle<()>) {
+    let c = Raw::new(to, bind);
+    let id = c.id;
+    let h = std::thread::spawn(move || {
+        let mut a = Dict::new();
+        a.bytes(b"target", c.id.as_bytes());
+        a.bytes(b"id", c.id.as_bytes());
+        let mut top = Dict::new();
+        top.raw(b"a", &a.finish())
+            .bytes(b"q", b"find_node")
+            .bytes(b"t", b"hp")
+            .bytes(b"y", b"q");
+        c.sock.send_to(&top.finish(), c.to).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < end {
+            let Ok((n, from)) = c.sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(v) = bencode::parse(&buf[..n]) else {
+                continue;
+            };
+            if v.get(b"y").and_then(Val::bytes) != Some(b"q") {
+                continue;
+            }
+            let t = v
+                .get(b"t")
+                .and_then(Val::bytes)
+                .unwrap_or_default()
+                .to_vec();
+            let mut r = Dict::new();
+            r.bytes(b"id", c.id.as_bytes());
+            let mut top = Dict::new();
+            top.raw(b"r", &r.finish()).bytes(b"t", &t).bytes(b"y", b"r");
+            let _ = c.sock.send_to(&top.finish(), from);
+        }
+    });
+    (id, h)
+}
+
+/// The (id, address) entries of an answer's compact `nodes`.
+fn compact_nodes(answer: &[u8]) -> Vec<(NodeId, SocketAddr)> {
+    r_bytes(answer, b"nodes")
+        .unwrap_or_default()
+        .chunks_exact(26)
+        .map(|e| {
+            let id = NodeId::from_bytes(e[..20].try_into().unwrap());
+            let ip = std::net::Ipv4Addr::new(e[20], e[21], e[22], e[23]);
+            (
+                id,
+                SocketAddr::from((ip, u16::from_be_bytes([e[24], e[25]]))),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_requesters_are_never_handed_out_and_honest_ones_are() {
+    let server = node(|_| {}).await;
+    let to = server.local_addr();
+    // An honest peer: it asks, answers the server's ping, and is handed out from then on.
+    let (first, h1) = blocking(move || honest_peer(to, "127.5.0.1:0", 20)).await;
+    // 1,500 requesters from as many addresses of 127.4.0.0/16 that never answer anything (their
+    // source addresses could be forged): find_node, get_peers and ping, as Mainline clients send.
+    let forged: Vec<NodeId> = blocking(move || {
+        let mut ids = Vec::new();
+        for i in 0..1500u32 {
+            let ip = std::net::Ipv4Addr::from(0x7f04_0000u32 + 1 + i);
+            let mut c = Raw::new(to, &format!("{ip}:0"));
+            c.sock.set_nonblocking(true).unwrap();
+            ids.push(c.id);
+            let mut a = Dict::new();
+            a.bytes(b"target", &item::sha1(format!("target {i}").as_bytes()));
+            let _ = c.ask("find_node", a, false);
+            let mut a = Dict::new();
+            a.bytes(b"info_hash", c.id.as_bytes());
+            let _ = c.ask("get_peers", a, false);
+            let _ = c.ask("ping", Dict::new(), false);
+        }
+        ids
+    })
+    .await;
+    assert!(
+        server.stats().await.unwrap().routing > 8,
+        "the forged requesters were not even learned"
+    );
+    // After the flood, a second honest peer joins the same way.
+    let (second, h2) = blocking(move || honest_peer(to, "127.5.0.2:0", 20)).await;
+    // What the server hands out, asked (read-only, so the asker is not learned) for the forged
+    // ids, for both honest ids and for random targets, until the second honest peer shows up.
+    let (forged_out, seen_first, seen_second) = blocking(move || {
+        let mut asker = Raw::new(to, "127.0.0.1:0");
+        let (mut forged_out, mut seen) = (0usize, (false, false));
+        // For 4 s at least, while the forged requesters' verifying pings time out and answered
+        // contacts take their slots; at most 15 s.
+        let t0 = std::time::Instant::now();
+        let targets: Vec<NodeId> = forged.iter().step_by(15).copied().collect();
+        while t0.elapsed() < Duration::from_secs(4)
+            || (t0.elapsed() < Duration::from_secs(15) && !(seen.0 && seen.1))
+        {
+            for t in targets.iter().chain([&first, &second]) {
+                let mut a = Dict::new();
+                a.bytes(b"target", t.as_bytes());
+                let Some(ans) = asker.ask("find_node", a, true) else {
+                    continue;
+                };
+                for (id, addr) in compact_nodes(&ans) {
+                    if addr.ip().to_string().starts_with("127.4.") {
+                        forged_out += 1;
+                    }
+                    seen.0 |= id == first;
+                    seen.1 |= id == second;
+                }
+            }
+        }
+        (forged_out, seen.0, seen.1)
+    })
+    .await;
+    assert_eq!(forged_out, 0, "forged requesters were handed out");
+    assert!(
+        seen_first,
+        "the honest peer that joined first was never handed out"
+    );
+    assert!(
+        seen_second,
+        "the honest peer that joined after the flood was never handed out"
+    );
+    server.shutdown().await;
+    let _ = (h1, h2);
+}

@@ -78,11 +78,28 @@ impl Node {
         };
         let id = contact.id;
         let verify = (!answered).then(|| contact.clone());
-        match self.routing.insert(now, contact, true) {
-            InsertOutcome::Pending { ping: Some(p) } => {
-                let peer = p.id;
-                if !self.send_to_contact(now, &p, Request::Ping, PendingKind::EvictPing { peer }) {
-                    self.routing.on_ping_ok(&peer);
+        let outcome = self.routing.insert(now, contact, true);
+        let pending = matches!(outcome, InsertOutcome::Pending { .. });
+        match outcome {
+            InsertOutcome::Pending { ping } => {
+                if let Some(p) = ping {
+                    let peer = p.id;
+                    if !self.send_to_contact(
+                        now,
+                        &p,
+                        Request::Ping,
+                        PendingKind::EvictPing { peer },
+                    ) {
+                        self.routing.on_ping_ok(&peer);
+                    }
+                }
+                // A requester waiting as a replacement is verified as well: one that answers is
+                // the first promoted, and one that does not (its source may be forged) leaves
+                // the replacement cache.
+                let awaiting = self.guard.awaiting(now, from, self.hard_timeout());
+                if let Some(c) = verify.filter(|_| !self.guard.proving(from) && !awaiting) {
+                    self.stats.verify_pings += 1;
+                    self.send_to_contact(now, &c, Request::Ping, PendingKind::Verify);
                 }
             }
             InsertOutcome::Inserted => {
@@ -98,6 +115,9 @@ impl Node {
         }
         if answered {
             self.routing.on_answer(&id);
+            if pending {
+                self.routing.promote_answered(&id);
+            }
         }
     }
 
