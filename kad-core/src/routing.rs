@@ -19,8 +19,7 @@ pub enum Liveness {
     Good,
     /// Not heard from for longer than the liveness window (or never verified).
     Questionable,
-    /// Failed to answer `max_failures` requests in a row, or sent us requests and failed the
-    /// first one we sent it without ever answering: first to be replaced.
+    /// Failed to answer `max_failures` requests in a row: first to be replaced.
     Bad,
 }
 
@@ -90,12 +89,9 @@ pub struct RoutingParams {
 }
 
 impl RoutingParams {
-    /// Whether `e` is bad: it failed `max_failures` requests in a row, or it sent us requests
-    /// but failed the first request we sent it (every retransmission included) without ever
-    /// having answered one. Such a requester may have forged its source address, or be a client
-    /// that left: it must not hold a slot that a node that answers could take.
+    /// Whether `e` is bad: it failed `max_failures` requests in a row.
     fn is_bad(&self, e: &Entry) -> bool {
-        e.failures >= self.max_failures || (e.failures > 0 && e.verified && !e.answered)
+        e.failures >= self.max_failures
     }
 }
 
@@ -273,10 +269,16 @@ impl RoutingTable {
             bucket.last_active = Some(now);
             return InsertOutcome::Inserted;
         }
-        // Otherwise keep it as a replacement, and ask for a ping of the stalest questionable entry.
-        bucket
+        // Otherwise keep it as a replacement (the freshest, still known to have answered if it
+        // had), and ask for a ping of the stalest questionable entry.
+        let mut entry = entry;
+        if let Some(i) = bucket
             .replacements
-            .retain(|r| r.contact.id != entry.contact.id);
+            .iter()
+            .position(|r| r.contact.id == entry.contact.id)
+        {
+            entry.answered = bucket.replacements.remove(i).answered;
+        }
         if bucket.replacements.len() >= cache {
             if cache == 0 {
                 return InsertOutcome::Ignored;
@@ -304,8 +306,7 @@ impl RoutingTable {
         InsertOutcome::Pending { ping }
     }
 
-    /// Records that `id` failed to answer a request. After `max_failures` in a row (one, for a
-    /// requester that never answered) it is bad, and
+    /// Records that `id` failed to answer a request. After `max_failures` in a row it is bad, and
     /// the freshest replacement takes its place if there is one. Returns true if it was replaced.
     pub fn on_failure(&mut self, id: &NodeId) -> bool {
         let Some(idx) = self.local.bucket_index(id) else {
@@ -452,6 +453,16 @@ impl RoutingTable {
         self.buckets
             .get(&(idx as u8))?
             .entries
+            .iter()
+            .find(|e| e.contact.id == *id)
+    }
+
+    /// `id`'s entry in its bucket's replacement cache, if it waits there.
+    pub fn replacement(&self, id: &NodeId) -> Option<&Entry> {
+        let idx = self.local.bucket_index(id)?;
+        self.buckets
+            .get(&(idx as u8))?
+            .replacements
             .iter()
             .find(|e| e.contact.id == *id)
     }
@@ -871,31 +882,17 @@ mod tests {
         }
     }
 
+    /// An id in the far half of the id space (bucket 159 of `NodeId::ZERO`), told apart by `b`.
+    fn far(b: u8) -> NodeId {
+        let mut a = [0u8; 20];
+        a[0] = 0x80 | b;
+        NodeId(a)
+    }
+
     #[test]
-    fn a_requester_that_never_answered_is_bad_after_one_failure() {
+    fn a_replacement_that_answers_takes_the_slot_of_a_contact_that_never_has() {
         let now = Instant::now();
-        let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
-        let mk = |b: u8| {
-            let mut a = [0u8; 20];
-            a[0] = 0x80 | b;
-            NodeId(a)
-        };
-        // Two requesters fill the bucket; one of them answers a request of ours.
-        for b in [1, 2] {
-            rt.insert(now, contact(mk(b)), true);
-        }
-        rt.on_answer(&mk(2));
-        // A newcomer waits as a replacement.
-        assert!(matches!(
-            rt.insert(now, contact(mk(3)), true),
-            InsertOutcome::Pending { .. }
-        ));
-        // The one that answered once tolerates a failure; the one that never did is bad at its
-        // first, and the replacement takes its slot at once.
-        assert!(!rt.on_failure(&mk(2)));
-        assert_ne!(rt.liveness(rt.get(&mk(2)).unwrap(), now), Liveness::Bad);
-        assert!(rt.on_failure(&mk(1)));
-        assert!(rt.get(&mk(1)).is_none() && rt.get(&mk(3)).is_some());
+        let mk = far;
         // A bucket of requesters that never answered: a replacement that answers takes the
         // stalest one's slot at once, with no failure to wait for.
         let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
@@ -911,12 +908,9 @@ mod tests {
         rt.insert(now, contact(mk(8)), true);
         rt.on_answer(&mk(8));
         assert!(!rt.promote_answered(&mk(8)));
-        rt.check_invariants().unwrap();
-        // A contact only named by others (never heard from) keeps the usual tolerance.
-        let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
-        rt.insert(now, contact(mk(4)), false);
-        assert!(!rt.on_failure(&mk(4)));
-        assert_ne!(rt.liveness(rt.get(&mk(4)).unwrap(), now), Liveness::Bad);
+        // Heard from again, a replacement stays known to have answered.
+        rt.insert(now, contact(mk(8)), true);
+        assert!(rt.replacement(&mk(8)).unwrap().answered);
         rt.check_invariants().unwrap();
     }
 
@@ -924,11 +918,7 @@ mod tests {
     fn ping_before_evict_and_replacement() {
         let now = Instant::now();
         let mut rt = RoutingTable::new(NodeId::ZERO, params(2));
-        let mk = |b: u8| {
-            let mut a = [0u8; 20];
-            a[0] = 0x80 | b;
-            NodeId(a)
-        };
+        let mk = far;
         assert_eq!(
             rt.insert(now, contact(mk(1)), true),
             InsertOutcome::Inserted

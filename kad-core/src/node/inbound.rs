@@ -78,6 +78,9 @@ impl Node {
         };
         let id = contact.id;
         let verify = (!answered).then(|| contact.clone());
+        // A requester already waiting as a replacement was sent its verifying PING when it
+        // arrived: one per requester, not one per request.
+        let waiting = self.routing.replacement(&id).is_some();
         let outcome = self.routing.insert(now, contact, true);
         let pending = matches!(outcome, InsertOutcome::Pending { .. });
         match outcome {
@@ -97,7 +100,9 @@ impl Node {
                 // the first promoted, and one that does not (its source may be forged) leaves
                 // the replacement cache.
                 let awaiting = self.guard.awaiting(now, from, self.hard_timeout());
-                if let Some(c) = verify.filter(|_| !self.guard.proving(from) && !awaiting) {
+                if let Some(c) =
+                    verify.filter(|_| !waiting && !self.guard.proving(from) && !awaiting)
+                {
                     self.stats.verify_pings += 1;
                     self.send_to_contact(now, &c, Request::Ping, PendingKind::Verify);
                 }
