@@ -309,11 +309,8 @@ impl RoutingTable {
     /// Records that `id` failed to answer a request. After `max_failures` in a row it is bad, and
     /// the freshest replacement takes its place if there is one. Returns true if it was replaced.
     pub fn on_failure(&mut self, id: &NodeId) -> bool {
-        let Some(idx) = self.local.bucket_index(id) else {
-            return false;
-        };
         let params = self.params;
-        let Some(bucket) = self.buckets.get_mut(&(idx as u8)) else {
+        let Some(bucket) = self.bucket_mut(id) else {
             return false;
         };
         if bucket.pinging == Some(*id) {
@@ -331,7 +328,7 @@ impl RoutingTable {
         // it stays, marked bad: excluded from `closest`, first to go when a new contact
         // arrives, and a last resort for lookups when nothing better is known (a lossy link
         // must not empty the table).
-        match promotable(bucket, self.params.subnet_limit, Some(pos)) {
+        match promotable(bucket, params.subnet_limit, Some(pos)) {
             Some(i) => {
                 bucket.entries[pos] = bucket.replacements.remove(i);
                 true
@@ -381,11 +378,8 @@ impl RoutingTable {
     /// left): the bad one first, else the stalest. Such a contact is never handed out, and it
     /// must not keep out one that can be. Returns whether it moved.
     pub fn promote_answered(&mut self, id: &NodeId) -> bool {
-        let Some(idx) = self.local.bucket_index(id) else {
-            return false;
-        };
         let params = self.params;
-        let Some(b) = self.buckets.get_mut(&(idx as u8)) else {
+        let Some(b) = self.bucket_mut(id) else {
             return false;
         };
         let Some(r) = b
@@ -455,6 +449,12 @@ impl RoutingTable {
             .entries
             .iter()
             .find(|e| e.contact.id == *id)
+    }
+
+    /// The bucket `id` belongs in, if it exists.
+    fn bucket_mut(&mut self, id: &NodeId) -> Option<&mut Bucket> {
+        let idx = self.local.bucket_index(id)?;
+        self.buckets.get_mut(&(idx as u8))
     }
 
     /// `id`'s entry in its bucket's replacement cache, if it waits there.
