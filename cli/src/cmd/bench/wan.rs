@@ -45,6 +45,11 @@ pub(crate) struct WanBenchArgs {
     /// Seconds the nodes get to join before the puts start (1 to 600).
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     settle: f64,
+    /// Megabytes of a file put (`kad put --file`) at the first site and got (`kad get --out`)
+    /// at the second, with both sites up, then again after the second site's nodes stop (0 for
+    /// none, at most 64).
+    #[arg(long, default_value_t = 0.0, value_name = "MB")]
+    file_mb: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -89,6 +94,9 @@ pub(crate) fn run(a: WanBenchArgs) -> Result<()> {
     }
     if !(0.0..=50.0).contains(&a.loss) {
         bail!("--loss = {} is out of range: 0 to 50 percent", a.loss);
+    }
+    if !(0.0..=64.0).contains(&a.file_mb) {
+        bail!("--file-mb = {} is out of range: 0 to 64", a.file_mb);
     }
     if !(1.0..=600.0).contains(&a.settle) {
         bail!("--settle = {} is out of range: 1 to 600 seconds", a.settle);
@@ -226,7 +234,7 @@ fn measure(
     let (mut stored, mut put_ok, mut found, mut put_errors, mut get_errors) =
         (Vec::new(), 0, 0, Vec::new(), Vec::new());
     let at_site = |site: usize, verb: &str, arg: &str, via: &str| {
-        at_site(wan, exe, kind, site, verb, arg, via)
+        at_site(wan, exe, kind, site, verb, arg, via, &[])
     };
     let tag = std::process::id();
     let mut fetched = Vec::new();
@@ -253,6 +261,11 @@ fn measure(
         }
     }
     stored.sort_unstable();
+    let files = FileRun::new(a.file_mb)?;
+    let file = match &files {
+        Some(f) => f.put_and_get(wan, exe, kind, &put_via, &get_via)?,
+        None => Value::Null,
+    };
     // The in-process nodes of the members and far gets run here.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -265,7 +278,10 @@ fn measure(
         let _ = c.kill();
         let _ = c.wait();
     }
-    let far = far_gets(&rt, a, kind, wan, &fetched, &put_via)?;
+    let mut far = far_gets(&rt, a, kind, wan, &fetched, &put_via)?;
+    if let (Some(f), Some(key)) = (&files, file["key"].as_str()) {
+        far["file"] = f.get(wan, exe, kind, key, &put_via)?;
+    }
     // The nodes' own counters, summed: what they dropped and why, what they sent again.
     let mut counters = serde_json::Map::new();
     for node in &nodes {
@@ -334,6 +350,7 @@ fn measure(
         "get_rtts_p50": a.rtts(get_p50),
         "join_ms_p50": pct(&mut join_ms, 0.5),
         "members": members,
+        "file": file,
         "far_get": far,
         "node_counters": counters,
         "targets": {"put_rtts_p50": PUT_RTTS_TARGET, "get_rtts_p50": GET_RTTS_TARGET},
@@ -408,7 +425,7 @@ fn far_gets(
     let exe = std::env::current_exe()?;
     let (mut get_ms, mut errors) = (Vec::new(), Vec::new());
     for (key, value) in values {
-        let g = at_site(wan, &exe, kind, 1, "get", key, via)?;
+        let g = at_site(wan, &exe, kind, 1, "get", key, via, &[])?;
         if g["value"].as_str() == Some(value.as_str()) {
             get_ms.push(g["elapsed_ms"].as_f64().unwrap_or(0.0));
         } else {
@@ -487,7 +504,95 @@ async fn site_node(
     Ok(b.build().await?)
 }
 
-/// One `kad put VALUE` or `kad get KEY` at `site`, joining through `via`; its JSON line.
+/// A file of random bytes put at the first site and got back at the second.
+struct FileRun {
+    dir: tempfile::TempDir,
+    bytes: Vec<u8>,
+}
+
+impl FileRun {
+    fn new(mb: f64) -> Result<Option<Self>> {
+        if mb <= 0.0 {
+            return Ok(None);
+        }
+        let mut bytes = vec![0u8; (mb * 1e6) as usize];
+        rand::RngCore::fill_bytes(&mut rand::rngs::ThreadRng::default(), &mut bytes);
+        let dir = tempfile::tempdir().context("a temporary directory for the file")?;
+        std::fs::write(dir.path().join("put"), &bytes)?;
+        Ok(Some(Self { dir, bytes }))
+    }
+
+    /// `kad put --file` at the first site, then a get at the second.
+    fn put_and_get(
+        &self,
+        wan: &Wan,
+        exe: &std::path::Path,
+        kind: &str,
+        put_via: &str,
+        get_via: &str,
+    ) -> Result<Value> {
+        let put = self.dir.path().join("put");
+        let p = at_site(
+            wan,
+            exe,
+            kind,
+            0,
+            "put",
+            "--file",
+            put_via,
+            &[&put.to_string_lossy()],
+        )?;
+        let mut r = json!({
+            "bytes": self.bytes.len(),
+            "put_ok": p["ok"].as_bool() == Some(true),
+            "put_ms": p["elapsed_ms"],
+            "min_replicas": p["min_replicas"],
+            "chunk_size": p["chunk_size"],
+            "put_error": p["error"],
+        });
+        if let Some(key) = p["key"].as_str() {
+            r["key"] = Value::from(key);
+            r["get"] = self.get(wan, exe, kind, key, get_via)?;
+        }
+        Ok(r)
+    }
+
+    /// `kad get KEY --out` at the second site: whether the bytes came back intact.
+    fn get(
+        &self,
+        wan: &Wan,
+        exe: &std::path::Path,
+        kind: &str,
+        key: &str,
+        via: &str,
+    ) -> Result<Value> {
+        let out = self.dir.path().join("got");
+        let _ = std::fs::remove_file(&out);
+        let g = at_site(
+            wan,
+            exe,
+            kind,
+            1,
+            "get",
+            key,
+            via,
+            &["--out", &out.to_string_lossy()],
+        )?;
+        let intact = std::fs::read(&out).is_ok_and(|b| b == self.bytes);
+        Ok(json!({
+            "intact": intact,
+            "get_ms": g["elapsed_ms"],
+            "fetches": g["fetches"],
+            "failed_fetches": g["failed_fetches"],
+            "lookups": g["lookups"],
+            "holders": g["holders"],
+            "error": g["error"],
+        }))
+    }
+}
+
+/// One `kad put VALUE` or `kad get KEY` at `site` (`extra` arguments after the first), joining through `via`; its JSON line.
+#[allow(clippy::too_many_arguments)]
 fn at_site(
     wan: &Wan,
     exe: &std::path::Path,
@@ -496,15 +601,16 @@ fn at_site(
     verb: &str,
     arg: &str,
     via: &str,
+    extra: &[&str],
 ) -> Result<Value> {
     let prefer = if kind == "quic" {
         "quic,udp"
     } else {
         "udp,quic"
     };
-    let args = [
-        verb,
-        arg,
+    let mut args = vec![verb, arg];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
         "--bootstrap",
         via,
         "--prefer",
@@ -512,6 +618,6 @@ fn at_site(
         "--json",
         "--timeout",
         "30",
-    ];
+    ]);
     client(wan.site(site), exe, &args)
 }
