@@ -275,6 +275,7 @@ pub(crate) async fn get_file(
         parallel,
         max_reply_bytes: value_limit(max_message),
         max_in_flight_bytes: in_flight_budget(max_message),
+        max_value_len: value_limit(dht.transports().max_message_len()),
         ..GetOptions::default()
     };
     let t0 = Instant::now();

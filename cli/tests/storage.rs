@@ -248,12 +248,14 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
     let input = dir.path().join("input.bin");
     std::fs::write(&input, &data).unwrap();
     let inp = input.to_str().unwrap();
+    let mut quic_key = String::new();
     for scheme in ["udp", "quic"] {
         let boot = nodes[1].addr_of(scheme);
         // Plain.
         let (code, put) = kad_json(&["put", "--bootstrap", boot, "--file", inp]);
         assert_eq!(code, 0, "{put}");
         let key = put["key"].as_str().unwrap();
+        quic_key = key.to_owned();
         let expect_chunk = if scheme == "udp" {
             35 * 1024
         } else {
@@ -285,6 +287,56 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
         assert!(e["error"].as_str().unwrap().contains("encrypted"), "{e}");
         assert!(!out.exists());
     }
+
+    // A reader over UDP alone cannot receive the QUIC-sized chunks: it is told so at once.
+    let out = dir.path().join("udp-reader.bin");
+    let (code, e) = get_out(nodes[4].addr_of("udp"), &quic_key, &out, &[]);
+    assert_eq!(code, 2, "{e}");
+    let why = e["error"].as_str().unwrap();
+    assert!(
+        why.contains("chunks are 774144 bytes") && why.contains("quic://"),
+        "{e}"
+    );
+    // A holder asked over UDP for one such chunk answers that it is too large for UDP.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let dht = client(nodes[0].addr_of("udp"), 9).await;
+        let key: kad_core::Key = quic_key.parse().unwrap();
+        let manifest = kad_plugin_storage::get_manifest(&dht, key).await.unwrap();
+        let index = kad_plugin_storage::fetch_one(&dht, manifest.index[0], "index")
+            .await
+            .unwrap();
+        let chunk = kad_plugin_storage::parse_index_blob(&index).unwrap()[0];
+        let p = FetchParams {
+            keys: vec![chunk],
+            max_bytes: 0,
+        };
+        let r = dht
+            .call(
+                contact_of(&nodes[4]),
+                FETCH,
+                serde_json::to_vec(&p).unwrap().into(),
+            )
+            .await;
+        match r {
+            Err(kad_core::DhtError::Query(kad_core::QueryError::Remote(e))) => {
+                assert_eq!(e.code, kad_core::RpcError::TOO_LARGE, "{e}");
+                assert!(e.message.contains("udp"), "{e}");
+            }
+            other => panic!("expected a TOO_LARGE answer, got {other:?}"),
+        }
+        // A library reader that does not say what its transports carry learns it from the
+        // holders' answers: the error names the cause, not a missing holder.
+        let out = dir.path().join("udp-library-reader.bin");
+        let opts = kad_plugin_storage::GetOptions::default();
+        let r = kad_plugin_storage::get_file(&dht, key, None, &out, &opts, &|_, _| ()).await;
+        match r {
+            Err(e @ kad_plugin_storage::TransferError::AnswerTooLarge { .. }) => {
+                assert!(e.to_string().contains("too large for the transport"), "{e}");
+            }
+            other => panic!("expected AnswerTooLarge, got {other:?}"),
+        }
+        dht.shutdown().await;
+    });
 
     // Shares 2/3 over QUIC: two shares decrypt, one does not, a mistyped share is named.
     let boot = nodes[3].addr_of("quic");

@@ -170,6 +170,9 @@ impl RpcError {
     pub const STORE_FULL: i64 = -32002;
     /// Ours: the request was refused by a filter (rate limit, policy).
     pub const REFUSED: i64 = -32003;
+    /// Ours: the answer is larger than the largest message of the transport it would go back
+    /// on (a value asked for over UDP that only fits a QUIC or WebSocket message).
+    pub const TOO_LARGE: i64 = -32004;
 
     /// Builds an error.
     pub fn new(code: i64, message: impl Into<String>) -> Self {

@@ -776,13 +776,6 @@ impl Actor {
                         // before a large answer, see `Config::amplification_guard`.)
                         self.inbox.lock().talked_to(&to);
                     }
-                    let bytes = match self.node.encode_to(&to, &msg) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            debug!(peer = %to, error = %e, "could not encode a message");
-                            continue;
-                        }
-                    };
                     let kind = to.kind();
                     let known = self.via.get(&to).and_then(|i| self.transports.get(*i));
                     let Some(t) =
@@ -790,6 +783,34 @@ impl Actor {
                     else {
                         trace!(peer = %to, "no transport for this address");
                         continue;
+                    };
+                    let max = t.max_message_len();
+                    let bytes = match self.node.encode_to(&to, &msg) {
+                        Ok(b) if b.len() <= max => b,
+                        Ok(b) => match too_large_answer(&msg, b.len(), max, kind) {
+                            // An answer the transport it goes back on cannot carry: the
+                            // requester is told why instead of waiting for a timeout.
+                            Some(err) => match self.node.encode_to(&to, &err) {
+                                Ok(b) if b.len() <= max => b,
+                                _ => continue,
+                            },
+                            None => b, // a request: the transport refuses it and counts it
+                        },
+                        Err(e) => {
+                            let answer = match e {
+                                crate::codec::EncodeError::TooLarge { len, max } => {
+                                    too_large_answer(&msg, len, max, kind)
+                                }
+                                crate::codec::EncodeError::Unsupported(_) => None,
+                            };
+                            match answer.map(|m| self.node.encode_to(&to, &m)) {
+                                Some(Ok(b)) if b.len() <= max => b,
+                                _ => {
+                                    debug!(peer = %to, error = %e, "could not encode a message");
+                                    continue;
+                                }
+                            }
+                        }
                     };
                     if let Err(e) = t.send_to_node(&to, msg.recipient, bytes).await {
                         trace!(peer = %to, error = %e, "send failed");
@@ -814,4 +835,27 @@ impl Actor {
             }
         }
     }
+}
+
+/// The error answer that replaces an answer of `len` bytes, over the `max` bytes the transport
+/// it goes back on carries; `None` for anything but a successful answer.
+fn too_large_answer(
+    msg: &crate::message::Message,
+    len: usize,
+    max: usize,
+    kind: TransportKind,
+) -> Option<crate::message::Message> {
+    if !matches!(msg.body, crate::message::Body::Response(_)) {
+        return None;
+    }
+    Some(crate::message::Message {
+        body: crate::message::Body::Error(crate::message::RpcError::new(
+            crate::message::RpcError::TOO_LARGE,
+            format!(
+                "the answer is {len} bytes, over the {max}-byte limit of a message on {}: ask over a transport with larger messages",
+                kind.scheme()
+            ),
+        )),
+        ..msg.clone()
+    })
 }

@@ -291,3 +291,54 @@ async fn put_quorum_returns_at_the_first_stores_and_the_rest_still_go_out() {
         1
     );
 }
+
+/// A plugin whose `big.GET` answers with 100 KB.
+struct Big;
+
+impl Plugin for Big {
+    fn namespace(&self) -> &'static str {
+        "big"
+    }
+    fn on_request(
+        &mut self,
+        _cx: &mut PluginCx<'_>,
+        _from: &Contact,
+        _method: &str,
+        _params: &Bytes,
+    ) -> Reply {
+        Reply::Result(Bytes::from(vec![b'x'; 100_000]))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_too_large_for_its_transport_becomes_an_error_answer_that_says_so() {
+    let net = MemoryNetwork::new();
+    // The holder's transport carries 64 KiB: its 100 KB answer cannot go back on it.
+    let a = Dht::spawn(
+        Node::builder(seeded_config(1)).plugin(Box::new(Big)),
+        vec![Arc::new(net.transport(64))],
+    )
+    .unwrap();
+    let b = Dht::spawn(
+        Node::builder(seeded_config(2)),
+        vec![Arc::new(net.transport(64).with_max_len(1 << 20))],
+    )
+    .unwrap();
+    let t = tokio::time::Instant::now();
+    let r = b.call(a.contact().clone(), "big.GET", Bytes::new()).await;
+    match r {
+        Err(DhtError::Query(QueryError::Remote(e))) => {
+            assert_eq!(e.code, kad_core::RpcError::TOO_LARGE, "{e}");
+            assert!(e.message.contains("over the 65536-byte limit"), "{e}");
+        }
+        other => panic!("expected a TOO_LARGE error answer, got {other:?}"),
+    }
+    // At once, not at a request deadline.
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    // Nothing else broke: small calls and pings still work both ways.
+    assert!(a.ping(b.contact().addrs[0].clone()).await.is_ok());
+}

@@ -155,6 +155,35 @@ pub enum TransferError {
         /// Holders asked.
         asked: usize,
     },
+    /// The file's chunks are larger than any message this node's transports receive.
+    #[error(
+        "the file's chunks are {chunk_len} bytes, more than the {limit} bytes of value one message \
+         to this node carries: get it over QUIC or WebSocket (a quic:// or ws:// address)"
+    )]
+    ChunkTooLarge {
+        /// Bytes of one stored chunk.
+        chunk_len: usize,
+        /// The largest value this node's transports receive in one answer
+        /// ([`GetOptions::max_value_len`]).
+        limit: usize,
+    },
+    /// Holders have the record but cannot send it over the transport the request went on.
+    #[error(
+        "{what} ({key}) is too large for the transport it was asked over: {holders} of the \
+         {asked} holders asked said so ({detail})"
+    )]
+    AnswerTooLarge {
+        /// Which record.
+        what: String,
+        /// Its key.
+        key: Key,
+        /// Holders that answered that the answer was too large.
+        holders: usize,
+        /// Holders asked.
+        asked: usize,
+        /// The last such answer's message.
+        detail: String,
+    },
     /// The key is a plain record, not a file manifest.
     #[error("{0} is not a file manifest")]
     NotAFile(Key),
@@ -389,6 +418,11 @@ pub struct GetOptions {
     /// over UDP): answers arriving faster than they are read are dropped by the kernel and
     /// cost a timeout each. Unlimited by default, for stream transports with flow control.
     pub max_in_flight_bytes: usize,
+    /// The largest value one answer can bring over this node's transports (the `kad` CLI
+    /// takes it from its largest message, e.g. 45,000 bytes over UDP alone). A file whose
+    /// chunks are larger fails at once with [`TransferError::ChunkTooLarge`] instead of asking
+    /// holders for answers that cannot reach it. Unlimited by default.
+    pub max_value_len: usize,
 }
 
 impl Default for GetOptions {
@@ -399,6 +433,7 @@ impl Default for GetOptions {
             max_reply_bytes: 40_000,
             holders: 20,
             max_in_flight_bytes: usize::MAX,
+            max_value_len: usize::MAX,
         }
     }
 }
@@ -503,6 +538,13 @@ pub async fn get_file_with(
         _ => {}
     }
     let file_key = manifest.encryption.as_ref().and(file_key);
+    let chunk_len = manifest.stored_len(0).unwrap_or(0);
+    if chunk_len > opts.max_value_len {
+        return Err(TransferError::ChunkTooLarge {
+            chunk_len,
+            limit: opts.max_value_len,
+        });
+    }
     // The index: every chunk key, in order, checked against the root.
     let mut keys = Vec::with_capacity(manifest.chunks as usize);
     let index = fetch_many(
@@ -635,6 +677,9 @@ struct Plan {
     orphans: VecDeque<Key>,
     /// Failures per holder; three and it is asked no more.
     bad_peer: HashMap<NodeId, u32>,
+    /// Keys some holder has but said were too large for the transport: how many, and the last
+    /// holder's words.
+    too_large: HashMap<Key, (usize, String)>,
 }
 
 impl Plan {
@@ -706,6 +751,7 @@ async fn fetch_many(
         queues: HashMap::new(),
         orphans: VecDeque::new(),
         bad_peer: HashMap::new(),
+        too_large: HashMap::new(),
     };
     let mut order = Vec::new();
     for k in keys {
@@ -765,6 +811,15 @@ async fn fetch_many(
                         .spawn(async move { Done::Get(i, d.get(k).await.map(|o| o.record.value)) });
                 }
                 _ => {
+                    if let Some((holders, detail)) = plan.too_large.remove(&k) {
+                        return Err(TransferError::AnswerTooLarge {
+                            what: format!("{what} {i}"),
+                            key: k,
+                            holders,
+                            asked: p.asked.len(),
+                            detail,
+                        });
+                    }
                     return Err(TransferError::NotFound {
                         what: format!("{what} {i}"),
                         key: k,
@@ -833,6 +888,15 @@ async fn fetch_many(
                     *b = b.saturating_sub(1);
                 }
                 in_flight_bytes = in_flight_bytes.saturating_sub(expect(asked.len()));
+                if let Err(DhtError::Query(QueryError::Remote(e))) = &r {
+                    if e.code == kad_core::RpcError::TOO_LARGE {
+                        for k in &asked {
+                            let t = plan.too_large.entry(*k).or_default();
+                            t.0 += 1;
+                            t.1.clone_from(&e.message);
+                        }
+                    }
+                }
                 let reply = r.map_err(|e| e.to_string()).and_then(|b| {
                     serde_json::from_slice::<FetchReply>(&b).map_err(|e| e.to_string())
                 });
