@@ -120,8 +120,12 @@ pub(crate) struct ClientArgs {
     #[arg(long, value_name = "ADDRS")]
     pub bootstrap: Vec<String>,
     /// Transports to prefer when a peer has several addresses, in order (e.g. quic,udp,ws).
-    #[arg(long, default_value = "udp,quic,ws", value_name = "KINDS")]
-    pub prefer: String,
+    /// Default udp,quic,ws; for a file put or get, quic,ws,udp: a file client opens QUIC beside
+    /// the transports of --bootstrap, so that chunks travel on QUIC to every node that has a
+    /// quic:// address (a large datagram lost in part is lost whole; QUIC resends only what was
+    /// lost).
+    #[arg(long, value_name = "KINDS")]
+    pub prefer: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Key file of the client's identity (created with mode 0600 if missing); a fresh key by default.
@@ -147,8 +151,23 @@ pub(crate) async fn client(
     targets: &[PeerAddr],
     validator: Option<Arc<dyn kad_core::RecordValidator>>,
 ) -> Result<kad::NativeNode> {
+    client_preferring(a, targets, validator, DEFAULT_PREFER).await
+}
+
+/// The transports a client prefers when `--prefer` is not given.
+pub(crate) const DEFAULT_PREFER: &str = "udp,quic,ws";
+/// The same for a file put or get.
+pub(crate) const FILE_PREFER: &str = "quic,ws,udp";
+
+/// [`client`], preferring `default_prefer` unless `--prefer` is given.
+async fn client_preferring(
+    a: &ClientArgs,
+    targets: &[PeerAddr],
+    validator: Option<Arc<dyn kad_core::RecordValidator>>,
+    default_prefer: &str,
+) -> Result<kad::NativeNode> {
     crate::check_range("id-work", a.id_work, 0, 32)?;
-    let prefer = parse_preference(&a.prefer)?;
+    let prefer = parse_preference(a.prefer.as_deref().unwrap_or(default_prefer))?;
     let mut b = node_builder()
         .client()
         .id_work(a.id_work)
@@ -184,13 +203,43 @@ pub(crate) async fn joined_with(
     a: &ClientArgs,
     validator: Option<Arc<dyn kad_core::RecordValidator>>,
 ) -> Result<(kad::NativeNode, Duration, usize)> {
+    join(a, validator, false).await
+}
+
+/// [`joined_with`] for a file put or get: the client also opens QUIC (beside UDP seeds) and
+/// prefers it ([`FILE_PREFER`]) unless `--prefer` is given.
+pub(crate) async fn joined_for_files(
+    a: &ClientArgs,
+    validator: Option<Arc<dyn kad_core::RecordValidator>>,
+) -> Result<(kad::NativeNode, Duration, usize)> {
+    join(a, validator, true).await
+}
+
+async fn join(
+    a: &ClientArgs,
+    validator: Option<Arc<dyn kad_core::RecordValidator>>,
+    files: bool,
+) -> Result<(kad::NativeNode, Duration, usize)> {
     let seeds = parse_addrs("--bootstrap", &a.bootstrap)?;
     if seeds.is_empty() {
         bail!(
             "--bootstrap: at least one address (udp://, quic://, ws:// or wss://) is needed to reach the network"
         );
     }
-    let node = client(a, &seeds, validator).await?;
+    let node = if files {
+        // The QUIC endpoint takes the address family of the UDP seeds; nothing is sent to
+        // these addresses unless a node answers with them.
+        let mut targets = seeds.clone();
+        if !seeds.iter().any(|s| matches!(s, PeerAddr::Quic(_))) {
+            targets.extend(seeds.iter().filter_map(|s| match s {
+                PeerAddr::Udp(a) => Some(PeerAddr::Quic(*a)),
+                _ => None,
+            }));
+        }
+        client_preferring(a, &targets, validator, FILE_PREFER).await?
+    } else {
+        client(a, &seeds, validator).await?
+    };
     let max_message = node.transports().min_message_len();
     let t0 = Instant::now();
     match node.join(&seeds, timeout(a)?).await {

@@ -16,7 +16,7 @@ use kad_plugin_storage::{
 };
 use serde_json::json;
 
-use crate::net::{ClientArgs, emit, joined_with, ms, value_limit};
+use crate::net::{ClientArgs, emit, joined_for_files, ms, value_limit};
 
 /// `kad node` flags for what the node stores.
 #[derive(Args, Debug, Clone)]
@@ -109,6 +109,17 @@ pub(crate) fn in_flight_budget(max_message: usize) -> usize {
     }
 }
 
+/// Whether a file client reaches nodes on a stream transport (QUIC, WebSocket) first, where
+/// flow control paces the holders' answers.
+fn streams_first(a: &ClientArgs) -> bool {
+    a.prefer
+        .as_deref()
+        .unwrap_or(crate::net::FILE_PREFER)
+        .split(',')
+        .next()
+        .is_some_and(|k| k.trim() != "udp")
+}
+
 /// A progress bar on stderr (hidden with --json or when stderr is not a terminal).
 pub(crate) fn bar(json: bool, what: &str) -> ProgressBar {
     if json {
@@ -174,7 +185,7 @@ pub(crate) async fn put_file(
         bail!("--parallel = {p} is out of range: 1 to 256");
     }
     std::fs::metadata(path).with_context(|| format!("--file {}", path.display()))?;
-    let (dht, join, max_message) = joined_with(client, None).await?;
+    let (dht, join, max_message) = joined_for_files(client, None).await?;
     let max_value = value_limit(max_message);
     let tag = if protection == Protection::Plain {
         0
@@ -270,11 +281,19 @@ pub(crate) async fn get_file(
             .collect::<Result<Vec<_>>>()?;
         file_key = Some(combine_shares(&parsed).context("--share")?);
     }
-    let (dht, join, max_message) = joined_with(client, Some(Arc::new(ContentValidator))).await?;
+    let (dht, join, max_message) =
+        joined_for_files(client, Some(Arc::new(ContentValidator))).await?;
+    // Answers come on the transport asked first: QUIC's carry many chunks each, and its flow
+    // control paces them; a datagram's carry one message's worth, 1 MiB in flight at most.
+    let answer_message = if streams_first(client) {
+        dht.transports().max_message_len()
+    } else {
+        max_message
+    };
     let opts = GetOptions {
         parallel,
-        max_reply_bytes: value_limit(max_message),
-        max_in_flight_bytes: in_flight_budget(max_message),
+        max_reply_bytes: value_limit(answer_message),
+        max_in_flight_bytes: in_flight_budget(answer_message),
         max_value_len: value_limit(dht.transports().max_message_len()),
         ..GetOptions::default()
     };

@@ -288,13 +288,29 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
         assert!(!out.exists());
     }
 
-    // A reader over UDP alone cannot receive the QUIC-sized chunks: it is told so at once.
+    // A reader joined over UDP gets the QUIC-sized chunks over QUIC: a file client opens QUIC
+    // beside UDP and prefers it.
     let out = dir.path().join("udp-reader.bin");
-    let (code, e) = get_out(nodes[4].addr_of("udp"), &quic_key, &out, &[]);
+    let (code, got) = get_out(nodes[4].addr_of("udp"), &quic_key, &out, &[]);
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // Made to ask over UDP, it is told the chunks are too large for it, not that they are
+    // missing.
+    let out = dir.path().join("udp-only-reader.bin");
+    let (code, e) = kad_json(&[
+        "get",
+        "--bootstrap",
+        nodes[4].addr_of("udp"),
+        &quic_key,
+        "--out",
+        out.to_str().unwrap(),
+        "--prefer",
+        "udp",
+    ]);
     assert_eq!(code, 2, "{e}");
     let why = e["error"].as_str().unwrap();
     assert!(
-        why.contains("chunks are 774144 bytes") && why.contains("quic://"),
+        why.contains("too large for the transport") && why.contains("message on udp"),
         "{e}"
     );
     // A holder asked over UDP for one such chunk answers that it is too large for UDP.
@@ -324,9 +340,25 @@ fn files_round_trip_through_node_processes_with_encryption_and_shares() {
             }
             other => panic!("expected a TOO_LARGE answer, got {other:?}"),
         }
-        // A library reader that does not say what its transports carry learns it from the
-        // holders' answers: the error names the cause, not a missing holder.
+        // A library reader on UDP alone that says what its transport carries is told at once.
         let out = dir.path().join("udp-library-reader.bin");
+        let opts = kad_plugin_storage::GetOptions {
+            max_value_len: kad_core::max_native_value_for(kad_core::MAX_DATAGRAM),
+            ..Default::default()
+        };
+        let r = kad_plugin_storage::get_file(&dht, key, None, &out, &opts, &|_, _| ()).await;
+        match r {
+            Err(e @ kad_plugin_storage::TransferError::ChunkTooLarge { .. }) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("chunks are 774144 bytes") && e.contains("quic://"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected ChunkTooLarge, got {other:?}"),
+        }
+        // One that does not say learns it from the holders' answers: the error names the
+        // cause, not a missing holder.
         let opts = kad_plugin_storage::GetOptions::default();
         let r = kad_plugin_storage::get_file(&dht, key, None, &out, &opts, &|_, _| ()).await;
         match r {

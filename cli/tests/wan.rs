@@ -14,8 +14,13 @@ mod common;
 use common::kad;
 use serde_json::Value;
 
+/// One two-site network at a time: each runs 10 node processes and a link emulator, and two at
+/// once on a small machine starve each other's timers.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (code, text, stderr) = kad(&["bench", "wan", "--ops", "8", "--json"]);
     assert!(
         code == 0,
@@ -69,6 +74,7 @@ fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
 /// put took 46 s, stored only at its own site, and both gets failed.
 #[test]
 fn netns_a_file_crosses_200_ms_of_lossy_reordering_link_intact_over_quic() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (code, text, stderr) = kad(&[
         "bench",
         "wan",
@@ -99,9 +105,9 @@ fn netns_a_file_crosses_200_ms_of_lossy_reordering_link_intact_over_quic() {
     let f = &r["file"];
     assert_eq!(f["put_ok"], true, "the put is acknowledged: {f}");
     assert_eq!(f["chunk_size"], 774_144, "QUIC-sized chunks: {f}");
-    // Chunks stored at both sites (each site has 5 nodes): every node but at most two.
+    // Each site has 5 nodes: more than 5 holders means the far site holds every chunk too.
     assert!(
-        f["min_replicas"].as_u64().unwrap_or(0) >= 8,
+        f["min_replicas"].as_u64().unwrap_or(0) >= 6,
         "each chunk reaches the far site: {f}"
     );
     assert_eq!(f["get"]["intact"], true, "got intact at the far site: {f}");
@@ -116,4 +122,55 @@ fn netns_a_file_crosses_200_ms_of_lossy_reordering_link_intact_over_quic() {
         assert!(d["dropped"].as_u64().unwrap() > 100, "{dir}: {d}");
     }
     assert!(r["ping_ms_p50"].as_f64().unwrap() >= 150.0, "{r}");
+}
+
+/// Nodes on UDP and QUIC, clients joining over UDP with their default preferences, 200 ms
+/// between the sites and 2% loss: a file put by such a client is stored at both sites and got
+/// intact at the far one, with its nodes up and with them stopped, because a file client moves
+/// its chunks on QUIC. Over UDP alone, a 35 KiB chunk is a datagram of about 30 IP fragments,
+/// lost whole when one is: such files did not cross at 3% loss.
+#[test]
+fn netns_a_file_put_by_a_client_joined_over_udp_crosses_a_lossy_link_on_quic() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (code, text, stderr) = kad(&[
+        "bench",
+        "wan",
+        "--transport",
+        "mixed",
+        "--rtt-ms",
+        "200",
+        "--jitter-ms",
+        "15",
+        "--loss",
+        "2",
+        "--ops",
+        "2",
+        "--settle",
+        "20",
+        "--file-mb",
+        "5",
+        "--json",
+    ]);
+    assert!(
+        code == 0,
+        "kad bench wan failed (it needs root, iproute2 and ethtool): {text}{stderr}"
+    );
+    let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));
+    assert_eq!(r["joined"], 10, "every node joins: {r}");
+    let f = &r["file"];
+    assert_eq!(f["put_ok"], true, "the put is acknowledged: {f}");
+    assert_eq!(f["chunk_size"], 35_840, "chunks any reader can take: {f}");
+    assert!(
+        f["min_replicas"].as_u64().unwrap_or(0) >= 6,
+        "each chunk reaches the far site (5 nodes per site): {f}"
+    );
+    assert_eq!(f["get"]["intact"], true, "got intact at the far site: {f}");
+    assert_eq!(r["far_get"]["file"]["intact"], true, "{r}");
+    // The chunks went on QUIC: the nodes accepted QUIC connections from the file clients.
+    assert!(
+        r["node_counters"]["quic_accepted"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(r["found"], 2, "small values cross too: {r}");
 }

@@ -139,6 +139,9 @@ mod memory {
     struct Net {
         next: u64,
         peers: HashMap<u64, Inbox>,
+        /// Endpoints cut off by [`MemoryNetwork::cut`]: what they send and what is sent to them
+        /// is lost.
+        cut: std::collections::HashSet<u64>,
     }
 
     impl MemoryNetwork {
@@ -174,6 +177,24 @@ mod memory {
                 closing: tokio::sync::watch::channel(false).0,
                 max_len: 64 * 1024,
             }
+        }
+
+        /// Cuts an endpoint off (`true`, an outage: every message it sends or is sent is lost
+        /// silently, as on a dead link) or brings it back (`false`).
+        pub fn cut(&self, addr: &PeerAddr, off: bool) {
+            if let PeerAddr::Mem(n) = addr {
+                let mut net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if off {
+                    net.cut.insert(*n);
+                } else {
+                    net.cut.remove(n);
+                }
+            }
+        }
+
+        fn is_cut(&self, a: u64, b: u64) -> bool {
+            let net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            net.cut.contains(&a) || net.cut.contains(&b)
         }
 
         /// Removes an endpoint: messages to it are dropped from now on (a peer going away).
@@ -263,6 +284,11 @@ mod memory {
             let PeerAddr::Mem(n) = to else {
                 return Err(TransportError::WrongKind(to.clone()));
             };
+            if let PeerAddr::Mem(me) = self.addr {
+                if self.net.is_cut(me, *n) {
+                    return Ok(()); // lost on the way
+                }
+            }
             let inbox = self
                 .net
                 .inbox(*n)

@@ -296,6 +296,9 @@ pub struct FindResult {
     /// The latest reading this node holds for the topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<WireItem>,
+    /// The seq of the reading before `latest` (see [`NotifyParams::prev`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<i64>,
     /// Subscribers this node holds for the topic.
     #[serde(default)]
     pub subscribers: usize,
@@ -332,6 +335,10 @@ pub struct SubscribeResult {
     /// The latest reading, when newer than the subscriber's `seq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<WireItem>,
+    /// Readings kept before the latest that are newer than the subscriber's `seq`, oldest
+    /// first (only when `seq` was given: a subscriber coming back gets what it missed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missed: Vec<WireItem>,
     /// Recent unexpired messages of a named topic (oldest first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<TopicMessage>,
@@ -347,6 +354,10 @@ pub struct PublishParams {
     /// push it to the subscribers of the dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<Vec<NodeId>>,
+    /// The seq of the publisher's reading before this one, so that rendezvous nodes and
+    /// subscribers that missed readings know it (see [`NotifyParams::prev`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<i64>,
 }
 
 /// Result of [`PUBLISH`] and [`POST`].
@@ -377,6 +388,11 @@ pub struct NotifyParams {
     /// A message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<TopicMessage>,
+    /// The seq of the reading before `item` (as its publisher said, else as the pushing node
+    /// holds it): a subscriber whose last reading is older missed some, and asks that node for
+    /// the readings it kept (a renewal with its seq) before delivering this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<i64>,
 }
 
 pub(crate) mod hex_bytes {

@@ -156,6 +156,7 @@ async fn forged_and_replayed_readings_are_refused() {
     let rendezvous = net.nodes[0].contact().clone();
     let params = Bytes::from(
         serde_json::to_vec(&PublishParams {
+            prev: None,
             item: forged.clone(),
             live: None,
         })
@@ -169,6 +170,7 @@ async fn forged_and_replayed_readings_are_refused() {
     let notify = |item: WireItem| {
         Bytes::from(
             serde_json::to_vec(&NotifyParams {
+                prev: None,
                 topic: item.topic(),
                 item: Some(item),
                 message: None,
@@ -371,6 +373,7 @@ async fn repair_rounds_cannot_be_replayed_into_floods() {
             net.nodes.iter().map(|n| n.id()).collect(),
         ] {
             let params = PublishParams {
+                prev: None,
                 item: it.clone(),
                 live: Some(live),
             };
@@ -553,4 +556,85 @@ async fn in_a_two_node_network_the_subscriber_is_a_rendezvous_node_and_still_rec
         "no message"
     );
     assert!(nothing_more(&mut sub).await, "a reading delivered twice");
+}
+
+/// A subscriber cut off while readings 3 to 14 go out, then back: the readings it gets after
+/// coming back (each checked to arrive once, in order), then a live one.
+async fn readings_after_an_outage(config: PubsubConfig) -> Vec<i64> {
+    let net = network(10, config).await;
+    let seed = [5u8; 32];
+    let pk = public_key(&seed);
+    let subscriber = net.nodes[9].clone();
+    let mut sub = Pubsub::attach(subscriber.clone())
+        .await
+        .unwrap()
+        .subscribe_sensor(pk, b"h")
+        .await
+        .unwrap();
+    let publisher = Pubsub::attach(net.nodes[8].clone()).await.unwrap();
+    let publish = async |seq: i64| {
+        publisher
+            .publish(reading(&seed, b"h", seq, &format!("r{seq}")))
+            .await
+            .unwrap()
+    };
+    for seq in 1..=2 {
+        publish(seq).await;
+        assert_eq!(next_reading(&mut sub).await, Some((seq, format!("r{seq}"))));
+    }
+    // The outage: everything to and from the subscriber is lost while 12 readings go out.
+    let addr = subscriber.contact().addrs[0].clone();
+    net._net.cut(&addr, true);
+    for seq in 3..=14 {
+        let o = publish(seq).await;
+        assert!(o.stored_on >= 3, "{o:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    net._net.cut(&addr, false);
+    // Back: its next renewal (or the first push after it) brings what it missed that is still
+    // kept, oldest first, then the latest.
+    let mut got = Vec::new();
+    while let Some((seq, v)) = next_reading(&mut sub).await {
+        assert_eq!(v, format!("r{seq}"));
+        assert!(
+            got.last().is_none_or(|l| *l < seq),
+            "out of order: {got:?} then {seq}"
+        );
+        got.push(seq);
+        if seq == 14 {
+            break;
+        }
+    }
+    // Live again.
+    publish(15).await;
+    assert_eq!(next_reading(&mut sub).await, Some((15, "r15".into())));
+    assert!(
+        nothing_more(&mut sub).await,
+        "a reading was delivered twice"
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_back_from_an_outage_gets_the_kept_readings_it_missed_in_order_once() {
+    let mut config = PubsubConfig::default();
+    config.subscription_ttl = Duration::from_secs(3); // renewed every second
+    config.max_history = 8;
+    // The rendezvous nodes keep the last 8 readings (seqs 7 to 14).
+    let got = readings_after_an_outage(config.clone()).await;
+    assert_eq!(
+        got,
+        (7..=14).collect::<Vec<_>>(),
+        "the kept readings, in order"
+    );
+    // Kept history is bounded in bytes too: here three readings' worth (each counts its value,
+    // salt and 256), so 11 to 13 are kept besides the latest.
+    let size = "3:r10".len() + "h".len() + 256;
+    config.max_history_bytes = 3 * size;
+    let got = readings_after_an_outage(config.clone()).await;
+    assert_eq!(got, (11..=14).collect::<Vec<_>>(), "three kept, in order");
+    // Without history, only the latest.
+    config.max_history = 0;
+    let got = readings_after_an_outage(config).await;
+    assert_eq!(got, vec![14]);
 }

@@ -675,7 +675,8 @@ struct Plan {
     queues: HashMap<NodeId, (Contact, VecDeque<Key>)>,
     /// Keys out of holders, waiting for a lookup.
     orphans: VecDeque<Key>,
-    /// Failures per holder; three and it is asked no more.
+    /// Failures per holder since it last served a value; three in a row and it is asked no
+    /// more.
     bad_peer: HashMap<NodeId, u32>,
     /// Keys some holder has but said were too large for the transport: how many, and the last
     /// holder's words.
@@ -897,14 +898,23 @@ async fn fetch_many(
                         }
                     }
                 }
+                let error_answer = matches!(r, Err(DhtError::Query(QueryError::Remote(_))));
                 let reply = r.map_err(|e| e.to_string()).and_then(|b| {
                     serde_json::from_slice::<FetchReply>(&b).map_err(|e| e.to_string())
                 });
                 let Ok(reply) = reply else {
                     out.failed += 1;
-                    *plan.bad_peer.entry(c.id).or_default() += 1;
+                    let failures = plan.bad_peer.entry(c.id).or_default();
+                    *failures += 1;
+                    // A lost answer (a timeout) is asked of the same holder again, until it
+                    // fails three times in a row; an error answer moves on at once.
+                    let again = *failures < 3 && !error_answer;
                     for k in asked {
-                        plan.miss(k, c.id);
+                        if again {
+                            plan.route(k);
+                        } else {
+                            plan.miss(k, c.id);
+                        }
                     }
                     continue;
                 };
@@ -921,6 +931,7 @@ async fn fetch_many(
                             Err(e) => return Err(e),
                         };
                     if ok {
+                        plan.bad_peer.remove(&c.id); // failures count in a row
                         out.holders.insert(c.id);
                         plan.pending.remove(&k);
                         if keep {

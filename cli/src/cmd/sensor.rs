@@ -72,7 +72,7 @@ impl NetOpts {
     fn client_args(&self) -> ClientArgs {
         ClientArgs {
             bootstrap: self.bootstrap.clone(),
-            prefer: "udp,quic,ws".into(),
+            prefer: None,
             tls: TlsArgs::default(),
             key_file: self.node_key_file.clone(),
             id_work: 0,

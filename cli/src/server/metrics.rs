@@ -355,6 +355,7 @@ impl Collector for Snapshot {
                     ("subscribers_dropped", p.subscribers_dropped),
                     ("delivered", p.delivered),
                     ("duplicates", p.duplicates),
+                    ("gaps", p.gaps),
                     ("rejected", p.rejected),
                 ],
             )?;

@@ -42,6 +42,13 @@ pub struct PubsubConfig {
     pub holder_cache: Duration,
     /// Message ids a subscriber remembers per named topic (deduplication).
     pub max_seen_messages: usize,
+    /// Readings a rendezvous node keeps per sensor topic, newest last (0: the latest only). A
+    /// subscriber that renews its subscription with the seq it last received gets the kept
+    /// readings it missed, oldest first, before the latest.
+    pub max_history: usize,
+    /// Bytes of kept readings over all topics (each counts its value and salt plus 256): past
+    /// it, a topic's new reading pushes out that topic's oldest kept ones.
+    pub max_history_bytes: usize,
 }
 
 impl Default for PubsubConfig {
@@ -62,6 +69,8 @@ impl Default for PubsubConfig {
             drop_after_failures: 3,
             holder_cache: Duration::from_secs(30),
             max_seen_messages: 4096,
+            max_history: 16,
+            max_history_bytes: 16 << 20,
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct PubsubStats {
     pub delivered: u64,
     /// Copies of already delivered readings and messages (from other pushers), dropped.
     pub duplicates: u64,
+    /// Pushed readings that came after a gap (the pusher held readings newer than our last):
+    /// each made us ask that node for the readings it kept, to deliver them in order first.
+    pub gaps: u64,
     /// Pushed readings and messages that failed verification, dropped.
     pub rejected: u64,
     /// Subscriptions this node holds at rendezvous nodes.
@@ -194,6 +197,10 @@ struct Sub {
 struct Topic {
     sensor: Option<([u8; 32], Bytes)>,
     latest: Option<WireItem>,
+    /// The seq of the reading before `latest`, as its publisher said.
+    latest_prev: Option<i64>,
+    /// Readings before `latest`, oldest first, at most `max_history - 1` (seqs increasing).
+    history: VecDeque<WireItem>,
     recent: VecDeque<TopicMessage>,
     subs: BTreeMap<NodeId, Sub>,
     touched: Instant,
@@ -206,6 +213,8 @@ impl Topic {
         Self {
             sensor: None,
             latest: None,
+            latest_prev: None,
+            history: VecDeque::new(),
             recent: VecDeque::new(),
             subs: BTreeMap::new(),
             touched: now,
@@ -232,6 +241,12 @@ struct MySub {
     holders: BTreeSet<u64>,
     /// The holder of the running subscribe command (`cmd`).
     cmd_holder: u64,
+}
+
+/// What one reading kept in a topic's history counts against
+/// [`PubsubConfig::max_history_bytes`]: its value and salt plus the fixed fields and overhead.
+fn history_size(item: &WireItem) -> usize {
+    item.v.len() + item.salt.len() + 256
 }
 
 /// What a push carries, to push it to each subscriber once.
@@ -268,23 +283,25 @@ enum LookupFor {
 
 #[derive(Clone)]
 enum Payload {
-    Item(WireItem),
+    /// A reading, and the seq of the one this node published before it.
+    Item(WireItem, Option<i64>),
     Message(TopicMessage),
 }
 
 impl Payload {
     fn method(&self) -> &'static str {
         match self {
-            Self::Item(_) => wire::PUBLISH,
+            Self::Item(..) => wire::PUBLISH,
             Self::Message(_) => wire::POST,
         }
     }
 
     fn params(&self, live: Option<Vec<NodeId>>) -> Bytes {
         match self {
-            Self::Item(item) => json(&PublishParams {
+            Self::Item(item, prev) => json(&PublishParams {
                 item: item.clone(),
                 live,
+                prev: *prev,
             }),
             Self::Message(message) => json(&PostParams {
                 message: message.clone(),
@@ -344,6 +361,10 @@ pub struct PubsubPlugin {
     ops: BTreeMap<u64, Op>,
     next_op: u64,
     holders: BTreeMap<Key, Holders>,
+    /// The seq of the last reading this node published, per topic (at most `max_topics`).
+    published: BTreeMap<Key, i64>,
+    /// Bytes of the readings kept in the topics' histories (see [`history_size`]).
+    history_bytes: usize,
     buckets: BTreeMap<NodeId, Bucket>,
     next_sweep: Option<Instant>,
     /// The address the request being handled came from (set by the request filter).
@@ -411,6 +432,8 @@ impl PubsubPlugin {
             ops: BTreeMap::new(),
             next_op: 0,
             holders: BTreeMap::new(),
+            published: BTreeMap::new(),
+            history_bytes: 0,
             buckets: BTreeMap::new(),
             next_sweep: None,
             observed: None,
@@ -511,7 +534,7 @@ impl Plugin for PubsubPlugin {
             let topic = *topic;
             if let Ok(r) = serde_json::from_slice::<FindResult>(result) {
                 if let Some(item) = r.latest {
-                    self.deliver_item(cx, topic, item, from.id);
+                    self.receive_item(cx, topic, item, r.prev, Some(from));
                 }
             }
         }

@@ -295,7 +295,17 @@ impl PubsubPlugin {
                     return cx.complete(query, bad(format!("item: {e}")));
                 }
                 let topic = item.topic();
-                self.start_op(cx, query, topic, Payload::Item(item));
+                let prev = self
+                    .published
+                    .get(&topic)
+                    .copied()
+                    .filter(|p| *p < item.seq);
+                if self.published.len() < self.config.max_topics
+                    || self.published.contains_key(&topic)
+                {
+                    self.published.insert(topic, item.seq);
+                }
+                self.start_op(cx, query, topic, Payload::Item(item, prev));
             }
             PubsubCommand::Post { name, data, ttl } => {
                 let Some(identity) = self.identity.clone() else {
@@ -352,8 +362,15 @@ impl PubsubPlugin {
         for (key, id) in dropped {
             self.remove_sub(&key, &id);
         }
-        self.topics
-            .retain(|_, t| !t.subs.is_empty() || now < t.touched + idle);
+        let mut freed = 0;
+        self.topics.retain(|_, t| {
+            let keep = !t.subs.is_empty() || now < t.touched + idle;
+            if !keep {
+                freed += t.history.iter().map(super::history_size).sum::<usize>();
+            }
+            keep
+        });
+        self.history_bytes = self.history_bytes.saturating_sub(freed);
         let burst = self.config.sender_burst;
         let rate = self.config.sender_rate.max(f64::MIN_POSITIVE);
         let full_after = Duration::from_secs_f64((burst / rate).min(3600.0));

@@ -8,7 +8,7 @@ use kad_core::{Contact, Key, NodeId, PluginCx, PluginResponse, Reply, RpcError};
 
 use super::{
     MAX_LIVE, MAX_RECENT_BYTES, NOT_SUBSCRIBED, Pending, PubsubPlugin, Pushed, SEQ_NOT_NEWER, Sub,
-    Topic, json, push_contact, rpc_err,
+    Topic, history_size, json, push_contact, rpc_err,
 };
 use crate::wire::{
     self, FindParams, FindResult, NotifyParams, PostParams, PublishParams, PublishResult,
@@ -28,7 +28,10 @@ impl PubsubPlugin {
                 .map(|(k, _)| *k);
             match victim {
                 Some(v) => {
-                    self.topics.remove(&v);
+                    if let Some(t) = self.topics.remove(&v) {
+                        let freed = t.history.iter().map(history_size).sum::<usize>();
+                        self.history_bytes = self.history_bytes.saturating_sub(freed);
+                    }
                 }
                 None => {
                     self.stats.limited += 1;
@@ -55,6 +58,7 @@ impl PubsubPlugin {
         let mut r = FindResult::default();
         if let Some(t) = self.topics.get(&p.topic) {
             r.latest = t.latest.clone();
+            r.prev = t.latest_prev.or(t.history.back().map(|i| i.seq));
             r.subscribers = t.subs.len();
         }
         Reply::WithNodes(json(&r), cx.closest_answered(&p.topic, cx.k()))
@@ -168,6 +172,20 @@ impl PubsubPlugin {
                 r.latest = Some(l.clone());
             }
         }
+        // A subscriber coming back: the kept readings it missed, newest kept first while the
+        // answer stays well inside one datagram, handed over oldest first.
+        if let Some(seq) = p.seq {
+            let mut budget = MAX_RECENT_BYTES;
+            for item in topic.history.iter().rev().take_while(|i| i.seq > seq) {
+                let size = item.v.len() * 2 + item.salt.len() * 2 + 256; // hex, plus the fields
+                if size > budget {
+                    break;
+                }
+                budget -= size;
+                r.missed.push(item.clone());
+            }
+            r.missed.reverse();
+        }
         let live: Vec<&TopicMessage> = topic
             .recent
             .iter()
@@ -235,6 +253,7 @@ impl PubsubPlugin {
                                 topic: key,
                                 item: Some(p.item),
                                 message: None,
+                                prev: topic.latest_prev.or(topic.history.back().map(|i| i.seq)),
                             });
                             self.repair(cx, key, live, notify, Pushed::Seq(seq))
                         }
@@ -251,13 +270,35 @@ impl PubsubPlugin {
                 }
             }
         }
-        let topic = match self.topic_entry(now, key) {
-            Ok(t) => t,
-            Err(r) => return r,
+        let (max_history, max_bytes) = (self.config.max_history, self.config.max_history_bytes);
+        if let Err(r) = self.topic_entry(now, key) {
+            return r;
+        }
+        let mut bytes = self.history_bytes;
+        let Some(topic) = self.topics.get_mut(&key) else {
+            return rpc_err(RpcError::INTERNAL, "pubsub.PUBLISH: topic vanished");
         };
         topic.sensor = Some((p.item.k, p.item.salt.clone()));
-        topic.latest = Some(p.item.clone());
+        if let Some(previous) = topic.latest.replace(p.item.clone()) {
+            // The reading it replaces joins the history: the oldest go past `max_history`, or
+            // (this topic's own first) past the node's `max_history_bytes`.
+            let size = history_size(&previous);
+            if max_history > 1 {
+                topic.history.push_back(previous);
+                bytes += size;
+            }
+            while topic.history.len() >= max_history.max(1)
+                || (bytes > max_bytes && !topic.history.is_empty())
+            {
+                if let Some(old) = topic.history.pop_front() {
+                    bytes = bytes.saturating_sub(history_size(&old));
+                }
+            }
+        }
+        self.history_bytes = bytes;
         topic.touched = now;
+        topic.latest_prev = p.prev.filter(|s| *s < p.item.seq);
+        let prev = topic.latest_prev.or(topic.history.back().map(|i| i.seq));
         if let Some(live) = p.live.filter(|l| l.len() <= MAX_LIVE) {
             topic.live = Some(live.into_iter().collect());
         }
@@ -266,14 +307,14 @@ impl PubsubPlugin {
         // k + 1 nodes, every node is both) delivers to its own application: no node pushes to
         // itself.
         if self.mine.contains_key(&key) {
-            let me = cx.local().id;
-            self.deliver_item(cx, key, p.item.clone(), me);
+            self.receive_item(cx, key, p.item.clone(), prev, None);
         }
         let seq = p.item.seq;
         let notify = json(&NotifyParams {
             topic: key,
             item: Some(p.item),
             message: None,
+            prev,
         });
         let pushed = self.push_all(cx, key, notify, Pushed::Seq(seq));
         Reply::Result(json(&PublishResult { pushed }))
@@ -304,6 +345,7 @@ impl PubsubPlugin {
                         let notify = json(&NotifyParams {
                             topic: key,
                             item: None,
+                            prev: None,
                             message: Some(p.message),
                         });
                         self.repair(cx, key, live, notify, Pushed::Message(id))
@@ -335,6 +377,7 @@ impl PubsubPlugin {
             topic: key,
             item: None,
             message: Some(p.message),
+            prev: None,
         });
         let pushed = self.push_all(cx, key, notify, Pushed::Message(id));
         Reply::Result(json(&PublishResult { pushed }))

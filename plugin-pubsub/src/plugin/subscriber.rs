@@ -33,12 +33,48 @@ impl PubsubPlugin {
             return rpc_err(NOT_SUBSCRIBED, "not subscribed");
         }
         if let Some(item) = p.item {
-            self.deliver_item(cx, p.topic, item, from.id);
+            self.receive_item(cx, p.topic, item, p.prev, Some(from));
         }
         if let Some(m) = p.message {
             self.deliver_message(cx, p.topic, m);
         }
         Reply::Result(Bytes::from_static(b"{}"))
+    }
+
+    /// A reading pushed by `from` (`None`: published to this node, a rendezvous node of its
+    /// own subscription) whose predecessor is `prev`. After a gap (our last reading is older
+    /// than `prev`) it is not delivered yet: a renewal asks `from` (or another rendezvous node)
+    /// for the readings it kept since our last, and its answer delivers them, oldest first,
+    /// then this one.
+    pub(super) fn receive_item(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        item: WireItem,
+        prev: Option<i64>,
+        from: Option<&Contact>,
+    ) {
+        let me = cx.local().id;
+        let Some(s) = self.mine.get(&topic) else {
+            return;
+        };
+        let behind = matches!((s.last_seq, prev), (Some(last), Some(prev)) if last < prev && item.seq > last);
+        let ask = match from {
+            Some(c) => Some(c.clone()),
+            None => s
+                .candidates
+                .iter()
+                .find(|c| c.id != me && s.registered.contains(&c.id))
+                .cloned(),
+        };
+        match ask.filter(|_| behind) {
+            Some(c) => {
+                let push = s.pushers.contains(&c.id);
+                self.stats.gaps += 1;
+                self.send_subscribe(cx, topic, c, push);
+            }
+            None => self.deliver_item(cx, topic, item, from.map_or(me, |c| c.id)),
+        }
     }
 
     pub(super) fn deliver_item(
@@ -232,7 +268,9 @@ impl PubsubPlugin {
                         let due = cx.now() + Duration::from_secs(u64::from(res.ttl)) / 3;
                         s.renew_at = s.renew_at.min(due);
                     }
-                    if let Some(item) = res.latest {
+                    // What a subscriber coming back missed, oldest first, then the latest:
+                    // each delivered once, in seq order (older and repeated ones are dropped).
+                    for item in res.missed.into_iter().chain(res.latest) {
                         self.deliver_item(cx, topic, item, from.id);
                     }
                     for m in res.recent {

@@ -33,7 +33,9 @@ pub(crate) struct WanBenchArgs {
     /// Percent of the IP datagrams lost in each direction between the sites (0 to 50).
     #[arg(long, default_value_t = 3.0, value_name = "PCT")]
     loss: f64,
-    /// The nodes' and clients' transport: udp or quic.
+    /// The nodes' and clients' transport: udp, quic, or mixed (nodes listen on UDP and QUIC,
+    /// clients join over UDP with their default preferences: a file client moves chunks on
+    /// QUIC).
     #[arg(long, default_value = "udp", value_name = "KIND")]
     transport: String,
     /// `kad node` processes at each site (1 to 20).
@@ -102,8 +104,8 @@ pub(crate) fn run(a: WanBenchArgs) -> Result<()> {
         bail!("--settle = {} is out of range: 1 to 600 seconds", a.settle);
     }
     let kind = match a.transport.as_str() {
-        k @ ("udp" | "quic") => k,
-        other => bail!("--transport = {other:?}: udp or quic"),
+        k @ ("udp" | "quic" | "mixed") => k,
+        other => bail!("--transport = {other:?}: udp, quic or mixed"),
     };
     let exe = std::env::current_exe()?;
     let mut shape = LinkShape::new(Duration::from_secs_f64(a.rtt_ms / 2000.0))
@@ -182,14 +184,18 @@ fn measure(
 ) -> Result<Value> {
     let n = a.nodes_per_site;
     let life = a.settle + a.ops as f64 * 60.0 + 60.0;
-    let addr = |site: usize, i: usize| format!("{kind}://{}:{}", wan.addr(site), 4000 + i);
+    let scheme = if kind == "mixed" { "udp" } else { kind };
+    let addr = |site: usize, i: usize| format!("{scheme}://{}:{}", wan.addr(site), 4000 + i);
     let boot = addr(0, 0);
     let mut nodes = Vec::new();
     let t0 = Instant::now();
     for site in 0..2 {
         for i in 0..n {
             let b = (site, i) != (0, 0);
-            let listen = addr(site, i);
+            let mut listen = addr(site, i);
+            if kind == "mixed" {
+                listen.push_str(&format!(",quic://{}:{}", wan.addr(site), 4400 + i));
+            }
             nodes.push(start_node(
                 children,
                 exe,
@@ -367,7 +373,8 @@ fn members(rt: &tokio::runtime::Runtime, a: &WanBenchArgs, kind: &str, wan: &Wan
     rt.block_on(async {
         let mut nodes = Vec::new();
         for site in 0..2 {
-            let boot = format!("{kind}://{}:4000", wan.addr(site));
+            let scheme = if kind == "quic" { "quic" } else { "udp" };
+            let boot = format!("{scheme}://{}:4000", wan.addr(site));
             let node = site_node(kind, wan, site, MEMBER_PORT, &boot, false).await?;
             nodes.push(node);
         }
@@ -603,21 +610,13 @@ fn at_site(
     via: &str,
     extra: &[&str],
 ) -> Result<Value> {
-    let prefer = if kind == "quic" {
-        "quic,udp"
-    } else {
-        "udp,quic"
-    };
     let mut args = vec![verb, arg];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        "--bootstrap",
-        via,
-        "--prefer",
-        prefer,
-        "--json",
-        "--timeout",
-        "30",
-    ]);
+    args.extend_from_slice(&["--bootstrap", via, "--json", "--timeout", "30"]);
+    match kind {
+        "quic" => args.extend_from_slice(&["--prefer", "quic,udp"]),
+        "udp" => args.extend_from_slice(&["--prefer", "udp,quic"]),
+        _ => {} // mixed: the client's own defaults
+    }
     client(wan.site(site), exe, &args)
 }
