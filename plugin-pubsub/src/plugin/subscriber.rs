@@ -58,7 +58,11 @@ impl PubsubPlugin {
         let Some(s) = self.mine.get(&topic) else {
             return;
         };
-        let behind = matches!((s.last_seq, prev), (Some(last), Some(prev)) if last < prev && item.seq > last);
+        // Only a genuine reading of this sensor newer than ours can make us ask (`prev` is not
+        // signed: a forged item never costs more than a dropped push).
+        let behind = matches!((s.last_seq, prev), (Some(last), Some(prev)) if last < prev && item.seq > last)
+            && matches!(&s.kind, TopicKind::Sensor { k, salt } if item.k == *k && item.salt == *salt)
+            && item.check().is_ok();
         let ask = match from {
             Some(c) => Some(c.clone()),
             None => s
