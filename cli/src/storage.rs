@@ -112,12 +112,8 @@ pub(crate) fn in_flight_budget(max_message: usize) -> usize {
 /// Whether a file client reaches nodes on a stream transport (QUIC, WebSocket) first, where
 /// flow control paces the holders' answers.
 fn streams_first(a: &ClientArgs) -> bool {
-    a.prefer
-        .as_deref()
-        .unwrap_or(crate::net::FILE_PREFER)
-        .split(',')
-        .next()
-        .is_some_and(|k| k.trim() != "udp")
+    crate::transports::parse_preference(a.prefer.as_deref().unwrap_or(crate::net::FILE_PREFER))
+        .is_ok_and(|p| p.first() != Some(&kad_core::TransportKind::Udp))
 }
 
 /// A progress bar on stderr (hidden with --json or when stderr is not a terminal).

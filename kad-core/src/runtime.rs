@@ -787,7 +787,7 @@ impl Actor {
                     let max = t.max_message_len();
                     let bytes = match self.node.encode_to(&to, &msg) {
                         Ok(b) if b.len() <= max => b,
-                        Ok(b) => match too_large_answer(&msg, b.len(), max, kind) {
+                        Ok(b) => match too_large_answer(&msg, b.len(), max, Some(kind)) {
                             // An answer the transport it goes back on cannot carry: the
                             // requester is told why instead of waiting for a timeout.
                             Some(err) => match self.node.encode_to(&to, &err) {
@@ -799,7 +799,7 @@ impl Actor {
                         Err(e) => {
                             let answer = match e {
                                 crate::codec::EncodeError::TooLarge { len, max } => {
-                                    too_large_answer(&msg, len, max, kind)
+                                    too_large_answer(&msg, len, max, None)
                                 }
                                 crate::codec::EncodeError::Unsupported(_) => None,
                             };
@@ -837,25 +837,32 @@ impl Actor {
     }
 }
 
-/// The error answer that replaces an answer of `len` bytes, over the `max` bytes the transport
-/// it goes back on carries; `None` for anything but a successful answer.
+/// The error answer that replaces an answer of `len` bytes, over the `max` bytes that one
+/// message of the transport `kind` it goes back on carries (`None`: of the codec, on any
+/// transport); `None` for anything but a successful answer.
 fn too_large_answer(
     msg: &crate::message::Message,
     len: usize,
     max: usize,
-    kind: TransportKind,
+    kind: Option<TransportKind>,
 ) -> Option<crate::message::Message> {
-    if !matches!(msg.body, crate::message::Body::Response(_)) {
+    use crate::message::{Body, Message, RpcError};
+    if !matches!(msg.body, Body::Response(_)) {
         return None;
     }
-    Some(crate::message::Message {
-        body: crate::message::Body::Error(crate::message::RpcError::new(
-            crate::message::RpcError::TOO_LARGE,
-            format!(
-                "the answer is {len} bytes, over the {max}-byte limit of a message on {}: ask over a transport with larger messages",
-                kind.scheme()
-            ),
-        )),
-        ..msg.clone()
+    let message = match kind {
+        Some(kind) => format!(
+            "the answer is {len} bytes, over the {max}-byte limit of a message on {}: ask over a transport with larger messages",
+            kind.scheme()
+        ),
+        None => format!("the answer is {len} bytes, over this node's {max}-byte message limit"),
+    };
+    Some(Message {
+        txn: msg.txn.clone(),
+        sender: msg.sender.clone(),
+        recipient: msg.recipient,
+        read_only: msg.read_only,
+        observed: msg.observed.clone(),
+        body: Body::Error(RpcError::new(RpcError::TOO_LARGE, message)),
     })
 }

@@ -495,6 +495,8 @@ struct Pending {
     asked: HashSet<NodeId>,
     lookups: u32,
     in_flight: bool,
+    /// Fetches of this key that timed out (asked of the same holder again, twice at most).
+    timeouts: u32,
 }
 
 enum Done {
@@ -769,6 +771,7 @@ async fn fetch_many(
                 asked: HashSet::new(),
                 lookups: 0,
                 in_flight: false,
+                timeouts: 0,
             },
         );
         order.push(*k);
@@ -782,7 +785,7 @@ async fn fetch_many(
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let parallel = opts.parallel.max(1);
     let max_reply = opts.max_reply_bytes.max(1);
-    let per_batch = (max_reply / value_len.max(1)).clamp(1, crate::plugin::MAX_FETCH_KEYS);
+    let mut per_batch = (max_reply / value_len.max(1)).clamp(1, crate::plugin::MAX_FETCH_KEYS);
     // Answer bytes a fetch of `n` keys may bring.
     let expect = |n: usize| (n * value_len.max(1)).min(max_reply);
     let mut in_flight_bytes = 0usize;
@@ -891,6 +894,16 @@ async fn fetch_many(
                 in_flight_bytes = in_flight_bytes.saturating_sub(expect(asked.len()));
                 if let Err(DhtError::Query(QueryError::Remote(e))) = &r {
                     if e.code == kad_core::RpcError::TOO_LARGE {
+                        if asked.len() > 1 {
+                            // Several values overflow one message of the way back: fewer per
+                            // fetch from now on, and these keys asked again, as they were.
+                            per_batch = (asked.len() / 2).max(1);
+                            for k in asked {
+                                plan.route(k);
+                            }
+                            continue;
+                        }
+                        // One value alone is too large for the transport between us.
                         for k in &asked {
                             let t = plan.too_large.entry(*k).or_default();
                             t.0 += 1;
@@ -910,7 +923,13 @@ async fn fetch_many(
                     // fails three times in a row; an error answer moves on at once.
                     let again = *failures < 3 && !error_answer;
                     for k in asked {
-                        if again {
+                        // At most two timeouts per key before it moves on to another holder.
+                        let retry = again
+                            && plan.pending.get_mut(&k).is_some_and(|p| {
+                                p.timeouts += 1;
+                                p.timeouts <= 2
+                            });
+                        if retry {
                             plan.route(k);
                         } else {
                             plan.miss(k, c.id);
@@ -948,10 +967,21 @@ async fn fetch_many(
                         plan.miss(k, c.id);
                     }
                 }
-                // Keys left out for size go back to the same holder.
+                // Keys left out for size go back to the same holder, after an answer that
+                // brought or denied something. One that settles nothing is a failure: a holder
+                // answering empty would otherwise be asked forever.
+                let progressed = !settled.is_empty();
+                if !progressed {
+                    out.failed += 1;
+                    *plan.bad_peer.entry(c.id).or_default() += 1;
+                }
                 for k in asked {
                     if !settled.contains(&k) {
-                        plan.route(k);
+                        if progressed {
+                            plan.route(k);
+                        } else {
+                            plan.miss(k, c.id);
+                        }
                     }
                 }
             }

@@ -297,3 +297,73 @@ async fn a_key_that_is_not_a_file_is_said_so() {
     .await;
     assert!(matches!(e, Err(TransferError::NotFound { .. })), "{e:?}");
 }
+
+/// A holder that answers every `storage.FETCH` with nothing: no value, nothing missing.
+struct EmptyFetch;
+
+impl kad_core::Plugin for EmptyFetch {
+    fn namespace(&self) -> &'static str {
+        kad_plugin_storage::NAMESPACE
+    }
+    fn on_request(
+        &mut self,
+        _cx: &mut kad_core::PluginCx<'_>,
+        _from: &kad_core::Contact,
+        _method: &str,
+        _params: &bytes::Bytes,
+    ) -> kad_core::Reply {
+        kad_core::Reply::Result(bytes::Bytes::from_static(br#"{"values":[],"missing":[]}"#))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_that_answer_nothing_are_left_for_one_that_serves() {
+    let net = MemoryNetwork::new();
+    // Five of six holders answer every fetch with an empty answer; one serves.
+    let nodes = memory_network(&net, 6, |i| {
+        let b = Node::builder(seeded_config(i as u8 + 1))
+            .id(NodeId::from_bytes([i as u8 + 1; 20]))
+            .validator(Arc::new(ContentValidator));
+        if i < 5 {
+            b.plugin(Box::new(EmptyFetch))
+        } else {
+            b.plugin(Box::new(StoragePlugin::new(REPLY)))
+        }
+    })
+    .await
+    .unwrap();
+    for d in &nodes {
+        let _ = d.find_node(d.id()).await;
+    }
+    let mut c = seeded_config(200);
+    c.read_only = true;
+    let client = Dht::spawn(
+        Node::builder(c)
+            .id(NodeId::from_bytes([200; 20]))
+            .validator(Arc::new(ContentValidator)),
+        vec![Arc::new(net.transport(4096))],
+    )
+    .unwrap();
+    client
+        .bootstrap(vec![nodes[0].contact().addrs[0].clone()])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = file(dir.path(), 20 * CHUNK as usize, 9);
+    let put = put_file(&client, &path, &put_opts(Protection::Plain), &quiet)
+        .await
+        .unwrap();
+    let out = dir.path().join("empty-holders.out");
+    // An empty answer counts as a failure: before, it sent the keys back to the same holder
+    // forever.
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        get_file(&client, put.key, None, &out, &get_opts(), &quiet),
+    )
+    .await
+    .expect("the download finishes")
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(got.failed_fetches > 0, "{got:?}");
+    assert_eq!(got.holders_used, 1, "{got:?}");
+}

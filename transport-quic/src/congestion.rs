@@ -3,9 +3,9 @@
 //! A loss-based controller (Cubic, NewReno) halves its window at every lost packet. On a long
 //! path with random loss (a radio link, a congested peering point) that keeps the window small:
 //! at 80 ms and 3% loss a 750 KiB message takes tens of seconds, longer than any request
-//! deadline. BBR paces to the bandwidth and round trip it measures and does not take random loss
-//! for congestion, so the same message crosses in about a second. On a LAN or loopback, where a
-//! round trip is well under a millisecond, BBR's small window and pacing cost throughput
+//! deadline. BBR sizes its window to the bandwidth and round trip it measures and does not take
+//! random loss for congestion, so the same message crosses in about a second. On a LAN or
+//! loopback, where a round trip is well under a millisecond, BBR's small window costs throughput
 //! (about a third of a 20-node loopback network's download rate), and loss is rare and cheap to
 //! recover from. [`Congestion::Adaptive`] runs both controllers on every connection and lets
 //! the path's lowest measured round trip pick which one's window is used.
@@ -25,7 +25,8 @@ pub const LOCAL_RTT: Duration = Duration::from_millis(5);
 #[non_exhaustive]
 pub enum Congestion {
     /// Cubic while the path's lowest round trip is under [`LOCAL_RTT`], BBR beyond it
-    /// (before the first acknowledgement the round trip is unknown, and BBR is used).
+    /// (before the first acknowledgement the round trip is unknown, and BBR is used). The
+    /// lowest round trip only falls, so a path switches at most once, to Cubic.
     #[default]
     Adaptive,
     /// Cubic (loss-based, quinn's default).

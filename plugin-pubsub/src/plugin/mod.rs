@@ -241,6 +241,8 @@ struct MySub {
     holders: BTreeSet<u64>,
     /// The holder of the running subscribe command (`cmd`).
     cmd_holder: u64,
+    /// A request for missed readings is out (one at a time).
+    catching_up: bool,
 }
 
 /// What one reading kept in a topic's history counts against
@@ -271,6 +273,10 @@ enum Pending {
     Op {
         op: u64,
         holder: NodeId,
+    },
+    /// A renewal asking for the readings missed before a pushed one (see `receive_item`).
+    CatchUp {
+        topic: Key,
     },
     Ignore,
 }
@@ -518,6 +524,7 @@ impl Plugin for PubsubPlugin {
                 push,
             }) => self.on_subscribe_response(cx, topic, holder, push, response),
             Some(Pending::Op { op, holder }) => self.on_op_response(cx, op, holder, response),
+            Some(Pending::CatchUp { topic }) => self.on_catch_up_response(cx, topic, response),
             Some(Pending::Ignore) | None => {}
         }
     }

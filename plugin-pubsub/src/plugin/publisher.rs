@@ -257,6 +257,7 @@ impl PubsubPlugin {
                     renew_at: now,
                     holders: BTreeSet::new(),
                     cmd_holder: 0,
+                    catching_up: false,
                 });
                 let holder = self.next_holder;
                 self.next_holder += 1;

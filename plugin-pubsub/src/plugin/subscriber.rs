@@ -60,9 +60,14 @@ impl PubsubPlugin {
         };
         // Only a genuine reading of this sensor newer than ours can make us ask (`prev` is not
         // signed: a forged item never costs more than a dropped push).
-        let behind = matches!((s.last_seq, prev), (Some(last), Some(prev)) if last < prev && item.seq > last)
+        let behind = matches!((s.last_seq, prev), (Some(last), Some(prev)) if last < prev && prev < item.seq)
             && matches!(&s.kind, TopicKind::Sensor { k, salt } if item.k == *k && item.salt == *salt)
             && item.check().is_ok();
+        if behind && s.catching_up {
+            // The answer to the request already out brings readings up to its node's latest;
+            // this one comes again with the next push or renewal.
+            return;
+        }
         let ask = match from {
             Some(c) => Some(c.clone()),
             None => s
@@ -73,11 +78,50 @@ impl PubsubPlugin {
         };
         match ask.filter(|_| behind) {
             Some(c) => {
-                let push = s.pushers.contains(&c.id);
                 self.stats.gaps += 1;
-                self.send_subscribe(cx, topic, c, push);
+                self.send_catch_up(cx, topic, c);
             }
             None => self.deliver_item(cx, topic, item, from.map_or(me, |c| c.id)),
+        }
+    }
+
+    /// Asks `to` for the readings it kept after our last: a renewal of our subscription there
+    /// (same role as before), answered with `missed` and `latest`. Its failure changes nothing
+    /// else: the next push or renewal tries again.
+    fn send_catch_up(&mut self, cx: &mut PluginCx<'_>, topic: Key, to: Contact) {
+        let ttl = self.config.subscription_ttl.as_secs().max(1) as u32;
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        let params = SubscribeParams {
+            topic,
+            kind: s.kind.clone(),
+            ttl,
+            push: s.pushers.contains(&to.id),
+            seq: s.last_seq,
+            ranked: s.candidates.iter().map(|c| c.id).collect(),
+        };
+        s.catching_up = true;
+        let rid = cx.send_request(to, wire::SUBSCRIBE, json(&params));
+        self.pending.insert(rid, Pending::CatchUp { topic });
+    }
+
+    pub(super) fn on_catch_up_response(
+        &mut self,
+        cx: &mut PluginCx<'_>,
+        topic: Key,
+        r: PluginResponse,
+    ) {
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        s.catching_up = false;
+        if let PluginResponse::Ok { result, from, .. } = r {
+            if let Ok(res) = serde_json::from_slice::<SubscribeResult>(&result) {
+                for item in res.missed.into_iter().chain(res.latest) {
+                    self.deliver_item(cx, topic, item, from.id);
+                }
+            }
         }
     }
 
