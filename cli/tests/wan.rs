@@ -18,10 +18,13 @@ use serde_json::Value;
 /// once on a small machine starve each other's timers.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
+/// `kad bench wan ARGS --json`, one at a time: its JSON report, every node joined.
+fn bench_wan(args: &[&str]) -> Value {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (code, text, stderr) = kad(&["bench", "wan", "--ops", "8", "--json"]);
+    let mut all = vec!["bench", "wan"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let (code, text, stderr) = kad(&all);
     assert!(
         code == 0,
         "kad bench wan failed (it needs root, iproute2 and ethtool): {text}{stderr}"
@@ -30,6 +33,58 @@ fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
         .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));
     assert_eq!(r["nodes"], 10, "{r}");
     assert_eq!(r["joined"], 10, "every node joins: {r}");
+    r
+}
+
+/// A 5 MB file run of `kad bench wan` (200 ms +-15 ms, 2% loss, and `extra`): the put is
+/// acknowledged with chunks of `chunk_size`, and the file comes back intact at the far site,
+/// with its nodes up and with them stopped (every chunk then crosses the link).
+fn file_crosses(extra: &[&str], chunk_size: u64) -> Value {
+    let mut args = vec![
+        "--rtt-ms",
+        "200",
+        "--jitter-ms",
+        "15",
+        "--loss",
+        "2",
+        "--ops",
+        "2",
+        "--settle",
+        "20",
+        "--file-mb",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    let r = bench_wan(&args);
+    let f = &r["file"];
+    assert_eq!(f["put_ok"], true, "the put is acknowledged: {f}");
+    assert_eq!(f["chunk_size"], chunk_size, "{f}");
+    // Each site has 5 nodes. A fresh client's first records can end up at its own site only:
+    // their STOREs to the far site wait for QUIC handshakes across 200 ms and 2% loss (seen: 5
+    // of 10 for one record in a run where most records reached all 10). The far site reads them
+    // across the link anyway, which the gets below check.
+    assert!(
+        f["min_replicas"].as_u64().unwrap_or(0) >= 5,
+        "every record on at least its own site's nodes: {f}"
+    );
+    assert_eq!(f["get"]["intact"], true, "got intact at the far site: {f}");
+    let far = &r["far_get"]["file"];
+    assert_eq!(
+        far["intact"], true,
+        "got intact across the link, the far site's nodes stopped: {far}"
+    );
+    // The link is real: it dropped and delayed what crossed it.
+    for dir in ["forward", "backward"] {
+        let d = &r["link"][dir];
+        assert!(d["dropped"].as_u64().unwrap() > 100, "{dir}: {d}");
+    }
+    assert!(r["ping_ms_p50"].as_f64().unwrap() >= 150.0, "{r}");
+    r
+}
+
+#[test]
+fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
+    let r = bench_wan(&["--ops", "8"]);
     assert_eq!(r["puts_ok"], 8, "{r}");
     // A far node whose STOREs are all lost (five attempts, each lost with 0.06 at 3% each way)
     // is left out of a put: at most one per put.
@@ -68,112 +123,26 @@ fn netns_two_sites_80_ms_apart_at_3_percent_loss_store_and_find_every_value() {
 }
 
 /// A 5 MB file put over QUIC at one site, 200 ms from the other, with 2% loss each way and
-/// jitter that reorders packets: a get at the far site brings the file back intact, with the far site's nodes up and again with them
-/// stopped (every chunk then crosses the link). With a loss-based congestion window (Cubic) the
-/// put took 46 s, stored only at its own site, and both gets failed.
+/// jitter that reorders packets: a get at the far site brings the file back intact, with the
+/// far site's nodes up and again with them stopped. With a loss-based congestion window
+/// (Cubic) the put took 46 s, stored only at its own site, and both gets failed.
 #[test]
 fn netns_a_file_crosses_200_ms_of_lossy_reordering_link_intact_over_quic() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (code, text, stderr) = kad(&[
-        "bench",
-        "wan",
-        "--transport",
-        "quic",
-        "--rtt-ms",
-        "200",
-        "--jitter-ms",
-        "15",
-        "--reorder",
-        "--loss",
-        "2",
-        "--ops",
-        "2",
-        "--settle",
-        "20",
-        "--file-mb",
-        "5",
-        "--json",
-    ]);
-    assert!(
-        code == 0,
-        "kad bench wan failed (it needs root, iproute2 and ethtool): {text}{stderr}"
-    );
-    let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));
-    assert_eq!(r["joined"], 10, "every node joins: {r}");
-    let f = &r["file"];
-    assert_eq!(f["put_ok"], true, "the put is acknowledged: {f}");
-    assert_eq!(f["chunk_size"], 774_144, "QUIC-sized chunks: {f}");
-    // Each site has 5 nodes. A fresh client's first records can end up at its own site only:
-    // their STOREs to the far site wait for QUIC handshakes across 200 ms and 2% loss (seen: 5
-    // of 10 for one record in a run where most records reached all 10). The far site reads them
-    // across the link anyway, which the gets below check.
-    assert!(
-        f["min_replicas"].as_u64().unwrap_or(0) >= 5,
-        "every record on at least its own site's nodes: {f}"
-    );
-    assert_eq!(f["get"]["intact"], true, "got intact at the far site: {f}");
-    let far = &r["far_get"]["file"];
-    assert_eq!(
-        far["intact"], true,
-        "got intact across the link, the far site's nodes stopped: {far}"
-    );
-    // The link is real: it dropped and delayed what crossed it.
-    for dir in ["forward", "backward"] {
-        let d = &r["link"][dir];
-        assert!(d["dropped"].as_u64().unwrap() > 100, "{dir}: {d}");
-    }
-    assert!(r["ping_ms_p50"].as_f64().unwrap() >= 150.0, "{r}");
+    file_crosses(&["--transport", "quic", "--reorder"], 774_144);
 }
 
 /// Nodes on UDP and QUIC, clients joining over UDP with their default preferences, 200 ms
-/// between the sites and 2% loss: a file put by such a client is got intact at the far site, with its nodes up and with them stopped, because a file client moves
-/// its chunks on QUIC. Over UDP alone, a 35 KiB chunk is a datagram of about 30 IP fragments,
-/// lost whole when one is: such files did not cross at 3% loss.
+/// between the sites and 2% loss: a file put by such a client is got intact at the far site,
+/// with its nodes up and with them stopped, because a file client moves its chunks on QUIC.
+/// Over UDP alone, a 35 KiB chunk is a datagram of about 30 IP fragments, lost whole when one
+/// is: such files did not cross at 3% loss.
 #[test]
 fn netns_a_file_put_by_a_client_joined_over_udp_crosses_a_lossy_link_on_quic() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (code, text, stderr) = kad(&[
-        "bench",
-        "wan",
-        "--transport",
-        "mixed",
-        "--rtt-ms",
-        "200",
-        "--jitter-ms",
-        "15",
-        "--loss",
-        "2",
-        "--ops",
-        "2",
-        "--settle",
-        "20",
-        "--file-mb",
-        "5",
-        "--json",
-    ]);
-    assert!(
-        code == 0,
-        "kad bench wan failed (it needs root, iproute2 and ethtool): {text}{stderr}"
-    );
-    let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("bad output {text:?}: {e}"));
-    assert_eq!(r["joined"], 10, "every node joins: {r}");
-    let f = &r["file"];
-    assert_eq!(f["put_ok"], true, "the put is acknowledged: {f}");
-    assert_eq!(f["chunk_size"], 35_840, "chunks any reader can take: {f}");
-    // As above: at least its own site's 5 nodes (the first records' far STOREs may wait for
-    // QUIC handshakes to the far site and time out).
-    assert!(
-        f["min_replicas"].as_u64().unwrap_or(0) >= 5,
-        "every record on at least its own site's nodes: {f}"
-    );
-    assert_eq!(f["get"]["intact"], true, "got intact at the far site: {f}");
-    assert_eq!(r["far_get"]["file"]["intact"], true, "{r}");
-    // The chunks went on QUIC: the nodes accepted QUIC connections from the file clients.
+    // Chunks sized for UDP, so that any reader can take them; they travel on QUIC.
+    let r = file_crosses(&["--transport", "mixed"], 35_840);
     assert!(
         r["node_counters"]["quic_accepted"].as_u64().unwrap() > 0,
-        "{r}"
+        "the nodes accepted QUIC connections from the file clients: {r}"
     );
     assert_eq!(r["found"], 2, "small values cross too: {r}");
 }

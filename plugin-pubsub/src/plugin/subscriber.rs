@@ -89,19 +89,16 @@ impl PubsubPlugin {
     /// (same role as before), answered with `missed` and `latest`. Its failure changes nothing
     /// else: the next push or renewal tries again.
     fn send_catch_up(&mut self, cx: &mut PluginCx<'_>, topic: Key, to: Contact) {
-        let ttl = self.config.subscription_ttl.as_secs().max(1) as u32;
-        let Some(s) = self.mine.get_mut(&topic) else {
+        let push = self
+            .mine
+            .get(&topic)
+            .is_some_and(|s| s.pushers.contains(&to.id));
+        let Some(params) = self.subscribe_params(topic, push) else {
             return;
         };
-        let params = SubscribeParams {
-            topic,
-            kind: s.kind.clone(),
-            ttl,
-            push: s.pushers.contains(&to.id),
-            seq: s.last_seq,
-            ranked: s.candidates.iter().map(|c| c.id).collect(),
-        };
-        s.catching_up = true;
+        if let Some(s) = self.mine.get_mut(&topic) {
+            s.catching_up = true;
+        }
         let rid = cx.send_request(to, wire::SUBSCRIBE, json(&params));
         self.pending.insert(rid, Pending::CatchUp { topic });
     }
@@ -205,6 +202,19 @@ impl PubsubPlugin {
         }
     }
 
+    /// A SUBSCRIBE (or renewal) of our subscription to `topic`, carrying our last seq.
+    fn subscribe_params(&self, topic: Key, push: bool) -> Option<SubscribeParams> {
+        let s = self.mine.get(&topic)?;
+        Some(SubscribeParams {
+            topic,
+            kind: s.kind.clone(),
+            ttl: self.config.subscription_ttl.as_secs().max(1) as u32,
+            push,
+            seq: s.last_seq,
+            ranked: s.candidates.iter().map(|c| c.id).collect(),
+        })
+    }
+
     pub(super) fn send_subscribe(
         &mut self,
         cx: &mut PluginCx<'_>,
@@ -212,17 +222,11 @@ impl PubsubPlugin {
         to: Contact,
         push: bool,
     ) {
-        let ttl = self.config.subscription_ttl.as_secs().max(1) as u32;
-        let Some(s) = self.mine.get_mut(&topic) else {
+        let Some(params) = self.subscribe_params(topic, push) else {
             return;
         };
-        let params = SubscribeParams {
-            topic,
-            kind: s.kind.clone(),
-            ttl,
-            push,
-            seq: s.last_seq,
-            ranked: s.candidates.iter().map(|c| c.id).collect(),
+        let Some(s) = self.mine.get_mut(&topic) else {
+            return;
         };
         s.outstanding += 1;
         if push {
