@@ -71,6 +71,9 @@ enum Command {
     Nat(nat::NatCommand),
     /// Ping a node at an address and print its id and the round-trip time.
     Ping(client::PingArgs),
+    /// Print the node id of a key file (creating the file with a fresh key if it is missing),
+    /// e.g. a client's id for `kad node --pin-from`.
+    Id(client::IdArgs),
     /// Find the k nodes closest to an id: prints them with hops, RPCs and elapsed time.
     Lookup(client::LookupArgs),
     /// Store a value (content-addressed: its key is RIPEMD-160(SHA-256(value))), a named record
@@ -147,6 +150,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => a.json,
         Command::Nat(c) => c.json(),
         Command::Ping(a) => a.client.json,
+        Command::Id(a) => a.json,
         Command::Lookup(a) => a.client.json,
         Command::Put(a) => a.client.json,
         Command::Get(a) => a.client.json,
@@ -185,6 +189,7 @@ fn main() -> std::process::ExitCode {
             ..
         }) => cmd::sim::sybil::run(c).map(|()| None),
         Command::Sim(a) => cmd::sim::run(a).map(|()| None),
+        Command::Id(a) => client::id(a).map(|()| None),
         Command::Bench(b) => bench::run(b).map(|()| None),
         cmd => async_main(cmd),
     };
@@ -227,7 +232,9 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
             Command::Mainline(m) => Ok(Some(mainline::run(m).await)),
             Command::Sensor(c) => sensor::sensor(c).await.map(|()| None),
             Command::Pubsub(c) => sensor::pubsub(c).await.map(|()| None),
-            Command::Sim(_) | Command::Bench(_) => unreachable!("handled synchronously"),
+            Command::Sim(_) | Command::Bench(_) | Command::Id(_) => {
+                unreachable!("handled synchronously")
+            }
         }
     })
 }

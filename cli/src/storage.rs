@@ -43,6 +43,21 @@ pub(crate) struct StoreArgs {
     /// Most megabytes held for any one publisher (default: a quarter of --max-store-mb).
     #[arg(long, value_name = "MB")]
     pub(crate) max_publisher_mb: Option<f64>,
+    /// Keep records for this client (its node id, 40 hex digits: `kad id --key-file FILE`
+    /// prints it; repeat or separate with commas for several): `kad put --pin-to` hands this
+    /// node every record it stores, and the node republishes them before they expire, across
+    /// restarts with --data-dir, so they outlive their TTL and the client. Pins from other
+    /// nodes are refused. Messages are signed, so the id is proven.
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub(crate) pin_from: Vec<String>,
+    /// Most megabytes of pinned records (values plus 64 bytes each), this node's own puts
+    /// included. Default: the store's size (--max-store-mb).
+    #[arg(long, value_name = "MB", requires = "pin_from")]
+    pub(crate) max_pin_mb: Option<f64>,
+    /// How often the node republishes its own records (its pins): every this many seconds,
+    /// or once 90% of a record's lifetime has passed if that comes first. 1 to 315360000.
+    #[arg(long, default_value_t = 79_200, value_name = "SECONDS")]
+    pub(crate) republish_every: u64,
 }
 
 fn mb(field: &str, v: f64) -> Result<usize> {
@@ -68,6 +83,14 @@ impl StoreArgs {
         if self.max_records == 0 {
             bail!("--max-records must be at least 1");
         }
+        if !(1..=10 * 365 * 86_400).contains(&self.republish_every) {
+            bail!(
+                "--republish-every = {} is out of range: 1 second to 10 years",
+                self.republish_every
+            );
+        }
+        let republish = Duration::from_secs(self.republish_every);
+        let b = b.configure(|c| c.republish_interval = republish);
         let default_mb = if self.data_dir.is_some() {
             1024.0
         } else {
@@ -79,10 +102,22 @@ impl StoreArgs {
             None => max_bytes / 4,
         };
         let limits = StoreLimits::new(self.max_records, max_bytes).publisher_bytes(per);
-        let b = match &self.data_dir {
+        let mut b = match &self.data_dir {
             Some(dir) => b.storage(dir),
             None => b.storage_in_memory(),
         };
+        if !self.pin_from.is_empty() {
+            let from = self
+                .pin_from
+                .iter()
+                .map(|s| crate::net::parse_id("--pin-from", s))
+                .collect::<Result<Vec<_>>>()?;
+            let max_pin = match self.max_pin_mb {
+                Some(v) => mb("--max-pin-mb", v)?,
+                None => max_bytes,
+            };
+            b = b.allow_pins(from, max_pin);
+        }
         Ok(b.store_limits(limits).validator(validator(&self.records)))
     }
 }
@@ -92,7 +127,8 @@ pub(crate) fn opened_json(node: &kad::NativeNode) -> serde_json::Value {
     match node.store_opened() {
         Some((dir, s)) => {
             json!({"path": dir.join("records.redb").display().to_string(), "loaded": s.loaded,
-                   "expired": s.expired, "evicted": s.evicted, "corrupt": s.corrupt})
+                   "expired": s.expired, "evicted": s.evicted, "corrupt": s.corrupt,
+                   "own": s.own})
         }
         None => json!(null),
     }
@@ -168,6 +204,7 @@ pub(crate) async fn put_file(
     chunk_size: Option<u32>,
     parallel: Option<usize>,
     ttl: Duration,
+    pin_to: Option<&str>,
 ) -> Result<()> {
     let protection = match (encrypt, shares) {
         (_, Some(s)) => {
@@ -182,6 +219,10 @@ pub(crate) async fn put_file(
     }
     std::fs::metadata(path).with_context(|| format!("--file {}", path.display()))?;
     let (dht, join, max_message) = joined_for_files(client, None).await?;
+    let pin_to = match pin_to {
+        Some(addr) => Some(pin_node(client, &dht, addr).await?),
+        None => None,
+    };
     let max_value = value_limit(max_message);
     let tag = if protection == Protection::Plain {
         0
@@ -202,6 +243,7 @@ pub(crate) async fn put_file(
         max_value_len: max_value,
         protection,
         ttl,
+        pin_to: pin_to.clone(),
         ..PutOptions::default()
     };
     let pb = bar(client.json, "put");
@@ -219,7 +261,8 @@ pub(crate) async fn put_file(
                 "size": r.size, "chunks": r.chunks, "chunk_size": chunk_size,
                 "index_blobs": r.index_blobs, "min_replicas": r.min_replicas, "retries": r.retries,
                 "elapsed_ms": ms(r.elapsed), "mb_per_s": r.size as f64 / 1e6 / secs,
-                "join_ms": ms(join)}),
+                "join_ms": ms(join), "pinned": r.pinned,
+                "pinned_by": pin_to.as_ref().map(|c| c.id.to_string())}),
         || {
             let mut s = format!(
                 "stored {} bytes as {} chunks of {} bytes (each on at least {} nodes) in {:.1} s, {:.1} MB/s",
@@ -230,6 +273,12 @@ pub(crate) async fn put_file(
                 secs,
                 r.size as f64 / 1e6 / secs
             );
+            if let Some(c) = &pin_to {
+                s.push_str(&format!(
+                    "\npinned: node {} keeps all {} records and republishes them",
+                    c.id, r.pinned
+                ));
+            }
             match (&cap, shares.is_empty()) {
                 (Some(c), _) => s.push_str(&format!(
                     "\ncapability (keep it secret: it reads the file):\n{c}"
@@ -249,6 +298,44 @@ pub(crate) async fn put_file(
         },
     );
     Ok(())
+}
+
+/// The node at `--pin-to` ADDR, asked for its contact (its id and all its addresses).
+pub(crate) async fn pin_node(
+    client: &ClientArgs,
+    dht: &kad::NativeNode,
+    addr: &str,
+) -> Result<kad_core::Contact> {
+    let target = crate::transports::parse_addrs("--pin-to", &[addr.to_owned()])?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("--pin-to: an address is needed"))?;
+    match crate::net::within(client, dht.ping(target)).await {
+        Ok(o) => Ok(o.contact),
+        Err(e) => bail!("--pin-to {addr}: the node did not answer a ping: {e}"),
+    }
+}
+
+/// Hands `record` to the pinning node `to` (`storage.PIN`); the node's refusal is the error.
+pub(crate) async fn pin_record(
+    client: &ClientArgs,
+    dht: &kad::NativeNode,
+    to: &kad_core::Contact,
+    record: &kad_core::Record,
+    ttl: Duration,
+) -> Result<kad_plugin_storage::PinReply> {
+    let params = kad_plugin_storage::PinParams {
+        values: vec![(record.key, record.value.clone())],
+        ttl_ms: ttl.as_millis() as u64,
+    };
+    let params = bytes::Bytes::from(serde_json::to_vec(&params)?);
+    let answer = crate::net::within(
+        client,
+        dht.call(to.clone(), kad_plugin_storage::PIN, params),
+    )
+    .await
+    .with_context(|| format!("--pin-to: node {} did not pin the record", to.id))?;
+    serde_json::from_slice(&answer)
+        .with_context(|| format!("--pin-to: node {}: its answer did not parse", to.id))
 }
 
 /// `kad get KEY --out FILE` (KEY may be a capability; `shares` rebuild the key).

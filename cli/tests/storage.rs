@@ -450,3 +450,136 @@ fn a_full_node_and_a_forged_record_are_refused_with_the_reason() {
         "{e}"
     );
 }
+
+/// `kad get --bootstrap BOOT KEY --out OUT`, and whether it came back as `data`.
+fn file_intact(boot: &str, key: &str, out: &std::path::Path, data: &[u8]) -> Result<(), Value> {
+    let _ = std::fs::remove_file(out);
+    let (code, got) = get_out(boot, key, out, &[]);
+    match std::fs::read(out) {
+        Ok(b) if code == 0 && b == data => Ok(()),
+        _ => Err(got),
+    }
+}
+
+#[test]
+fn a_pinned_file_outlives_its_ttl_the_client_and_a_restart_of_the_pinning_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("pin-node");
+    let d = data_dir.to_str().unwrap();
+    let key_file = dir.path().join("client.key");
+    let kf = key_file.to_str().unwrap();
+    let (code, id) = kad_json(&["id", "--key-file", kf]);
+    assert_eq!(code, 0, "{id}");
+    let client_id = id["id"].as_str().unwrap().to_owned();
+    assert_eq!(id["created"], true, "{id}");
+    // The pinning node republishes every 2 s; the records live 10 s.
+    let pin_args = [
+        "--data-dir",
+        d,
+        "--pin-from",
+        &client_id,
+        "--republish-every",
+        "2",
+    ];
+    let mut pin = NodeProc::start(&pin_args);
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let mut p = NodeProc::start(&["--bootstrap", &pin.addr]);
+        p.next_event("bootstrapped");
+        nodes.push(p);
+    }
+    let files: Vec<Vec<u8>> = (0..2u32)
+        .map(|f| {
+            (0..300_000u32)
+                .map(|i| (i.wrapping_add(f).wrapping_mul(2_654_435_761) >> 11) as u8)
+                .collect()
+        })
+        .collect();
+    let paths: Vec<_> = (0..2)
+        .map(|f| dir.path().join(format!("in{f}.bin")))
+        .collect();
+    for (p, data) in paths.iter().zip(&files) {
+        std::fs::write(p, data).unwrap();
+    }
+    let boot = nodes[0].addr.clone();
+    let ttl = "10";
+
+    // One file pinned, one not; both live 10 s.
+    let (code, put) = kad_json(&[
+        "put",
+        "--bootstrap",
+        &boot,
+        "--file",
+        paths[0].to_str().unwrap(),
+        "--ttl",
+        ttl,
+        "--pin-to",
+        &pin.addr,
+        "--key-file",
+        kf,
+    ]);
+    assert_eq!(code, 0, "{put}");
+    let records = put["chunks"].as_u64().unwrap() + put["index_blobs"].as_u64().unwrap() + 1;
+    assert_eq!(put["pinned"].as_u64().unwrap(), records, "{put}");
+    assert_eq!(put["pinned_by"].as_str().unwrap(), pin.id, "{put}");
+    let pinned_key = put["key"].as_str().unwrap().to_owned();
+    let (code, put) = kad_json(&[
+        "put",
+        "--bootstrap",
+        &boot,
+        "--file",
+        paths[1].to_str().unwrap(),
+        "--ttl",
+        ttl,
+    ]);
+    assert_eq!(code, 0, "{put}");
+    let unpinned_key = put["key"].as_str().unwrap().to_owned();
+    // Another client's pin is refused, with the reason.
+    let other = dir.path().join("other.key");
+    let (code, e) = kad_json(&[
+        "put",
+        "--bootstrap",
+        &boot,
+        "not yours to pin",
+        "--pin-to",
+        &pin.addr,
+        "--key-file",
+        other.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    assert!(
+        msg.contains("did not pin") && msg.contains("keeps records only for"),
+        "{e}"
+    );
+
+    // Past the TTL: the pinned file is intact, the other is gone.
+    std::thread::sleep(Duration::from_secs(12));
+    let out = dir.path().join("out.bin");
+    file_intact(nodes[1].addr.as_str(), &pinned_key, &out, &files[0])
+        .unwrap_or_else(|e| panic!("the pinned file after its TTL: {e}"));
+    let (code, e) = get_out(nodes[1].addr.as_str(), &unpinned_key, &out, &[]);
+    assert_ne!(code, 0, "the file nobody pinned expired: {e}");
+
+    // The pinning node is killed (SIGKILL) and restarted on its directory: it finds its pins.
+    pin.child.kill().unwrap();
+    pin.child.wait().unwrap();
+    let mut args = pin_args.to_vec();
+    args.extend(["--bootstrap", nodes[2].addr.as_str()]);
+    let mut again = NodeProc::start(&args);
+    assert_eq!(again.id, pin.id);
+    assert_eq!(
+        again.listening["store"]["own"].as_u64().unwrap(),
+        records,
+        "{}",
+        again.listening
+    );
+    again.next_event("bootstrapped");
+    // Longer than the copies republished before the kill live: what the others hold now, the
+    // restarted node republished.
+    std::thread::sleep(Duration::from_secs(11));
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
+    file_intact(nodes[3].addr.as_str(), &pinned_key, &out, &files[0])
+        .unwrap_or_else(|e| panic!("the pinned file, republished after the restart: {e}"));
+}

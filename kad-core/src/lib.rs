@@ -131,11 +131,11 @@ pub use node::{
     CommandError, Event, GetOutcome, Input, LookupOutcome, Node, NodeBuilder, Output, PingOutcome,
     PutOutcome, QueryError, QueryId, QueryResult,
 };
-pub use plugin::{Plugin, PluginCx, PluginData, PluginResponse, Reply, RequestId};
+pub use plugin::{AdoptError, Plugin, PluginCx, PluginData, PluginResponse, Reply, RequestId};
 pub use quorum::Quorum;
 pub use record::{
-    AcceptAll, Eviction, IndexEntry, MemoryStore, QuotaIndex, Record, RecordStore, RecordValidator,
-    Rejected, StoreError, StoreLimits,
+    AcceptAll, Eviction, IndexEntry, MemoryStore, OwnEntry, QuotaIndex, Record, RecordStore,
+    RecordValidator, Rejected, StoreError, StoreLimits,
 };
 pub use routing::{Entry, InsertOutcome, Liveness, RoutingParams, RoutingSnapshot, RoutingTable};
 pub use stats::{Histogram, LATENCY_BUCKETS_US, MAX_METHODS, Stats};

@@ -7,17 +7,18 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 
 use crate::addr::{Contact, PeerAddr};
-use crate::id::NodeId;
+use crate::id::{Key, NodeId};
 use crate::lookup::LookupStats;
 use crate::message::{Request, RpcError};
+use crate::node::OwnRecords;
 use crate::query::{QueryError, QueryId};
-use crate::record::RecordStore;
+use crate::record::{Record, RecordStore, RecordValidator, Rejected, StoreError};
 use crate::routing::RoutingTable;
 
 /// A typed value passed in-process between a plugin and the application: a command's input
@@ -156,6 +157,18 @@ pub(crate) enum Action {
     },
 }
 
+/// Why [`PluginCx::adopt`] refused a record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdoptError {
+    /// The node's validator refused it.
+    #[error("{0}")]
+    Rejected(Rejected),
+    /// The store failed to keep it.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// What a plugin may see and do while one of its hooks runs.
 pub struct PluginCx<'a> {
     pub(crate) now: Instant,
@@ -165,7 +178,10 @@ pub struct PluginCx<'a> {
     pub(crate) sent_to: &'a crate::recent::RecentAddrs,
     pub(crate) rng: &'a mut ChaCha8Rng,
     pub(crate) routing: &'a RoutingTable,
-    pub(crate) store: &'a dyn RecordStore,
+    pub(crate) store: &'a mut dyn RecordStore,
+    pub(crate) own: &'a mut OwnRecords,
+    pub(crate) validator: &'a dyn RecordValidator,
+    pub(crate) republish_interval: Duration,
     pub(crate) actions: &'a mut Vec<Action>,
     pub(crate) next_request: &'a mut u64,
     pub(crate) next_query: &'a mut u64,
@@ -228,7 +244,51 @@ impl PluginCx<'_> {
     }
     /// The record store, read-only.
     pub fn store(&self) -> &dyn RecordStore {
+        &*self.store
+    }
+    /// The record under `key` this node holds, for others or as one of its own (see
+    /// [`Node::own_keys`](crate::Node::own_keys)), if not expired.
+    pub fn record(&self, key: &Key) -> Option<Record> {
         self.store
+            .get(key)
+            .filter(|r| !r.is_expired(self.unix_ms))
+            .or_else(|| self.own.get(&*self.store, key))
+            .filter(|r| !r.is_expired(self.unix_ms))
+    }
+    /// Makes `record` one of this node's own records, as if it had put it: republished before
+    /// it expires (with a fresh publish time, the same lifetime and publisher), kept across
+    /// restarts by a persistent store, and served to lookups. For a node that keeps records for
+    /// its user (pinning). Does not store it at the k closest now: whoever handed it over did.
+    ///
+    /// # Errors
+    /// [`AdoptError::Rejected`] when the node's validator refuses the record;
+    /// [`AdoptError::Store`] when the store fails to keep it (then nothing changed).
+    pub fn adopt(&mut self, record: Record) -> Result<(), AdoptError> {
+        self.validator
+            .validate(&record)
+            .map_err(AdoptError::Rejected)?;
+        let due = crate::node::republish_due(
+            self.now,
+            self.unix_ms,
+            self.republish_interval,
+            record.published_at_ms,
+            record.expires_at_ms,
+        );
+        self.own
+            .keep(&mut *self.store, record, due)
+            .map_err(AdoptError::Store)
+    }
+    /// Stops republishing the own record under `key` (see [`Node::unpublish`](crate::Node::unpublish)).
+    pub fn unpublish(&mut self, key: &Key) -> bool {
+        self.own.forget(&mut *self.store, key)
+    }
+    /// Bytes of this node's own records ([`Record::size`] each).
+    pub fn own_bytes(&self) -> usize {
+        self.own.bytes()
+    }
+    /// Whether the record under `key` is one of this node's own.
+    pub fn is_own(&self, key: &Key) -> bool {
+        self.own.contains(key)
     }
     /// Sends `method` with `params` to `to`; the answer arrives in [`Plugin::on_response`].
     pub fn send_request(

@@ -109,6 +109,59 @@ pub trait RecordStore: Send + 'static {
     }
     /// Bytes accounted against the quota.
     fn size_bytes(&self) -> usize;
+
+    /// Keeps `record` as one this node publishes itself and republishes (from
+    /// [`Node::put`](crate::Node::put), or adopted by a plugin through
+    /// [`PluginCx::adopt`](crate::PluginCx::adopt)), apart from the records it caches for others
+    /// and out of reach of their eviction, so that a restarted node finds it again and goes on
+    /// republishing it. Called again with new times at each republish; replaces any own record
+    /// under the same key.
+    ///
+    /// Returns `Ok(true)` when the store keeps it (a persistent store, committed before
+    /// returning). The default keeps nothing and returns `Ok(false)`: the engine then holds the
+    /// record in memory for the life of the process.
+    fn keep_own(&mut self, _record: &Record) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// The own record under `key` kept with [`keep_own`](Self::keep_own).
+    fn own(&self, _key: &Key) -> Option<Record> {
+        None
+    }
+    /// Every own record kept with [`keep_own`](Self::keep_own), without its value: what a node
+    /// loads when it starts.
+    fn own_entries(&self) -> Vec<OwnEntry> {
+        Vec::new()
+    }
+    /// Forgets the own record under `key` (the node stops republishing it); whether there was one.
+    fn forget_own(&mut self, _key: &Key) -> bool {
+        false
+    }
+}
+
+/// An own record kept by a [`RecordStore`] (see [`RecordStore::keep_own`]), without its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OwnEntry {
+    /// The key.
+    pub key: Key,
+    /// Bytes ([`Record::size`]).
+    pub size: usize,
+    /// When it was last published (wall-clock ms).
+    pub published_at_ms: u64,
+    /// When that copy expires (wall-clock ms): its lifetime is kept at each republish.
+    pub expires_at_ms: u64,
+}
+
+impl OwnEntry {
+    /// The entry of `record`.
+    pub fn of(record: &Record) -> Self {
+        Self {
+            key: record.key,
+            size: record.size(),
+            published_at_ms: record.published_at_ms,
+            expires_at_ms: record.expires_at_ms,
+        }
+    }
 }
 
 /// What a full [`MemoryStore`] does with a new record.

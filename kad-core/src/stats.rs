@@ -139,6 +139,8 @@ pub struct Stats {
     pub queries_refused: u64,
     /// Records stored on behalf of peers.
     pub records_stored: u64,
+    /// Own records republished (the node's puts, and records adopted by a plugin).
+    pub republished: u64,
     /// Records refused (validator, size, expiry, quota).
     pub records_rejected: u64,
     /// Values a lookup received that failed validation.

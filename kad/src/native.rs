@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kad_core::{
-    Config, Dht, DhtError, LookupOutcome, NativeCodec, NativeIdentity, Node, PeerAddr, Plugin,
-    RecordStore, RecordValidator, StoreLimits, Transport,
+    Config, Dht, DhtError, LookupOutcome, NativeCodec, NativeIdentity, Node, NodeId, PeerAddr,
+    Plugin, RecordStore, RecordValidator, StoreLimits, Transport,
 };
 
 use crate::addr::{AddrArg, SocketArg};
@@ -56,6 +56,8 @@ pub struct NativeNodeBuilder {
     )>,
     #[cfg(feature = "storage")]
     storage: Option<Option<PathBuf>>,
+    #[cfg(feature = "storage")]
+    pins: Option<(Vec<NodeId>, usize)>,
     store_limits: Option<StoreLimits>,
     store: Option<Box<dyn RecordStore>>,
     validator: Option<Arc<dyn RecordValidator>>,
@@ -100,6 +102,8 @@ impl Default for NativeNodeBuilder {
             nat: None,
             #[cfg(feature = "storage")]
             storage: None,
+            #[cfg(feature = "storage")]
+            pins: None,
             store_limits: None,
             store: None,
             validator: None,
@@ -352,6 +356,17 @@ impl NativeNodeBuilder {
         self
     }
 
+    /// With [`storage`](Self::storage): keeps records for the nodes `from` (its user's clients,
+    /// e.g. `kad put --pin-to`), up to `max_bytes` in all (`storage.PIN`, see
+    /// [`StoragePlugin::allow_pins`](kad_plugin_storage::StoragePlugin::allow_pins)). A pinned
+    /// record is republished before it expires and, with a data dir, across restarts, so a file
+    /// outlives its TTL and the client that put it.
+    #[cfg(feature = "storage")]
+    pub fn allow_pins(mut self, from: impl IntoIterator<Item = NodeId>, max_bytes: usize) -> Self {
+        self.pins = Some((from.into_iter().collect(), max_bytes));
+        self
+    }
+
     /// How much the node's record store holds.
     pub fn store_limits(mut self, limits: StoreLimits) -> Self {
         self.store_limits = Some(limits);
@@ -502,7 +517,11 @@ impl NativeNodeBuilder {
         }
         #[cfg(feature = "storage")]
         if self.storage.is_some() {
-            builder = builder.plugin(Box::new(kad_plugin_storage::StoragePlugin::new(max_value)));
+            let mut p = kad_plugin_storage::StoragePlugin::new(max_value);
+            if let Some((from, max)) = self.pins.take() {
+                p = p.allow_pins(from, max);
+            }
+            builder = builder.plugin(Box::new(p));
         }
         for p in std::mem::take(&mut self.plugins) {
             builder = builder.plugin(p);

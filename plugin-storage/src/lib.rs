@@ -16,6 +16,10 @@
 //!   parallel from any holder through `storage.FETCH` ([`StoragePlugin`]: many small chunks
 //!   per answer, or one large one), verifies each against its key, asks another holder for a
 //!   bad or missing one, and resumes an interrupted download from the chunks already on disk.
+//! - **Pinning.** [`PutOptions::pin_to`] hands every record of a file to a node of the user's
+//!   that keeps it as its own (`storage.PIN`, allowed by [`StoragePlugin::allow_pins`]) and
+//!   republishes it before it expires, across restarts with a [`RedbStore`] (own records live in
+//!   their own table): the file outlives its TTL and the client that put it.
 //! - **Encryption and key shares.** [`Protection::Encrypted`] seals every chunk with
 //!   XChaCha20-Poly1305 under a fresh key bound to the chunk's position, and hands back a
 //!   [`Capability`] (`kad:KEY#SECRET`); [`Protection::Shared`] splits that key into Shamir
@@ -78,7 +82,10 @@ pub use crypto::*;
 pub use error::BlobError;
 pub use limits::*;
 pub use manifest::*;
-pub use plugin::{FETCH, FetchParams, FetchReply, MAX_FETCH_KEYS, NAMESPACE, StoragePlugin};
+pub use plugin::{
+    FETCH, FetchParams, FetchReply, MAX_FETCH_KEYS, MAX_PIN_RECORDS, MAX_PIN_TTL_MS, NAMESPACE,
+    PIN, PinParams, PinReply, StoragePlugin, UNPIN, UnpinParams, UnpinReply,
+};
 pub use store::*;
 pub use transfer::{
     GetOptions, GetReport, Protection, PutOptions, PutReport, TransferError, default_chunk_size,

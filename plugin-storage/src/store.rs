@@ -9,12 +9,13 @@
 //!
 //! # File layout
 //!
-//! One redb database with three tables:
+//! One redb database with four tables:
 //!
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `&str` | `u32`: `"format_version"` = 1 |
 //! | `records` | the record key, `[u8; 20]` | a record, encoded as below |
+//! | `own` | the record key, `[u8; 20]` | a record the node publishes itself ([`RecordStore::keep_own`]), encoded as below |
 //! | `routing` | `u32`, the position in the saved list | a contact as JSON: `{"id": "<40 hex digits>", "addrs": ["udp://…", …]}` |
 //!
 //! A record value is, in order (integers little-endian):
@@ -32,6 +33,7 @@
 //! The key is not repeated: it is the table key. Decoding checks every bound, the version and
 //! the publisher flag; an entry that fails is dropped (and counted) when the store opens.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use kad_core::{
-    Contact, ID_LEN, Key, NodeId, PeerAddr, QuotaIndex, Record, RecordStore, StoreError,
+    Contact, ID_LEN, Key, NodeId, OwnEntry, PeerAddr, QuotaIndex, Record, RecordStore, StoreError,
     StoreLimits,
 };
 use redb::{
@@ -52,6 +54,8 @@ use serde::{Deserialize, Serialize};
 const RECORDS: TableDefinition<'static, &[u8; ID_LEN], &[u8]> = TableDefinition::new("records");
 /// Format metadata.
 const META: TableDefinition<'static, &str, u32> = TableDefinition::new("meta");
+/// The node's own records (published or adopted: republished), by key.
+const OWN: TableDefinition<'static, &[u8; ID_LEN], &[u8]> = TableDefinition::new("own");
 /// Saved routing-table contacts, by position.
 const ROUTING: TableDefinition<'static, u32, &[u8]> = TableDefinition::new("routing");
 
@@ -80,6 +84,8 @@ pub struct OpenStats {
     pub evicted: usize,
     /// Entries that did not decode, deleted.
     pub corrupt: usize,
+    /// Own records found (the node's published and adopted records, republished).
+    pub own: usize,
 }
 
 /// A persistent [`RecordStore`] on redb: every put/remove is committed (fsync, redb
@@ -112,6 +118,7 @@ pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
     index: QuotaIndex,
+    own: BTreeMap<Key, OwnEntry>,
     stats: OpenStats,
     backend_errors: AtomicU64,
 }
@@ -171,7 +178,8 @@ impl RedbStore {
             .create(path)
             .map_err(|e| open_error(path, e))?;
         let mut index = QuotaIndex::new(local, limits);
-        let stats = load(&db, path, &mut index, now_ms)?;
+        let mut own = BTreeMap::new();
+        let stats = load(&db, path, &mut index, &mut own, now_ms)?;
         if stats.corrupt > 0 {
             tracing::warn!(
                 path = %path.display(),
@@ -184,6 +192,7 @@ impl RedbStore {
             db: Arc::new(db),
             path: path.to_owned(),
             index,
+            own,
             stats,
             backend_errors: AtomicU64::new(0),
         })
@@ -219,10 +228,14 @@ impl RedbStore {
         msg
     }
 
-    /// Reads and decodes the record under `key`.
-    fn read(&self, key: &Key) -> Result<Option<Record>, String> {
+    /// Reads and decodes the record under `key` in `table`.
+    fn read_from(
+        &self,
+        table: TableDefinition<'static, &[u8; ID_LEN], &[u8]>,
+        key: &Key,
+    ) -> Result<Option<Record>, String> {
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+        let table = txn.open_table(table).map_err(|e| e.to_string())?;
         let Some(guard) = table.get(&key.0).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
@@ -261,7 +274,7 @@ impl RecordStore for RedbStore {
     fn get(&self, key: &Key) -> Option<Record> {
         // The index is authoritative: no disk read for keys not held.
         self.index.get(key)?;
-        match self.read(key) {
+        match self.read_from(RECORDS, key) {
             Ok(r) => r,
             Err(e) => {
                 self.failed("get", e);
@@ -325,6 +338,56 @@ impl RecordStore for RedbStore {
 
     fn size_bytes(&self) -> usize {
         self.index.bytes()
+    }
+
+    fn keep_own(&mut self, record: &Record) -> Result<bool, StoreError> {
+        let write = || -> Result<(), redb::Error> {
+            let txn = begin_write(&self.db)?;
+            txn.open_table(OWN)?
+                .insert(&record.key.0, encode_record(record).as_slice())?;
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| StoreError::Backend(self.failed("keep own", e)))?;
+        self.own.insert(record.key, OwnEntry::of(record));
+        Ok(true)
+    }
+
+    fn own(&self, key: &Key) -> Option<Record> {
+        self.own.get(key)?;
+        match self.read_from(OWN, key) {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed("own", e);
+                None
+            }
+        }
+    }
+
+    fn own_entries(&self) -> Vec<OwnEntry> {
+        self.own.values().cloned().collect()
+    }
+
+    fn forget_own(&mut self, key: &Key) -> bool {
+        if !self.own.contains_key(key) {
+            return false;
+        }
+        let write = || -> Result<(), redb::Error> {
+            let txn = begin_write(&self.db)?;
+            txn.open_table(OWN)?.remove(&key.0)?;
+            txn.commit()?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => {
+                self.own.remove(key);
+                true
+            }
+            Err(e) => {
+                self.failed("forget own", e);
+                false
+            }
+        }
     }
 }
 
@@ -438,6 +501,7 @@ fn load(
     db: &Database,
     path: &Path,
     index: &mut QuotaIndex,
+    own: &mut BTreeMap<Key, OwnEntry>,
     now_ms: u64,
 ) -> Result<OpenStats, StoreError> {
     let fail = |e: redb::Error| StoreError::Backend(format!("store {}: open: {e}", path.display()));
@@ -490,6 +554,29 @@ fn load(
             table.remove(key).map_err(|e| fail(e.into()))?;
         }
     }
+    {
+        // Own records are republished with fresh times whatever their expiry: all are kept.
+        let mut table = txn.open_table(OWN).map_err(|e| fail(e.into()))?;
+        let mut doomed: Vec<[u8; ID_LEN]> = Vec::new();
+        for entry in table.iter().map_err(|e| fail(e.into()))? {
+            let (k, v) = entry.map_err(|e| fail(e.into()))?;
+            let key = *k.value();
+            match decode_record(&key, v.value()) {
+                Ok(r) => {
+                    own.insert(r.key, OwnEntry::of(&r));
+                }
+                Err(why) => {
+                    tracing::debug!(key = %NodeId(key), why, "record store: corrupt own entry");
+                    stats.corrupt += 1;
+                    doomed.push(key);
+                }
+            }
+        }
+        for key in &doomed {
+            table.remove(key).map_err(|e| fail(e.into()))?;
+        }
+    }
+    stats.own = own.len();
     // Created now so that readers never find it missing.
     txn.open_table(ROUTING).map_err(|e| fail(e.into()))?;
     txn.commit().map_err(|e| fail(e.into()))?;
@@ -686,6 +773,45 @@ mod tests {
     }
 
     #[test]
+    fn own_records_survive_reopen_apart_from_expiry_and_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        // A store of one record: the own records are not held to its quota.
+        let tiny = StoreLimits::new(1, 1 << 20);
+        let a = rec(key(1), b"pinned a", Some(key(0xC1)), 1_000);
+        let b = rec(key(2), &[9; 5000], None, 60_000);
+        let mut b2 = b.clone();
+        b2.published_at_ms += 30_000;
+        b2.expires_at_ms += 30_000;
+        {
+            let mut s = open(&path, tiny.clone(), NOW);
+            assert!(s.keep_own(&a).unwrap());
+            assert!(s.keep_own(&b).unwrap());
+            s.put(rec(key(3), b"cached", None, 60_000)).unwrap();
+            assert_eq!(s.own(&key(1)), Some(a.clone()));
+            assert_eq!(s.get(&key(1)), None, "own records are apart from the cache");
+            // Republished: new times replace the old.
+            assert!(s.keep_own(&b2).unwrap());
+            assert_eq!(s.own(&key(2)), Some(b2.clone()));
+        }
+        // Reopened long after `a` expired: every own record is still there.
+        let mut s = open(&path, tiny.clone(), NOW + 100_000);
+        assert_eq!(s.open_stats().own, 2);
+        assert_eq!(s.open_stats().expired, 1, "the cached record expired");
+        let mut entries = s.own_entries();
+        entries.sort_by_key(|e| e.key);
+        assert_eq!(entries, vec![OwnEntry::of(&a), OwnEntry::of(&b2)]);
+        assert!(s.forget_own(&key(1)));
+        assert!(!s.forget_own(&key(1)));
+        assert_eq!(s.own(&key(1)), None);
+        drop(s);
+        let s = open(&path, tiny, NOW);
+        assert_eq!(s.own_entries().len(), 1);
+        assert_eq!(s.own(&key(2)).map(|r| r.value.len()), Some(5000));
+        assert_eq!(s.backend_errors(), 0);
+    }
+
+    #[test]
     fn expiry_across_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
@@ -794,7 +920,8 @@ mod tests {
                 loaded: 2,
                 expired: 0,
                 evicted: 0,
-                corrupt: 4
+                corrupt: 4,
+                own: 0,
             }
         );
         assert_eq!(s.get(&key(1)), Some(good));

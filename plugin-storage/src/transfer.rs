@@ -11,7 +11,7 @@ use bytes::Bytes;
 use kad_core::{Contact, Dht, DhtError, Key, NodeId, QueryError, Record};
 use tokio::task::JoinSet;
 
-use crate::plugin::{FETCH, FetchParams, FetchReply};
+use crate::plugin::{FETCH, FetchParams, FetchReply, PIN, PinParams, PinReply};
 use crate::{
     BlobError, Capability, Encryption, FileKey, Manifest, Share, chunk_root, content_key,
     index_blobs, open_chunk, parse_index_blob, seal_chunk, split_key,
@@ -51,8 +51,15 @@ pub struct PutOptions {
     pub protection: Protection,
     /// Record lifetime.
     pub ttl: Duration,
-    /// Attempts per chunk before giving up.
+    /// Attempts per record before giving up (a STORE that fewer than half of the nodes it
+    /// went to acknowledged is sent again while attempts remain).
     pub attempts: u32,
+    /// A node that keeps every record of the file for this node's user and republishes it,
+    /// across its restarts when it has a persistent store (`storage.PIN`, see
+    /// [`StoragePlugin::allow_pins`](crate::StoragePlugin::allow_pins)): the file then outlives
+    /// `ttl` and the writer. Each record goes to it once the k closest stored it; a refusal
+    /// fails the put with [`TransferError::NotPinned`].
+    pub pin_to: Option<Contact>,
 }
 
 impl Default for PutOptions {
@@ -64,6 +71,7 @@ impl Default for PutOptions {
             protection: Protection::Plain,
             ttl: Duration::from_secs(24 * 3600),
             attempts: 3,
+            pin_to: None,
         }
     }
 }
@@ -102,8 +110,11 @@ pub struct PutReport {
     pub index_blobs: usize,
     /// The fewest nodes that stored any one record (chunk, index blob or manifest).
     pub min_replicas: usize,
-    /// Stores retried after a failure.
+    /// Stores retried after a failure, or sent again because fewer than half of the nodes
+    /// stored them; pins asked again.
     pub retries: u64,
+    /// Records the pinning node keeps ([`PutOptions::pin_to`]): all of them, or the put failed.
+    pub pinned: usize,
     /// The capability (key plus secret) of an [`Protection::Encrypted`] file.
     pub capability: Option<Capability>,
     /// The shares of a [`Protection::Shared`] file.
@@ -142,6 +153,16 @@ pub enum TransferError {
         attempts: u32,
         /// The last error.
         last: String,
+    },
+    /// The pinning node did not keep a record ([`PutOptions::pin_to`]).
+    #[error("{what}: node {node} did not pin it: {reason}")]
+    NotPinned {
+        /// Which record.
+        what: String,
+        /// The pinning node.
+        node: NodeId,
+        /// Its answer, or why there was none.
+        reason: String,
     },
     /// A record was not found at any holder.
     #[error(
@@ -208,52 +229,136 @@ struct StoredChunk {
     retries: u64,
 }
 
-/// Stores one record (content-addressed) with retries; returns how many nodes stored it.
-async fn store(
-    dht: &Dht,
-    what: &str,
-    value: Bytes,
+/// How [`put_file`] stores each record: where, for how long, how hard it tries, and who pins it.
+#[derive(Clone)]
+struct Storer {
+    dht: Dht,
     ttl: Duration,
     attempts: u32,
-    retries: &mut u64,
-) -> Result<(Key, usize), TransferError> {
-    let key = content_key(&value);
-    let mut last = String::new();
-    for attempt in 0..attempts.max(1) {
-        if attempt > 0 {
-            *retries += 1;
-            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
-        }
-        let record = Record::new(
-            key,
-            value.clone(),
-            Some(dht.id()),
-            kad_core::SystemClock::now_ms(),
-            ttl.as_millis() as u64,
-        );
-        match dht.put_record(record).await {
-            Ok(o) if o.stored > 0 => {
-                tracing::debug!(
-                    what,
-                    stored = o.stored,
-                    tried = o.tried,
-                    rpcs = o.stats.rpcs,
-                    "stored"
-                );
-                return Ok((key, o.stored));
+    pin_to: Option<Contact>,
+}
+
+impl Storer {
+    /// Stores one record (content-addressed) at the k closest nodes, then has the pinning node
+    /// keep it; returns its key and how many nodes stored it.
+    ///
+    /// A STORE that fewer than half of the nodes it went to acknowledged is sent again (a repair:
+    /// a fresh connection's first messages across a lossy link often time out), up to the
+    /// attempts; the best count is kept. No node at all after every attempt is an error.
+    async fn store(
+        &self,
+        what: &str,
+        value: Bytes,
+        retries: &mut u64,
+    ) -> Result<(Key, usize), TransferError> {
+        let key = content_key(&value);
+        let attempts = self.attempts.max(1);
+        let mut last = String::new();
+        let mut best = 0;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                *retries += 1;
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
             }
-            Ok(o) => last = format!("0 of {} nodes stored it", o.tried),
-            Err(DhtError::Command(e)) => {
-                return Err(TransferError::Invalid(format!("{what}: {e}")));
+            let record = Record::new(
+                key,
+                value.clone(),
+                Some(self.dht.id()),
+                kad_core::SystemClock::now_ms(),
+                self.ttl.as_millis() as u64,
+            );
+            match self.dht.put_record(record).await {
+                Ok(o) if o.stored > 0 => {
+                    tracing::debug!(
+                        what,
+                        stored = o.stored,
+                        tried = o.tried,
+                        rpcs = o.stats.rpcs,
+                        "stored"
+                    );
+                    best = best.max(o.stored);
+                    if o.stored * 2 >= o.tried {
+                        break;
+                    }
+                    last = format!("{} of {} nodes stored it", o.stored, o.tried);
+                }
+                Ok(o) => last = format!("0 of {} nodes stored it", o.tried),
+                Err(DhtError::Command(e)) => {
+                    return Err(TransferError::Invalid(format!("{what}: {e}")));
+                }
+                Err(e) => last = e.to_string(),
             }
-            Err(e) => last = e.to_string(),
         }
+        if best == 0 {
+            return Err(TransferError::NotStored {
+                what: what.to_owned(),
+                attempts,
+                last,
+            });
+        }
+        if let Some(to) = &self.pin_to {
+            self.pin(to, what, key, value, retries).await?;
+        }
+        Ok((key, best))
     }
-    Err(TransferError::NotStored {
-        what: what.to_owned(),
-        attempts,
-        last,
-    })
+
+    /// Hands one record to the pinning node (`storage.PIN`); retries a request that timed out.
+    async fn pin(
+        &self,
+        to: &Contact,
+        what: &str,
+        key: Key,
+        value: Bytes,
+        retries: &mut u64,
+    ) -> Result<(), TransferError> {
+        let params = PinParams {
+            values: vec![(key, value)],
+            ttl_ms: self.ttl.as_millis() as u64,
+        };
+        let params = Bytes::from(
+            serde_json::to_vec(&params).map_err(|e| TransferError::Invalid(e.to_string()))?,
+        );
+        let attempts = self.attempts.max(1);
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                *retries += 1;
+            }
+            match self.dht.call(to.clone(), PIN, params.clone()).await {
+                Ok(answer) => {
+                    return match serde_json::from_slice::<PinReply>(&answer) {
+                        Ok(r) if r.pinned == 1 => Ok(()),
+                        Ok(r) => Err(TransferError::NotPinned {
+                            what: what.to_owned(),
+                            node: to.id,
+                            reason: format!("it pinned {} of 1 records", r.pinned),
+                        }),
+                        Err(e) => Err(TransferError::NotPinned {
+                            what: what.to_owned(),
+                            node: to.id,
+                            reason: format!("its answer did not parse: {e}"),
+                        }),
+                    };
+                }
+                Err(DhtError::Query(QueryError::Remote(e))) => {
+                    return Err(TransferError::NotPinned {
+                        what: what.to_owned(),
+                        node: to.id,
+                        reason: e.message,
+                    });
+                }
+                Err(DhtError::Command(e)) => {
+                    return Err(TransferError::Invalid(format!("{what}: pin: {e}")));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(TransferError::NotPinned {
+            what: what.to_owned(),
+            node: to.id,
+            reason: format!("no answer after {attempts} attempts (last error: {last})"),
+        })
+    }
 }
 
 /// Splits the file at `path` into chunks, stores each (encrypted first when asked), then the
@@ -283,6 +388,12 @@ pub async fn put_file(
             opts.chunk_size, opts.max_value_len
         )));
     }
+    let storer = Storer {
+        dht: dht.clone(),
+        ttl: opts.ttl,
+        attempts: opts.attempts,
+        pin_to: opts.pin_to.clone(),
+    };
     let mut file = File::open(path).map_err(io(path))?;
     let size = file.metadata().map_err(io(path))?.len();
     let chunks = size.div_ceil(u64::from(opts.chunk_size));
@@ -307,11 +418,11 @@ pub async fn put_file(
                 Some(k) => seal_chunk(k, next, chunks, &buf),
                 None => buf,
             };
-            let (dht, ttl, attempts, i) = (dht.clone(), opts.ttl, opts.attempts, next);
+            let (storer, i) = (storer.clone(), next);
             tasks.spawn(async move {
                 let mut r = 0;
                 let what = format!("chunk {i}");
-                let (k, n) = store(&dht, &what, value.into(), ttl, attempts, &mut r).await?;
+                let (k, n) = storer.store(&what, value.into(), &mut r).await?;
                 Ok(StoredChunk {
                     index: i,
                     len: len as usize,
@@ -336,7 +447,7 @@ pub async fn put_file(
     let mut index = Vec::with_capacity(blobs.len());
     for (i, b) in blobs.into_iter().enumerate() {
         let what = format!("index blob {i}");
-        let (k, n) = store(dht, &what, b.into(), opts.ttl, opts.attempts, &mut retries).await?;
+        let (k, n) = storer.store(&what, b.into(), &mut retries).await?;
         index.push(k);
         min_replicas = min_replicas.min(n);
     }
@@ -366,15 +477,9 @@ pub async fn put_file(
             opts.max_value_len
         )));
     }
-    let (file_key, n) = store(
-        dht,
-        "the manifest",
-        bytes.into(),
-        opts.ttl,
-        opts.attempts,
-        &mut retries,
-    )
-    .await?;
+    let (file_key, n) = storer
+        .store("the manifest", bytes.into(), &mut retries)
+        .await?;
     min_replicas = min_replicas.min(n);
     let (capability, shares) = match (opts.protection, key) {
         (Protection::Shared { threshold, shares }, Some(k)) => {
@@ -396,6 +501,11 @@ pub async fn put_file(
         index_blobs: manifest.index.len(),
         min_replicas,
         retries,
+        pinned: if opts.pin_to.is_some() {
+            chunks as usize + manifest.index.len() + 1
+        } else {
+            0
+        },
         capability,
         shares,
         elapsed: t0.elapsed(),

@@ -367,3 +367,80 @@ async fn holders_that_answer_nothing_are_left_for_one_that_serves() {
     assert!(got.failed_fetches > 0, "{got:?}");
     assert_eq!(got.holders_used, 1, "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinning_node_keeps_what_its_user_hands_it_within_its_limit_and_refuses_the_rest() {
+    let net = MemoryNetwork::new();
+    let client_id = NodeId::from_bytes([200; 20]);
+    let nodes = memory_network(&net, 6, |i| {
+        let mut plugin = StoragePlugin::new(REPLY);
+        if i == 0 {
+            plugin = plugin.allow_pins([client_id], 20_000);
+        }
+        Node::builder(seeded_config(i as u8 + 1))
+            .id(NodeId::from_bytes([i as u8 + 1; 20]))
+            .validator(Arc::new(ContentValidator))
+            .plugin(Box::new(plugin))
+    })
+    .await
+    .unwrap();
+    for d in &nodes {
+        let _ = d.find_node(d.id()).await;
+    }
+    let pinner = nodes[0].contact().clone();
+    let mut c = seeded_config(200);
+    c.read_only = true;
+    let b = Node::builder(c)
+        .id(client_id)
+        .validator(Arc::new(ContentValidator));
+    let client = Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap();
+    client
+        .bootstrap(vec![nodes[1].contact().addrs[0].clone()])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = put_opts(Protection::Plain);
+    opts.pin_to = Some(pinner.clone());
+
+    // A small file: every record pinned.
+    let (small, _) = file(dir.path(), 2 * CHUNK as usize, 1);
+    let r = put_file(&client, &small, &opts, &quiet).await.unwrap();
+    assert_eq!(r.pinned, 2 + r.index_blobs + 1, "{r:?}");
+
+    // One past the limit: refused, with the limit named.
+    let (big, _) = file(dir.path(), 8 * CHUNK as usize, 2);
+    match put_file(&client, &big, &opts, &quiet).await {
+        Err(TransferError::NotPinned { node, reason, .. }) => {
+            assert_eq!(node, pinner.id);
+            assert!(reason.contains("limit of 20000 bytes"), "{reason}");
+        }
+        other => panic!("expected NotPinned, got {other:?}"),
+    }
+
+    // A forged value (its key is not its hash) is refused too.
+    let params = kad_plugin_storage::PinParams {
+        values: vec![(content_key(b"honest"), bytes::Bytes::from_static(b"forged"))],
+        ttl_ms: 60_000,
+    };
+    let e = client
+        .call(
+            pinner.clone(),
+            kad_plugin_storage::PIN,
+            serde_json::to_vec(&params).unwrap().into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not content-addressed"), "{e}");
+
+    // Another node may not pin here.
+    let stranger = nodes[2].clone();
+    let e = stranger
+        .call(
+            pinner,
+            kad_plugin_storage::PIN,
+            serde_json::to_vec(&params).unwrap().into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("keeps records only for"), "{e}");
+}

@@ -137,8 +137,46 @@ pub(crate) struct PutArgs {
     /// default).
     #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
     ttl: u64,
+    /// Also hand every record to the node at this address (udp://, quic://, ws://), which keeps
+    /// it and republishes it before it expires, across its restarts when it runs with
+    /// --data-dir: the value or file outlives --ttl and this client. The node must run with
+    /// --pin-from naming this client's id: give the client a --key-file and read its id with
+    /// `kad id --key-file FILE`. A refusal fails the put.
+    #[arg(long, value_name = "ADDR")]
+    pin_to: Option<String>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+}
+
+/// `kad id` flags.
+#[derive(Args, Debug)]
+pub(crate) struct IdArgs {
+    /// The key file (created with mode 0600, holding a fresh secp256k1 key, if missing).
+    #[arg(long, value_name = "FILE")]
+    key_file: PathBuf,
+    /// Work in the id of a key created now, as with `kad node --id-work` (0 to 32); a loaded
+    /// key with less is an error.
+    #[arg(long, default_value_t = 0, value_name = "BITS")]
+    id_work: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `kad id`: the node id of a key file, e.g. for `kad node --pin-from`.
+pub(crate) fn id(a: IdArgs) -> Result<()> {
+    if a.id_work > 32 {
+        bail!("--id-work = {} is out of range: 0 to 32", a.id_work);
+    }
+    let (identity, created) = kad::keys::load_or_create_identity(&a.key_file, a.id_work)
+        .map_err(|e| crate::net::flag_error(kad::BuildError::KeyFile(e)))?;
+    let id = kad_core::Identity::node_id(&identity);
+    emit(
+        a.json,
+        &json!({"id": id.to_string(), "key_file": a.key_file.display().to_string(), "created": created}),
+        || id.to_string(),
+    );
+    Ok(())
 }
 
 pub(crate) async fn put(a: PutArgs) -> Result<()> {
@@ -155,6 +193,7 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
             a.chunk_size,
             a.parallel,
             ttl,
+            a.pin_to.as_deref(),
         )
         .await;
     }
@@ -178,7 +217,25 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
         kad_core::SystemClock::now_ms(),
         ttl.as_millis() as u64,
     );
-    let r = within(&a.client, dht.put_record(record)).await;
+    let r = within(&a.client, dht.put_record(record.clone())).await;
+    let pinned_by = match (&r, &a.pin_to) {
+        (Ok(o), Some(addr)) if o.stored > 0 => {
+            let pinned = async {
+                let to = crate::storage::pin_node(&a.client, &dht, addr).await?;
+                crate::storage::pin_record(&a.client, &dht, &to, &record, ttl).await?;
+                anyhow::Ok(to.id)
+            }
+            .await;
+            match pinned {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    dht.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
     dht.shutdown().await;
     let o = r?;
     // A record on one or two nodes is lost with them: say so (the node the client joined
@@ -194,7 +251,8 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
         a.client.json,
         &json!({"key": key.to_string(), "content_addressed": !named, "stored": o.stored,
                 "tried": o.tried, "rpcs": o.stats.rpcs, "elapsed_ms": ms(o.elapsed),
-                "join_ms": ms(join), "warning": warning}),
+                "join_ms": ms(join), "warning": warning,
+                "pinned_by": pinned_by.map(|id| id.to_string())}),
         || {
             format!(
                 "stored at {} of {} nodes in {:.1} ms{}\nkey: {key}",
@@ -205,7 +263,9 @@ pub(crate) async fn put(a: PutArgs) -> Result<()> {
                     .as_deref()
                     .map(|w| format!("\nwarning: {w}"))
                     .unwrap_or_default()
-            )
+            ) + &pinned_by
+                .map(|id| format!("\npinned: node {id} keeps it and republishes it"))
+                .unwrap_or_default()
         },
     );
     if o.stored == 0 {

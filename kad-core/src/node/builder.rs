@@ -108,7 +108,7 @@ impl NodeBuilder {
             Some(c) => c,
             None => default_codec()?,
         };
-        Ok(Node {
+        let mut node = Node {
             local: Contact::with_addrs(id, self.addrs),
             identity,
             codec,
@@ -134,7 +134,7 @@ impl NodeBuilder {
             now,
             next_maintenance: now + self.config.maintenance_interval,
             next_replicate: now + self.config.replicate_interval,
-            own_records: BTreeMap::new(),
+            own_records: Default::default(),
             replicate_queue: VecDeque::new(),
             sent_to: RecentAddrs::new(now),
             guard: Default::default(),
@@ -145,7 +145,9 @@ impl NodeBuilder {
             rejoin_at: None,
             rejoin_wait: self.config.rejoin_min,
             config: self.config,
-        })
+        };
+        node.load_own(now);
+        Ok(node)
     }
 }
 

@@ -185,8 +185,8 @@ impl Node {
         let now = self.advance(now);
         let mut found = Vec::new();
         let unix = self.unix_ms(now);
-        if let Some(r) = self.store.get(&key) {
-            if !r.is_expired(unix) && self.validator.validate(&r).is_ok() {
+        if let Some(r) = self.local_record(&key, unix) {
+            if self.validator.validate(&r).is_ok() {
                 found.push(r);
             }
         }
@@ -222,7 +222,7 @@ impl Node {
             self.config.record_ttl.as_millis() as u64,
         );
         let qid = self.put_record_quorum(now, record.clone(), quorum)?;
-        self.own_records.insert(key, (now, record));
+        self.keep_own(now, record);
         Ok(qid)
     }
 

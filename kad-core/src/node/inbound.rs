@@ -169,9 +169,8 @@ impl Node {
             Request::FindValue { key } => {
                 let unix = self.unix_ms(now);
                 let nodes = self.closest_for(&key, &sender_id, k);
-                match self.store.get(&key) {
-                    Some(record) if !record.is_expired(unix) => {
-                        let mut record = record;
+                match self.local_record(&key, unix) {
+                    Some(mut record) => {
                         record.stored_at_ms = 0;
                         Some(Body::Response(Response::Value { record, nodes }))
                     }
@@ -343,7 +342,10 @@ impl Node {
                 sent_to: &self.sent_to,
                 rng: &mut self.rng,
                 routing: &self.routing,
-                store: &*self.store,
+                store: &mut *self.store,
+                own: &mut self.own_records,
+                validator: &*self.validator,
+                republish_interval: self.config.republish_interval,
                 actions: &mut actions,
                 next_request: &mut self.next_request,
                 next_query: &mut self.next_query,

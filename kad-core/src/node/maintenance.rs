@@ -5,7 +5,6 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::{Node, QueryKind, REJOIN_ADDRS};
-use crate::id::Key;
 
 impl Node {
     /// Schedules a join when the routing table is empty and there is somewhere to join through,
@@ -101,29 +100,6 @@ impl Node {
             if let Ok(qid) = self.new_query(now, QueryKind::Refresh, Some(lookup)) {
                 self.step_query(now, qid);
             }
-        }
-        // Republish our own records before they expire, with a fresh publish time.
-        let due: Vec<Key> = self
-            .own_records
-            .iter()
-            .filter(|(_, (t, _))| {
-                now.saturating_duration_since(*t) >= self.config.republish_interval
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
-            let Some((_, mut r)) = self.own_records.remove(&key) else {
-                continue;
-            };
-            r.published_at_ms = unix;
-            r.expires_at_ms = unix + self.config.record_ttl.as_millis() as u64;
-            // If the query table is full, try again at the next tick.
-            let t = if self.put_record(now, r.clone()).is_ok() {
-                now
-            } else {
-                now - self.config.republish_interval
-            };
-            self.own_records.insert(key, (t, r));
         }
         // Re-replicate what we hold to the current k closest, keeping the original publish time.
         // A record some other holder re-stored here within the interval is skipped: that holder

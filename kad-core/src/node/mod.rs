@@ -12,6 +12,8 @@ mod events;
 mod inbound;
 mod maintenance;
 mod outbound;
+mod own;
+pub(crate) use own::{OwnRecords, republish_due};
 mod query;
 mod timeouts;
 
@@ -244,9 +246,9 @@ pub struct Node {
     now: Instant,
     next_maintenance: Instant,
     next_replicate: Instant,
-    /// Records this node published, with when it last (re)published them; kept here, not only
-    /// in the store, so that an eviction cannot stop the republishing.
-    own_records: BTreeMap<Key, (Instant, Record)>,
+    /// Records this node published (or adopted), republished before they expire; kept apart
+    /// from the records cached for others, so that an eviction cannot stop the republishing.
+    own_records: OwnRecords,
     /// Keys waiting for re-replication, drained a few per maintenance tick.
     replicate_queue: VecDeque<Key>,
     /// Addresses this node sent to lately (a NAT lets their packets in: reachability checks
@@ -449,6 +451,7 @@ impl Node {
         };
         min(self.deadlines.keys().next().map(|k| k.0));
         min(self.rejoin_at);
+        min(self.own_records.next_due());
         for q in self.queries.values() {
             if let Some(l) = &q.lookup {
                 min(l.next_deadline(self.now));

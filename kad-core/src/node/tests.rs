@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::message::{Body, Response};
-use crate::record::Rejected;
+use crate::record::{MemoryStore, Rejected};
 
 /// The default config with a wall clock that reads `epoch_ms` at `base`.
 fn virtual_config(base: Instant, epoch_ms: u64) -> Config {
@@ -977,5 +977,134 @@ fn a_small_record_goes_to_a_node_named_in_an_answer_at_once() {
     assert!(
         matches!(&more[..], [(PeerAddr::Mem(8), m)] if matches!(m.body, Body::Request(Request::Store { want_nodes: true, .. }))),
         "{more:?}"
+    );
+}
+
+/// A store whose own records live in a map shared with the next store made from it: a node
+/// restarted "on the same disk".
+struct KeepsOwn {
+    cache: MemoryStore,
+    own: Arc<std::sync::Mutex<BTreeMap<Key, Record>>>,
+}
+
+impl RecordStore for KeepsOwn {
+    fn get(&self, key: &Key) -> Option<Record> {
+        self.cache.get(key)
+    }
+    fn put(&mut self, record: Record) -> Result<Vec<Record>, crate::record::StoreError> {
+        self.cache.put(record)
+    }
+    fn remove(&mut self, key: &Key) -> Option<Record> {
+        self.cache.remove(key)
+    }
+    fn remove_expired(&mut self, now_ms: u64) -> usize {
+        self.cache.remove_expired(now_ms)
+    }
+    fn keys(&self) -> Vec<Key> {
+        self.cache.keys()
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn size_bytes(&self) -> usize {
+        self.cache.size_bytes()
+    }
+    fn keep_own(&mut self, record: &Record) -> Result<bool, crate::record::StoreError> {
+        self.own.lock().unwrap().insert(record.key, record.clone());
+        Ok(true)
+    }
+    fn own(&self, key: &Key) -> Option<Record> {
+        self.own.lock().unwrap().get(key).cloned()
+    }
+    fn own_entries(&self) -> Vec<crate::record::OwnEntry> {
+        self.own
+            .lock()
+            .unwrap()
+            .values()
+            .map(crate::record::OwnEntry::of)
+            .collect()
+    }
+    fn forget_own(&mut self, key: &Key) -> bool {
+        self.own.lock().unwrap().remove(key).is_some()
+    }
+}
+
+/// Drives `a` from `from` to `to` in 5 s steps; the publish times of the STOREs of `key` sent.
+fn stores_of(a: &mut Node, key: Key, from: Instant, to: Instant) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut t = from;
+    while t < to {
+        t += Duration::from_secs(5);
+        a.handle_input(t, Input::Timeout);
+        for (_, m) in sends(a) {
+            if let Body::Request(Request::Store { record, .. }) = m.body {
+                if record.key == key && !seen.contains(&record.published_at_ms) {
+                    seen.push(record.published_at_ms);
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn own_records_are_republished_before_they_expire_and_again_by_a_restarted_node() {
+    let t0 = Instant::now();
+    let epoch = 1_000_000_000;
+    let own = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let build = |at: Instant| {
+        let mut cfg = virtual_config(t0, epoch);
+        cfg.record_ttl = Duration::from_secs(100);
+        let store = KeepsOwn {
+            cache: MemoryStore::new(NodeId([1; 20]), cfg.store_limits.clone()),
+            own: own.clone(),
+        };
+        let mut a = Node::builder(cfg)
+            .id(NodeId([1; 20]))
+            .addrs(vec![PeerAddr::Mem(1)])
+            .store(Box::new(store))
+            .build(at)
+            .unwrap();
+        for i in 2..10u8 {
+            a.add_contact(
+                at,
+                Contact::new(NodeId([i; 20]), PeerAddr::Mem(u64::from(i))),
+            );
+        }
+        a
+    };
+    let key = NodeId([0x55; 20]);
+    let mut a = build(t0);
+    a.put(t0, key, Bytes::from_static(b"mine")).unwrap();
+    // A 100 s record is republished at 90% of its life (long before the 22 h interval),
+    // between the 60 s maintenance ticks, each time with a fresh publish time.
+    let published = stores_of(&mut a, key, t0, t0 + Duration::from_secs(200));
+    assert_eq!(
+        published,
+        vec![epoch, epoch + 90_000, epoch + 180_000],
+        "put, then republished at 90 s and 180 s"
+    );
+    assert_eq!(a.stats().republished, 2);
+    assert_eq!(a.own_keys(), vec![key]);
+    assert_eq!(own.lock().unwrap()[&key].published_at_ms, epoch + 180_000);
+    drop(a);
+
+    // Restarted at 200 s on the same store: it takes the record up and republishes it when due.
+    let t1 = t0 + Duration::from_secs(200);
+    let mut b = build(t1);
+    assert_eq!(b.own_keys(), vec![key]);
+    assert_eq!(
+        b.own_bytes(),
+        Record::new(key, &b"mine"[..], None, 0, 0).size()
+    );
+    let again = stores_of(&mut b, key, t1, t1 + Duration::from_secs(80));
+    assert_eq!(again, vec![epoch + 270_000], "due at 180 s + 90 s");
+    assert!(b.unpublish(&key));
+    assert!(own.lock().unwrap().is_empty());
+    let after = t1 + Duration::from_secs(80);
+    let none = stores_of(&mut b, key, after, after + Duration::from_secs(200));
+    assert!(
+        none.iter().all(|p| *p <= epoch + 270_000),
+        "no republish once unpublished: {none:?}"
     );
 }

@@ -48,6 +48,10 @@ impl Node {
             self.next_maintenance = now + self.config.maintenance_interval;
             self.maintenance(now);
         }
+        // Own records are republished when due, between maintenance ticks too (a short TTL).
+        if self.own_records.next_due().is_some_and(|t| t <= now) {
+            self.republish_due_records(now);
+        }
         if self.rejoin_at.is_some_and(|t| t <= now) {
             self.rejoin_at = None;
             self.rejoin(now);

@@ -1,0 +1,239 @@
+//! The records this node publishes itself: republished before they expire, and kept by a
+//! persistent store ([`RecordStore::keep_own`]) so that a restarted node goes on republishing them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::Node;
+use crate::id::Key;
+use crate::record::{Record, RecordStore, StoreError};
+
+/// When a record published at `published_at_ms` that expires at `expires_at_ms` is republished
+/// next, at `now` (wall clock `unix` ms): `interval` after it was published, or once 90% of its
+/// lifetime has passed if that comes first (a record with a short TTL is still republished
+/// before it expires), and at least a second after it was published. Never before `now`.
+pub(crate) fn republish_due(
+    now: Instant,
+    unix: u64,
+    interval: Duration,
+    published_at_ms: u64,
+    expires_at_ms: u64,
+) -> Instant {
+    let life = expires_at_ms.saturating_sub(published_at_ms);
+    let interval = interval.as_millis() as u64;
+    // At least a second apart, whatever the lifetime.
+    let at = published_at_ms.saturating_add(interval.min(life - life / 10).max(1_000));
+    now + Duration::from_millis(at.saturating_sub(unix))
+}
+
+/// One own record: when it is republished next, its size, and its value unless the store keeps it.
+#[derive(Debug)]
+struct Own {
+    due: Instant,
+    size: usize,
+    record: Option<Record>,
+}
+
+/// The own records of a node, with their bytes.
+#[derive(Debug, Default)]
+pub(crate) struct OwnRecords {
+    map: BTreeMap<Key, Own>,
+    /// `(due, key)` of every entry, earliest first.
+    dues: BTreeSet<(Instant, Key)>,
+    bytes: usize,
+}
+
+impl OwnRecords {
+    /// Keeps `record`, republished next at `due`: in `store` when it keeps own records (then not
+    /// in memory), else in memory. A store error changes nothing.
+    pub(crate) fn keep(
+        &mut self,
+        store: &mut dyn RecordStore,
+        record: Record,
+        due: Instant,
+    ) -> Result<(), StoreError> {
+        let kept = store.keep_own(&record)?;
+        let size = record.size();
+        self.insert(record.key, due, size, (!kept).then_some(record));
+        Ok(())
+    }
+
+    /// Keeps `record` in memory only (its store failed to keep it).
+    pub(crate) fn keep_in_memory(&mut self, record: Record, due: Instant) {
+        self.insert(record.key, due, record.size(), Some(record));
+    }
+
+    /// Knows of a record the store keeps (found when the node starts).
+    pub(crate) fn insert_kept(&mut self, key: Key, size: usize, due: Instant) {
+        self.insert(key, due, size, None);
+    }
+
+    fn insert(&mut self, key: Key, due: Instant, size: usize, record: Option<Record>) {
+        if let Some(old) = self.map.insert(key, Own { due, size, record }) {
+            self.bytes -= old.size;
+            self.dues.remove(&(old.due, key));
+        }
+        self.dues.insert((due, key));
+        self.bytes += size;
+    }
+
+    /// Moves the next republish of `key` to `due`.
+    pub(crate) fn reschedule(&mut self, key: &Key, due: Instant) {
+        if let Some(o) = self.map.get_mut(key) {
+            self.dues.remove(&(o.due, *key));
+            o.due = due;
+            self.dues.insert((due, *key));
+        }
+    }
+
+    /// When the next republish is due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.dues.first().map(|(t, _)| *t)
+    }
+
+    /// Forgets the record under `key` (and has the store forget it); whether there was one.
+    pub(crate) fn forget(&mut self, store: &mut dyn RecordStore, key: &Key) -> bool {
+        let kept = store.forget_own(key);
+        match self.map.remove(key) {
+            Some(old) => {
+                self.bytes -= old.size;
+                self.dues.remove(&(old.due, *key));
+                true
+            }
+            None => kept,
+        }
+    }
+
+    /// The record under `key`, from memory or the store.
+    pub(crate) fn get(&self, store: &dyn RecordStore, key: &Key) -> Option<Record> {
+        match &self.map.get(key)?.record {
+            Some(r) => Some(r.clone()),
+            None => store.own(key),
+        }
+    }
+
+    /// Whether `key` is an own record.
+    pub(crate) fn contains(&self, key: &Key) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Keys whose republish is due at `now`.
+    pub(crate) fn due(&self, now: Instant) -> Vec<Key> {
+        self.dues
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Number of own records.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Bytes of own records ([`Record::size`] each).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The keys, in order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.map.keys()
+    }
+}
+
+impl Node {
+    /// When a record published at `published_at_ms` that expires at `expires_at_ms` is
+    /// republished next (see [`republish_due`]).
+    pub(super) fn republish_due(
+        &self,
+        now: Instant,
+        published_at_ms: u64,
+        expires_at_ms: u64,
+    ) -> Instant {
+        republish_due(
+            now,
+            self.unix_ms(now),
+            self.config.republish_interval,
+            published_at_ms,
+            expires_at_ms,
+        )
+    }
+
+    /// Keys of the records this node publishes itself and republishes before they expire: its
+    /// [`put`](Self::put)s, and records a plugin adopted ([`PluginCx::adopt`](crate::PluginCx::adopt)).
+    /// A persistent store keeps them across restarts ([`RecordStore::keep_own`]).
+    pub fn own_keys(&self) -> Vec<Key> {
+        self.own_records.keys().copied().collect()
+    }
+
+    /// Bytes of the own records ([`Record::size`] each).
+    pub fn own_bytes(&self) -> usize {
+        self.own_records.bytes()
+    }
+
+    /// Stops republishing the record under `key` (a persistent store forgets it too); whether
+    /// it was an own record. Copies stored at other nodes live until they expire.
+    pub fn unpublish(&mut self, key: &Key) -> bool {
+        self.own_records.forget(&mut *self.store, key)
+    }
+
+    /// Takes up the own records the store kept (a restart).
+    pub(super) fn load_own(&mut self, now: Instant) {
+        for e in self.store.own_entries() {
+            let due = self.republish_due(now, e.published_at_ms, e.expires_at_ms);
+            self.own_records.insert_kept(e.key, e.size, due);
+        }
+        if self.own_records.len() > 0 {
+            debug!(
+                records = self.own_records.len(),
+                bytes = self.own_records.bytes(),
+                "own records loaded from the store"
+            );
+        }
+    }
+
+    /// Makes `record` one of this node's own records, republished from now on.
+    pub(super) fn keep_own(&mut self, now: Instant, record: Record) {
+        let due = self.republish_due(now, record.published_at_ms, record.expires_at_ms);
+        if let Err(e) = self.own_records.keep(&mut *self.store, record.clone(), due) {
+            warn!(key = %record.key, error = %e, "own record kept in memory only: the store failed");
+            self.own_records.keep_in_memory(record, due);
+        }
+    }
+
+    /// Republishes the own records that are due, with a fresh publish time and the same lifetime.
+    pub(super) fn republish_due_records(&mut self, now: Instant) {
+        let unix = self.unix_ms(now);
+        for key in self.own_records.due(now) {
+            let Some(mut r) = self.own_records.get(&*self.store, &key) else {
+                warn!(%key, "own record lost by the store: no longer republished");
+                self.own_records.forget(&mut *self.store, &key);
+                continue;
+            };
+            let life = r.expires_at_ms.saturating_sub(r.published_at_ms);
+            r.published_at_ms = unix;
+            r.expires_at_ms = unix.saturating_add(life);
+            if self.put_record(now, r.clone()).is_ok() {
+                self.stats.republished += 1;
+                self.keep_own(now, r);
+            } else {
+                // The query table is full: try again in a second.
+                self.own_records
+                    .reschedule(&key, now + Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// The record under `key` this node can answer with: one it holds for others, else one of
+    /// its own; not expired at `unix`.
+    pub(super) fn local_record(&self, key: &Key, unix: u64) -> Option<Record> {
+        self.store
+            .get(key)
+            .filter(|r| !r.is_expired(unix))
+            .or_else(|| self.own_records.get(&*self.store, key))
+            .filter(|r| !r.is_expired(unix))
+    }
+}
