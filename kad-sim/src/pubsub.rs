@@ -177,7 +177,10 @@ pub fn run_pubsub_scenario(
     let is_sub: BTreeMap<usize, ()> = subs.iter().map(|&i| (i, ())).collect();
 
     let mut waiting: BTreeMap<(usize, QueryId), ()> = BTreeMap::new();
-    let sub_cmd = cmd(&PubsubCommand::Subscribe { kind: kind.clone() });
+    let sub_cmd = cmd(&PubsubCommand::Subscribe {
+        kind: kind.clone(),
+        since: None,
+    });
     for &s in &subs {
         if let Some(Ok(q)) = sim.command(s, |n, now| n.command(now, NAMESPACE, sub_cmd.clone())) {
             waiting.insert((s, q), ());

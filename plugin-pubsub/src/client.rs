@@ -195,10 +195,22 @@ impl Pubsub {
     /// background until [`unsubscribe`](Self::unsubscribe)) and delivers the latest reading at
     /// once when there is one.
     pub async fn subscribe(&self, kind: TopicKind) -> Result<Subscription, PubsubError> {
+        self.subscribe_since(kind, None).await
+    }
+
+    /// Like [`subscribe`](Self::subscribe) for a subscriber that already had the readings up to
+    /// seq `since` (say, before a restart): the rendezvous nodes first deliver the readings they
+    /// kept after it ([`PubsubConfig::max_history`](crate::PubsubConfig::max_history)), oldest
+    /// first, each once, then new ones as they come.
+    pub async fn subscribe_since(
+        &self,
+        kind: TopicKind,
+        since: Option<i64>,
+    ) -> Result<Subscription, PubsubError> {
         let topic = kind.key();
         // Listen before asking, so the latest reading found by the lookup is not missed.
         let events = self.dht.events();
-        let outcome = self.run(PubsubCommand::Subscribe { kind }).await?;
+        let outcome = self.run(PubsubCommand::Subscribe { kind, since }).await?;
         Ok(Subscription {
             outcome,
             topic,
@@ -215,10 +227,24 @@ impl Pubsub {
         pubkey: [u8; 32],
         salt: &[u8],
     ) -> Result<Subscription, PubsubError> {
-        self.subscribe(TopicKind::Sensor {
-            k: pubkey,
-            salt: Bytes::copy_from_slice(salt),
-        })
+        self.subscribe_sensor_since(pubkey, salt, None).await
+    }
+
+    /// Subscribes to a sensor's readings after seq `since` (see
+    /// [`subscribe_since`](Self::subscribe_since)).
+    pub async fn subscribe_sensor_since(
+        &self,
+        pubkey: [u8; 32],
+        salt: &[u8],
+        since: Option<i64>,
+    ) -> Result<Subscription, PubsubError> {
+        self.subscribe_since(
+            TopicKind::Sensor {
+                k: pubkey,
+                salt: Bytes::copy_from_slice(salt),
+            },
+            since,
+        )
         .await
     }
 

@@ -638,3 +638,39 @@ async fn a_subscriber_back_from_an_outage_gets_the_kept_readings_it_missed_in_or
     let got = readings_after_an_outage(config).await;
     assert_eq!(got, vec![14]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_given_the_last_seq_it_had_gets_the_kept_readings_after_it() {
+    let net = network(10, PubsubConfig::default()).await;
+    let seed = [6u8; 32];
+    let pk = public_key(&seed);
+    let publisher = Pubsub::attach(net.nodes[8].clone()).await.unwrap();
+    for seq in 1..=12 {
+        let o = publisher
+            .publish(reading(&seed, b"s", seq, &format!("r{seq}")))
+            .await
+            .unwrap();
+        assert!(o.stored_on >= 3, "{o:?}");
+    }
+    // A subscriber that had readings up to 9 before it restarted: 10, 11, 12, in order, once.
+    let p = Pubsub::attach(net.nodes[9].clone()).await.unwrap();
+    let mut sub = p.subscribe_sensor_since(pk, b"s", Some(9)).await.unwrap();
+    let mut got = Vec::new();
+    while let Some((seq, v)) = next_reading(&mut sub).await {
+        assert_eq!(v, format!("r{seq}"));
+        got.push(seq);
+        if seq == 12 {
+            break;
+        }
+    }
+    assert_eq!(got, vec![10, 11, 12]);
+    assert!(
+        nothing_more(&mut sub).await,
+        "a reading was delivered twice"
+    );
+    // Without `since`, the latest only.
+    let p = Pubsub::attach(net.nodes[7].clone()).await.unwrap();
+    let mut sub = p.subscribe_sensor(pk, b"s").await.unwrap();
+    assert_eq!(next_reading(&mut sub).await, Some((12, "r12".into())));
+    assert!(nothing_more(&mut sub).await);
+}

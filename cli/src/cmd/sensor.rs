@@ -123,6 +123,11 @@ pub(crate) struct SubscribeArgs {
     /// Exit after this many seconds (0: never).
     #[arg(long = "for", default_value_t = 0.0, value_name = "SECONDS")]
     for_secs: f64,
+    /// The seq of the last reading already had (e.g. printed before a restart): the readings
+    /// after it that the rendezvous nodes kept (the last 16 by default) come first, oldest
+    /// first, each once, then new ones. Without it, the latest reading, then new ones.
+    #[arg(long, value_name = "SEQ", conflicts_with = "mainline")]
+    since: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -512,10 +517,13 @@ async fn subscribe(a: SubscribeArgs) -> Result<()> {
         }
     }
     let pubsub = native_pubsub(&a.net).await?;
-    let mut sub = match tokio::time::timeout(limit, pubsub.subscribe_sensor(pubkey, &salt)).await {
-        Ok(r) => r.map_err(pubsub_err)?,
-        Err(_) => bail!("subscribe timed out after {} s", a.net.timeout),
-    };
+    let mut sub =
+        match tokio::time::timeout(limit, pubsub.subscribe_sensor_since(pubkey, &salt, a.since))
+            .await
+        {
+            Ok(r) => r.map_err(pubsub_err)?,
+            Err(_) => bail!("subscribe timed out after {} s", a.net.timeout),
+        };
     let o = &sub.outcome;
     net::emit(
         a.net.json,

@@ -80,6 +80,11 @@ pub enum PubsubCommand {
     Subscribe {
         /// What to subscribe to.
         kind: TopicKind,
+        /// The seq of the last reading already had (a subscriber back after a restart): the
+        /// rendezvous nodes first hand over the kept readings after it, oldest first. `None`:
+        /// the latest reading only. Ignored when the subscription is already running.
+        #[serde(default)]
+        since: Option<i64>,
     },
     /// Forget a subscription, whoever holds it: its rendezvous nodes are told (`SUBSCRIBE`
     /// with ttl 0); one that misses it drops the subscription at its next push (answered

@@ -236,7 +236,7 @@ impl PubsubPlugin {
             )))
         };
         match c {
-            PubsubCommand::Subscribe { kind } => {
+            PubsubCommand::Subscribe { kind, since } => {
                 if let Err(e) = kind.check() {
                     return cx.complete(query, bad(e.to_owned()));
                 }
@@ -244,7 +244,7 @@ impl PubsubPlugin {
                 let now = cx.now();
                 let s = self.mine.entry(topic).or_insert_with(|| MySub {
                     kind,
-                    last_seq: None,
+                    last_seq: since,
                     seen: BTreeSet::new(),
                     seen_order: VecDeque::new(),
                     candidates: Vec::new(),
