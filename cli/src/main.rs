@@ -13,7 +13,7 @@ mod storage;
 mod transports;
 
 use cmd::sim::{SimArgs, SimScenario};
-use cmd::{bench, client, demo, mainline, nat, node, sensor};
+use cmd::{bench, client, demo, mainline, nat, node, sensor, soak};
 
 /// A pluggable Kademlia DHT: simulator, nodes and tools.
 #[derive(Parser, Debug)]
@@ -103,6 +103,16 @@ enum Command {
     /// `kad bench storage`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A long run of real `kad` processes on a realistic network (needs root: it builds network
+    /// namespaces): two sites a shaped link apart (--rtt-ms, --jitter-ms, --loss), nodes on UDP
+    /// and QUIC with data directories, a steady workload of puts, gets, files (one pinned with a
+    /// TTL shorter than the run) and sensor readings to subscribers (one killed and brought
+    /// back with --since), kill -9 and restart of --kill-fraction of the nodes every
+    /// --kill-every minutes, then requesters that never answer. Prints one JSON report:
+    /// records_retrievable, pinned_retrievable_after_ttl, readings_delivered, history_replayed,
+    /// forged_contacts_handed_out, rss_growth_second_half, panics, nodes, minutes, kills.
+    /// --quick is the CI-sized run (about 5 minutes).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -155,6 +165,7 @@ fn main() -> std::process::ExitCode {
         Command::Put(a) => a.client.json,
         Command::Get(a) => a.client.json,
         Command::Bench(b) => b.json(),
+        Command::Soak(a) => a.json,
     };
     if !json || cli.log.is_some() || std::env::var_os("RUST_LOG").is_some() {
         let filter = match &cli.log {
@@ -190,6 +201,7 @@ fn main() -> std::process::ExitCode {
         }) => cmd::sim::sybil::run(c).map(|()| None),
         Command::Sim(a) => cmd::sim::run(a).map(|()| None),
         Command::Id(a) => client::id(a).map(|()| None),
+        Command::Soak(a) => soak::run(a).map(|()| None),
         Command::Bench(b) => bench::run(b).map(|()| None),
         cmd => async_main(cmd),
     };
@@ -232,7 +244,7 @@ fn async_main(cmd: Command) -> Result<Option<u8>> {
             Command::Mainline(m) => Ok(Some(mainline::run(m).await)),
             Command::Sensor(c) => sensor::sensor(c).await.map(|()| None),
             Command::Pubsub(c) => sensor::pubsub(c).await.map(|()| None),
-            Command::Sim(_) | Command::Bench(_) | Command::Id(_) => {
+            Command::Sim(_) | Command::Bench(_) | Command::Id(_) | Command::Soak(_) => {
                 unreachable!("handled synchronously")
             }
         }

@@ -108,3 +108,28 @@ fn sim_table_output_is_readable() {
     assert!(out.contains("success rate"), "{out}");
     assert!(out.contains("latency p50 / p90 / p99"), "{out}");
 }
+
+#[test]
+fn soak_refuses_bad_settings_naming_the_flag_before_building_anything() {
+    for (args, needle) in [
+        (vec!["--pin-ttl", "5"], "--pin-ttl = 5 is out of range"),
+        (vec!["--loss", "20"], "--loss = 20 is out of range"),
+        (
+            vec!["--nodes-per-site", "1"],
+            "--nodes-per-site = 1 is out of range",
+        ),
+        (
+            vec!["--minutes", "2", "--pin-ttl", "90"],
+            "half the run (60 s)",
+        ),
+    ] {
+        let mut all = vec!["soak", "--quick", "--json"];
+        all.extend(args);
+        let (code, out, err) = kad(&all);
+        assert_eq!(code, 2, "{out} {err}");
+        assert!(
+            out.contains(needle) || err.contains(needle),
+            "{needle}: {out} {err}"
+        );
+    }
+}

@@ -8,3 +8,4 @@ pub(crate) mod nat;
 pub(crate) mod node;
 pub(crate) mod sensor;
 pub(crate) mod sim;
+pub(crate) mod soak;

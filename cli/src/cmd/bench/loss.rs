@@ -221,7 +221,7 @@ pub(super) fn wait_joined(
 }
 
 /// Runs a one-shot client command in a namespace; its last stdout line as JSON.
-pub(super) fn client(ns: &str, exe: &std::path::Path, args: &[&str]) -> Result<Value> {
+pub(crate) fn client(ns: &str, exe: &std::path::Path, args: &[&str]) -> Result<Value> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(exe)

@@ -476,7 +476,7 @@ fn far_gets(
 
 /// A node of this process at `site` (its socket opened there, on `port`), joining through
 /// `boot`; a read-only client if `client`.
-async fn site_node(
+pub(crate) async fn site_node(
     kind: &str,
     wan: &Wan,
     site: usize,
