@@ -161,6 +161,9 @@ pub(crate) enum Action {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdoptError {
+    /// It could never be published (no lifetime left, too large).
+    #[error("{0}")]
+    Invalid(String),
     /// The node's validator refused it.
     #[error("{0}")]
     Rejected(Rejected),
@@ -182,6 +185,8 @@ pub struct PluginCx<'a> {
     pub(crate) own: &'a mut OwnRecords,
     pub(crate) validator: &'a dyn RecordValidator,
     pub(crate) republish_interval: Duration,
+    pub(crate) record_ttl: Duration,
+    pub(crate) max_value_len: usize,
     pub(crate) actions: &'a mut Vec<Action>,
     pub(crate) next_request: &'a mut u64,
     pub(crate) next_query: &'a mut u64,
@@ -261,9 +266,25 @@ impl PluginCx<'_> {
     /// its user (pinning). Does not store it at the k closest now: whoever handed it over did.
     ///
     /// # Errors
-    /// [`AdoptError::Rejected`] when the node's validator refuses the record;
-    /// [`AdoptError::Store`] when the store fails to keep it (then nothing changed).
+    /// [`AdoptError::Invalid`] when the record could never be published (already expired, no
+    /// lifetime, or a value over `Config::max_value_len`); [`AdoptError::Rejected`] when the
+    /// node's validator refuses it; [`AdoptError::Store`] when the store fails to keep it. In
+    /// every case nothing changed.
     pub fn adopt(&mut self, record: Record) -> Result<(), AdoptError> {
+        if record.expires_at_ms <= record.published_at_ms || record.is_expired(self.unix_ms) {
+            return Err(AdoptError::Invalid(format!(
+                "record {} has no lifetime left (published at {} ms, expires at {} ms)",
+                record.key, record.published_at_ms, record.expires_at_ms
+            )));
+        }
+        if record.value.len() > self.max_value_len {
+            return Err(AdoptError::Invalid(format!(
+                "record {} is {} bytes, over max_value_len = {}",
+                record.key,
+                record.value.len(),
+                self.max_value_len
+            )));
+        }
         self.validator
             .validate(&record)
             .map_err(AdoptError::Rejected)?;
@@ -271,6 +292,7 @@ impl PluginCx<'_> {
             self.now,
             self.unix_ms,
             self.republish_interval,
+            self.record_ttl,
             record.published_at_ms,
             record.expires_at_ms,
         );
@@ -289,6 +311,10 @@ impl PluginCx<'_> {
     /// Whether the record under `key` is one of this node's own.
     pub fn is_own(&self, key: &Key) -> bool {
         self.own.contains(key)
+    }
+    /// Bytes ([`Record::size`]) of the own record under `key`, if it is one.
+    pub fn own_size(&self, key: &Key) -> Option<usize> {
+        self.own.size_of(key)
     }
     /// Sends `method` with `params` to `to`; the answer arrives in [`Plugin::on_response`].
     pub fn send_request(

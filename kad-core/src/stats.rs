@@ -141,6 +141,8 @@ pub struct Stats {
     pub records_stored: u64,
     /// Own records republished (the node's puts, and records adopted by a plugin).
     pub republished: u64,
+    /// Republishes that stored the record nowhere (tried again later).
+    pub republish_failures: u64,
     /// Records refused (validator, size, expiry, quota).
     pub records_rejected: u64,
     /// Values a lookup received that failed validation.

@@ -205,18 +205,24 @@ impl StoragePlugin {
                 p.ttl_ms
             ));
         }
-        let adding: usize = p
-            .values
-            .iter()
-            .filter(|(k, _)| !cx.is_own(k))
-            .map(|(_, v)| v.len() + 64)
-            .sum();
+        // What the request adds: each key once (the last value given wins), less the bytes of
+        // the own record it replaces.
+        let mut sizes: std::collections::BTreeMap<Key, usize> = std::collections::BTreeMap::new();
+        for (k, v) in &p.values {
+            sizes.insert(*k, v.len() + 64);
+        }
+        let (mut adding, mut freed) = (0usize, 0usize);
+        for (k, size) in &sizes {
+            adding += size;
+            freed += cx.own_size(k).unwrap_or(0);
+        }
+        let adding = adding.saturating_sub(freed);
         if cx.own_bytes() + adding > self.max_pin_bytes {
             self.pins_refused += 1;
             return Reply::Error(RpcError::new(
                 RpcError::STORE_FULL,
                 format!(
-                    "storage.PIN: {adding} more bytes would pass this node's limit of {} bytes of pinned records ({} in use)",
+                    "storage.PIN: {adding} more bytes would pass this node's limit of {} bytes of own records, pins and its own puts ({} in use)",
                     self.max_pin_bytes,
                     cx.own_bytes()
                 ),
@@ -226,24 +232,23 @@ impl StoragePlugin {
         let mut pinned = 0;
         for (key, value) in p.values {
             let record = Record::new(key, value, Some(from.id), now, p.ttl_ms);
-            match cx.adopt(record) {
-                Ok(()) => pinned += 1,
-                Err(AdoptError::Rejected(why)) => {
-                    self.pins_refused += 1;
-                    return Reply::Error(RpcError::new(
-                        RpcError::REJECTED,
-                        format!("storage.PIN: record {key}: {why} ({pinned} pinned before it)"),
-                    ));
+            let (code, e) = match cx.adopt(record) {
+                Ok(()) => {
+                    pinned += 1;
+                    self.pinned += 1;
+                    continue;
                 }
-                Err(e) => {
-                    return Reply::Error(RpcError::new(
-                        RpcError::INTERNAL,
-                        format!("storage.PIN: record {key}: {e} ({pinned} pinned before it)"),
-                    ));
+                Err(e @ (AdoptError::Rejected(_) | AdoptError::Invalid(_))) => {
+                    (RpcError::REJECTED, e)
                 }
-            }
+                Err(e) => (RpcError::INTERNAL, e),
+            };
+            self.pins_refused += 1;
+            return Reply::Error(RpcError::new(
+                code,
+                format!("storage.PIN: record {key}: {e} ({pinned} pinned before it)"),
+            ));
         }
-        self.pinned += pinned as u64;
         to_reply(&PinReply {
             pinned,
             own_bytes: cx.own_bytes() as u64,
@@ -265,7 +270,16 @@ impl StoragePlugin {
                 p.keys.len()
             ));
         }
-        let unpinned = p.keys.iter().filter(|k| cx.unpublish(k)).count();
+        // Only the requester's own pins: not another client's, nor the node's own puts.
+        let unpinned = p
+            .keys
+            .iter()
+            .filter(|k| {
+                cx.is_own(k)
+                    && cx.record(k).is_some_and(|r| r.publisher == Some(from.id))
+                    && cx.unpublish(k)
+            })
+            .count();
         to_reply(&UnpinReply { unpinned })
     }
 

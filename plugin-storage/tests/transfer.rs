@@ -407,6 +407,28 @@ async fn a_pinning_node_keeps_what_its_user_hands_it_within_its_limit_and_refuse
     let r = put_file(&client, &small, &opts, &quiet).await.unwrap();
     assert_eq!(r.pinned, 2 + r.index_blobs + 1, "{r:?}");
 
+    // Its user unpins the manifest: one record; a key it never pinned: none.
+    let unpin = |keys: Vec<kad_core::Key>| {
+        let c = client.clone();
+        let to = pinner.clone();
+        async move {
+            let params = kad_plugin_storage::UnpinParams { keys };
+            let a = c
+                .call(
+                    to,
+                    kad_plugin_storage::UNPIN,
+                    serde_json::to_vec(&params).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            serde_json::from_slice::<kad_plugin_storage::UnpinReply>(&a)
+                .unwrap()
+                .unpinned
+        }
+    };
+    assert_eq!(unpin(vec![r.key, r.key]).await, 1);
+    assert_eq!(unpin(vec![r.key, content_key(b"never pinned")]).await, 0);
+
     // One past the limit: refused, with the limit named.
     let (big, _) = file(dir.path(), 8 * CHUNK as usize, 2);
     match put_file(&client, &big, &opts, &quiet).await {

@@ -221,6 +221,12 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A long-running `kad` process at a site whose JSON lines are collected with the time they
 /// arrived (seconds since `t0`).
 struct Proc {
@@ -369,7 +375,9 @@ fn soak(
 ) -> Result<Value> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let secs = plan.minutes * 60.0;
-    let life = secs + 600.0;
+    // The nodes stop by themselves long after the run (the final checks included), should this
+    // process die before it kills them.
+    let life = secs * 2.0 + 1800.0;
     // The user's client key, and the node that pins for it.
     let key_file = dir.join("client.key");
     let out = Command::new(exe)
@@ -449,14 +457,12 @@ fn soak(
 
     // Files: one pinned with a TTL shorter than the run, one not pinned with the same TTL (the
     // control: gone at the end), one not pinned with a long TTL.
-    let mut bytes = vec![0u8; plan.file_bytes];
-    rand::RngCore::fill_bytes(&mut rng, &mut bytes);
+    // Each file its own random bytes: no chunk is shared between them.
     let files: Vec<(&str, PathBuf)> = ["pinned", "short", "long"]
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let mut b = bytes.clone();
-            b[0] = i as u8;
+        .map(|name| {
+            let mut b = vec![0u8; plan.file_bytes];
+            rand::RngCore::fill_bytes(&mut rng, &mut b);
             let p = dir.join(format!("file-{name}"));
             std::fs::write(&p, &b).map(|()| (*name, p))
         })
@@ -534,11 +540,16 @@ fn soak(
         }
         Proc::spawn(wan, exe, site, &args, t0)
     };
-    // Subscriber sessions: (site, process, since) — the process index in `procs`.
-    let mut sessions: Vec<(usize, usize, Option<i64>)> = Vec::new();
+    // Subscriber sessions: the process index in `procs`, since, and when it was killed.
+    let mut sessions: Vec<Session> = Vec::new();
     for site in [1, 1, 0] {
         procs.push(subscribe(&mut rng, site, None)?);
-        sessions.push((site, procs.len() - 1, None));
+        sessions.push(Session {
+            site,
+            proc: procs.len() - 1,
+            since: None,
+            end: None,
+        });
     }
 
     // The steady workload: a put at one site, a get of an earlier value at the other.
@@ -627,8 +638,16 @@ fn soak(
             let mut killable: Vec<usize> =
                 (0..slots.len()).filter(|&i| slots[i].killable).collect();
             killable.shuffle(&mut rng);
-            let n = ((slots.len() as f64 * a.kill_fraction).round() as usize).min(killable.len());
-            let doomed: Vec<usize> = killable.into_iter().take(n).collect();
+            let n = (slots.len() as f64 * a.kill_fraction).round() as usize;
+            // Never every node of a site: clients and restarts go through a live one.
+            let mut doomed: Vec<usize> = Vec::new();
+            let mut left = [plan.per_site, plan.per_site];
+            for i in killable {
+                if doomed.len() < n && left[slots[i].site] > 1 {
+                    left[slots[i].site] -= 1;
+                    doomed.push(i);
+                }
+            }
             {
                 let mut l = lock(&live);
                 for &i in &doomed {
@@ -654,8 +673,11 @@ fn soak(
         }
         if !outage_done && outage.is_none() && now >= plan.outage_at {
             // The first far subscriber goes away (SIGKILL) ...
-            let (_, idx, _) = sessions[0];
+            let idx = sessions[0].proc;
             procs[idx].kill();
+            sessions[0].end = Some(now);
+            // What it printed is all read.
+            std::thread::sleep(Duration::from_millis(300));
             let last = procs[idx]
                 .lines()
                 .iter()
@@ -668,7 +690,12 @@ fn soak(
             if now >= at + plan.outage_s {
                 // ... and comes back with the last seq it printed.
                 procs.push(subscribe(&mut rng, 1, Some(last))?);
-                sessions.push((1, procs.len() - 1, Some(last)));
+                sessions.push(Session {
+                    site: 1,
+                    proc: procs.len() - 1,
+                    since: Some(last),
+                    end: None,
+                });
                 outage = None;
                 outage_done = true;
             }
@@ -684,9 +711,13 @@ fn soak(
     procs[0].kill();
     std::thread::sleep(Duration::from_secs(3));
     let end_s = t0.elapsed().as_secs_f64();
-    for &(_, idx, _) in &sessions {
-        procs[idx].kill();
+    for s in &mut sessions {
+        if s.end.is_none() {
+            procs[s.proc].kill();
+            s.end = Some(end_s);
+        }
     }
+    std::thread::sleep(Duration::from_millis(300));
     let (readings, latency_series) = readings(procs, &sessions);
 
     // Requesters that never answer, then lookups of their ids from the far site.
@@ -736,7 +767,7 @@ fn soak(
         intact.insert(*name, ok);
         file_report.insert(
             (*name).to_owned(),
-            json!({"key": key, "put_ok": put["ok"], "min_replicas": put["min_replicas"],
+            json!({"key": key, "put_ok": !key.is_empty(), "min_replicas": put["min_replicas"],
                    "pinned": put["pinned"], "put_error": put["error"], "intact_at_end": ok,
                    "get_error": g["error"]}),
         );
@@ -818,8 +849,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// One run of a `kad sensor subscribe` process.
+struct Session {
+    site: usize,
+    /// Its index in the soak's processes.
+    proc: usize,
+    /// The `--since` it was started with.
+    since: Option<i64>,
+    /// When it was killed (seconds since the workload started).
+    end: Option<f64>,
+}
+
 /// The readings the publisher stored and what each subscriber session got.
-fn readings(procs: &[Proc], sessions: &[(usize, usize, Option<i64>)]) -> (Value, Vec<Value>) {
+fn readings(procs: &[Proc], sessions: &[Session]) -> (Value, Vec<Value>) {
     // seq -> when it was stored (seconds since t0).
     let published: BTreeMap<i64, f64> = procs[0]
         .lines()
@@ -839,8 +881,9 @@ fn readings(procs: &[Proc], sessions: &[(usize, usize, Option<i64>)]) -> (Value,
     let mut latency = Vec::new();
     let mut series = Vec::new();
     let mut per = Vec::new();
-    for &(site, idx, since) in sessions {
-        let lines = procs[idx].lines();
+    for s in sessions {
+        let (site, since) = (s.site, s.since);
+        let lines = procs[s.proc].lines();
         let Some((t_sub, sub)) = lines.iter().find(|(_, v)| v["event"] == "subscribed") else {
             per.push(json!({"site": site, "subscribed": false}));
             continue;
@@ -849,7 +892,8 @@ fn readings(procs: &[Proc], sessions: &[(usize, usize, Option<i64>)]) -> (Value,
             .iter()
             .filter_map(|(t, v)| v["seq"].as_i64().map(|s| (*t, s, v["latency_ms"].as_f64())))
             .collect();
-        let last_t = lines.last().map_or(*t_sub, |(t, _)| *t);
+        // Owed: what was stored while it was subscribed, but for the last 2 s before it died.
+        let last_t = s.end.unwrap_or(f64::MAX);
         let seqs: BTreeSet<i64> = got.iter().map(|(_, s, _)| *s).collect();
         duplicates += got.len() - seqs.len();
         out_of_order += got.windows(2).filter(|w| w[1].1 <= w[0].1).count();

@@ -346,6 +346,8 @@ impl Node {
                 own: &mut self.own_records,
                 validator: &*self.validator,
                 republish_interval: self.config.republish_interval,
+                record_ttl: self.config.record_ttl,
+                max_value_len: self.config.max_value_len,
                 actions: &mut actions,
                 next_request: &mut self.next_request,
                 next_query: &mut self.next_query,

@@ -6,43 +6,59 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::Node;
+use super::{Node, QueryResult};
 use crate::id::Key;
+use crate::node::CommandError;
+use crate::query::QueryId;
 use crate::record::{Record, RecordStore, StoreError};
+
+/// Republishes running at once: the others wait (a pinned file's records fall due together).
+pub(crate) const REPUBLISH_IN_FLIGHT: usize = 16;
+/// The wait before a failed republish is tried again, doubling up to `RETRY_MAX`.
+const RETRY_MIN: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// When a record published at `published_at_ms` that expires at `expires_at_ms` is republished
 /// next, at `now` (wall clock `unix` ms): `interval` after it was published, or once 90% of its
 /// lifetime has passed if that comes first (a record with a short TTL is still republished
-/// before it expires), and at least a second after it was published. Never before `now`.
+/// before it expires). The lifetime counts at most `max_life`, the longest other nodes keep a
+/// copy. At least a second after it was published, or half its life if that is shorter. Never
+/// before `now`.
 pub(crate) fn republish_due(
     now: Instant,
     unix: u64,
     interval: Duration,
+    max_life: Duration,
     published_at_ms: u64,
     expires_at_ms: u64,
 ) -> Instant {
-    let life = expires_at_ms.saturating_sub(published_at_ms);
+    let life = expires_at_ms
+        .saturating_sub(published_at_ms)
+        .min(max_life.as_millis() as u64);
     let interval = interval.as_millis() as u64;
-    // At least a second apart, whatever the lifetime.
-    let at = published_at_ms.saturating_add(interval.min(life - life / 10).max(1_000));
+    let after = interval.min(life - life / 10).max(1_000.min(life / 2));
+    let at = published_at_ms.saturating_add(after);
     now + Duration::from_millis(at.saturating_sub(unix))
 }
 
-/// One own record: when it is republished next, its size, and its value unless the store keeps it.
+/// One own record: when it is republished next, its size, its value unless the store keeps it,
+/// and the republishes that failed in a row.
 #[derive(Debug)]
 struct Own {
     due: Instant,
     size: usize,
     record: Option<Record>,
+    failures: u32,
 }
 
-/// The own records of a node, with their bytes.
+/// The own records of a node, with their bytes and the republishes running.
 #[derive(Debug, Default)]
 pub(crate) struct OwnRecords {
     map: BTreeMap<Key, Own>,
     /// `(due, key)` of every entry, earliest first.
     dues: BTreeSet<(Instant, Key)>,
     bytes: usize,
+    in_flight: BTreeMap<QueryId, Key>,
 }
 
 impl OwnRecords {
@@ -71,12 +87,26 @@ impl OwnRecords {
     }
 
     fn insert(&mut self, key: Key, due: Instant, size: usize, record: Option<Record>) {
-        if let Some(old) = self.map.insert(key, Own { due, size, record }) {
+        let own = Own {
+            due,
+            size,
+            record,
+            failures: 0,
+        };
+        if let Some(old) = self.map.insert(key, own) {
             self.bytes -= old.size;
             self.dues.remove(&(old.due, key));
+            if let Some(o) = self.map.get_mut(&key) {
+                o.failures = old.failures;
+            }
         }
         self.dues.insert((due, key));
         self.bytes += size;
+    }
+
+    /// Bytes of the own record under `key`, if there is one.
+    pub(crate) fn size_of(&self, key: &Key) -> Option<usize> {
+        self.map.get(key).map(|o| o.size)
     }
 
     /// Moves the next republish of `key` to `due`.
@@ -88,8 +118,11 @@ impl OwnRecords {
         }
     }
 
-    /// When the next republish is due.
+    /// When the next republish is due, unless as many run as may.
     pub(crate) fn next_due(&self) -> Option<Instant> {
+        if self.in_flight.len() >= REPUBLISH_IN_FLIGHT {
+            return None;
+        }
         self.dues.first().map(|(t, _)| *t)
     }
 
@@ -119,11 +152,12 @@ impl OwnRecords {
         self.map.contains_key(key)
     }
 
-    /// Keys whose republish is due at `now`.
+    /// Keys whose republish is due at `now`, as many as may start.
     pub(crate) fn due(&self, now: Instant) -> Vec<Key> {
         self.dues
             .iter()
             .take_while(|(t, _)| *t <= now)
+            .take(REPUBLISH_IN_FLIGHT.saturating_sub(self.in_flight.len()))
             .map(|(_, k)| *k)
             .collect()
     }
@@ -157,6 +191,7 @@ impl Node {
             now,
             self.unix_ms(now),
             self.config.republish_interval,
+            self.config.record_ttl,
             published_at_ms,
             expires_at_ms,
         )
@@ -204,27 +239,78 @@ impl Node {
         }
     }
 
-    /// Republishes the own records that are due, with a fresh publish time and the same lifetime.
+    /// Republishes the own records that are due, with a fresh publish time and the same
+    /// lifetime, at most [`REPUBLISH_IN_FLIGHT`] at a time. Without contacts (a node that has just
+    /// started), they wait until it has some.
     pub(super) fn republish_due_records(&mut self, now: Instant) {
         let unix = self.unix_ms(now);
-        for key in self.own_records.due(now) {
+        let due = self.own_records.due(now);
+        if self.routing.is_empty() {
+            for key in &due {
+                self.own_records
+                    .reschedule(key, now + Duration::from_secs(5));
+            }
+            return;
+        }
+        for key in due {
             let Some(mut r) = self.own_records.get(&*self.store, &key) else {
-                warn!(%key, "own record lost by the store: no longer republished");
-                self.own_records.forget(&mut *self.store, &key);
+                // A read error of the store, or a record it no longer has: try again later
+                // rather than forget it.
+                warn!(%key, "own record not read from the store: republish put off");
+                self.republish_failed(now, key);
                 continue;
             };
             let life = r.expires_at_ms.saturating_sub(r.published_at_ms);
             r.published_at_ms = unix;
             r.expires_at_ms = unix.saturating_add(life);
-            if self.put_record(now, r.clone()).is_ok() {
-                self.stats.republished += 1;
-                self.keep_own(now, r);
-            } else {
-                // The query table is full: try again in a second.
-                self.own_records
-                    .reschedule(&key, now + Duration::from_secs(1));
+            match self.put_record(now, r.clone()) {
+                Ok(qid) => {
+                    self.stats.republished += 1;
+                    self.own_records.in_flight.insert(qid, key);
+                    self.keep_own(now, r);
+                }
+                Err(CommandError::TooManyQueries { .. }) => {
+                    self.own_records
+                        .reschedule(&key, now + Duration::from_secs(1));
+                    return;
+                }
+                Err(e) => {
+                    // It can never be published (too large, expired): say so once, forget it.
+                    warn!(%key, error = %e, "own record cannot be republished: forgotten");
+                    self.own_records.forget(&mut *self.store, &key);
+                }
             }
         }
+    }
+
+    /// Sees the end of a query that was a republish: one that stored nowhere is tried again
+    /// after a wait that doubles with each failure in a row.
+    pub(super) fn republish_finished(&mut self, now: Instant, qid: QueryId, result: &QueryResult) {
+        let Some(key) = self.own_records.in_flight.remove(&qid) else {
+            return;
+        };
+        match result {
+            // Stored by another node than this one (or this is the only node there is).
+            QueryResult::Put(Ok(o)) if o.stored > 1 || o.tried <= 1 => {
+                if let Some(own) = self.own_records.map.get_mut(&key) {
+                    own.failures = 0;
+                }
+            }
+            _ => self.republish_failed(now, key),
+        }
+    }
+
+    fn republish_failed(&mut self, now: Instant, key: Key) {
+        let Some(own) = self.own_records.map.get_mut(&key) else {
+            return;
+        };
+        own.failures = own.failures.saturating_add(1);
+        let wait = RETRY_MIN
+            .saturating_mul(1 << (own.failures - 1).min(6))
+            .min(RETRY_MAX);
+        debug!(%key, failures = own.failures, ?wait, "republish stored nowhere: trying again");
+        self.stats.republish_failures += 1;
+        self.own_records.reschedule(&key, now + wait);
     }
 
     /// The record under `key` this node can answer with: one it holds for others, else one of

@@ -376,6 +376,7 @@ impl Node {
     }
 
     pub(super) fn finish(&mut self, now: Instant, qid: QueryId, result: QueryResult) {
+        self.republish_finished(now, qid, &result);
         if let Some(q) = self.queries.remove(&qid) {
             self.stats.queries_done += 1;
             self.stats

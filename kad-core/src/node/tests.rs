@@ -1030,17 +1030,32 @@ impl RecordStore for KeepsOwn {
 }
 
 /// Drives `a` from `from` to `to` in 5 s steps; the publish times of the STOREs of `key` sent.
-fn stores_of(a: &mut Node, key: Key, from: Instant, to: Instant) -> Vec<u64> {
+/// The peers (`mem://N`, id `[N; 20]`) answer every FIND_NODE and STORE when `answer` is set.
+fn stores_of(a: &mut Node, key: Key, from: Instant, to: Instant, answering: bool) -> Vec<u64> {
     let mut seen = Vec::new();
     let mut t = from;
     while t < to {
         t += Duration::from_secs(5);
         a.handle_input(t, Input::Timeout);
-        for (_, m) in sends(a) {
-            if let Body::Request(Request::Store { record, .. }) = m.body {
-                if record.key == key && !seen.contains(&record.published_at_ms) {
-                    seen.push(record.published_at_ms);
+        let mut pending = sends(a);
+        while let Some((to_addr, m)) = pending.pop() {
+            let body = match &m.body {
+                Body::Request(Request::Store { record, .. }) => {
+                    if record.key == key && !seen.contains(&record.published_at_ms) {
+                        seen.push(record.published_at_ms);
+                    }
+                    Body::Response(Response::Stored { nodes: Vec::new() })
                 }
+                Body::Request(Request::FindNode { .. }) => {
+                    Body::Response(Response::Nodes { nodes: Vec::new() })
+                }
+                _ => continue,
+            };
+            let PeerAddr::Mem(n) = to_addr else { continue };
+            if answering {
+                let peer = Contact::new(NodeId([n as u8; 20]), PeerAddr::Mem(n));
+                deliver(a, t, n, answer(&m, &peer, body));
+                pending.extend(sends(a));
             }
         }
     }
@@ -1078,13 +1093,14 @@ fn own_records_are_republished_before_they_expire_and_again_by_a_restarted_node(
     a.put(t0, key, Bytes::from_static(b"mine")).unwrap();
     // A 100 s record is republished at 90% of its life (long before the 22 h interval),
     // between the 60 s maintenance ticks, each time with a fresh publish time.
-    let published = stores_of(&mut a, key, t0, t0 + Duration::from_secs(200));
+    let published = stores_of(&mut a, key, t0, t0 + Duration::from_secs(200), true);
     assert_eq!(
         published,
         vec![epoch, epoch + 90_000, epoch + 180_000],
         "put, then republished at 90 s and 180 s"
     );
     assert_eq!(a.stats().republished, 2);
+    assert_eq!(a.stats().republish_failures, 0);
     assert_eq!(a.own_keys(), vec![key]);
     assert_eq!(own.lock().unwrap()[&key].published_at_ms, epoch + 180_000);
     drop(a);
@@ -1097,14 +1113,31 @@ fn own_records_are_republished_before_they_expire_and_again_by_a_restarted_node(
         b.own_bytes(),
         Record::new(key, &b"mine"[..], None, 0, 0).size()
     );
-    let again = stores_of(&mut b, key, t1, t1 + Duration::from_secs(80));
+    let again = stores_of(&mut b, key, t1, t1 + Duration::from_secs(80), true);
     assert_eq!(again, vec![epoch + 270_000], "due at 180 s + 90 s");
+    // Nobody answers the next one: it fails (stored here only), and the silent contacts drop
+    // out of the table; with none left, the node waits instead of republishing to nobody.
+    let t2 = t1 + Duration::from_secs(80);
+    let silent = stores_of(&mut b, key, t2, t2 + Duration::from_secs(130), false);
+    assert_eq!(silent.first(), Some(&(epoch + 360_000)), "{silent:?}");
+    assert!(b.stats().republish_failures >= 1, "{:?}", b.stats());
+    // Contacts again: the failed record goes out within seconds, not at the 90 s schedule.
+    let t3 = t2 + Duration::from_secs(130);
+    for i in 2..10u8 {
+        b.add_contact(
+            t3,
+            Contact::new(NodeId([i; 20]), PeerAddr::Mem(u64::from(i))),
+        );
+    }
+    let back = stores_of(&mut b, key, t3, t3 + Duration::from_secs(100), true);
+    let first = *back.first().expect("republished once contacts are back");
+    assert!(
+        first <= epoch + 490_000 + 15_000,
+        "retried soon after the contacts came back: {back:?}"
+    );
     assert!(b.unpublish(&key));
     assert!(own.lock().unwrap().is_empty());
-    let after = t1 + Duration::from_secs(80);
-    let none = stores_of(&mut b, key, after, after + Duration::from_secs(200));
-    assert!(
-        none.iter().all(|p| *p <= epoch + 270_000),
-        "no republish once unpublished: {none:?}"
-    );
+    let after = t3 + Duration::from_secs(100);
+    let none = stores_of(&mut b, key, after, after + Duration::from_secs(200), true);
+    assert!(none.is_empty(), "no republish once unpublished: {none:?}");
 }
