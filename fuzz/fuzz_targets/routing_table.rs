@@ -124,6 +124,23 @@ fn m_fits(
     }
 }
 
+/// The replacement a leaving entry's slot goes to: the freshest that has answered us, else the
+/// freshest, among those whose subnet has room (`skip`: the entry leaving).
+fn m_promotable(bucket: &MBucket, limit: usize, skip: Option<usize>) -> Option<usize> {
+    let fits = |i: &usize| {
+        m_fits(
+            &bucket.entries,
+            limit,
+            m_subnet(&bucket.cache[*i].contact),
+            skip,
+        )
+    };
+    (0..bucket.cache.len())
+        .rev()
+        .find(|i| bucket.cache[*i].answered && fits(i))
+        .or_else(|| (0..bucket.cache.len()).rev().find(fits))
+}
+
 /// Bucket of `id` seen from `local`: 159 minus the length of their common prefix.
 fn bucket_of(local: &NodeId, id: &NodeId) -> Option<usize> {
     let mut prefix = 0;
@@ -260,15 +277,9 @@ impl Model {
         if e.failures < max_failures {
             return false;
         }
-        // The freshest replacement whose subnet has room (the failed entry leaving).
-        let pick = (0..bucket.cache.len()).rev().find(|&i| {
-            m_fits(
-                &bucket.entries,
-                limit,
-                m_subnet(&bucket.cache[i].contact),
-                Some(pos),
-            )
-        });
+        // The freshest replacement that has answered us, else the freshest, whose subnet has
+        // room (the failed entry leaving).
+        let pick = m_promotable(bucket, limit, Some(pos));
         match pick {
             Some(i) => {
                 bucket.entries[pos] = bucket.cache.remove(i);
@@ -302,14 +313,7 @@ impl Model {
         bucket.cache.retain(|r| r.contact.id != *id);
         let pos = bucket.entries.iter().position(|e| e.contact.id == *id)?;
         let e = bucket.entries.swap_remove(pos);
-        let pick = (0..bucket.cache.len()).rev().find(|&i| {
-            m_fits(
-                &bucket.entries,
-                limit,
-                m_subnet(&bucket.cache[i].contact),
-                None,
-            )
-        });
+        let pick = m_promotable(bucket, limit, None);
         if let Some(i) = pick {
             let fresh = bucket.cache.remove(i);
             bucket.entries.push(fresh);

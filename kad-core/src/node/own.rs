@@ -22,8 +22,8 @@ const RETRY_MAX: Duration = Duration::from_secs(600);
 /// next, at `now` (wall clock `unix` ms): `interval` after it was published, or once 90% of its
 /// lifetime has passed if that comes first (a record with a short TTL is still republished
 /// before it expires). The lifetime counts at most `max_life`, the longest other nodes keep a
-/// copy. At least a second after it was published, or half its life if that is shorter. Never
-/// before `now`.
+/// copy. At least a second after it was published (a record that lives less is republished
+/// once it has expired). Never before `now`.
 pub(crate) fn republish_due(
     now: Instant,
     unix: u64,
@@ -36,7 +36,7 @@ pub(crate) fn republish_due(
         .saturating_sub(published_at_ms)
         .min(max_life.as_millis() as u64);
     let interval = interval.as_millis() as u64;
-    let after = interval.min(life - life / 10).max(1_000.min(life / 2));
+    let after = interval.min(life - life / 10).max(1_000);
     let at = published_at_ms.saturating_add(after);
     now + Duration::from_millis(at.saturating_sub(unix))
 }
@@ -152,6 +152,15 @@ impl OwnRecords {
         self.map.contains_key(key)
     }
 
+    /// Every key whose republish is due at `now`.
+    pub(crate) fn all_due(&self, now: Instant) -> Vec<Key> {
+        self.dues
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
     /// Keys whose republish is due at `now`, as many as may start.
     pub(crate) fn due(&self, now: Instant) -> Vec<Key> {
         self.dues
@@ -244,40 +253,50 @@ impl Node {
     /// started), they wait until it has some.
     pub(super) fn republish_due_records(&mut self, now: Instant) {
         let unix = self.unix_ms(now);
-        let due = self.own_records.due(now);
         if self.routing.is_empty() {
-            for key in &due {
+            for key in self.own_records.all_due(now) {
                 self.own_records
-                    .reschedule(key, now + Duration::from_secs(5));
+                    .reschedule(&key, now + Duration::from_secs(5));
             }
             return;
         }
-        for key in due {
-            let Some(mut r) = self.own_records.get(&*self.store, &key) else {
-                // A read error of the store, or a record it no longer has: try again later
-                // rather than forget it.
-                warn!(%key, "own record not read from the store: republish put off");
-                self.republish_failed(now, key);
-                continue;
-            };
-            let life = r.expires_at_ms.saturating_sub(r.published_at_ms);
-            r.published_at_ms = unix;
-            r.expires_at_ms = unix.saturating_add(life);
-            match self.put_record(now, r.clone()) {
-                Ok(qid) => {
-                    self.stats.republished += 1;
-                    self.own_records.in_flight.insert(qid, key);
-                    self.keep_own(now, r);
-                }
-                Err(CommandError::TooManyQueries { .. }) => {
-                    self.own_records
-                        .reschedule(&key, now + Duration::from_secs(1));
-                    return;
-                }
-                Err(e) => {
-                    // It can never be published (too large, expired): say so once, forget it.
-                    warn!(%key, error = %e, "own record cannot be republished: forgotten");
-                    self.own_records.forget(&mut *self.store, &key);
+        // Each pass takes every key it sees off the due list (in flight, put off or forgotten):
+        // the loop ends with none due, or with as many in flight as may be.
+        loop {
+            let due = self.own_records.due(now);
+            if due.is_empty() {
+                return;
+            }
+            for key in due {
+                let Some(mut r) = self.own_records.get(&*self.store, &key) else {
+                    // A read error of the store, or a record it no longer has: try again later
+                    // rather than forget it.
+                    warn!(%key, "own record not read from the store: republish put off");
+                    self.republish_failed(now, key);
+                    continue;
+                };
+                let life = r.expires_at_ms.saturating_sub(r.published_at_ms);
+                r.published_at_ms = unix;
+                r.expires_at_ms = unix.saturating_add(life);
+                match self.put_record(now, r.clone()) {
+                    Ok(qid) => {
+                        self.stats.republished += 1;
+                        self.own_records.in_flight.insert(qid, key);
+                        self.keep_own(now, r);
+                    }
+                    Err(CommandError::TooManyQueries { .. }) => {
+                        // The query table is full: everything due waits a second.
+                        for k in self.own_records.all_due(now) {
+                            self.own_records
+                                .reschedule(&k, now + Duration::from_secs(1));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        // It can never be published (too large, expired): say so, forget it.
+                        warn!(%key, error = %e, "own record cannot be republished: forgotten");
+                        self.own_records.forget(&mut *self.store, &key);
+                    }
                 }
             }
         }
