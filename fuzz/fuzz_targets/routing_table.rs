@@ -230,7 +230,15 @@ impl Model {
             bucket.last_active = Some(now);
             return InsertOutcome::Inserted;
         }
-        bucket.cache.retain(|r| r.contact.id != entry.contact.id);
+        // The freshest replacement, still known to have answered if it had.
+        let mut entry = entry;
+        if let Some(i) = bucket
+            .cache
+            .iter()
+            .position(|r| r.contact.id == entry.contact.id)
+        {
+            entry.answered = bucket.cache.remove(i).answered;
+        }
         if bucket.cache.len() >= cache {
             if cache == 0 {
                 return InsertOutcome::Ignored;
