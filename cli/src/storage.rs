@@ -322,20 +322,21 @@ pub(crate) async fn pin_record(
     to: &kad_core::Contact,
     record: &kad_core::Record,
     ttl: Duration,
-) -> Result<kad_plugin_storage::PinReply> {
-    let params = kad_plugin_storage::PinParams {
-        values: vec![(record.key, record.value.clone())],
-        ttl_ms: ttl.as_millis() as u64,
+) -> Result<()> {
+    let pinned = kad_plugin_storage::pin(
+        dht,
+        to,
+        "the record",
+        record.key,
+        record.value.clone(),
+        ttl,
+        3,
+    );
+    match tokio::time::timeout(crate::net::timeout(client)?, pinned).await {
+        Ok(r) => r.context("--pin-to")?,
+        Err(_) => bail!("--pin-to: no answer within {} s", client.timeout),
     };
-    let params = bytes::Bytes::from(serde_json::to_vec(&params)?);
-    let answer = crate::net::within(
-        client,
-        dht.call(to.clone(), kad_plugin_storage::PIN, params),
-    )
-    .await
-    .with_context(|| format!("--pin-to: node {} did not pin the record", to.id))?;
-    serde_json::from_slice(&answer)
-        .with_context(|| format!("--pin-to: node {}: its answer did not parse", to.id))
+    Ok(())
 }
 
 /// `kad get KEY --out FILE` (KEY may be a capability; `shares` rebuild the key).

@@ -254,11 +254,7 @@ impl PluginCx<'_> {
     /// The record under `key` this node holds, for others or as one of its own (see
     /// [`Node::own_keys`](crate::Node::own_keys)), if not expired.
     pub fn record(&self, key: &Key) -> Option<Record> {
-        self.store
-            .get(key)
-            .filter(|r| !r.is_expired(self.unix_ms))
-            .or_else(|| self.own.get(&*self.store, key))
-            .filter(|r| !r.is_expired(self.unix_ms))
+        crate::node::local_record(&*self.store, self.own, key, self.unix_ms)
     }
     /// Makes `record` one of this node's own records, as if it had put it: republished before
     /// it expires (with a fresh publish time, the same lifetime and publisher), kept across

@@ -89,5 +89,5 @@ pub use plugin::{
 pub use store::*;
 pub use transfer::{
     GetOptions, GetReport, Protection, PutOptions, PutReport, TransferError, default_chunk_size,
-    fetch_one, get_file, get_file_with, get_manifest, put_file, put_parallelism,
+    fetch_one, get_file, get_file_with, get_manifest, pin, put_file, put_parallelism,
 };

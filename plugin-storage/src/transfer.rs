@@ -302,7 +302,7 @@ impl Storer {
         Ok((key, best))
     }
 
-    /// Hands one record to the pinning node (`storage.PIN`); retries a request that timed out.
+    /// Hands one record to the pinning node (see [`pin`]).
     async fn pin(
         &self,
         to: &Contact,
@@ -311,54 +311,62 @@ impl Storer {
         value: Bytes,
         retries: &mut u64,
     ) -> Result<(), TransferError> {
-        let params = PinParams {
-            values: vec![(key, value)],
-            ttl_ms: self.ttl.as_millis() as u64,
-        };
-        let params = Bytes::from(
-            serde_json::to_vec(&params).map_err(|e| TransferError::Invalid(e.to_string()))?,
-        );
-        let attempts = self.attempts.max(1);
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                *retries += 1;
-            }
-            match self.dht.call(to.clone(), PIN, params.clone()).await {
-                Ok(answer) => {
-                    return match serde_json::from_slice::<PinReply>(&answer) {
-                        Ok(r) if r.pinned == 1 => Ok(()),
-                        Ok(r) => Err(TransferError::NotPinned {
-                            what: what.to_owned(),
-                            node: to.id,
-                            reason: format!("it pinned {} of 1 records", r.pinned),
-                        }),
-                        Err(e) => Err(TransferError::NotPinned {
-                            what: what.to_owned(),
-                            node: to.id,
-                            reason: format!("its answer did not parse: {e}"),
-                        }),
-                    };
-                }
-                Err(DhtError::Query(QueryError::Remote(e))) => {
-                    return Err(TransferError::NotPinned {
-                        what: what.to_owned(),
-                        node: to.id,
-                        reason: e.message,
-                    });
-                }
-                Err(DhtError::Command(e)) => {
-                    return Err(TransferError::Invalid(format!("{what}: pin: {e}")));
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(TransferError::NotPinned {
-            what: what.to_owned(),
-            node: to.id,
-            reason: format!("no answer after {attempts} attempts (last error: {last})"),
-        })
+        *retries += pin(&self.dht, to, what, key, value, self.ttl, self.attempts).await?;
+        Ok(())
     }
+}
+
+/// Hands the record `key` = `value` (`what`, for errors) to the node `to`, which keeps it and
+/// republishes it before it expires, copies living `ttl` (`storage.PIN`; the node must allow pins
+/// from this node, see [`StoragePlugin::allow_pins`](crate::StoragePlugin::allow_pins)). A
+/// request that gets no answer is sent again, up to `attempts` in all; returns how many were
+/// sent again.
+///
+/// # Errors
+/// [`TransferError::NotPinned`] with the node's reason when it refuses, or when it never answers;
+/// [`TransferError::Invalid`] when the request cannot be sent (no transport reaches the node).
+pub async fn pin(
+    dht: &Dht,
+    to: &Contact,
+    what: &str,
+    key: Key,
+    value: Bytes,
+    ttl: Duration,
+    attempts: u32,
+) -> Result<u64, TransferError> {
+    let params = PinParams {
+        values: vec![(key, value)],
+        ttl_ms: ttl.as_millis() as u64,
+    };
+    let params = Bytes::from(
+        serde_json::to_vec(&params).map_err(|e| TransferError::Invalid(e.to_string()))?,
+    );
+    let not_pinned = |reason: String| TransferError::NotPinned {
+        what: what.to_owned(),
+        node: to.id,
+        reason,
+    };
+    let attempts = attempts.max(1);
+    let mut last = String::new();
+    for attempt in 0..attempts {
+        match dht.call(to.clone(), PIN, params.clone()).await {
+            Ok(answer) => {
+                return match serde_json::from_slice::<PinReply>(&answer) {
+                    Ok(r) if r.pinned == 1 => Ok(u64::from(attempt)),
+                    Ok(r) => Err(not_pinned(format!("it pinned {} of 1 records", r.pinned))),
+                    Err(e) => Err(not_pinned(format!("its answer did not parse: {e}"))),
+                };
+            }
+            Err(DhtError::Query(QueryError::Remote(e))) => return Err(not_pinned(e.message)),
+            Err(DhtError::Command(e)) => {
+                return Err(TransferError::Invalid(format!("{what}: pin: {e}")));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(not_pinned(format!(
+        "no answer after {attempts} attempts (last error: {last})"
+    )))
 }
 
 /// Splits the file at `path` into chunks, stores each (encrypted first when asked), then the

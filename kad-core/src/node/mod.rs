@@ -13,7 +13,7 @@ mod inbound;
 mod maintenance;
 mod outbound;
 mod own;
-pub(crate) use own::{OwnRecords, republish_due};
+pub(crate) use own::{OwnRecords, local_record, republish_due};
 mod query;
 mod timeouts;
 

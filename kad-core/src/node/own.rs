@@ -41,6 +41,21 @@ pub(crate) fn republish_due(
     now + Duration::from_millis(at.saturating_sub(unix))
 }
 
+/// The record under `key` a node can answer with: one it holds for others, else one of its
+/// own; not expired at `unix`.
+pub(crate) fn local_record(
+    store: &dyn RecordStore,
+    own: &OwnRecords,
+    key: &Key,
+    unix: u64,
+) -> Option<Record> {
+    store
+        .get(key)
+        .filter(|r| !r.is_expired(unix))
+        .or_else(|| own.get(store, key))
+        .filter(|r| !r.is_expired(unix))
+}
+
 /// One own record: when it is republished next, its size, its value unless the store keeps it,
 /// and the republishes that failed in a row.
 #[derive(Debug)]
@@ -332,13 +347,8 @@ impl Node {
         self.own_records.reschedule(&key, now + wait);
     }
 
-    /// The record under `key` this node can answer with: one it holds for others, else one of
-    /// its own; not expired at `unix`.
+    /// The record under `key` this node can answer with (see [`local_record`]).
     pub(super) fn local_record(&self, key: &Key, unix: u64) -> Option<Record> {
-        self.store
-            .get(key)
-            .filter(|r| !r.is_expired(unix))
-            .or_else(|| self.own_records.get(&*self.store, key))
-            .filter(|r| !r.is_expired(unix))
+        local_record(&*self.store, &self.own_records, key, unix)
     }
 }
