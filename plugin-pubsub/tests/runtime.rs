@@ -674,3 +674,60 @@ async fn a_new_subscriber_given_the_last_seq_it_had_gets_the_kept_readings_after
     assert_eq!(next_reading(&mut sub).await, Some((12, "r12".into())));
     assert!(nothing_more(&mut sub).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_subscriber_gets_every_reading_any_rendezvous_node_kept_not_only_the_first_answers()
+ {
+    let mut config = PubsubConfig::default();
+    config.holder_cache = Duration::from_secs(1);
+    let net = network(10, config).await;
+    let seed = [7u8; 32];
+    let pk = public_key(&seed);
+    let publisher = Pubsub::attach(net.nodes[8].clone()).await.unwrap();
+    let publish = async |seq: i64| {
+        publisher
+            .publish(reading(&seed, b"g", seq, &format!("r{seq}")))
+            .await
+            .unwrap()
+    };
+    for seq in 1..=9 {
+        assert!(publish(seq).await.stored_on >= 3);
+    }
+    // Readings 10 and 11 reach only node 3 (and the publisher's own node): every other
+    // rendezvous node is cut off, then back for 12 to 14. Their histories skip 10 and 11.
+    let cut: Vec<_> = [0, 1, 2, 4, 5, 6, 7, 9]
+        .iter()
+        .map(|i| net.nodes[*i].contact().addrs[0].clone())
+        .collect();
+    for a in &cut {
+        net._net.cut(a, true);
+    }
+    for seq in 10..=11 {
+        assert!(publish(seq).await.stored_on >= 1);
+    }
+    for a in &cut {
+        net._net.cut(a, false);
+    }
+    // The publisher looks the rendezvous nodes up again once its set is a second old.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for seq in 12..=14 {
+        publish(seq).await;
+    }
+    let o = publish(15).await;
+    assert!(o.stored_on >= 8, "the cut nodes are back: {o:?}");
+    // A subscriber that had 9: whichever node answers first, it gets 10 to 15, in order, once.
+    let p = Pubsub::attach(net.nodes[9].clone()).await.unwrap();
+    let mut sub = p.subscribe_sensor_since(pk, b"g", Some(9)).await.unwrap();
+    let mut got = Vec::new();
+    while let Some((seq, _)) = next_reading(&mut sub).await {
+        got.push(seq);
+        if seq == 15 {
+            break;
+        }
+    }
+    assert_eq!(got, (10..=15).collect::<Vec<_>>());
+    assert!(
+        nothing_more(&mut sub).await,
+        "a reading was delivered twice"
+    );
+}

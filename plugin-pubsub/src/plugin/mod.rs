@@ -248,6 +248,11 @@ struct MySub {
     cmd_holder: u64,
     /// A request for missed readings is out (one at a time).
     catching_up: bool,
+    /// While a subscribe given a seq to start after runs: the readings its answers (and pushes)
+    /// bring, by seq, delivered together in order when the last answer is in. Rendezvous nodes
+    /// can each lack readings another kept (one was down, or a store was lost), so no single
+    /// answer is the whole history.
+    gathering: Option<BTreeMap<i64, (WireItem, NodeId)>>,
 }
 
 /// What one reading kept in a topic's history counts against

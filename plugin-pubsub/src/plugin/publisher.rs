@@ -1,6 +1,6 @@
 //! The publisher role: publishing readings and posting messages to a topic's rendezvous nodes.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use kad_core::{
@@ -258,6 +258,7 @@ impl PubsubPlugin {
                     holders: BTreeSet::new(),
                     cmd_holder: 0,
                     catching_up: false,
+                    gathering: since.map(|_| BTreeMap::new()),
                 });
                 let holder = self.next_holder;
                 self.next_holder += 1;

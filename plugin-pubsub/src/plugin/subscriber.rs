@@ -58,6 +58,10 @@ impl PubsubPlugin {
         let Some(s) = self.mine.get(&topic) else {
             return;
         };
+        if s.gathering.is_some() {
+            // The subscribe's answers are still coming in: this one joins them.
+            return self.deliver_item(cx, topic, item, from.map_or(me, |c| c.id));
+        }
         // Only a genuine reading of this sensor newer than ours can make us ask (`prev` is not
         // signed: a forged item never costs more than a dropped push).
         let behind = matches!((s.last_seq, prev), (Some(last), Some(prev)) if last < prev && prev < item.seq)
@@ -142,12 +146,21 @@ impl PubsubPlugin {
         }
         // A copy of what was delivered (other pushers) or older: dropped before the costlier
         // signature check; it could not be delivered either way.
-        if sub.last_seq.is_some_and(|s| item.seq <= s) {
+        let copy = sub.last_seq.is_some_and(|s| item.seq <= s)
+            || sub
+                .gathering
+                .as_ref()
+                .is_some_and(|g| g.contains_key(&item.seq));
+        if copy {
             self.stats.duplicates += 1;
             return;
         }
         if item.check().is_err() {
             self.stats.rejected += 1;
+            return;
+        }
+        if let Some(g) = &mut sub.gathering {
+            g.insert(item.seq, (item, from));
             return;
         }
         sub.last_seq = Some(item.seq);
@@ -156,6 +169,27 @@ impl PubsubPlugin {
             "reading",
             PluginData::new(ReadingEvent { topic, item, from }),
         );
+    }
+
+    /// The subscribe's answers are all in: what they brought, every rendezvous node's kept
+    /// readings together, is delivered in seq order, each once; readings are delivered as they
+    /// come from now on.
+    fn deliver_gathered(&mut self, cx: &mut PluginCx<'_>, topic: Key) {
+        let Some(sub) = self.mine.get_mut(&topic) else {
+            return;
+        };
+        let Some(gathered) = sub.gathering.take() else {
+            return;
+        };
+        for (seq, (item, from)) in gathered {
+            // Checked when gathered.
+            sub.last_seq = Some(seq);
+            self.stats.delivered += 1;
+            cx.emit(
+                "reading",
+                PluginData::new(ReadingEvent { topic, item, from }),
+            );
+        }
     }
 
     pub(super) fn deliver_message(&mut self, cx: &mut PluginCx<'_>, topic: Key, m: TopicMessage) {
@@ -349,6 +383,12 @@ impl PubsubPlugin {
             if let Some(c) = next {
                 self.send_subscribe(cx, topic, c, true);
             }
+        }
+        let Some(s) = self.mine.get(&topic) else {
+            return;
+        };
+        if s.outstanding == 0 {
+            self.deliver_gathered(cx, topic);
         }
         let Some(s) = self.mine.get_mut(&topic) else {
             return;
