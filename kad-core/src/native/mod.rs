@@ -782,7 +782,21 @@ impl NativeCodec {
                 },
             },
         };
-        let mut buf = Vec::with_capacity(512);
+        // Sized for the message up front: a large value is encoded without the copies a growing
+        // buffer makes, and the buffer sent holds no spare half.
+        let (payload, nodes) = match &msg.body {
+            Body::Request(Request::Store { record, .. }) => (record.value.len().div_ceil(3) * 4, 0),
+            Body::Request(Request::Custom { params, .. }) => (params.len(), 0),
+            Body::Response(Response::Value { record, nodes }) => {
+                (record.value.len().div_ceil(3) * 4, nodes.len())
+            }
+            Body::Response(Response::Custom { result, nodes }) => (result.len(), nodes.len()),
+            Body::Response(Response::Nodes { nodes } | Response::Stored { nodes }) => {
+                (0, nodes.len())
+            }
+            _ => (0, 0),
+        };
+        let mut buf = Vec::with_capacity((1024 + payload + 256 * nodes).min(self.max_len + 256));
         buf.push(b'[');
         serde_json::to_writer(&mut buf, &out)
             .map_err(|e| EncodeError::Unsupported(e.to_string()))?;

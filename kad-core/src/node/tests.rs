@@ -1091,18 +1091,18 @@ fn own_records_are_republished_before_they_expire_and_again_by_a_restarted_node(
     let key = NodeId([0x55; 20]);
     let mut a = build(t0);
     a.put(t0, key, Bytes::from_static(b"mine")).unwrap();
-    // A 100 s record is republished at 90% of its life (long before the 22 h interval),
+    // A 100 s record is republished at 75% of its life (long before the 22 h interval),
     // between the 60 s maintenance ticks, each time with a fresh publish time.
     let published = stores_of(&mut a, key, t0, t0 + Duration::from_secs(200), true);
     assert_eq!(
         published,
-        vec![epoch, epoch + 90_000, epoch + 180_000],
-        "put, then republished at 90 s and 180 s"
+        vec![epoch, epoch + 75_000, epoch + 150_000],
+        "put, then republished at 75 s and 150 s"
     );
     assert_eq!(a.stats().republished, 2);
     assert_eq!(a.stats().republish_failures, 0);
     assert_eq!(a.own_keys(), vec![key]);
-    assert_eq!(own.lock().unwrap()[&key].published_at_ms, epoch + 180_000);
+    assert_eq!(own.lock().unwrap()[&key].published_at_ms, epoch + 150_000);
     drop(a);
 
     // Restarted at 200 s on the same store: it takes the record up and republishes it when due.
@@ -1114,14 +1114,14 @@ fn own_records_are_republished_before_they_expire_and_again_by_a_restarted_node(
         Record::new(key, &b"mine"[..], None, 0, 0).size()
     );
     let again = stores_of(&mut b, key, t1, t1 + Duration::from_secs(80), true);
-    assert_eq!(again, vec![epoch + 270_000], "due at 180 s + 90 s");
+    assert_eq!(again, vec![epoch + 225_000], "due at 150 s + 75 s");
     // Nobody answers the next one: it fails (stored here only), and the silent contacts drop
     // out of the table; with none left, the node waits instead of republishing to nobody.
     let t2 = t1 + Duration::from_secs(80);
     let silent = stores_of(&mut b, key, t2, t2 + Duration::from_secs(130), false);
-    assert_eq!(silent.first(), Some(&(epoch + 360_000)), "{silent:?}");
+    assert_eq!(silent.first(), Some(&(epoch + 300_000)), "{silent:?}");
     assert!(b.stats().republish_failures >= 1, "{:?}", b.stats());
-    // Contacts again: the failed record goes out within seconds, not at the 90 s schedule.
+    // Contacts again: the failed record goes out within seconds, not at the 75 s schedule.
     let t3 = t2 + Duration::from_secs(130);
     for i in 2..10u8 {
         b.add_contact(
