@@ -18,6 +18,10 @@ use crate::wire::{
     WireItem,
 };
 
+/// Most readings a subscribe given a seq to start after holds while its answers come in (each
+/// answer brings at most a datagram's worth; pushes arrive meanwhile).
+const MAX_GATHERED: usize = 1024;
+
 impl PubsubPlugin {
     pub(super) fn on_notify(
         &mut self,
@@ -161,6 +165,10 @@ impl PubsubPlugin {
         }
         if let Some(g) = &mut sub.gathering {
             g.insert(item.seq, (item, from));
+            if g.len() >= MAX_GATHERED {
+                // Bounded whatever the answers and pushes bring: what is held goes out now.
+                self.deliver_gathered(cx, topic);
+            }
             return;
         }
         sub.last_seq = Some(item.seq);
