@@ -119,8 +119,12 @@ enum Command {
 /// bursts, such as a republish round. glibc raises its mmap threshold to the largest block
 /// freed, so after the first burst such buffers come from the heap, and the heap's high-water
 /// mark stays resident: a long-running node's RSS climbs a step with each burst. A fixed
-/// threshold keeps every block of 256 KiB or more in its own mapping, returned when freed.
+/// threshold keeps every block of 256 KiB or more in its own mapping, returned when freed. A
+/// threshold given in the environment (`MALLOC_MMAP_THRESHOLD_`) is left as it is.
 fn fixed_mmap_threshold() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable of the allocator; called first thing in main, before
     // any other thread exists.

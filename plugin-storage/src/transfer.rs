@@ -1107,11 +1107,13 @@ async fn fetch_many(
                 let k = order[i as usize];
                 if let (Some(p), Ok(closest)) = (plan.pending.get_mut(&k), r) {
                     for c in closest {
-                        // A holder whose fetches failed three times in a row (lost answers on
-                        // a lossy link, say) but that answered this lookup is alive: it gets
-                        // this key's fetch, rather than the key failing with holders unasked.
-                        plan.bad_peer.remove(&c.id);
                         if c.id != me && !p.asked.contains(&c.id) {
+                            // A holder whose fetches failed three times in a row (lost answers
+                            // on a lossy link, say) but that answered this lookup is alive: one
+                            // more chance, rather than the key failing with holders unasked.
+                            if let Some(f) = plan.bad_peer.get_mut(&c.id) {
+                                *f = (*f).min(2);
+                            }
                             p.candidates.push_back(c);
                         }
                     }

@@ -796,7 +796,9 @@ impl NativeCodec {
             }
             _ => (0, 0),
         };
-        let mut buf = Vec::with_capacity((1024 + payload + 256 * nodes).min(self.max_len + 256));
+        let mut buf = Vec::with_capacity(
+            (1024 + payload + 256 * nodes).min(self.max_len.saturating_add(256)),
+        );
         buf.push(b'[');
         serde_json::to_writer(&mut buf, &out)
             .map_err(|e| EncodeError::Unsupported(e.to_string()))?;

@@ -22,9 +22,10 @@ const RETRY_MAX: Duration = Duration::from_secs(600);
 /// next, at `now` (wall clock `unix` ms): `interval` after it was published, or once 75% of its
 /// lifetime has passed if that comes first (a record with a short TTL is still republished
 /// before it expires, with a quarter of its life left for a republish round that is slow: many
-/// records due together, at most [`REPUBLISH_IN_FLIGHT`] at a time, over a lossy link). The lifetime counts at most `max_life`, the longest other nodes keep a
-/// copy. At least a second after it was published (a record that lives less is republished
-/// once it has expired). Never before `now`.
+/// records due together, at most [`REPUBLISH_IN_FLIGHT`] at a time, over a lossy link). The
+/// lifetime counts at most `max_life`, the longest other nodes keep a copy. At least a second
+/// after it was published (a record that lives less is republished once it has expired). Never
+/// before `now`.
 pub(crate) fn republish_due(
     now: Instant,
     unix: u64,

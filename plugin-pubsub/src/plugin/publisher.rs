@@ -208,7 +208,7 @@ impl PubsubPlugin {
 
     /// Forgets the subscription to `topic` and tells its rendezvous nodes.
     fn unsubscribe(&mut self, cx: &mut PluginCx<'_>, topic: Key) {
-        let Some(s) = self.mine.remove(&topic) else {
+        let Some(s) = self.forget_subscription(&topic) else {
             return;
         };
         if let Some(cmd) = s.cmd {

@@ -10,8 +10,8 @@ use kad_plugin_bep44::item;
 use rand::RngCore as _;
 
 use super::{
-    LookupFor, MessageEvent, NOT_SUBSCRIBED, Pending, PubsubPlugin, RETRY_EMPTY, ReadingEvent,
-    SubscribeOutcome, json, rpc_err,
+    LookupFor, MessageEvent, MySub, NOT_SUBSCRIBED, Pending, PubsubPlugin, RETRY_EMPTY,
+    ReadingEvent, SubscribeOutcome, json, rpc_err,
 };
 use crate::wire::{
     self, FindParams, NotifyParams, SubscribeParams, SubscribeResult, TopicKind, TopicMessage,
@@ -19,10 +19,22 @@ use crate::wire::{
 };
 
 /// Most readings a subscribe given a seq to start after holds while its answers come in (each
-/// answer brings at most a datagram's worth; pushes arrive meanwhile).
-const MAX_GATHERED: usize = 1024;
+/// answer brings at most a datagram's worth; pushes arrive meanwhile). Well below the capacity
+/// of the node's event channel, which a flush fills in one go.
+const MAX_GATHERED: usize = 256;
 
 impl PubsubPlugin {
+    /// Removes our subscription to `topic` with the requests and lookups still out for it: their
+    /// answers must not count for a new subscription to the same topic.
+    pub(super) fn forget_subscription(&mut self, topic: &Key) -> Option<MySub> {
+        self.pending.retain(|_, p| {
+            !matches!(p, Pending::Subscribe { topic: t, .. } | Pending::CatchUp { topic: t } if t == topic)
+        });
+        self.lookups
+            .retain(|_, l| !matches!(l, LookupFor::Subscribe(t) if t == topic));
+        self.mine.remove(topic)
+    }
+
     pub(super) fn on_notify(
         &mut self,
         cx: &mut PluginCx<'_>,
@@ -303,7 +315,7 @@ impl PubsubPlugin {
                 // The subscribe failed: nothing is left running behind the caller's back
                 // (a renewal that finds nobody keeps the subscription and tries again).
                 if s.registered.is_empty() {
-                    self.mine.remove(&topic);
+                    self.forget_subscription(&topic);
                 }
                 cx.complete(cmd, Err(QueryError::NoPeers));
             }
@@ -413,7 +425,7 @@ impl PubsubPlugin {
                     holder: s.cmd_holder,
                 };
                 if out.rendezvous == 0 {
-                    self.mine.remove(&topic);
+                    self.forget_subscription(&topic);
                     cx.complete(
                         cmd,
                         Err(QueryError::Remote(RpcError::new(
