@@ -54,8 +54,9 @@ pub(crate) struct StoreArgs {
     /// included. Default: the store's size (--max-store-mb).
     #[arg(long, value_name = "MB", requires = "pin_from")]
     pub(crate) max_pin_mb: Option<f64>,
-    /// How often the node republishes its own records (its pins): every this many seconds,
-    /// or once 75% of a record's lifetime has passed if that comes first. 1 to 315360000.
+    /// How often the node republishes its own records (its pins): every this many seconds, or
+    /// when a tenth of a record's lifetime is left (a quarter, up to 60 s, for a short one) if
+    /// that comes first. 1 to 315360000.
     #[arg(long, default_value_t = 79_200, value_name = "SECONDS")]
     pub(crate) republish_every: u64,
 }

@@ -147,8 +147,8 @@ pub struct Config {
     /// How often held records are re-replicated to the current k closest. Default 1 h.
     pub replicate_interval: Duration,
     /// How often this node republishes its own records (its puts, and records adopted by a
-    /// plugin such as pins), or once 75% of a record's lifetime has passed if that comes first.
-    /// Default 22 h.
+    /// plugin such as pins), or when a tenth of a record's lifetime is left (a quarter, up to 60 s,
+    /// for a short one) if that comes first. Default 22 h.
     pub republish_interval: Duration,
     /// How often the engine runs maintenance (expiry, refresh, replication checks). Default 60 s.
     pub maintenance_interval: Duration,

@@ -19,10 +19,11 @@ const RETRY_MIN: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// When a record published at `published_at_ms` that expires at `expires_at_ms` is republished
-/// next, at `now` (wall clock `unix` ms): `interval` after it was published, or once 75% of its
-/// lifetime has passed if that comes first (a record with a short TTL is still republished
-/// before it expires, with a quarter of its life left for a republish round that is slow: many
-/// records due together, at most [`REPUBLISH_IN_FLIGHT`] at a time, over a lossy link). The
+/// next, at `now` (wall clock `unix` ms): `interval` after it was published, or when a tenth of its
+/// lifetime is left if that comes first; a short-lived record leaves up to a quarter of its life,
+/// at most a minute, for a republish round that is slow: many records due together, at most
+/// [`REPUBLISH_IN_FLIGHT`] at a time, over a lossy link. (A record with a short TTL is still
+/// republished before it expires.) The
 /// lifetime counts at most `max_life`, the longest other nodes keep a copy. At least a second
 /// after it was published (a record that lives less is republished once it has expired). Never
 /// before `now`.
@@ -38,7 +39,10 @@ pub(crate) fn republish_due(
         .saturating_sub(published_at_ms)
         .min(max_life.as_millis() as u64);
     let interval = interval.as_millis() as u64;
-    let after = interval.min(life - life / 4).max(1_000);
+    // Left before expiry: a tenth of the life, and for short lives up to a quarter of it (at
+    // most a minute), room for a slow round.
+    let leave = (life / 10).max((life / 4).min(60_000));
+    let after = interval.min(life - leave).max(1_000);
     let at = published_at_ms.saturating_add(after);
     now + Duration::from_millis(at.saturating_sub(unix))
 }

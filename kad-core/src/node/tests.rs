@@ -1091,7 +1091,7 @@ fn own_records_are_republished_before_they_expire_and_again_by_a_restarted_node(
     let key = NodeId([0x55; 20]);
     let mut a = build(t0);
     a.put(t0, key, Bytes::from_static(b"mine")).unwrap();
-    // A 100 s record is republished at 75% of its life (long before the 22 h interval),
+    // A 100 s record is republished with 25 s of its life left (long before the 22 h interval),
     // between the 60 s maintenance ticks, each time with a fresh publish time.
     let published = stores_of(&mut a, key, t0, t0 + Duration::from_secs(200), true);
     assert_eq!(
