@@ -142,6 +142,8 @@ mod memory {
         /// Endpoints cut off by [`MemoryNetwork::cut`]: what they send and what is sent to them
         /// is lost.
         cut: std::collections::HashSet<u64>,
+        /// One-way delays of endpoints set by [`MemoryNetwork::delay`].
+        delay: HashMap<u64, std::time::Duration>,
     }
 
     impl MemoryNetwork {
@@ -190,6 +192,27 @@ mod memory {
                     net.cut.remove(n);
                 }
             }
+        }
+
+        /// Delays every message `addr` sends or is sent by `one_way` (a peer far away: a
+        /// message between two delayed endpoints takes both delays). `Duration::ZERO` removes
+        /// the delay. Messages are delivered in a task of their own, so delayed messages may
+        /// overtake one another only when their delays differ.
+        pub fn delay(&self, addr: &PeerAddr, one_way: std::time::Duration) {
+            if let PeerAddr::Mem(n) = addr {
+                let mut net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if one_way.is_zero() {
+                    net.delay.remove(n);
+                } else {
+                    net.delay.insert(*n, one_way);
+                }
+            }
+        }
+
+        fn delay_between(&self, a: u64, b: u64) -> std::time::Duration {
+            let net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let d = |n| net.delay.get(&n).copied().unwrap_or_default();
+            d(a) + d(b)
         }
 
         fn is_cut(&self, a: u64, b: u64) -> bool {
@@ -293,6 +316,19 @@ mod memory {
                 .net
                 .inbox(*n)
                 .ok_or_else(|| TransportError::Unreachable(to.clone()))?;
+            let delay = match self.addr {
+                PeerAddr::Mem(me) => self.net.delay_between(me, *n),
+                _ => std::time::Duration::ZERO,
+            };
+            if !delay.is_zero() {
+                // On its way: a full queue at arrival drops it, as a socket buffer would.
+                let from = self.addr.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = inbox.try_send((from, msg));
+                });
+                return Ok(());
+            }
             inbox
                 .try_send((self.addr.clone(), msg))
                 .map_err(|e| match e {

@@ -591,18 +591,34 @@ pub async fn get_manifest(dht: &Dht, key: Key) -> Result<Manifest, TransferError
     Manifest::from_bytes(&value).map_err(|_| TransferError::NotAFile(key))
 }
 
-/// One content-addressed record, verified: from the holders the local table knows first,
-/// through a lookup otherwise.
+/// One content-addressed record, verified: through a lookup (`get`) first; when that finds no
+/// valid value, from the nodes near the key one by one, the table's and those a lookup named,
+/// answered or not (a lookup stops waiting for slow nodes that a fetch waits for).
 pub async fn fetch_one(dht: &Dht, key: Key, what: &str) -> Result<Bytes, TransferError> {
     match dht.get(key).await {
-        Ok(o) if content_key(&o.record.value) == key => Ok(o.record.value),
-        Ok(_) | Err(DhtError::Query(QueryError::NotFound)) => Err(TransferError::NotFound {
+        Ok(o) if content_key(&o.record.value) == key => return Ok(o.record.value),
+        Ok(_) | Err(DhtError::Query(QueryError::NotFound)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let opts = GetOptions::default();
+    let got = fetch_many(
+        dht,
+        &[key],
+        &opts,
+        what,
+        opts.max_reply_bytes,
+        true,
+        |_, _| Ok(()),
+    )
+    .await?;
+    got.values
+        .into_iter()
+        .next()
+        .ok_or_else(|| TransferError::NotFound {
             what: what.to_owned(),
             key,
             asked: 0,
-        }),
-        Err(e) => Err(e.into()),
-    }
+        })
 }
 
 /// Where a chunk is in the download.
@@ -923,9 +939,18 @@ async fn fetch_many(
             match p.lookups {
                 1 => {
                     out.lookups += 1;
-                    tasks.spawn(
-                        async move { Done::Lookup(i, d.find_node(k).await.map(|o| o.closest)) },
-                    );
+                    // Nodes the lookup named but did not hear from count too: it stops waiting
+                    // for silent candidates outside the closest few after a round trip measured
+                    // mostly on nearer peers, and a holder across a slow link (or behind a
+                    // connection handshake) answers a fetch, which waits longer.
+                    tasks.spawn(async move {
+                        Done::Lookup(
+                            i,
+                            d.find_node(k)
+                                .await
+                                .map(|o| o.closest.into_iter().chain(o.unanswered).collect()),
+                        )
+                    });
                 }
                 2 => {
                     out.lookups += 1;
@@ -933,17 +958,28 @@ async fn fetch_many(
                         .spawn(async move { Done::Get(i, d.get(k).await.map(|o| o.record.value)) });
                 }
                 _ => {
+                    let what = if keys.len() == 1 {
+                        what.to_owned()
+                    } else {
+                        format!("{what} {i}")
+                    };
                     if let Some((holders, detail)) = plan.too_large.remove(&k) {
                         return Err(TransferError::AnswerTooLarge {
-                            what: format!("{what} {i}"),
+                            what,
                             key: k,
                             holders,
                             asked: p.asked.len(),
                             detail,
                         });
                     }
+                    tracing::debug!(
+                        key = %k,
+                        asked = ?p.asked,
+                        bad = ?plan.bad_peer,
+                        "out of holders"
+                    );
                     return Err(TransferError::NotFound {
-                        what: format!("{what} {i}"),
+                        what,
                         key: k,
                         asked: p.asked.len(),
                     });
@@ -992,6 +1028,7 @@ async fn fetch_many(
                 let params = Bytes::from(serde_json::to_vec(&params).unwrap_or_default());
                 let d = dht.clone();
                 out.fetches += 1;
+                tracing::debug!(holder = %c.id, keys = batch.len(), "fetching");
                 tasks.spawn(async move {
                     let r = d.call(c.clone(), FETCH, params).await;
                     Done::Fetch(c, batch, r)
@@ -1033,6 +1070,19 @@ async fn fetch_many(
                 let reply = r.map_err(|e| e.to_string()).and_then(|b| {
                     serde_json::from_slice::<FetchReply>(&b).map_err(|e| e.to_string())
                 });
+                let reply = match reply {
+                    Ok(reply) => Ok(reply),
+                    Err(e) => {
+                        tracing::debug!(
+                            holder = %c.id,
+                            addr = ?c.addrs.first(),
+                            keys = asked.len(),
+                            error = %e,
+                            "a fetch failed"
+                        );
+                        Err(())
+                    }
+                };
                 let Ok(reply) = reply else {
                     out.failed += 1;
                     let failures = plan.bad_peer.entry(c.id).or_default();
@@ -1055,6 +1105,13 @@ async fn fetch_many(
                     }
                     continue;
                 };
+                tracing::debug!(
+                    holder = %c.id,
+                    keys = asked.len(),
+                    values = reply.values.len(),
+                    missing = reply.missing.len(),
+                    "fetched"
+                );
                 let asked_set: HashSet<Key> = asked.iter().copied().collect();
                 let mut settled = HashSet::new();
                 for (k, v) in reply.values {
@@ -1105,6 +1162,11 @@ async fn fetch_many(
             }
             Done::Lookup(i, r) => {
                 let k = order[i as usize];
+                tracing::debug!(
+                    key = %k,
+                    found = ?r.as_ref().map(|c| c.iter().map(|c| c.id).collect::<Vec<_>>()),
+                    "a lookup for more holders"
+                );
                 if let (Some(p), Ok(closest)) = (plan.pending.get_mut(&k), r) {
                     for c in closest {
                         if c.id != me && !p.asked.contains(&c.id) {
@@ -1136,7 +1198,10 @@ async fn fetch_many(
                         }
                         Err(e) => return Err(e),
                     },
-                    _ => plan.route(k),
+                    r => {
+                        tracing::debug!(key = %k, ok = r.is_ok(), "a get for the last holders failed");
+                        plan.route(k)
+                    }
                 }
             }
         }

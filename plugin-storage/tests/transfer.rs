@@ -466,3 +466,106 @@ async fn a_pinning_node_keeps_what_its_user_hands_it_within_its_limit_and_refuse
         .unwrap_err();
     assert!(e.to_string().contains("keeps records only for"), "{e}");
 }
+
+/// Holds content-addressed values under 1 KiB only (a file's manifest, not its chunks).
+struct SmallOnly;
+
+impl RecordValidator for SmallOnly {
+    fn validate(&self, r: &Record) -> Result<(), kad_core::Rejected> {
+        if r.value.len() < 1024 {
+            ContentValidator.validate(r)
+        } else {
+            Err(kad_core::Rejected("holds small values only".into()))
+        }
+    }
+}
+
+/// The holders are far away (300 ms each way) and the nodes near the getter hold only small
+/// values. A getter's lookups stop waiting for the far holders after round trips measured on
+/// the near nodes, so its table and its lookups' answers name near nodes only. A value and a
+/// file's chunks held far away come back all the same: the nodes a lookup named without
+/// hearing from are asked with a fetch's patience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_across_a_slow_link_are_asked_though_lookups_do_not_wait_for_them() {
+    let net = MemoryNetwork::new();
+    // Nodes 0-2 are near and hold small values only; nodes 3-5 hold everything.
+    let nodes = memory_network(&net, 6, |i| {
+        let v: Arc<dyn RecordValidator> = if i < 3 {
+            Arc::new(SmallOnly)
+        } else {
+            Arc::new(ContentValidator)
+        };
+        Node::builder(seeded_config(i as u8 + 1))
+            .id(NodeId::from_bytes([i as u8 + 1; 20]))
+            .validator(v)
+            .plugin(Box::new(StoragePlugin::new(REPLY)))
+    })
+    .await
+    .unwrap();
+    for d in &nodes {
+        let _ = d.find_node(d.id()).await;
+    }
+    let near = nodes[0].contact().addrs[0].clone();
+    let client = |n: u8| {
+        let mut c = seeded_config(n);
+        c.read_only = true;
+        let d = Dht::spawn(
+            Node::builder(c)
+                .id(NodeId::from_bytes([n; 20]))
+                .validator(Arc::new(ContentValidator)),
+            vec![Arc::new(net.transport(4096))],
+        )
+        .unwrap();
+        let near = near.clone();
+        async move {
+            d.bootstrap(vec![near]).await.unwrap();
+            d
+        }
+    };
+    let putter = client(200).await;
+    let value = bytes::Bytes::from(vec![7u8; 2000]);
+    let value_key = content_key(&value);
+    let stored = putter.put(value_key, value.clone()).await.unwrap();
+    assert_eq!(
+        stored.stored, 3,
+        "only the far nodes hold the value: {stored:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = file(dir.path(), 12 * CHUNK as usize, 11);
+    let put = put_file(&putter, &path, &put_opts(Protection::Plain), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        put.min_replicas, 3,
+        "only the far nodes hold the chunks: {put:?}"
+    );
+
+    for d in &nodes[3..] {
+        net.delay(&d.contact().addrs[0], Duration::from_millis(300));
+    }
+    // A value: a `get` finishes without the far holders, then they are asked.
+    let getter = client(201).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        kad_plugin_storage::fetch_one(&getter, value_key, "the value"),
+    )
+    .await
+    .expect("the fetch finishes")
+    .unwrap();
+    assert_eq!(got, value);
+    // A file: its manifest is near, its chunks far.
+    let getter = client(202).await;
+    let out = dir.path().join("far.out");
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        get_file(&getter, put.key, None, &out, &get_opts(), &quiet),
+    )
+    .await
+    .expect("the download finishes")
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(
+        got.lookups > 0,
+        "the chunks were looked for beyond the table: {got:?}"
+    );
+}

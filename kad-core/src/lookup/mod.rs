@@ -368,6 +368,24 @@ impl Lookup {
         all
     }
 
+    /// The candidates that did not answer (still waiting, never asked, or given up on), closest
+    /// first, over all paths: at most k, among the k closest candidates of each path. Nodes a
+    /// lookup heard of near the target, but finished without hearing from: slow peers (far
+    /// away, or behind a connection handshake) as well as departed ones.
+    pub fn closest_unanswered(&self) -> Vec<Contact> {
+        let answered: Vec<NodeId> = self.closest_succeeded().iter().map(|c| c.id).collect();
+        let mut all: Vec<Contact> = self
+            .paths
+            .iter()
+            .flat_map(Path::closest_unanswered)
+            .filter(|c| !answered.contains(&c.id))
+            .collect();
+        all.sort_by_key(|c| c.id.distance(&self.target));
+        all.dedup_by_key(|c| c.id);
+        all.truncate(self.k);
+        all
+    }
+
     /// The candidates of every path, closest first, with their states (for debug logs).
     pub(crate) fn describe(&self) -> String {
         let mut out = String::new();

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::addr::{Contact, PeerAddr, Subnet};
 use crate::id::{Distance, NodeId};
@@ -62,9 +62,9 @@ pub(super) struct Path {
     /// The live candidates: fresh, asked, or answered. One given up on leaves the set (its
     /// place goes to the next closest) and is remembered in `failed`.
     pub(super) candidates: BTreeMap<Distance, Candidate>,
-    /// Ids given up on (bounded: past `FAILED_PER_CAP` times the cap, new ones are not
-    /// remembered, and could be asked again if named again).
-    pub(super) failed: FxHashSet<NodeId>,
+    /// Candidates given up on, by id (bounded: past `FAILED_PER_CAP` times the cap, new ones
+    /// are not remembered, and could be asked again if named again).
+    pub(super) failed: FxHashMap<NodeId, Contact>,
     pub(super) best: Option<Distance>,
     pub(super) no_progress: usize,
     pub(super) patience: usize,
@@ -94,7 +94,7 @@ impl Path {
             max_attempts,
             cap: k * 3,
             candidates: BTreeMap::new(),
-            failed: FxHashSet::default(),
+            failed: FxHashMap::default(),
             best: None,
             no_progress: 0,
             patience: 1,
@@ -113,7 +113,7 @@ impl Path {
     }
 
     pub(super) fn add(&mut self, c: Contact, depth: u8) -> bool {
-        if c.id == self.local || self.failed.contains(&c.id) {
+        if c.id == self.local || self.failed.contains_key(&c.id) {
             return false;
         }
         let d = c.id.distance(&self.target);
@@ -326,7 +326,7 @@ impl Path {
     fn fail(&mut self, id: &NodeId) -> Option<u8> {
         let cand = self.candidates.remove(&id.distance(&self.target))?;
         if self.failed.len() < self.cap * FAILED_PER_CAP {
-            self.failed.insert(*id);
+            self.failed.insert(*id, cand.contact.clone());
         }
         Some(cand.depth)
     }
@@ -400,6 +400,27 @@ impl Path {
             .filter(|c| c.state == State::Succeeded)
             .take(self.k)
             .map(|c| c.contact.clone())
+            .collect()
+    }
+
+    /// The candidates that did not answer, closest first: still waiting, never asked, or given
+    /// up on; at most `k`, none farther than the k-th closest of all.
+    pub(super) fn closest_unanswered(&self) -> Vec<Contact> {
+        let mut all: Vec<(Distance, &Contact, bool)> = self
+            .candidates
+            .iter()
+            .map(|(d, c)| (*d, &c.contact, c.state == State::Succeeded))
+            .chain(
+                self.failed
+                    .values()
+                    .map(|c| (c.id.distance(&self.target), c, false)),
+            )
+            .collect();
+        all.sort_unstable_by_key(|(d, _, _)| *d);
+        all.into_iter()
+            .take(self.k)
+            .filter(|(_, _, answered)| !answered)
+            .map(|(_, c, _)| c.clone())
             .collect()
     }
 

@@ -126,6 +126,8 @@ fn converges_and_terminates() {
     // 0x20 failed (max_attempts 1): the top 2 now are 0x10 and 0x40, both answered.
     assert!(l.is_finished(now));
     assert_eq!(l.closest_succeeded(), vec![c(0x10), c(0x40)]);
+    // 0x20 is named among the k closest of all, without an answer.
+    assert_eq!(l.closest_unanswered(), vec![c(0x20)]);
     assert_eq!(l.finish_stats().hops, 2);
 }
 
@@ -182,9 +184,11 @@ fn silent_tail_candidates_do_not_hold_up_the_end() {
     l.on_success(&c(3).id, &[]);
     assert!(l.is_finished(later));
     assert_eq!(l.closest_succeeded(), vec![c(1), c(3)]);
+    assert_eq!(l.closest_unanswered(), vec![c(2)], "still waiting");
     // A late answer still counts.
     l.on_success(&c(2).id, &[]);
     assert_eq!(l.closest_succeeded(), vec![c(1), c(2)]);
+    assert!(l.closest_unanswered().is_empty());
 }
 
 #[test]

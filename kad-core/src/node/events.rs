@@ -109,6 +109,11 @@ pub struct LookupOutcome {
     pub target: NodeId,
     /// The k closest nodes that answered, closest first.
     pub closest: Vec<Contact>,
+    /// Nodes named near the target that had not answered when the lookup finished (it does
+    /// not wait for silent candidates outside the closest few), closest first, at most k:
+    /// slow peers as well as departed ones. A caller that needs every node near the target,
+    /// such as a download looking for more holders, can ask them itself.
+    pub unanswered: Vec<Contact>,
     /// Counters.
     pub stats: LookupStats,
     /// Time from start to finish.

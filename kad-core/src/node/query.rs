@@ -169,6 +169,7 @@ impl Node {
         let outcome = LookupOutcome {
             target: lookup.target(),
             closest: lookup.closest_succeeded(),
+            unanswered: lookup.closest_unanswered(),
             stats: lookup.finish_stats(),
             elapsed: now.saturating_duration_since(q.started),
         };

@@ -6,7 +6,8 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -34,6 +35,11 @@ pub(crate) struct LossBenchArgs {
     /// Seconds the nodes get to join before the puts start (they keep retrying meanwhile).
     #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
     settle: f64,
+    /// Keep each `kad` process's log (standard error) in a file of its own under DIR, named
+    /// by start order, role and namespace; the log level follows RUST_LOG (e.g.
+    /// `RUST_LOG=debug`). Without it, the processes' logs are discarded.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -143,6 +149,36 @@ pub(super) struct NodeState {
 
 /// Starts `kad node --listen LISTEN` in namespace `ns` for `secs` seconds; the child joins
 /// `children` (killed by the caller). Its JSON lines are read into the returned state.
+/// Where the `kad` processes of a benchmark write their logs (`--logs`): unset, they are
+/// discarded.
+static LOG_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+/// Numbers the log files of one run, in start order.
+static LOG_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeps the standard error of every `kad` process this benchmark starts in `dir`, one file
+/// each, named by start order, role and namespace.
+pub(crate) fn keep_logs(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("--logs: creating {}", dir.display()))?;
+    let _ = LOG_DIR.set(dir.to_owned());
+    Ok(())
+}
+
+/// A process's standard error: a new file under `--logs`, else nothing.
+fn stderr_for(role: &str, ns: &str) -> Stdio {
+    let Some(dir) = LOG_DIR.get() else {
+        return Stdio::null();
+    };
+    let n = LOG_SEQ.fetch_add(1, Ordering::Relaxed);
+    let role: String = role
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    match std::fs::File::create(dir.join(format!("{n:04}-{role}-{ns}.log"))) {
+        Ok(f) => f.into(),
+        Err(_) => Stdio::null(),
+    }
+}
+
 pub(super) fn start_node(
     children: &mut Vec<Child>,
     exe: &std::path::Path,
@@ -167,7 +203,7 @@ pub(super) fn start_node(
     }
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr_for("node", ns))
         .spawn()
         .context("starting kad node")?;
     let out = child.stdout.take().context("stdout")?;
@@ -226,7 +262,7 @@ pub(crate) fn client(ns: &str, exe: &std::path::Path, args: &[&str]) -> Result<V
         .args(["netns", "exec", ns])
         .arg(exe)
         .args(args)
-        .stderr(Stdio::null())
+        .stderr(stderr_for(args.first().copied().unwrap_or("client"), ns))
         .output()
         .context("running a kad client")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -333,6 +369,9 @@ fn one_rate(a: &LossBenchArgs, loss: u32) -> Result<Value> {
 }
 
 pub(crate) fn run(a: LossBenchArgs) -> Result<()> {
+    if let Some(dir) = &a.logs {
+        keep_logs(dir)?;
+    }
     crate::check_range("nodes-per-ns", a.nodes_per_ns, 1, 20)?;
     crate::check_range("ops", a.ops, 1, 200)?;
     for &r in &a.rates {

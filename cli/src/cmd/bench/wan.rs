@@ -52,6 +52,11 @@ pub(crate) struct WanBenchArgs {
     /// none, at most 64).
     #[arg(long, default_value_t = 0.0, value_name = "MB")]
     file_mb: f64,
+    /// Keep each `kad` process's log (standard error) in a file of its own under DIR, named
+    /// by start order, role and namespace; the log level follows RUST_LOG (e.g.
+    /// `RUST_LOG=debug`). Without it, the processes' logs are discarded.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -82,6 +87,9 @@ fn dir_json(d: DirectionStats) -> Value {
 }
 
 pub(crate) fn run(a: WanBenchArgs) -> Result<()> {
+    if let Some(dir) = &a.logs {
+        super::loss::keep_logs(dir)?;
+    }
     crate::check_range("nodes-per-site", a.nodes_per_site, 1, 20)?;
     crate::check_range("ops", a.ops, 1, 500)?;
     if !(0.0..=2000.0).contains(&a.rtt_ms) {
