@@ -196,8 +196,8 @@ mod memory {
 
         /// Delays every message `addr` sends or is sent by `one_way` (a peer far away: a
         /// message between two delayed endpoints takes both delays). `Duration::ZERO` removes
-        /// the delay. Messages are delivered in a task of their own, so delayed messages may
-        /// overtake one another only when their delays differ.
+        /// the delay. Each delayed message travels in a task of its own and may arrive out of
+        /// order, as datagrams do; one whose endpoint is cut off or gone by then is lost.
         pub fn delay(&self, addr: &PeerAddr, one_way: std::time::Duration) {
             if let PeerAddr::Mem(n) = addr {
                 let mut net = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -320,12 +320,19 @@ mod memory {
                 PeerAddr::Mem(me) => self.net.delay_between(me, *n),
                 _ => std::time::Duration::ZERO,
             };
-            if !delay.is_zero() {
-                // On its way: a full queue at arrival drops it, as a socket buffer would.
-                let from = self.addr.clone();
-                tokio::spawn(async move {
+            if let (false, PeerAddr::Mem(me), Ok(rt)) = (
+                delay.is_zero(),
+                &self.addr,
+                tokio::runtime::Handle::try_current(),
+            ) {
+                // On its way: a cut at arrival loses it, a full queue drops it, as a socket
+                // buffer would.
+                let (from, me, to, net) = (self.addr.clone(), *me, *n, self.net.clone());
+                rt.spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = inbox.try_send((from, msg));
+                    if !net.is_cut(me, to) {
+                        let _ = inbox.try_send((from, msg));
+                    }
                 });
                 return Ok(());
             }

@@ -591,34 +591,55 @@ pub async fn get_manifest(dht: &Dht, key: Key) -> Result<Manifest, TransferError
     Manifest::from_bytes(&value).map_err(|_| TransferError::NotAFile(key))
 }
 
-/// One content-addressed record, verified: through a lookup (`get`) first; when that finds no
-/// valid value, from the nodes near the key one by one, the table's and those a lookup named,
-/// answered or not (a lookup stops waiting for slow nodes that a fetch waits for).
+/// One content-addressed record, verified: through a lookup (`get`) first. When that finds no
+/// valid value, the nodes near the key are asked at once with `storage.FETCH`, those a second
+/// lookup heard from and those it named without hearing from: a lookup stops waiting for slow
+/// nodes outside the closest few (holders across a slow link), a fetch waits and resends on its
+/// own schedule. A key no node holds costs two lookups and at most one fetch timeout.
 pub async fn fetch_one(dht: &Dht, key: Key, what: &str) -> Result<Bytes, TransferError> {
     match dht.get(key).await {
         Ok(o) if content_key(&o.record.value) == key => return Ok(o.record.value),
         Ok(_) | Err(DhtError::Query(QueryError::NotFound)) => {}
         Err(e) => return Err(e.into()),
     }
-    let opts = GetOptions::default();
-    let got = fetch_many(
-        dht,
-        &[key],
-        &opts,
-        what,
-        opts.max_reply_bytes,
-        true,
-        |_, _| Ok(()),
-    )
-    .await?;
-    got.values
-        .into_iter()
-        .next()
-        .ok_or_else(|| TransferError::NotFound {
-            what: what.to_owned(),
-            key,
-            asked: 0,
+    let near = dht.find_node(key).await?;
+    let me = dht.id();
+    let params = Bytes::from(
+        serde_json::to_vec(&FetchParams {
+            keys: vec![key],
+            max_bytes: 0,
         })
+        .unwrap_or_default(),
+    );
+    let mut calls = JoinSet::new();
+    let mut seen = HashSet::new();
+    for c in near.closest.into_iter().chain(near.unanswered) {
+        if c.id == me || !seen.insert(c.id) {
+            continue;
+        }
+        let (d, params) = (dht.clone(), params.clone());
+        calls.spawn(async move { d.call(c, FETCH, params).await });
+    }
+    let asked = calls.len();
+    while let Some(r) = calls.join_next().await {
+        let Ok(Ok(b)) = r else { continue };
+        let Ok(reply) = serde_json::from_slice::<FetchReply>(&b) else {
+            continue;
+        };
+        if let Some((_, v)) = reply
+            .values
+            .into_iter()
+            .find(|(k, v)| *k == key && content_key(v) == key)
+        {
+            calls.abort_all();
+            return Ok(v);
+        }
+    }
+    Err(TransferError::NotFound {
+        what: what.to_owned(),
+        key,
+        asked,
+    })
 }
 
 /// Where a chunk is in the download.
@@ -635,7 +656,8 @@ struct Pending {
 
 enum Done {
     Fetch(Contact, Vec<Key>, Result<Bytes, DhtError>),
-    Lookup(u64, Result<Vec<Contact>, DhtError>),
+    /// The nodes a lookup for more holders heard from, and those it named without hearing from.
+    Lookup(u64, Result<(Vec<Contact>, Vec<Contact>), DhtError>),
     Get(u64, Result<Bytes, DhtError>),
 }
 
@@ -856,7 +878,8 @@ impl Plan {
 /// holders the local table knows, in batches per holder (`value_len` is the expected size of a
 /// value, to fill each answer), `opts.parallel` fetches at a time and `opts.per_peer` per
 /// holder. A missing or bad value is asked of the next holder; a key out of holders gets a
-/// lookup for more, then a last `get` through the whole network. `sink(key, value)` takes each
+/// lookup for more (the nodes it heard from, then those it named without hearing from), then
+/// a last `get` through the whole network. `sink(key, value)` takes each
 /// verified value once; a decryption failure it returns marks the value bad instead.
 async fn fetch_many(
     dht: &Dht,
@@ -939,17 +962,8 @@ async fn fetch_many(
             match p.lookups {
                 1 => {
                     out.lookups += 1;
-                    // Nodes the lookup named but did not hear from count too: it stops waiting
-                    // for silent candidates outside the closest few after a round trip measured
-                    // mostly on nearer peers, and a holder across a slow link (or behind a
-                    // connection handshake) answers a fetch, which waits longer.
                     tasks.spawn(async move {
-                        Done::Lookup(
-                            i,
-                            d.find_node(k)
-                                .await
-                                .map(|o| o.closest.into_iter().chain(o.unanswered).collect()),
-                        )
+                        Done::Lookup(i, d.find_node(k).await.map(|o| (o.closest, o.unanswered)))
                     });
                 }
                 2 => {
@@ -958,11 +972,7 @@ async fn fetch_many(
                         .spawn(async move { Done::Get(i, d.get(k).await.map(|o| o.record.value)) });
                 }
                 _ => {
-                    let what = if keys.len() == 1 {
-                        what.to_owned()
-                    } else {
-                        format!("{what} {i}")
-                    };
+                    let what = format!("{what} {i}");
                     if let Some((holders, detail)) = plan.too_large.remove(&k) {
                         return Err(TransferError::AnswerTooLarge {
                             what,
@@ -1164,11 +1174,12 @@ async fn fetch_many(
                 let k = order[i as usize];
                 tracing::debug!(
                     key = %k,
-                    found = ?r.as_ref().map(|c| c.iter().map(|c| c.id).collect::<Vec<_>>()),
+                    answered = ?r.as_ref().map(|(c, _)| c.iter().map(|c| c.id).collect::<Vec<_>>()),
+                    unanswered = ?r.as_ref().map(|(_, c)| c.iter().map(|c| c.id).collect::<Vec<_>>()),
                     "a lookup for more holders"
                 );
-                if let (Some(p), Ok(closest)) = (plan.pending.get_mut(&k), r) {
-                    for c in closest {
+                if let (Some(p), Ok((answered, unanswered))) = (plan.pending.get_mut(&k), r) {
+                    for c in answered {
                         if c.id != me && !p.asked.contains(&c.id) {
                             // A holder whose fetches failed three times in a row (lost answers
                             // on a lossy link, say) but that answered this lookup is alive: one
@@ -1176,6 +1187,16 @@ async fn fetch_many(
                             if let Some(f) = plan.bad_peer.get_mut(&c.id) {
                                 *f = (*f).min(2);
                             }
+                            p.candidates.push_back(c);
+                        }
+                    }
+                    // Nodes the lookup named but did not hear from: it stops waiting for silent
+                    // candidates outside the closest few after a round trip measured mostly on
+                    // nearer peers, and a holder across a slow link (or behind a connection
+                    // handshake) answers a fetch, which waits longer. Those that failed fetches
+                    // before get no second chance: they may be gone.
+                    for c in unanswered {
+                        if c.id != me && !p.asked.contains(&c.id) {
                             p.candidates.push_back(c);
                         }
                     }

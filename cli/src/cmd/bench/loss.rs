@@ -147,8 +147,6 @@ pub(super) struct NodeState {
     pub(super) transports: Value,
 }
 
-/// Starts `kad node --listen LISTEN` in namespace `ns` for `secs` seconds; the child joins
-/// `children` (killed by the caller). Its JSON lines are read into the returned state.
 /// Where the `kad` processes of a benchmark write their logs (`--logs`): unset, they are
 /// discarded.
 static LOG_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -179,6 +177,8 @@ fn stderr_for(role: &str, ns: &str) -> Stdio {
     }
 }
 
+/// Starts `kad node --listen LISTEN` in namespace `ns` for `secs` seconds; the child joins
+/// `children` (killed by the caller). Its JSON lines are read into the returned state.
 pub(super) fn start_node(
     children: &mut Vec<Child>,
     exe: &std::path::Path,
