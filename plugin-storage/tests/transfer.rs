@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kad_core::{AcceptAll, Dht, MemoryNetwork, Node, NodeId, Record, RecordValidator, content_key};
+use kad_core::{
+    AcceptAll, Dht, MemoryNetwork, Node, NodeId, PeerAddr, Record, RecordValidator, content_key,
+};
 use kad_plugin_storage::{
-    BlobError, ContentValidator, GetOptions, Protection, PutOptions, StoragePlugin, TransferError,
-    combine_shares, get_file, put_file,
+    BlobError, ContentValidator, GetOptions, GetReport, Protection, PutOptions, StoragePlugin,
+    TransferError, combine_shares, get_file, put_file,
 };
 use kad_testkit::{memory_network, seeded_config};
 
@@ -18,31 +20,67 @@ const REPLY: usize = 40_000;
 /// `n` storing nodes (the first `forgers` accept any record), plus a read-only client that
 /// trusts only content-addressed values.
 async fn network(net: &MemoryNetwork, n: usize, forgers: usize) -> (Vec<Dht>, Dht) {
-    let nodes = memory_network(net, n, |i| {
-        let v: Arc<dyn RecordValidator> = if i < forgers {
+    let nodes = storing_nodes(net, n, |i| -> Arc<dyn RecordValidator> {
+        if i < forgers {
             Arc::new(AcceptAll)
         } else {
             Arc::new(ContentValidator)
-        };
+        }
+    })
+    .await;
+    let seed = nodes[0].contact().addrs[0].clone();
+    (nodes, reader(net, 200, seed).await)
+}
+
+/// `n` nodes with the storage plugin, node `i` with id `[i + 1; 20]` and the validator
+/// `validator(i)`, each having looked up its own id.
+async fn storing_nodes(
+    net: &MemoryNetwork,
+    n: usize,
+    validator: impl Fn(usize) -> Arc<dyn RecordValidator>,
+) -> Vec<Dht> {
+    let nodes = memory_network(net, n, |i| {
         Node::builder(seeded_config(i as u8 + 1))
             .id(NodeId::from_bytes([i as u8 + 1; 20]))
-            .validator(v)
+            .validator(validator(i))
             .plugin(Box::new(StoragePlugin::new(REPLY)))
     })
     .await
     .unwrap();
-    let seed = nodes[0].contact().addrs[0].clone();
     for d in &nodes {
         let _ = d.find_node(d.id()).await;
     }
-    let mut c = seeded_config(200);
+    nodes
+}
+
+/// A read-only client with id `[n; 20]` that trusts only content-addressed values, joined
+/// through `seed`.
+async fn reader(net: &MemoryNetwork, n: u8, seed: PeerAddr) -> Dht {
+    let mut c = seeded_config(n);
     c.read_only = true;
     let b = Node::builder(c)
-        .id(NodeId::from_bytes([200; 20]))
+        .id(NodeId::from_bytes([n; 20]))
         .validator(Arc::new(ContentValidator));
     let client = Dht::spawn(b, vec![Arc::new(net.transport(4096))]).unwrap();
     client.bootstrap(vec![seed]).await.unwrap();
-    (nodes, client)
+    client
+}
+
+/// `get_file` of `key` into `out`, which must finish within `secs` and succeed.
+async fn download_within(
+    secs: u64,
+    client: &Dht,
+    key: NodeId,
+    out: &Path,
+    opts: &GetOptions,
+) -> GetReport {
+    tokio::time::timeout(
+        Duration::from_secs(secs),
+        get_file(client, key, None, out, opts, &quiet),
+    )
+    .await
+    .expect("the download finishes")
+    .unwrap()
 }
 
 /// A file of `len` pseudo-random bytes (seeded) in a fresh directory.
@@ -255,13 +293,7 @@ async fn a_download_survives_holders_that_left() {
     let out = dir.path().join("left.out");
     let mut opts = get_opts();
     opts.parallel = 4;
-    let got = tokio::time::timeout(
-        Duration::from_secs(120),
-        get_file(&client, put.key, None, &out, &opts, &quiet),
-    )
-    .await
-    .expect("finishes")
-    .unwrap();
+    let got = download_within(120, &client, put.key, &out, &opts).await;
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert!(
         got.failed_fetches > 0,
@@ -335,19 +367,7 @@ async fn holders_that_answer_nothing_are_left_for_one_that_serves() {
     for d in &nodes {
         let _ = d.find_node(d.id()).await;
     }
-    let mut c = seeded_config(200);
-    c.read_only = true;
-    let client = Dht::spawn(
-        Node::builder(c)
-            .id(NodeId::from_bytes([200; 20]))
-            .validator(Arc::new(ContentValidator)),
-        vec![Arc::new(net.transport(4096))],
-    )
-    .unwrap();
-    client
-        .bootstrap(vec![nodes[0].contact().addrs[0].clone()])
-        .await
-        .unwrap();
+    let client = reader(&net, 200, nodes[0].contact().addrs[0].clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let (path, data) = file(dir.path(), 20 * CHUNK as usize, 9);
     let put = put_file(&client, &path, &put_opts(Protection::Plain), &quiet)
@@ -356,13 +376,7 @@ async fn holders_that_answer_nothing_are_left_for_one_that_serves() {
     let out = dir.path().join("empty-holders.out");
     // An empty answer counts as a failure: before, it sent the keys back to the same holder
     // forever.
-    let got = tokio::time::timeout(
-        Duration::from_secs(60),
-        get_file(&client, put.key, None, &out, &get_opts(), &quiet),
-    )
-    .await
-    .expect("the download finishes")
-    .unwrap();
+    let got = download_within(60, &client, put.key, &out, &get_opts()).await;
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert!(got.failed_fetches > 0, "{got:?}");
     assert_eq!(got.holders_used, 1, "{got:?}");
@@ -489,40 +503,16 @@ impl RecordValidator for SmallOnly {
 async fn far_holders_are_asked(one_way: Duration) {
     let net = MemoryNetwork::new();
     // Nodes 0-2 are near and hold small values only; nodes 3-5 hold everything.
-    let nodes = memory_network(&net, 6, |i| {
-        let v: Arc<dyn RecordValidator> = if i < 3 {
+    let nodes = storing_nodes(&net, 6, |i| -> Arc<dyn RecordValidator> {
+        if i < 3 {
             Arc::new(SmallOnly)
         } else {
             Arc::new(ContentValidator)
-        };
-        Node::builder(seeded_config(i as u8 + 1))
-            .id(NodeId::from_bytes([i as u8 + 1; 20]))
-            .validator(v)
-            .plugin(Box::new(StoragePlugin::new(REPLY)))
-    })
-    .await
-    .unwrap();
-    for d in &nodes {
-        let _ = d.find_node(d.id()).await;
-    }
-    let near = nodes[0].contact().addrs[0].clone();
-    let client = |n: u8| {
-        let mut c = seeded_config(n);
-        c.read_only = true;
-        let d = Dht::spawn(
-            Node::builder(c)
-                .id(NodeId::from_bytes([n; 20]))
-                .validator(Arc::new(ContentValidator)),
-            vec![Arc::new(net.transport(4096))],
-        )
-        .unwrap();
-        let near = near.clone();
-        async move {
-            d.bootstrap(vec![near]).await.unwrap();
-            d
         }
-    };
-    let putter = client(200).await;
+    })
+    .await;
+    let near = nodes[0].contact().addrs[0].clone();
+    let putter = reader(&net, 200, near.clone()).await;
     let value = bytes::Bytes::from(vec![7u8; 2000]);
     let value_key = content_key(&value);
     let stored = putter.put(value_key, value.clone()).await.unwrap();
@@ -544,7 +534,7 @@ async fn far_holders_are_asked(one_way: Duration) {
         net.delay(&d.contact().addrs[0], one_way);
     }
     // A value: a `get` finishes without the far holders, then they are asked.
-    let getter = client(201).await;
+    let getter = reader(&net, 201, near.clone()).await;
     let got = tokio::time::timeout(
         Duration::from_secs(60),
         kad_plugin_storage::fetch_one(&getter, value_key, "the value"),
@@ -554,15 +544,9 @@ async fn far_holders_are_asked(one_way: Duration) {
     .unwrap();
     assert_eq!(got, value);
     // A file: its manifest is near, its chunks far.
-    let getter = client(202).await;
+    let getter = reader(&net, 202, near).await;
     let out = dir.path().join("far.out");
-    let got = tokio::time::timeout(
-        Duration::from_secs(60),
-        get_file(&getter, put.key, None, &out, &get_opts(), &quiet),
-    )
-    .await
-    .expect("the download finishes")
-    .unwrap();
+    let got = download_within(60, &getter, put.key, &out, &get_opts()).await;
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert!(
         got.lookups > 0,
